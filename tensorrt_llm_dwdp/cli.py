@@ -1,0 +1,33 @@
+"""`trtllm-dwdp`: doctor, and verify (the multi-rank DWDP correctness job)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(prog="trtllm-dwdp", description="Distributed Weight Data Parallelism for MoE")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("doctor", help="version, extension, GPUs, peer access, MPI")
+    v = sub.add_parser("verify", help="run N ranks through DWDP and check them against a float64 reference",
+                       description="Launches N ranks with mpirun; other options go to the job "
+                                   "(see python -m tensorrt_llm_dwdp.verify --help).")
+    v.add_argument("--ranks", type=int, default=4)
+    v.add_argument("--timeout", type=float, default=None, help="seconds before the job is killed")
+    args, rest = p.parse_known_args(argv)
+    if args.cmd == "doctor":
+        from .doctor import main as doctor
+        return doctor()
+    if args.cmd == "verify":
+        from .launch import run_ranks
+        from .verify.job import parse_args
+        parse_args(rest)  # reject bad options before starting any rank
+        return run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.verify", *rest], timeout_s=args.timeout)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

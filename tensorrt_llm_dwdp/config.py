@@ -1,0 +1,180 @@
+"""User options for DWDP, validated before any memory is touched.
+
+Every error names the option, the value and the fix, so a deployment fails at start-up
+with a sentence rather than deep inside a copy engine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+WEIGHT_DTYPES = ("bfloat16", "float16", "float32")
+MEMORY_BACKENDS = ("auto", "cpu_shm", "cuda_ipc")
+DEFAULT_SLICE_BYTES = 2 << 20
+
+
+class DwdpConfigError(ValueError):
+    """A DWDP option is invalid; the message names the option, its value and the fix."""
+
+    def __init__(self, option: str, value, problem: str, fix: str):
+        self.option, self.value = option, value
+        super().__init__(f"{option}={value!r}: {problem}. Fix: {fix}.")
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+@dataclass(frozen=True)
+class DwdpConfig:
+    """Options of one DWDP deployment.
+
+    group_size: ranks that share one copy of the routed experts (must be NVLink peers).
+    num_groups: groups in the world; None means world_size // group_size.
+    num_experts: routed experts per MoE layer.
+    experts_per_rank: experts each rank holds; None spreads them evenly (some ranks get one
+        more when num_experts is not divisible); more than num_experts / group_size makes
+        neighbouring ranks overlap (redundant placement).
+    num_prefetch_experts: optional cross-check, must equal num_experts - experts_per_rank.
+    placement: explicit expert ids held by each rank of a group; overrides experts_per_rank.
+    prefetch_depth: prefetch slots (ping-pong is 2); layer l+depth is pulled after layer l ends.
+    slice_bytes: size of one copy; pulls are cut into slices taken round-robin across peers.
+    weight_dtype: dtype of the expert weights in the shards.
+    memory_backend: "cpu_shm" (CPU ranks), "cuda_ipc" (GPU ranks), or "auto".
+    """
+
+    group_size: int
+    num_experts: int
+    num_groups: Optional[int] = None
+    experts_per_rank: Optional[int] = None
+    num_prefetch_experts: Optional[int] = None
+    placement: Optional[Tuple[Tuple[int, ...], ...]] = None
+    prefetch_depth: int = 2
+    slice_bytes: int = DEFAULT_SLICE_BYTES
+    weight_dtype: str = "bfloat16"
+    memory_backend: str = "auto"
+
+    def __post_init__(self):
+        if self.placement is not None:
+            object.__setattr__(self, "placement", tuple(tuple(int(e) for e in r) for r in self.placement))
+        self._validate()
+
+    def _validate(self):
+        _positive_int("group_size", self.group_size, "use the number of NVLink peers that share the experts, e.g. 4 or 8")
+        _positive_int("num_experts", self.num_experts, "use the model's number of routed experts")
+        if self.num_groups is not None:
+            _positive_int("num_groups", self.num_groups, "use world_size // group_size, or leave it unset")
+        if not isinstance(self.prefetch_depth, int) or self.prefetch_depth < 2:
+            raise DwdpConfigError(
+                "prefetch_depth", self.prefetch_depth,
+                "DWDP needs at least two slots so one layer computes while the next is pulled",
+                "set prefetch_depth=2 (ping-pong) or more")
+        if not isinstance(self.slice_bytes, int) or self.slice_bytes < 4096:
+            raise DwdpConfigError("slice_bytes", self.slice_bytes, "a copy slice must be at least 4 KiB",
+                                  f"use the default {DEFAULT_SLICE_BYTES} (2 MiB) or 1-4 MiB")
+        if self.weight_dtype not in WEIGHT_DTYPES:
+            raise DwdpConfigError("weight_dtype", self.weight_dtype, "unsupported weight dtype",
+                                  f"use one of {', '.join(WEIGHT_DTYPES)}")
+        if self.memory_backend not in MEMORY_BACKENDS:
+            raise DwdpConfigError("memory_backend", self.memory_backend, "unknown memory backend",
+                                  f"use one of {', '.join(MEMORY_BACKENDS)}")
+        if self.placement is not None:
+            self._validate_placement()
+            return
+        if self.experts_per_rank is not None:
+            _positive_int("experts_per_rank", self.experts_per_rank, "use at least ceil(num_experts / group_size)")
+            need = math.ceil(self.num_experts / self.group_size)
+            if self.experts_per_rank > self.num_experts:
+                raise DwdpConfigError(
+                    "experts_per_rank", self.experts_per_rank,
+                    f"a rank cannot hold more than the model's {self.num_experts} experts",
+                    f"use a value in [{need}, {self.num_experts}]")
+            if self.experts_per_rank < need:
+                raise DwdpConfigError(
+                    "experts_per_rank", self.experts_per_rank,
+                    f"expert counts do not add up: {self.group_size} ranks x {self.experts_per_rank} experts "
+                    f"cannot hold all {self.num_experts} experts, so some expert has no owner",
+                    f"set experts_per_rank >= {need} or group_size >= {math.ceil(self.num_experts / self.experts_per_rank)}")
+        if self.num_prefetch_experts is not None:
+            if self.experts_per_rank is None:
+                raise DwdpConfigError(
+                    "num_prefetch_experts", self.num_prefetch_experts,
+                    "it cross-checks experts_per_rank, which is unset",
+                    "set experts_per_rank too, or drop num_prefetch_experts")
+            want = self.num_experts - self.experts_per_rank
+            if self.num_prefetch_experts != want:
+                raise DwdpConfigError(
+                    "num_prefetch_experts", self.num_prefetch_experts,
+                    f"expert counts do not add up: experts_per_rank ({self.experts_per_rank}) + "
+                    f"num_prefetch_experts must equal num_experts ({self.num_experts})",
+                    f"set num_prefetch_experts={want}")
+
+    def _validate_placement(self):
+        p = self.placement
+        if len(p) != self.group_size:
+            raise DwdpConfigError("placement", p, f"it lists {len(p)} ranks but group_size is {self.group_size}",
+                                  "give one list of expert ids per rank of the group")
+        for r, experts in enumerate(p):
+            bad = [e for e in experts if not 0 <= e < self.num_experts]
+            if bad:
+                raise DwdpConfigError("placement", p, f"rank {r} lists expert ids {bad} outside [0, {self.num_experts})",
+                                      "use expert ids of the model")
+            if len(set(experts)) != len(experts):
+                raise DwdpConfigError("placement", p, f"rank {r} lists an expert twice",
+                                      "list each expert at most once per rank")
+        owned = set().union(*map(set, p))
+        unowned = sorted(set(range(self.num_experts)) - owned)
+        if unowned:
+            raise DwdpConfigError("placement", p, f"experts {unowned[:8]}{'...' if len(unowned) > 8 else ''} have no owner",
+                                  "give every expert to at least one rank")
+
+    # Checks that need facts of the run, still before any allocation.
+
+    def resolved_num_groups(self, world_size: int) -> int:
+        """Validate the world against the group layout and return the number of groups."""
+        if world_size % self.group_size:
+            raise DwdpConfigError(
+                "group_size", self.group_size, f"it does not divide the world of {world_size} ranks",
+                f"use a divisor of {world_size} (e.g. {_largest_divisor_at_most(world_size, self.group_size)}) "
+                "or launch a multiple of group_size ranks")
+        groups = world_size // self.group_size
+        if self.num_groups is not None and self.num_groups != groups:
+            raise DwdpConfigError(
+                "num_groups", self.num_groups,
+                f"{self.num_groups} groups x group_size {self.group_size} != world size {world_size}",
+                f"set num_groups={groups} or leave it unset")
+        return groups
+
+    def check_memory(self, required_bytes: int, free_bytes: int, where: str = "device") -> None:
+        """Raise if the shard plus prefetch slots cannot fit the free memory."""
+        if required_bytes > free_bytes:
+            raise DwdpConfigError(
+                "prefetch_depth", self.prefetch_depth,
+                f"the local shard and {self.prefetch_depth} prefetch slots need {_fmt_bytes(required_bytes)} "
+                f"but only {_fmt_bytes(free_bytes)} of {where} memory is free",
+                "lower prefetch_depth, raise experts_per_rank only if memory allows, use a larger group_size, "
+                "or free memory (e.g. a smaller KV cache)")
+
+
+def _positive_int(option: str, value, fix: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DwdpConfigError(option, value, "must be a positive integer", fix)
+
+
+def _largest_divisor_at_most(n: int, k: int) -> int:
+    return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
+
+
+def parse_placement(text: str) -> Tuple[Tuple[int, ...], ...]:
+    """Parse "0-3,8;4-7;..." (ranks separated by ';', ranges by ',') into expert id tuples."""
+    ranks = []
+    for part in text.split(";"):
+        ids = []
+        for item in filter(None, (s.strip() for s in part.split(","))):
+            lo, _, hi = item.partition("-")
+            ids.extend(range(int(lo), int(hi or lo) + 1))
+        ranks.append(tuple(ids))
+    return tuple(ranks)
+

@@ -1,0 +1,111 @@
+"""One interface for every kind of shared expert memory.
+
+A rank allocates its shard through a backend, exports a `SharedHandle` (plain bytes
+plus where it lives), hands the handles to its peers once at setup, and each peer opens
+them into a `PeerShard`. Backends own pointers and mappings; they know nothing of MPI
+or models. Teardown is explicit: peers close their mappings before owners free.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+
+class SharedMemoryError(RuntimeError):
+    """Shared memory could not be allocated, exported or opened."""
+
+
+@dataclass(frozen=True)
+class SharedHandle:
+    """An exported shard: the backend's opaque payload and where the memory lives."""
+
+    kind: str
+    nbytes: int
+    payload: bytes
+    host: str
+    device: int  # CUDA device ordinal of the owner, -1 for host memory
+    pid: int
+
+
+class LocalShard:
+    """Memory this rank owns and exports. `tensor` is a flat uint8 view of all of it."""
+
+    tensor: torch.Tensor
+    handle: SharedHandle
+
+    def after_peers_opened(self) -> None:
+        """Called once every peer has opened the handle (e.g. to unlink a file name)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PeerShard:
+    """A peer's shard mapped into this process. `tensor` is a flat uint8 view."""
+
+    tensor: torch.Tensor
+    handle: SharedHandle
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class MemoryBackend:
+    """Allocate, export and open shards of one kind of memory."""
+
+    kind: str = ""
+    device: torch.device
+
+    def allocate(self, nbytes: int) -> LocalShard:
+        raise NotImplementedError
+
+    def open(self, handle: SharedHandle) -> PeerShard:
+        raise NotImplementedError
+
+    def free_bytes(self) -> int:
+        raise NotImplementedError
+
+    def empty(self, nbytes: int) -> torch.Tensor:
+        """Private (not shared) uint8 memory on this backend's device, e.g. prefetch slots."""
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    def check_reachable(self, handle: SharedHandle, peer_rank: int) -> None:
+        """Raise with a clear message if this process cannot map `handle`."""
+        if handle.kind != self.kind:
+            raise SharedMemoryError(f"peer rank {peer_rank} exported {handle.kind!r} memory but this rank uses "
+                               f"{self.kind!r}: every rank of a DWDP group must use the same memory_backend")
+        if handle.host != hostname():
+            raise SharedMemoryError(
+                f"peer rank {peer_rank} is on host {handle.host!r}, this rank on {hostname()!r}: a DWDP group "
+                "must lie within one NVLink domain (one node for IPC handles); choose group_size so that "
+                "groups do not span nodes and place ranks of a group on the same node")
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def get_backend(kind: str = "auto", device: Optional[torch.device] = None) -> MemoryBackend:
+    """'auto' picks cuda_ipc for a CUDA device (or when one is present), cpu_shm otherwise."""
+    if kind == "auto":
+        if device is not None:
+            kind = "cuda_ipc" if torch.device(device).type == "cuda" else "cpu_shm"
+        else:
+            kind = "cuda_ipc" if torch.cuda.is_available() else "cpu_shm"
+    if kind == "cpu_shm":
+        from .cpu_shm import CpuShmBackend
+        return CpuShmBackend()
+    if kind == "cuda_ipc":
+        from .cuda_ipc import CudaIpcBackend
+        return CudaIpcBackend(device)
+    raise ValueError(f"memory_backend={kind!r}: unknown; use auto, cpu_shm or cuda_ipc")

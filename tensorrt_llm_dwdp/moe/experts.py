@@ -1,0 +1,93 @@
+"""SwiGLU experts over split weights: each expert is read in place from the segment that
+holds it (the local shard or a prefetch slot), never merged into one buffer.
+
+This is the plain-torch path; faster backends fill the same slot (same inputs and outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class WeightSegment:
+    """Experts stored together: tensors[name] is [len(expert_ids), *shape], row i = expert_ids[i]."""
+
+    expert_ids: Tuple[int, ...]
+    tensors: Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SplitExpertWeights:
+    """All experts of one MoE layer, spread over segments. Invariant: each expert id in
+    [0, num_experts) is in exactly one segment (the hooks pick one for redundant copies)."""
+
+    num_experts: int
+    segments: Tuple[WeightSegment, ...]
+    _where: Dict[int, Tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        where = {}
+        for si, seg in enumerate(self.segments):
+            for row, e in enumerate(seg.expert_ids):
+                if e in where:
+                    raise ValueError(f"expert {e} appears in two segments")
+                where[e] = (si, row)
+        if len(where) != self.num_experts:
+            raise ValueError(f"segments hold {len(where)} of {self.num_experts} experts")
+        self._where.update(where)
+
+    def locate(self, expert: int) -> Tuple[int, int]:
+        """(segment index, row) of an expert."""
+        return self._where[expert]
+
+    def expert(self, expert: int, name: str) -> torch.Tensor:
+        si, row = self._where[expert]
+        return self.segments[si].tensors[name][row]
+
+
+@dataclass(frozen=True)
+class SharedExpert:
+    """Always-on expert: w13 [2 * Is, H], w2 [H, Is]."""
+
+    w13: torch.Tensor
+    w2: torch.Tensor
+
+
+def swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """x [n, H] -> [n, H] with w13 [2I, H] (gate rows first), w2 [H, I]; math in x.dtype."""
+    gate_up = x @ w13.to(x.dtype).t()
+    gate, up = gate_up.chunk(2, dim=-1)
+    return (F.silu(gate) * up) @ w2.to(x.dtype).t()
+
+
+def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                weights: SplitExpertWeights, shared: Optional[SharedExpert] = None) -> torch.Tensor:
+    """Routed (and shared) expert output for x [T, H]; returns [T, H] in x.dtype.
+
+    Tokens are sorted by expert; each expert with tokens runs once on its rows, reading
+    its weights where they lie. T may be 0.
+    """
+    num_tokens, _ = x.shape
+    out = torch.zeros_like(x)
+    if num_tokens:
+        flat_ids = topk_ids.reshape(-1)
+        order = torch.argsort(flat_ids, stable=True)
+        counts = torch.bincount(flat_ids, minlength=weights.num_experts).tolist()
+        token_of = order // topk_ids.shape[1]
+        scale = topk_weights.reshape(-1)[order].to(x.dtype)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            rows = token_of[start:start + n]
+            y = swiglu(x[rows], weights.expert(e, "w13"), weights.expert(e, "w2"))
+            out.index_add_(0, rows, y * scale[start:start + n, None])
+            start += n
+    if shared is not None:
+        out = out + swiglu(x, shared.w13, shared.w2)
+    return out

@@ -1,0 +1,63 @@
+"""Top-k routing of tokens to experts (plain torch).
+
+Both functions return a RoutingResult: topk_ids [T, K] int64 and topk_weights [T, K] float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class RoutingResult:
+    topk_ids: torch.Tensor  # [T, K] int64
+    topk_weights: torch.Tensor  # [T, K] float32
+
+
+@dataclass(frozen=True)
+class DeepSeekV3Routing:
+    """DeepSeek-V3 (noaux_tc): sigmoid scores, a correction bias for selection only,
+    top-`topk_group` of `n_group` expert groups by the sum of each group's two best
+    biased scores, top-k within them, weights renormalised then scaled."""
+
+    top_k: int
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    renormalize: bool = True
+
+    def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor) -> RoutingResult:
+        num_tokens, num_experts = logits.shape
+        if num_experts % self.n_group:
+            raise ValueError(f"n_group={self.n_group} must divide num_experts={num_experts}")
+        scores = torch.sigmoid(logits.float())
+        biased = scores + correction_bias.float()
+        if self.n_group > 1:
+            grouped = biased.view(num_tokens, self.n_group, num_experts // self.n_group)
+            group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(-1)
+            keep = group_scores.topk(self.topk_group, dim=-1).indices
+            mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
+            mask = mask.unsqueeze(-1).expand_as(grouped).reshape(num_tokens, num_experts)
+            biased = biased.masked_fill(~mask, float("-inf"))
+        ids = biased.topk(self.top_k, dim=-1).indices
+        weights = scores.gather(1, ids)
+        if self.renormalize:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return RoutingResult(ids, (weights * self.routed_scaling_factor).float())
+
+
+@dataclass(frozen=True)
+class SoftmaxTopKRouting:
+    """Mixtral / Qwen-MoE: softmax over all experts, top-k, optional renormalisation."""
+
+    top_k: int
+    renormalize: bool = True
+
+    def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor = None) -> RoutingResult:
+        probs = torch.softmax(logits.float(), dim=-1)
+        weights, ids = probs.topk(self.top_k, dim=-1)
+        if self.renormalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return RoutingResult(ids, weights.float())

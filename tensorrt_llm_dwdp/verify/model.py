@@ -1,0 +1,90 @@
+"""A toy stack of MoE layers with seeded random weights, run two ways:
+through DWDP hooks (split weights, pulls) and through the float64 all-local reference.
+
+Layer l: h = x / rms(x); x = x + MoE_l(h). Router, correction bias and shared expert are
+replicated; routed experts are sharded by DWDP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from ..layout import torch_dtype
+from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, moe_experts
+from . import reference as ref
+
+
+@dataclass
+class ToyMoeModel:
+    num_layers: int
+    hidden: int
+    inter: int
+    num_experts: int
+    top_k: int
+    routing: str  # "deepseek" or "softmax"
+    n_group: int
+    topk_group: int
+    weight_dtype: str
+    seed: int
+
+    def __post_init__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        L, E, H, I = self.num_layers, self.num_experts, self.hidden, self.inter
+        wd = torch_dtype(self.weight_dtype)
+        # Stored in the shard dtype; the reference upcasts the same rounded values.
+        self.w13 = (torch.randn(L, E, 2 * I, H, generator=g) / H ** 0.5).to(wd)
+        self.w2 = (torch.randn(L, E, H, I, generator=g) / I ** 0.5).to(wd)
+        self.gate = torch.randn(L, E, H, generator=g) / H ** 0.5
+        self.bias = torch.randn(L, E, generator=g) * 0.1
+        self.shared_w13 = (torch.randn(L, 2 * I, H, generator=g) / H ** 0.5).to(wd)
+        self.shared_w2 = (torch.randn(L, H, I, generator=g) / I ** 0.5).to(wd)
+        self.scaling = 2.5
+
+    def router(self):
+        if self.routing == "deepseek":
+            return DeepSeekV3Routing(self.top_k, self.n_group, self.topk_group, self.scaling)
+        return SoftmaxTopKRouting(self.top_k, renormalize=True)
+
+    def load_experts(self, layer: int, experts):
+        idx = torch.tensor(list(experts), dtype=torch.long)
+        return {"w13": self.w13[layer, idx], "w2": self.w2[layer, idx]}
+
+    def forward_dwdp(self, x: torch.Tensor, hooks, after_layer: Optional[Callable[[int], None]] = None):
+        """x [T, H] float32 on the shard's device; one DWDP step."""
+        dev = x.device
+        route = self.router()
+        hooks.begin_step()
+        for layer in range(self.num_layers):
+            h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+            logits = h @ self.gate[layer].to(dev).t()
+            r = route(logits, self.bias[layer].to(dev))
+            weights = hooks.layer_weights(layer)
+            shared = SharedExpert(self.shared_w13[layer].to(dev), self.shared_w2[layer].to(dev))
+            x = x + moe_experts(h, r.topk_ids, r.topk_weights, weights, shared)
+            hooks.layer_done(layer)
+            if after_layer is not None:
+                after_layer(layer)
+        hooks.end_step()
+        return x
+
+    def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The same stack in float64, token by token, with every expert local."""
+        x = x.double().cpu()
+        for layer in range(self.num_layers):
+            out = torch.empty_like(x)
+            for t in range(x.shape[0]):
+                xt = x[t]
+                h = xt / torch.sqrt(xt.pow(2).mean() + 1e-6)
+                logits = self.gate[layer].double() @ h
+                if self.routing == "deepseek":
+                    choices = ref.route_token_deepseek(logits, self.bias[layer].double(), self.top_k, self.n_group,
+                                                       self.topk_group, self.scaling)
+                else:
+                    choices = ref.route_token_softmax(logits, self.top_k, renormalize=True)
+                out[t] = xt + ref.moe_token_f64(h, choices, self.w13[layer], self.w2[layer],
+                                                (self.shared_w13[layer], self.shared_w2[layer]))
+            x = out
+        return x

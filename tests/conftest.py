@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def run_verify(ranks, *args, timeout=180, env=None):
+    """Run the verify job on `ranks` MPI ranks; returns the CompletedProcess (text output)."""
+    from tensorrt_llm_dwdp.launch import mpirun_command
+
+    extra = {"OMP_NUM_THREADS": "1"}
+    extra.update(env or {})
+    cmd = mpirun_command(ranks, ["-m", "tensorrt_llm_dwdp.verify", *args], extra)
+    return subprocess.run(cmd, env=dict(os.environ, **extra), capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+@pytest.fixture
+def verify():
+    return run_verify
+
+
+def fresh_seed():
+    """A new seed per test run, printed so a failure can be replayed."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    print(f"seed={seed}", file=sys.stderr)
+    return seed

@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+
+from tensorrt_llm_dwdp.cli import main
+from tensorrt_llm_dwdp.launch import mpirun_command
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_doctor_exits_zero_and_reports(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for key in ("tensorrt_llm_dwdp", "C++ extension:", "memory backends:", "GPUs:", "MPI library:", "mpirun:"):
+        assert key in out
+
+
+def test_console_script_doctor():
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "doctor"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "memory backends: cpu_shm" in proc.stdout
+
+
+def test_verify_rejects_bad_options_before_launch(capsys):
+    try:
+        main(["verify", "--ranks", "2", "--routing", "nonsense"])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("bad option accepted")
+
+
+def test_verify_runs_two_ranks():
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "verify", "--ranks", "2", "--steps", "2"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_mpirun_command_shape():
+    cmd = mpirun_command(3, ["-m", "x"], {"A": "1"})
+    assert cmd[1:3] == ["-n", "3"] and cmd[-3:] == [sys.executable, "-m", "x"]

@@ -1,0 +1,83 @@
+"""The hook API on one rank (group of one) and its setup-time errors."""
+
+import glob
+
+import pytest
+import torch
+
+from conftest import fresh_seed
+from tensorrt_llm_dwdp import DwdpConfig, DwdpConfigError, DwdpHooks, MoeShape
+from tensorrt_llm_dwdp.memory import get_backend
+from tensorrt_llm_dwdp.prefetch import DwdpProtocolError
+from tensorrt_llm_dwdp.verify.model import ToyMoeModel
+
+MPI = pytest.importorskip("mpi4py.MPI")
+
+
+def _model(layers=3, experts=8, seed=None):
+    return ToyMoeModel(layers, 32, 16, experts, 2, "softmax", 1, 1, "float32", fresh_seed() if seed is None else seed)
+
+
+def test_layer_ids_segments_and_metrics_on_one_rank():
+    m = _model()
+    cfg = DwdpConfig(group_size=1, num_experts=8, weight_dtype="float32", memory_backend="cpu_shm")
+    shape = MoeShape(3, 32, 16, 8, layer_ids=(3, 5, 7))
+    with DwdpHooks.setup(cfg, shape, m.load_experts, comm=MPI.COMM_SELF) as hooks:
+        hooks.begin_step()
+        for lid in (3, 5, 7):
+            w = hooks.layer_weights(lid)
+            assert len(w.segments) == 1 and w.segments[0].expert_ids == tuple(range(8))
+            hooks.layer_done(lid)
+        hooks.end_step()
+        with pytest.raises(ValueError, match="not a DWDP MoE layer"):
+            hooks.layer_weights(4)
+        steps = hooks.metrics()
+        assert len(steps) == 1 and [l.layer_id for l in steps[0].layers] == [3, 5, 7]
+        assert steps[0].bytes_pulled == 0  # a group of one pulls nothing
+
+
+def test_hooks_reject_out_of_order_layers():
+    m = _model()
+    cfg = DwdpConfig(group_size=1, num_experts=8, weight_dtype="float32", memory_backend="cpu_shm")
+    with DwdpHooks.setup(cfg, MoeShape(3, 32, 16, 8), m.load_experts, comm=MPI.COMM_SELF) as hooks:
+        hooks.begin_step()
+        with pytest.raises(DwdpProtocolError, match="in order"):
+            hooks.layer_weights(1)
+
+
+def test_shape_mismatch_is_reported():
+    m = _model()
+    cfg = DwdpConfig(group_size=1, num_experts=8, weight_dtype="float32", memory_backend="cpu_shm")
+    with pytest.raises(DwdpConfigError, match="shard expects"):
+        DwdpHooks.setup(cfg, MoeShape(3, 32, 24, 8), m.load_experts, comm=MPI.COMM_SELF)
+    with pytest.raises(DwdpConfigError, match="num_experts=8"):
+        DwdpHooks.setup(DwdpConfig(group_size=1, num_experts=6), MoeShape(3, 32, 16, 8), m.load_experts,
+                        comm=MPI.COMM_SELF)
+
+
+def test_world_not_divisible_is_reported_before_memory():
+    cfg = DwdpConfig(group_size=2, num_experts=8, memory_backend="cpu_shm")
+    with pytest.raises(DwdpConfigError, match="does not divide the world of 1"):
+        DwdpHooks.setup(cfg, MoeShape(3, 32, 16, 8), _model().load_experts, comm=MPI.COMM_SELF)
+
+
+def test_buffers_that_cannot_fit_fail_before_allocation():
+    free = get_backend("cpu_shm").free_bytes()
+    hidden = 4096
+    inter = int(free / (8 * 3 * hidden * 4)) + 1024  # one layer of 8 experts exceeds free /dev/shm
+    before = set(glob.glob("/dev/shm/dwdp-*"))
+    cfg = DwdpConfig(group_size=1, num_experts=8, weight_dtype="float32", memory_backend="cpu_shm")
+
+    def never(*_):
+        raise AssertionError("weights must not be loaded when memory does not fit")
+
+    with pytest.raises(DwdpConfigError, match="free"):
+        DwdpHooks.setup(cfg, MoeShape(1, hidden, inter, 8), never, comm=MPI.COMM_SELF)
+    assert set(glob.glob("/dev/shm/dwdp-*")) == before
+
+
+def test_shm_names_are_unlinked_after_setup():
+    before = set(glob.glob("/dev/shm/dwdp-*"))
+    cfg = DwdpConfig(group_size=1, num_experts=8, weight_dtype="float32", memory_backend="cpu_shm")
+    with DwdpHooks.setup(cfg, MoeShape(3, 32, 16, 8), _model().load_experts, comm=MPI.COMM_SELF):
+        assert set(glob.glob("/dev/shm/dwdp-*")) == before

@@ -1,0 +1,103 @@
+"""DWDP across real processes: every rank against the float64 all-local reference.
+
+CPU ranks share /dev/shm; on a GPU machine the same jobs run with CUDA IPC, several
+processes sharing one GPU. Tolerance: relative L2 error <= 2e-5 on CPU, 1e-4 on GPU
+(float32 math against float64).
+"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import fresh_seed
+
+pytestmark = pytest.mark.mpi
+pytest.importorskip("mpi4py")
+
+CASES = {
+    "even": ["--num-experts", "16"],
+    "uneven": ["--num-experts", "14", "--n-group", "2", "--topk-group", "1"],
+    "redundant": ["--placement", "redundant", "--experts-per-rank", "6", "--num-experts", "16"],
+    "explicit_multi_owner": ["--placement", "0-9;5-15;0,15;1-4", "--num-experts", "16"],
+}
+
+
+def _check(proc, tmp_path=None):
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "PASS" in proc.stdout, out
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_placements_match_reference_cpu(verify, case, tmp_path):
+    out_json = tmp_path / "r.json"
+    proc = verify(4, "--backend", "cpu_shm", "--seed", str(fresh_seed()), "--steps", "3",
+                  "--json", str(out_json), *CASES[case])
+    _check(proc)
+    res = json.loads(out_json.read_text())
+    assert res["ok"] and len(res["ranks"]) == 4
+    tol = res["tolerance"]
+    for r in res["ranks"]:
+        assert r["bytes_pulled"] > 0
+        for e in r["errors"]:
+            assert e["rel_err"] <= tol and e["tokens"] > 0
+
+
+def test_uneven_token_counts_and_an_idle_rank(verify, tmp_path):
+    out_json = tmp_path / "r.json"
+    proc = verify(4, "--backend", "cpu_shm", "--seed", str(fresh_seed()), "--tokens", "1,33,0,7",
+                  "--zero-rank", "2", "--routing", "softmax", "--dtype", "bfloat16", "--depth", "3",
+                  "--layers", "5", "--json", str(out_json))
+    _check(proc)
+    res = json.loads(out_json.read_text())
+    assert [e["tokens"] for e in res["ranks"][1]["errors"]] == [33] * 3
+    assert [e["tokens"] for e in res["ranks"][2]["errors"]] == [0] * 3
+
+
+def test_two_groups_of_two(verify):
+    _check(verify(4, "--backend", "cpu_shm", "--group-size", "2", "--seed", str(fresh_seed())))
+
+
+def test_stalled_rank_does_not_hold_up_the_others(verify, tmp_path):
+    """Rank 1 sleeps 3 s inside its second forward; the other ranks must finish all 8 steps meanwhile."""
+    out_json = tmp_path / "r.json"
+    proc = verify(4, "--backend", "cpu_shm", "--seed", str(fresh_seed()), "--steps", "8", "--stall-rank", "1",
+                  "--stall-seconds", "3", "--json", str(out_json))
+    _check(proc)
+    ind = json.loads(out_json.read_text())["independence"]
+    assert ind["finished_after_stall"] == [] and ind["stall_s"] >= 3.0
+    assert all(n >= 5 for n in ind["steps_done_during_stall"].values()), ind
+
+
+def test_wrong_results_fail_the_job(verify):
+    """The check can fail: a tolerance below float32 rounding must be reported as FAIL."""
+    proc = verify(2, "--backend", "cpu_shm", "--seed", str(fresh_seed()), "--tolerance", "1e-12")
+    assert proc.returncode != 0 and "FAIL" in proc.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("case", ["even", "uneven", "redundant"])
+def test_cuda_ipc_ranks_share_one_gpu(verify, ranks, case, tmp_path):
+    out_json = tmp_path / "r.json"
+    args = CASES[case] if case != "redundant" or ranks == 4 else ["--placement", "redundant",
+                                                                  "--experts-per-rank", "10"]
+    proc = verify(ranks, "--backend", "cuda_ipc", "--seed", str(fresh_seed()), "--json", str(out_json),
+                  "--tokens", "5,40,0,17", "--zero-rank", str(ranks - 1), *args)
+    _check(proc)
+    res = json.loads(out_json.read_text())
+    assert all(r["backend"] == "cuda_ipc" and r["device"].startswith("cuda") for r in res["ranks"])
+    print(proc.stdout)
+
+
+@pytest.mark.gpu
+def test_cuda_ipc_stalled_rank(verify, tmp_path):
+    out_json = tmp_path / "r.json"
+    proc = verify(4, "--backend", "cuda_ipc", "--seed", str(fresh_seed()), "--steps", "8", "--stall-rank", "2",
+                  "--stall-seconds", "3", "--json", str(out_json))
+    _check(proc)
+    assert json.loads(out_json.read_text())["independence"]["finished_after_stall"] == []
+    print(proc.stdout)
