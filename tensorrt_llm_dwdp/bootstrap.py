@@ -7,6 +7,8 @@ survivors raise instead of hang.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, List, Optional
@@ -75,9 +77,15 @@ class DwdpGroup:
 
 
 def mpi_library_version() -> str:
-    """First line of the MPI library's version string, or why it is unavailable."""
+    """First line of the MPI library's version string, or why it is unavailable.
+
+    Asked in a child process: importing mpi4py.MPI here would initialise MPI in the caller.
+    """
+    code = "from mpi4py import MPI; print(MPI.Get_library_version().strip().splitlines()[0])"
     try:
-        MPI = _mpi()
-        return MPI.Get_library_version().strip().splitlines()[0]
-    except Exception as e:  # noqa: BLE001 - reported, not raised
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
         return f"unavailable ({e})"
+    if out.returncode != 0:
+        return f"unavailable ({(out.stderr.strip().splitlines() or ['mpi4py failed'])[-1]})"
+    return out.stdout.strip().replace("\x00", "")

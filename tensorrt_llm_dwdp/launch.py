@@ -47,11 +47,25 @@ def mpirun_command(num_ranks: int, argv: List[str], env: Optional[dict] = None) 
     return cmd + [sys.executable] + list(argv)
 
 
+_KEEP_OMPI = ("OMPI_MCA_btl", "OMPI_MCA_pml", "OMPI_MCA_osc", "OMPI_MCA_coll", "OMPI_ALLOW_RUN_AS_ROOT")
+
+
+def clean_launch_env(env: dict) -> dict:
+    """Drop the variables an MPI runtime sets for its own processes (PMIx/PMI, Open MPI's
+    OMPI_* outside user tuning knobs): a launcher started from an MPI process (a singleton
+    included) otherwise believes it is nested and fails."""
+    def launcher_owned(key: str) -> bool:
+        if key.startswith(("PMIX_", "PMI_")):
+            return True
+        return key.startswith("OMPI_") and not key.startswith(_KEEP_OMPI)
+    return {k: v for k, v in env.items() if not launcher_owned(k)}
+
+
 def run_ranks(num_ranks: int, argv: List[str], timeout_s: Optional[float] = None,
               env: Optional[dict] = None) -> int:
     """Run argv on num_ranks ranks, streaming their output; returns the exit code."""
     extra = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     extra.update(env or {})
-    full_env = dict(os.environ, **extra)
+    full_env = dict(clean_launch_env(dict(os.environ)), **extra)
     cmd = mpirun_command(num_ranks, argv, extra)
     return subprocess.run(cmd, env=full_env, timeout=timeout_s).returncode

@@ -19,12 +19,13 @@ def pytest_collection_modifyitems(config, items):
 
 def run_verify(ranks, *args, timeout=180, env=None):
     """Run the verify job on `ranks` MPI ranks; returns the CompletedProcess (text output)."""
-    from tensorrt_llm_dwdp.launch import mpirun_command
+    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
 
     extra = {"OMP_NUM_THREADS": "1"}
     extra.update(env or {})
     cmd = mpirun_command(ranks, ["-m", "tensorrt_llm_dwdp.verify", *args], extra)
-    return subprocess.run(cmd, env=dict(os.environ, **extra), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **extra), capture_output=True,
+                          text=True, timeout=timeout,
                           cwd=ROOT)
 
 

@@ -3,7 +3,6 @@
 import glob
 
 import pytest
-import torch
 
 from conftest import fresh_seed
 from tensorrt_llm_dwdp import DwdpConfig, DwdpConfigError, DwdpHooks, MoeShape

@@ -6,10 +6,8 @@ processes sharing one GPU. Tolerance: relative L2 error <= 2e-5 on CPU, 1e-4 on 
 """
 
 import json
-import os
 
 import pytest
-import torch
 
 from conftest import fresh_seed
 
@@ -24,7 +22,7 @@ CASES = {
 }
 
 
-def _check(proc, tmp_path=None):
+def _check(proc):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "PASS" in proc.stdout, out
