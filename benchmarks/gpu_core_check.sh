@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine with no network: build against the local torch, run the whole test suite
-# (GPU tests included), then the multi-rank CUDA IPC checks whose tables go into BENCHMARKS.md.
+# (GPU tests included), the multi-rank CUDA IPC checks and `trtllm-dwdp bench kernels`;
+# their tables go into BENCHMARKS.md.
 # Usage: bash benchmarks/gpu_core_check.sh [OUT_DIR]
 set -uo pipefail
 out=${1:-benchmarks/results}
@@ -19,4 +20,8 @@ done
 echo "== trtllm-dwdp verify --ranks 4 --backend cuda_ipc --placement redundant --experts-per-rank 6 --stall-rank 1"
 trtllm-dwdp verify --ranks 4 --backend cuda_ipc --placement redundant --experts-per-rank 6 --steps 8 \
   --stall-rank 1 --stall-seconds 3 --json "$out/verify_cuda_ipc_stall.json" || rc=1
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  echo "== trtllm-dwdp bench kernels"
+  trtllm-dwdp bench kernels --json "$out/bench_kernels.json" || rc=1
+fi
 exit $rc

@@ -1,4 +1,4 @@
-"""`trtllm-dwdp`: doctor, and verify (the multi-rank DWDP correctness job)."""
+"""`trtllm-dwdp`: doctor, verify (the multi-rank DWDP correctness job), bench kernels."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    "(see python -m tensorrt_llm_dwdp.verify --help).")
     v.add_argument("--ranks", type=int, default=4)
     v.add_argument("--timeout", type=float, default=None, help="seconds before the job is killed")
+    b = sub.add_parser("bench", help="benchmarks (kernels: the GPU data path)")
+    b.add_argument("what", choices=["kernels"])
     args, rest = p.parse_known_args(argv)
     if args.cmd == "doctor":
         from .doctor import main as doctor
@@ -26,6 +28,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .verify.job import parse_args
         parse_args(rest)  # reject bad options before starting any rank
         return run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.verify", *rest], timeout_s=args.timeout)
+    if args.cmd == "bench":
+        from .bench.kernels import main as kernels
+        return kernels(rest)
     return 2
 
 

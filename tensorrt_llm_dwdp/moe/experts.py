@@ -29,6 +29,7 @@ class SplitExpertWeights:
     num_experts: int
     segments: Tuple[WeightSegment, ...]
     _where: Dict[int, Tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
+    _device_tables: Dict[torch.device, "StorageTables"] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         where = {}
@@ -45,9 +46,34 @@ class SplitExpertWeights:
         """(segment index, row) of an expert."""
         return self._where[expert]
 
+    def storage_tables(self, device: torch.device) -> "StorageTables":
+        """Index tables for kernels that walk experts in storage order; built once per device."""
+        device = torch.device(device)
+        if device not in self._device_tables:
+            sizes = [len(s.expert_ids) for s in self.segments]
+            bases = [sum(sizes[:i]) for i in range(len(sizes))]
+            pos = [0] * self.num_experts
+            for e, (si, row) in self._where.items():
+                pos[e] = bases[si] + row
+            self._device_tables[device] = StorageTables(
+                position=torch.tensor(pos, dtype=torch.long, device=device),
+                segment_of_position=torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(device),
+                bases=tuple(bases), bases_t=torch.tensor(bases, dtype=torch.long, device=device))
+        return self._device_tables[device]
+
     def expert(self, expert: int, name: str) -> torch.Tensor:
         si, row = self._where[expert]
         return self.segments[si].tensors[name][row]
+
+
+@dataclass(frozen=True)
+class StorageTables:
+    """Experts in storage order: segment 0's rows, then segment 1's, ..."""
+
+    position: torch.Tensor  # [E] int64: expert id -> storage position
+    segment_of_position: torch.Tensor  # [sum of segment sizes] int64
+    bases: Tuple[int, ...]  # first storage position of each segment
+    bases_t: torch.Tensor  # the same on the device
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Benchmarks: measured ratios, side by side, in one run."""

@@ -1,0 +1,96 @@
+"""Split-weight experts on library grouped GEMMs (`torch._grouped_mm`), one call per segment.
+
+Same contract as `experts.moe_experts`. No host synchronisation and no data-dependent
+shapes, so it can be captured in a CUDA graph:
+
+  * permute: assignments are sorted by storage position (segment, row); segment s's rows
+    land in its own fixed window [s*A, (s+1)*A) of the permuted buffer (A = T*K), so each
+    segment's GEMM gets a static slice and device-side group offsets;
+  * per segment: h = grouped_mm(x_s, w13_s^T), SwiGLU, y_s = grouped_mm(act, w2_s^T),
+    reading the segment's stacked weights in place (shard or prefetch slot);
+  * combine: each assignment gathers its row from its segment's output (rows past a
+    segment's last offset are never read), weighted, summed over top-k.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .experts import SharedExpert, SplitExpertWeights, swiglu
+
+_DTYPES = (torch.bfloat16,)
+
+
+def can_run(x: torch.Tensor, weights: SplitExpertWeights) -> Tuple[bool, str]:
+    """Whether this backend can run these inputs, and if not, why."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False, f"torch {torch.__version__} has no torch._grouped_mm"
+    if x.dtype not in _DTYPES:
+        return False, f"activations are {x.dtype}; torch._grouped_mm here takes bfloat16"
+    for seg in weights.segments:
+        for name in ("w13", "w2"):
+            w = seg.tensors[name]
+            if w.dtype != x.dtype or w.device != x.device:
+                return False, f"segment weight {name} is {w.dtype} on {w.device}, activations {x.dtype} on {x.device}"
+            if (w.shape[-1] * w.element_size()) % 16 or (w.shape[-2] * w.element_size()) % 16:
+                return False, f"weight {name} {tuple(w.shape)}: both GEMM dims must be 16-byte multiples"
+    return True, ""
+
+
+def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                        weights: SplitExpertWeights, shared: Optional[SharedExpert] = None) -> torch.Tensor:
+    """x [T, H] bf16; topk_ids [T, K]; topk_weights [T, K]; returns [T, H] in x.dtype."""
+    num_tokens, hidden = x.shape
+    k = topk_ids.shape[1]
+    a = num_tokens * k
+    if a == 0:
+        out = torch.zeros_like(x)
+        return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
+    nseg = len(weights.segments)
+    tables = weights.storage_tables(x.device)
+    bases = tables.bases
+
+    pos = tables.position[topk_ids.reshape(-1)]  # [A] storage position of each assignment
+    order = torch.argsort(pos, stable=True)  # sorted index -> assignment
+    sorted_pos = pos[order]
+    # End (exclusive) of each storage row in sorted order; searchsorted, unlike bincount, never syncs.
+    rows = torch.arange(tables.segment_of_position.numel(), device=x.device)
+    ends = torch.searchsorted(sorted_pos, rows, right=True)
+    seg_start = F.pad(ends, (1, 0)).index_select(0, tables.bases_t)  # first sorted index of each segment
+    sorted_seg = tables.segment_of_position[sorted_pos]
+    dest = torch.arange(a, device=x.device) - seg_start[sorted_seg] + sorted_seg * a  # windowed slot
+    x_perm = x.new_empty(nseg * a, hidden)
+    x_perm.index_copy_(0, dest, x.index_select(0, order // k))
+
+    outs = []
+    for s, seg in enumerate(weights.segments):
+        n = len(seg.expert_ids)
+        if n == 0:
+            outs.append(None)
+            continue
+        offs = (ends[bases[s]:bases[s] + n] - seg_start[s]).to(torch.int32)
+        xs = x_perm[s * a:(s + 1) * a]
+        h = torch._grouped_mm(xs, seg.tensors["w13"].transpose(-2, -1), offs=offs)
+        gate, up = h.chunk(2, dim=-1)
+        outs.append(torch._grouped_mm(F.silu(gate) * up, seg.tensors["w2"].transpose(-2, -1), offs=offs))
+
+    # slot of each assignment, in assignment order
+    slot_of = torch.empty_like(dest)
+    slot_of[order] = dest
+    seg_a, row_a = slot_of // a, slot_of % a
+    gathered = None
+    for s, y in enumerate(outs):
+        if y is None:
+            continue
+        mine = seg_a == s
+        rows = y.index_select(0, torch.where(mine, row_a, 0))  # rows of other segments are masked below
+        gathered = rows if gathered is None else torch.where(mine[:, None], rows, gathered)
+    # [T, 1, K] @ [T, K, H]: the weighted top-k sum, accumulated in fp32 by the batched GEMM.
+    out = torch.bmm(topk_weights.to(x.dtype).view(num_tokens, 1, k), gathered.view(num_tokens, k, hidden))
+    out = out.view(num_tokens, hidden)
+    if shared is not None:
+        out = out + swiglu(x, shared.w13, shared.w2)
+    return out
