@@ -47,18 +47,17 @@ def mpirun_command(num_ranks: int, argv: List[str], env: Optional[dict] = None) 
     return cmd + [sys.executable] + list(argv)
 
 
-_KEEP_OMPI = ("OMPI_MCA_btl", "OMPI_MCA_pml", "OMPI_MCA_osc", "OMPI_MCA_coll", "OMPI_ALLOW_RUN_AS_ROOT")
+# Set by an MPI runtime for the processes it started (Open MPI's singleton included);
+# user tuning knobs (other OMPI_MCA_*, OMPI_ALLOW_RUN_AS_ROOT*) are kept.
+_RUNTIME_PREFIXES = ("PMIX_", "PMI_", "OMPI_COMM_WORLD_", "OMPI_UNIVERSE_SIZE", "OMPI_APP_CTX", "OMPI_NUM_APP_CTX",
+                     "OMPI_FIRST_RANKS", "OMPI_FILE_LOCATION", "OMPI_MCA_ess", "OMPI_MCA_orte_", "OMPI_MCA_pmix",
+                     "OMPI_MCA_initial_wdir", "OMPI_MCA_shmem_RUNTIME", "OMPI_MCA_mpi_oversubscribe")
 
 
 def clean_launch_env(env: dict) -> dict:
-    """Drop the variables an MPI runtime sets for its own processes (PMIx/PMI, Open MPI's
-    OMPI_* outside user tuning knobs): a launcher started from an MPI process (a singleton
-    included) otherwise believes it is nested and fails."""
-    def launcher_owned(key: str) -> bool:
-        if key.startswith(("PMIX_", "PMI_")):
-            return True
-        return key.startswith("OMPI_") and not key.startswith(_KEEP_OMPI)
-    return {k: v for k, v in env.items() if not launcher_owned(k)}
+    """Drop what an MPI runtime set for its own processes: mpirun started from such a process
+    (one that initialised MPI as a singleton, say) otherwise believes it is nested and fails."""
+    return {k: v for k, v in env.items() if not k.startswith(_RUNTIME_PREFIXES)}
 
 
 def run_ranks(num_ranks: int, argv: List[str], timeout_s: Optional[float] = None,

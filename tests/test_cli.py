@@ -39,3 +39,11 @@ def test_verify_runs_two_ranks():
 def test_mpirun_command_shape():
     cmd = mpirun_command(3, ["-m", "x"], {"A": "1"})
     assert cmd[1:3] == ["-n", "3"] and cmd[-3:] == [sys.executable, "-m", "x"]
+
+
+def test_launch_env_keeps_user_knobs_and_drops_runtime_state():
+    from tensorrt_llm_dwdp.launch import clean_launch_env
+    env = {"OMPI_MCA_plm_rsh_agent": "false", "OMPI_MCA_btl": "self,vader", "OMPI_ALLOW_RUN_AS_ROOT": "1",
+           "PMIX_RANK": "0", "OMPI_COMM_WORLD_RANK": "0", "OMPI_MCA_ess_base_jobid": "1", "PATH": "/bin"}
+    assert clean_launch_env(env) == {"OMPI_MCA_plm_rsh_agent": "false", "OMPI_MCA_btl": "self,vader",
+                                     "OMPI_ALLOW_RUN_AS_ROOT": "1", "PATH": "/bin"}
