@@ -60,7 +60,22 @@ def handle_from_bytes(payload: bytes):
     return h
 
 
-class CudaIpcLocal(LocalShard):
+class _Mapping:
+    """Device memory this process must release explicitly: `_release(ptr)` after all work on it."""
+
+    ptr = None
+    device: int
+
+    def close(self) -> None:
+        if self.ptr is None:
+            return
+        torch.cuda.synchronize(self.device)
+        self.tensor = None
+        self._release(self.ptr)
+        self.ptr = None
+
+
+class CudaIpcLocal(_Mapping, LocalShard):
     def __init__(self, nbytes: int, device: int):
         rt = _cudart()
         _check(rt.cudaSetDevice(device), "cudaSetDevice")
@@ -70,16 +85,12 @@ class CudaIpcLocal(LocalShard):
         self.handle = SharedHandle("cuda_ipc", nbytes, handle_to_bytes(handle), hostname(), device, os.getpid())
         self.tensor = _as_cuda_tensor(int(self.ptr), nbytes, device, self)
 
-    def close(self) -> None:
-        if self.ptr is None:
-            return
-        torch.cuda.synchronize(self.device)
-        self.tensor = None
-        _check(_cudart().cudaFree(self.ptr), "cudaFree")
-        self.ptr = None
+    @staticmethod
+    def _release(ptr) -> None:
+        _check(_cudart().cudaFree(ptr), "cudaFree")
 
 
-class CudaIpcPeer(PeerShard):
+class CudaIpcPeer(_Mapping, PeerShard):
     def __init__(self, handle: SharedHandle, device: int):
         rt = _cudart()
         _check(rt.cudaSetDevice(device), "cudaSetDevice")
@@ -89,13 +100,9 @@ class CudaIpcPeer(PeerShard):
         self.handle, self.device = handle, device
         self.tensor = _as_cuda_tensor(int(self.ptr), handle.nbytes, device, self)
 
-    def close(self) -> None:
-        if self.ptr is None:
-            return
-        torch.cuda.synchronize(self.device)
-        self.tensor = None
-        _check(_cudart().cudaIpcCloseMemHandle(self.ptr), "cudaIpcCloseMemHandle")
-        self.ptr = None
+    @staticmethod
+    def _release(ptr) -> None:
+        _check(_cudart().cudaIpcCloseMemHandle(ptr), "cudaIpcCloseMemHandle")
 
 
 class CudaIpcBackend(MemoryBackend):
