@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 
@@ -38,14 +39,45 @@ def cuda_lib_dir(home):
     return None
 
 
+def cuda_archs(nvcc):
+    """-gencode flags: Hopper (sm_90a) always, Blackwell (sm_100a) where this nvcc knows it."""
+    archs = os.environ.get("DWDP_CUDA_ARCHS")
+    if archs is None:
+        import subprocess
+        listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True).stdout
+        archs = "90a" + (";100a" if "compute_100" in listed else "")
+    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs.split(";") if a]
+
+
+class BuildExtWithCuda(build_ext):
+    """Compiles the .cu sources of an extension with nvcc, then links them with the C++ ones."""
+
+    def build_extension(self, ext):
+        cu = [s for s in ext.sources if s.endswith(".cu")]
+        if cu:
+            import subprocess
+            nvcc = str(Path(ext.cuda_home) / "bin" / "nvcc")
+            objdir = Path(self.build_temp) / "cuda"
+            objdir.mkdir(parents=True, exist_ok=True)
+            ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
+            for src in cu:
+                obj = objdir / (Path(src).stem + ".o")
+                cmd = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", *cuda_archs(nvcc),
+                       *[f"-I{d}" for d in ext.include_dirs], "-c", src, "-o", str(obj)]
+                print(" ".join(cmd))
+                subprocess.check_call(cmd)
+                ext.extra_objects.append(str(obj))
+        super().build_extension(ext)
+
+
 def extensions():
     want = os.environ.get("DWDP_BUILD_EXT", "auto").lower()
     if want in ("0", "false", "no"):
         return []
     home = find_cuda_home()
     libdir = cuda_lib_dir(home) if home else None
-    if home is None or libdir is None:
-        msg = "tensorrt_llm_dwdp: no CUDA toolkit found (set CUDA_HOME); installing the pure-Python package only"
+    if home is None or libdir is None or not (home / "bin" / "nvcc").exists():
+        msg = "tensorrt_llm_dwdp: no CUDA toolkit with nvcc found (set CUDA_HOME); installing the pure-Python package only"
         if want in ("1", "true", "yes"):
             sys.exit(msg.replace("installing the pure-Python package only", "DWDP_BUILD_EXT=1 requires it"))
         print(msg, file=sys.stderr)
@@ -53,19 +85,20 @@ def extensions():
     from pybind11.setup_helpers import Pybind11Extension
 
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cpp"))
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cu"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "bindings").glob("*.cpp"))
-    return [
-        Pybind11Extension(
-            "tensorrt_llm_dwdp._C",
-            sources,
-            include_dirs=[str(ROOT / "cpp" / "include"), str(home / "include")],
-            library_dirs=[str(libdir)],
-            runtime_library_dirs=[str(libdir)],
-            libraries=["cudart"],
-            cxx_std=17,
-            extra_compile_args=["-O2"],
-        )
-    ]
+    ext = Pybind11Extension(
+        "tensorrt_llm_dwdp._C",
+        sources,
+        include_dirs=[str(ROOT / "cpp" / "include"), str(home / "include")],
+        library_dirs=[str(libdir)],
+        runtime_library_dirs=[str(libdir)],
+        libraries=["cudart"],
+        cxx_std=17,
+        extra_compile_args=["-O2"],
+    )
+    ext.cuda_home = str(home)
+    return [ext]
 
 
-setup(ext_modules=extensions())
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtWithCuda})

@@ -2,12 +2,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "dwdp/copy_plan.h"
+#include "dwdp/moe_permute.h"
 
 namespace py = pybind11;
 
@@ -17,11 +19,11 @@ void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
-dwdp::CopyPlan make_plan(const std::vector<std::tuple<uintptr_t, uint64_t, uint64_t>>& slices) {
+std::unique_ptr<dwdp::CopyPlan> make_plan(const std::vector<std::tuple<uintptr_t, uint64_t, uint64_t>>& slices) {
   std::vector<dwdp::CopySlice> v;
   v.reserve(slices.size());
   for (const auto& [src, dst, n] : slices) v.push_back({src, dst, n});
-  return dwdp::CopyPlan(std::move(v));
+  return std::make_unique<dwdp::CopyPlan>(std::move(v));
 }
 
 }  // namespace
@@ -32,13 +34,35 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init(&make_plan), py::arg("slices"), "slices: (source address, slot offset, nbytes) triples")
       .def(
           "issue",
-          [](const dwdp::CopyPlan& p, uintptr_t dst_base, uintptr_t stream) {
-            check(p.issue(reinterpret_cast<void*>(dst_base), reinterpret_cast<cudaStream_t>(stream)),
+          [](const dwdp::CopyPlan& p, uintptr_t dst_base, uintptr_t stream, bool batched) {
+            check(p.issue(reinterpret_cast<void*>(dst_base), reinterpret_cast<cudaStream_t>(stream), batched),
                   "CopyPlan.issue");
           },
-          py::arg("dst_base"), py::arg("stream"), py::call_guard<py::gil_scoped_release>())
+          py::arg("dst_base"), py::arg("stream"), py::arg("batched") = true, py::call_guard<py::gil_scoped_release>())
+      .def_static("batch_supported", &dwdp::CopyPlan::batch_supported)
       .def_property_readonly("nbytes", &dwdp::CopyPlan::nbytes)
       .def("__len__", &dwdp::CopyPlan::size);
+  m.def(
+      "permute_rows_bf16",
+      [](uintptr_t x, uintptr_t src, uintptr_t dest, int64_t n, int64_t hidden, uintptr_t out, uintptr_t stream) {
+        check(dwdp::permute_rows_bf16(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(src),
+                                      reinterpret_cast<const int64_t*>(dest), n, hidden, reinterpret_cast<void*>(out),
+                                      reinterpret_cast<cudaStream_t>(stream)),
+              "permute_rows_bf16");
+      },
+      "out[dest[i]] = x[src[i]] (raw device pointers, bf16 rows of `hidden`)");
+  m.def(
+      "combine_bf16",
+      [](const std::vector<uintptr_t>& seg_out, uintptr_t segment, uintptr_t row, uintptr_t weight, int64_t tokens,
+         int64_t k_top, int64_t hidden, uintptr_t out, uintptr_t stream) {
+        std::vector<const void*> tmp;
+        for (uintptr_t p : seg_out) tmp.push_back(reinterpret_cast<const void*>(p));
+        check(dwdp::combine_bf16(tmp.data(), static_cast<int>(tmp.size()), reinterpret_cast<const int64_t*>(segment),
+                                 reinterpret_cast<const int64_t*>(row), reinterpret_cast<const float*>(weight), tokens,
+                                 k_top, hidden, reinterpret_cast<void*>(out), reinterpret_cast<cudaStream_t>(stream)),
+              "combine_bf16");
+      },
+      "weighted top-k sum of rows gathered from per-segment expert outputs (raw device pointers)");
   m.def("cuda_runtime_version", [] {
     int v = 0;
     check(cudaRuntimeGetVersion(&v), "cudaRuntimeGetVersion");

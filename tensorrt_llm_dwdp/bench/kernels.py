@@ -5,7 +5,8 @@
      roofline max(FLOPs / peak, bytes / HBM bandwidth) from peaks measured in this run;
   b. the expert MLP alone vs with a concurrent pinned-host -> device pull on a side stream
      through the copy engine, the pull sized to 80% of the MLP's time at the measured rate;
-  c. host time to issue one layer's pull: the C++ copy plan vs a CUDA-graph replay of it.
+  c. host time to issue one layer's pull: one cudaMemcpyAsync per slice, one
+     cudaMemcpyBatchAsync, and a CUDA-graph replay of the per-slice plan.
 
 BF16 only for now. Prints a table per part and writes JSON.
 """
@@ -97,6 +98,18 @@ def bench_gemm(name: str, tokens: int, peaks: Dict[str, float], local_fraction: 
         g, u = h.chunk(2, dim=-1)
         return (F.silu(g) * u) @ d2
 
+    def gemms_only(segments, offs_list):
+        for seg, offs in zip(segments, offs_list):
+            h = torch._grouped_mm(xa, seg.tensors["w13"].transpose(-2, -1), offs=offs)
+            g, u = h.chunk(2, dim=-1)
+            torch._grouped_mm(F.silu(g) * u, seg.tensors["w2"].transpose(-2, -1), offs=offs)
+
+    counts = torch.bincount(ids.reshape(-1), minlength=experts)
+    ends = torch.cumsum(counts, 0).to(torch.int32)
+    local_ends = ends[:n_local]
+    offs_split = [local_ends, (ends[n_local:] - local_ends[-1]).to(torch.int32)]
+    t_split_gemm = bench_ms(lambda: gemms_only(split.segments, offs_split))
+    t_contig_gemm = bench_ms(lambda: gemms_only(contiguous.segments, [ends]))
     t_split = bench_ms(lambda: grouped_moe_experts(x, ids, wts, split))
     t_contig = bench_ms(lambda: grouped_moe_experts(x, ids, wts, contiguous))
     t_dense = bench_ms(dense)
@@ -106,7 +119,10 @@ def bench_gemm(name: str, tokens: int, peaks: Dict[str, float], local_fraction: 
     out = {"shape": name, "tokens": tokens, "dtype": "bf16", "split_ms": t_split, "contiguous_ms": t_contig,
            "dense_ms": t_dense, "split_over_contiguous": t_contig / t_split, "floor_ms": floor_ms,
            "split_of_roofline": floor_ms / t_split, "contiguous_of_roofline": floor_ms / t_contig,
-           "dense_of_roofline": floor_ms / t_dense, "tflops_split": flops / t_split / 1e9}
+           "split_over_dense": t_dense / t_split, "tflops_split": flops / t_split / 1e9,
+           "split_gemm_ms": t_split_gemm, "contiguous_gemm_ms": t_contig_gemm,
+           "gemm_split_over_contiguous": t_contig_gemm / t_split_gemm,
+           "gemm_split_of_roofline": floor_ms / t_split_gemm}
     return out
 
 
@@ -155,30 +171,35 @@ def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: 
 def bench_issue(nbytes: int = 1 << 30, slice_bytes: int = 2 << 20, reps: int = 50) -> Dict:
     host, slot, plan = _pull_plan(nbytes, slice_bytes)
     side = torch.cuda.Stream()
-    plan.issue(slot.data_ptr(), side.cuda_stream)
-    side.synchronize()
-    plain = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        plan.issue(slot.data_ptr(), side.cuda_stream)
-        plain.append(time.perf_counter() - t0)
+
+    def host_us(issue) -> float:
+        issue()
         side.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(side):
-        with torch.cuda.graph(graph, stream=side):
-            plan.issue(slot.data_ptr(), side.cuda_stream)
-    side.synchronize()
-    replay = []
-    for _ in range(reps):
-        with torch.cuda.stream(side):
+        times = []
+        for _ in range(reps):
             t0 = time.perf_counter()
+            issue()
+            times.append(time.perf_counter() - t0)
+            side.synchronize()
+        times.sort()
+        return times[reps // 2] * 1e6
+
+    each = host_us(lambda: plan.issue(slot.data_ptr(), side.cuda_stream, batched=False))
+    batched = host_us(lambda: plan.issue(slot.data_ptr(), side.cuda_stream, batched=True))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        plan.issue(slot.data_ptr(), side.cuda_stream, batched=False)
+    side.synchronize()
+
+    def replay():
+        with torch.cuda.stream(side):
             graph.replay()
-            replay.append(time.perf_counter() - t0)
-        side.synchronize()
-    plain.sort()
-    replay.sort()
-    return {"pull_mib": nbytes / 2**20, "slices": len(plan), "plain_issue_us": plain[reps // 2] * 1e6,
-            "graph_replay_us": replay[reps // 2] * 1e6}
+
+    replayed = host_us(replay)
+    t_copy = bench_ms(lambda: (plan.issue(slot.data_ptr(), torch.cuda.current_stream().cuda_stream, batched=True)))
+    return {"pull_mib": nbytes / 2**20, "slices": len(plan), "per_slice_issue_us": each,
+            "batched_issue_us": batched, "graph_replay_us": replayed, "copy_ms": t_copy,
+            "copy_gbps": nbytes / t_copy / 1e6}
 
 
 def _table(rows: List[Dict], cols: List[str]) -> str:
@@ -212,7 +233,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.cuda.empty_cache()
     print("\n(a) expert MLP, BF16: split (1/4 local + 3/4 fetched, two calls) vs contiguous vs dense")
     print(_table(gemm, ["shape", "tokens", "split_ms", "contiguous_ms", "dense_ms", "split_over_contiguous",
-                        "split_of_roofline", "contiguous_of_roofline", "dense_of_roofline"]))
+                        "split_of_roofline", "contiguous_of_roofline", "split_over_dense"]))
+    print("\n(a') grouped GEMMs alone (SwiGLU included, no permute/combine), on pre-permuted rows")
+    print(_table(gemm, ["shape", "tokens", "split_gemm_ms", "contiguous_gemm_ms", "gemm_split_over_contiguous",
+                        "gemm_split_of_roofline"]))
     for s in shapes:
         for t in tokens[-2:]:
             print(f"  [b] {s} {t} tokens ...", flush=True)
@@ -222,7 +246,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(_table(overlap, ["shape", "tokens", "layer_ms", "pull_mib", "pull_ms", "layer_with_pull_ms", "slowdown"]))
     issue = bench_issue()
     print("\n(c) host time to issue one layer's pull")
-    print(_table([issue], ["pull_mib", "slices", "plain_issue_us", "graph_replay_us"]))
+    print(_table([issue], ["pull_mib", "slices", "per_slice_issue_us", "batched_issue_us", "graph_replay_us",
+                           "copy_ms", "copy_gbps"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "peaks": peaks, "gemm": gemm, "overlap": overlap,

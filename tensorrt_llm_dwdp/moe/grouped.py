@@ -8,8 +8,9 @@ shapes, so it can be captured in a CUDA graph:
     segment's GEMM gets a static slice and device-side group offsets;
   * per segment: h = grouped_mm(x_s, w13_s^T), SwiGLU, y_s = grouped_mm(act, w2_s^T),
     reading the segment's stacked weights in place (shard or prefetch slot);
-  * combine: each assignment gathers its row from its segment's output (rows past a
-    segment's last offset are never read), weighted, summed over top-k.
+  * combine: each assignment reads its row from its segment's output (rows past a
+    segment's last offset are never read), weighted, summed over top-k in fp32.
+Permute and combine are `ops` custom ops: CUDA kernels from `cpp/` on GPUs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import ops
 from .experts import SharedExpert, SplitExpertWeights, swiglu
 
 _DTYPES = (torch.bfloat16,)
@@ -62,14 +64,13 @@ def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
     seg_start = F.pad(ends, (1, 0)).index_select(0, tables.bases_t)  # first sorted index of each segment
     sorted_seg = tables.segment_of_position[sorted_pos]
     dest = torch.arange(a, device=x.device) - seg_start[sorted_seg] + sorted_seg * a  # windowed slot
-    x_perm = x.new_empty(nseg * a, hidden)
-    x_perm.index_copy_(0, dest, x.index_select(0, order // k))
+    x_perm = ops.permute_rows(x, order // k, dest, nseg * a)
 
     outs = []
     for s, seg in enumerate(weights.segments):
         n = len(seg.expert_ids)
         if n == 0:
-            outs.append(None)
+            outs.append(x.new_empty(0, hidden))  # no assignment names an empty segment
             continue
         offs = (ends[bases[s]:bases[s] + n] - seg_start[s]).to(torch.int32)
         xs = x_perm[s * a:(s + 1) * a]
@@ -77,20 +78,9 @@ def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
         gate, up = h.chunk(2, dim=-1)
         outs.append(torch._grouped_mm(F.silu(gate) * up, seg.tensors["w2"].transpose(-2, -1), offs=offs))
 
-    # slot of each assignment, in assignment order
-    slot_of = torch.empty_like(dest)
+    slot_of = torch.empty_like(dest)  # windowed slot of each assignment, in assignment order
     slot_of[order] = dest
-    seg_a, row_a = slot_of // a, slot_of % a
-    gathered = None
-    for s, y in enumerate(outs):
-        if y is None:
-            continue
-        mine = seg_a == s
-        rows = y.index_select(0, torch.where(mine, row_a, 0))  # rows of other segments are masked below
-        gathered = rows if gathered is None else torch.where(mine[:, None], rows, gathered)
-    # [T, 1, K] @ [T, K, H]: the weighted top-k sum, accumulated in fp32 by the batched GEMM.
-    out = torch.bmm(topk_weights.to(x.dtype).view(num_tokens, 1, k), gathered.view(num_tokens, k, hidden))
-    out = out.view(num_tokens, hidden)
+    out = ops.combine(outs, slot_of // a, slot_of % a, topk_weights.reshape(-1), k)
     if shared is not None:
         out = out + swiglu(x, shared.w13, shared.w2)
     return out

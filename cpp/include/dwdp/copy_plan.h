@@ -6,6 +6,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 namespace dwdp {
@@ -22,13 +24,25 @@ class CopyPlan {
   explicit CopyPlan(std::vector<CopySlice> slices);
 
   // Issues every slice on `stream` into the slot at `dst_base`; returns the first CUDA error.
-  cudaError_t issue(void* dst_base, cudaStream_t stream) const;
+  // batched: one cudaMemcpyBatchAsync call (CUDA >= 12.8, not on the legacy default stream)
+  // instead of one cudaMemcpyAsync per slice; falls back to the latter where unavailable.
+  cudaError_t issue(void* dst_base, cudaStream_t stream, bool batched = true) const;
+
+  // Whether `issue(..., batched=true)` can use cudaMemcpyBatchAsync in this build.
+  static bool batch_supported();
 
   size_t size() const { return slices_.size(); }
   uint64_t nbytes() const;
 
  private:
+  cudaError_t issue_each(char* dst, cudaStream_t stream) const;
+
   std::vector<CopySlice> slices_;
+  std::vector<const void*> srcs_;
+  std::vector<size_t> sizes_;
+  // Destination pointer arrays per slot base (a layer fills one of a few slots).
+  mutable std::mutex mu_;
+  mutable std::unordered_map<uintptr_t, std::vector<void*>> dsts_;
 };
 
 }  // namespace dwdp

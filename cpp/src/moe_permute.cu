@@ -1,0 +1,82 @@
+#include <cuda_bf16.h>
+
+#include "dwdp/moe_permute.h"
+
+namespace dwdp {
+namespace {
+
+constexpr int kVec = 8;  // bf16 per 16-byte access
+
+__global__ void permute_rows_kernel(const uint4* __restrict__ x, const int64_t* __restrict__ src,
+                                    const int64_t* __restrict__ dest, int64_t n, int64_t vecs_per_row,
+                                    uint4* __restrict__ out) {
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    const uint4* in_row = x + src[i] * vecs_per_row;
+    uint4* out_row = out + dest[i] * vecs_per_row;
+    for (int64_t v = threadIdx.x; v < vecs_per_row; v += blockDim.x) out_row[v] = in_row[v];
+  }
+}
+
+struct SegmentPtrs {
+  const __nv_bfloat16* p[kMaxSegments];
+};
+
+__global__ void combine_kernel(const SegmentPtrs seg_out, const int64_t* __restrict__ segment,
+                               const int64_t* __restrict__ row, const float* __restrict__ weight, int64_t tokens,
+                               int64_t k_top, int64_t hidden, __nv_bfloat16* __restrict__ out) {
+  for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
+    for (int64_t c = threadIdx.x * kVec; c < hidden; c += blockDim.x * kVec) {
+      float acc[kVec] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int64_t j = 0; j < k_top; ++j) {
+        const int64_t a = t * k_top + j;
+        const float w = weight[a];
+        const uint4 packed = *reinterpret_cast<const uint4*>(seg_out.p[segment[a]] + row[a] * hidden + c);
+        const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&packed);
+#pragma unroll
+        for (int e = 0; e < kVec / 2; ++e) {
+          const float2 f = __bfloat1622float2(h2[e]);
+          acc[2 * e] += w * f.x;
+          acc[2 * e + 1] += w * f.y;
+        }
+      }
+      uint4 res;
+      __nv_bfloat162* r2 = reinterpret_cast<__nv_bfloat162*>(&res);
+#pragma unroll
+      for (int e = 0; e < kVec / 2; ++e) r2[e] = __floats2bfloat162_rn(acc[2 * e], acc[2 * e + 1]);
+      *reinterpret_cast<uint4*>(out + t * hidden + c) = res;
+    }
+  }
+}
+
+int grid_for(int64_t rows) {
+  int64_t g = rows < 1 ? 1 : rows;
+  return static_cast<int>(g < 65535 ? g : 65535);
+}
+
+int block_for(int64_t vecs) { return vecs >= 256 ? 256 : (vecs >= 128 ? 128 : (vecs >= 64 ? 64 : 32)); }
+
+}  // namespace
+
+cudaError_t permute_rows_bf16(const void* x, const int64_t* src, const int64_t* dest, int64_t n, int64_t hidden,
+                              void* out, cudaStream_t stream) {
+  if (hidden % kVec != 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  const int64_t vecs = hidden / kVec;
+  permute_rows_kernel<<<grid_for(n), block_for(vecs), 0, stream>>>(static_cast<const uint4*>(x), src, dest, n, vecs,
+                                                                   static_cast<uint4*>(out));
+  return cudaGetLastError();
+}
+
+cudaError_t combine_bf16(const void* const* seg_out, int num_segments, const int64_t* segment, const int64_t* row,
+                         const float* weight, int64_t tokens, int64_t k_top, int64_t hidden, void* out,
+                         cudaStream_t stream) {
+  if (hidden % kVec != 0 || num_segments < 1 || num_segments > kMaxSegments) return cudaErrorInvalidValue;
+  if (tokens == 0) return cudaSuccess;
+  SegmentPtrs ptrs{};
+  for (int s = 0; s < num_segments; ++s) ptrs.p[s] = static_cast<const __nv_bfloat16*>(seg_out[s]);
+  combine_kernel<<<grid_for(tokens), block_for(hidden / kVec), 0, stream>>>(ptrs, segment, row, weight, tokens, k_top,
+                                                                            hidden, static_cast<__nv_bfloat16*>(out));
+  return cudaGetLastError();
+}
+
+}  // namespace dwdp
