@@ -1,0 +1,154 @@
+"""MoE model presets (shapes from the models' published config.json) and precisions.
+
+Only what the cost model needs: hidden size, layer counts, expert and attention shapes.
+Parameter counts are in weights (elements), bytes come from a Precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Attention of one layer, as prefill computes it.
+
+    heads: query heads.  qk_dim, v_dim: per-head dims of q·k and of v (MLA in prefill runs as
+        multi-head attention with qk_dim = nope + rope and v_dim = v_head_dim).
+    proj_params: weights of all q/k/v/o projections of one layer (elements).
+    kv_bytes_per_token: KV-cache bytes one token adds per layer (BF16), read by later chunks.
+    """
+
+    heads: int
+    qk_dim: int
+    v_dim: int
+    proj_params: int
+    kv_bytes_per_token: int
+
+
+def mla(hidden: int, heads: int, q_lora: Optional[int], kv_lora: int, nope: int, rope: int, v: int) -> Attention:
+    """DeepSeek multi-head latent attention: q_a/q_b (or q_proj), kv_a, kv_b, o projections."""
+    q = hidden * heads * (nope + rope) if q_lora is None else hidden * q_lora + q_lora * heads * (nope + rope)
+    kv = hidden * (kv_lora + rope) + kv_lora * heads * (nope + v)
+    o = heads * v * hidden
+    return Attention(heads, nope + rope, v, q + kv + o, 2 * (kv_lora + rope))
+
+
+def gqa(hidden: int, heads: int, kv_heads: int, head_dim: int) -> Attention:
+    """Grouped-query attention: q, k, v, o projections."""
+    params = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
+    return Attention(heads, head_dim, head_dim, params, 2 * 2 * kv_heads * head_dim)
+
+
+@dataclass(frozen=True)
+class MoEModel:
+    """Shapes of a MoE transformer.
+
+    vocab: vocabulary (embedding and LM head, for the memory check only).
+    layers: decoder layers; the first dense_layers have a dense FFN of dense_inter, the rest a
+        MoE of `experts` routed experts (SwiGLU, hidden x moe_inter, top_k per token) plus
+        `shared` shared experts of moe_inter each.
+    source: where the shapes come from.
+    """
+
+    name: str
+    hidden: int
+    layers: int
+    dense_layers: int
+    dense_inter: int
+    moe_inter: int
+    experts: int
+    top_k: int
+    shared: int
+    attention: Attention
+    source: str
+    vocab: int = 0
+
+    @property
+    def moe_layers(self) -> int:
+        return self.layers - self.dense_layers
+
+    @property
+    def expert_params(self) -> int:
+        """Weights of one routed expert: gate, up (hidden x inter each) and down."""
+        return 3 * self.hidden * self.moe_inter
+
+
+_DSV3 = MoEModel("deepseek-v3", 7168, 61, 3, 18432, 2048, 256, 8, 1, mla(7168, 128, 1536, 512, 128, 64, 128),
+                 "huggingface.co/deepseek-ai/DeepSeek-V3 config.json", 129280)
+MODELS: Dict[str, MoEModel] = {
+    "deepseek-v3": _DSV3,
+    "deepseek-r1": MoEModel(**{**_DSV3.__dict__, "name": "deepseek-r1",
+                               "source": "huggingface.co/deepseek-ai/DeepSeek-R1 config.json (DeepSeek-V3 shapes)"}),
+    "qwen3-235b-a22b": MoEModel("qwen3-235b-a22b", 4096, 94, 0, 0, 1536, 128, 8, 0, gqa(4096, 64, 4, 128),
+                                "huggingface.co/Qwen/Qwen3-235B-A22B config.json", 151936),
+    "qwen3-30b-a3b": MoEModel("qwen3-30b-a3b", 2048, 48, 0, 0, 768, 128, 8, 0, gqa(2048, 32, 4, 128),
+                              "huggingface.co/Qwen/Qwen3-30B-A3B config.json", 151936),
+    "deepseek-v2-lite": MoEModel("deepseek-v2-lite", 2048, 27, 1, 10944, 1408, 64, 6, 2,
+                                 mla(2048, 16, None, 512, 128, 64, 128),
+                                 "huggingface.co/deepseek-ai/DeepSeek-V2-Lite config.json", 102400),
+}
+
+
+def get_model(name: str) -> MoEModel:
+    key = name.strip().lower()
+    if key not in MODELS:
+        raise ValueError(f"--model {name!r} is not a preset. Fix: use one of {', '.join(MODELS)}.")
+    return MODELS[key]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How weights are stored and which tensor cores run them.
+
+    expert_bits: bits per routed-expert weight.  scale_bits: bits of block scales per weight
+        (NVFP4: one FP8 scale per 16 weights = 0.5; FP8 DeepSeek-style: one FP32 per 128x128).
+    expert_compute / dense_compute: tensor-core precision of expert GEMMs and of the other
+        GEMMs (attention projections, shared and dense FFN); core attention runs in BF16.
+    dense_bytes: bytes per weight of the non-expert GEMMs.
+    dispatch_bytes: bytes per hidden element a DEP dispatch sends (quantised activations plus
+        their scales); combine is BF16 (2 bytes).
+    """
+
+    name: str
+    expert_bits: float
+    scale_bits: float
+    expert_compute: str
+    dense_compute: str
+    dense_bytes: float
+    dispatch_bytes: float
+    combine_bytes: float = 2.0
+
+    def expert_bytes_per_weight(self, count_scales: bool = True) -> float:
+        return (self.expert_bits + (self.scale_bits if count_scales else 0.0)) / 8.0
+
+    def expert_bytes(self, model: MoEModel, count_scales: bool = True) -> float:
+        """Bytes of one routed expert in this precision."""
+        return model.expert_params * self.expert_bytes_per_weight(count_scales)
+
+
+PRECISION_SPECS: Dict[str, Precision] = {
+    "bf16": Precision("bf16", 16, 0.0, "bf16", "bf16", 2.0, 2.0),
+    # NOTE: DeepSeek FP8 checkpoints keep 128x128 FP32 block scales; activations get 1x128 scales.
+    "fp8": Precision("fp8", 8, 32 / (128 * 128), "fp8", "fp8", 1.0, 1.0 + 4 / 128),
+    # NVFP4 experts (E2M1 + an E4M3 scale per 16); the rest of the model stays FP8, as in the
+    # public NVFP4 DeepSeek-R1 checkpoint. Dispatch sends NVFP4 activations.
+    "nvfp4": Precision("nvfp4", 4, 8 / 16, "nvfp4", "fp8", 1.0, 0.5 + 1 / 16),
+}
+
+
+def get_precision(name: str) -> Precision:
+    key = name.strip().lower()
+    if key not in PRECISION_SPECS:
+        raise ValueError(f"--precision {name!r} is not a precision. Fix: use one of {', '.join(PRECISION_SPECS)}.")
+    return PRECISION_SPECS[key]
+
+
+def model_summary(model: MoEModel, precision: Precision) -> Tuple[str, ...]:
+    """Human-readable lines: expert bytes per layer and in total."""
+    per_layer = precision.expert_bytes(model) * model.experts
+    return (f"{model.name}: {model.layers} layers ({model.moe_layers} MoE), {model.experts} experts top-{model.top_k}, "
+            f"hidden {model.hidden}, expert inter {model.moe_inter}",
+            f"routed experts in {precision.name}: {per_layer / 1e9:.2f} GB per layer, "
+            f"{per_layer * model.moe_layers / 1e9:.0f} GB in all")

@@ -1,0 +1,123 @@
+"""A deployment to simulate: machine x model x precision x ranks x workload, validated.
+
+Bad values raise ValueError naming the CLI option and the fix, before any simulation runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Dict, Optional, Tuple
+
+from ..placement import Placement, even_placement, fetch_plan, redundant_placement
+from .machines import Efficiency, Machine, Rates, check_precision
+from .models import MoEModel, Precision
+from .workload import IslDist
+
+
+@dataclass(frozen=True)
+class MemoryFit:
+    """Weights per rank (GB) under each mode, against HBM capacity (KV cache not counted)."""
+
+    dwdp_gb: float
+    dep_gb: float
+    capacity_gb: float
+
+    @property
+    def dwdp_fits(self) -> bool:
+        return self.dwdp_gb <= self.capacity_gb
+
+    @property
+    def dep_fits(self) -> bool:
+        return self.dep_gb <= self.capacity_gb
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One deployment and workload.
+
+    ranks: GPUs in the DWDP group (= the DEP group it is compared with), one NVLink domain.
+    isl: request lengths; max_num_tokens: token budget of one iteration of one rank.
+    iterations: iterations simulated per rank; seed: the workload's random seed.
+    slots: prefetch slots (ping-pong is 2; layer l + slots - 1 is pulled while l computes).
+    sliced: pulls cut into slices taken round-robin over the owners (upstream contention_opt);
+        False pulls owner after owner in ascending rank order, so ranks can pile onto one owner.
+    experts_per_rank: experts a rank holds; None spreads them evenly; more is redundant.
+    count_scales: count block-scale bytes in expert weights (physical: True).
+    chunked: fill every iteration to max_num_tokens, splitting the last request.
+    """
+
+    machine: Machine
+    model: MoEModel
+    precision: Precision
+    ranks: int
+    isl: IslDist
+    max_num_tokens: int
+    iterations: int = 8
+    seed: int = 0
+    efficiency: Efficiency = field(default_factory=Efficiency)
+    slots: int = 2
+    sliced: bool = True
+    experts_per_rank: Optional[int] = None
+    count_scales: bool = True
+    chunked: bool = False
+
+    def __post_init__(self):
+        m = self.machine
+        check_precision(m, self.precision.name)
+        if self.ranks < 2:
+            raise ValueError(f"--ranks {self.ranks}: DWDP and DEP need at least 2 ranks. Fix: --ranks 4 or more.")
+        if self.ranks > m.domain:
+            raise ValueError(f"--ranks {self.ranks}: {m.name} has {m.domain} GPUs per NVLink domain. "
+                             f"Fix: --ranks <= {m.domain}, or --machine gb200 (72).")
+        if self.ranks > self.model.experts:
+            raise ValueError(f"--ranks {self.ranks}: more ranks than {self.model.name}'s {self.model.experts} experts. "
+                             f"Fix: --ranks <= {self.model.experts}.")
+        if self.max_num_tokens < 1:
+            raise ValueError(f"--max-num-tokens {self.max_num_tokens}: must be >= 1. Fix: e.g. 16384.")
+        if self.iterations < 1:
+            raise ValueError(f"--iterations {self.iterations}: must be >= 1. Fix: e.g. 8.")
+        if self.slots < 2:
+            raise ValueError(f"--slots {self.slots}: DWDP needs >= 2 prefetch slots (ping-pong). Fix: --slots 2.")
+        e = self.experts_per_rank
+        if e is not None and not (self.model.experts / self.ranks <= e <= self.model.experts):
+            lo = -(-self.model.experts // self.ranks)
+            raise ValueError(f"--experts-per-rank {e}: {self.ranks} ranks x {e} cannot cover {self.model.experts} "
+                             f"experts. Fix: {lo} <= --experts-per-rank <= {self.model.experts}.")
+
+    @cached_property
+    def rates(self) -> Rates:
+        return Rates.of(self.machine, self.efficiency)
+
+    @cached_property
+    def placement(self) -> Placement:
+        if self.experts_per_rank is None:
+            return even_placement(self.model.experts, self.ranks)
+        return redundant_placement(self.model.experts, self.ranks, self.experts_per_rank)
+
+    @cached_property
+    def expert_bytes(self) -> float:
+        """Bytes of one routed expert."""
+        return self.precision.expert_bytes(self.model, self.count_scales)
+
+    @cached_property
+    def pull_sources(self) -> Tuple[Dict[int, int], ...]:
+        """For each rank: owner -> experts it pulls from that owner per layer."""
+        return tuple(fetch_plan(self.placement, r).pulls_per_source() for r in range(self.ranks))
+
+    def fetch_bytes(self, rank: int) -> float:
+        """Bytes rank pulls per MoE layer."""
+        return sum(self.pull_sources[rank].values()) * self.expert_bytes
+
+    def memory(self) -> MemoryFit:
+        md, p = self.model, self.precision
+        dense = (md.layers * md.attention.proj_params + md.moe_layers * (md.shared * 3 * md.hidden * md.moe_inter)
+                 + md.dense_layers * 3 * md.hidden * md.dense_inter) * p.dense_bytes + 2 * md.vocab * md.hidden * 2
+        local = max(len(x) for x in self.placement.ranks) * md.moe_layers * self.expert_bytes
+        slots = self.slots * self.placement.max_missing * self.expert_bytes
+        dep = -(-md.experts // self.ranks) * md.moe_layers * self.expert_bytes
+        return MemoryFit((dense + local + slots) / 1e9, (dense + dep) / 1e9, self.machine.hbm_gb)
+
+    def describe(self) -> str:
+        return (f"{self.machine.title}: {self.ranks} ranks | {self.model.name} {self.precision.name} | "
+                f"ISL {self.isl} | max_num_tokens {self.max_num_tokens}")
