@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 WEIGHT_DTYPES = ("bfloat16", "float16", "float32")
-MEMORY_BACKENDS = ("auto", "cpu_shm", "cuda_ipc")
+MEMORY_BACKENDS = ("auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric")
 DEFAULT_SLICE_BYTES = 2 << 20
 
 
@@ -42,7 +42,8 @@ class DwdpConfig:
     prefetch_depth: prefetch slots (ping-pong is 2); layer l+depth is pulled after layer l ends.
     slice_bytes: size of one copy; pulls are cut into slices taken round-robin across peers.
     weight_dtype: dtype of the expert weights in the shards.
-    memory_backend: "cpu_shm" (CPU ranks), "cuda_ipc" (GPU ranks), or "auto".
+    memory_backend: "cpu_shm" (CPU ranks); "cuda_ipc" (legacy IPC handles), "cuda_vmm" (cuMemCreate,
+        POSIX file descriptors) or "cuda_fabric" (cuMemCreate, fabric handles) for GPU ranks; or "auto".
     """
 
     group_size: int

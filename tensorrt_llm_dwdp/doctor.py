@@ -82,7 +82,10 @@ def report() -> List[str]:
              f"C++ extension: {_extension()}",
              f"cuda.bindings: {_cuda_bindings()}"]
     gpus, peer_rows = _gpus()
-    backends = ["cpu_shm"] + (["cuda_ipc"] if gpus and "available" in _cuda_bindings() else [])
+    backends = ["cpu_shm"]
+    if gpus and "available" in _cuda_bindings():
+        from .memory.cuda_vmm import fabric_supported
+        backends += ["cuda_ipc", "cuda_vmm"] + (["cuda_fabric"] if fabric_supported(0) else [])
     lines.append(f"memory backends: {', '.join(backends)}")
     lines.append(f"GPUs: {len(gpus) or 'none (CPU ranks only)'}")
     lines += [f"  {g}" for g in gpus]

@@ -71,8 +71,40 @@ def test_mismatched_backend_and_host_are_reported():
 
 
 @pytest.mark.gpu
-def test_cuda_ipc_roundtrip_between_processes():
-    _roundtrip("cuda_ipc", "cuda:0")
+@pytest.mark.parametrize("kind", ["cuda_ipc", "cuda_vmm"])
+def test_cuda_roundtrip_between_processes(kind):
+    _roundtrip(kind, "cuda:0")
+
+
+@pytest.mark.gpu
+def test_cuda_vmm_peer_mapping_outlives_owner_release():
+    """A VMM peer keeps reading correct data after the owner unmapped and released its reference."""
+    be = get_backend("cuda_vmm", torch.device("cuda:0"))
+    shard = be.allocate(1 << 20)
+    data = torch.randint(0, 255, (1 << 20,), dtype=torch.uint8, device="cuda:0")
+    shard.tensor.copy_(data)
+    torch.cuda.synchronize()
+    h = shard.handle
+    code = textwrap.dedent(f"""
+        import sys, torch
+        from tensorrt_llm_dwdp.memory import SharedHandle, get_backend
+        h = SharedHandle({h.kind!r}, {h.nbytes}, {h.payload!r}, {h.host!r}, {h.device}, {h.pid})
+        peer = get_backend("cuda_vmm", torch.device("cuda:0")).open(h)
+        print("opened", flush=True)
+        sys.stdin.readline()
+        sys.stdout.write(str(int(peer.tensor.to(torch.int64).sum())) + "\\n")
+        peer.close()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "opened", proc.stderr.read()
+        shard.close()  # the owner's mapping and reference are gone
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert int(proc.stdout.readline()) == int(data.to(torch.int64).sum())
+    finally:
+        proc.wait(timeout=60)
 
 
 @pytest.mark.gpu

@@ -96,7 +96,10 @@ def hostname() -> str:
 
 
 def get_backend(kind: str = "auto", device: Optional[torch.device] = None) -> MemoryBackend:
-    """'auto' picks cuda_ipc for a CUDA device (or when one is present), cpu_shm otherwise."""
+    """'auto' picks cuda_ipc for a CUDA device (or when one is present), cpu_shm otherwise.
+
+    cuda_ipc: legacy IPC handles. cuda_vmm: cuMemCreate + POSIX file descriptors (one node).
+    cuda_fabric: cuMemCreate + fabric handles (multi-node NVLink domains)."""
     if kind == "auto":
         if device is not None:
             kind = "cuda_ipc" if torch.device(device).type == "cuda" else "cpu_shm"
@@ -108,4 +111,7 @@ def get_backend(kind: str = "auto", device: Optional[torch.device] = None) -> Me
     if kind == "cuda_ipc":
         from .cuda_ipc import CudaIpcBackend
         return CudaIpcBackend(device)
-    raise ValueError(f"memory_backend={kind!r}: unknown; use auto, cpu_shm or cuda_ipc")
+    if kind in ("cuda_vmm", "cuda_fabric"):
+        from .cuda_vmm import CudaVmmBackend
+        return CudaVmmBackend(device, fabric=kind == "cuda_fabric")
+    raise ValueError(f"memory_backend={kind!r}: unknown; use auto, cpu_shm, cuda_ipc, cuda_vmm or cuda_fabric")

@@ -105,21 +105,17 @@ class CudaIpcPeer(_Mapping, PeerShard):
         _check(_cudart().cudaIpcCloseMemHandle(ptr), "cudaIpcCloseMemHandle")
 
 
-class CudaIpcBackend(MemoryBackend):
-    kind = "cuda_ipc"
+class CudaBackend(MemoryBackend):
+    """What every device-memory backend shares: the device, free memory, peer reachability."""
+
+    kind = "cuda"
 
     def __init__(self, device: Optional[torch.device] = None):
         if not torch.cuda.is_available():
-            raise SharedMemoryError("memory_backend='cuda_ipc' needs a CUDA GPU; none is visible "
+            raise SharedMemoryError(f"memory_backend='{self.kind}' needs a CUDA GPU; none is visible "
                                     "(use memory_backend='cpu_shm' for CPU ranks)")
         index = torch.cuda.current_device() if device is None else torch.device(device).index
         self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
-
-    def allocate(self, nbytes: int) -> LocalShard:
-        return CudaIpcLocal(nbytes, self.device.index)
-
-    def open(self, handle: SharedHandle) -> PeerShard:
-        return CudaIpcPeer(handle, self.device.index)
 
     def free_bytes(self) -> int:
         free, _ = torch.cuda.mem_get_info(self.device)
@@ -135,3 +131,13 @@ class CudaIpcBackend(MemoryBackend):
                     f"GPU {self.device.index} cannot access GPU {handle.device} of peer rank {peer_rank} "
                     "(no NVLink/P2P path): a DWDP group must lie within one NVLink domain; "
                     "choose group_size and the rank-to-GPU mapping so that a group's GPUs are peers")
+
+
+class CudaIpcBackend(CudaBackend):
+    kind = "cuda_ipc"
+
+    def allocate(self, nbytes: int) -> LocalShard:
+        return CudaIpcLocal(nbytes, self.device.index)
+
+    def open(self, handle: SharedHandle) -> PeerShard:
+        return CudaIpcPeer(handle, self.device.index)

@@ -29,7 +29,7 @@ TOLERANCE = {"cpu": 2e-5, "cuda": 1e-4}  # ||out - ref|| / ||ref||, float32 math
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tensorrt_llm_dwdp.verify", description=__doc__.split("\n")[0])
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu_shm", "cuda_ipc"])
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric"])
     p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: world size)")
     p.add_argument("--placement", default="even",
                    help="'even' (uneven when experts do not divide), 'redundant', or explicit '0-3;4-7;...'")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
     group_size = args.group_size or size
-    if args.backend == "cuda_ipc" or (args.backend == "auto" and torch.cuda.is_available()):
+    if args.backend.startswith("cuda") or (args.backend == "auto" and torch.cuda.is_available()):
         device = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:

@@ -1,0 +1,227 @@
+"""CUDA VMM: shards made with cuMemCreate, exported as POSIX file descriptors (or fabric
+handles where the driver offers them) and mapped by peers with cuMemMap (cuda.bindings).
+
+A file descriptor cannot travel through MPI, so the owner serves it on an abstract Unix
+socket named in the handle's payload until every peer has it (SCM_RIGHTS). Fabric handles
+are plain bytes and travel like legacy IPC handles. A mapped peer shard stays valid while
+it is mapped, even after the owner releases its own reference.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .base import LocalShard, PeerShard, SharedHandle, SharedMemoryError, hostname
+from .cuda_ipc import CudaBackend, _as_cuda_tensor
+
+
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError:  # cuda-python < 12.6
+        from cuda import cuda as driver
+    return driver
+
+
+def _ok(result, what: str):
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    drv = _driver()
+    if err != drv.CUresult.CUDA_SUCCESS:
+        _, name = drv.cuGetErrorName(err)
+        raise SharedMemoryError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
+    return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+def fabric_supported(device: int) -> bool:
+    drv = _driver()
+    _ok(drv.cuInit(0), "cuInit")
+    attr = drv.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED
+    return bool(_ok(drv.cuDeviceGetAttribute(attr, device), "cuDeviceGetAttribute"))
+
+
+def _prop(device: int, handle_type):
+    drv = _driver()
+    prop = drv.CUmemAllocationProp()
+    prop.type = drv.CUmemAllocationType.CU_MEM_ALLOCATION_TYPE_PINNED
+    prop.location.type = drv.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    prop.location.id = device
+    prop.requestedHandleTypes = handle_type
+    return prop
+
+
+@dataclass
+class _Mapped:
+    ptr: int
+    size: int
+
+
+def _map(handle, size: int, device: int) -> _Mapped:
+    """Reserve a VA range, map the allocation there, grant this device read/write."""
+    drv = _driver()
+    ptr = _ok(drv.cuMemAddressReserve(size, 0, 0, 0), "cuMemAddressReserve")
+    _ok(drv.cuMemMap(ptr, size, 0, handle, 0), "cuMemMap")
+    access = drv.CUmemAccessDesc()
+    access.location.type = drv.CUmemLocationType.CU_MEM_LOCATION_TYPE_DEVICE
+    access.location.id = device
+    access.flags = drv.CUmemAccess_flags.CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    _ok(drv.cuMemSetAccess(ptr, size, [access], 1), "cuMemSetAccess")
+    return _Mapped(int(ptr), size)
+
+
+def _unmap(m: _Mapped) -> None:
+    drv = _driver()
+    _ok(drv.cuMemUnmap(m.ptr, m.size), "cuMemUnmap")
+    _ok(drv.cuMemAddressFree(m.ptr, m.size), "cuMemAddressFree")
+
+
+class _FdServer:
+    """Hands one file descriptor to every process that connects, until stopped."""
+
+    def __init__(self, fd: int):
+        self.fd, self.name = fd, f"\0dwdp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.name)
+        self.sock.listen(64)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="dwdp-vmm-fd", daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with conn:
+                socket.send_fds(conn, [b"f"], [self.fd])
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def _receive_fd(name: bytes) -> int:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(60)
+        try:
+            s.connect(name.decode("latin-1"))
+            _, fds, _, _ = socket.recv_fds(s, 1, 1)
+        except OSError as e:
+            raise SharedMemoryError(f"could not receive the shard's file descriptor from its owner ({e}): "
+                                    "the owner exited, or it runs in another network namespace") from e
+    if not fds:
+        raise SharedMemoryError("the shard's owner sent no file descriptor")
+    return fds[0]
+
+
+class CudaVmmLocal(LocalShard):
+    def __init__(self, nbytes: int, device: int, fabric: bool):
+        drv = _driver()
+        _ok(drv.cuInit(0), "cuInit")
+        kind = drv.CUmemAllocationHandleType
+        htype = kind.CU_MEM_HANDLE_TYPE_FABRIC if fabric else kind.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+        prop = _prop(device, htype)
+        gran = _ok(drv.cuMemGetAllocationGranularity(
+            prop, drv.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_RECOMMENDED),
+            "cuMemGetAllocationGranularity")
+        size = -(-nbytes // gran) * gran
+        self.device, self._server, self._fd = device, None, None
+        self._alloc = _ok(drv.cuMemCreate(size, prop, 0), f"cuMemCreate({size})")
+        self._mapped = _map(self._alloc, size, device)
+        exported = _ok(drv.cuMemExportToShareableHandle(self._alloc, htype, 0), "cuMemExportToShareableHandle")
+        if fabric:
+            payload = b"fabric:" + bytes(exported.data)
+        else:
+            self._fd = int(exported)
+            self._server = _FdServer(self._fd)
+            payload = b"fd:" + self._server.name.encode("latin-1")
+        self.handle = SharedHandle("cuda_fabric" if fabric else "cuda_vmm", nbytes, payload, hostname(), device,
+                                   os.getpid())
+        self.tensor = _as_cuda_tensor(self._mapped.ptr, nbytes, device, self)
+
+    def after_peers_opened(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+            os.close(self._fd)
+
+    def close(self) -> None:
+        if self._mapped is not None:
+            self.after_peers_opened()
+            _release(self)
+
+
+def _release(shard) -> None:
+    """Unmap and drop this process's reference; the memory goes when the last one does."""
+    torch.cuda.synchronize(shard.device)
+    shard.tensor = None
+    _unmap(shard._mapped)
+    _ok(_driver().cuMemRelease(shard._alloc), "cuMemRelease")
+    shard._mapped = None
+
+
+class CudaVmmPeer(PeerShard):
+    def __init__(self, handle: SharedHandle, device: int):
+        drv = _driver()
+        _ok(drv.cuInit(0), "cuInit")
+        kind = drv.CUmemAllocationHandleType
+        tag, _, body = handle.payload.partition(b":")
+        if tag == b"fd":
+            fd = _receive_fd(body)
+            try:
+                alloc = _ok(drv.cuMemImportFromShareableHandle(fd, kind.CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR),
+                            "cuMemImportFromShareableHandle")
+            finally:
+                os.close(fd)
+        else:
+            fh = drv.CUmemFabricHandle()
+            fh.data = body
+            alloc = _ok(drv.cuMemImportFromShareableHandle(fh, kind.CU_MEM_HANDLE_TYPE_FABRIC),
+                        "cuMemImportFromShareableHandle(fabric)")
+        self.handle, self.device, self._alloc = handle, device, alloc
+        self._mapped = _map(alloc, _alloc_size(alloc, handle.nbytes), device)
+        self.tensor = _as_cuda_tensor(self._mapped.ptr, handle.nbytes, device, self)
+
+    def close(self) -> None:
+        if self._mapped is not None:
+            _release(self)
+
+
+def _alloc_size(alloc, nbytes: int) -> int:
+    """The owner rounded nbytes up to the recommended granularity; peers round the same way."""
+    drv = _driver()
+    prop = _ok(drv.cuMemGetAllocationPropertiesFromHandle(alloc), "cuMemGetAllocationPropertiesFromHandle")
+    gran = _ok(drv.cuMemGetAllocationGranularity(
+        prop, drv.CUmemAllocationGranularity_flags.CU_MEM_ALLOC_GRANULARITY_RECOMMENDED),
+        "cuMemGetAllocationGranularity")
+    return -(-nbytes // gran) * gran
+
+
+class CudaVmmBackend(CudaBackend):
+    """kind 'cuda_vmm' exports POSIX file descriptors (one node); 'cuda_fabric' exports fabric
+    handles (multi-node NVLink domains such as GB200 NVL72; needs driver support and IMEX)."""
+
+    def __init__(self, device: Optional[torch.device] = None, fabric: bool = False):
+        super().__init__(device)
+        self.fabric = fabric
+        self.kind = "cuda_fabric" if fabric else "cuda_vmm"
+        if fabric and not fabric_supported(self.device.index):
+            raise SharedMemoryError(f"memory_backend='cuda_fabric': GPU {self.device.index} does not support "
+                                    "fabric handles; use 'cuda_vmm' (one node) or 'cuda_ipc'")
+
+    def allocate(self, nbytes: int) -> LocalShard:
+        return CudaVmmLocal(nbytes, self.device.index, self.fabric)
+
+    def open(self, handle: SharedHandle) -> PeerShard:
+        return CudaVmmPeer(handle, self.device.index)
