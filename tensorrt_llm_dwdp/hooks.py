@@ -97,20 +97,21 @@ class DwdpHooks:
                                   f"the model's MoE layers have {shape.num_experts} experts",
                                   f"set num_experts={shape.num_experts}")
         group = DwdpGroup.create(config, comm)
-        placement = placement_from_config(config)
-        rank, g = group.rank, group.size
-        specs = swiglu_expert_specs(shape.hidden_size, shape.intermediate_size, config.weight_dtype)
-        layouts = [ShardLayout(BlockLayout(specs, len(placement.local_experts(r))), shape.num_layers) for r in range(g)]
-        missing = placement.missing_experts(rank)
-        slot_block = BlockLayout(specs, len(missing))
-        backend = get_backend(config.memory_backend, device)
-        config.check_memory(layouts[rank].nbytes + config.prefetch_depth * slot_block.nbytes,
-                            backend.free_bytes(), where=str(backend.device))
-
-        fetches = [fetch_plan(placement, rank, layer) for layer in range(shape.num_layers)]
-        sources = sorted({p.source for f in fetches for p in f.pulls})
         local, peers, slots, engine = None, {}, [], None
         try:
+            placement = placement_from_config(config)
+            rank, g = group.rank, group.size
+            specs = swiglu_expert_specs(shape.hidden_size, shape.intermediate_size, config.weight_dtype)
+            layouts = [ShardLayout(BlockLayout(specs, len(placement.local_experts(r))), shape.num_layers)
+                       for r in range(g)]
+            missing = placement.missing_experts(rank)
+            slot_block = BlockLayout(specs, len(missing))
+            backend = get_backend(config.memory_backend, device)
+            config.check_memory(layouts[rank].nbytes + config.prefetch_depth * slot_block.nbytes,
+                                backend.free_bytes(), where=str(backend.device))
+
+            fetches = [fetch_plan(placement, rank, layer) for layer in range(shape.num_layers)]
+            sources = sorted({p.source for f in fetches for p in f.pulls})
             local = backend.allocate(layouts[rank].nbytes)
             _fill_shard(local.tensor, layouts[rank], placement.local_experts(rank), load_weights, shape)
             infos = group.allgather((local.handle, _fingerprint(config, shape)))
