@@ -126,9 +126,10 @@ def bench_gemm(name: str, tokens: int, peaks: Dict[str, float], local_fraction: 
     return out
 
 
-def _pull_plan(nbytes: int, slice_bytes: int):
+def _pull_plan(nbytes: int, slice_bytes: int, source: str = "pinned_host"):
     from .. import _C
-    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    host = (torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) if source == "pinned_host"
+            else torch.empty(nbytes, dtype=torch.uint8, device="cuda"))
     slot = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     triples = [(host.data_ptr() + o, o, min(slice_bytes, nbytes - o)) for o in range(0, nbytes, slice_bytes)]
     return host, slot, _C.CopyPlan(triples)
@@ -168,8 +169,9 @@ def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: 
             "layer_with_pull_ms": both, "slowdown": both / alone - 1.0}
 
 
-def bench_issue(nbytes: int = 1 << 30, slice_bytes: int = 2 << 20, reps: int = 50) -> Dict:
-    host, slot, plan = _pull_plan(nbytes, slice_bytes)
+def bench_issue(source: str, nbytes: int = 1 << 30, slice_bytes: int = 2 << 20, reps: int = 50) -> Dict:
+    """source: 'pinned_host' (the copy-engine stand-in) or 'device' (same-GPU memory, as an IPC peer)."""
+    host, slot, plan = _pull_plan(nbytes, slice_bytes, source)
     side = torch.cuda.Stream()
 
     def host_us(issue) -> float:
@@ -197,7 +199,7 @@ def bench_issue(nbytes: int = 1 << 30, slice_bytes: int = 2 << 20, reps: int = 5
 
     replayed = host_us(replay)
     t_copy = bench_ms(lambda: (plan.issue(slot.data_ptr(), torch.cuda.current_stream().cuda_stream, batched=True)))
-    return {"pull_mib": nbytes / 2**20, "slices": len(plan), "per_slice_issue_us": each,
+    return {"source": source, "pull_mib": nbytes / 2**20, "slices": len(plan), "per_slice_issue_us": each,
             "batched_issue_us": batched, "graph_replay_us": replayed, "copy_ms": t_copy,
             "copy_gbps": nbytes / t_copy / 1e6}
 
@@ -244,10 +246,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             torch.cuda.empty_cache()
     print("\n(b) expert MLP alone vs with a concurrent pinned-host pull (copy engine, side stream)")
     print(_table(overlap, ["shape", "tokens", "layer_ms", "pull_mib", "pull_ms", "layer_with_pull_ms", "slowdown"]))
-    issue = bench_issue()
-    print("\n(c) host time to issue one layer's pull")
-    print(_table([issue], ["pull_mib", "slices", "per_slice_issue_us", "batched_issue_us", "graph_replay_us",
-                           "copy_ms", "copy_gbps"]))
+    issue = [bench_issue(src, slice_bytes=sb) for src in ("pinned_host", "device") for sb in (2 << 20, 32 << 20)]
+    print("\n(c) host time to issue one layer's pull (1 GiB)")
+    print(_table(issue, ["source", "slices", "per_slice_issue_us", "batched_issue_us", "graph_replay_us",
+                         "copy_ms", "copy_gbps"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "peaks": peaks, "gemm": gemm, "overlap": overlap,
