@@ -1,4 +1,4 @@
-"""`trtllm-dwdp`: doctor, verify (the multi-rank DWDP correctness job), bench kernels."""
+"""`trtllm-dwdp`: doctor, verify (the multi-rank DWDP correctness job), bench kernels, sim."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     v.add_argument("--timeout", type=float, default=None, help="seconds before the job is killed")
     b = sub.add_parser("bench", help="benchmarks (kernels: the GPU data path)")
     b.add_argument("what", choices=["kernels"])
+    sub.add_parser("sim", help="performance model: DWDP vs DEP TPS/GPU, speedup and crossover (CPU only)",
+                   add_help=False)
     args, rest = p.parse_known_args(argv)
     if args.cmd == "doctor":
         from .doctor import main as doctor
@@ -31,6 +33,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.cmd == "bench":
         from .bench.kernels import main as kernels
         return kernels(rest)
+    if args.cmd == "sim":
+        from .sim.cli import main as sim
+        return sim(rest)
     return 2
 
 

@@ -10,6 +10,7 @@ Modules, in the order data flows through them:
   models     MoE model presets (shapes) and precisions (bytes per weight)
   costs      one layer's roofline times for a rank's batch
   workload   ISL distributions and packing requests into iterations by max_num_tokens
+  scenario   one deployment (machine x model x precision x ranks x workload), validated
   engine     the discrete-event model of N ranks (DWDP pulls with contention; DEP barriers)
   analysis   batch-1 roofline, homogeneous per-layer budget and the crossover
   calibrate  reads the JSON of `trtllm-dwdp bench kernels`

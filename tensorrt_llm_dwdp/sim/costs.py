@@ -41,7 +41,8 @@ def attention_s(model: MoEModel, prec: Precision, rates: Rates, chunks: Sequence
     tokens = sum(c.tokens for c in chunks)
     if tokens == 0:
         return 0.0
-    proj = gemm_s(2.0 * tokens * a.proj_params, a.proj_params * prec.dense_bytes + 2 * tokens * model.hidden * ACT_BYTES,
+    act = 2 * tokens * model.hidden * ACT_BYTES
+    proj = gemm_s(2.0 * tokens * a.proj_params, a.proj_params * prec.dense_bytes + act,
                   rates.flops_of(prec.dense_compute), rates)
     pairs = sum(c.pairs for c in chunks)
     kv = sum(c.prior + c.tokens for c in chunks) * a.kv_bytes_per_token
@@ -125,19 +126,38 @@ def dep_expert_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency
     return grouped_s(model, prec, rates, eff, assignments, touched, count_scales)
 
 
-def a2a_bytes_per_token(model: MoEModel, prec: Precision, ranks: int) -> float:
-    """Bytes one token sends in a DEP layer (dispatch + combine): top_k copies, of which
-    (ranks - 1) / ranks land on other ranks. NOTE: no per-rank de-duplication, which is what
-    upstream's batch-1 roofline implies (DESIGN.md §2 figures reproduce only this way)."""
-    return model.top_k * (ranks - 1) / ranks * model.hidden * (prec.dispatch_bytes + prec.combine_bytes)
+A2A_KINDS = ("per-rank", "per-expert")
 
 
-def a2a_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, rank_tokens: Sequence[int]) -> float:
+def remote_copies(model: MoEModel, ranks: int, a2a: str = "per-rank") -> float:
+    """Copies of one token a DEP layer sends to other ranks (expected, uniform routing).
+
+    per-expert: one per routed expert on another rank, top_k * (N-1)/N. This is what upstream's
+        batch-1 roofline counts (DESIGN.md §2's T_DEP/T_DWDP reproduce only this way).
+    per-rank: one per other rank holding at least one of the token's experts, as DeepEP and
+        wide-EP all-to-all kernels send (combine reduces on the expert rank first):
+        (N-1) * (1 - C(E - E/N, k) / C(E, k)).
+    """
+    if a2a not in A2A_KINDS:
+        raise ValueError(f"--a2a {a2a!r}: unknown. Fix: use one of {', '.join(A2A_KINDS)}.")
+    n, e, k = ranks, model.experts, model.top_k
+    if a2a == "per-expert":
+        return k * (n - 1) / n
+    held = e / n
+    miss = 1.0
+    for i in range(k):  # probability that none of k distinct experts is on one given rank
+        miss *= max(0.0, (e - held - i) / (e - i))
+    return (n - 1) * (1.0 - miss)
+
+
+def a2a_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, rank_tokens: Sequence[int],
+          a2a: str = "per-rank") -> float:
     """Dispatch + combine of one layer: the busiest rank's bytes (sent or received, whichever
-    is more) over its NVLink direction, plus two fixed latencies. With uniform routing rank r
-    sends tokens_r * top_k * (N-1)/N copies and receives (sum of the others' tokens) * top_k / N."""
+    is more) over its NVLink direction, plus two fixed latencies. Rank r sends
+    tokens_r * c copies (c = remote_copies) and receives (sum of the others' tokens) * c / (N-1)."""
     n = len(rank_tokens)
     total = sum(rank_tokens)
+    c = remote_copies(model, n, a2a)
     per_copy = model.hidden * (prec.dispatch_bytes + prec.combine_bytes)
-    busiest = max(max(t * (n - 1) / n, (total - t) / n) for t in rank_tokens) * model.top_k
+    busiest = max(max(t, (total - t) / (n - 1)) for t in rank_tokens) * c
     return busiest * per_copy / rates.link + 2 * eff.a2a_latency_us * 1e-6

@@ -11,8 +11,9 @@ default taken from a measurement we cite, and says whether `--calibration` repla
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 PRECISIONS = ("bf16", "fp8", "nvfp4")
 
@@ -122,7 +123,6 @@ class Efficiency:
         pts = self.grouped
         if not pts:
             return 1.0
-        import math
         x = math.log(max(tokens_per_expert, 1e-9))
         xs = [math.log(p[0]) for p in pts]
         if x <= xs[0]:
@@ -162,6 +162,3 @@ def check_precision(machine: Machine, precision: str, option: str = "--precision
         raise ValueError(f"{option} {precision}: {machine.name} has no {precision} tensor cores. "
                          f"Fix: use {ok} on {machine.name}, or --machine b200/gb200 for nvfp4.")
 
-
-def default_efficiency(roofline: bool = False, base: Optional[Efficiency] = None) -> Efficiency:
-    return Efficiency.roofline() if roofline else (base or Efficiency())

@@ -45,11 +45,11 @@ def gqa(hidden: int, heads: int, kv_heads: int, head_dim: int) -> Attention:
 class MoEModel:
     """Shapes of a MoE transformer.
 
-    vocab: vocabulary (embedding and LM head, for the memory check only).
     layers: decoder layers; the first dense_layers have a dense FFN of dense_inter, the rest a
         MoE of `experts` routed experts (SwiGLU, hidden x moe_inter, top_k per token) plus
         `shared` shared experts of moe_inter each.
     source: where the shapes come from.
+    vocab: vocabulary (embedding and LM head; for the memory check only).
     """
 
     name: str

@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import Dict, Optional, Tuple
 
 from ..placement import Placement, even_placement, fetch_plan, redundant_placement
+from .costs import A2A_KINDS
 from .machines import Efficiency, Machine, Rates, check_precision
 from .models import MoEModel, Precision
 from .workload import IslDist
@@ -45,6 +46,9 @@ class Scenario:
     experts_per_rank: experts a rank holds; None spreads them evenly; more is redundant.
     count_scales: count block-scale bytes in expert weights (physical: True).
     chunked: fill every iteration to max_num_tokens, splitting the last request.
+    max_batch_size: most requests in one iteration of one rank (None: only max_num_tokens binds).
+    a2a: how DEP's all-to-all counts copies: "per-rank" (DeepEP-style, default) or
+        "per-expert" (upstream's roofline); see costs.remote_copies.
     """
 
     machine: Machine
@@ -61,6 +65,8 @@ class Scenario:
     experts_per_rank: Optional[int] = None
     count_scales: bool = True
     chunked: bool = False
+    a2a: str = "per-rank"
+    max_batch_size: Optional[int] = None
 
     def __post_init__(self):
         m = self.machine
@@ -75,10 +81,14 @@ class Scenario:
                              f"Fix: --ranks <= {self.model.experts}.")
         if self.max_num_tokens < 1:
             raise ValueError(f"--max-num-tokens {self.max_num_tokens}: must be >= 1. Fix: e.g. 16384.")
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise ValueError(f"--max-batch-size {self.max_batch_size}: must be >= 1. Fix: e.g. 1, or leave it out.")
         if self.iterations < 1:
             raise ValueError(f"--iterations {self.iterations}: must be >= 1. Fix: e.g. 8.")
         if self.slots < 2:
             raise ValueError(f"--slots {self.slots}: DWDP needs >= 2 prefetch slots (ping-pong). Fix: --slots 2.")
+        if self.a2a not in A2A_KINDS:
+            raise ValueError(f"--a2a {self.a2a!r}: unknown. Fix: use one of {', '.join(A2A_KINDS)}.")
         e = self.experts_per_rank
         if e is not None and not (self.model.experts / self.ranks <= e <= self.model.experts):
             lo = -(-self.model.experts // self.ranks)

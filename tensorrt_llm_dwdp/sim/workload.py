@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -56,7 +56,9 @@ class IslDist:
         return np.maximum(np.rint(x), 1).astype(np.int64)
 
     def __str__(self) -> str:
-        return f"{int(self.mean)}" if self.kind == "fixed" or self.cv == 0 else f"{self.kind}:{int(self.mean)}:{self.cv:g}"
+        if self.kind == "fixed" or self.cv == 0:
+            return f"{int(self.mean)}"
+        return f"{self.kind}:{int(self.mean)}:{self.cv:g}"
 
 
 def parse_isl(spec: str) -> IslDist:
@@ -85,10 +87,14 @@ class Batch:
         return sum(c.tokens for c in self.chunks)
 
 
-def pack(isls, max_num_tokens: int, chunked: bool = False) -> List[Batch]:
-    """Pack requests (in order) into iterations of at most max_num_tokens tokens each."""
+def pack(isls, max_num_tokens: int, chunked: bool = False, max_batch_size: Optional[int] = None) -> List[Batch]:
+    """Pack requests (in order) into iterations of at most max_num_tokens tokens and at most
+    max_batch_size requests (None: no limit) each."""
     if max_num_tokens < 1:
         raise ValueError(f"--max-num-tokens {max_num_tokens}: must be >= 1. Fix: e.g. --max-num-tokens 16384.")
+    if max_batch_size is not None and max_batch_size < 1:
+        raise ValueError(f"--max-batch-size {max_batch_size}: must be >= 1. Fix: e.g. --max-batch-size 1.")
+    cap = max_batch_size or (1 << 62)
     batches: List[Batch] = []
     cur: List[Chunk] = []
     room = max_num_tokens
@@ -101,7 +107,7 @@ def pack(isls, max_num_tokens: int, chunked: bool = False) -> List[Batch]:
                 cur.append(Chunk(take, done))
                 done += take
                 room -= take
-            if room == 0 or done < isl:
+            if room == 0 or done < isl or len(cur) == cap:
                 batches.append(Batch(tuple(cur)))
                 cur, room = [], max_num_tokens
     if cur:
@@ -110,14 +116,14 @@ def pack(isls, max_num_tokens: int, chunked: bool = False) -> List[Batch]:
 
 
 def rank_batches(isl: IslDist, max_num_tokens: int, iterations: int, rng: np.random.Generator,
-                 chunked: bool = False) -> List[Batch]:
+                 chunked: bool = False, max_batch_size: Optional[int] = None) -> List[Batch]:
     """`iterations` batches of one rank's own request stream (saturated server: always a queue).
 
     NOTE: the last batch is dropped (it may be a partial one made only because the sample
     ran out), so every batch returned is what a server with a queue would have run."""
     need = max(4, int(math.ceil(iterations * max_num_tokens / isl.mean)) + 2)
     while True:
-        batches = pack(isl.sample(rng, need), max_num_tokens, chunked)
+        batches = pack(isl.sample(rng, need), max_num_tokens, chunked, max_batch_size)
         if len(batches) > iterations:
             return batches[:iterations]
         need *= 2

@@ -1,0 +1,72 @@
+"""Mode `auto`: DWDP or DEP for a configured workload, with the reason and the crossover.
+
+A pure function of the Scenario (deterministic; no logging, no I/O): the runtime, and later
+the TensorRT-LLM adapter, log `reason` and, where set, `warning`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .analysis import crossover
+from .engine import simulate
+from .scenario import Scenario
+
+PHASES = ("context", "generation")
+MODES = ("auto", "dwdp", "dep")
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """mode: "dwdp" or "dep".  reason: one sentence with the numbers behind it.
+    speedup: predicted DWDP / DEP TPS per GPU (None where not simulated).
+    crossover_tokens: tokens per rank per iteration from which DWDP wins (None: not below the
+        search limit, or not computed).  mean_tokens: the workload's tokens per rank per iteration.
+    warning: set when DWDP was requested, or is in use, but cannot pay; names the crossover."""
+
+    mode: str
+    reason: str
+    speedup: Optional[float]
+    crossover_tokens: Optional[int]
+    mean_tokens: Optional[float]
+    warning: Optional[str] = None
+
+
+def decide(scn: Scenario, phase: str = "context", requested: str = "auto", margin: float = 0.0) -> AutoDecision:
+    """Pick "dwdp" when its predicted TPS/GPU beats DEP's by more than `margin` (a fraction).
+
+    phase: "context" (prefill; what DWDP is for) or "generation" (always DEP: one token per
+    request per iteration leaves no window to hide a pull). requested: the configured mode;
+    "dwdp" that cannot pay gets a warning (the decision still says which mode would pay).
+    """
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r}: unknown. Fix: one of {', '.join(PHASES)}.")
+    if requested not in MODES:
+        raise ValueError(f"mode {requested!r}: unknown. Fix: one of {', '.join(MODES)}.")
+    if margin < 0:
+        raise ValueError(f"margin {margin}: must be >= 0. Fix: e.g. 0.02 for 2%.")
+
+    def out(mode, reason, speedup=None, cross=None, mean=None):
+        warn = None
+        if requested == "dwdp" and mode == "dep":
+            where = f"it pays from ~{cross} tokens per rank per iteration" if cross else "it does not pay here"
+            now = f" (this workload: {mean:.0f})" if mean is not None else ""
+            warn = (f"DWDP is configured but {reason}; {where}{now}. "
+                    f"Use DEP, or raise max_num_tokens past the crossover.")
+        return AutoDecision(mode, reason, speedup, cross, mean, warn)
+
+    if phase == "generation":
+        return out("dep", "generation iterations carry ~1 token per request: no compute window hides a pull")
+    mem = scn.memory()
+    if not mem.dwdp_fits:
+        return out("dep", f"DWDP's weights and {scn.slots} prefetch slots need {mem.dwdp_gb:.0f} GB per GPU, "
+                          f"more than {mem.capacity_gb:.0f} GB")
+    run = simulate(scn)
+    cross = crossover(scn).tokens
+    mean = run.mean_tokens_per_iteration
+    s = run.speedup
+    facts = f"predicted {s:.2f}x DEP's TPS/GPU at {mean:.0f} tokens per rank per iteration"
+    if s > 1.0 + margin:
+        return out("dwdp", facts, s, cross, mean)
+    return out("dep", facts + (f" (margin {margin:.0%})" if margin else ""), s, cross, mean)

@@ -1,0 +1,143 @@
+"""`trtllm-dwdp sim`: predicted TPS/GPU of DWDP and DEP for a deployment, the speedup and the
+crossover; --explain adds the per-layer budget (compute window vs pull) and writes a plot.
+
+Context phase only (prefill tokens per second per GPU). Times are a model, not a measurement:
+see tensorrt_llm_dwdp/sim/machines.py for every rate and where it comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import List, Optional
+
+from .analysis import crossover, layer_budget
+from .calibrate import apply_calibration, load_calibration
+from .costs import A2A_KINDS
+from .engine import simulate
+from .machines import MACHINES, PRECISIONS, Efficiency, get_machine
+from .models import MODELS, get_model, get_precision, model_summary
+from .scenario import Scenario
+from .workload import parse_isl
+
+EXPLAIN_TOKENS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trtllm-dwdp sim", description=__doc__.split("\n")[0])
+    p.add_argument("--machine", default="gb200", help=f"one of {', '.join(MACHINES)} (default gb200)")
+    p.add_argument("--model", default="deepseek-r1", help=f"one of {', '.join(MODELS)} (default deepseek-r1)")
+    p.add_argument("--precision", default=None, help=f"{', '.join(PRECISIONS)}; default nvfp4 where the GPU has it, "
+                                                     f"else fp8")
+    p.add_argument("--ranks", type=int, default=4, help="GPUs in the DWDP group and in the DEP group (default 4)")
+    p.add_argument("--isl", default="normal:8192:0.2",
+                   help="input length: N, or KIND:MEAN:CV with KIND normal|lognormal|uniform (default normal:8192:0.2)")
+    p.add_argument("--max-num-tokens", type=int, default=16384, help="token budget per rank per iteration")
+    p.add_argument("--max-batch-size", type=int, default=None, help="requests per rank per iteration (default: any)")
+    p.add_argument("--chunked", action="store_true", help="fill every iteration to --max-num-tokens (chunked prefill)")
+    p.add_argument("--iterations", type=int, default=16, help="iterations simulated per rank (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slots", type=int, default=2, help="DWDP prefetch slots (2 = ping-pong)")
+    p.add_argument("--no-slicing", action="store_true", help="pull owner after owner instead of round-robin slices")
+    p.add_argument("--experts-per-rank", type=int, default=None, help="more than E/ranks makes a redundant placement")
+    p.add_argument("--a2a", default="per-rank", choices=A2A_KINDS, help="DEP all-to-all copies (default per-rank)")
+    p.add_argument("--roofline", action="store_true", help="datasheet peaks, no latency or overlap slowdown")
+    p.add_argument("--calibration", default=None, metavar="PATH", help="JSON from `trtllm-dwdp bench kernels --json`")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
+    p.add_argument("--explain", action="store_true", help="print the per-layer budget and write a plot")
+    p.add_argument("--plot", default="sim_explain.png", metavar="PATH", help="PNG written by --explain")
+    return p
+
+
+def scenario_from_args(args: argparse.Namespace):
+    """(Scenario, calibration notes); ValueError naming the option on bad input."""
+    machine = get_machine(args.machine)
+    prec = args.precision or ("nvfp4" if machine.supports("nvfp4") else "fp8")
+    eff = Efficiency.roofline() if args.roofline else Efficiency()
+    notes = ()
+    if args.calibration:
+        if args.roofline:
+            raise ValueError("--calibration with --roofline: the roofline uses datasheet peaks. Fix: drop one.")
+        cal = apply_calibration(machine, get_model(args.model), eff, load_calibration(args.calibration))
+        eff, notes = cal.efficiency, cal.notes
+    scn = Scenario(machine, get_model(args.model), get_precision(prec), args.ranks, parse_isl(args.isl),
+                   args.max_num_tokens, iterations=args.iterations, seed=args.seed, efficiency=eff, slots=args.slots,
+                   sliced=not args.no_slicing, experts_per_rank=args.experts_per_rank, chunked=args.chunked,
+                   a2a=args.a2a, max_batch_size=args.max_batch_size)
+    return scn, notes
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:9.3f}"
+
+
+def run(args: argparse.Namespace, out=None) -> dict:
+    """Simulate, print the report to `out` (default stdout) and return it as a dict."""
+    out = sys.stdout if out is None else out
+    scn, notes = scenario_from_args(args)
+    res = simulate(scn)
+    cross = crossover(scn)
+    mem = scn.memory()
+    pr = lambda *a: print(*a, file=out)  # noqa: E731
+    pr(scn.describe())
+    for line in model_summary(scn.model, scn.precision):
+        pr("  " + line)
+    for n in notes:
+        pr("  calibration: " + n)
+    pr(f"{'':28}{'DWDP':>12}{'DEP':>12}")
+    pr(f"{'TPS/GPU (context tokens/s)':28}{res.dwdp.tps_per_gpu:12.0f}{res.dep.tps_per_gpu:12.0f}")
+    pr(f"{'computing (of rank time)':28}{res.dwdp.busy_frac:12.1%}{res.dep.busy_frac:12.1%}")
+    pr(f"{'waiting: pull / barrier':28}{res.dwdp.wait_frac:12.1%}{res.dep.wait_frac:12.1%}")
+    pr(f"{'all-to-all':28}{'-':>12}{res.dep.comm_frac:12.1%}")
+    pr(f"{'weights per GPU (GB)':28}{mem.dwdp_gb:12.1f}{mem.dep_gb:12.1f}   HBM {mem.capacity_gb:.0f} GB")
+    pr(f"speedup DWDP/DEP: {res.speedup:.3f}x at {res.mean_tokens_per_iteration:.0f} tokens per rank per iteration")
+    pr(f"crossover: {cross.reason}")
+    for mode, fits in (("DWDP", mem.dwdp_fits), ("DEP", mem.dep_fits)):
+        if not fits:
+            pr(f"WARNING: {mode} weights do not fit in {mem.capacity_gb:.0f} GB of HBM per GPU")
+    result = {"scenario": {"machine": scn.machine.name, "model": scn.model.name, "precision": scn.precision.name,
+                           "ranks": scn.ranks, "isl": str(scn.isl), "max_num_tokens": scn.max_num_tokens,
+                           "iterations": scn.iterations, "seed": scn.seed, "slots": scn.slots, "sliced": scn.sliced,
+                           "a2a": scn.a2a, "efficiency": asdict(scn.efficiency)},
+              "dwdp": asdict(res.dwdp), "dep": asdict(res.dep), "speedup": res.speedup,
+              "mean_tokens_per_iteration": res.mean_tokens_per_iteration, "crossover": asdict(cross),
+              "memory": asdict(mem), "calibration_notes": list(notes)}
+    if args.explain:
+        budgets = [layer_budget(scn, t) for t in EXPLAIN_TOKENS]
+        here = layer_budget(scn, max(1, int(round(res.mean_tokens_per_iteration))))
+        pr(f"\nper-MoE-layer budget (ms), all ranks alike, requests of {int(scn.isl.mean)} tokens:")
+        pr(f"{'tokens/rank':>12}{'window':>10}{'pull':>10}{'win/pull':>10}{'DWDP':>10}{'DEP':>10}{'a2a':>10}")
+        for b in budgets + [here]:
+            mark = "  <- this workload" if b is here else ""
+            pr(f"{b.tokens:12d}{_ms(b.compute_s)} {_ms(b.fetch_s)}{b.window_over_fetch:10.2f}{_ms(b.dwdp_s)} "
+               f"{_ms(b.dep_s)} {_ms(b.a2a_s)}{mark}")
+        pr("window = local (attention, shared expert, router) + all experts the tokens touch; "
+           "pull = missing experts' bytes / NVLink")
+        result["budget"] = [asdict(b) for b in budgets]
+        try:
+            from .plot import explain_plot
+            explain_plot(args.plot, scn, budgets, res, cross)
+            pr(f"plot written to {args.plot}")
+            result["plot"] = args.plot
+        except ImportError:
+            pr("WARNING: no plot: matplotlib is not installed (pip install matplotlib)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        run(args)
+    except ValueError as e:
+        print(f"trtllm-dwdp sim: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
