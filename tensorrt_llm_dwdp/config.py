@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 
 WEIGHT_DTYPES = ("bfloat16", "float16", "float32")
 MEMORY_BACKENDS = ("auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric")
+PULL_ISSUE_MODES = ("graph", "batched", "per_slice")
 DEFAULT_SLICE_BYTES = 2 << 20
 
 
@@ -44,6 +45,8 @@ class DwdpConfig:
     weight_dtype: dtype of the expert weights in the shards.
     memory_backend: "cpu_shm" (CPU ranks); "cuda_ipc" (legacy IPC handles), "cuda_vmm" (cuMemCreate,
         POSIX file descriptors) or "cuda_fabric" (cuMemCreate, fabric handles) for GPU ranks; or "auto".
+    pull_issue: how GPU ranks issue a layer's pull: "graph" (captured per layer and slot, one
+        launch), "batched" (one cudaMemcpyBatchAsync) or "per_slice" (one cudaMemcpyAsync each).
     """
 
     group_size: int
@@ -56,6 +59,7 @@ class DwdpConfig:
     slice_bytes: int = DEFAULT_SLICE_BYTES
     weight_dtype: str = "bfloat16"
     memory_backend: str = "auto"
+    pull_issue: str = "graph"
 
     def __post_init__(self):
         if self.placement is not None:
@@ -81,6 +85,9 @@ class DwdpConfig:
         if self.memory_backend not in MEMORY_BACKENDS:
             raise DwdpConfigError("memory_backend", self.memory_backend, "unknown memory backend",
                                   f"use one of {', '.join(MEMORY_BACKENDS)}")
+        if self.pull_issue not in PULL_ISSUE_MODES:
+            raise DwdpConfigError("pull_issue", self.pull_issue, "unknown way to issue pulls",
+                                  f"use one of {', '.join(PULL_ISSUE_MODES)}")
         if self.placement is not None:
             self._validate_placement()
             return

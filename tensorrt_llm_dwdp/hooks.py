@@ -133,7 +133,8 @@ class DwdpHooks:
             peer_tensors = {r: p.tensor for r, p in peers.items()}
             if backend.device.type == "cuda":
                 from .prefetch.engine_cuda import CudaCopyEngine
-                engine = CudaCopyEngine(slots, peer_tensors, plans, measure_waits=measure_waits)
+                engine = CudaCopyEngine(slots, peer_tensors, plans, measure_waits=measure_waits,
+                                        issue_mode=config.pull_issue)
             else:
                 from .prefetch.engine_cpu import CpuCopyEngine
                 engine = CpuCopyEngine(slots, peer_tensors)

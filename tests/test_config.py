@@ -66,6 +66,7 @@ def test_other_option_errors():
     assert _err(group_size=2, num_experts=4, slice_bytes=100).option == "slice_bytes"
     assert _err(group_size=2, num_experts=4, weight_dtype="int3").option == "weight_dtype"
     assert _err(group_size=2, num_experts=4, memory_backend="rdma").option == "memory_backend"
+    assert _err(group_size=2, num_experts=4, pull_issue="magic").option == "pull_issue"
 
 
 def test_buffers_that_do_not_fit():

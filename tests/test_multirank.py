@@ -92,11 +92,11 @@ def test_cuda_ipc_ranks_share_one_gpu(verify, ranks, case, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("case", ["uneven", "redundant"])
-def test_cuda_vmm_ranks_share_one_gpu(verify, case, tmp_path):
+@pytest.mark.parametrize("case,issue", [("uneven", "graph"), ("redundant", "batched"), ("even", "per_slice")])
+def test_cuda_vmm_ranks_share_one_gpu(verify, case, issue, tmp_path):
     out_json = tmp_path / "r.json"
     proc = verify(4, "--backend", "cuda_vmm", "--seed", str(fresh_seed()), "--json", str(out_json),
-                  "--tokens", "5,40,0,17", "--zero-rank", "3", *CASES[case])
+                  "--tokens", "5,40,0,17", "--zero-rank", "3", "--pull-issue", issue, *CASES[case])
     _check(proc)
     assert all(r["backend"] == "cuda_vmm" for r in json.loads(out_json.read_text())["ranks"])
     print(proc.stdout)

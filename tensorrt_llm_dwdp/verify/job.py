@@ -43,6 +43,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--n-group", type=int, default=4)
     p.add_argument("--topk-group", type=int, default=2)
     p.add_argument("--depth", type=int, default=2, help="prefetch slots")
+    p.add_argument("--pull-issue", default="graph", choices=["graph", "batched", "per_slice"],
+                   help="how GPU ranks issue a layer's pull")
     p.add_argument("--slice-bytes", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--steps", type=int, default=3)
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         experts_per_rank=args.experts_per_rank if args.placement == "redundant" else None,
         placement=None if args.placement in ("even", "redundant") else parse_placement(args.placement),
         prefetch_depth=args.depth, slice_bytes=args.slice_bytes, weight_dtype=args.dtype,
-        memory_backend=args.backend)
+        memory_backend=args.backend, pull_issue=args.pull_issue)
     model = ToyMoeModel(args.layers, args.hidden, args.inter, args.num_experts, args.top_k, args.routing,
                         args.n_group, args.topk_group, args.dtype, args.seed)
     shape = MoeShape(args.layers, args.hidden, args.inter, args.num_experts)
