@@ -70,6 +70,17 @@ def test_stalled_rank_does_not_hold_up_the_others(verify, tmp_path):
     assert all(n >= 5 for n in ind["steps_done_during_stall"].values()), ind
 
 
+def test_a_dead_peer_ends_the_job_instead_of_hanging(verify):
+    """Rank 2 exits without MPI_Finalize mid-forward; the survivors must not hang."""
+    import time
+    t0 = time.monotonic()
+    proc = verify(4, "--backend", "cpu_shm", "--seed", str(fresh_seed()), "--steps", "6", "--die-rank", "2",
+                  timeout=150)
+    assert proc.returncode != 0 and "PASS" not in proc.stdout
+    assert "rank 2: exiting abruptly" in proc.stdout
+    assert time.monotonic() - t0 < 140
+
+
 def test_wrong_results_fail_the_job(verify):
     """The check can fail: a tolerance below float32 rounding must be reported as FAIL."""
     proc = verify(2, "--backend", "cpu_shm", "--seed", str(fresh_seed()), "--tolerance", "1e-12")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -54,6 +55,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--zero-rank", type=int, default=None, help="this rank runs every step with zero tokens")
     p.add_argument("--stall-rank", type=int, default=None, help="this rank sleeps mid-forward in step 1")
     p.add_argument("--stall-seconds", type=float, default=3.0)
+    p.add_argument("--die-rank", type=int, default=None,
+                   help="fault injection: this rank exits abruptly mid-forward in step 1; the job must end, not hang")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=None,
                    help="relative L2 bound (default: 2e-5 on CPU, 1e-4 on GPU)")
@@ -102,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
 
             def after_layer(layer, step=step):
                 nonlocal stall
+                if rank == args.die_rank and step == 1 and layer == 0:
+                    print(f"rank {rank}: exiting abruptly mid-forward (--die-rank)", flush=True)
+                    os._exit(3)
                 if rank == args.stall_rank and step == 1 and layer == 0:
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
