@@ -1,0 +1,53 @@
+"""`apply_dwdp(model, config)`: rewire a finished model's MoE blocks to DWDP (gpt-fast's apply_tp style).
+
+Collective over the world communicator. After it, each MoE block reads its routed experts
+through the hooks (local shard + prefetch slot), the model's full expert tensors are dropped,
+and `model.forward` brackets each step with begin_step / end_step.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..config import DwdpConfig
+from ..hooks import DwdpHooks, MoeShape
+from .model import Decoder
+
+
+class DwdpExperts:
+    """Expert source backed by the hooks: waits for its layer's pull, frees the slot after."""
+
+    def __init__(self, hooks: DwdpHooks):
+        self.hooks = hooks
+
+    def weights(self, layer_idx: int):
+        return self.hooks.layer_weights(layer_idx)
+
+    def done(self, layer_idx: int) -> None:
+        self.hooks.layer_done(layer_idx)
+
+
+def apply_dwdp(model: Decoder, config: DwdpConfig, comm=None, device: Optional[torch.device] = None) -> DwdpHooks:
+    blocks = model.moe_blocks()
+    if not blocks:
+        raise ValueError("apply_dwdp: the model has no MoE layers")
+    c = model.c
+    shape = MoeShape(len(blocks), c.hidden, c.moe_inter, c.num_experts, tuple(b.layer_idx for b in blocks))
+
+    def load(moe_layer: int, experts):
+        b = blocks[moe_layer]
+        idx = torch.tensor(list(experts), dtype=torch.long, device=b.w13.device)
+        return {"w13": b.w13.detach().index_select(0, idx), "w2": b.w2.detach().index_select(0, idx)}
+
+    device = device if device is not None else next(model.parameters()).device
+    hooks = DwdpHooks.setup(config, shape, load, comm=comm, device=device)
+    source = DwdpExperts(hooks)
+    for b in blocks:
+        b.experts = source
+        # The shard holds this rank's experts now; keep no second copy of all of them.
+        b.w13 = torch.nn.Parameter(b.w13.new_empty(0), requires_grad=False)
+        b.w2 = torch.nn.Parameter(b.w2.new_empty(0), requires_grad=False)
+    model.step_hooks = hooks
+    return hooks

@@ -1,0 +1,231 @@
+"""A compact DeepSeek-architecture decoder for context-phase (prefill) work, in plain torch.
+
+Models stay plain: every MoE block reads its routed experts through an `ExpertSource`
+(all local by default); `apply_dwdp` swaps in a source backed by the DWDP hooks.
+Prefill runs on packed sequences: x is [T, H] with `seq_lens` summing to T; attention is
+causal within each sequence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, SplitExpertWeights, WeightSegment, swiglu
+from ..moe.experts import moe_experts
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary embedding over the last dim of x [T, heads, d] (halves rotated, NeoX style)."""
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    ang = positions.float()[:, None] * inv[None]
+    cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+def causal_attention(q, k, v, seq_lens: Sequence[int], scale: float) -> torch.Tensor:
+    """q [T, h, dqk], k [T, h, dqk], v [T, h, dv] -> [T, h*dv], causal within each sequence."""
+    outs, start = [], 0
+    for n in seq_lens:
+        sl = slice(start, start + n)
+        o = F.scaled_dot_product_attention(q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1),
+                                           is_causal=True, scale=scale)
+        outs.append(o.transpose(0, 1).reshape(n, -1))
+        start += n
+    return torch.cat(outs) if outs else q.new_zeros(0, q.shape[1] * v.shape[-1])
+
+
+class MlaAttention(nn.Module):
+    """DeepSeek MLA, computed in prefill as multi-head attention over decompressed k/v."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c = c
+        qk = c.qk_nope_dim + c.qk_rope_dim
+        if c.q_lora_rank is None:
+            self.q_proj = nn.Linear(c.hidden, c.heads * qk, bias=False)
+        else:
+            self.q_a = nn.Linear(c.hidden, c.q_lora_rank, bias=False)
+            self.q_a_norm = RMSNorm(c.q_lora_rank, c.rms_eps)
+            self.q_b = nn.Linear(c.q_lora_rank, c.heads * qk, bias=False)
+        self.kv_a = nn.Linear(c.hidden, c.kv_lora_rank + c.qk_rope_dim, bias=False)
+        self.kv_a_norm = RMSNorm(c.kv_lora_rank, c.rms_eps)
+        self.kv_b = nn.Linear(c.kv_lora_rank, c.heads * (c.qk_nope_dim + c.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(c.heads * c.v_head_dim, c.hidden, bias=False)
+
+    def forward(self, x, positions, seq_lens):
+        c, t = self.c, x.shape[0]
+        q = self.q_proj(x) if c.q_lora_rank is None else self.q_b(self.q_a_norm(self.q_a(x)))
+        q = q.view(t, c.heads, c.qk_nope_dim + c.qk_rope_dim)
+        q_nope, q_rope = q.split([c.qk_nope_dim, c.qk_rope_dim], dim=-1)
+        ckv, k_rope = self.kv_a(x).split([c.kv_lora_rank, c.qk_rope_dim], dim=-1)
+        kv = self.kv_b(self.kv_a_norm(ckv)).view(t, c.heads, c.qk_nope_dim + c.v_head_dim)
+        k_nope, v = kv.split([c.qk_nope_dim, c.v_head_dim], dim=-1)
+        q_rope = rope(q_rope, positions, c.rope_theta)
+        k_rope = rope(k_rope.view(t, 1, c.qk_rope_dim), positions, c.rope_theta).expand(t, c.heads, c.qk_rope_dim)
+        q = torch.cat([q_nope, q_rope], dim=-1)
+        k = torch.cat([k_nope, k_rope], dim=-1)
+        scale = 1.0 / math.sqrt(c.qk_nope_dim + c.qk_rope_dim)
+        return self.o_proj(causal_attention(q, k, v, seq_lens, scale))
+
+
+class GqaAttention(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c = c
+        self.q_proj = nn.Linear(c.hidden, c.heads * c.head_dim, bias=False)
+        self.k_proj = nn.Linear(c.hidden, c.kv_heads * c.head_dim, bias=False)
+        self.v_proj = nn.Linear(c.hidden, c.kv_heads * c.head_dim, bias=False)
+        self.o_proj = nn.Linear(c.heads * c.head_dim, c.hidden, bias=False)
+        if c.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(c.head_dim, c.rms_eps), RMSNorm(c.head_dim, c.rms_eps)
+
+    def forward(self, x, positions, seq_lens):
+        c, t = self.c, x.shape[0]
+        q = self.q_proj(x).view(t, c.heads, c.head_dim)
+        k = self.k_proj(x).view(t, c.kv_heads, c.head_dim)
+        v = self.v_proj(x).view(t, c.kv_heads, c.head_dim)
+        if c.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+        rep = c.heads // c.kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        return self.o_proj(causal_attention(q, k, v, seq_lens, 1.0 / math.sqrt(c.head_dim)))
+
+
+class DenseMLP(nn.Module):
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.w13 = nn.Parameter(torch.empty(2 * inter, hidden))
+        self.w2 = nn.Parameter(torch.empty(hidden, inter))
+
+    def forward(self, x):
+        return swiglu(x, self.w13, self.w2)
+
+
+class LocalExperts:
+    """Every routed expert on this rank: one segment over the block's stacked weights."""
+
+    def __init__(self, w13: torch.Tensor, w2: torch.Tensor):
+        self.w13, self.w2 = w13, w2
+        self._weights = SplitExpertWeights(w13.shape[0], (WeightSegment(tuple(range(w13.shape[0])),
+                                                                        {"w13": w13, "w2": w2}),))
+
+    def weights(self, layer_idx: int) -> SplitExpertWeights:
+        return self._weights
+
+    def done(self, layer_idx: int) -> None:
+        pass
+
+
+class MoEBlock(nn.Module):
+    """Router + routed experts (through an expert source) + shared expert."""
+
+    def __init__(self, c: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.c, self.layer_idx = c, layer_idx
+        self.gate = nn.Parameter(torch.empty(c.num_experts, c.hidden))
+        self.bias = nn.Parameter(torch.zeros(c.num_experts), requires_grad=False)
+        self.w13 = nn.Parameter(torch.empty(c.num_experts, 2 * c.moe_inter, c.hidden))
+        self.w2 = nn.Parameter(torch.empty(c.num_experts, c.hidden, c.moe_inter))
+        self.shared = DenseMLP(c.hidden, c.shared_inter) if c.shared_inter else None
+        self.experts = None  # set by Decoder.finish() or apply_dwdp
+        self.route = (DeepSeekV3Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
+                      if c.routing == "deepseek" else SoftmaxTopKRouting(c.top_k, c.renormalize))
+
+    def forward(self, x):
+        r = self.route(x.float() @ self.gate.float().t(), self.bias)
+        weights = self.experts.weights(self.layer_idx)
+        shared = SharedExpert(self.shared.w13, self.shared.w2) if self.shared is not None else None
+        y = expert_compute(x, r.topk_ids, r.topk_weights, weights, shared)
+        self.experts.done(self.layer_idx)
+        return y
+
+
+def expert_compute(x, topk_ids, topk_weights, weights, shared):
+    """The grouped-GEMM path where it runs (bf16 on GPU), the plain-torch reference otherwise."""
+    if x.is_cuda:
+        from ..moe.grouped import can_run, grouped_moe_experts
+        if can_run(x, weights)[0]:
+            return grouped_moe_experts(x, topk_ids, topk_weights, weights, shared)
+    return moe_experts(x, topk_ids, topk_weights, weights, shared)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm, self.ffn_norm = RMSNorm(c.hidden, c.rms_eps), RMSNorm(c.hidden, c.rms_eps)
+        self.attn = MlaAttention(c) if c.attention == "mla" else GqaAttention(c)
+        self.ffn = DenseMLP(c.hidden, c.dense_inter) if layer_idx < c.first_k_dense else MoEBlock(c, layer_idx)
+
+    def forward(self, x, positions, seq_lens):
+        x = x + self.attn(self.attn_norm(x), positions, seq_lens)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Decoder(nn.Module):
+    """Embedding, decoder layers, final norm, LM head. forward returns last-token logits per sequence."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.c = c
+        self.embed = nn.Embedding(c.vocab, c.hidden)
+        self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.layers))
+        self.norm = RMSNorm(c.hidden, c.rms_eps)
+        self.lm_head = nn.Linear(c.hidden, c.vocab, bias=False)
+        self.step_hooks = None  # DwdpHooks after apply_dwdp: the forward brackets a step with them
+
+    def moe_blocks(self) -> List[MoEBlock]:
+        return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoEBlock)]
+
+    def init_random(self, seed: int) -> "Decoder":
+        """Seeded weights, the same on every rank; small enough that activations stay O(1)."""
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.endswith("norm.weight") or name.endswith("_norm.weight"):
+                    p.fill_(1.0)
+                elif name.endswith(".bias"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+                else:
+                    fan_in = p.shape[-1]
+                    p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+        return self.finish()
+
+    def finish(self) -> "Decoder":
+        """Point every MoE block at its own (all-local) experts."""
+        for b in self.moe_blocks():
+            if b.experts is None:
+                b.experts = LocalExperts(b.w13, b.w2)
+        return self
+
+    def forward(self, input_ids: torch.Tensor, seq_lens: Sequence[int], positions: Optional[torch.Tensor] = None):
+        if positions is None:
+            positions = torch.cat([torch.arange(n, device=input_ids.device) for n in seq_lens]) if seq_lens \
+                else input_ids.new_zeros(0)
+        if self.step_hooks is not None:
+            self.step_hooks.begin_step()
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, positions, seq_lens)
+        if self.step_hooks is not None:
+            self.step_hooks.end_step()
+        last = torch.cumsum(torch.tensor(list(seq_lens), device=x.device), 0) - 1
+        return self.lm_head(self.norm(x[last])) if len(seq_lens) else x.new_zeros(0, self.c.vocab)

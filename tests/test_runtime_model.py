@@ -1,0 +1,71 @@
+"""The compact decoder: attention against float64 loops, packing, causality, presets, apply_dwdp."""
+
+import dataclasses
+import os
+import subprocess
+
+import pytest
+import torch
+
+from conftest import ROOT, fresh_seed
+from tensorrt_llm_dwdp.runtime import Decoder, preset
+from tensorrt_llm_dwdp.runtime.model import causal_attention
+
+
+def _gqa_small():
+    return dataclasses.replace(preset("qwen3-30b-a3b"), hidden=64, heads=4, kv_heads=2, head_dim=16, num_experts=8,
+                               moe_inter=32, layers=2, vocab=100)
+
+
+def test_causal_attention_matches_float64_loops():
+    g = torch.Generator().manual_seed(fresh_seed())
+    lens = [5, 1, 9]
+    t, h, dqk, dv = sum(lens), 3, 12, 7
+    q, k, v = (torch.randn(t, h, d, generator=g) for d in (dqk, dqk, dv))
+    out = causal_attention(q, k, v, lens, 0.3).view(t, h, dv)
+    start = 0
+    for n in lens:
+        for i in range(n):
+            for head in range(h):
+                s = [0.3 * float(q[start + i, head].double() @ k[start + j, head].double()) for j in range(i + 1)]
+                m = max(s)
+                w = torch.tensor([pow(2.718281828459045, x - m) for x in s], dtype=torch.float64)
+                want = (w[:, None] * v[start:start + i + 1, head].double()).sum(0) / w.sum()
+                assert torch.allclose(out[start + i, head].double(), want, atol=1e-5)
+        start += n
+
+
+@pytest.mark.parametrize("cfg", [preset("tiny"), _gqa_small()], ids=["mla", "gqa"])
+def test_packed_prefill_equals_separate_prefills_and_is_causal(cfg):
+    model = Decoder(cfg).init_random(fresh_seed())
+    g = torch.Generator().manual_seed(fresh_seed())
+    ids = torch.randint(0, cfg.vocab, (23,), generator=g)
+    with torch.no_grad():
+        packed = model(ids, [10, 13])
+        a, b = model(ids[:10], [10]), model(ids[10:], [13])
+        assert torch.allclose(packed, torch.cat([a, b]), atol=1e-5)
+        changed = ids.clone()
+        changed[-1] = (changed[-1] + 1) % cfg.vocab
+        again = model(changed, [10, 13])
+    assert torch.equal(again[0], packed[0])  # the first sequence never sees the second
+    assert not torch.equal(again[1], packed[1])
+
+
+def test_presets_and_errors():
+    v3 = preset("deepseek-v3-layers", num_layers=5)
+    assert v3.layers == 5 and v3.first_k_dense == 3 and v3.moe_layer_ids == (3, 4)
+    assert preset("deepseek-v3-layers", num_layers=2).first_k_dense == 1
+    with pytest.raises(ValueError, match="unknown"):
+        preset("llama")
+    with pytest.raises(ValueError, match="n_group"):
+        dataclasses.replace(preset("tiny"), n_group=3)
+
+
+@pytest.mark.mpi
+def test_apply_dwdp_matches_the_local_model_on_four_ranks():
+    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    cmd = mpirun_command(4, [os.path.join(ROOT, "tests", "mpi_apply_dwdp.py"), str(fresh_seed())],
+                         {"OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
