@@ -1,4 +1,4 @@
-"""`trtllm-dwdp`: doctor, verify (the multi-rank DWDP correctness job), bench kernels, sim."""
+"""`trtllm-dwdp`: doctor, verify (multi-rank correctness), bench (DWDP vs DEP), bench kernels, sim."""
 
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    "(see python -m tensorrt_llm_dwdp.verify --help).")
     v.add_argument("--ranks", type=int, default=4)
     v.add_argument("--timeout", type=float, default=None, help="seconds before the job is killed")
-    b = sub.add_parser("bench", help="benchmarks (kernels: the GPU data path)")
-    b.add_argument("what", choices=["kernels"])
+    sub.add_parser("bench", help="DWDP vs DEP on N ranks (`bench kernels`: the GPU data path)", add_help=False)
     sub.add_parser("sim", help="performance model: DWDP vs DEP TPS/GPU, speedup and crossover (CPU only)",
                    add_help=False)
     args, rest = p.parse_known_args(argv)
@@ -31,8 +30,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parse_args(rest)  # reject bad options before starting any rank
         return run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.verify", *rest], timeout_s=args.timeout)
     if args.cmd == "bench":
-        from .bench.kernels import main as kernels
-        return kernels(rest)
+        if rest[:1] == ["kernels"]:
+            from .bench.kernels import main as kernels
+            return kernels(rest[1:])
+        from .runtime.bench import main as bench
+        return bench(rest)
     if args.cmd == "sim":
         from .sim.cli import main as sim
         return sim(rest)

@@ -47,8 +47,9 @@ def test_packed_prefill_equals_separate_prefills_and_is_causal(cfg):
         changed = ids.clone()
         changed[-1] = (changed[-1] + 1) % cfg.vocab
         again = model(changed, [10, 13])
-    assert torch.equal(again[0], packed[0])  # the first sequence never sees the second
-    assert not torch.equal(again[1], packed[1])
+    # The first sequence never sees the second: only rounding from a different expert batching may differ.
+    assert torch.allclose(again[0], packed[0], atol=1e-5)
+    assert (again[1] - packed[1]).abs().max() > 1e-3
 
 
 def test_presets_and_errors():
@@ -61,11 +62,21 @@ def test_presets_and_errors():
         dataclasses.replace(preset("tiny"), n_group=3)
 
 
+def _mpi_script(name, ranks=4):
+    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    cmd = mpirun_command(ranks, [os.path.join(ROOT, "tests", name), str(fresh_seed())], {"OMP_NUM_THREADS": "1"})
+    return subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
 @pytest.mark.mpi
 def test_apply_dwdp_matches_the_local_model_on_four_ranks():
-    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
-    cmd = mpirun_command(4, [os.path.join(ROOT, "tests", "mpi_apply_dwdp.py"), str(fresh_seed())],
-                         {"OMP_NUM_THREADS": "1"})
-    proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), OMP_NUM_THREADS="1"),
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = _mpi_script("mpi_apply_dwdp.py")
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.mpi
+def test_local_dwdp_and_dep_agree_with_an_idle_rank():
+    proc = _mpi_script("mpi_modes_equal.py")
+    assert proc.returncode == 0 and "modes agree" in proc.stdout, proc.stdout + proc.stderr
+    assert "rank 1: 0 sequences" in proc.stdout

@@ -13,7 +13,7 @@ import torch
 
 from ..config import DwdpConfig
 from ..hooks import DwdpHooks, MoeShape
-from .model import Decoder
+from .model import Decoder, expert_compute
 
 
 class DwdpExperts:
@@ -22,11 +22,11 @@ class DwdpExperts:
     def __init__(self, hooks: DwdpHooks):
         self.hooks = hooks
 
-    def weights(self, layer_idx: int):
-        return self.hooks.layer_weights(layer_idx)
-
-    def done(self, layer_idx: int) -> None:
+    def routed(self, x, topk_ids, topk_weights, layer_idx: int):
+        weights = self.hooks.layer_weights(layer_idx)
+        y = expert_compute(x, topk_ids, topk_weights, weights)
         self.hooks.layer_done(layer_idx)
+        return y
 
 
 def apply_dwdp(model: Decoder, config: DwdpConfig, comm=None, device: Optional[torch.device] = None) -> DwdpHooks:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, SplitExpertWeights, WeightSegment, swiglu
+from ..moe import DeepSeekV3Routing, SoftmaxTopKRouting, SplitExpertWeights, WeightSegment, swiglu
 from ..moe.experts import moe_experts
 from .config import ModelConfig
 
@@ -120,23 +120,25 @@ class DenseMLP(nn.Module):
         return swiglu(x, self.w13, self.w2)
 
 
+def stacked_experts(w13: torch.Tensor, w2: torch.Tensor) -> SplitExpertWeights:
+    """Experts 0..n-1 of one stacked pair of tensors, as a single segment."""
+    return SplitExpertWeights(w13.shape[0], (WeightSegment(tuple(range(w13.shape[0])), {"w13": w13, "w2": w2}),))
+
+
 class LocalExperts:
-    """Every routed expert on this rank: one segment over the block's stacked weights."""
+    """Expert source with every routed expert on this rank (the `local` mode)."""
 
     def __init__(self, w13: torch.Tensor, w2: torch.Tensor):
-        self.w13, self.w2 = w13, w2
-        self._weights = SplitExpertWeights(w13.shape[0], (WeightSegment(tuple(range(w13.shape[0])),
-                                                                        {"w13": w13, "w2": w2}),))
+        self._weights = stacked_experts(w13, w2)
 
-    def weights(self, layer_idx: int) -> SplitExpertWeights:
-        return self._weights
-
-    def done(self, layer_idx: int) -> None:
-        pass
+    def routed(self, x, topk_ids, topk_weights, layer_idx: int):
+        return expert_compute(x, topk_ids, topk_weights, self._weights)
 
 
 class MoEBlock(nn.Module):
-    """Router + routed experts (through an expert source) + shared expert."""
+    """Router + routed experts + shared expert. The routed part goes through `self.experts`, an
+    expert source with `routed(x, topk_ids, topk_weights, layer_idx) -> [T, H]`: all local,
+    DWDP (hooks), or expert parallel (all-to-all); each fills the same slot."""
 
     def __init__(self, c: ModelConfig, layer_idx: int):
         super().__init__()
@@ -152,14 +154,11 @@ class MoEBlock(nn.Module):
 
     def forward(self, x):
         r = self.route(x.float() @ self.gate.float().t(), self.bias)
-        weights = self.experts.weights(self.layer_idx)
-        shared = SharedExpert(self.shared.w13, self.shared.w2) if self.shared is not None else None
-        y = expert_compute(x, r.topk_ids, r.topk_weights, weights, shared)
-        self.experts.done(self.layer_idx)
-        return y
+        y = self.experts.routed(x, r.topk_ids, r.topk_weights, self.layer_idx)
+        return y if self.shared is None else y + self.shared(x)
 
 
-def expert_compute(x, topk_ids, topk_weights, weights, shared):
+def expert_compute(x, topk_ids, topk_weights, weights, shared=None):
     """The grouped-GEMM path where it runs (bf16 on GPU), the plain-torch reference otherwise."""
     if x.is_cuda:
         from ..moe.grouped import can_run, grouped_moe_experts
@@ -210,9 +209,10 @@ class Decoder(nn.Module):
         return self.finish()
 
     def finish(self) -> "Decoder":
-        """Point every MoE block at its own (all-local) experts."""
+        """Point every MoE block that is not rewired (DWDP, DEP) at its own current expert
+        tensors; call again after `.to()`, which replaces them."""
         for b in self.moe_blocks():
-            if b.experts is None:
+            if b.experts is None or isinstance(b.experts, LocalExperts):
                 b.experts = LocalExperts(b.w13, b.w2)
         return self
 

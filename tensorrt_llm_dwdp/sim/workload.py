@@ -14,67 +14,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ..workload import ISL_KINDS, IslDist, parse_isl  # noqa: F401 - re-exported for the sim's users
 from .costs import Chunk
-
-ISL_KINDS = ("fixed", "normal", "lognormal", "uniform")
-
-
-@dataclass(frozen=True)
-class IslDist:
-    """Input sequence length distribution: `kind` with mean (tokens) and cv (std / mean).
-
-    normal: clipped to [1, 2 * mean] (symmetric, so the mean is kept).
-    lognormal: sigma^2 = ln(1 + cv^2), mu = ln(mean) - sigma^2 / 2.
-    uniform: on [mean * (1 - sqrt(3) cv), mean * (1 + sqrt(3) cv)], cv <= 1/sqrt(3).
-    """
-
-    kind: str
-    mean: float
-    cv: float = 0.0
-
-    def __post_init__(self):
-        if self.kind not in ISL_KINDS:
-            raise ValueError(f"--isl kind {self.kind!r}: unknown. Fix: use one of {', '.join(ISL_KINDS)}.")
-        if not self.mean >= 1:
-            raise ValueError(f"--isl mean {self.mean}: must be >= 1 token. Fix: e.g. --isl 8192.")
-        if self.cv < 0 or (self.kind == "uniform" and self.cv > 1 / math.sqrt(3)):
-            raise ValueError(f"--isl cv {self.cv}: out of range. Fix: 0 <= cv (<= 0.577 for uniform).")
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """n ISLs (int64, >= 1)."""
-        m, cv = self.mean, self.cv
-        if self.kind == "fixed" or cv == 0:
-            x = np.full(n, m)
-        elif self.kind == "normal":
-            x = np.clip(rng.normal(m, cv * m, n), 1, 2 * m)
-        elif self.kind == "lognormal":
-            s2 = math.log1p(cv * cv)
-            x = rng.lognormal(math.log(m) - s2 / 2, math.sqrt(s2), n)
-        else:
-            h = math.sqrt(3) * cv * m
-            x = rng.uniform(m - h, m + h, n)
-        return np.maximum(np.rint(x), 1).astype(np.int64)
-
-    def __str__(self) -> str:
-        if self.kind == "fixed" or self.cv == 0:
-            return f"{int(self.mean)}"
-        return f"{self.kind}:{int(self.mean)}:{self.cv:g}"
-
-
-def parse_isl(spec: str) -> IslDist:
-    """'8192' (fixed), or 'KIND:MEAN:CV' with KIND in normal, lognormal, uniform."""
-    parts = spec.strip().split(":")
-    try:
-        if len(parts) == 1:
-            return IslDist("fixed", float(parts[0]))
-        if len(parts) == 3:
-            return IslDist(parts[0].lower(), float(parts[1]), float(parts[2]))
-    except ValueError as e:
-        if "--isl" in str(e):
-            raise
-    raise ValueError(f"--isl {spec!r}: not understood. Fix: a fixed length such as 8192, or KIND:MEAN:CV "
-                     f"such as normal:8192:0.2 (KIND: normal, lognormal, uniform).")
-
 
 @dataclass(frozen=True)
 class Batch:

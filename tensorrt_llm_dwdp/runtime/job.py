@@ -1,0 +1,148 @@
+"""One benchmark run under mpirun: every mode (local, dwdp, dep) on the same model and requests.
+
+    mpirun -n 4 python -m tensorrt_llm_dwdp.runtime.job --preset tiny --isl normal:128:0.2 --json out.json
+
+Each rank serves its own request stream (data parallel). Rank 0 gathers the records and
+writes JSON with per-mode summaries and `speedup_dwdp_over_dep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from typing import List, Optional
+
+import torch
+
+from ..config import DwdpConfig
+from ..workload import load_trace, make_requests, parse_isl
+from . import report
+from .apply import apply_dwdp
+from .config import preset
+from .dep import CollectiveTimer, apply_dep, init_torch_distributed
+from .executor import ContextExecutor
+from .model import Decoder
+
+MODES = ("local", "dwdp", "dep")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tensorrt_llm_dwdp.runtime.job", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--layers", type=int, default=None, help="keep this many decoder layers of the preset")
+    p.add_argument("--vocab", type=int, default=None, help="shrink the vocabulary (embedding and LM head)")
+    p.add_argument("--modes", default="dwdp,dep,local")
+    p.add_argument("--isl", default="normal:128:0.2", help="8192, or normal|lognormal|uniform:MEAN:CV")
+    p.add_argument("--requests", type=int, default=24, help="requests per rank")
+    p.add_argument("--request-rate", type=float, default=None, help="requests/s per rank (default: closed loop)")
+    p.add_argument("--trace", default=None, help="JSONL trace; rank r takes lines r, r+N, ...")
+    p.add_argument("--max-num-tokens", type=int, default=512)
+    p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: all ranks)")
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--backend", default="auto", help="DWDP memory backend")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    bad = [m for m in args.modes.split(",") if m not in MODES]
+    if bad:
+        p.error(f"--modes: unknown {bad}; use a comma list of {', '.join(MODES)}")
+    parse_isl(args.isl)
+    preset(args.preset, args.layers)
+    return args
+
+
+def _requests(args, rank: int, world: int):
+    if args.trace:
+        return [r for i, r in enumerate(load_trace(args.trace)) if i % world == rank]
+    return make_requests(parse_isl(args.isl), args.requests, args.seed * 7919 + rank, args.request_rate)
+
+
+def run_mode(mode: str, args, comm, device, dtype) -> dict:
+    cfg = preset(args.preset, args.layers, args.vocab)
+    model = Decoder(cfg).init_random(args.seed).to(device=device, dtype=dtype).finish()
+    hooks, timer = None, None
+    if mode == "dwdp":
+        dcfg = DwdpConfig(group_size=args.group_size or comm.Get_size(), num_experts=cfg.num_experts,
+                          prefetch_depth=args.depth, weight_dtype=str(dtype).replace("torch.", ""),
+                          memory_backend=args.backend)
+        hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
+    elif mode == "dep":
+        timer = CollectiveTimer()
+        apply_dep(model, timer, stage_on_host=init_torch_distributed(comm, device))
+    rank, world = comm.Get_rank(), comm.Get_size()
+    requests = _requests(args, rank, world)
+    executor = ContextExecutor(model, mode, args.max_num_tokens, device, args.seed, hooks=hooks, timer=timer)
+    shown = [0.0]
+
+    def progress(done, total):
+        if rank == 0 and (time.time() - shown[0] > 2 or done == total):
+            shown[0] = time.time()
+            print(f"  [{mode}] rank 0: {done}/{total} requests", flush=True)
+
+    comm.Barrier()
+    t0 = comm.bcast(time.time() + 0.05, root=0)
+    while time.time() < t0:
+        time.sleep(1e-3)
+    result = executor.run(requests, t0, rank, progress)
+    if hooks is not None:
+        hooks.close()
+    return {"rank": rank, "device": str(device),
+            "iterations": [vars(i) for i in result.iterations],
+            "requests": [dict(vars(q), ttft_s=q.ttft_s) for q in result.requests]}
+
+
+def run(args) -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    if torch.cuda.is_available():
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        dtype = torch.bfloat16
+    else:
+        device, dtype = torch.device("cpu"), torch.float32
+    modes = {}
+    for mode in args.modes.split(","):
+        if rank == 0:
+            print(f"mode {mode}: {comm.Get_size()} ranks, preset {args.preset}, ISL {args.isl}, "
+                  f"max_num_tokens {args.max_num_tokens}", flush=True)
+        ranks = comm.gather(run_mode(mode, args, comm, device, dtype), root=0)
+        if rank == 0:
+            modes[mode] = {"ranks": ranks, "summary": report.summarize(ranks)}
+    if rank != 0:
+        return 0
+    shared_gpu = device.type == "cuda" and torch.cuda.device_count() < comm.Get_size()
+    out = {"config": dict(vars(args), ranks=comm.Get_size(), device=str(device), dtype=str(dtype),
+                          shared_gpu=shared_gpu),
+           "seeds": {"model": args.seed, "requests": [args.seed * 7919 + r for r in range(comm.Get_size())]},
+           "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes)}
+    if shared_gpu:
+        out["note"] = "several ranks share one GPU: the run proves the GPU path, its speeds are not meaningful"
+    elif device.type == "cpu" and comm.Get_size() > (os.cpu_count() or 1):
+        out["note"] = (f"{comm.Get_size()} CPU ranks share {os.cpu_count()} cores: the run proves the protocol, "
+                       "its speeds are not meaningful")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        from mpi4py import MPI
+        MPI.COMM_WORLD.Abort(1)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Request workloads shared by the runtime and the simulator: ISL distributions, arrivals, traces.
+
+Seeds are explicit so a run can be repeated and its results say what they were made from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+ISL_KINDS = ("fixed", "normal", "lognormal", "uniform")
+
+
+@dataclass(frozen=True)
+class IslDist:
+    """Input sequence length distribution: `kind` with mean (tokens) and cv (std / mean).
+
+    normal: clipped to [1, 2 * mean] (symmetric, so the mean is kept).
+    lognormal: sigma^2 = ln(1 + cv^2), mu = ln(mean) - sigma^2 / 2.
+    uniform: on [mean * (1 - sqrt(3) cv), mean * (1 + sqrt(3) cv)], cv <= 1/sqrt(3).
+    """
+
+    kind: str
+    mean: float
+    cv: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in ISL_KINDS:
+            raise ValueError(f"--isl kind {self.kind!r}: unknown. Fix: use one of {', '.join(ISL_KINDS)}.")
+        if not self.mean >= 1:
+            raise ValueError(f"--isl mean {self.mean}: must be >= 1 token. Fix: e.g. --isl 8192.")
+        if self.cv < 0 or (self.kind == "uniform" and self.cv > 1 / math.sqrt(3)):
+            raise ValueError(f"--isl cv {self.cv}: out of range. Fix: 0 <= cv (<= 0.577 for uniform).")
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n ISLs (int64, >= 1)."""
+        m, cv = self.mean, self.cv
+        if self.kind == "fixed" or cv == 0:
+            x = np.full(n, m)
+        elif self.kind == "normal":
+            x = np.clip(rng.normal(m, cv * m, n), 1, 2 * m)
+        elif self.kind == "lognormal":
+            s2 = math.log1p(cv * cv)
+            x = rng.lognormal(math.log(m) - s2 / 2, math.sqrt(s2), n)
+        else:
+            h = math.sqrt(3) * cv * m
+            x = rng.uniform(m - h, m + h, n)
+        return np.maximum(np.rint(x), 1).astype(np.int64)
+
+    def __str__(self) -> str:
+        if self.kind == "fixed" or self.cv == 0:
+            return f"{int(self.mean)}"
+        return f"{self.kind}:{int(self.mean)}:{self.cv:g}"
+
+
+def parse_isl(spec: str) -> IslDist:
+    """'8192' (fixed), or 'KIND:MEAN:CV' with KIND in normal, lognormal, uniform."""
+    parts = spec.strip().split(":")
+    try:
+        if len(parts) == 1:
+            return IslDist("fixed", float(parts[0]))
+        if len(parts) == 3:
+            return IslDist(parts[0].lower(), float(parts[1]), float(parts[2]))
+    except ValueError as e:
+        if "--isl" in str(e):
+            raise
+    raise ValueError(f"--isl {spec!r}: not understood. Fix: a fixed length such as 8192, or KIND:MEAN:CV "
+                     f"such as normal:8192:0.2 (KIND: normal, lognormal, uniform).")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One context-phase request: `isl` prompt tokens arriving at `arrival_s` (0 = closed loop)."""
+
+    id: int
+    isl: int
+    arrival_s: float = 0.0
+
+
+def make_requests(isl: IslDist, num: int, seed: int, rate: Optional[float] = None) -> List[Request]:
+    """`num` requests with ISLs from `isl`; Poisson arrivals at `rate` requests/s, or all at t=0."""
+    if num < 0:
+        raise ValueError(f"--requests {num}: must be >= 0")
+    if rate is not None and not rate > 0:
+        raise ValueError(f"--request-rate {rate}: must be > 0 requests/s, or omit it for a closed loop")
+    rng = np.random.default_rng(seed)
+    isls = isl.sample(rng, num)
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, num)) if rate else np.zeros(num)
+    return [Request(i, int(n), float(a)) for i, (n, a) in enumerate(zip(isls, arrivals))]
+
+
+def load_trace(path: str) -> List[Request]:
+    """JSONL, one request per line: {"isl": int, "arrival_s": float (optional)}."""
+    out = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                out.append(Request(len(out), int(rec["isl"]), float(rec.get("arrival_s", 0.0))))
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"--trace {path}:{lineno}: {e}. Fix: one JSON object per line with an "
+                                 "integer 'isl' and an optional 'arrival_s'") from None
+            if out[-1].isl < 1:
+                raise ValueError(f"--trace {path}:{lineno}: isl must be >= 1")
+    return out

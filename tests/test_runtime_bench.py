@@ -1,0 +1,68 @@
+"""Workloads, and `trtllm-dwdp bench` end to end on CPU ranks (JSON keys, table, plots)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, fresh_seed
+from tensorrt_llm_dwdp.runtime import report
+from tensorrt_llm_dwdp.workload import load_trace, make_requests, parse_isl
+
+
+def test_requests_are_seeded_and_rate_gives_increasing_arrivals():
+    isl = parse_isl("lognormal:256:0.4")
+    seed = fresh_seed()
+    a, b = make_requests(isl, 50, seed), make_requests(isl, 50, seed)
+    assert a == b and all(r.arrival_s == 0 for r in a)
+    timed = make_requests(isl, 50, seed, rate=100.0)
+    arr = [r.arrival_s for r in timed]
+    assert arr == sorted(arr) and 0.2 < arr[-1] < 1.5  # 50 requests at 100/s
+    with pytest.raises(ValueError, match="request-rate"):
+        make_requests(isl, 5, seed, rate=0)
+
+
+def test_trace_loading_and_errors(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"isl": 100, "arrival_s": 0.5}\n\n{"isl": 7}\n')
+    reqs = load_trace(str(p))
+    assert [(r.isl, r.arrival_s) for r in reqs] == [(100, 0.5), (7, 0.0)]
+    p.write_text('{"len": 3}\n')
+    with pytest.raises(ValueError, match=":1:"):
+        load_trace(str(p))
+
+
+def test_summary_against_hand_counts():
+    ranks = [{"iterations": [{"tokens": 100, "start_s": 0.0, "end_s": 1.0, "wait_s": 0.25},
+                             {"tokens": 50, "start_s": 1.0, "end_s": 2.0, "wait_s": 0.0}],
+              "requests": [{"arrival_s": 0.0, "done_s": 1.0}, {"arrival_s": 0.0, "done_s": 2.0}]},
+             {"iterations": [{"tokens": 30, "start_s": 0.5, "end_s": 1.5, "wait_s": 0.5}],
+              "requests": [{"arrival_s": 0.5, "done_s": 1.5}]}]
+    s = report.summarize(ranks)
+    assert s["tokens_per_s_per_gpu"] == pytest.approx(180 / 3.0)
+    assert s["wait_fraction"] == pytest.approx(0.75 / 3.0)
+    assert s["ttft_p50_s"] == pytest.approx(1.0)
+
+
+@pytest.mark.mpi
+def test_bench_cli_end_to_end(tmp_path):
+    out, plots = tmp_path / "b.json", tmp_path / "plots"
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "4", "--preset", "tiny",
+                           "--requests", "8", "--cv-sweep", "0,0.4", "--seed", str(fresh_seed() % 1000),
+                           "--json", str(out), "--plot-dir", str(plots)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "TPS/GPU" in proc.stdout and "[dwdp] rank 0" in proc.stdout
+    runs = json.loads(out.read_text())
+    assert [r["cv"] for r in runs] == [0.0, 0.4]
+    for r in runs:
+        assert set(r["modes"]) == {"dwdp", "dep", "local"} and r["speedup_dwdp_over_dep"] > 0
+        assert r["seeds"]["requests"] and r["config"]["preset"] == "tiny"
+        for m in r["modes"].values():
+            s = m["summary"]
+            assert s["tokens_per_s_per_gpu"] > 0 and s["ttft_p90_s"] >= s["ttft_p50_s"] > 0
+            assert 0 <= s["wait_fraction"] <= 1 and len(m["ranks"]) == 4
+            assert sum(len(rank["requests"]) for rank in m["ranks"]) == 32
+    assert os.path.getsize(plots / "timeline.png") > 0 and os.path.getsize(plots / "speedup_vs_cv.png") > 0
