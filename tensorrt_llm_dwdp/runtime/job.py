@@ -63,7 +63,7 @@ def _requests(args, rank: int, world: int):
 
 def run_mode(mode: str, args, comm, device, dtype) -> dict:
     cfg = preset(args.preset, args.layers, args.vocab)
-    model = Decoder(cfg).init_random(args.seed).to(device=device, dtype=dtype).finish()
+    model = Decoder.build(cfg, args.seed, device, dtype)
     hooks, timer = None, None
     if mode == "dwdp":
         dcfg = DwdpConfig(group_size=args.group_size or comm.Get_size(), num_experts=cfg.num_experts,

@@ -194,18 +194,31 @@ class Decoder(nn.Module):
     def moe_blocks(self) -> List[MoEBlock]:
         return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoEBlock)]
 
+    @classmethod
+    def build(cls, c: ModelConfig, seed: int, device=None, dtype: torch.dtype = torch.float32) -> "Decoder":
+        """Seeded random model made directly on `device` in `dtype`: parameters are created on
+        the meta device and materialised one by one, so a large preset never exists twice."""
+        with torch.device("meta"):
+            model = cls(c)
+        device = torch.device(device or "cpu")
+        for module in model.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                new = torch.empty(p.shape, device=device, dtype=dtype)
+                setattr(module, name, nn.Parameter(new, requires_grad=p.requires_grad))
+        return model.init_random(seed)
+
     def init_random(self, seed: int) -> "Decoder":
-        """Seeded weights, the same on every rank; small enough that activations stay O(1)."""
-        g = torch.Generator().manual_seed(seed)
+        """Seeded weights, the same on every rank of one device type; activations stay O(1)."""
+        gens = {}
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if name.endswith("norm.weight") or name.endswith("_norm.weight"):
+                g = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
+                if name.endswith("norm.weight"):
                     p.fill_(1.0)
                 elif name.endswith(".bias"):
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+                    p.copy_(torch.randn(p.shape, generator=g, device=p.device) * 0.1)
                 else:
-                    fan_in = p.shape[-1]
-                    p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+                    p.copy_(torch.randn(p.shape, generator=g, device=p.device) / math.sqrt(p.shape[-1]))
         return self.finish()
 
     def finish(self) -> "Decoder":
