@@ -112,6 +112,8 @@ def run(args) -> int:
             print(f"mode {mode}: {comm.Get_size()} ranks, preset {args.preset}, ISL {args.isl}, "
                   f"max_num_tokens {args.max_num_tokens}", flush=True)
         ranks = comm.gather(run_mode(mode, args, comm, device, dtype), root=0)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the next mode builds its own model: return this one's memory
         if rank == 0:
             modes[mode] = {"ranks": ranks, "summary": report.summarize(ranks)}
     if rank != 0:
