@@ -39,6 +39,17 @@ def cuda_lib_dir(home):
     return None
 
 
+def find_cutlass_includes():
+    """CUTLASS header folders from PyPI's nvidia-cutlass (`cutlass_library`), or [] where it is absent."""
+    try:
+        import cutlass_library
+    except ImportError:
+        return []
+    src = Path(cutlass_library.__file__).resolve().parent / "source"
+    dirs = [src / "include", src / "tools" / "util" / "include"]
+    return [str(d) for d in dirs] if (dirs[0] / "cutlass" / "cutlass.h").exists() else []
+
+
 def cuda_archs(nvcc):
     """-gencode flags: Hopper (sm_90a) always, Blackwell (sm_100a) where this nvcc knows it."""
     archs = os.environ.get("DWDP_CUDA_ARCHS")
@@ -60,10 +71,14 @@ class BuildExtWithCuda(build_ext):
             objdir = Path(self.build_temp) / "cuda"
             objdir.mkdir(parents=True, exist_ok=True)
             ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
+            defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
             for src in cu:
                 obj = objdir / (Path(src).stem + ".o")
-                cmd = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", *cuda_archs(nvcc),
-                       *[f"-I{d}" for d in ext.include_dirs], "-c", src, "-o", str(obj)]
+                archs = cuda_archs(nvcc)
+                if src.endswith("_sm90.cu"):  # NOTE: Hopper-only kernels (wgmma, TMA): sm_90a alone
+                    archs = [a for a in archs if a.endswith("sm_90a")]
+                cmd = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", *archs,
+                       *defines, *[f"-I{d}" for d in ext.include_dirs], "-c", src, "-o", str(obj)]
                 print(" ".join(cmd))
                 subprocess.check_call(cmd)
                 ext.extra_objects.append(str(obj))
@@ -84,13 +99,16 @@ def extensions():
         return []
     from pybind11.setup_helpers import Pybind11Extension
 
+    cutlass_includes = find_cutlass_includes()
+
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cpp"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cu"))
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "bindings").glob("*.cpp"))
     ext = Pybind11Extension(
         "tensorrt_llm_dwdp._C",
         sources,
-        include_dirs=[str(ROOT / "cpp" / "include"), str(home / "include")],
+        include_dirs=[str(ROOT / "cpp" / "include"), str(home / "include"), *cutlass_includes],
+        define_macros=[("DWDP_WITH_CUTLASS", None)] if cutlass_includes else [],
         library_dirs=[str(libdir)],
         runtime_library_dirs=[str(libdir)],
         libraries=["cudart"],

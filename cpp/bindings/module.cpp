@@ -13,6 +13,8 @@
 
 namespace py = pybind11;
 
+void register_grouped_gemm(pybind11::module_& m);  // cpp/bindings/grouped_gemm.cpp
+
 namespace {
 
 void check(cudaError_t err, const char* what) {
@@ -63,6 +65,7 @@ PYBIND11_MODULE(_C, m) {
               "combine_bf16");
       },
       "weighted top-k sum of rows gathered from per-segment expert outputs (raw device pointers)");
+  register_grouped_gemm(m);
   m.def("cuda_runtime_version", [] {
     int v = 0;
     check(cudaRuntimeGetVersion(&v), "cudaRuntimeGetVersion");

@@ -215,10 +215,8 @@ class Decoder(nn.Module):
                 g = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
                 if name.endswith("norm.weight"):
                     p.fill_(1.0)
-                elif name.endswith(".bias"):
-                    p.copy_(torch.randn(p.shape, generator=g, device=p.device) * 0.1)
-                else:
-                    p.copy_(torch.randn(p.shape, generator=g, device=p.device) / math.sqrt(p.shape[-1]))
+                else:  # in place, so even a 15 GB expert stack needs no temporary
+                    p.normal_(0.0, 0.1 if name.endswith(".bias") else 1.0 / math.sqrt(p.shape[-1]), generator=g)
         return self.finish()
 
     def finish(self) -> "Decoder":
