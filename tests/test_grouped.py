@@ -29,13 +29,14 @@ def _case(device, num_tokens, parts, E=12, H=64, I=48, K=4, seed=None):
     return x, ids, wts, w13, w2, SplitExpertWeights(E, tuple(segs))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,single", [("cpu", False), pytest.param("cuda", None, marks=pytest.mark.gpu),
+                                           pytest.param("cuda", False, marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("num_tokens", [0, 1, 7, 130])
 @pytest.mark.parametrize("parts", [[], [3], [0, 5], [4, 9]])
-def test_grouped_matches_reference(device, num_tokens, parts):
+def test_grouped_matches_reference(device, single, num_tokens, parts):
     x, ids, wts, w13, w2, weights = _case(device, num_tokens, parts)
     assert can_run(x.to(device), weights) == (True, "")
-    out = grouped_moe_experts(x.to(device), ids.to(device), wts.to(device), weights).cpu()
+    out = grouped_moe_experts(x.to(device), ids.to(device), wts.to(device), weights, single_launch=single).cpu()
     assert out.shape == x.shape and torch.isfinite(out).all()
     if num_tokens == 0:
         return

@@ -43,14 +43,22 @@ def can_run(x: torch.Tensor, weights: SplitExpertWeights) -> Tuple[bool, str]:
 
 
 def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                        weights: SplitExpertWeights, shared: Optional[SharedExpert] = None) -> torch.Tensor:
-    """x [T, H] bf16; topk_ids [T, K]; topk_weights [T, K]; returns [T, H] in x.dtype."""
+                        weights: SplitExpertWeights, shared: Optional[SharedExpert] = None,
+                        single_launch: Optional[bool] = None) -> torch.Tensor:
+    """x [T, H] bf16; topk_ids [T, K]; topk_weights [T, K]; returns [T, H] in x.dtype.
+
+    single_launch: use the CUTLASS kernel (one launch over all segments); None = where it runs,
+    False = one `torch._grouped_mm` call per segment."""
     num_tokens, hidden = x.shape
     k = topk_ids.shape[1]
     a = num_tokens * k
     if a == 0:
         out = torch.zeros_like(x)
         return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
+    if single_launch is None:
+        single_launch = ops.single_launch_available(x)
+    if single_launch:
+        return _single_launch(x, topk_ids, topk_weights, weights, shared)
     nseg = len(weights.segments)
     tables = weights.storage_tables(x.device)
     bases = tables.bases
@@ -81,6 +89,31 @@ def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
     slot_of = torch.empty_like(dest)  # windowed slot of each assignment, in assignment order
     slot_of[order] = dest
     out = ops.combine(outs, slot_of // a, slot_of % a, topk_weights.reshape(-1), k)
+    if shared is not None:
+        out = out + swiglu(x, shared.w13, shared.w2)
+    return out
+
+
+def _single_launch(x, topk_ids, topk_weights, weights: SplitExpertWeights, shared):
+    """Hopper path: one CUTLASS launch per GEMM over all segments, weights read in place."""
+    num_tokens, hidden = x.shape
+    k = topk_ids.shape[1]
+    a = num_tokens * k
+    tables = weights.storage_tables(x.device)
+    pos = tables.position[topk_ids.reshape(-1)]
+    order = torch.argsort(pos, stable=True)
+    rows = torch.arange(tables.segment_of_position.numel(), device=x.device)
+    ends = torch.searchsorted(pos[order], rows, right=True)
+    sorted_idx = torch.arange(a, device=x.device)
+    x_perm = ops.permute_rows(x, order // k, sorted_idx, a)
+    w13 = [seg.tensors["w13"] for seg in weights.segments]
+    h = ops.split_grouped_gemm(x_perm, ends, w13, w13[0].shape[1])
+    gate, up = h.chunk(2, dim=-1)
+    act = (F.silu(gate) * up).contiguous()
+    y = ops.split_grouped_gemm(act, ends, [seg.tensors["w2"] for seg in weights.segments], hidden)
+    slot_of = torch.empty_like(sorted_idx)
+    slot_of[order] = sorted_idx
+    out = ops.combine([y], torch.zeros_like(slot_of), slot_of, topk_weights.reshape(-1), k)
     if shared is not None:
         out = out + swiglu(x, shared.w13, shared.w2)
     return out

@@ -66,3 +66,40 @@ def combine(ys: List[torch.Tensor], segment: torch.Tensor, row: torch.Tensor, we
 @combine.register_fake
 def _(ys, segment, row, weight, k):
     return ys[0].new_empty(segment.shape[0] // k, ys[0].shape[1])
+
+
+def single_launch_available(x: torch.Tensor) -> bool:
+    """The CUTLASS split-weight grouped GEMM is built and can run on x's device (Hopper, bf16)."""
+    native = _native()
+    return (_fast(x) and native is not None and hasattr(native, "grouped_gemm_bf16")
+            and torch.cuda.get_device_capability(x.device) == (9, 0))
+
+
+@torch.library.custom_op("dwdp::split_grouped_gemm", mutates_args=())
+def split_grouped_gemm(a: torch.Tensor, row_ends: torch.Tensor, weights: List[torch.Tensor], n: int) -> torch.Tensor:
+    """out[r0:r1] = a[r0:r1] @ W_g^T for each group g in storage order (segment 0's experts, then
+    segment 1's, ...), W_g read in place from `weights` (each [E_s, N, K]); row_ends: int64 [G]
+    cumulative. One kernel launch on Hopper; plain torch elsewhere. Rows past the end: zeros."""
+    out = a.new_zeros(a.shape[0], n)
+    used = [w for w in weights if w.shape[0] > 0]
+    if single_launch_available(a):
+        native = _native()
+        ws_bytes = native.grouped_gemm_bf16_workspace_size(int(row_ends.numel()))
+        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=a.device)
+        native.grouped_gemm_bf16(a.contiguous().data_ptr(), row_ends.contiguous().data_ptr(),
+                                 [w.data_ptr() for w in used], [w.shape[0] for w in used], out.data_ptr(), n,
+                                 a.shape[1], ws.data_ptr(), ws_bytes, torch.cuda.current_stream(a.device).cuda_stream)
+        return out
+    stacked = [w[i] for w in used for i in range(w.shape[0])]
+    ends = row_ends.tolist()
+    start = 0
+    for g, end in enumerate(ends):
+        if end > start:
+            out[start:end] = a[start:end] @ stacked[g].to(a.dtype).t()
+        start = end
+    return out
+
+
+@split_grouped_gemm.register_fake
+def _(a, row_ends, weights, n):
+    return a.new_empty(a.shape[0], n)
