@@ -47,17 +47,20 @@ def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
                         single_launch: Optional[bool] = None) -> torch.Tensor:
     """x [T, H] bf16; topk_ids [T, K]; topk_weights [T, K]; returns [T, H] in x.dtype.
 
-    single_launch: use the CUTLASS kernel (one launch over all segments); None = where it runs,
-    False = one `torch._grouped_mm` call per segment."""
+    single_launch: True = the CUTLASS kernel (one launch over all segments, Hopper); False or None =
+    one `torch._grouped_mm` call per segment.
+    NOTE: None picks the per-segment path because it measured faster on the H100 at most sizes
+    (the CUTLASS tile is untuned: 0.59x at DeepSeek-V3 shapes, 16K tokens; BENCHMARKS.md)."""
     num_tokens, hidden = x.shape
     k = topk_ids.shape[1]
     a = num_tokens * k
     if a == 0:
         out = torch.zeros_like(x)
         return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
-    if single_launch is None:
-        single_launch = ops.single_launch_available(x)
     if single_launch:
+        if not ops.single_launch_available(x):
+            raise RuntimeError("single_launch=True needs the CUTLASS kernel (built with nvidia-cutlass), "
+                               "a Hopper GPU and bf16 activations")
         return _single_launch(x, topk_ids, topk_weights, weights, shared)
     nseg = len(weights.segments)
     tables = weights.storage_tables(x.device)
