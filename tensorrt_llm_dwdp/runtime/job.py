@@ -33,6 +33,8 @@ MODES = ("local", "dwdp", "dep")
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tensorrt_llm_dwdp.runtime.job", description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny")
+    p.add_argument("--checkpoint", default=None, help="Hugging Face checkpoint directory (config.json + "
+                   "*.safetensors) of a DeepSeek-V2/V3 or Qwen3-MoE model; overrides --preset")
     p.add_argument("--layers", type=int, default=None, help="keep this many decoder layers of the preset")
     p.add_argument("--vocab", type=int, default=None, help="shrink the vocabulary (embedding and LM head)")
     p.add_argument("--modes", default="dwdp,dep,local")
@@ -62,8 +64,13 @@ def _requests(args, rank: int, world: int):
 
 
 def run_mode(mode: str, args, comm, device, dtype) -> dict:
-    cfg = preset(args.preset, args.layers, args.vocab)
-    model = Decoder.build(cfg, args.seed, device, dtype)
+    if args.checkpoint:
+        from .checkpoint import load_hf
+        model = load_hf(args.checkpoint, device, dtype, args.layers)
+        cfg = model.c
+    else:
+        cfg = preset(args.preset, args.layers, args.vocab)
+        model = Decoder.build(cfg, args.seed, device, dtype)
     hooks, timer = None, None
     if mode == "dwdp":
         dcfg = DwdpConfig(group_size=args.group_size or comm.Get_size(), num_experts=cfg.num_experts,

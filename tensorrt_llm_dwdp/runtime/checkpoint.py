@@ -1,0 +1,129 @@
+"""Load (and write) Hugging Face safetensors checkpoints of DeepSeek-V2/V3 and Qwen3-MoE models.
+
+Reads `config.json` into a ModelConfig and maps the checkpoint's tensor names onto the compact
+decoder: per-expert gate/up/down projections become the stacked w13 [E, 2I, H] and w2 [E, H, I],
+dense and shared-expert MLPs become w13/w2 pairs. Every checkpoint tensor must be used and every
+model parameter filled, or loading fails with the names at fault.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Dict, Iterator, Tuple
+
+import torch
+
+from .config import ModelConfig
+from .model import Decoder
+
+
+def config_from_hf(path: str, name: str = "checkpoint") -> ModelConfig:
+    with open(os.path.join(path, "config.json")) as f:
+        h = json.load(f)
+    mla = "kv_lora_rank" in h
+    topk_method = h.get("topk_method", "")
+    return ModelConfig(
+        name=name, vocab=h["vocab_size"], hidden=h["hidden_size"], layers=h["num_hidden_layers"],
+        first_k_dense=h.get("first_k_dense_replace", 0), dense_inter=h.get("intermediate_size", 0),
+        num_experts=h.get("n_routed_experts", h.get("num_experts")), top_k=h["num_experts_per_tok"],
+        moe_inter=h["moe_intermediate_size"],
+        shared_inter=h.get("n_shared_experts", 0) * h["moe_intermediate_size"] if mla else 0,
+        attention="mla" if mla else "gqa", heads=h["num_attention_heads"],
+        routing="deepseek" if topk_method == "noaux_tc" else "softmax",
+        n_group=h.get("n_group", 1) if topk_method == "noaux_tc" else 1,
+        topk_group=h.get("topk_group", 1) if topk_method == "noaux_tc" else 1,
+        routed_scaling=h.get("routed_scaling_factor", 1.0), renormalize=h.get("norm_topk_prob", True),
+        kv_heads=h.get("num_key_value_heads", 0) if not mla else 0,
+        head_dim=h.get("head_dim", h["hidden_size"] // h["num_attention_heads"]) if not mla else 0,
+        qk_norm=not mla, q_lora_rank=h.get("q_lora_rank") if mla else None,
+        kv_lora_rank=h.get("kv_lora_rank", 0), qk_nope_dim=h.get("qk_nope_head_dim", 0),
+        qk_rope_dim=h.get("qk_rope_head_dim", 0), v_head_dim=h.get("v_head_dim", 0),
+        rope_theta=h.get("rope_theta", 10000.0), rms_eps=h.get("rms_norm_eps", 1e-6))
+
+
+_ATTN = {"q_proj": "q_proj", "q_a": "q_a_proj", "q_a_norm": "q_a_layernorm", "q_b": "q_b_proj",
+         "kv_a": "kv_a_proj_with_mqa", "kv_a_norm": "kv_a_layernorm", "kv_b": "kv_b_proj", "o_proj": "o_proj",
+         "k_proj": "k_proj", "v_proj": "v_proj", "q_norm": "q_norm", "k_norm": "k_norm"}
+
+
+def hf_tensors(model: Decoder) -> Iterator[Tuple[str, torch.Tensor]]:
+    """The model's parameters under Hugging Face names (experts and SwiGLU pairs split back out)."""
+    c = model.c
+    yield "model.embed_tokens.weight", model.embed.weight
+    yield "model.norm.weight", model.norm.weight
+    yield "lm_head.weight", model.lm_head.weight
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}"
+        yield f"{p}.input_layernorm.weight", layer.attn_norm.weight
+        yield f"{p}.post_attention_layernorm.weight", layer.ffn_norm.weight
+        for mod_name, module in layer.attn.named_children():
+            yield f"{p}.self_attn.{_ATTN[mod_name]}.weight", module.weight
+        ffn = layer.ffn
+        if i < c.first_k_dense:
+            yield from _swiglu(f"{p}.mlp", ffn.w13, ffn.w2)
+            continue
+        yield f"{p}.mlp.gate.weight", ffn.gate
+        if c.routing == "deepseek":
+            yield f"{p}.mlp.gate.e_score_correction_bias", ffn.bias
+        for e in range(c.num_experts):
+            yield from _swiglu(f"{p}.mlp.experts.{e}", ffn.w13[e], ffn.w2[e])
+        if ffn.shared is not None:
+            yield from _swiglu(f"{p}.mlp.shared_experts", ffn.shared.w13, ffn.shared.w2)
+
+
+def _swiglu(prefix: str, w13: torch.Tensor, w2: torch.Tensor):
+    gate, up = w13.chunk(2, dim=0)
+    yield f"{prefix}.gate_proj.weight", gate
+    yield f"{prefix}.up_proj.weight", up
+    yield f"{prefix}.down_proj.weight", w2
+
+
+def save_hf(model: Decoder, path: str, hf_config: Dict) -> None:
+    """Write model as `config.json` + one safetensors file with Hugging Face names."""
+    from safetensors.torch import save_file
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=1)
+    save_file({k: v.detach().contiguous().cpu() for k, v in hf_tensors(model)},
+              os.path.join(path, "model.safetensors"))
+
+
+def load_hf(path: str, device=None, dtype: torch.dtype = torch.bfloat16, num_layers=None) -> Decoder:
+    """A Decoder with the weights of the checkpoint directory `path` (config.json + *.safetensors)."""
+    from safetensors import safe_open
+    c = config_from_hf(path)
+    if num_layers is not None:
+        from dataclasses import replace
+        c = replace(c, layers=num_layers, first_k_dense=min(c.first_k_dense, num_layers - 1))
+    model = Decoder.build(c, seed=0, device=device, dtype=dtype)
+    want = dict(hf_tensors(model))
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"{path}: no *.safetensors files")
+    filled, unused = set(), []
+    with torch.no_grad():
+        for fname in files:
+            with safe_open(fname, framework="pt") as f:
+                for key in f.keys():
+                    if key not in want:
+                        if not _beyond_kept_layers(key, c.layers):
+                            unused.append(key)
+                        continue
+                    t = f.get_tensor(key)
+                    dst = want[key]
+                    if tuple(t.shape) != tuple(dst.shape):
+                        raise ValueError(f"{key}: checkpoint shape {tuple(t.shape)}, model expects {tuple(dst.shape)}")
+                    dst.copy_(t)
+                    filled.add(key)
+    missing = sorted(set(want) - filled)
+    if missing or unused:
+        raise ValueError(f"{path}: checkpoint does not match the model: missing {missing[:5]} "
+                         f"({len(missing)} in all), unused {unused[:5]} ({len(unused)} in all)")
+    return model.finish()
+
+
+def _beyond_kept_layers(key: str, layers: int) -> bool:
+    parts = key.split(".")
+    return len(parts) > 2 and parts[1] == "layers" and int(parts[2]) >= layers

@@ -1,0 +1,71 @@
+"""Hugging Face safetensors loading, on small checkpoints written here with the real tensor names."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from conftest import fresh_seed
+from tensorrt_llm_dwdp.runtime import Decoder, preset
+from tensorrt_llm_dwdp.runtime.checkpoint import config_from_hf, load_hf, save_hf
+
+pytest.importorskip("safetensors")
+
+DEEPSEEK_CFG = {"vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3, "first_k_dense_replace": 1,
+                "intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4,
+                "moe_intermediate_size": 32, "n_shared_experts": 1, "num_attention_heads": 4, "topk_method": "noaux_tc",
+                "n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5, "norm_topk_prob": True, "q_lora_rank": 48,
+                "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+                "rope_theta": 10000.0, "rms_norm_eps": 1e-6}
+QWEN_CFG = {"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 96, "num_experts": 8,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 32, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 16, "norm_topk_prob": True, "rope_theta": 1e6,
+            "rms_norm_eps": 1e-6}
+
+
+@pytest.mark.parametrize("hf", [DEEPSEEK_CFG, QWEN_CFG], ids=["deepseek", "qwen3"])
+def test_roundtrip_through_hf_names(tmp_path, hf):
+    path = str(tmp_path / "ckpt")
+    cfg = dataclasses.replace(config_from_hf_dict(tmp_path, hf), name="x")
+    src = Decoder.build(cfg, fresh_seed())
+    save_hf(src, path, hf)
+    from safetensors import safe_open
+    with safe_open(f"{path}/model.safetensors", framework="pt") as f:
+        keys = set(f.keys())
+        last = cfg.layers - 1
+        assert f"model.layers.{last}.mlp.experts.3.gate_proj.weight" in keys
+        assert tuple(f.get_tensor(f"model.layers.{last}.mlp.experts.3.down_proj.weight").shape) == (64, 32)
+    loaded = load_hf(path, dtype=torch.float32)
+    assert loaded.c == dataclasses.replace(cfg, name="checkpoint")
+    ids = torch.randint(0, cfg.vocab, (13,))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, [6, 7]), src(ids, [6, 7]))
+
+
+def config_from_hf_dict(tmp_path, hf):
+    import json
+    d = tmp_path / "cfg"
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps(hf))
+    return config_from_hf(str(d))
+
+
+def test_presets_match_their_hf_configs(tmp_path):
+    c = config_from_hf_dict(tmp_path, DEEPSEEK_CFG)
+    assert (c.attention, c.routing, c.n_group, c.shared_inter) == ("mla", "deepseek", 4, 32)
+    q = config_from_hf_dict(tmp_path, QWEN_CFG)
+    assert (q.attention, q.routing, q.kv_heads, q.qk_norm, q.shared_inter) == ("gqa", "softmax", 2, True, 0)
+    assert preset("tiny").num_experts == c.num_experts
+
+
+def test_truncated_load_and_mismatch_errors(tmp_path):
+    path = str(tmp_path / "ckpt")
+    cfg = config_from_hf_dict(tmp_path, DEEPSEEK_CFG)
+    src = Decoder.build(cfg, fresh_seed())
+    save_hf(src, path, DEEPSEEK_CFG)
+    two = load_hf(path, dtype=torch.float32, num_layers=2)  # layers past 2 in the file are skipped
+    assert two.c.layers == 2 and torch.equal(two.layers[1].ffn.w13, src.layers[1].ffn.w13)
+    bad = dict(DEEPSEEK_CFG, moe_intermediate_size=48)
+    save_hf(src, path, bad)  # config says 48, tensors are 32
+    with pytest.raises(ValueError, match="model expects"):
+        load_hf(path, dtype=torch.float32)
