@@ -89,3 +89,16 @@ def mpi_library_version() -> str:
     if out.returncode != 0:
         return f"unavailable ({(out.stderr.strip().splitlines() or ['mpi4py failed'])[-1]})"
     return out.stdout.strip().replace("\x00", "")
+
+
+def run_or_abort(fn, *args) -> int:
+    """Run an MPI job's main; on any exception print it and abort the whole job, since the
+    other ranks may be waiting in a collective this rank will never reach."""
+    try:
+        return fn(*args)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        _mpi().COMM_WORLD.Abort(1)
+        raise

@@ -13,11 +13,11 @@ import json
 import os
 import sys
 import time
-import traceback
 from typing import List, Optional
 
 import torch
 
+from ..bootstrap import run_or_abort
 from ..config import DwdpConfig
 from ..workload import load_trace, make_requests, parse_isl
 from . import report
@@ -142,15 +142,7 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        from mpi4py import MPI
-        MPI.COMM_WORLD.Abort(1)
-        raise
+    return run_or_abort(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ import json
 import os
 import sys
 import time
-import traceback
 from typing import List, Optional
 
 import torch
 
+from ..bootstrap import run_or_abort
 from ..config import DwdpConfig, parse_placement
 from ..hooks import DwdpHooks, MoeShape
 from .model import ToyMoeModel
@@ -190,16 +190,7 @@ def _ranges(ids: List[int]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except BaseException:
-        # One failed rank must take the job down: its peers may be waiting in a collective.
-        traceback.print_exc()
-        sys.stderr.flush()
-        from mpi4py import MPI
-        MPI.COMM_WORLD.Abort(1)
-        raise
+    return run_or_abort(run, parse_args(argv))
 
 
 if __name__ == "__main__":
