@@ -27,7 +27,7 @@ from .dep import CollectiveTimer, apply_dep, init_torch_distributed
 from .executor import ContextExecutor
 from .model import Decoder
 
-MODES = ("local", "dwdp", "dep")
+MODES = ("local", "dwdp", "dep", "auto")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -47,6 +47,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--backend", default="auto", help="DWDP memory backend")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sim-machine", default=None,
+                   help="machine profile that mode auto predicts for (default: this GPU's, else h200)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     bad = [m for m in args.modes.split(",") if m not in MODES]
@@ -113,8 +115,28 @@ def run(args) -> int:
         dtype = torch.bfloat16
     else:
         device, dtype = torch.device("cpu"), torch.float32
-    modes = {}
+    modes, decisions = {}, {}
     for mode in args.modes.split(","):
+        if mode in ("auto", "dwdp"):
+            from .auto import choose
+            if args.checkpoint:
+                from .checkpoint import config_from_hf
+                cfg = config_from_hf(args.checkpoint)
+            else:
+                cfg = preset(args.preset, args.layers, args.vocab)
+            d = choose(cfg, comm.Get_size(), args.isl, args.max_num_tokens, requested=mode,
+                       machine=args.sim_machine)
+            decisions[mode] = {"mode": d.mode, "reason": d.reason, "speedup": d.speedup,
+                               "crossover_tokens": d.crossover_tokens, "warning": d.warning}
+            if rank == 0:
+                if mode == "auto":
+                    print(f"mode auto -> {d.mode}: {d.reason}", flush=True)
+                if d.warning:
+                    print(f"WARNING: {d.warning}", flush=True)
+            if mode == "auto":
+                mode = d.mode
+        if mode in modes:  # already measured (auto picked a mode that is also listed)
+            continue
         if rank == 0:
             print(f"mode {mode}: {comm.Get_size()} ranks, preset {args.preset}, ISL {args.isl}, "
                   f"max_num_tokens {args.max_num_tokens}", flush=True)
@@ -129,7 +151,7 @@ def run(args) -> int:
     out = {"config": dict(vars(args), ranks=comm.Get_size(), device=str(device), dtype=str(dtype),
                           shared_gpu=shared_gpu),
            "seeds": {"model": args.seed, "requests": [args.seed * 7919 + r for r in range(comm.Get_size())]},
-           "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes)}
+           "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes), "decisions": decisions}
     if shared_gpu:
         out["note"] = "several ranks share one GPU: the run proves the GPU path, its speeds are not meaningful"
     elif device.type == "cpu" and comm.Get_size() > (os.cpu_count() or 1):

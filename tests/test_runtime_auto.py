@@ -1,0 +1,41 @@
+"""Mode auto: the runtime hands the performance model the right shapes and acts on its decision."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from tensorrt_llm_dwdp.runtime import preset
+from tensorrt_llm_dwdp.runtime.auto import choose, sim_model
+from tensorrt_llm_dwdp.sim.models import get_model
+
+
+@pytest.mark.parametrize("runtime_name,sim_name", [("qwen3-30b-a3b", "qwen3-30b-a3b"),
+                                                   ("deepseek-v3-layers", "deepseek-v3"),
+                                                   ("deepseek-v2-lite", "deepseek-v2-lite")])
+def test_runtime_presets_map_onto_the_sim_presets(runtime_name, sim_name):
+    ours, theirs = sim_model(preset(runtime_name)), get_model(sim_name)
+    for f in ("hidden", "layers", "dense_layers", "moe_inter", "experts", "top_k", "shared"):
+        assert getattr(ours, f) == getattr(theirs, f), f
+    assert ours.attention.proj_params == theirs.attention.proj_params
+
+
+def test_short_prefills_pick_dep_and_a_requested_dwdp_is_warned():
+    d = choose(preset("deepseek-v3-layers"), 8, "1024", 1024, requested="dwdp", machine="h100")
+    assert d.mode == "dep" and d.warning and ("pays from" in d.warning or "does not pay" in d.warning)
+    long = choose(preset("qwen3-30b-a3b"), 8, "normal:16384:0.2", 32768, machine="h200")
+    assert long.mode in ("dwdp", "dep") and long.reason and long.speedup is not None
+
+
+@pytest.mark.mpi
+def test_bench_auto_mode_runs_the_chosen_mode(tmp_path):
+    out = tmp_path / "a.json"
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2", "--preset", "tiny",
+                           "--modes", "auto,dep", "--requests", "4", "--isl", "64", "--max-num-tokens", "256",
+                           "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    chosen = res["decisions"]["auto"]["mode"]
+    assert f"mode auto -> {chosen}" in proc.stdout and chosen in res["modes"] and "dep" in res["modes"]
