@@ -60,8 +60,9 @@ def test_bench_cli_end_to_end(tmp_path):
     for r in runs:
         assert set(r["modes"]) == {"dwdp", "dep", "local"} and r["speedup_dwdp_over_dep"] > 0
         assert r["seeds"]["requests"] and r["config"]["preset"] == "tiny"
-        for m in r["modes"].values():
-            s = m["summary"]
+        for name, m in r["modes"].items():
+            s = m
+            assert (s["bytes_pulled"] > 0) == (name == "dwdp")
             assert s["tokens_per_s_per_gpu"] > 0 and s["ttft_p90_s"] >= s["ttft_p50_s"] > 0
             assert 0 <= s["wait_fraction"] <= 1 and len(m["ranks"]) == 4
             assert sum(len(rank["requests"]) for rank in m["ranks"]) == 32

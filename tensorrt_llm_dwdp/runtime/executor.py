@@ -26,6 +26,7 @@ class IterationRecord:
     tokens: int
     requests: int
     wait_s: float  # DWDP: compute stalled on pulls; DEP: time inside collectives
+    bytes_pulled: int = 0  # DWDP: expert bytes this iteration's layers consumed from peers
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,12 @@ class ContextExecutor:
         self.model(ids.to(self.device), lens)
         self._sync()
         end = time.time() - t0
+        pulled = 0
         if self.mode == "dwdp":
-            wait = self.hooks.metrics()[-1].fetch_wait_s
+            step = self.hooks.metrics()[-1]
+            wait, pulled = step.fetch_wait_s, step.bytes_pulled
         elif self.mode == "dep":
             wait = self.timer.seconds - mark
         else:
             wait = 0.0
-        return IterationRecord(index, start, end, len(ids), len(batch), wait)
+        return IterationRecord(index, start, end, len(ids), len(batch), wait, pulled)

@@ -144,7 +144,7 @@ def run(args) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next mode builds its own model: return this one's memory
         if rank == 0:
-            modes[mode] = {"ranks": ranks, "summary": report.summarize(ranks)}
+            modes[mode] = dict(report.summarize(ranks), ranks=ranks)
     if rank != 0:
         return 0
     shared_gpu = device.type == "cuda" and torch.cuda.device_count() < comm.Get_size()

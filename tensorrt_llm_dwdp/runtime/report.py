@@ -8,7 +8,8 @@ import numpy as np
 
 
 def summarize(ranks: List[dict]) -> Dict[str, float]:
-    """ranks: per-rank dicts with "iterations" and "requests" (as the job writes them).
+    """ranks: per-rank dicts with "iterations" and "requests" (as the job writes them); the job
+    stores the result beside "ranks" in each mode's entry.
 
     tokens_per_s_per_gpu: all tokens over the summed busy time of the ranks (first iteration
     start to last iteration end on each rank), i.e. per-GPU throughput while serving.
@@ -25,12 +26,13 @@ def summarize(ranks: List[dict]) -> Dict[str, float]:
         "ttft_p90_s": float(np.percentile(ttft, 90)) if len(ttft) else 0.0,
         "wait_fraction": wait / busy if busy > 0 else 0.0,
         "iterations": sum(len(r["iterations"]) for r in ranks),
+        "bytes_pulled": sum(it.get("bytes_pulled", 0) for r in ranks for it in r["iterations"]),
     }
 
 
 def speedup(modes: Dict[str, dict]) -> float:
-    if "dwdp" in modes and "dep" in modes and modes["dep"]["summary"]["tokens_per_s_per_gpu"] > 0:
-        return modes["dwdp"]["summary"]["tokens_per_s_per_gpu"] / modes["dep"]["summary"]["tokens_per_s_per_gpu"]
+    if "dwdp" in modes and "dep" in modes and modes["dep"]["tokens_per_s_per_gpu"] > 0:
+        return modes["dwdp"]["tokens_per_s_per_gpu"] / modes["dep"]["tokens_per_s_per_gpu"]
     return float("nan")
 
 
@@ -39,8 +41,7 @@ def table(results: List[dict]) -> str:
     head = f"{'ISL':>18} {'mode':>6} {'TPS/GPU':>10} {'TTFT p50 s':>11} {'TTFT p90 s':>11} {'wait':>7} {'speedup':>8}"
     lines = [head]
     for res in results:
-        for mode, m in res["modes"].items():
-            s = m["summary"]
+        for mode, s in res["modes"].items():
             sp = f"{res['speedup_dwdp_over_dep']:.3f}" if mode == "dwdp" and res["speedup_dwdp_over_dep"] == \
                 res["speedup_dwdp_over_dep"] else ""
             lines.append(f"{res['config']['isl']:>18} {mode:>6} {s['tokens_per_s_per_gpu']:>10.1f} "
