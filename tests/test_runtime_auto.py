@@ -30,12 +30,14 @@ def test_short_prefills_pick_dep_and_a_requested_dwdp_is_warned():
 
 
 @pytest.mark.mpi
-def test_bench_auto_mode_runs_the_chosen_mode(tmp_path):
+@pytest.mark.parametrize("modes", ["auto,dep", "auto,dwdp,dep"])
+def test_bench_auto_mode_runs_the_chosen_mode_once(tmp_path, modes):
     out = tmp_path / "a.json"
     proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2", "--preset", "tiny",
-                           "--modes", "auto,dep", "--requests", "4", "--isl", "64", "--max-num-tokens", "256",
-                           "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=240)
+                           "--modes", modes, "--requests", "4", "--isl", "64", "--max-num-tokens", "256",
+                           "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
     chosen = res["decisions"]["auto"]["mode"]
     assert f"mode auto -> {chosen}" in proc.stdout and chosen in res["modes"] and "dep" in res["modes"]
+    assert proc.stdout.count(f"mode {chosen}:") == 1  # a listed mode that auto already ran is not run twice

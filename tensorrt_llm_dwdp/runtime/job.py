@@ -115,7 +115,7 @@ def run(args) -> int:
         dtype = torch.bfloat16
     else:
         device, dtype = torch.device("cpu"), torch.float32
-    modes, decisions = {}, {}
+    modes, decisions, done = {}, {}, set()  # `done` on every rank: `modes` fills on rank 0 only
     for mode in args.modes.split(","):
         if mode in ("auto", "dwdp"):
             from .auto import choose
@@ -135,8 +135,9 @@ def run(args) -> int:
                     print(f"WARNING: {d.warning}", flush=True)
             if mode == "auto":
                 mode = d.mode
-        if mode in modes:  # already measured (auto picked a mode that is also listed)
+        if mode in done:  # already measured (auto picked a mode that is also listed)
             continue
+        done.add(mode)
         if rank == 0:
             print(f"mode {mode}: {comm.Get_size()} ranks, preset {args.preset}, ISL {args.isl}, "
                   f"max_num_tokens {args.max_num_tokens}", flush=True)
