@@ -22,7 +22,11 @@ with torch.no_grad():
     hooks = apply_dwdp(model, DwdpConfig(group_size=world.size, num_experts=c.num_experts, weight_dtype="float32",
                                          memory_backend="cpu_shm"), comm=world)
     with hooks:
-        dwdp = [model(ids, lens) for ids, lens in batches]
+        dwdp = []
+        for ids, lens in batches:
+            hooks.begin_step()  # the host's step: a plain model between begin_step and end_step
+            dwdp.append(model(ids, lens))
+            hooks.end_step()
         pulled = sum(m.bytes_pulled for m in hooks.metrics())
 err = max(float((a - b).abs().max()) for a, b in zip(local, dwdp))
 ok = err <= 1e-5 and pulled > 0 and all(b.w13.numel() == 0 for b in model.moe_blocks())

@@ -24,8 +24,10 @@ with torch.no_grad():
     local = Decoder(cfg).init_random(seed)(ids, lens)
     m = Decoder(cfg).init_random(seed)
     with apply_dwdp(m, DwdpConfig(group_size=world.size, num_experts=cfg.num_experts, weight_dtype="float32",
-                                  memory_backend="cpu_shm"), comm=world):
+                                  memory_backend="cpu_shm"), comm=world) as hooks:
+        hooks.begin_step()
         dwdp = m(ids, lens)
+        hooks.end_step()
     m = Decoder(cfg).init_random(seed)
     timer = CollectiveTimer()
     apply_dep(m, timer, stage_on_host=init_torch_distributed(world, torch.device("cpu")))

@@ -1,8 +1,9 @@
 """`apply_dwdp(model, config)`: rewire a finished model's MoE blocks to DWDP (gpt-fast's apply_tp style).
 
 Collective over the world communicator. After it, each MoE block reads its routed experts
-through the hooks (local shard + prefetch slot), the model's full expert tensors are dropped,
-and `model.forward` brackets each step with begin_step / end_step.
+through the hooks (local shard + prefetch slot) and the model's full expert tensors are dropped.
+The model stays plain: the host's executor brackets each forward with the returned hooks'
+begin_step / end_step, as TensorRT-LLM's PyExecutor._forward_step would.
 """
 
 from __future__ import annotations
@@ -49,5 +50,4 @@ def apply_dwdp(model: Decoder, config: DwdpConfig, comm=None, device: Optional[t
         # The shard holds this rank's experts now; keep no second copy of all of them.
         b.w13 = torch.nn.Parameter(b.w13.new_empty(0), requires_grad=False)
         b.w2 = torch.nn.Parameter(b.w2.new_empty(0), requires_grad=False)
-    model.step_hooks = hooks
     return hooks

@@ -8,7 +8,6 @@ layer's collectives, so an idle rank runs a zero-token forward (the "dummy" forw
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from typing import List
@@ -46,7 +45,6 @@ def init_torch_distributed(mpi_comm, device: torch.device) -> bool:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     port = mpi_comm.bcast(port, root=0)
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     backend = "nccl" if device.type == "cuda" and not shared_gpu else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=mpi_comm.Get_rank(),
                             world_size=mpi_comm.Get_size())

@@ -117,7 +117,11 @@ class ContextExecutor:
         ids = torch.cat([self._tokens(r) for r in batch]) if batch else torch.zeros(0, dtype=torch.long)
         lens = [r.isl for r in batch]
         start = time.time() - t0
+        if self.hooks is not None:
+            self.hooks.begin_step()
         self.model(ids.to(self.device), lens)
+        if self.hooks is not None:
+            self.hooks.end_step()
         self._sync()
         end = time.time() - t0
         pulled = 0

@@ -146,6 +146,10 @@ def run(args) -> int:
             torch.cuda.empty_cache()  # the next mode builds its own model: return this one's memory
         if rank == 0:
             modes[mode] = dict(report.summarize(ranks), ranks=ranks)
+    import torch.distributed as dist
+    if dist.is_initialized():  # tear DEP's group down together, before MPI finalises and ranks exit
+        dist.barrier()
+        dist.destroy_process_group()
     if rank != 0:
         return 0
     shared_gpu = device.type == "cuda" and torch.cuda.device_count() < comm.Get_size()

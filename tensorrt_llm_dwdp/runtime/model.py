@@ -189,7 +189,6 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(c, i) for i in range(c.layers))
         self.norm = RMSNorm(c.hidden, c.rms_eps)
         self.lm_head = nn.Linear(c.hidden, c.vocab, bias=False)
-        self.step_hooks = None  # DwdpHooks after apply_dwdp: the forward brackets a step with them
 
     def moe_blocks(self) -> List[MoEBlock]:
         return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoEBlock)]
@@ -231,12 +230,8 @@ class Decoder(nn.Module):
         if positions is None:
             positions = torch.cat([torch.arange(n, device=input_ids.device) for n in seq_lens]) if seq_lens \
                 else input_ids.new_zeros(0)
-        if self.step_hooks is not None:
-            self.step_hooks.begin_step()
         x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, positions, seq_lens)
-        if self.step_hooks is not None:
-            self.step_hooks.end_step()
         last = torch.cumsum(torch.tensor(list(seq_lens), device=x.device), 0) - 1
         return self.lm_head(self.norm(x[last])) if len(seq_lens) else x.new_zeros(0, self.c.vocab)
