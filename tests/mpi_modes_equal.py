@@ -10,7 +10,7 @@ from mpi4py import MPI
 
 from tensorrt_llm_dwdp import DwdpConfig
 from tensorrt_llm_dwdp.runtime import Decoder, apply_dwdp, preset
-from tensorrt_llm_dwdp.runtime.dep import CollectiveTimer, apply_dep, init_torch_distributed
+from tensorrt_llm_dwdp.runtime.dep import CollectiveTimer, apply_dep, init_torch_distributed, shutdown_torch_distributed
 
 seed = int(sys.argv[1])
 world = MPI.COMM_WORLD
@@ -32,6 +32,7 @@ with torch.no_grad():
     timer = CollectiveTimer()
     apply_dep(m, timer, stage_on_host=init_torch_distributed(world, torch.device("cpu")))
     dep = m(ids, lens)
+shutdown_torch_distributed()
 
 TOL = 1e-4  # float32; the three modes sum the same expert outputs in different orders
 def maxdiff(a, b):

@@ -51,6 +51,15 @@ def init_torch_distributed(mpi_comm, device: torch.device) -> bool:
     return shared_gpu
 
 
+def shutdown_torch_distributed() -> None:
+    """Collective: tear the group down together. A process that exits with gloo's threads still
+    attached to a live group can abort at interpreter exit ("terminate called without an active
+    exception")."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class AllToAllExperts:
     """Expert source for DEP: this rank computes experts [lo, hi) for every rank's tokens."""
 

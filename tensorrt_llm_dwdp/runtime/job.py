@@ -23,7 +23,7 @@ from ..workload import load_trace, make_requests, parse_isl
 from . import report
 from .apply import apply_dwdp
 from .config import preset
-from .dep import CollectiveTimer, apply_dep, init_torch_distributed
+from .dep import CollectiveTimer, apply_dep, init_torch_distributed, shutdown_torch_distributed
 from .executor import ContextExecutor
 from .model import Decoder
 
@@ -146,10 +146,7 @@ def run(args) -> int:
             torch.cuda.empty_cache()  # the next mode builds its own model: return this one's memory
         if rank == 0:
             modes[mode] = dict(report.summarize(ranks), ranks=ranks)
-    import torch.distributed as dist
-    if dist.is_initialized():  # tear DEP's group down together, before MPI finalises and ranks exit
-        dist.barrier()
-        dist.destroy_process_group()
+    shutdown_torch_distributed()
     if rank != 0:
         return 0
     shared_gpu = device.type == "cuda" and torch.cuda.device_count() < comm.Get_size()
