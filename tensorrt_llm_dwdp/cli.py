@@ -1,4 +1,5 @@
-"""`trtllm-dwdp`: doctor, verify (multi-rank correctness), bench (DWDP vs DEP), bench kernels, sim."""
+"""`trtllm-dwdp`: doctor, verify (multi-rank correctness), bench (DWDP vs DEP), bench kernels, sim,
+launch (a TensorRT-LLM command with DWDP)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import List, Optional
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # everything after `--` is the wrapped command: keep argparse away from it
+        from .integrations.trtllm.launch import main as launch
+        return launch(argv[1:])
     p = argparse.ArgumentParser(prog="trtllm-dwdp", description="Distributed Weight Data Parallelism for MoE")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="version, extension, GPUs, peer access, MPI")
@@ -19,6 +23,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     v.add_argument("--timeout", type=float, default=None, help="seconds before the job is killed")
     sub.add_parser("bench", help="DWDP vs DEP on N ranks (`bench kernels`: the GPU data path)", add_help=False)
     sub.add_parser("sim", help="performance model: DWDP vs DEP TPS/GPU, speedup and crossover (CPU only)",
+                   add_help=False)
+    sub.add_parser("launch", help="run a TensorRT-LLM command with DWDP: trtllm-dwdp launch [--dry-run] -- <cmd ...>",
                    add_help=False)
     args, rest = p.parse_known_args(argv)
     if args.cmd == "doctor":

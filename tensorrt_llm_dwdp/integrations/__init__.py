@@ -1,0 +1,1 @@
+"""Thin adapters that let serving engines call DWDP through the hook API (`hooks.DwdpHooks`)."""
