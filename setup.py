@@ -12,6 +12,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -119,4 +120,19 @@ def extensions():
     return [ext]
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtWithCuda})
+# Activation hook for TensorRT-LLM deployments: a .pth at the root of site-packages runs at every interpreter
+# start and does nothing unless TRTLLM_DWDP or TRTLLM_DWDP_OPTIONS is set (integrations/trtllm/activate.py).
+PTH = Path("tensorrt_llm_dwdp") / "integrations" / "trtllm" / "tensorrt_llm_dwdp_trtllm.pth"
+
+
+class BuildPyWithPth(build_py):
+    """Also puts the .pth at the wheel root; an editable wheel is assembled in install_lib instead."""
+
+    def run(self):
+        super().run()
+        root = self.distribution.get_command_obj("install").install_lib if self.editable_mode else self.build_lib
+        if root and (ROOT / PTH).exists():
+            self.copy_file(str(ROOT / PTH), os.path.join(root, PTH.name), preserve_mode=False)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtWithCuda, "build_py": BuildPyWithPth})

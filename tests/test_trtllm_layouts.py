@@ -86,8 +86,10 @@ def test_checkpoint_tensors_to_shard():
     tensors.update({f"{e}.{w}.weight_scale_inv": torch.rand(2, 2, generator=g) for e in range(4) for w in ("w1", "w3")})
     tensors.update({f"{e}.w2.weight_scale_inv": torch.rand(2, 1, generator=g) for e in range(4)})
     shard = checkpoint_to_shard(tensors, [3, 1])
-    assert torch.equal(shard["w13"][0], torch.cat([ex[3]["w1"], ex[3]["w3"]])) and torch.equal(shard["w2"][1], ex[1]["w2"])
-    assert torch.equal(shard["w13_scale"][1], torch.cat([tensors["1.w1.weight_scale_inv"], tensors["1.w3.weight_scale_inv"]]))
+    assert torch.equal(shard["w13"][0], torch.cat([ex[3]["w1"], ex[3]["w3"]]))
+    assert torch.equal(shard["w2"][1], ex[1]["w2"])
+    s1, s3 = tensors["1.w1.weight_scale_inv"], tensors["1.w3.weight_scale_inv"]
+    assert torch.equal(shard["w13_scale"][1], torch.cat([s1, s3]))
     with pytest.raises(KeyError, match="7.w1.weight"):
         checkpoint_to_shard(tensors, [7])
 

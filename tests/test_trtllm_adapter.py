@@ -1,0 +1,183 @@
+"""The TensorRT-LLM adapter on modules shaped like TensorRT-LLM's (tests/trtllm_fakes.py), on CPU ranks."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import trtllm_fakes as fk
+from conftest import fresh_seed
+from tensorrt_llm_dwdp.config import WEIGHT_DTYPES, DwdpConfigError
+from tensorrt_llm_dwdp.integrations.trtllm import adapter
+from tensorrt_llm_dwdp.integrations.trtllm.discover import find_moe_layers
+from tensorrt_llm_dwdp.integrations.trtllm.options import parse_section
+
+MPI = pytest.importorskip("mpi4py.MPI")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _uninstall():
+    yield
+    adapter.uninstall()
+
+
+def _model(cls=fk.CutlassFusedMoE, seed=0, layers=2, experts=8, hidden=16, inter=8, wrap=False, **kw):
+    fulls = [fk.full_experts(experts, hidden, inter, seed + layer) for layer in range(layers + 1)]
+    moes = []
+    for layer in range(layers + 1):  # the last one plays DeepSeek's MTP layer (layer_idx == num_hidden_layers)
+        moe = cls(num_experts=experts, hidden=hidden, inter=inter, layer_idx=layer, **kw)
+        moe.load_weights(fulls[layer])
+        moes.append(fk.ConfigurableMoE(moe) if wrap else moe)
+    blocks = [fk.Block(m, hidden, seed + 100 + i) for i, m in enumerate(moes)]
+    return fk.Decoder(blocks[:-1], mtp=blocks[-1]), fulls[:-1]
+
+
+def _opts(**kw):
+    return parse_section(dict(memory_backend="cpu_shm", **kw))
+
+
+def _tensors(model):
+    return {n: (p.detach().clone(), p.stride()) for n, p in model.named_parameters()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k][0], b[k][0]) and a[k][1] == b[k][1] for k in a)
+
+
+def test_find_moe_layers_counts_a_wrapper_once_and_skips_mtp():
+    model, _ = _model(wrap=True, layers=3)
+    found = find_moe_layers(model, model.config.num_hidden_layers)
+    assert [t[0] for t in found] == [0, 1, 2]
+    assert all(isinstance(m, fk.ConfigurableMoE) and h is m.backend for _, m, h in found)
+    assert len(find_moe_layers(model)) == 4  # without the layer count, MTP counts too
+
+
+@pytest.mark.parametrize("cls,wrap", [(fk.CutlassFusedMoE, False), (fk.CutlassFusedMoE, True),
+                                      (fk.TritonFusedMoE, False)])
+def test_attach_runs_the_model_through_the_hooks_and_uninstall_restores_it(cls, wrap):
+    seed = fresh_seed()
+    model, fulls = _model(cls, seed, wrap=wrap)
+    before = _tensors(model)
+    engine = fk.Engine(model)
+    hooks = adapter.attach(engine, _opts(), comm=MPI.COMM_SELF, device=torch.device("cpu"))
+    assert hooks is not None and "forward" in vars(engine)
+    holders = [b.experts.backend if wrap else b.experts for b in model.layers]
+    assert all(h.w3_w1_weight.numel() == 0 and h.w2_weight.numel() == 0 for h in holders)  # the shard has them
+    g = torch.Generator().manual_seed(seed + 7)
+    for tokens in (5, 0, 3):  # a step may carry no tokens
+        x = torch.randn(tokens, 16, generator=g)
+        with torch.no_grad():
+            got = engine.forward(x)
+        assert torch.allclose(got, fk.reference_forward(x, model.layers, fulls), rtol=1e-5, atol=1e-5)
+    assert len(hooks.metrics()) == 3  # one step per engine.forward
+    adapter.uninstall()
+    assert _same(before, _tensors(model))  # values and TensorRT-LLM's strides
+    assert "forward" not in vars(engine) and all("forward" not in vars(b.experts) for b in model.layers)
+
+
+@pytest.mark.skipif("float8_e4m3fn" not in WEIGHT_DTYPES, reason="FP8 shards not in this build's DwdpConfig")
+def test_attach_fp8_block_scaled_experts():
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    e, h, i = 4, 128, 256
+    q, scales, dense = {}, {}, {}
+    for name, (rows, cols) in {"w1": (i, h), "w3": (i, h), "w2": (h, i)}.items():
+        s = torch.rand(e, rows // 128, cols // 128, generator=g) * 0.01 + 0.002
+        big = s.repeat_interleave(128, 1).repeat_interleave(128, 2)
+        q[name] = (torch.randn(e, rows, cols, generator=g) * 0.5).to(torch.float8_e4m3fn)
+        scales[name], dense[name] = s, q[name].float() * big
+    moe = fk.DeepGemmFusedMoE(num_experts=e, hidden=h, inter=i, layer_idx=0)
+    moe.load_fp8(q, scales)
+    model = fk.Decoder([fk.Block(moe, h, seed + 1)])
+    engine = fk.Engine(model)
+    adapter.attach(engine, _opts(), comm=MPI.COMM_SELF, device=torch.device("cpu"))
+    x = torch.randn(6, h, generator=g)
+    got = engine.forward(x)
+    assert torch.allclose(got, fk.reference_forward(x, model.layers, [dense]), rtol=1e-4, atol=1e-4)
+
+
+def _raises(option, **kw):
+    model, _ = _model(**kw.pop("model", {}))
+    for key, value in kw.items():
+        setattr(model.layers[0].experts, key, value)
+    with pytest.raises(DwdpConfigError) as e:
+        adapter.attach(fk.Engine(model), _opts(), comm=MPI.COMM_SELF, device=torch.device("cpu"))
+    assert e.value.option == option and "Fix:" in str(e.value)
+    return str(e.value)
+
+
+def test_setups_dwdp_cannot_serve_are_named():
+    assert "CUTLASS" in _raises("moe_config.backend", model={"cls": fk.TRTLLMGenFusedMoE})
+    assert "EPLB" in _raises("moe_config.load_balancer", layer_load_balancer=object())
+    _raises("moe_tensor_parallel_size", tp_size=2)
+    assert "true" in _raises("enable_attention_dp", model={"ep_size": 2}, use_dp=False)
+    _raises("model", bias=True)
+    m, _ = _model(wrap=True)
+    m.layers[1].experts.enable_dwdp = True  # TensorRT-LLM's own DWDP on this layer
+    with pytest.raises(DwdpConfigError, match="enable one DWDP"):
+        adapter.attach(fk.Engine(m), _opts(), comm=MPI.COMM_SELF)
+
+
+def test_options_that_do_not_match_tensorrt_llms_partition():
+    model, _ = _model()
+    with pytest.raises(DwdpConfigError) as e:
+        adapter.attach(fk.Engine(model), _opts(group_size=2), comm=MPI.COMM_SELF)
+    assert e.value.option == "dwdp.group_size" and "moe_expert_parallel_size=1" in str(e.value)
+    model, _ = _model(ep_size=2, ep_rank=0)
+    with pytest.raises(DwdpConfigError) as e:  # rank 0 would own experts TensorRT-LLM loads on rank 1
+        adapter.attach(fk.Engine(model), _opts(placement="0-5;4-7"), comm=MPI.COMM_SELF)
+    assert e.value.option == "dwdp.placement"
+
+
+def test_mode_auto_without_a_prediction_leaves_the_model_alone(capsys):
+    model, _ = _model()
+    before = _tensors(model)
+    engine = fk.Engine(model)
+    engine.model_path = "/nonexistent/checkpoint"
+    assert adapter.attach(engine, _opts(mode="auto"), comm=MPI.COMM_SELF) is None
+    assert "mode auto leaves DWDP off" in capsys.readouterr().err
+    assert _same(before, _tensors(model)) and "forward" not in vars(engine)
+
+
+def test_draft_engines_are_not_attached():
+    model, _ = _model()
+    engine = fk.Engine(model)
+    engine.is_draft_model = True
+    assert adapter.attach(engine, _opts(), comm=MPI.COMM_SELF) is None
+
+
+def test_install_patches_tensorrt_llm_modules_as_they_are_imported(tmp_path, monkeypatch):
+    fk.write_fake_package(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        adapter.install(_opts())
+        from tensorrt_llm.llmapi import llm_args, llm_utils  # noqa: F401 - imported after install
+        from tensorrt_llm._torch.pyexecutor.model_engine import PyTorchModelEngine
+        extra = {"max_num_tokens": 8, "dwdp": {"prefetch_depth": 2}}
+        assert llm_utils.update_llm_args_with_extra_dict({"model": "m"}, extra) == {"model": "m", "max_num_tokens": 8}
+        model, fulls = _model()
+        engine = PyTorchModelEngine(model_path="m", model=model)  # the model is attached as the engine is built
+        x = torch.randn(4, 16)
+        assert torch.allclose(engine.forward(x), fk.reference_forward(x, model.layers, fulls), rtol=1e-5, atol=1e-5)
+        adapter.uninstall()
+        with pytest.raises(ValueError, match="Extra inputs are not permitted"):  # TensorRT-LLM's own check is back
+            llm_utils.update_llm_args_with_extra_dict({}, extra)
+        assert "__init__" not in vars(PyTorchModelEngine) or PyTorchModelEngine.__init__.__module__ != adapter.__name__
+    finally:
+        for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
+            del sys.modules[name]
+
+
+@pytest.mark.mpi
+def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path):
+    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    fk.write_fake_package(str(tmp_path))
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.path.join(ROOT, "tests")]),
+           "TRTLLM_DWDP": "memory_backend=cpu_shm,slice_bytes=4096"}
+    cmd = mpirun_command(2, [os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py"), str(fresh_seed())], env)
+    proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **env), capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr

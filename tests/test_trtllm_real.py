@@ -1,0 +1,66 @@
+"""The adapter against a real TensorRT-LLM: runs where `tensorrt_llm` imports (the container of
+docker/Dockerfile.trtllm), skips elsewhere. Checks the interfaces and layouts the adapter relies on."""
+
+import pytest
+import torch
+
+trtllm = pytest.importorskip("tensorrt_llm")
+
+from tensorrt_llm_dwdp.integrations.trtllm import adapter  # noqa: E402
+from tensorrt_llm_dwdp.integrations.trtllm.layouts import checkpoint_to_shard, from_shard, to_shard  # noqa: E402
+from tensorrt_llm_dwdp.integrations.trtllm.options import parse_section  # noqa: E402
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _uninstall():
+    yield
+    adapter.uninstall()
+
+
+def test_interfaces_the_adapter_patches_exist():
+    from tensorrt_llm._torch.pyexecutor.model_engine import PyTorchModelEngine
+    from tensorrt_llm._utils import mpi_comm
+    from tensorrt_llm.llmapi import llm_utils
+    from tensorrt_llm.llmapi.llm_args import BaseLlmArgs
+
+    assert callable(PyTorchModelEngine.__init__) and callable(PyTorchModelEngine.forward) and callable(mpi_comm)
+    assert callable(llm_utils.update_llm_args_with_extra_dict)
+    assert dict(BaseLlmArgs.model_config).get("extra") == "forbid"  # why the dwdp: section must not reach it
+
+
+def test_the_options_file_key_is_dropped_before_llm_args(capsys):
+    from tensorrt_llm.llmapi import llm_args, llm_utils
+
+    adapter.install(parse_section({}))  # tensorrt_llm is imported already: patches apply at once
+    extra = {"dwdp": {"prefetch_depth": 2}, "max_batch_size": 4}
+    got = llm_utils.update_llm_args_with_extra_dict({"model": "m"}, extra)
+    assert "dwdp" not in got and got["max_batch_size"] == 4
+    assert ("own DWDP" in capsys.readouterr().err) == hasattr(llm_args, "DwdpConfig")  # upstream's DWDP is named
+
+
+def test_triton_layout_matches_tensorrt_llms_shuffle():
+    fused_moe_triton = pytest.importorskip("tensorrt_llm._torch.modules.fused_moe.fused_moe_triton")
+    n, h, i = 2, 64, 32
+    w1, w3 = torch.randn(n, i, h), torch.randn(n, i, h)
+    shuffle = fused_moe_triton.shuffle_weight_for_activation_kernel
+    theirs = torch.stack([shuffle(torch.cat([w3[k], w1[k]]).t().contiguous()) for k in range(n)])
+    ours = from_shard("triton", {"w13": torch.cat([w1, w3], dim=1), "w2": torch.randn(n, h, i)})["w3_w1_weight"]
+    assert torch.equal(ours, theirs)
+
+
+@gpu
+def test_cutlass_module_weights_read_back_as_the_checkpoint():
+    from tensorrt_llm._torch.model_config import ModelConfig
+    from tensorrt_llm._torch.modules.fused_moe import CutlassFusedMoE, RenormalizeMoeRoutingMethod
+
+    e, h, i = 4, 256, 128
+    moe = CutlassFusedMoE(routing_method=RenormalizeMoeRoutingMethod(top_k=2), num_experts=e, hidden_size=h,
+                          intermediate_size=i, dtype=torch.bfloat16, model_config=ModelConfig()).cuda()
+    shapes = {"w1": (i, h), "w3": (i, h), "w2": (h, i)}
+    ckpt = {f"{x}.{w}.weight": torch.randn(*shapes[w], dtype=torch.bfloat16) for x in range(e) for w in shapes}
+    moe.load_weights([ckpt])
+    ours = to_shard("w3_w1", moe.w3_w1_weight.detach().cpu(), moe.w2_weight.detach().cpu())
+    want = checkpoint_to_shard(ckpt, range(e))
+    assert torch.equal(ours["w13"], want["w13"]) and torch.equal(ours["w2"], want["w2"])

@@ -1,0 +1,219 @@
+"""Stand-ins shaped like TensorRT-LLM's PyTorch backend, for adapter tests where it cannot be installed.
+
+MoE modules carry the attributes and tensor layouts the adapter reads (see
+integrations/trtllm/discover.py and layouts.py); `write_fake_package` writes a `tensorrt_llm`
+package with the module paths the adapter patches.
+"""
+
+import os
+import textwrap
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RenormalizeRouting(nn.Module):
+    """TensorRT-LLM's RenormalizeMoeRoutingMethod: top-k of the logits, softmax over the k."""
+
+    def __init__(self, top_k):
+        super().__init__()
+        self.top_k = top_k
+
+    def apply(self, router_logits):
+        vals, ids = torch.topk(router_logits.float(), self.top_k, dim=-1)
+        return ids.to(torch.int32), torch.softmax(vals, dim=-1)
+
+
+def full_experts(num_experts, hidden, inter, seed, dtype=torch.float32):
+    """Per-expert gate (w1), up (w3), down (w2) weights, as a checkpoint holds them."""
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: (torch.randn(*s, generator=g) / s[-1] ** 0.5).to(dtype)  # noqa: E731
+    return {"w1": mk(num_experts, inter, hidden), "w3": mk(num_experts, inter, hidden),
+            "w2": mk(num_experts, hidden, inter)}
+
+
+class _FusedMoE(nn.Module):
+    """Common part: an expert-parallel partition of the experts, TensorRT-LLM's MoE attributes."""
+
+    def __init__(self, *, num_experts, hidden, inter, layer_idx, ep_size=1, ep_rank=0, top_k=2, use_dp=True,
+                 dtype=torch.float32):
+        super().__init__()
+        self.routing_method = RenormalizeRouting(top_k)
+        self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden, inter
+        self.intermediate_size_per_partition = inter
+        self.layer_idx, self.ep_size, self.ep_rank, self.tp_size, self.use_dp = layer_idx, ep_size, ep_rank, 1, use_dp
+        self.expert_size_per_partition = n = num_experts // ep_size
+        self.initial_local_expert_ids = list(range(ep_rank * n, (ep_rank + 1) * n))
+        self.layer_load_balancer, self.bias, self.swiglu_alpha = None, False, None
+        self.dtype = dtype
+
+    def forward(self, x, router_logits, *, do_finalize=True, output_dtype=None, all_rank_num_tokens=None,
+                use_dp_padding=None):
+        raise RuntimeError("TensorRT-LLM's own MoE path ran: the adapter did not take this layer")
+
+
+class CutlassFusedMoE(_FusedMoE):
+    """w3_w1_weight [n, 2I, H] up rows first; w2_weight [n, H, I] (quantization.py, 1.2 and main)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        n, h, i = self.expert_size_per_partition, self.hidden_size, self.intermediate_size
+        self.w3_w1_weight = nn.Parameter(torch.empty(n, 2 * i, h, dtype=self.dtype), requires_grad=False)
+        self.w2_weight = nn.Parameter(torch.empty(n, h, i, dtype=self.dtype), requires_grad=False)
+
+    def load_weights(self, full):
+        ids = self.initial_local_expert_ids
+        self.w3_w1_weight.data.copy_(torch.cat([full["w3"][ids], full["w1"][ids]], dim=1).to(self.dtype))
+        self.w2_weight.data.copy_(full["w2"][ids].to(self.dtype))
+
+
+class DeepGemmFusedMoE(CutlassFusedMoE):
+    """FP8 block scales: w3_w1_weight_scaling_factor [n, 2I/128, H/128] (w3 first), w2 [n, H/128, I/128]."""
+
+    def __init__(self, **kw):
+        super().__init__(dtype=torch.float8_e4m3fn, **kw)
+        n, h, i = self.expert_size_per_partition, self.hidden_size // 128, self.intermediate_size // 128
+        self.w3_w1_weight_scaling_factor = nn.Parameter(torch.empty(n, 2 * i, h), requires_grad=False)
+        self.w2_weight_scaling_factor = nn.Parameter(torch.empty(n, h, i), requires_grad=False)
+
+    def load_fp8(self, q, scales):
+        """q/scales: {"w1", "w3", "w2"} fp8 weights and [.., rows/128, cols/128] block scales of all experts."""
+        ids = self.initial_local_expert_ids
+        self.w3_w1_weight.data.copy_(torch.cat([q["w3"][ids], q["w1"][ids]], dim=1))
+        self.w2_weight.data.copy_(q["w2"][ids])
+        self.w3_w1_weight_scaling_factor.data.copy_(torch.cat([scales["w3"][ids], scales["w1"][ids]], dim=1))
+        self.w2_weight_scaling_factor.data.copy_(scales["w2"][ids])
+
+
+class TritonFusedMoE(_FusedMoE):
+    """w3_w1_weight [n, H, 2I], columns gate, up, gate, up...; w2_weight [n, I, H] (fused_moe_triton.py)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        n, h, i = self.expert_size_per_partition, self.hidden_size, self.intermediate_size
+        self.w3_w1_weight = nn.Parameter(torch.empty(n, h, 2 * i, dtype=self.dtype), requires_grad=False)
+        self.w2_weight = nn.Parameter(torch.empty(n, i, h, dtype=self.dtype), requires_grad=False)
+
+    def load_weights(self, full):
+        ids = self.initial_local_expert_ids
+        w = self.w3_w1_weight.data
+        for j in range(self.intermediate_size):  # explicit column by column, as the Triton kernel reads them
+            w[:, :, 2 * j].copy_(full["w1"][ids, j, :])
+            w[:, :, 2 * j + 1].copy_(full["w3"][ids, j, :])
+        self.w2_weight.data.copy_(full["w2"][ids].transpose(1, 2))
+        # TensorRT-LLM re-strides the weights so that stride(-2) == 1 (update_weight_stride)
+        self.w3_w1_weight.data = self.w3_w1_weight.data.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+class ConfigurableMoE(nn.Module):
+    """Wrapper whose .backend holds the tensors; mirrors layer_idx and the partition onto it."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+        for name in ("routing_method", "num_experts", "hidden_size", "intermediate_size",
+                     "intermediate_size_per_partition", "layer_idx", "ep_size", "ep_rank", "tp_size", "use_dp",
+                     "initial_local_expert_ids", "layer_load_balancer"):
+            setattr(self, name, getattr(backend, name))
+        self.enable_dwdp = False
+
+    def forward(self, x, router_logits, **kw):
+        raise RuntimeError("TensorRT-LLM's own MoE path ran: the adapter did not take this layer")
+
+
+class TRTLLMGenFusedMoE(CutlassFusedMoE):
+    """A backend whose weights are shuffled for its kernels: the adapter must refuse it."""
+
+
+class Block(nn.Module):
+    def __init__(self, experts, hidden, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.gate = nn.Parameter(torch.randn(experts.num_experts, hidden, generator=g), requires_grad=False)
+        self.experts = experts
+
+    def forward(self, x):
+        return x + self.experts(x, x.float() @ self.gate.t(), output_dtype=x.dtype, all_rank_num_tokens=[len(x)])
+
+
+class Decoder(nn.Module):
+    """MoE blocks; an extra MTP block (layer_idx == num_hidden_layers) that forward does not run."""
+
+    def __init__(self, blocks, mtp=None):
+        super().__init__()
+        self.layers = nn.ModuleList(blocks)
+        self.mtp = mtp
+        self.config = SimpleNamespace(num_hidden_layers=len(blocks))
+
+    def forward(self, x):
+        for b in self.layers:
+            x = b(x)
+        return x
+
+
+def reference_forward(x, blocks, fulls):
+    """The same decoder computed from the full per-expert weights, independently of any layout."""
+    for b, full in zip(blocks, fulls, strict=True):
+        ids, p = b.experts.routing_method.apply(x.float() @ b.gate.t())
+        y = torch.zeros_like(x)
+        for t in range(x.shape[0]):
+            for k in range(ids.shape[1]):
+                e = int(ids[t, k])
+                h = F.silu(full["w1"][e].to(x.dtype) @ x[t]) * (full["w3"][e].to(x.dtype) @ x[t])
+                y[t] += p[t, k].to(x.dtype) * (full["w2"][e].to(x.dtype) @ h)
+        x = x + y
+    return x
+
+
+class Engine:
+    """PyTorchModelEngine stand-in: holds .model; forward runs one step."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+FAKE_FILES = {
+    "tensorrt_llm/__init__.py": '__version__ = "0.0.0+fake"\n',
+    "tensorrt_llm/_utils.py": """
+        def mpi_comm():
+            from mpi4py import MPI
+            return MPI.COMM_WORLD
+    """,
+    "tensorrt_llm/llmapi/__init__.py": "",
+    "tensorrt_llm/llmapi/llm_args.py": """
+        KNOWN = {"model", "max_num_tokens", "enable_attention_dp", "cuda_graph_config", "moe_expert_parallel_size"}
+
+        def update_llm_args_with_extra_dict(llm_args, llm_args_dict, extra_llm_api_options=None):
+            bad = sorted(set(llm_args_dict) - KNOWN)
+            if bad:  # LlmArgs has extra="forbid"
+                raise ValueError(f"Extra inputs are not permitted: {bad}")
+            return dict(llm_args, **llm_args_dict)
+    """,
+    "tensorrt_llm/llmapi/llm_utils.py": "from .llm_args import update_llm_args_with_extra_dict  # noqa: F401\n",
+    "tensorrt_llm/_torch/__init__.py": "",
+    "tensorrt_llm/_torch/pyexecutor/__init__.py": "",
+    "tensorrt_llm/_torch/pyexecutor/model_engine.py": """
+        class PyTorchModelEngine:
+            def __init__(self, *, model_path=None, llm_args=None, model=None, is_draft_model=False):
+                self.model, self.model_path, self.llm_args = model, model_path, llm_args
+                self.is_draft_model = is_draft_model
+
+            def forward(self, x):
+                return self.model(x)
+    """,
+}
+
+
+def write_fake_package(root):
+    """Write the fake `tensorrt_llm` package under directory root; returns root."""
+    for rel, text in FAKE_FILES.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text))
+    return root
