@@ -73,6 +73,10 @@ def test_attach_runs_the_model_through_the_hooks_and_uninstall_restores_it(cls, 
             got = engine.forward(x)
         assert torch.allclose(got, fk.reference_forward(x, model.layers, fulls), rtol=1e-5, atol=1e-5)
     assert len(hooks.metrics()) == 3  # one step per engine.forward
+    with torch.no_grad():  # a forward outside engine.forward (TensorRT-LLM's warm-up) is a step of its own
+        got = model(x)
+    assert torch.allclose(got, fk.reference_forward(x, model.layers, fulls), rtol=1e-5, atol=1e-5)
+    assert len(hooks.metrics()) == 4
     adapter.uninstall()
     assert _same(before, _tensors(model))  # values and TensorRT-LLM's strides
     assert "forward" not in vars(engine) and all("forward" not in vars(b.experts) for b in model.layers)

@@ -1,11 +1,10 @@
-"""TensorRT-LLM PyTorch backend -> DwdpHooks. Thin: placement, shared memory, pulls and the
-expert math live below the hook API; this file finds TensorRT-LLM's MoE layers (discover.py),
-fills the shards from their weights (layouts.py) and routes their forward through the hooks.
+"""TensorRT-LLM PyTorch backend -> DwdpHooks. Thin: placement, memory, pulls and expert math live
+below the hook API; this file finds the MoE layers (discover.py), fills the shards from their
+weights (layouts.py) and routes their forward through the hooks.
 
-Deployment served: one TensorRT-LLM instance with attention DP and moe_expert_parallel_size = G is
-one DWDP group of G ranks. TensorRT-LLM loads expert-parallel rank r's experts on rank r; they
-become its shard, and each rank then computes every expert for its own tokens, pulling the
-others' experts from its peers: the MoE layers' all-to-all / all-gather is gone.
+One TensorRT-LLM instance with attention DP and moe_expert_parallel_size = G is one DWDP group: the
+experts TensorRT-LLM loads on expert-parallel rank r are rank r's shard, and every rank computes all
+experts for its own tokens, pulling the others' from its peers; the MoE all-to-all is gone.
 
 TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
@@ -39,10 +38,9 @@ from .discover import MoeLayer, describe, find_moe_layers
 from .layouts import TRTLLM_NAMES, from_shard, module_weight_loader
 from .options import SECTION, TrtllmDwdpOptions
 
-UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL MoE backend, "
-                 "Blackwell). Enable exactly one: `dwdp_config` for that case; the `dwdp:` section "
-                 "(tensorrt_llm_dwdp) for Hopper or Blackwell with BF16 or FP8 block-scaled experts on the "
-                 "CUTLASS, DEEPGEMM or TRITON backends")
+UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
+                 "Enable exactly one: `dwdp_config` for that case; the `dwdp:` section (tensorrt_llm_dwdp) for BF16 "
+                 "or FP8 block-scaled experts on the CUTLASS, DEEPGEMM or TRITON backends, Hopper or Blackwell")
 
 
 class _State:
@@ -54,6 +52,7 @@ class _State:
         self.freed: List[tuple] = []
         self.undo: List[Callable[[], None]] = []
         self.exit_registered = False
+        self.step: Optional[str] = None  # "engine": inside engine.forward; "implicit": opened by a MoE layer
 
 
 _state = _State()
@@ -216,10 +215,16 @@ def _moe_forward(module, hooks: DwdpHooks, x, router_logits, *args, do_finalize:
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         raise DwdpConfigError("cuda_graph_config", "enabled", "DWDP MoE layers wait on prefetch events and are "
                               "not captured in CUDA graphs", "set cuda_graph_config: null on DWDP servers")
+    if _state.step is None:  # a model forward outside engine.forward (a warm-up or autotuner pass): a step of its own
+        hooks.begin_step()
+        _state.step = "implicit"
     ids, scales = module.routing_method.apply(router_logits)
     weights = hooks.layer_weights(module.layer_idx)
     y = expert_compute(x, ids.long(), scales, weights)
     hooks.layer_done(module.layer_idx)
+    if _state.step == "implicit" and module.layer_idx == _state.layers[-1].layer_idx:
+        hooks.end_step()
+        _state.step = None
     return y if output_dtype is None else y.to(output_dtype)
 
 
@@ -227,8 +232,10 @@ def _bracket(forward, hooks: DwdpHooks):
     @functools.wraps(forward)
     def run(*args, **kwargs):
         hooks.begin_step()
+        _state.step = "engine"
         out = forward(*args, **kwargs)
         hooks.end_step()
+        _state.step = None
         return out
     return run
 
@@ -272,7 +279,7 @@ def detach() -> None:
             vars(layer.module).pop("forward", None)
         vars(_state.engine).pop("forward", None)
     finally:
-        _state.layers, _state.freed, _state.engine = [], [], None
+        _state.layers, _state.freed, _state.engine, _state.step = [], [], None, None
         hooks.close()
 
 
@@ -287,8 +294,7 @@ def uninstall() -> None:
 
 def _close_at_exit() -> None:
     hooks, _state.hooks = _state.hooks, None
-    if hooks is not None:
-        try:
-            hooks.close(timeout_s=60.0)
-        except Exception as e:  # noqa: BLE001 - exiting anyway
-            _log(f"closing DWDP at exit: {type(e).__name__}: {e}")
+    try:
+        hooks is not None and hooks.close(timeout_s=60.0)
+    except Exception as e:  # noqa: BLE001 - exiting anyway
+        _log(f"closing DWDP at exit: {type(e).__name__}: {e}")
