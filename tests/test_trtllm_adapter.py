@@ -176,12 +176,14 @@ def test_install_patches_tensorrt_llm_modules_as_they_are_imported(tmp_path, mon
 
 
 @pytest.mark.mpi
-def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device):
     from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
     fk.write_fake_package(str(tmp_path))
+    backend = "cpu_shm" if device == "cpu" else "cuda_ipc"
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.path.join(ROOT, "tests")]),
-           "TRTLLM_DWDP": "memory_backend=cpu_shm,slice_bytes=4096"}
-    cmd = mpirun_command(2, [os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py"), str(fresh_seed())], env)
+           "TRTLLM_DWDP": f"memory_backend={backend},slice_bytes=4096"}
+    cmd = mpirun_command(2, [os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py"), str(fresh_seed()), device], env)
     proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **env), capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
