@@ -175,6 +175,8 @@ def test_cli_launch_dry_run_and_exit_codes(tmp_path):
     ok = run("--dry-run", "--", "trtllm-serve", "m", "--config", path)
     assert ok.returncode == 0 and f"{ENV_FILE}={path}" in ok.stdout, ok.stderr
     os.remove(ok.stdout.split()[3])  # the filtered copy
+    helped = run("--help")
+    assert helped.returncode == 0 and "disaggregated_mpi_worker" in helped.stdout
     bad = run("--", "trtllm-serve", "m", "--config", _yaml(tmp_path, {"dwdp": {"grup_size": 2}}, "bad.yaml"))
     assert bad.returncode == 2 and "did you mean 'group_size'" in bad.stderr
     code = "import os, sys; print(os.environ['TRTLLM_DWDP_OPTIONS']); os.remove(sys.argv[-1])"

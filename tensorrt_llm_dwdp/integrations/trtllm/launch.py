@@ -139,6 +139,9 @@ def prepare(command: Sequence[str], environ: Mapping[str, str]) -> Launch:
 
 def main(args: Optional[List[str]] = None) -> int:
     args = sys.argv[1:] if args is None else list(args)
+    if {"-h", "--help"} & set(args[: args.index("--")] if "--" in args else args):
+        print(__doc__)
+        return 0
     dry = "--dry-run" in args[: args.index("--")] if "--" in args else "--dry-run" in args
     command = args[args.index("--") + 1:] if "--" in args else [a for a in args if a != "--dry-run"]
     try:
