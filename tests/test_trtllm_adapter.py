@@ -136,6 +136,14 @@ def test_options_that_do_not_match_tensorrt_llms_partition():
     assert e.value.option == "dwdp.placement"
 
 
+def test_a_failed_setup_leaves_tensorrt_llms_weights_in_place():
+    model, _ = _model(ep_size=2, ep_rank=0)
+    before = _tensors(model)
+    with pytest.raises(DwdpConfigError, match="does not divide the world of 1"):  # a group of 2 on one process
+        adapter.attach(fk.Engine(model), _opts(), comm=MPI.COMM_SELF, device=torch.device("cpu"))
+    assert _same(before, _tensors(model)) and adapter._state.hooks is None
+
+
 def test_mode_auto_without_a_prediction_leaves_the_model_alone(capsys):
     model, _ = _model()
     before = _tensors(model)

@@ -35,7 +35,7 @@ from ...placement import placement_from_config
 from ...runtime.model import expert_compute
 from .activate import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
-from .layouts import TRTLLM_NAMES, from_shard, module_weight_loader
+from .layouts import module_weight_loader, restore_module_tensor, split_to_module, stage_to_host
 from .options import SECTION, TrtllmDwdpOptions
 
 UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
@@ -162,12 +162,20 @@ def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_modu
     shape = MoeShape(len(layers), m.hidden_size, inter, m.num_experts, tuple(x.layer_idx for x in layers))
     loader = module_weight_loader([x.holder for x in layers], first.layout, [x.local_ids for x in layers])
     device = device if device is not None else first.holder.w3_w1_weight.device
-    hooks = DwdpHooks.setup(config, shape, loader, comm=comm, device=device)
-    _state.hooks, _state.layers, _state.engine = hooks, layers, engine
+    # NOTE: the shard is allocated whole before it is filled; staging the module's copy in host memory
+    # first keeps the device from holding the local experts twice.
+    staged = [(x, *rec) for x in layers for rec in stage_to_host(x.holder)] if free_module_weights else []
+    try:
+        hooks = DwdpHooks.setup(config, shape, loader, comm=comm, device=device)
+    except BaseException:
+        for _, _, p, _, _, dev in staged:
+            p.data = p.data.to(dev)
+        raise
+    for rec in staged:
+        rec[2].data = rec[2].data.new_empty(0)
+    _state.hooks, _state.layers, _state.engine, _state.freed = hooks, layers, engine, staged
     for layer in layers:
         layer.module.forward = functools.partial(_moe_forward, layer.module, hooks)
-        if free_module_weights:
-            _free(layer)
     engine.forward = _bracket(engine.forward, hooks)
     _log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
          f"{hooks.local_experts[0]}..{hooks.local_experts[-1]}, {first.weight_dtype}, {first.layout} layout")
@@ -240,29 +248,13 @@ def _bracket(forward, hooks: DwdpHooks):
     return run
 
 
-def _free(layer: MoeLayer) -> None:
-    """Drop the module's copy of its experts (the shard holds them now); remember how to restore."""
-    for name in TRTLLM_NAMES:
-        p = getattr(layer.holder, name, None)
-        if p is not None:
-            _state.freed.append((layer, name, p, tuple(p.shape), p.stride()))
-            p.data = p.data.new_empty(0)
-
-
 def _restore_freed(hooks: DwdpHooks) -> None:
     """Copy each module's experts back from the shard, in TensorRT-LLM's layout and strides."""
-    by_layer = {}
-    for rec in _state.freed:
-        by_layer.setdefault(rec[0].layer_idx, []).append(rec)
     hooks.begin_step()
     for layer in _state.layers:
-        w = hooks.layer_weights(layer.layer_idx)
-        names = w.segments[0].tensors.keys()
-        back = from_shard(layer.layout, {n: torch.stack([w.expert(e, n) for e in layer.local_ids]) for n in names})
-        for _, name, p, shape, stride in by_layer.get(layer.layer_idx, []):
-            buf = torch.empty_strided(shape, stride, dtype=p.dtype, device=p.device)
-            buf.copy_(back[name])
-            p.data = buf
+        back = split_to_module(hooks.layer_weights(layer.layer_idx), layer.layout, layer.local_ids)
+        for rec in (r for r in _state.freed if r[0] is layer):
+            restore_module_tensor(rec[1:], back)
         hooks.layer_done(layer.layer_idx)
     hooks.end_step()
 

@@ -136,3 +136,28 @@ def module_weight_loader(holders: Sequence, layout: str, local_ids: Sequence[Seq
                         t.get("w2_weight_scaling_factor"))
 
     return load
+
+
+def stage_to_host(holder) -> list:
+    """Move a module's expert tensors to host memory in place; (name, param, shape, stride, device) each."""
+    recs = []
+    for name in TRTLLM_NAMES:
+        p = getattr(holder, name, None)
+        if p is not None:
+            recs.append((name, p, tuple(p.shape), p.stride(), p.device))
+            p.data = p.data.to("cpu")
+    return recs
+
+
+def split_to_module(weights, layout: str, expert_ids: Sequence[int]) -> Dict[str, torch.Tensor]:
+    """TensorRT-LLM's tensors of `expert_ids`, read from a SplitExpertWeights (shard and slots)."""
+    names = weights.segments[0].tensors.keys()
+    return from_shard(layout, {n: torch.stack([weights.expert(e, n) for e in expert_ids]) for n in names})
+
+
+def restore_module_tensor(rec, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Give a staged parameter (a stage_to_host record) its values back, on its device, with its strides."""
+    name, p, shape, stride, device = rec
+    buf = torch.empty_strided(shape, stride, dtype=p.dtype, device=device)
+    buf.copy_(tensors[name])
+    p.data = buf
