@@ -73,16 +73,23 @@ class BuildExtWithCuda(build_ext):
             objdir.mkdir(parents=True, exist_ok=True)
             ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
             defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
+            archs = cuda_archs(nvcc)
+            cmds = []
             for src in cu:
                 obj = objdir / (Path(src).stem + ".o")
-                archs = cuda_archs(nvcc)
+                src_archs = archs
                 if src.endswith("_sm90.cu"):  # NOTE: Hopper-only kernels (wgmma, TMA): sm_90a alone
-                    archs = [a for a in archs if a.endswith("sm_90a")]
-                cmd = [nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr", *archs,
-                       *defines, *[f"-I{d}" for d in ext.include_dirs], "-c", src, "-o", str(obj)]
-                print(" ".join(cmd))
-                subprocess.check_call(cmd)
+                    src_archs = [a for a in archs if a.endswith("sm_90a")]
+                cmds.append([nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr",
+                             *src_archs, *defines, *[f"-I{d}" for d in ext.include_dirs], "-c", src, "-o", str(obj)])
                 ext.extra_objects.append(str(obj))
+            # NOTE: the CUTLASS kernels take about a minute each; compile them side by side.
+            from concurrent.futures import ThreadPoolExecutor
+            jobs = int(os.environ.get("DWDP_BUILD_JOBS", os.cpu_count() or 1))
+            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+                for cmd in cmds:
+                    print(" ".join(cmd))
+                list(pool.map(subprocess.check_call, cmds))
         super().build_extension(ext)
 
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-WEIGHT_DTYPES = ("bfloat16", "float16", "float32")
+WEIGHT_DTYPES = ("bfloat16", "float16", "float32", "float8_e4m3fn")
 MEMORY_BACKENDS = ("auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric")
 PULL_ISSUE_MODES = ("graph", "batched", "per_slice")
 DEFAULT_SLICE_BYTES = 2 << 20
@@ -42,7 +42,8 @@ class DwdpConfig:
     placement: explicit expert ids held by each rank of a group; overrides experts_per_rank.
     prefetch_depth: prefetch slots (ping-pong is 2); layer l+depth is pulled after layer l ends.
     slice_bytes: size of one copy; pulls are cut into slices taken round-robin across peers.
-    weight_dtype: dtype of the expert weights in the shards.
+    weight_dtype: dtype of the expert weights in the shards; "float8_e4m3fn" adds DeepSeek-V3
+        128x128 block scales (w13_scale, w2_scale) that travel with each expert.
     memory_backend: "cpu_shm" (CPU ranks); "cuda_ipc" (legacy IPC handles), "cuda_vmm" (cuMemCreate,
         POSIX file descriptors) or "cuda_fabric" (cuMemCreate, fabric handles) for GPU ranks; or "auto".
     pull_issue: how GPU ranks issue a layer's pull: "graph" (captured per layer and slot, one

@@ -96,6 +96,11 @@ class DwdpHooks:
             raise DwdpConfigError("num_experts", config.num_experts,
                                   f"the model's MoE layers have {shape.num_experts} experts",
                                   f"set num_experts={shape.num_experts}")
+        if config.weight_dtype == "float8_e4m3fn" and (shape.hidden_size % 128 or shape.intermediate_size % 128):
+            raise DwdpConfigError("weight_dtype", config.weight_dtype,
+                                  f"FP8 block scales cover 128x128 blocks; hidden {shape.hidden_size} and "
+                                  f"intermediate {shape.intermediate_size} are not both multiples of 128",
+                                  "use bfloat16 expert weights for this model")
         group = DwdpGroup.create(config, comm)
         local, peers, slots, engine = None, {}, [], None
         try:

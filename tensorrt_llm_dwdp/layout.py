@@ -41,10 +41,25 @@ class ExpertTensorSpec:
         return math.prod(self.shape) * torch_dtype(self.dtype).itemsize
 
 
+FP8_BLOCK = 128  # DeepSeek-V3 weight scale block: 128 x 128
+
+
 def swiglu_expert_specs(hidden_size: int, intermediate_size: int, dtype: str) -> Tuple[ExpertTensorSpec, ...]:
-    """w13: [2 * I, H] (gate rows then up rows); w2: [H, I]. y = w2 @ (silu(gate x) * up x)."""
-    return (ExpertTensorSpec("w13", (2 * intermediate_size, hidden_size), dtype),
-            ExpertTensorSpec("w2", (hidden_size, intermediate_size), dtype))
+    """w13: [2 * I, H] (gate rows then up rows); w2: [H, I]. y = w2 @ (silu(gate x) * up x).
+
+    float8_e4m3fn adds DeepSeek-V3 block scales, one fp32 per 128x128 block, in the layout of the
+    checkpoints' weight_scale_inv: w13_scale [2I/128, H/128], w2_scale [H/128, I/128]. They travel
+    with their expert, so a pull brings both."""
+    specs = (ExpertTensorSpec("w13", (2 * intermediate_size, hidden_size), dtype),
+             ExpertTensorSpec("w2", (hidden_size, intermediate_size), dtype))
+    if dtype != "float8_e4m3fn":
+        return specs
+    if hidden_size % FP8_BLOCK or intermediate_size % FP8_BLOCK:
+        raise ValueError(f"FP8 block-scaled experts need hidden ({hidden_size}) and intermediate "
+                         f"({intermediate_size}) sizes that are multiples of {FP8_BLOCK}")
+    h, i = hidden_size // FP8_BLOCK, intermediate_size // FP8_BLOCK
+    return specs + (ExpertTensorSpec("w13_scale", (2 * i, h), "float32"),
+                    ExpertTensorSpec("w2_scale", (h, i), "float32"))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Copy plans against an independent byte-level model: simulate the copies and compare."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,11 +20,12 @@ def _setup(num_experts, group_size, per_rank, layers, hidden, inter, dtype):
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(2, 24), st.integers(2, 6), st.integers(1, 3), st.sampled_from([4096, 8192, 65536]),
-       st.sampled_from(["float32", "bfloat16"]), st.data())
+       st.sampled_from(["float32", "bfloat16", "float8_e4m3fn"]), st.data())
 def test_plan_copies_exactly_the_missing_experts(num_experts, group_size, layers, slice_bytes, dtype, data):
     redundant = data.draw(st.booleans())
     per_rank = data.draw(st.integers(-(-num_experts // group_size), num_experts)) if redundant else None
-    hidden, inter = data.draw(st.sampled_from([(64, 32), (48, 40), (128, 96)]))
+    fp8 = dtype == "float8_e4m3fn"  # block scales ride along: sizes in 128 blocks
+    hidden, inter = data.draw(st.sampled_from([(128, 128), (256, 128)] if fp8 else [(64, 32), (48, 40), (128, 96)]))
     p, specs, layouts = _setup(num_experts, group_size, per_rank, layers, hidden, inter, dtype)
     rank, layer = data.draw(st.integers(0, group_size - 1)), data.draw(st.integers(0, layers - 1))
     fp = fetch_plan(p, rank, layer)
@@ -57,7 +59,8 @@ def test_plan_copies_exactly_the_missing_experts(num_experts, group_size, layers
     views = slot_block.views(slot)
     for pull in fp.pulls:
         for s in specs:
-            assert torch.equal(views[s.name][pull.slot_row], truth[(layer, pull.expert, s.name)])
+            assert torch.equal(views[s.name][pull.slot_row].view(torch.uint8),
+                               truth[(layer, pull.expert, s.name)].view(torch.uint8))
 
 
 def test_round_robin_interleaves_and_staggers():
@@ -73,3 +76,36 @@ def test_round_robin_interleaves_and_staggers():
         head = order[:3 * (len(order) // 3)]
         assert all(a != b for a, b in zip(head, head[1:]))
     assert firsts == [1, 2, 3, 0]  # each rank starts at the next rank: no two start on one owner
+
+
+@pytest.mark.gpu
+def test_native_plan_graph_launch_copies_current_source():
+    """The C++ plan's own graph: one launch per slot copies every slice; a replay reads the source as it
+    is then; a slot that was never captured is refused."""
+    try:
+        from tensorrt_llm_dwdp import _C
+    except ImportError as e:
+        pytest.skip(f"no _C extension: {e}")
+    g = torch.Generator(device="cuda").manual_seed(7)
+    src = torch.randint(0, 256, (5 << 20,), dtype=torch.uint8, device="cuda", generator=g)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(3)).tolist()
+    chunk = 512 << 10
+    triples = [(src.data_ptr() + i * chunk, j * chunk, chunk) for j, i in enumerate(perm)]  # shuffled slices
+    plan = _C.CopyPlan(triples)
+    slots = [torch.zeros(5 << 20, dtype=torch.uint8, device="cuda") for _ in range(2)]
+    for slot in slots:
+        plan.capture(slot.data_ptr())
+    stream = torch.cuda.Stream()
+    for round_ in range(2):
+        for slot in slots:
+            slot.fill_(0xAB)
+        stream.wait_stream(torch.cuda.current_stream())
+        for slot in slots:
+            plan.launch(slot.data_ptr(), stream.cuda_stream)
+        stream.synchronize()
+        want = torch.cat([src[i * chunk:(i + 1) * chunk] for i in perm])
+        for slot in slots:
+            assert torch.equal(slot, want)
+        src.random_(0, 256, generator=g)  # the next launch must see the new contents
+    with pytest.raises(RuntimeError):
+        plan.launch(src.data_ptr(), stream.cuda_stream)

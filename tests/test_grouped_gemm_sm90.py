@@ -1,4 +1,5 @@
-"""Split-weight CUTLASS grouped GEMM (sm_90a, one launch over every segment) against float64 torch math.
+"""Split-weight CUTLASS grouped GEMMs (sm_90a, one launch over every segment) against float64 torch math:
+BF16 in every tile shape, and FP8 with DeepSeek-V3 block scales.
 
 Weights sit in separately allocated stacks (a local shard and a larger prefetch slot, only partly used);
 outputs start poisoned with NaN; row counts include zeros and odd numbers. Ends with a printed timing
@@ -18,7 +19,7 @@ def _lib():
         from tensorrt_llm_dwdp import _C
     except ImportError as e:
         pytest.skip(f"no _C extension: {e}")
-    if not hasattr(_C, "grouped_gemm_bf16"):
+    if not hasattr(_C, "grouped_gemm_fp8"):
         pytest.skip("_C was built without CUTLASS headers")
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the sm_90a kernel needs a Hopper GPU")
@@ -37,13 +38,16 @@ def _case(rows, counts, slot_sizes, n, k, seed=None):
     return a, ends, segments, d
 
 
-def _call(lib, a, ends, segments, counts, d, stream=None):
+TILES = [1, 2, 3]  # large, small, legacy (GroupedGemmTile)
+
+
+def _call(lib, a, ends, segments, counts, d, stream=None, tile=0):
     n, k = segments[0].shape[1:]
-    ws_bytes = lib.grouped_gemm_bf16_workspace_size(sum(counts))
+    ws_bytes = lib.grouped_gemm_workspace_size(sum(counts), False)
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device="cuda")
     stream = torch.cuda.current_stream() if stream is None else stream
     lib.grouped_gemm_bf16(a.data_ptr(), ends.data_ptr(), [s.data_ptr() for s in segments], counts, d.data_ptr(),
-                          n, k, ws.data_ptr(), ws_bytes, stream.cuda_stream)
+                          a.shape[0], n, k, tile, ws.data_ptr(), ws_bytes, stream.cuda_stream)
     return ws  # the caller keeps it alive until the stream is done
 
 
@@ -76,22 +80,24 @@ def _rows(num_groups, mean, seed):
 
 @pytest.mark.parametrize("n,k", [(1536, 2048), (2048, 768), (136, 72)])  # Qwen3 w13, w2; small odd tiles
 @pytest.mark.parametrize("counts,slots", [([5], [5]), ([3, 9], [3, 12]), ([2, 0, 6], [4, 1, 8])])
-def test_matches_float64(n, k, counts, slots):
+@pytest.mark.parametrize("tile", TILES)
+def test_matches_float64(n, k, counts, slots, tile):
     lib = _lib()
     rows = _rows(sum(counts), 70, fresh_seed())
     a, ends, segments, d = _case(rows, counts, slots, n, k)
-    ws = _call(lib, a, ends, segments, counts, d)
+    ws = _call(lib, a, ends, segments, counts, d, tile=tile)
     torch.cuda.synchronize()
     del ws
     _check(d, _reference(a, rows, segments, counts))
 
 
 @pytest.mark.parametrize("rows", [[0, 0, 0, 333, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
-def test_sparse_groups(rows):
+@pytest.mark.parametrize("tile", TILES)
+def test_sparse_groups(rows, tile):
     lib = _lib()
     counts, slots = [2, 3], [2, 4]
     a, ends, segments, d = _case(rows, counts, slots, 256, 512)
-    ws = _call(lib, a, ends, segments, counts, d)
+    ws = _call(lib, a, ends, segments, counts, d, tile=tile)
     torch.cuda.synchronize()
     del ws
     _check(d, _reference(a, rows, segments, counts) if sum(rows) else d[:0].double())
@@ -105,7 +111,7 @@ def test_in_cuda_graph_follows_device_row_ends():
     a, ends, segments, d = _case(rows, counts, slots, 512, 256)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    ws_bytes = lib.grouped_gemm_bf16_workspace_size(sum(counts))
+    ws_bytes = lib.grouped_gemm_workspace_size(sum(counts), False)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device="cuda")
     with torch.cuda.stream(stream):  # warm-up outside capture (module load, smem attribute)
         _call(lib, a, ends, segments, counts, d, stream)
@@ -113,7 +119,7 @@ def test_in_cuda_graph_follows_device_row_ends():
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
         lib.grouped_gemm_bf16(a.data_ptr(), ends.data_ptr(), [s.data_ptr() for s in segments], counts,
-                              d.data_ptr(), 512, 256, ws.data_ptr(), ws_bytes, stream.cuda_stream)
+                              d.data_ptr(), a.shape[0], 512, 256, 0, ws.data_ptr(), ws_bytes, stream.cuda_stream)
     rows2 = [0, 50, 1, 1, 3, 31, 0, 42]  # same total, different split
     ends.copy_(torch.tensor(rows2).cumsum(0))
     a.copy_(torch.randn_like(a, dtype=torch.float32).bfloat16())
@@ -129,15 +135,16 @@ def test_rejects_bad_arguments():
     a, ends, segments, d = _case(rows, counts, [1, 1], 256, 128)
     with pytest.raises(ValueError):  # one segment count short
         lib.grouped_gemm_bf16(a.data_ptr(), ends.data_ptr(), [s.data_ptr() for s in segments], [2], d.data_ptr(),
-                              256, 128, 0, 0, 0)
-    ws_bytes = lib.grouped_gemm_bf16_workspace_size(2)
+                              a.shape[0], 256, 128, 0, 0, 0, 0)
+    ws_bytes = lib.grouped_gemm_workspace_size(2, False)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device="cuda")
-    bad = [{"n": 252}, {"a": a.data_ptr() + 2}, {"ws_bytes": ws_bytes - 1}]  # n % 8, misaligned A, small ws
+    # n % 8, misaligned A, small workspace, unknown tile
+    bad = [{"n": 252}, {"a": a.data_ptr() + 2}, {"ws_bytes": ws_bytes - 1}, {"tile": 9}]
     for b in bad:
         with pytest.raises(RuntimeError):
             lib.grouped_gemm_bf16(b.get("a", a.data_ptr()), ends.data_ptr(), [s.data_ptr() for s in segments],
-                                  counts, d.data_ptr(), b.get("n", 256), 128, ws.data_ptr(),
-                                  b.get("ws_bytes", ws_bytes), 0)
+                                  counts, d.data_ptr(), a.shape[0], b.get("n", 256), 128, b.get("tile", 0),
+                                  ws.data_ptr(), b.get("ws_bytes", ws_bytes), 0)
 
 
 def _time_ms(fn, iters=20):
@@ -164,13 +171,13 @@ def test_benchmark_against_torch_grouped_mm(n, k):
     whole = torch.cat(segments)  # contiguous copy of the same experts
     offs = ends.to(torch.int32)
     cut = int(ends[counts[0] - 1])
-    ws_bytes = lib.grouped_gemm_bf16_workspace_size(128)
+    ws_bytes = lib.grouped_gemm_workspace_size(128, False)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device="cuda")
     ptrs, stream = [s.data_ptr() for s in segments], torch.cuda.current_stream().cuda_stream
 
     def ours():
-        lib.grouped_gemm_bf16(a.data_ptr(), ends.data_ptr(), ptrs, counts, d.data_ptr(), n, k, ws.data_ptr(),
-                              ws_bytes, stream)
+        lib.grouped_gemm_bf16(a.data_ptr(), ends.data_ptr(), ptrs, counts, d.data_ptr(), a.shape[0], n, k, 0,
+                              ws.data_ptr(), ws_bytes, stream)
 
     m = int(ends[-1])
     contiguous = lambda: torch._grouped_mm(a[:m], whole.transpose(-2, -1), offs=offs)

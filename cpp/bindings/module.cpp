@@ -41,6 +41,20 @@ PYBIND11_MODULE(_C, m) {
                   "CopyPlan.issue");
           },
           py::arg("dst_base"), py::arg("stream"), py::arg("batched") = true, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "capture",
+          [](dwdp::CopyPlan& p, uintptr_t dst_base) {
+            check(p.capture(reinterpret_cast<void*>(dst_base)), "CopyPlan.capture");
+          },
+          py::arg("dst_base"), "capture the per-slice pull into this slot as a CUDA graph (once per slot)")
+      .def(
+          "launch",
+          [](const dwdp::CopyPlan& p, uintptr_t dst_base, uintptr_t stream) {
+            check(p.launch(reinterpret_cast<void*>(dst_base), reinterpret_cast<cudaStream_t>(stream)),
+                  "CopyPlan.launch");
+          },
+          py::arg("dst_base"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+          "issue the captured pull for this slot with one cudaGraphLaunch")
       .def_static("batch_supported", &dwdp::CopyPlan::batch_supported)
       .def_property_readonly("nbytes", &dwdp::CopyPlan::nbytes)
       .def("__len__", &dwdp::CopyPlan::size);

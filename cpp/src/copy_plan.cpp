@@ -68,6 +68,40 @@ cudaError_t CopyPlan::issue(void* dst_base, cudaStream_t stream, bool batched) c
   return issue_each(dst, stream);
 }
 
+cudaError_t CopyPlan::capture(void* dst_base) {
+  if (dst_base == nullptr) return cudaErrorInvalidValue;
+  const auto key = reinterpret_cast<uintptr_t>(dst_base);
+  if (graphs_.count(key)) return cudaSuccess;
+  cudaStream_t s = nullptr;
+  cudaError_t err = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+  if (err != cudaSuccess) return err;
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  // NOTE: thread-local capture mode: other threads may keep issuing CUDA calls while this one captures.
+  err = cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);
+  if (err == cudaSuccess) {
+    const cudaError_t issued = issue_each(static_cast<char*>(dst_base), s);
+    err = cudaStreamEndCapture(s, &graph);
+    if (issued != cudaSuccess) err = issued;
+  }
+  if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+  if (err != cudaSuccess) return err;
+  graphs_[key] = exec;
+  return cudaSuccess;
+}
+
+cudaError_t CopyPlan::launch(void* dst_base, cudaStream_t stream) const {
+  auto it = graphs_.find(reinterpret_cast<uintptr_t>(dst_base));
+  if (it == graphs_.end()) return cudaErrorInvalidValue;  // capture(dst_base) first
+  return cudaGraphLaunch(it->second, stream);
+}
+
+CopyPlan::~CopyPlan() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+}
+
 uint64_t CopyPlan::nbytes() const {
   uint64_t n = 0;
   for (const CopySlice& s : slices_) n += s.nbytes;

@@ -8,8 +8,13 @@
   c. host time to issue one layer's pull: one cudaMemcpyAsync per slice, one
      cudaMemcpyBatchAsync, and a CUDA-graph replay of the per-slice plan.
 
-BF16 only for now. (a) runs the default path (one torch._grouped_mm per segment); (a") the
-single-launch CUTLASS kernel where it is built (Hopper). Prints tables, writes JSON.
+  f. FP8 with DeepSeek-V3 block scales: the split-weight MLP through the CUTLASS block-scaled
+     kernel vs the same kernel on contiguous weights vs dense FP8 GEMMs, its roofline against
+     the FP8 peak measured in this run, and its speed over the best BF16 path.
+
+(a) runs the BF16 library path (one torch._grouped_mm per segment); (a") the single-launch
+CUTLASS kernel where it is built (Hopper; the default there), with its tile picked by rows per
+expert and the first 128x128 tile for comparison. Prints tables, writes JSON.
 """
 
 from __future__ import annotations
@@ -65,8 +70,11 @@ def measure_peaks() -> Dict[str, float]:
         torch.cuda.current_stream().wait_stream(side)
 
     th = bench_ms(h2d)
-    return {"bf16_tflops": 2 * n ** 3 / t / 1e9, "hbm_gbps": 2 * src.numel() / tc / 1e6,
-            "h2d_gbps": host.numel() / th / 1e6}
+    one = torch.ones((), device="cuda")
+    a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t()  # b column-major, as cuBLAS wants
+    t8 = bench_ms(lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+    return {"bf16_tflops": 2 * n ** 3 / t / 1e9, "fp8_tflops": 2 * n ** 3 / t8 / 1e9,
+            "hbm_gbps": 2 * 2 * 2**30 / tc / 1e6, "h2d_gbps": host.numel() / th / 1e6}
 
 
 def _routing(tokens: int, experts: int, k: int, gen: torch.Generator):
@@ -111,13 +119,26 @@ def bench_gemm(name: str, tokens: int, peaks: Dict[str, float], local_fraction: 
     offs_split = [local_ends, (ends[n_local:] - local_ends[-1]).to(torch.int32)]
     t_split_gemm = bench_ms(lambda: gemms_only(split.segments, offs_split))
     t_contig_gemm = bench_ms(lambda: gemms_only(contiguous.segments, [ends]))
-    t_split = bench_ms(lambda: grouped_moe_experts(x, ids, wts, split))
+    t_split = bench_ms(lambda: grouped_moe_experts(x, ids, wts, split, single_launch=False))
     nan = float("nan")
     single = ops.single_launch_available(x)
     t_split_one = bench_ms(lambda: grouped_moe_experts(x, ids, wts, split, single_launch=True)) if single else nan
     t_contig_one = bench_ms(lambda: grouped_moe_experts(x, ids, wts, contiguous, single_launch=True)) if single \
         else nan
-    t_contig = bench_ms(lambda: grouped_moe_experts(x, ids, wts, contiguous))
+    t_split_legacy = bench_ms(lambda: grouped_moe_experts(x, ids, wts, split, single_launch=True, tile=3)) \
+        if single else nan
+    t_single_gemm = nan
+    if single:
+        row_ends = torch.cumsum(counts, 0)
+        w13s, w2s = [sg.tensors["w13"] for sg in split.segments], [sg.tensors["w2"] for sg in split.segments]
+
+        def single_gemms():
+            h = ops.split_grouped_gemm(xa, row_ends, w13s, 2 * inter)
+            g, u = h.chunk(2, dim=-1)
+            ops.split_grouped_gemm((F.silu(g) * u).contiguous(), row_ends, w2s, hidden)
+
+        t_single_gemm = bench_ms(single_gemms)
+    t_contig = bench_ms(lambda: grouped_moe_experts(x, ids, wts, contiguous, single_launch=False))
     t_dense = bench_ms(dense)
     flops = 6 * a * hidden * inter
     bytes_min = 3 * experts * hidden * inter * 2 + 2 * a * hidden * 2
@@ -128,11 +149,107 @@ def bench_gemm(name: str, tokens: int, peaks: Dict[str, float], local_fraction: 
            "split_over_dense": t_dense / t_split, "tflops_split": flops / t_split / 1e9,
            "split_single_ms": t_split_one, "contiguous_single_ms": t_contig_one,
            "single_split_over_contiguous": t_contig_one / t_split_one,
-           "single_over_torch_split": t_split / t_split_one,
+           "single_over_torch_split": t_split / t_split_one, "split_single_legacy_ms": t_split_legacy,
+           "tile_gain_over_legacy": t_split_legacy / t_split_one, "single_gemm_ms": t_single_gemm,
+           "single_gemm_of_roofline": floor_ms / t_single_gemm,
+           "best_split_ms": min(t_split, t_split_one) if single else t_split,
            "split_gemm_ms": t_split_gemm, "contiguous_gemm_ms": t_contig_gemm,
            "gemm_split_over_contiguous": t_contig_gemm / t_split_gemm,
            "gemm_split_of_roofline": floor_ms / t_split_gemm}
     return out
+
+
+def _fp8_experts(experts: int, n: int, k: int, gen: torch.Generator):
+    """Random [experts, n, k] weights quantized per 128x128 block, one expert at a time (bounded memory)."""
+    q = torch.empty(experts, n, k, device="cuda", dtype=torch.float8_e4m3fn)
+    s = torch.empty(experts, n // 128, k // 128, device="cuda", dtype=torch.float32)
+    for e in range(experts):
+        q[e], s[e] = ops.quantize_weight_blocks(torch.randn(n, k, device="cuda", generator=gen) * 0.02)
+    return q, s
+
+
+def _dense_fp8(xa: torch.Tensor, hidden: int, inter: int, gen: torch.Generator):
+    """Dense FP8 MLP of the same FLOPs through torch._scaled_mm (cuBLAS): blockwise 1x128 / 128x128 scales
+    where this torch and cuBLAS take them, else one scale per tensor. Returns (fn, scaling name)."""
+    a = xa.shape[0]
+    w13 = torch.randn(2 * inter, hidden, device="cuda", generator=gen).to(torch.float8_e4m3fn)
+    w2 = torch.randn(hidden, inter, device="cuda", generator=gen).to(torch.float8_e4m3fn)
+    xq, xs = ops.quantize_fp8(xa)
+    act = torch.randn(a, inter, device="cuda", generator=gen).bfloat16()
+    aq, as_ = ops.quantize_fp8(act)
+    one = torch.ones((), device="cuda")
+
+    def blockwise():
+        def mm(q, s, w, ws):  # scale_a outer-dim-major [M, K/128]; scale_b [K/128, N/128] outer-dim-major
+            return torch._scaled_mm(q, w.t(), scale_a=s.t().contiguous().t(), scale_b=ws.t(), out_dtype=torch.bfloat16)
+        s13 = torch.rand(2 * inter // 128, hidden // 128, device="cuda", generator=gen)
+        s2 = torch.rand(hidden // 128, inter // 128, device="cuda", generator=gen)
+
+        def run():
+            ops.swiglu_quantize_fp8(mm(xq, xs, w13, s13))
+            return mm(aq, as_, w2, s2)
+        return run
+
+    def tensorwise():
+        mm = lambda q, w: torch._scaled_mm(q, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa
+        return lambda: (ops.swiglu_quantize_fp8(mm(xq, w13)), mm(aq, w2))
+
+    try:
+        fn = blockwise()
+        fn()
+        torch.cuda.synchronize()
+        return fn, "blockwise"
+    except (RuntimeError, ValueError, NotImplementedError):
+        return tensorwise(), "tensorwise"
+
+
+def bench_fp8(name: str, tokens: int, peaks: Dict[str, float], bf16_ms: float, local_fraction: float = 0.25) -> Dict:
+    """The expert MLP on block-scaled FP8 weights: split vs contiguous vs dense, roofline, speed over BF16."""
+    hidden, inter, experts, k = SHAPES[name]
+    gen = torch.Generator(device="cuda").manual_seed(tokens + 7)
+    w13, s13 = _fp8_experts(experts, 2 * inter, hidden, gen)
+    w2, s2 = _fp8_experts(experts, hidden, inter, gen)
+    x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+    ids, wts = _routing(tokens, experts, k, gen)
+    n_local = int(experts * local_fraction)
+    ids_all = tuple(range(experts))
+
+    def seg(lo, hi):
+        return WeightSegment(ids_all[lo:hi], {"w13": w13[lo:hi], "w2": w2[lo:hi], "w13_scale": s13[lo:hi],
+                                              "w2_scale": s2[lo:hi]})
+
+    contiguous = SplitExpertWeights(experts, (seg(0, experts),))
+    split = SplitExpertWeights(experts, (seg(0, n_local), seg(n_local, experts)))
+    t_split = bench_ms(lambda: grouped_moe_experts(x, ids, wts, split))
+    t_contig = bench_ms(lambda: grouped_moe_experts(x, ids, wts, contiguous))
+
+    a = tokens * k
+    xa = torch.randn(a, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+    xq, xs = ops.quantize_fp8(xa)
+    row_ends = torch.cumsum(torch.bincount(ids.reshape(-1), minlength=experts), 0)
+
+    def gemms(weights):
+        segs = weights.segments
+        h = ops.split_grouped_gemm_fp8(xq, xs, row_ends, [s.tensors["w13"] for s in segs],
+                                       [s.tensors["w13_scale"] for s in segs], 2 * inter)
+        aq, as_ = ops.swiglu_quantize_fp8(h)
+        ops.split_grouped_gemm_fp8(aq, as_, row_ends, [s.tensors["w2"] for s in segs],
+                                   [s.tensors["w2_scale"] for s in segs], hidden)
+
+    t_split_gemm = bench_ms(lambda: gemms(split))
+    t_contig_gemm = bench_ms(lambda: gemms(contiguous))
+    dense, scaling = _dense_fp8(xa, hidden, inter, gen)
+    t_dense = bench_ms(dense)
+    flops = 6 * a * hidden * inter
+    bytes_min = 3 * experts * hidden * inter + 2 * a * hidden * 2
+    floor_ms = max(flops / (peaks["fp8_tflops"] * 1e9), bytes_min / (peaks["hbm_gbps"] * 1e6))
+    return {"shape": name, "tokens": tokens, "dtype": "fp8", "split_ms": t_split, "contiguous_ms": t_contig,
+            "dense_ms": t_dense, "dense_scaling": scaling, "split_over_contiguous": t_contig / t_split,
+            "split_gemm_ms": t_split_gemm, "contiguous_gemm_ms": t_contig_gemm,
+            "gemm_split_over_contiguous": t_contig_gemm / t_split_gemm, "floor_ms": floor_ms,
+            "split_of_roofline": floor_ms / t_split, "gemm_split_of_roofline": floor_ms / t_split_gemm,
+            "split_over_dense": t_dense / t_split, "tflops_split": flops / t_split / 1e9,
+            "bf16_best_ms": bf16_ms, "fp8_over_bf16": bf16_ms / t_split}
 
 
 def _pull_plan(nbytes: int, slice_bytes: int, source: str = "pinned_host"):
@@ -157,30 +274,44 @@ def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: 
     alone = bench_ms(layer)
     nbytes = int(0.8 * alone * 1e-3 * peaks["h2d_gbps"] * 1e9) // slice_bytes * slice_bytes or slice_bytes
     host, slot, plan = _pull_plan(nbytes, slice_bytes)
-    side = torch.cuda.Stream()
-    done = torch.cuda.Event()
+    plan.capture(slot.data_ptr())
+    main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+    start, end, done = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+                        torch.cuda.Event())
 
-    def with_pull():
-        side.wait_stream(torch.cuda.current_stream())
-        plan.issue(slot.data_ptr(), side.cuda_stream)
-        done.record(side)
+    def layer_ms(pull: bool) -> float:
+        """The layer's own time (start to end on the compute stream), with or without a pull that starts
+        with it. A spin kernel first keeps the GPU busy while the host queues both, so neither the host
+        time of issuing nor the pull's tail after the layer is charged to the layer."""
+        torch.cuda._sleep(8_000_000)  # ~4 ms of spinning: longer than queueing the layer and the pull
+        start.record(main)
+        if pull:
+            side.wait_event(start)
+            plan.launch(slot.data_ptr(), side.cuda_stream)
+            done.record(side)
         layer()
-        torch.cuda.current_stream().wait_event(done)
+        end.record(main)
+        if pull:
+            main.wait_event(done)
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
 
     def pull_only():
-        side.wait_stream(torch.cuda.current_stream())
-        plan.issue(slot.data_ptr(), side.cuda_stream)
+        side.wait_stream(main)
+        plan.launch(slot.data_ptr(), side.cuda_stream)
         done.record(side)
-        torch.cuda.current_stream().wait_event(done)
+        main.wait_event(done)
 
     t_pull = bench_ms(pull_only)
-    # Alternate the two measurements over several rounds so clock and thermal drift hit both alike.
+    for _ in range(3):
+        layer_ms(False), layer_ms(True)
+    # Alternate the two, one run each, so clock and thermal drift hit both alike; medians over all runs.
     alone_runs, both_runs = [], []
-    for _ in range(rounds):
-        alone_runs.append(bench_ms(layer))
-        both_runs.append(bench_ms(with_pull))
-    alone, both = sorted(alone_runs)[rounds // 2], sorted(both_runs)[rounds // 2]
-    spread = max(alone_runs) / min(alone_runs) - 1.0
+    for _ in range(rounds * 10):
+        alone_runs.append(layer_ms(False))
+        both_runs.append(layer_ms(True))
+    alone, both = sorted(alone_runs)[len(alone_runs) // 2], sorted(both_runs)[len(both_runs) // 2]
+    spread = sorted(alone_runs)[int(0.9 * len(alone_runs))] / sorted(alone_runs)[len(alone_runs) // 10] - 1.0
     return {"shape": name, "tokens": tokens, "layer_ms": alone, "pull_mib": nbytes / 2**20, "pull_ms": t_pull,
             "layer_with_pull_ms": both, "slowdown": both / alone - 1.0, "alone_spread": spread}
 
@@ -214,9 +345,12 @@ def bench_issue(source: str, nbytes: int = 1 << 30, slice_bytes: int = 2 << 20, 
             graph.replay()
 
     replayed = host_us(replay)
+    plan.capture(slot.data_ptr())
+    launched = host_us(lambda: plan.launch(slot.data_ptr(), side.cuda_stream))
     t_copy = bench_ms(lambda: (plan.issue(slot.data_ptr(), torch.cuda.current_stream().cuda_stream, batched=True)))
     return {"source": source, "pull_mib": nbytes / 2**20, "slices": len(plan), "per_slice_issue_us": each,
-            "batched_issue_us": batched, "graph_replay_us": replayed, "copy_ms": t_copy,
+            "batched_issue_us": batched, "graph_replay_us": replayed,
+            "graph_launch_us": launched, "copy_ms": t_copy,
             "copy_gbps": nbytes / t_copy / 1e6}
 
 
@@ -232,6 +366,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--shapes", default="deepseek-v3,qwen3-30b-a3b")
     p.add_argument("--tokens", default="2048,4096,8192,16384", help="tokens per rank")
     p.add_argument("--json", default=None)
+    p.add_argument("--no-fp8", action="store_true", help="skip the FP8 block-scaled rows (f)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench kernels needs a CUDA GPU; none is visible")
@@ -239,7 +374,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}, torch {torch.__version__}")
     peaks = measure_peaks()
-    print(f"measured peaks: bf16 {peaks['bf16_tflops']:.0f} TFLOP/s, HBM {peaks['hbm_gbps']:.0f} GB/s "
+    print(f"measured peaks: bf16 {peaks['bf16_tflops']:.0f} TFLOP/s, fp8 {peaks['fp8_tflops']:.0f} TFLOP/s, "
+          f"HBM {peaks['hbm_gbps']:.0f} GB/s "
           f"(read+write), pinned host->device {peaks['h2d_gbps']:.1f} GB/s")
     shapes = args.shapes.split(",")
     tokens = [int(t) for t in args.tokens.split(",")]
@@ -249,29 +385,44 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"  [a] {s} {t} tokens ...", flush=True)
             gemm.append(bench_gemm(s, t, peaks))
             torch.cuda.empty_cache()
-    print("\n(a) expert MLP, BF16: split (1/4 local + 3/4 fetched, two calls) vs contiguous vs dense")
+    print("\n(a) expert MLP, BF16, torch._grouped_mm: split (1/4 local + 3/4 fetched, two calls) vs contiguous "
+          "vs dense")
     print(_table(gemm, ["shape", "tokens", "split_ms", "contiguous_ms", "dense_ms", "split_over_contiguous",
                         "split_of_roofline", "contiguous_of_roofline", "split_over_dense"]))
     print("\n(a\") the same MLP through the single-launch CUTLASS grouped GEMM (Hopper; nan where not built)")
     print(_table(gemm, ["shape", "tokens", "split_single_ms", "contiguous_single_ms", "single_split_over_contiguous",
-                        "single_over_torch_split"]))
+                        "single_over_torch_split", "tile_gain_over_legacy", "single_gemm_of_roofline"]))
     print("\n(a') grouped GEMMs alone (SwiGLU included, no permute/combine), on pre-permuted rows")
     print(_table(gemm, ["shape", "tokens", "split_gemm_ms", "contiguous_gemm_ms", "gemm_split_over_contiguous",
                         "gemm_split_of_roofline"]))
+    fp8 = []
+    if not args.no_fp8 and ops.fp8_available(torch.zeros(1, device="cuda")):
+        for row in gemm:
+            print(f"  [f] {row['shape']} {row['tokens']} tokens ...", flush=True)
+            fp8.append(bench_fp8(row["shape"], row["tokens"], peaks, row["best_split_ms"]))
+            torch.cuda.empty_cache()
+        print("\n(f) expert MLP, FP8 block-scaled (CUTLASS, one launch): split vs contiguous vs dense FP8")
+        print(_table(fp8, ["shape", "tokens", "split_ms", "contiguous_ms", "dense_ms", "split_over_contiguous",
+                           "split_of_roofline", "gemm_split_of_roofline", "split_over_dense", "fp8_over_bf16"]))
+        print(f"    dense FP8 scaling: {fp8[0]['dense_scaling'] if fp8 else '-'}; fp8_over_bf16 = best BF16 split "
+              "MLP time / FP8 split MLP time")
+    else:
+        print("\n(f) FP8 skipped: " + ("--no-fp8" if args.no_fp8 else "kernels not built or not a Hopper GPU"))
     for s in shapes:
         for t in tokens[-2:]:
             print(f"  [b] {s} {t} tokens ...", flush=True)
             overlap.append(bench_overlap(s, t, peaks))
             torch.cuda.empty_cache()
-    print("\n(b) expert MLP alone vs with a concurrent pinned-host pull (copy engine, side stream)")
+    print("\n(b) expert MLP alone vs with a concurrent pinned-host pull (copy engine, side stream, both started "
+          "together); alone_spread = p90/p10 - 1 of the alone runs")
     print(_table(overlap, ["shape", "tokens", "layer_ms", "pull_mib", "pull_ms", "layer_with_pull_ms", "slowdown",
                            "alone_spread"]))
     issue = [bench_issue(src, slice_bytes=sb) for src in ("pinned_host", "device") for sb in (2 << 20, 32 << 20)]
-    print("\n(c) host time to issue one layer's pull (1 GiB)")
+    print("\n(c) host time to issue one layer's pull (1 GiB); graph_launch = the C++ plan's own graph")
     print(_table(issue, ["source", "slices", "per_slice_issue_us", "batched_issue_us", "graph_replay_us",
-                         "copy_ms", "copy_gbps"]))
+                         "graph_launch_us", "copy_ms", "copy_gbps"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "peaks": peaks, "gemm": gemm, "overlap": overlap,
-                       "issue": issue}, f, indent=1)
+                       "issue": issue, "fp8": fp8}, f, indent=1)
     return 0

@@ -65,6 +65,15 @@ class SplitExpertWeights:
         si, row = self._where[expert]
         return self.segments[si].tensors[name][row]
 
+    def dense(self, expert: int, name: str) -> torch.Tensor:
+        """An expert's weight as stored, or dequantized to fp32 where block scales (`<name>_scale`) exist."""
+        si, row = self._where[expert]
+        tensors = self.segments[si].tensors
+        if name + "_scale" not in tensors:
+            return tensors[name][row]
+        from .ops import dequantize_blocks
+        return dequantize_blocks(tensors[name][row], tensors[name + "_scale"][row])
+
 
 @dataclass(frozen=True)
 class StorageTables:
@@ -111,7 +120,7 @@ def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
             if n == 0:
                 continue
             rows = token_of[start:start + n]
-            y = swiglu(x[rows], weights.expert(e, "w13"), weights.expert(e, "w2"))
+            y = swiglu(x[rows], weights.dense(e, "w13"), weights.dense(e, "w2"))
             out.index_add_(0, rows, y * scale[start:start + n, None])
             start += n
     if shared is not None:

@@ -1,4 +1,6 @@
-"""Split-weight experts on library grouped GEMMs (`torch._grouped_mm`), one call per segment.
+"""Split-weight experts on grouped GEMMs: BF16 through `torch._grouped_mm` (one call per segment)
+or one CUTLASS launch over all segments; FP8 with DeepSeek-V3 block scales through the CUTLASS
+block-scaled kernel (`_fp8`).
 
 Same contract as `experts.moe_experts`. No host synchronisation and no data-dependent
 shapes, so it can be captured in a CUDA graph:
@@ -10,7 +12,8 @@ shapes, so it can be captured in a CUDA graph:
     reading the segment's stacked weights in place (shard or prefetch slot);
   * combine: each assignment reads its row from its segment's output (rows past a
     segment's last offset are never read), weighted, summed over top-k in fp32.
-Permute and combine are `ops` custom ops: CUDA kernels from `cpp/` on GPUs.
+Permute and combine are `ops` custom ops: CUDA kernels from `cpp/` on GPUs. The one-launch
+paths skip the windows: one sorted buffer, groups in storage order across segments.
 """
 
 from __future__ import annotations
@@ -26,42 +29,62 @@ from .experts import SharedExpert, SplitExpertWeights, swiglu
 _DTYPES = (torch.bfloat16,)
 
 
+FP8 = torch.float8_e4m3fn
+SCALES = {"w13": "w13_scale", "w2": "w2_scale"}
+
+
+def is_fp8(weights: SplitExpertWeights) -> bool:
+    return weights.segments[0].tensors["w13"].dtype == FP8
+
+
 def can_run(x: torch.Tensor, weights: SplitExpertWeights) -> Tuple[bool, str]:
     """Whether this backend can run these inputs, and if not, why."""
-    if not hasattr(torch, "_grouped_mm"):
-        return False, f"torch {torch.__version__} has no torch._grouped_mm"
     if x.dtype not in _DTYPES:
-        return False, f"activations are {x.dtype}; torch._grouped_mm here takes bfloat16"
+        return False, f"activations are {x.dtype}; the grouped path takes bfloat16"
+    fp8 = is_fp8(weights)
+    if not fp8 and not hasattr(torch, "_grouped_mm"):
+        return False, f"torch {torch.__version__} has no torch._grouped_mm"
     for seg in weights.segments:
         for name in ("w13", "w2"):
             w = seg.tensors[name]
-            if w.dtype != x.dtype or w.device != x.device:
+            if w.device != x.device or w.dtype != (FP8 if fp8 else x.dtype):
                 return False, f"segment weight {name} is {w.dtype} on {w.device}, activations {x.dtype} on {x.device}"
-            if (w.shape[-1] * w.element_size()) % 16 or (w.shape[-2] * w.element_size()) % 16:
+            if fp8:
+                if SCALES[name] not in seg.tensors:
+                    return False, f"FP8 weight {name} has no {SCALES[name]} block scales"
+                if w.shape[-1] % ops.FP8_BLOCK or w.shape[-2] % ops.FP8_BLOCK:
+                    return False, f"FP8 weight {name} {tuple(w.shape)}: both GEMM dims must be multiples of 128"
+            elif (w.shape[-1] * w.element_size()) % 16 or (w.shape[-2] * w.element_size()) % 16:
                 return False, f"weight {name} {tuple(w.shape)}: both GEMM dims must be 16-byte multiples"
     return True, ""
 
 
 def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                         weights: SplitExpertWeights, shared: Optional[SharedExpert] = None,
-                        single_launch: Optional[bool] = None) -> torch.Tensor:
+                        single_launch: Optional[bool] = None, tile: int = 0) -> torch.Tensor:
     """x [T, H] bf16; topk_ids [T, K]; topk_weights [T, K]; returns [T, H] in x.dtype.
 
-    single_launch: True = the CUTLASS kernel (one launch over all segments, Hopper); False or None =
-    one `torch._grouped_mm` call per segment.
-    NOTE: None picks the per-segment path because it measured faster on the H100 at most sizes
-    (the CUTLASS tile is untuned: 0.59x at DeepSeek-V3 shapes, 16K tokens; BENCHMARKS.md)."""
+    BF16 weights: single_launch True = the CUTLASS kernel (one launch over all segments, Hopper);
+    False = one `torch._grouped_mm` call per segment; None = the CUTLASS kernel where it can run
+    (it measured 1.02-1.27x faster than the per-segment path on the H100, BENCHMARKS.md).
+    FP8 weights (e4m3 with `w13_scale`/`w2_scale` block scales): always the one-launch path, with
+    activations quantized in 1x128 groups (plain torch off Hopper).
+    tile: the CUTLASS kernel shape (`ops.split_grouped_gemm`); 0 picks by rows per expert."""
     num_tokens, hidden = x.shape
     k = topk_ids.shape[1]
     a = num_tokens * k
     if a == 0:
         out = torch.zeros_like(x)
         return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
+    if is_fp8(weights):
+        return _fp8(x, topk_ids, topk_weights, weights, shared, tile)
+    if single_launch is None:
+        single_launch = ops.single_launch_available(x)
     if single_launch:
         if not ops.single_launch_available(x):
             raise RuntimeError("single_launch=True needs the CUTLASS kernel (built with nvidia-cutlass), "
                                "a Hopper GPU and bf16 activations")
-        return _single_launch(x, topk_ids, topk_weights, weights, shared)
+        return _single_launch(x, topk_ids, topk_weights, weights, shared, tile)
     nseg = len(weights.segments)
     tables = weights.storage_tables(x.device)
     bases = tables.bases
@@ -97,26 +120,59 @@ def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
     return out
 
 
-def _single_launch(x, topk_ids, topk_weights, weights: SplitExpertWeights, shared):
-    """Hopper path: one CUTLASS launch per GEMM over all segments, weights read in place."""
-    num_tokens, hidden = x.shape
-    k = topk_ids.shape[1]
-    a = num_tokens * k
+def _sorted_by_storage(x, topk_ids, weights: SplitExpertWeights):
+    """(order, ends): assignments sorted by storage position, and each expert's cumulative row end."""
     tables = weights.storage_tables(x.device)
     pos = tables.position[topk_ids.reshape(-1)]
     order = torch.argsort(pos, stable=True)
     rows = torch.arange(tables.segment_of_position.numel(), device=x.device)
-    ends = torch.searchsorted(pos[order], rows, right=True)
-    sorted_idx = torch.arange(a, device=x.device)
-    x_perm = ops.permute_rows(x, order // k, sorted_idx, a)
-    w13 = [seg.tensors["w13"] for seg in weights.segments]
-    h = ops.split_grouped_gemm(x_perm, ends, w13, w13[0].shape[1])
-    gate, up = h.chunk(2, dim=-1)
-    act = (F.silu(gate) * up).contiguous()
-    y = ops.split_grouped_gemm(act, ends, [seg.tensors["w2"] for seg in weights.segments], hidden)
+    return order, torch.searchsorted(pos[order], rows, right=True)
+
+
+def _combine_sorted(y, order, topk_weights, k):
+    """Weighted sum over top-k of y's rows, which are in sorted-assignment order."""
+    sorted_idx = torch.arange(order.numel(), device=y.device)
     slot_of = torch.empty_like(sorted_idx)
     slot_of[order] = sorted_idx
-    out = ops.combine([y], torch.zeros_like(slot_of), slot_of, topk_weights.reshape(-1), k)
-    if shared is not None:
-        out = out + swiglu(x, shared.w13, shared.w2)
-    return out
+    return ops.combine([y], torch.zeros_like(slot_of), slot_of, topk_weights.reshape(-1), k)
+
+
+def _single_launch(x, topk_ids, topk_weights, weights: SplitExpertWeights, shared, tile):
+    """Hopper path: one CUTLASS launch per GEMM over all segments, weights read in place."""
+    hidden, k = x.shape[1], topk_ids.shape[1]
+    order, ends = _sorted_by_storage(x, topk_ids, weights)
+    x_perm = ops.permute_rows(x, order // k, torch.arange(order.numel(), device=x.device), order.numel())
+    w13 = [seg.tensors["w13"] for seg in weights.segments]
+    h = ops.split_grouped_gemm(x_perm, ends, w13, w13[0].shape[1], tile)
+    gate, up = h.chunk(2, dim=-1)
+    act = (F.silu(gate) * up).contiguous()
+    y = ops.split_grouped_gemm(act, ends, [seg.tensors["w2"] for seg in weights.segments], hidden, tile)
+    out = _combine_sorted(y, order, topk_weights, k)
+    return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
+
+
+def _gather_rows(t: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """t[src] for rows of any dtype; the bf16 permute kernel moves them when a row is 16-byte aligned."""
+    row_bytes = t.shape[1] * t.element_size()
+    if row_bytes % 16 == 0:
+        moved = ops.permute_rows(t.view(torch.bfloat16), src, torch.arange(src.numel(), device=t.device), src.numel())
+        return moved.view(t.dtype)
+    return t.view(torch.uint8).index_select(0, src).view(t.dtype)
+
+
+def _fp8(x, topk_ids, topk_weights, weights: SplitExpertWeights, shared, tile):
+    """Block-scaled FP8: quantize the T token rows once, gather them (and their scales) in expert order,
+    GEMM, SwiGLU fused with the next quantization, GEMM, combine. Weights and scales read in place."""
+    hidden, k = x.shape[1], topk_ids.shape[1]
+    order, ends = _sorted_by_storage(x, topk_ids, weights)
+    xq, xs = ops.quantize_fp8(x)
+    src = order // k
+    xq, xs = _gather_rows(xq, src), _gather_rows(xs, src)
+    segs = weights.segments
+    w13, w13s = [s.tensors["w13"] for s in segs], [s.tensors["w13_scale"] for s in segs]
+    h = ops.split_grouped_gemm_fp8(xq, xs, ends, w13, w13s, w13[0].shape[1], tile)
+    aq, as_ = ops.swiglu_quantize_fp8(h)
+    y = ops.split_grouped_gemm_fp8(aq, as_, ends, [s.tensors["w2"] for s in segs],
+                                   [s.tensors["w2_scale"] for s in segs], hidden, tile)
+    out = _combine_sorted(y, order, topk_weights, k).to(x.dtype)
+    return out if shared is None else out + swiglu(x, shared.w13, shared.w2)

@@ -4,7 +4,7 @@ capturable in CUDA graphs (no host synchronisation, shapes known from the argume
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 
@@ -75,31 +75,155 @@ def single_launch_available(x: torch.Tensor) -> bool:
             and torch.cuda.get_device_capability(x.device) == (9, 0))
 
 
+def fp8_available(x: torch.Tensor) -> bool:
+    """The block-scaled FP8 grouped GEMM and quantizers are built and can run on x's device (Hopper)."""
+    native = _native()
+    return (x.is_cuda and native is not None and hasattr(native, "grouped_gemm_fp8")
+            and torch.cuda.get_device_capability(x.device) == (9, 0))
+
+
+def _workspace(native, groups: int, fp8: bool, device) -> torch.Tensor:
+    return torch.empty(max(native.grouped_gemm_workspace_size(groups, fp8), 1), dtype=torch.uint8, device=device)
+
+
 @torch.library.custom_op("dwdp::split_grouped_gemm", mutates_args=())
-def split_grouped_gemm(a: torch.Tensor, row_ends: torch.Tensor, weights: List[torch.Tensor], n: int) -> torch.Tensor:
+def split_grouped_gemm(a: torch.Tensor, row_ends: torch.Tensor, weights: List[torch.Tensor], n: int,
+                       tile: int = 0) -> torch.Tensor:
     """out[r0:r1] = a[r0:r1] @ W_g^T for each group g in storage order (segment 0's experts, then
     segment 1's, ...), W_g read in place from `weights` (each [E_s, N, K]); row_ends: int64 [G]
-    cumulative. One kernel launch on Hopper; plain torch elsewhere. Rows past the end: zeros."""
+    cumulative. One kernel launch on Hopper (tile: 0 auto, 1 large, 2 small, 3 the first 128x128
+    tile); plain torch elsewhere. Rows past the end: zeros."""
     out = a.new_zeros(a.shape[0], n)
     used = [w for w in weights if w.shape[0] > 0]
     if single_launch_available(a):
         native = _native()
-        ws_bytes = native.grouped_gemm_bf16_workspace_size(int(row_ends.numel()))
-        ws = torch.empty(ws_bytes, dtype=torch.uint8, device=a.device)
+        ws = _workspace(native, int(row_ends.numel()), False, a.device)
         native.grouped_gemm_bf16(a.contiguous().data_ptr(), row_ends.contiguous().data_ptr(),
-                                 [w.data_ptr() for w in used], [w.shape[0] for w in used], out.data_ptr(), n,
-                                 a.shape[1], ws.data_ptr(), ws_bytes, torch.cuda.current_stream(a.device).cuda_stream)
+                                 [w.data_ptr() for w in used], [w.shape[0] for w in used], out.data_ptr(),
+                                 a.shape[0], n, a.shape[1], tile, ws.data_ptr(), ws.numel(),
+                                 torch.cuda.current_stream(a.device).cuda_stream)
         return out
-    stacked = [w[i] for w in used for i in range(w.shape[0])]
-    ends = row_ends.tolist()
-    start = 0
-    for g, end in enumerate(ends):
-        if end > start:
-            out[start:end] = a[start:end] @ stacked[g].to(a.dtype).t()
-        start = end
+    _per_group(a, row_ends, [w[i].to(a.dtype) for w in used for i in range(w.shape[0])], out)
     return out
 
 
 @split_grouped_gemm.register_fake
-def _(a, row_ends, weights, n):
+def _(a, row_ends, weights, n, tile=0):
     return a.new_empty(a.shape[0], n)
+
+
+def _per_group(a: torch.Tensor, row_ends: torch.Tensor, experts: List[torch.Tensor], out: torch.Tensor) -> None:
+    start = 0
+    for g, end in enumerate(row_ends.tolist()):
+        if end > start:
+            out[start:end] = (a[start:end] @ experts[g].t()).to(out.dtype)
+        start = end
+
+
+# FP8 with DeepSeek-V3 block scales: activations in 1x128 groups, weights in 128x128 blocks.
+FP8_BLOCK = 128
+FP8_MAX = 448.0
+
+
+def _quantize_torch(v: torch.Tensor):
+    """v [m, k] (any float) -> (e4m3 [m, k], fp32 scales [m, k/128]); the kernels' rule, in plain torch."""
+    m, k = v.shape
+    blocks = v.float().reshape(m, k // FP8_BLOCK, FP8_BLOCK)
+    amax = blocks.abs().amax(-1).clamp_min(1e-4)
+    q = (blocks * (FP8_MAX / amax)[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q.reshape(m, k), amax / FP8_MAX
+
+
+def _check_fp8_cols(k: int, what: str) -> None:
+    if k % FP8_BLOCK:
+        raise ValueError(f"{what}: {k} columns is not a multiple of the {FP8_BLOCK}-column FP8 scale block")
+
+
+@torch.library.custom_op("dwdp::quantize_fp8", mutates_args=())
+def quantize_fp8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """x [m, k] bf16 -> (q [m, k] e4m3, scales [m, k/128] fp32): scale = max(amax, 1e-4) / 448 per block."""
+    m, k = x.shape
+    _check_fp8_cols(k, "quantize_fp8")
+    if fp8_available(x) and x.dtype == torch.bfloat16:
+        x = x.contiguous()
+        q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
+        s = torch.empty(m, k // FP8_BLOCK, dtype=torch.float32, device=x.device)
+        _native().quantize_fp8_rows(x.data_ptr(), q.data_ptr(), s.data_ptr(), m, k,
+                                    torch.cuda.current_stream(x.device).cuda_stream)
+        return q, s
+    return _quantize_torch(x)
+
+
+@quantize_fp8.register_fake
+def _(x):
+    m, k = x.shape
+    return (x.new_empty(m, k, dtype=torch.float8_e4m3fn), x.new_empty(m, k // FP8_BLOCK, dtype=torch.float32))
+
+
+@torch.library.custom_op("dwdp::swiglu_quantize_fp8", mutates_args=())
+def swiglu_quantize_fp8(h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """h [m, 2I] bf16 (gate, then up) -> silu(gate) * up in fp32, quantized as `quantize_fp8`."""
+    m, two_i = h.shape
+    inter = two_i // 2
+    _check_fp8_cols(inter, "swiglu_quantize_fp8")
+    if fp8_available(h) and h.dtype == torch.bfloat16:
+        h = h.contiguous()
+        q = torch.empty(m, inter, dtype=torch.float8_e4m3fn, device=h.device)
+        s = torch.empty(m, inter // FP8_BLOCK, dtype=torch.float32, device=h.device)
+        _native().swiglu_quantize_fp8(h.data_ptr(), q.data_ptr(), s.data_ptr(), m, inter,
+                                      torch.cuda.current_stream(h.device).cuda_stream)
+        return q, s
+    gate, up = h.float().chunk(2, dim=-1)
+    return _quantize_torch(torch.nn.functional.silu(gate) * up)
+
+
+@swiglu_quantize_fp8.register_fake
+def _(h):
+    m, inter = h.shape[0], h.shape[1] // 2
+    return (h.new_empty(m, inter, dtype=torch.float8_e4m3fn), h.new_empty(m, inter // FP8_BLOCK, dtype=torch.float32))
+
+
+def quantize_weight_blocks(w: torch.Tensor):
+    """[..., N, K] weights (N, K multiples of 128) -> (e4m3, fp32 scales [..., N/128, K/128]), one scale
+    per 128x128 block: amax / 448, as DeepSeek-V3 checkpoints store them (weight_scale_inv)."""
+    *lead, n, k = w.shape
+    _check_fp8_cols(n, "quantize_weight_blocks")
+    _check_fp8_cols(k, "quantize_weight_blocks")
+    blocks = w.float().reshape(*lead, n // FP8_BLOCK, FP8_BLOCK, k // FP8_BLOCK, FP8_BLOCK)
+    scale = blocks.abs().amax((-3, -1)).clamp_min(1e-12) / FP8_MAX
+    q = (blocks / scale[..., :, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q.reshape(w.shape), scale
+
+
+def dequantize_blocks(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[..., N, K] e4m3 with [..., N/128, K/128] scales -> fp32 (a partial last block takes its block's scale)."""
+    n, k = w.shape[-2:]
+    s = scale.float().repeat_interleave(FP8_BLOCK, -2)[..., :n, :].repeat_interleave(FP8_BLOCK, -1)[..., :k]
+    return w.float() * s
+
+
+@torch.library.custom_op("dwdp::split_grouped_gemm_fp8", mutates_args=())
+def split_grouped_gemm_fp8(a: torch.Tensor, a_scales: torch.Tensor, row_ends: torch.Tensor,
+                           weights: List[torch.Tensor], weight_scales: List[torch.Tensor], n: int,
+                           tile: int = 0) -> torch.Tensor:
+    """`split_grouped_gemm` on block-scaled FP8: a [M, K] e4m3 with a_scales [M, K/128]; weights[s]
+    [E_s, N, K] e4m3 with weight_scales[s] [E_s, N/128, K/128]; bf16 out, rows past the end zeros."""
+    out = torch.zeros(a.shape[0], n, dtype=torch.bfloat16, device=a.device)
+    pairs = [(w, s) for w, s in zip(weights, weight_scales) if w.shape[0] > 0]
+    if fp8_available(a):
+        native = _native()
+        ws = _workspace(native, int(row_ends.numel()), True, a.device)
+        native.grouped_gemm_fp8(a.contiguous().data_ptr(), a_scales.contiguous().data_ptr(),
+                                row_ends.contiguous().data_ptr(), [w.data_ptr() for w, _ in pairs],
+                                [s.data_ptr() for _, s in pairs], [w.shape[0] for w, _ in pairs], out.data_ptr(),
+                                a.shape[0], n, a.shape[1], tile, ws.data_ptr(), ws.numel(),
+                                torch.cuda.current_stream(a.device).cuda_stream)
+        return out
+    a_deq = a.float() * a_scales.float().repeat_interleave(FP8_BLOCK, -1)[:, :a.shape[1]]
+    _per_group(a_deq, row_ends, [dequantize_blocks(w[i], s[i]) for w, s in pairs for i in range(w.shape[0])], out)
+    return out
+
+
+@split_grouped_gemm_fp8.register_fake
+def _(a, a_scales, row_ends, weights, weight_scales, n, tile=0):
+    return a.new_empty(a.shape[0], n, dtype=torch.bfloat16)

@@ -67,11 +67,15 @@ class CudaCopyEngine:
             self._capture_graphs()
 
     def _capture_graphs(self) -> None:
-        """One graph per (layer, slot): replaying it issues the layer's whole pull in one launch."""
+        """One graph per (layer, slot): replaying it issues the layer's whole pull in one launch.
+        The C++ plan captures and launches its own graphs (no Python per launch); else torch's."""
         for layer, issuer in self._issuers.items():
             if issuer is None:
                 continue
             for slot, buf in enumerate(self.slots):
+                if self.native:
+                    issuer.capture(buf.data_ptr())
+                    continue
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, stream=self.stream):
                     issuer.issue(buf.data_ptr(), self.stream.cuda_stream, batched=False)
@@ -81,7 +85,9 @@ class CudaCopyEngine:
         issuer = self._issuers[plan.layer]
         self.stream.wait_event(self.compute_done[slot])
         if issuer is not None:
-            if self.issue_mode == "graph":
+            if self.issue_mode == "graph" and self.native:
+                issuer.launch(self.slots[slot].data_ptr(), self.stream.cuda_stream)
+            elif self.issue_mode == "graph":
                 with torch.cuda.stream(self.stream):
                     self._graphs[(plan.layer, slot)].replay()
             else:

@@ -31,6 +31,14 @@ class CopyPlan {
   // Whether `issue(..., batched=true)` can use cudaMemcpyBatchAsync in this build.
   static bool batch_supported();
 
+  // Captures the per-slice pull into the slot at `dst_base` as a CUDA graph (once per slot), so that
+  // `launch` issues the whole pull with one cudaGraphLaunch: host time independent of the slice count's
+  // API calls, and no Python in between.
+  cudaError_t capture(void* dst_base);
+  cudaError_t launch(void* dst_base, cudaStream_t stream) const;
+
+  ~CopyPlan();
+
   size_t size() const { return slices_.size(); }
   uint64_t nbytes() const;
 
@@ -43,6 +51,7 @@ class CopyPlan {
   // Destination pointer arrays per slot base (a layer fills one of a few slots).
   mutable std::mutex mu_;
   mutable std::unordered_map<uintptr_t, std::vector<void*>> dsts_;
+  std::unordered_map<uintptr_t, cudaGraphExec_t> graphs_;  // per slot base, written by capture only
 };
 
 }  // namespace dwdp

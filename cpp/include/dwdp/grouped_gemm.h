@@ -1,8 +1,8 @@
-// Framework-free split-weight grouped GEMM (BF16 in/out, fp32 accumulate). Raw pointers and a cudaStream_t.
+// Framework-free split-weight grouped GEMMs for Hopper (CUTLASS 3.x ptr-array). Raw pointers, a cudaStream_t.
 //
 // One launch computes, for every group (expert) g with rows [r0, r1) = [ends[g-1], ends[g]) (ends[-1] = 0):
 //   D[r0:r1, :] = A[r0:r1, :] @ B_g^T
-// where A is row-major [M, K], D is row-major [M, N], and B_g is expert g's row-major [N, K] block
+// where A is row-major [M, K], D is row-major [M, N] bf16, and B_g is expert g's row-major [N, K] block
 // (a w13 [2I, H] or w2 [H, I] as stored) read IN PLACE from one of several separately stacked segments.
 // Groups are in storage order: the first segment_groups[0] groups are experts 0.. of segment 0, the next
 // segment_groups[1] are experts 0.. of segment 1, and so on; segment s is a contiguous [E_s, N, K] stack.
@@ -19,19 +19,48 @@ namespace dwdp {
 
 constexpr int kMaxWeightSegments = 8;
 
-// Whether this build holds the kernel (CUTLASS headers were found at build time; it runs on sm_90a only).
-bool grouped_gemm_bf16_available();
+// Kernel shapes. kTileAuto picks by the mean rows per group (M / groups), which the host knows without a sync.
+enum GroupedGemmTile : int {
+  kTileAuto = 0,
+  kTileLarge = 1,   // bf16: 128x256x64 cooperative, cluster 2x1; fp8: 128x128x128 cooperative, cluster 1x2
+  kTileSmall = 2,   // bf16 and fp8: 64x128x128 ping-pong (few rows per expert)
+  kTileLegacy = 3,  // bf16 only: 128x128x64 cooperative, cluster 1x1 (the first tile shipped; kept to compare)
+};
 
-// Workspace bytes that grouped_gemm_bf16 needs for num_groups groups on the current device.
+// Whether this build holds the kernels (CUTLASS headers were found at build time; they run on sm_90a only).
+bool grouped_gemm_available();
+
+// Workspace bytes that grouped_gemm_bf16 / grouped_gemm_fp8 need for num_groups groups (any tile).
 cudaError_t grouped_gemm_bf16_workspace_size(int num_groups, size_t* bytes);
+cudaError_t grouped_gemm_fp8_workspace_size(int num_groups, size_t* bytes);
 
-// a: [M, K] bf16 (device); group_row_ends: [num_groups] int64 (device), non-decreasing, last <= M;
-// b_segments: host array of num_segments (<= kMaxWeightSegments) device pointers, each an [E_s, N, K] bf16
+// a: [m, k] bf16 (device); group_row_ends: [num_groups] int64 (device), non-decreasing, last <= m;
+// b_segments: host array of num_segments (<= kMaxWeightSegments) device pointers, each an [E_s, n, k] bf16
 // stack; segment_groups: host array, groups taken from each segment (sum = num_groups, <= E_s each);
-// d: [M, N] bf16 (device; rows past ends[num_groups-1] are left untouched).
+// d: [m, n] bf16 (device; rows past ends[num_groups-1] are left untouched).
 // NOTE: TMA needs every pointer 16-byte aligned and n, k multiples of 8; row counts may be anything (0 too).
 cudaError_t grouped_gemm_bf16(const void* a, const int64_t* group_row_ends, int num_groups,
                               const void* const* b_segments, const int* segment_groups, int num_segments, void* d,
-                              int64_t n, int64_t k, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                              int64_t m, int64_t n, int64_t k, int tile, void* workspace, size_t workspace_bytes,
+                              cudaStream_t stream);
+
+// DeepSeek-V3 block-scaled FP8 (e4m3): A is quantized per row in 1x128 groups, B per expert in 128x128 blocks.
+//   D[r, c] = sum_kb a_scales[r, kb] * b_scale_g[c / 128, kb] * sum_{j in kb} A[r, j] * B_g[c, j]
+// a: [m, k] fp8; a_scales: [m, k/128] fp32 row-major; b_segments: [E_s, n, k] fp8 stacks;
+// b_scale_segments: matching [E_s, n/128, k/128] fp32 stacks (DeepSeek's weight_scale_inv layout);
+// d: [m, n] bf16. n and k must be multiples of 128.
+cudaError_t grouped_gemm_fp8(const void* a, const float* a_scales, const int64_t* group_row_ends, int num_groups,
+                             const void* const* b_segments, const void* const* b_scale_segments,
+                             const int* segment_groups, int num_segments, void* d, int64_t m, int64_t n, int64_t k,
+                             int tile, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// 1x128 activation quantization (e4m3, scale = max(amax, 1e-4) / 448): x [m, k] bf16 -> q [m, k] fp8,
+// scales [m, k/128] fp32. k must be a multiple of 128.
+cudaError_t quantize_fp8_rows(const void* x, void* q, float* scales, int64_t m, int64_t k, cudaStream_t stream);
+
+// SwiGLU then 1x128 quantization: h [m, 2*inter] bf16 (gate columns, then up) -> act = silu(gate) * up in fp32
+// -> q [m, inter] fp8, scales [m, inter/128] fp32. inter must be a multiple of 128.
+cudaError_t swiglu_quantize_fp8(const void* h, void* q, float* scales, int64_t m, int64_t inter,
+                                cudaStream_t stream);
 
 }  // namespace dwdp

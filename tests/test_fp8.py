@@ -1,0 +1,250 @@
+"""FP8 with DeepSeek-V3 block scales: 1x128 activation quantizers, the block-scaled split-weight grouped GEMM
+and the FP8 expert MLP, against float64 math written here (its own quantizer), on CPU and on Hopper."""
+
+import pytest
+import torch
+
+from conftest import fresh_seed
+from tensorrt_llm_dwdp.layout import swiglu_expert_specs
+from tensorrt_llm_dwdp.moe import SplitExpertWeights, WeightSegment, ops
+from tensorrt_llm_dwdp.moe.experts import moe_experts
+from tensorrt_llm_dwdp.moe.grouped import can_run, grouped_moe_experts
+
+FP8 = torch.float8_e4m3fn
+
+
+def _hopper_fp8():
+    if not torch.cuda.is_available():
+        return False
+    return ops.fp8_available(torch.zeros(1, device="cuda"))
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    "not _hopper_fp8()", reason="FP8 kernels not built or not a Hopper GPU")])]
+
+
+def quant64(v: torch.Tensor):
+    """Reference 1x128 quantizer in float64: (dequantized values, scales)."""
+    m, k = v.shape
+    b = v.double().reshape(m, k // 128, 128)
+    scale = b.abs().amax(-1).clamp_min(1e-4) / 448.0
+    q = (b / scale[..., None]).clamp(-448, 448).to(FP8).double()
+    return (q * scale[..., None]).reshape(m, k), scale
+
+
+def _weights(g, e, n, k):
+    """e experts [n, k] in e4m3 with [n/128, k/128] scales, and their float64 dequantized values."""
+    raw = torch.randn(e, n, k, generator=g) * torch.rand(e, n // 128, k // 128, generator=g).add(0.5) \
+        .repeat_interleave(128, 1).repeat_interleave(128, 2) / k ** 0.5
+    blocks = raw.reshape(e, n // 128, 128, k // 128, 128)
+    scale = blocks.abs().amax((2, 4)) / 448.0
+    q = (raw / scale.repeat_interleave(128, 1).repeat_interleave(128, 2)).to(FP8)
+    deq = q.double() * scale.double().repeat_interleave(128, 1).repeat_interleave(128, 2)
+    return q, scale.float(), deq
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("m,k", [(1, 128), (37, 512), (300, 7168)])
+def test_quantize_matches_float64(device, m, k):
+    g = torch.Generator().manual_seed(fresh_seed())
+    x = (torch.randn(m, k, generator=g) * torch.rand(m, 1, generator=g) * 10).bfloat16()
+    x[0, :128] = 0  # an all-zero block: finite scale, zero values
+    q, s = ops.quantize_fp8(x.to(device))
+    assert q.dtype == FP8 and s.shape == (m, k // 128) and torch.isfinite(s).all()
+    want_deq, want_s = quant64(x)
+    assert torch.allclose(s.cpu().double(), want_s, rtol=1e-6, atol=0)
+    deq = q.cpu().double() * s.cpu().double().repeat_interleave(128, 1)
+    # fp32 vs float64 products can round a value to the neighbouring e4m3 code: 1/8 relative, or one
+    # subnormal step (2^-9 of the scale) near zero
+    close = torch.isclose(deq, want_deq, rtol=1e-6, atol=1e-12)
+    assert close.float().mean() > 0.99
+    step = want_s.repeat_interleave(128, 1) * 2 ** -9
+    assert ((deq - want_deq).abs() <= want_deq.abs() / 8 + step * 1.001).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_swiglu_quantize_matches_float64(device):
+    g = torch.Generator().manual_seed(fresh_seed())
+    m, inter = 45, 384
+    h = (torch.randn(m, 2 * inter, generator=g) * 3).bfloat16()
+    q, s = ops.swiglu_quantize_fp8(h.to(device))
+    gate, up = h.double().chunk(2, dim=-1)
+    act = gate / (1 + torch.exp(-gate)) * up
+    want_deq, _ = quant64(act)
+    deq = q.cpu().double() * s.cpu().double().repeat_interleave(128, 1)
+    assert (deq - want_deq).norm() / want_deq.norm() < 2e-3
+    assert ((deq - act).abs() <= act.abs() / 16 + s.cpu().double().repeat_interleave(128, 1) * 2 ** -9).all()
+
+
+def test_quantize_rejects_partial_blocks():
+    with pytest.raises(ValueError, match="multiple of the 128"):
+        ops.quantize_fp8(torch.randn(4, 200).bfloat16())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("counts,slots,rows", [([3], [3], [5, 0, 130]), ([2, 3], [4, 3], [1, 0, 77, 200, 3]),
+                                               ([0, 4], [2, 4], [0, 0, 0, 0])])
+def test_split_gemm_matches_float64(device, counts, slots, rows):
+    g = torch.Generator().manual_seed(fresh_seed())
+    n, k = 256, 384
+    segs = [_weights(g, e, n, k) for e in slots]
+    m = sum(rows)
+    a_deq, a_s = quant64(torch.randn(m + 2, k, generator=g) * 2)
+    a_q = (a_deq / a_s.repeat_interleave(128, 1)).to(FP8)
+    ends = torch.tensor(rows, dtype=torch.int64).cumsum(0)
+    out = ops.split_grouped_gemm_fp8(a_q.to(device), a_s.float().to(device), ends.to(device),
+                                     [q[:c].to(device) for (q, _, _), c in zip(segs, counts)],
+                                     [s[:c].to(device) for (_, s, _), c in zip(segs, counts)], n)
+    out = out.cpu()
+    assert out.dtype == torch.bfloat16 and out.shape == (m + 2, n)
+    assert (out[m:] == 0).all(), "rows past the last group must stay zero"
+    experts = [d[i] for (_, _, d), c in zip(segs, counts) for i in range(c)]
+    want, r0 = [], 0
+    for w, r in zip(experts, rows):
+        want.append(a_deq[r0:r0 + r] @ w.T)
+        r0 += r
+    want = torch.cat(want)
+    if m:
+        assert (out[:m].double() - want).norm() / want.norm() < 5e-3  # bf16 rounding of fp32 sums
+
+
+def _fp8_layer(device, g, E=10, H=256, I=128, parts=(3,)):
+    w13, s13, d13 = _weights(g, E, 2 * I, H)
+    w2, s2, d2 = _weights(g, E, H, I)
+    perm = torch.randperm(E, generator=g).tolist()
+    cuts = [0, *parts, E]
+    segs = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        idx = perm[lo:hi]
+        segs.append(WeightSegment(tuple(idx), {"w13": w13[idx].to(device), "w2": w2[idx].to(device),
+                                               "w13_scale": s13[idx].to(device), "w2_scale": s2[idx].to(device)}))
+    return SplitExpertWeights(E, tuple(segs)), d13, d2
+
+
+def _reference(x, ids, wts, d13, d2):
+    """Float64 expert MLP with both activation quantizations simulated (h rounded to bf16 first, as stored)."""
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    xq, _ = quant64(x.double())
+    for t in range(x.shape[0]):
+        for e, w in zip(ids[t].tolist(), wts[t].double().tolist()):
+            h = (xq[t:t + 1] @ d13[e].T).bfloat16().double()
+            gate, up = h.chunk(2, dim=-1)
+            act, _ = quant64(gate / (1 + torch.exp(-gate)) * up)
+            out[t] += w * (act @ d2[e].T)[0]
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num_tokens,parts", [(1, (3,)), (29, (0, 4)), (130, (2, 7))])
+def test_fp8_experts_match_float64(device, num_tokens, parts):
+    g = torch.Generator().manual_seed(fresh_seed())
+    weights, d13, d2 = _fp8_layer(device, g, parts=parts)
+    x = torch.randn(num_tokens, 256, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(5, generator=g)[:4] * 2 for _ in range(num_tokens)])  # odd experts idle
+    wts = torch.rand(num_tokens, 4, generator=g)
+    assert can_run(x.to(device), weights) == (True, "")
+    out = grouped_moe_experts(x.to(device), ids.to(device), wts.to(device), weights).cpu()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    want = _reference(x, ids, wts, d13, d2)
+    assert (out.double() - want).norm() / want.norm() < 1e-2
+    # the plain reference path (dequantized weights, unquantized activations) agrees to FP8 precision
+    plain = moe_experts(x.double(), ids, wts, SplitExpertWeights(10, tuple(
+        WeightSegment(s.expert_ids, {k: v.cpu() for k, v in s.tensors.items()}) for s in weights.segments)))
+    assert (plain - want).norm() / want.norm() < 6e-2
+
+
+def test_can_run_names_missing_scales():
+    g = torch.Generator().manual_seed(fresh_seed())
+    weights, _, _ = _fp8_layer("cpu", g)
+    seg = weights.segments[0]
+    bare = SplitExpertWeights(10, (WeightSegment(seg.expert_ids, {"w13": seg.tensors["w13"], "w2": seg.tensors["w2"]}),
+                                   *weights.segments[1:]))
+    ok, why = can_run(torch.zeros(1, 256, dtype=torch.bfloat16), bare)
+    assert not ok and "w13_scale" in why
+
+
+def test_layout_carries_block_scales():
+    specs = {s.name: s for s in swiglu_expert_specs(7168, 2048, "float8_e4m3fn")}
+    assert specs["w13"].shape == (4096, 7168) and specs["w13_scale"].shape == (32, 56)
+    assert specs["w2_scale"].shape == (56, 16) and specs["w2_scale"].dtype == "float32"
+    with pytest.raises(ValueError, match="multiples of 128"):
+        swiglu_expert_specs(2048, 96, "float8_e4m3fn")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("not _hopper_fp8()", reason="FP8 kernels not built or not a Hopper GPU")
+def test_fp8_kernel_leaves_poisoned_rows_and_replays_in_graph():
+    """Raw kernel: rows past the last group keep their NaN poison; a captured launch follows new row ends."""
+    from tensorrt_llm_dwdp import _C
+    g = torch.Generator().manual_seed(fresh_seed())
+    n, k, counts = 256, 512, [2, 3]
+    segs = [_weights(g, e, n, k) for e in (2, 5)]
+    a_deq, a_s = quant64(torch.randn(400, k, generator=g))
+    a_q, a_s = (a_deq / a_s.repeat_interleave(128, 1)).to(FP8).cuda(), a_s.float().cuda()
+    d = torch.full((400, n), float("nan"), dtype=torch.bfloat16, device="cuda")
+    ends = torch.tensor([7, 0, 93, 1, 289], device="cuda").cumsum(0)  # 390 of 400 rows
+    ws_bytes = _C.grouped_gemm_workspace_size(5, True)
+    ws = torch.empty(ws_bytes, dtype=torch.uint8, device="cuda")
+    ptrs, sptrs = [q.cuda() for q, _, _ in segs], [s.cuda() for _, s, _ in segs]
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+
+    def launch(tile):
+        _C.grouped_gemm_fp8(a_q.data_ptr(), a_s.data_ptr(), ends.data_ptr(), [p.data_ptr() for p in ptrs],
+                            [p.data_ptr() for p in sptrs], counts, d.data_ptr(), 400, n, k, tile, ws.data_ptr(),
+                            ws_bytes, stream.cuda_stream)
+
+    def check(rows):
+        experts = [segs[0][2][0], segs[0][2][1], segs[1][2][0], segs[1][2][1], segs[1][2][2]]
+        want, r0 = [], 0
+        for w, r in zip(experts, rows):
+            want.append(a_deq[r0:r0 + r] @ w.T)
+            r0 += r
+        want = torch.cat(want)
+        got = d[:r0].double().cpu()
+        assert torch.isfinite(got).all() and torch.isnan(d[r0:]).all()
+        assert (got - want).norm() / want.norm() < 5e-3
+
+    for tile in (1, 2):
+        d.fill_(float("nan"))
+        with torch.cuda.stream(stream):
+            launch(tile)
+        stream.synchronize()
+        check([7, 0, 93, 1, 289])
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        launch(0)
+    ends.copy_(torch.tensor([0, 200, 1, 33, 150], device="cuda").cumsum(0))
+    d.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    check([0, 200, 1, 33, 150])
+    with pytest.raises(RuntimeError):  # n not a multiple of the 128-column scale block
+        _C.grouped_gemm_fp8(a_q.data_ptr(), a_s.data_ptr(), ends.data_ptr(), [p.data_ptr() for p in ptrs],
+                            [p.data_ptr() for p in sptrs], counts, d.data_ptr(), 400, 192, k, 0, ws.data_ptr(),
+                            ws_bytes, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("not _hopper_fp8()", reason="FP8 kernels not built or not a Hopper GPU")
+def test_fp8_experts_in_cuda_graph_and_compile_match_eager():
+    g = torch.Generator().manual_seed(fresh_seed())
+    weights, _, _ = _fp8_layer("cuda", g, parts=(4,))
+    x = torch.randn(64, 256, generator=g).bfloat16().cuda()
+    ids = torch.stack([torch.randperm(10, generator=g)[:4] for _ in range(64)]).cuda()
+    wts = torch.rand(64, 4, generator=g).cuda()
+    eager = grouped_moe_experts(x, ids, wts, weights)
+    compiled = torch.compile(lambda a, b, c: grouped_moe_experts(a, b, c, weights), fullgraph=True)(x, ids, wts)
+    assert torch.equal(compiled, eager)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        grouped_moe_experts(x, ids, wts, weights)
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        out = grouped_moe_experts(x, ids, wts, weights)
+    ids.copy_(torch.stack([torch.randperm(10, generator=g)[:4] for _ in range(64)]).cuda())
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, grouped_moe_experts(x, ids, wts, weights))
