@@ -80,3 +80,38 @@ def test_shm_names_are_unlinked_after_setup():
     cfg = DwdpConfig(group_size=1, num_experts=8, weight_dtype="float32", memory_backend="cpu_shm")
     with DwdpHooks.setup(cfg, MoeShape(3, 32, 16, 8), _model().load_experts, comm=MPI.COMM_SELF):
         assert set(glob.glob("/dev/shm/dwdp-*")) == before
+
+
+def test_fp8_shard_carries_block_scales():
+    """An FP8 shard holds each expert's e4m3 weights and its 128x128 block scales; the layer's experts
+    computed from the shard equal those computed from the loader's tensors."""
+    import torch
+    from tensorrt_llm_dwdp.moe import SplitExpertWeights, WeightSegment, ops
+    from tensorrt_llm_dwdp.moe.grouped import grouped_moe_experts
+
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, layers = 4, 256, 128, 2
+    truth = {}
+    for layer in range(layers):
+        w13, s13 = ops.quantize_weight_blocks(torch.randn(E, 2 * I, H, generator=g) / 16)
+        w2, s2 = ops.quantize_weight_blocks(torch.randn(E, H, I, generator=g) / 11)
+        truth[layer] = {"w13": w13, "w2": w2, "w13_scale": s13, "w2_scale": s2}
+
+    def load(layer, experts):
+        return {k: v[list(experts)] for k, v in truth[layer].items()}
+
+    cfg = DwdpConfig(group_size=1, num_experts=E, weight_dtype="float8_e4m3fn", memory_backend="cpu_shm")
+    x = torch.randn(9, H, generator=g).bfloat16()
+    ids = torch.stack([torch.randperm(E, generator=g)[:2] for _ in range(9)])
+    wts = torch.rand(9, 2, generator=g)
+    with DwdpHooks.setup(cfg, MoeShape(layers, H, I, E), load, comm=MPI.COMM_SELF) as hooks:
+        hooks.begin_step()
+        for layer in range(layers):
+            w = hooks.layer_weights(layer)
+            assert set(w.segments[0].tensors) == {"w13", "w2", "w13_scale", "w2_scale"}
+            direct = SplitExpertWeights(E, (WeightSegment(tuple(range(E)), truth[layer]),))
+            assert torch.equal(grouped_moe_experts(x, ids, wts, w), grouped_moe_experts(x, ids, wts, direct))
+            hooks.layer_done(layer)
+        hooks.end_step()
+    with pytest.raises(DwdpConfigError, match="multiples of 128"):
+        DwdpHooks.setup(cfg, MoeShape(layers, 96, I, E), load, comm=MPI.COMM_SELF)
