@@ -134,6 +134,16 @@ def _quantize_torch(v: torch.Tensor):
     return q.reshape(m, k), amax / FP8_MAX
 
 
+def _quantize_native(kernel: str, src: torch.Tensor, cols: int):
+    """Runs one of the C++ 1x128 quantizers: src [m, *] bf16 -> (q [m, cols] e4m3, scales [m, cols/128])."""
+    src, m = src.contiguous(), src.shape[0]
+    q = torch.empty(m, cols, dtype=torch.float8_e4m3fn, device=src.device)
+    s = torch.empty(m, cols // FP8_BLOCK, dtype=torch.float32, device=src.device)
+    getattr(_native(), kernel)(src.data_ptr(), q.data_ptr(), s.data_ptr(), m, cols,
+                               torch.cuda.current_stream(src.device).cuda_stream)
+    return q, s
+
+
 def _check_fp8_cols(k: int, what: str) -> None:
     if k % FP8_BLOCK:
         raise ValueError(f"{what}: {k} columns is not a multiple of the {FP8_BLOCK}-column FP8 scale block")
@@ -145,12 +155,7 @@ def quantize_fp8(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     _check_fp8_cols(k, "quantize_fp8")
     if fp8_available(x) and x.dtype == torch.bfloat16:
-        x = x.contiguous()
-        q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
-        s = torch.empty(m, k // FP8_BLOCK, dtype=torch.float32, device=x.device)
-        _native().quantize_fp8_rows(x.data_ptr(), q.data_ptr(), s.data_ptr(), m, k,
-                                    torch.cuda.current_stream(x.device).cuda_stream)
-        return q, s
+        return _quantize_native("quantize_fp8_rows", x, k)
     return _quantize_torch(x)
 
 
@@ -167,12 +172,7 @@ def swiglu_quantize_fp8(h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     inter = two_i // 2
     _check_fp8_cols(inter, "swiglu_quantize_fp8")
     if fp8_available(h) and h.dtype == torch.bfloat16:
-        h = h.contiguous()
-        q = torch.empty(m, inter, dtype=torch.float8_e4m3fn, device=h.device)
-        s = torch.empty(m, inter // FP8_BLOCK, dtype=torch.float32, device=h.device)
-        _native().swiglu_quantize_fp8(h.data_ptr(), q.data_ptr(), s.data_ptr(), m, inter,
-                                      torch.cuda.current_stream(h.device).cuda_stream)
-        return q, s
+        return _quantize_native("swiglu_quantize_fp8", h, inter)
     gate, up = h.float().chunk(2, dim=-1)
     return _quantize_torch(torch.nn.functional.silu(gate) * up)
 
