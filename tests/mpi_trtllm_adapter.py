@@ -15,7 +15,7 @@ from tensorrt_llm_dwdp.integrations.trtllm import activate, adapter
 
 seed, world = int(sys.argv[1]), MPI.COMM_WORLD
 device = torch.device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
-dtype, tol = (torch.bfloat16, 2e-2) if device.type == "cuda" else (torch.float32, 1e-5)
+dtype, tol = (torch.bfloat16, 5e-2) if device.type == "cuda" else (torch.float32, 1e-5)  # BF16 rounding
 if device.type == "cuda":
     torch.cuda.set_device(0)
 rank = world.Get_rank()
