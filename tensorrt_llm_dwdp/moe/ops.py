@@ -92,8 +92,9 @@ def split_grouped_gemm(a: torch.Tensor, row_ends: torch.Tensor, weights: List[to
     """out[r0:r1] = a[r0:r1] @ W_g^T for each group g in storage order (segment 0's experts, then
     segment 1's, ...), W_g read in place from `weights` (each [E_s, N, K]); row_ends: int64 [G]
     cumulative. One kernel launch on Hopper (tile: 0 auto, 1 large, 2 small, 3 the first 128x128
-    tile); plain torch elsewhere. Rows past the end: zeros."""
-    out = a.new_zeros(a.shape[0], n)
+    tile); plain torch elsewhere. Rows past the last group end are left unwritten: the MoE paths
+    cover every row, and zeroing the output first would cost a pass over it per GEMM."""
+    out = a.new_empty(a.shape[0], n)
     used = [w for w in weights if w.shape[0] > 0]
     if single_launch_available(a):
         native = _native()
@@ -207,8 +208,8 @@ def split_grouped_gemm_fp8(a: torch.Tensor, a_scales: torch.Tensor, row_ends: to
                            weights: List[torch.Tensor], weight_scales: List[torch.Tensor], n: int,
                            tile: int = 0) -> torch.Tensor:
     """`split_grouped_gemm` on block-scaled FP8: a [M, K] e4m3 with a_scales [M, K/128]; weights[s]
-    [E_s, N, K] e4m3 with weight_scales[s] [E_s, N/128, K/128]; bf16 out, rows past the end zeros."""
-    out = torch.zeros(a.shape[0], n, dtype=torch.bfloat16, device=a.device)
+    [E_s, N, K] e4m3 with weight_scales[s] [E_s, N/128, K/128]; bf16 out, rows past the end unwritten."""
+    out = torch.empty(a.shape[0], n, dtype=torch.bfloat16, device=a.device)
     pairs = [(w, s) for w, s in zip(weights, weight_scales) if w.shape[0] > 0]
     if fp8_available(a):
         native = _native()
