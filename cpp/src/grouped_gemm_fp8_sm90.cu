@@ -12,7 +12,8 @@ using namespace dwdp::sm90;
 using Element = cutlass::float_e4m3_t;
 
 // NOTE: a 128-wide N tile matches the 128-column weight scale block, so each tile applies one B scale per
-// K block. The 1x2 cluster multicasts A across neighbouring N tiles of the same expert.
+// K block. The 1x2 cluster multicasts A across neighbouring N tiles of the same expert. (2x1 and 1x1
+// clusters measured within run-to-run noise of it on the H100; BENCHMARKS.md.)
 using Large = Config<Element, true, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
                      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise,
                      cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;

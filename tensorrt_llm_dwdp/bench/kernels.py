@@ -127,7 +127,7 @@ def bench_gemm(name: str, tokens: int, peaks: Dict[str, float], local_fraction: 
         else nan
     t_split_legacy = bench_ms(lambda: grouped_moe_experts(x, ids, wts, split, single_launch=True, tile=3)) \
         if single else nan
-    t_single_gemm = nan
+    t_single_gemm, tiles = nan, {}
     if single:
         row_ends = torch.cumsum(counts, 0)
         w13s, w2s = [sg.tensors["w13"] for sg in split.segments], [sg.tensors["w2"] for sg in split.segments]
@@ -138,6 +138,9 @@ def bench_gemm(name: str, tokens: int, peaks: Dict[str, float], local_fraction: 
             ops.split_grouped_gemm((F.silu(g) * u).contiguous(), row_ends, w2s, hidden)
 
         t_single_gemm = bench_ms(single_gemms)
+        act = torch.randn(a, inter, device="cuda", dtype=torch.bfloat16, generator=gen)
+        tiles = _tile_sweep(BF16_TILES, lambda t: ops.split_grouped_gemm(xa, row_ends, w13s, 2 * inter, t),
+                            lambda t: ops.split_grouped_gemm(act, row_ends, w2s, hidden, t))
     t_contig = bench_ms(lambda: grouped_moe_experts(x, ids, wts, contiguous, single_launch=False))
     t_dense = bench_ms(dense)
     flops = 6 * a * hidden * inter
@@ -152,11 +155,33 @@ def bench_gemm(name: str, tokens: int, peaks: Dict[str, float], local_fraction: 
            "single_over_torch_split": t_split / t_split_one, "split_single_legacy_ms": t_split_legacy,
            "tile_gain_over_legacy": t_split_legacy / t_split_one, "single_gemm_ms": t_single_gemm,
            "single_gemm_of_roofline": floor_ms / t_single_gemm,
-           "best_split_ms": min(t_split, t_split_one) if single else t_split,
+           "best_split_ms": min(t_split, t_split_one) if single else t_split, "tiles": tiles,
            "split_gemm_ms": t_split_gemm, "contiguous_gemm_ms": t_contig_gemm,
            "gemm_split_over_contiguous": t_contig_gemm / t_split_gemm,
            "gemm_split_of_roofline": floor_ms / t_split_gemm}
     return out
+
+
+BF16_TILES = {0: "auto", 1: "128x256 c2x1", 2: "64x128 pp", 3: "128x128 c1x1"}
+FP8_TILES = {0: "auto", 1: "128x128 c1x2", 2: "64x128 pp"}
+
+
+def _tile_sweep(tiles: Dict[int, str], gemm13, gemm2) -> Dict[str, Dict[str, float]]:
+    """Each GEMM of the MLP alone, on split weights, in every tile shape the kernel offers."""
+    return {"w13": {name: bench_ms(lambda: gemm13(t)) for t, name in tiles.items()},
+            "w2": {name: bench_ms(lambda: gemm2(t)) for t, name in tiles.items()}}
+
+
+def _tile_rows(results: List[Dict], dtype: str, tiles: Dict[int, str]) -> str:
+    names = list(tiles.values())
+    lines = [f"{'shape':>14} {'tokens':>7} {'gemm':>5} " + " ".join(f"{n:>13}" for n in names)]
+    for r in results:
+        for g in ("w13", "w2"):
+            if r.get("tiles"):
+                lines.append(f"{r['shape']:>14} {r['tokens']:>7} {g:>5} "
+                             + " ".join(f"{r['tiles'][g][n]:>13.3f}" for n in names))
+    return f"(t) {dtype} grouped GEMM alone, ms per tile shape (split weights; 'auto' is the default pick)\n" \
+        + "\n".join(lines)
 
 
 def _fp8_experts(experts: int, n: int, k: int, gen: torch.Generator):
@@ -237,6 +262,14 @@ def bench_fp8(name: str, tokens: int, peaks: Dict[str, float], bf16_ms: float, l
                                    [s.tensors["w2_scale"] for s in segs], hidden)
 
     t_split_gemm = bench_ms(lambda: gemms(split))
+    aq, as_ = ops.quantize_fp8(torch.randn(a, inter, device="cuda", generator=gen).bfloat16())
+    sg = split.segments
+    tiles = _tile_sweep(
+        FP8_TILES,
+        lambda t: ops.split_grouped_gemm_fp8(xq, xs, row_ends, [s.tensors["w13"] for s in sg],
+                                             [s.tensors["w13_scale"] for s in sg], 2 * inter, t),
+        lambda t: ops.split_grouped_gemm_fp8(aq, as_, row_ends, [s.tensors["w2"] for s in sg],
+                                             [s.tensors["w2_scale"] for s in sg], hidden, t))
     t_contig_gemm = bench_ms(lambda: gemms(contiguous))
     dense, scaling = _dense_fp8(xa, hidden, inter, gen)
     t_dense = bench_ms(dense)
@@ -249,7 +282,7 @@ def bench_fp8(name: str, tokens: int, peaks: Dict[str, float], bf16_ms: float, l
             "gemm_split_over_contiguous": t_contig_gemm / t_split_gemm, "floor_ms": floor_ms,
             "split_of_roofline": floor_ms / t_split, "gemm_split_of_roofline": floor_ms / t_split_gemm,
             "split_over_dense": t_dense / t_split, "tflops_split": flops / t_split / 1e9,
-            "bf16_best_ms": bf16_ms, "fp8_over_bf16": bf16_ms / t_split}
+            "bf16_best_ms": bf16_ms, "fp8_over_bf16": bf16_ms / t_split, "tiles": tiles}
 
 
 def _pull_plan(nbytes: int, slice_bytes: int, source: str = "pinned_host"):
@@ -392,6 +425,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("\n(a\") the same MLP through the single-launch CUTLASS grouped GEMM (Hopper; nan where not built)")
     print(_table(gemm, ["shape", "tokens", "split_single_ms", "contiguous_single_ms", "single_split_over_contiguous",
                         "single_over_torch_split", "tile_gain_over_legacy", "single_gemm_of_roofline"]))
+    print("\n" + _tile_rows(gemm, "BF16", BF16_TILES))
     print("\n(a') grouped GEMMs alone (SwiGLU included, no permute/combine), on pre-permuted rows")
     print(_table(gemm, ["shape", "tokens", "split_gemm_ms", "contiguous_gemm_ms", "gemm_split_over_contiguous",
                         "gemm_split_of_roofline"]))
@@ -406,6 +440,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            "split_of_roofline", "gemm_split_of_roofline", "split_over_dense", "fp8_over_bf16"]))
         print(f"    dense FP8 scaling: {fp8[0]['dense_scaling'] if fp8 else '-'}; fp8_over_bf16 = best BF16 split "
               "MLP time / FP8 split MLP time")
+        print("\n" + _tile_rows(fp8, "FP8", FP8_TILES))
     else:
         print("\n(f) FP8 skipped: " + ("--no-fp8" if args.no_fp8 else "kernels not built or not a Hopper GPU"))
     for s in shapes:
