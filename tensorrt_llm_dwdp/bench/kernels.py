@@ -3,10 +3,12 @@
   a. expert MLP on split weights (a local quarter + a fetched rest, two grouped-GEMM calls)
      vs the same experts contiguous (one call) vs dense cuBLAS GEMMs of equal FLOPs, with the
      roofline max(FLOPs / peak, bytes / HBM bandwidth) from peaks measured in this run;
-  b. the expert MLP alone vs with a concurrent pinned-host -> device pull on a side stream
-     through the copy engine, the pull sized to 80% of the MLP's time at the measured rate;
+  b. the expert MLP alone vs with a concurrent pull on a side stream, both started together:
+     from pinned host memory through the copy engine (the stand-in for an NVLink pull), and,
+     for the record, from same-GPU memory; the pull sized to 80% of the MLP's time;
   c. host time to issue one layer's pull: one cudaMemcpyAsync per slice, one
-     cudaMemcpyBatchAsync, and a CUDA-graph replay of the per-slice plan.
+     cudaMemcpyBatchAsync, a torch CUDA-graph replay, and the C++ plan's own graph launch;
+  t. each grouped GEMM alone in every tile shape the kernels offer.
 
   f. FP8 with DeepSeek-V3 block scales: the split-weight MLP through the CUTLASS block-scaled
      kernel vs the same kernel on contiguous weights vs dense FP8 GEMMs, its roofline against
@@ -295,7 +297,10 @@ def _pull_plan(nbytes: int, slice_bytes: int, source: str = "pinned_host"):
 
 
 def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: int = 2 << 20,
-                  rounds: int = 5) -> Dict:
+                  rounds: int = 5, source: str = "pinned_host") -> Dict:
+    """source "pinned_host": the copy-engine stand-in for an NVLink pull. "device": a peer shard on the
+    same GPU, as IPC ranks sharing one GPU see it; that copy competes for HBM, so it is for the record.
+    Both pull the same bytes: 80% of the layer's time at the pinned-host rate."""
     hidden, inter, experts, k = SHAPES[name]
     gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
     w13 = torch.randn(experts, 2 * inter, hidden, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02
@@ -306,7 +311,7 @@ def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: 
     layer = lambda: grouped_moe_experts(x, ids, wts, weights)  # noqa: E731
     alone = bench_ms(layer)
     nbytes = int(0.8 * alone * 1e-3 * peaks["h2d_gbps"] * 1e9) // slice_bytes * slice_bytes or slice_bytes
-    host, slot, plan = _pull_plan(nbytes, slice_bytes)
+    host, slot, plan = _pull_plan(nbytes, slice_bytes, source)
     plan.capture(slot.data_ptr())
     main, side = torch.cuda.current_stream(), torch.cuda.Stream()
     start, end, done = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
@@ -345,7 +350,7 @@ def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: 
         both_runs.append(layer_ms(True))
     alone, both = sorted(alone_runs)[len(alone_runs) // 2], sorted(both_runs)[len(both_runs) // 2]
     spread = sorted(alone_runs)[int(0.9 * len(alone_runs))] / sorted(alone_runs)[len(alone_runs) // 10] - 1.0
-    return {"shape": name, "tokens": tokens, "layer_ms": alone, "pull_mib": nbytes / 2**20, "pull_ms": t_pull,
+    return {"shape": name, "tokens": tokens, "source": source, "layer_ms": alone, "pull_mib": nbytes / 2**20, "pull_ms": t_pull,
             "layer_with_pull_ms": both, "slowdown": both / alone - 1.0, "alone_spread": spread}
 
 
@@ -443,15 +448,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("\n" + _tile_rows(fp8, "FP8", FP8_TILES))
     else:
         print("\n(f) FP8 skipped: " + ("--no-fp8" if args.no_fp8 else "kernels not built or not a Hopper GPU"))
-    for s in shapes:
-        for t in tokens[-2:]:
-            print(f"  [b] {s} {t} tokens ...", flush=True)
-            overlap.append(bench_overlap(s, t, peaks))
-            torch.cuda.empty_cache()
-    print("\n(b) expert MLP alone vs with a concurrent pinned-host pull (copy engine, side stream, both started "
-          "together); alone_spread = p90/p10 - 1 of the alone runs")
-    print(_table(overlap, ["shape", "tokens", "layer_ms", "pull_mib", "pull_ms", "layer_with_pull_ms", "slowdown",
-                           "alone_spread"]))
+    for src in ("pinned_host", "device"):
+        for s in shapes:
+            for t in tokens[-2:]:
+                print(f"  [b] {s} {t} tokens, pull from {src} ...", flush=True)
+                overlap.append(bench_overlap(s, t, peaks, source=src))
+                torch.cuda.empty_cache()
+    print("\n(b) expert MLP alone vs with a concurrent pull on a side stream, both started together; pinned_host "
+          "= the copy-engine stand-in for NVLink (the target), device = same-GPU peer memory, which shares HBM "
+          "(for the record); alone_spread = p90/p10 - 1 of the alone runs")
+    print(_table(overlap, ["shape", "tokens", "source", "layer_ms", "pull_mib", "pull_ms", "layer_with_pull_ms",
+                           "slowdown", "alone_spread"]))
     issue = [bench_issue(src, slice_bytes=sb) for src in ("pinned_host", "device") for sb in (2 << 20, 32 << 20)]
     print("\n(c) host time to issue one layer's pull (1 GiB); graph_launch = the C++ plan's own graph")
     print(_table(issue, ["source", "slices", "per_slice_issue_us", "batched_issue_us", "graph_replay_us",
