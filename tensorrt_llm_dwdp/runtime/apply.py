@@ -14,7 +14,8 @@ import torch
 
 from ..config import DwdpConfig
 from ..hooks import DwdpHooks, MoeShape
-from .model import Decoder, expert_compute
+from ..moe import expert_compute
+from .model import Decoder
 
 
 class DwdpExperts:

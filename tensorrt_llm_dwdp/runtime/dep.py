@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 
 from ..placement import even_placement
-from .model import Decoder, expert_compute, stacked_experts
+from ..moe import expert_compute
+from .model import Decoder, stacked_experts
 
 
 class CollectiveTimer:

@@ -15,8 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..moe import DeepSeekV3Routing, SoftmaxTopKRouting, SplitExpertWeights, WeightSegment, swiglu
-from ..moe.experts import moe_experts
+from ..moe import DeepSeekV3Routing, SoftmaxTopKRouting, SplitExpertWeights, WeightSegment, expert_compute, swiglu
 from .config import ModelConfig
 
 
@@ -156,15 +155,6 @@ class MoEBlock(nn.Module):
         r = self.route(x.float() @ self.gate.float().t(), self.bias)
         y = self.experts.routed(x, r.topk_ids, r.topk_weights, self.layer_idx)
         return y if self.shared is None else y + self.shared(x)
-
-
-def expert_compute(x, topk_ids, topk_weights, weights, shared=None):
-    """The grouped-GEMM path where it runs (bf16 on GPU), the plain-torch reference otherwise."""
-    if x.is_cuda:
-        from ..moe.grouped import can_run, grouped_moe_experts
-        if can_run(x, weights)[0]:
-            return grouped_moe_experts(x, topk_ids, topk_weights, weights, shared)
-    return moe_experts(x, topk_ids, topk_weights, weights, shared)
 
 
 class DecoderLayer(nn.Module):

@@ -31,8 +31,8 @@ import torch
 
 from ...config import DwdpConfigError
 from ...hooks import DwdpHooks, MoeShape
+from ...moe import expert_compute
 from ...placement import placement_from_config
-from ...runtime.model import expert_compute
 from .activate import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
 from .layouts import module_weight_loader, restore_module_tensor, split_to_module, stage_to_host
