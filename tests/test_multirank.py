@@ -121,3 +121,25 @@ def test_cuda_ipc_stalled_rank(verify, tmp_path):
     _check(proc)
     assert json.loads(out_json.read_text())["independence"]["finished_after_stall"] == []
     print(proc.stdout)
+
+
+FP8 = ["--dtype", "float8_e4m3fn", "--hidden", "256", "--inter", "128", "--num-experts", "12",
+       "--placement", "redundant", "--experts-per-rank", "5"]
+
+
+def test_fp8_experts_with_block_scales_cpu(verify, tmp_path):
+    """FP8 shards: e4m3 weights and their 128x128 scales are pulled together; dequantized in float32 they
+    match float64 math on the same quantized weights."""
+    out_json = tmp_path / "r.json"
+    _check(verify(3, "--backend", "cpu_shm", "--seed", str(fresh_seed()), "--steps", "2", "--json", str(out_json),
+                  *FP8))
+    res = json.loads(out_json.read_text())
+    assert res["ok"] and all(r["bytes_pulled"] > 0 for r in res["ranks"])
+
+
+@pytest.mark.gpu
+def test_fp8_experts_with_block_scales_cuda_vmm(verify, tmp_path):
+    out_json = tmp_path / "r.json"
+    _check(verify(3, "--backend", "cuda_vmm", "--seed", str(fresh_seed()), "--steps", "2", "--json", str(out_json),
+                  *FP8))
+    assert json.loads(out_json.read_text())["ok"]

@@ -47,7 +47,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--pull-issue", default="graph", choices=["graph", "batched", "per_slice"],
                    help="how GPU ranks issue a layer's pull")
     p.add_argument("--slice-bytes", type=int, default=4096)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float8_e4m3fn"],
+                   help="expert weight dtype; float8_e4m3fn adds 128x128 block scales (--hidden and --inter "
+                        "multiples of 128)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--tokens", default="random",
                    help="tokens per rank per step: 'random' (1..--max-tokens) or a comma list indexed by rank")

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from ..layout import torch_dtype
-from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, moe_experts
+from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, moe_experts, ops
 from . import reference as ref
 
 
@@ -33,7 +33,8 @@ class ToyMoeModel:
     def __post_init__(self):
         g = torch.Generator().manual_seed(self.seed)
         L, E, H, I = self.num_layers, self.num_experts, self.hidden, self.inter
-        wd = torch_dtype(self.weight_dtype)
+        fp8 = self.weight_dtype == "float8_e4m3fn"
+        wd = torch.float32 if fp8 else torch_dtype(self.weight_dtype)
         # Stored in the shard dtype; the reference upcasts the same rounded values.
         self.w13 = (torch.randn(L, E, 2 * I, H, generator=g) / H ** 0.5).to(wd)
         self.w2 = (torch.randn(L, E, H, I, generator=g) / I ** 0.5).to(wd)
@@ -41,7 +42,18 @@ class ToyMoeModel:
         self.bias = torch.randn(L, E, generator=g) * 0.1
         self.shared_w13 = (torch.randn(L, 2 * I, H, generator=g) / H ** 0.5).to(wd)
         self.shared_w2 = (torch.randn(L, H, I, generator=g) / I ** 0.5).to(wd)
+        self.scales = {}
+        if fp8:  # routed experts in e4m3 with 128x128 block scales; the reference takes their exact values
+            (self.w13, s13), (self.w2, s2) = ops.quantize_weight_blocks(self.w13), ops.quantize_weight_blocks(self.w2)
+            self.scales = {"w13_scale": s13, "w2_scale": s2}
+        self.ref_w13, self.ref_w2 = (self._exact(self.w13, "w13_scale"), self._exact(self.w2, "w2_scale"))
         self.scaling = 2.5
+
+    def _exact(self, w: torch.Tensor, scale: str) -> torch.Tensor:
+        if scale not in self.scales:
+            return w
+        s = self.scales[scale].double().repeat_interleave(128, -2).repeat_interleave(128, -1)
+        return w.double() * s
 
     def router(self):
         if self.routing == "deepseek":
@@ -50,7 +62,9 @@ class ToyMoeModel:
 
     def load_experts(self, layer: int, experts):
         idx = torch.tensor(list(experts), dtype=torch.long)
-        return {"w13": self.w13[layer, idx], "w2": self.w2[layer, idx]}
+        out = {"w13": self.w13[layer, idx], "w2": self.w2[layer, idx]}
+        out.update({name: s[layer, idx] for name, s in self.scales.items()})
+        return out
 
     def forward_dwdp(self, x: torch.Tensor, hooks, after_layer: Optional[Callable[[int], None]] = None):
         """x [T, H] float32 on the shard's device; one DWDP step."""
@@ -84,7 +98,7 @@ class ToyMoeModel:
                                                        self.topk_group, self.scaling)
                 else:
                     choices = ref.route_token_softmax(logits, self.top_k, renormalize=True)
-                out[t] = xt + ref.moe_token_f64(h, choices, self.w13[layer], self.w2[layer],
+                out[t] = xt + ref.moe_token_f64(h, choices, self.ref_w13[layer], self.ref_w2[layer],
                                                 (self.shared_w13[layer], self.shared_w2[layer]))
             x = out
         return x
