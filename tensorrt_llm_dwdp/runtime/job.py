@@ -47,6 +47,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--backend", default="auto", help="DWDP memory backend")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
     p.add_argument("--sim-machine", default=None,
                    help="machine profile that mode auto predicts for (default: this GPU's, else h200)")
     p.add_argument("--json", default=None)
@@ -92,6 +94,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
             shown[0] = time.time()
             print(f"  [{mode}] rank 0: {done}/{total} requests", flush=True)
 
+    executor.warm_up(requests, args.warmup)
     comm.Barrier()
     t0 = comm.bcast(time.time() + 0.05, root=0)
     while time.time() < t0:
