@@ -7,7 +7,7 @@
   link peak:  the largest single-pair rate measured, for comparison.
 
 Copies are issued with the C++ copy plan (cudaMemcpyBatchAsync) on one stream per destination GPU.
-Usage: python benchmarks/link_bench.py [--mib 1024] [--slice-mib 2] [--json PATH]
+Usage: python benchmarks/link_bench.py [--mib 1024] [--slice-mib 2,32] [--json PATH]
 """
 
 from __future__ import annotations
@@ -60,14 +60,14 @@ def _timed(jobs, reps: int) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mib", type=int, default=1024, help="bytes each GPU pulls from each peer, in MiB")
-    p.add_argument("--slice-mib", type=int, default=2)
+    p.add_argument("--slice-mib", default="2,32", help="slice sizes to compare, MiB, comma list")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     n = torch.cuda.device_count()
     if n < 2:
         print(f"link bench needs at least 2 GPUs; {n} visible")
         return 2
-    nbytes, sl = args.mib << 20, args.slice_mib << 20
+    nbytes, sizes = args.mib << 20, [int(m) for m in args.slice_mib.split(",")]
     src = [torch.empty(nbytes, dtype=torch.uint8, device=f"cuda:{d}").random_() for d in range(n)]
     dst = [torch.empty((n - 1) * nbytes, dtype=torch.uint8, device=f"cuda:{d}") for d in range(n)]
     for i in range(n):  # enables peer access both ways (torch does it on the first peer copy)
@@ -78,8 +78,9 @@ def main(argv=None) -> int:
     access = {f"{i}<-{j}": torch.cuda.can_device_access_peer(i, j) for i in range(n) for j in range(n) if i != j}
     print(f"{n} GPUs: {torch.cuda.get_device_name(0)}; peer access: {access}")
 
-    def slices(j: int, off0: int, whole: bool):
-        step = nbytes if whole else sl
+    def slices(j: int, off0: int, mib):
+        """Peer j's bytes as copies of `mib` MiB (None: one copy) landing at off0 in the slot."""
+        step = nbytes if mib is None else mib << 20
         return [(src[j].data_ptr() + o, off0 + o, min(step, nbytes - o)) for o in range(0, nbytes, step)]
 
     rows: List[Dict] = []
@@ -87,27 +88,27 @@ def main(argv=None) -> int:
         for j in range(n):
             if i == j:
                 continue
-            for whole in (True, False):
-                t = _run([(i, _plan(slices(j, 0, whole)), dst[i])])
+            for mib in (None, *sizes):
+                t = _run([(i, _plan(slices(j, 0, mib)), dst[i])])
                 rows.append({"case": "one peer", "dst": i, "src": j,
-                             "slicing": "one copy" if whole else f"{args.slice_mib} MiB", "gbps": nbytes / t / 1e9})
+                             "slicing": "one copy" if mib is None else f"{mib} MiB", "gbps": nbytes / t / 1e9})
     peak = max(r["gbps"] for r in rows)
-    for sliced in (False, True):
+    for mib in (None, *sizes):
         jobs = []
         for i in range(n):
             peers = [j for j in range(n) if j != i]
             offs = {j: k * nbytes for k, j in enumerate(peers)}
-            if not sliced:  # peer after peer, one copy each
-                triples = [t for j in peers for t in slices(j, offs[j], True)]
+            if mib is None:  # peer after peer, one copy each
+                triples = [t for j in peers for t in slices(j, offs[j], None)]
             else:  # round-robin over peers, start staggered by rank so ranks do not all hit one peer at once
-                per = {j: slices(j, offs[j], False) for j in peers}
+                per = {j: slices(j, offs[j], mib) for j in peers}
                 order = peers[i % len(peers):] + peers[:i % len(peers)]
                 triples = [per[j][s] for s in range(len(per[peers[0]])) for j in order]
             jobs.append((i, _plan(triples), dst[i]))
         t = _run(jobs)
         total = n * (n - 1) * nbytes
         rows.append({"case": "all pull", "dst": "all", "src": "all",
-                     "slicing": "sliced round-robin" if sliced else "plain",
+                     "slicing": "plain" if mib is None else f"round-robin {mib} MiB",
                      "gbps": total / t / 1e9, "per_gpu_gbps": total / n / t / 1e9,
                      "of_peak": total / n / t / 1e9 / peak})
     print(f"{'case':>10} {'dst':>4} {'src':>4} {'slicing':>20} {'GB/s':>9} {'GB/s/GPU':>9} {'of peak':>8}")
