@@ -12,6 +12,8 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .ops import dequantize_blocks
+
 
 @dataclass(frozen=True)
 class WeightSegment:
@@ -71,7 +73,6 @@ class SplitExpertWeights:
         tensors = self.segments[si].tensors
         if name + "_scale" not in tensors:
             return tensors[name][row]
-        from .ops import dequantize_blocks
         return dequantize_blocks(tensors[name][row], tensors[name + "_scale"][row])
 
 

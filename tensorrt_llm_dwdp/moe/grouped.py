@@ -66,7 +66,7 @@ def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
 
     BF16 weights: single_launch True = the CUTLASS kernel (one launch over all segments, Hopper);
     False = one `torch._grouped_mm` call per segment; None = the CUTLASS kernel where it can run
-    (it measured 1.02-1.27x faster than the per-segment path on the H100, BENCHMARKS.md).
+    (0.99-1.43x the per-segment path's speed on the H100, faster in all but one cell; BENCHMARKS.md).
     FP8 weights (e4m3 with `w13_scale`/`w2_scale` block scales): always the one-launch path, with
     activations quantized in 1x128 groups (plain torch off Hopper).
     tile: the CUTLASS kernel shape (`ops.split_grouped_gemm`); 0 picks by rows per expert."""
@@ -121,41 +121,42 @@ def grouped_moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: t
 
 
 def _sorted_by_storage(x, topk_ids, weights: SplitExpertWeights):
-    """(order, ends): assignments sorted by storage position, and each expert's cumulative row end."""
+    """(order, ends, idx): assignments sorted by storage position, each expert's cumulative row end,
+    and 0..A-1 (the sorted rows, shared by the gather and the combine)."""
     tables = weights.storage_tables(x.device)
     pos = tables.position[topk_ids.reshape(-1)]
     order = torch.argsort(pos, stable=True)
     rows = torch.arange(tables.segment_of_position.numel(), device=x.device)
-    return order, torch.searchsorted(pos[order], rows, right=True)
+    return order, torch.searchsorted(pos[order], rows, right=True), torch.arange(order.numel(), device=x.device)
 
 
-def _combine_sorted(y, order, topk_weights, k):
+def _combine_sorted(y, order, idx, topk_weights, k):
     """Weighted sum over top-k of y's rows, which are in sorted-assignment order."""
-    sorted_idx = torch.arange(order.numel(), device=y.device)
-    slot_of = torch.empty_like(sorted_idx)
-    slot_of[order] = sorted_idx
+    slot_of = torch.empty_like(idx)
+    slot_of[order] = idx
     return ops.combine([y], torch.zeros_like(slot_of), slot_of, topk_weights.reshape(-1), k)
 
 
 def _single_launch(x, topk_ids, topk_weights, weights: SplitExpertWeights, shared, tile):
     """Hopper path: one CUTLASS launch per GEMM over all segments, weights read in place."""
     hidden, k = x.shape[1], topk_ids.shape[1]
-    order, ends = _sorted_by_storage(x, topk_ids, weights)
-    x_perm = ops.permute_rows(x, order // k, torch.arange(order.numel(), device=x.device), order.numel())
+    order, ends, idx = _sorted_by_storage(x, topk_ids, weights)
+    x_perm = ops.permute_rows(x, order // k, idx, order.numel())
     w13 = [seg.tensors["w13"] for seg in weights.segments]
     h = ops.split_grouped_gemm(x_perm, ends, w13, w13[0].shape[1], tile)
     gate, up = h.chunk(2, dim=-1)
     act = (F.silu(gate) * up).contiguous()
     y = ops.split_grouped_gemm(act, ends, [seg.tensors["w2"] for seg in weights.segments], hidden, tile)
-    out = _combine_sorted(y, order, topk_weights, k)
+    out = _combine_sorted(y, order, idx, topk_weights, k)
     return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
 
 
-def _gather_rows(t: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """t[src] for rows of any dtype; the bf16 permute kernel moves them when a row is 16-byte aligned."""
+def _gather_rows(t: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[src] for rows of any dtype (idx = 0..len(src)-1); the bf16 permute kernel moves them when a row
+    is 16-byte aligned."""
     row_bytes = t.shape[1] * t.element_size()
     if row_bytes % 16 == 0:
-        moved = ops.permute_rows(t.view(torch.bfloat16), src, torch.arange(src.numel(), device=t.device), src.numel())
+        moved = ops.permute_rows(t.view(torch.bfloat16), src, idx, src.numel())
         return moved.view(t.dtype)
     return t.view(torch.uint8).index_select(0, src).view(t.dtype)
 
@@ -164,15 +165,15 @@ def _fp8(x, topk_ids, topk_weights, weights: SplitExpertWeights, shared, tile):
     """Block-scaled FP8: quantize the T token rows once, gather them (and their scales) in expert order,
     GEMM, SwiGLU fused with the next quantization, GEMM, combine. Weights and scales read in place."""
     hidden, k = x.shape[1], topk_ids.shape[1]
-    order, ends = _sorted_by_storage(x, topk_ids, weights)
+    order, ends, idx = _sorted_by_storage(x, topk_ids, weights)
     xq, xs = ops.quantize_fp8(x)
     src = order // k
-    xq, xs = _gather_rows(xq, src), _gather_rows(xs, src)
+    xq, xs = _gather_rows(xq, src, idx), _gather_rows(xs, src, idx)
     segs = weights.segments
     w13, w13s = [s.tensors["w13"] for s in segs], [s.tensors["w13_scale"] for s in segs]
     h = ops.split_grouped_gemm_fp8(xq, xs, ends, w13, w13s, w13[0].shape[1], tile)
     aq, as_ = ops.swiglu_quantize_fp8(h)
     y = ops.split_grouped_gemm_fp8(aq, as_, ends, [s.tensors["w2"] for s in segs],
                                    [s.tensors["w2_scale"] for s in segs], hidden, tile)
-    out = _combine_sorted(y, order, topk_weights, k).to(x.dtype)
+    out = _combine_sorted(y, order, idx, topk_weights, k).to(x.dtype)
     return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
