@@ -1,31 +1,80 @@
 #!/usr/bin/env bash
-# DWDP vs DEP across the GPUs of one host (one rank per GPU): build, peer-link bandwidth, the runtime
-# benchmark at several ISL CVs, and the simulator's prediction for the same settings.
+# DWDP vs DEP across the GPUs of one host (one rank per GPU), in steps:
+#   build    the extension (CUTLASS kernels where the nvidia-cutlass package is installed)
+#   link     peer-link bandwidth: one peer, all pulling at once, slice sizes (benchmarks/link_bench.py)
+#   profile  where one step's GPU time goes, on GPU 0 (benchmarks/profile_step.py)
+#   kernels  `bench kernels` (b, c): the expert MLP on GPU 0 alone vs while every GPU pulls over NVLink
+#   bench    `trtllm-dwdp bench` DWDP vs DEP per preset, max_num_tokens and ISL CV (32 MiB slices)
+#   slices   the same with 2 MiB slices (not in the default STEPS)
+#   sim      `trtllm-dwdp sim compare`: predicted vs measured, default and calibrated from link + kernels
 # Usage: bash benchmarks/multi_gpu_check.sh [OUT_DIR]
-# Env: PRESETS (default qwen3-30b-a3b), CVS (0,0.2,0.4), MNT (max_num_tokens, 16384), REQ (requests/rank, 4),
-#      LAYERS (4), ISL_MEAN (8192).
+# Env: STEPS (build,link,profile,kernels,bench,sim), PRESETS (qwen3-30b-a3b deepseek-v3-layers), CVS (0,0.2,0.4),
+#      MNTS (8192 16384 32768), ISL_MEAN (8192; at most max_num_tokens / 2), ITERS (iterations per rank to aim
+#      for, 10; sets the requests),
+#      LAYERS (default: 4 for Qwen3; 6 = 3 dense + 3 MoE for DeepSeek-V3, since each rank builds the whole
+#      model before sharding it, and 141 GB holds that plus the DWDP shard and slots up to 3 MoE layers),
+#      BUDGET_S (stop starting benches after this many seconds, 0 = no limit).
 set -uo pipefail
 out=${1:-benchmarks/results}
 mkdir -p "$out"
 # NVLink multicast stays off: the measurement is about copy-engine pulls and NCCL all-to-all.
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+steps=",${STEPS:-build,link,profile,kernels,bench,sim},"
+has() { [[ $steps == *",$1,"* ]]; }
 n=$(nvidia-smi -L | wc -l)
-DWDP_BUILD_EXT=1 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -2
-nvidia-smi topo -m
-trtllm-dwdp doctor
+isl=${ISL_MEAN:-8192}
 rc=0
-echo "== link bench ($n GPUs)"
-python3 benchmarks/link_bench.py --json "$out/link_bench.json" || rc=1
-for preset in ${PRESETS:-qwen3-30b-a3b}; do
-  echo "== trtllm-dwdp bench --ranks $n --preset $preset"
-  trtllm-dwdp bench --ranks "$n" --preset "$preset" --layers "${LAYERS:-4}" --vocab 32000 --modes dwdp,dep \
-    --isl "${ISL_MEAN:-8192}" --cv-sweep "${CVS:-0,0.2,0.4}" --max-num-tokens "${MNT:-16384}" \
-    --requests "${REQ:-4}" --json "$out/bench_${preset}_${n}gpu.json" --plot-dir "$out" || rc=1
-  model=$preset; [ "$preset" = deepseek-v3-layers ] && model=deepseek-v3
-  for cv in $(echo "${CVS:-0,0.2,0.4}" | tr , ' '); do
-    echo "== trtllm-dwdp sim --model $model --ranks $n --isl normal:${ISL_MEAN:-8192}:$cv"
-    trtllm-dwdp sim --machine h200 --model "$model" --precision bf16 --ranks "$n" \
-      --isl "normal:${ISL_MEAN:-8192}:$cv" --max-num-tokens "${MNT:-16384}" | tail -8 || rc=1
+if has build; then
+  DWDP_BUILD_EXT=1 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -2
+  nvidia-smi topo -m
+  trtllm-dwdp doctor
+fi
+if has link; then
+  echo "== link bench ($n GPUs)"
+  python3 benchmarks/link_bench.py --mib 512 --slice-mib 2,8,32 --json "$out/link_bench.json" || rc=1
+fi
+layers_of() { if [ -n "${LAYERS:-}" ]; then echo "$LAYERS"; elif [ "$1" = deepseek-v3-layers ]; then echo 6; else echo 4; fi; }
+if has profile; then
+  for preset in ${PRESETS:-qwen3-30b-a3b deepseek-v3-layers}; do
+    echo "== profile_step $preset"
+    python3 benchmarks/profile_step.py --preset "$preset" --layers "$(layers_of "$preset")" --tokens 16384 \
+      --isl "$isl" || rc=1
   done
-done
+fi
+if has kernels; then
+  echo "== bench kernels (b, c) on GPU 0, every GPU pulling over NVLink"
+  trtllm-dwdp bench kernels --sections b,c --sources nvlink,pinned_host --slice-mib 2,32 --tokens 8192,16384 \
+    --json "$out/kernels_nvlink.json" || rc=1
+fi
+bench() {  # preset mnt slice_mib json_suffix: one `trtllm-dwdp bench` over the CVs
+  local preset=$1 mnt=$2 slice=$3 tag=$4
+  if [ "${BUDGET_S:-0}" -gt 0 ] && [ "$SECONDS" -gt "$BUDGET_S" ]; then
+    echo "== budget of ${BUDGET_S}s spent: $preset max_num_tokens $mnt ($tag) not run"; rc=1; return
+  fi
+  # requests up to 2x the mean (the normal ISL is clipped there) must fit one iteration: no chunked prefill
+  local mean=$(( isl < mnt / 2 ? isl : mnt / 2 ))
+  local req=$(( ${ITERS:-10} * mnt / mean )); [ "$req" -lt 4 ] && req=4
+  echo "== trtllm-dwdp bench --ranks $n --preset $preset --isl $mean --max-num-tokens $mnt --requests $req" \
+       "--slice-mib $slice (t=${SECONDS}s)"
+  trtllm-dwdp bench --ranks "$n" --preset "$preset" --layers "$(layers_of "$preset")" --vocab 32000 \
+    --modes dwdp,dep --isl "$mean" --cv-sweep "${CVS:-0,0.2,0.4}" --max-num-tokens "$mnt" --requests "$req" \
+    --slice-mib "$slice" --timeout 300 --json "$out/bench_${preset}_${n}gpu_mnt${mnt}${tag}.json" \
+    --plot-dir "$out/plots_${preset}_mnt${mnt}${tag}" || rc=1
+}
+if has bench; then
+  for preset in ${PRESETS:-qwen3-30b-a3b deepseek-v3-layers}; do
+    for mnt in ${MNTS:-8192 16384 32768}; do bench "$preset" "$mnt" 32 ""; done
+  done
+fi
+if has slices; then  # the same runs with the old 2 MiB slices, for comparison
+  for preset in ${PRESETS:-qwen3-30b-a3b deepseek-v3-layers}; do
+    for mnt in ${MNTS:-8192 16384 32768}; do bench "$preset" "$mnt" 2 _slice2; done
+  done
+fi
+if has sim; then
+  echo "== trtllm-dwdp sim compare"
+  cal=$(ls "$out"/kernels_nvlink.json "$out"/link_bench.json 2>/dev/null | paste -sd,)
+  trtllm-dwdp sim compare "$out"/bench_*gpu_mnt*.json --machine h200 ${cal:+--calibration "$cal"} \
+    --json "$out/sim_compare.json" || rc=1
+fi
 exit $rc

@@ -22,7 +22,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     v.add_argument("--ranks", type=int, default=4)
     v.add_argument("--timeout", type=float, default=None, help="seconds before the job is killed")
     sub.add_parser("bench", help="DWDP vs DEP on N ranks (`bench kernels`: the GPU data path)", add_help=False)
-    sub.add_parser("sim", help="performance model: DWDP vs DEP TPS/GPU, speedup and crossover (CPU only)",
+    sub.add_parser("sim", help="performance model: DWDP vs DEP TPS/GPU, speedup and crossover (CPU only; "
+                               "`sim compare`: against bench results)",
                    add_help=False)
     sub.add_parser("launch", help="run a TensorRT-LLM command with DWDP: trtllm-dwdp launch [--dry-run] -- <cmd ...>",
                    add_help=False)
@@ -42,6 +43,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .runtime.bench import main as bench
         return bench(rest)
     if args.cmd == "sim":
+        if rest[:1] == ["compare"]:
+            from .sim.compare import main as compare
+            return compare(rest[1:])
         from .sim.cli import main as sim
         return sim(rest)
     return 2

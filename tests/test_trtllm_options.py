@@ -47,7 +47,7 @@ def test_unknown_key_names_the_option_and_suggests():
     ({"mode": "dep"}, "dwdp.mode", "auto"),
     ({"enable": "maybe"}, "dwdp.enable", "true or false"),
     ({"placement": [[0, "x"]]}, "dwdp.placement", "expert-id lists"),
-    ({"slice_bytes": "2 parsecs"}, "dwdp.slice_bytes", "2MiB"),
+    ({"slice_bytes": "2 parsecs"}, "dwdp.slice_bytes", "32MiB"),
 ])
 def test_bad_values(section, option, words):
     with pytest.raises(DwdpConfigError) as e:

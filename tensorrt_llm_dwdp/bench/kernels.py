@@ -4,8 +4,10 @@
      vs the same experts contiguous (one call) vs dense cuBLAS GEMMs of equal FLOPs, with the
      roofline max(FLOPs / peak, bytes / HBM bandwidth) from peaks measured in this run;
   b. the expert MLP alone vs with a concurrent pull on a side stream, both started together:
-     from pinned host memory through the copy engine (the stand-in for an NVLink pull), and,
-     for the record, from same-GPU memory; the pull sized to 80% of the MLP's time;
+     from pinned host memory through the copy engine (the stand-in for an NVLink pull), for
+     the record from same-GPU memory, and, with two or more GPUs, over NVLink while every GPU
+     pulls from every other at once (GPU 0 computes; its HBM also serves the peers' pulls, as
+     in a DWDP forward); the pull sized to 80% of the MLP's time at that source's rate;
   c. host time to issue one layer's pull: one cudaMemcpyAsync per slice, one
      cudaMemcpyBatchAsync, a torch CUDA-graph replay, and the C++ plan's own graph launch;
   t. each grouped GEMM alone in every tile shape the kernels offer.
@@ -287,20 +289,109 @@ def bench_fp8(name: str, tokens: int, peaks: Dict[str, float], bf16_ms: float, l
             "bf16_best_ms": bf16_ms, "fp8_over_bf16": bf16_ms / t_split, "tiles": tiles}
 
 
-def _pull_plan(nbytes: int, slice_bytes: int, source: str = "pinned_host"):
-    from .. import _C
-    host = (torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) if source == "pinned_host"
-            else torch.empty(nbytes, dtype=torch.uint8, device="cuda"))
-    slot = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    triples = [(host.data_ptr() + o, o, min(slice_bytes, nbytes - o)) for o in range(0, nbytes, slice_bytes)]
-    return host, slot, _C.CopyPlan(triples)
+def _round_robin(srcs: List[torch.Tensor], slice_bytes: int, first: int = 0):
+    """(src_ptr, dst_offset, bytes) slices of every source, taken round-robin from source `first` on,
+    each landing in its own part of one slot: the prefetcher's order."""
+    per = []
+    for k, src in enumerate(srcs):
+        base = k * src.numel()
+        per.append([(src.data_ptr() + o, base + o, min(slice_bytes, src.numel() - o))
+                    for o in range(0, src.numel(), slice_bytes)])
+    order = per[first % len(per):] + per[:first % len(per)]
+    return [sl[i] for i in range(max(len(p) for p in per)) for sl in order if i < len(sl)]
+
+
+class _Pull:
+    """One layer's pull: a slot and a C++ copy plan (with its own graph) on one GPU, plus the peer GPUs'
+    own pulls for source "nvlink". source: pinned_host, device (same-GPU memory) or nvlink (every GPU
+    pulls nbytes round-robin from all others; this GPU's HBM serves them too)."""
+
+    def __init__(self, nbytes: int, slice_bytes: int, source: str):
+        from .. import _C
+        n = torch.cuda.device_count()
+        me = torch.cuda.current_device()
+        if source == "nvlink" and n < 2:
+            raise ValueError("source nvlink needs at least 2 GPUs")
+        gpus = [me] + [d for d in range(n) if d != me] if source == "nvlink" else [me]
+        part = nbytes // max(1, len(gpus) - 1) // slice_bytes * slice_bytes or slice_bytes
+        self.jobs = []  # (device, slot, plan, stream)
+        self.keep = []
+        shard = {}
+        if source == "nvlink":  # what each GPU serves to its peers
+            shard = {d: torch.empty(part, dtype=torch.uint8, device=f"cuda:{d}") for d in gpus}
+            for d in gpus:  # torch enables peer access on the first peer copy
+                for e in gpus:
+                    if d != e:
+                        shard[d][:16].copy_(shard[e][:16])
+        for i, d in enumerate(gpus):
+            with torch.cuda.device(d):
+                if source == "nvlink":
+                    srcs = [shard[e] for e in gpus if e != d]
+                elif source == "pinned_host":
+                    srcs = [torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)]
+                else:
+                    srcs = [torch.empty(nbytes, dtype=torch.uint8, device=f"cuda:{d}")]
+                triples = _round_robin(srcs, slice_bytes, first=i)
+                slot = torch.empty(sum(t.numel() for t in srcs), dtype=torch.uint8, device=f"cuda:{d}")
+                plan = _C.CopyPlan(triples)
+                self.keep += srcs
+                self.jobs.append((d, slot, plan, torch.cuda.Stream(device=d)))
+        self.keep += list(shard.values())
+        self.nbytes = self.jobs[0][1].numel()
+        self.slices = len(self.jobs[0][2])
+
+    @property
+    def slot(self) -> torch.Tensor:
+        return self.jobs[0][1]
+
+    @property
+    def plan(self):
+        return self.jobs[0][2]
+
+    def capture(self) -> None:
+        for d, slot, plan, _ in self.jobs:
+            with torch.cuda.device(d):
+                plan.capture(slot.data_ptr())
+
+    def launch(self, after: torch.cuda.Event) -> torch.cuda.Event:
+        """Every GPU's pull, each on its own stream after `after`; the returned event (on this GPU)
+        fires when all are done."""
+        ends = []
+        for d, slot, plan, stream in self.jobs:
+            with torch.cuda.device(d):
+                stream.wait_event(after)
+                plan.launch(slot.data_ptr(), stream.cuda_stream)
+                ends.append(stream.record_event())
+        me = self.jobs[0][3]
+        for e in ends[1:]:
+            me.wait_event(e)
+        return me.record_event()
+
+    def synchronize(self) -> None:
+        for d, _, _, _ in self.jobs:
+            torch.cuda.synchronize(d)
+
+
+def _pull_rate_gbps(source: str, slice_bytes: int, peaks: Dict[str, float]) -> float:
+    """The rate a pull from `source` runs at, measured here on 1 GiB (nvlink: every GPU pulling)."""
+    if source == "pinned_host":
+        return peaks["h2d_gbps"]
+    pull = _Pull(1 << 30, slice_bytes, source)
+    pull.capture()
+    main = torch.cuda.current_stream()
+
+    def once():
+        main.wait_event(pull.launch(main.record_event()))
+
+    return pull.nbytes / bench_ms(once) / 1e6
 
 
 def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: int = 2 << 20,
-                  rounds: int = 5, source: str = "pinned_host") -> Dict:
+                  rounds: int = 5, source: str = "pinned_host", rate_gbps: Optional[float] = None) -> Dict:
     """source "pinned_host": the copy-engine stand-in for an NVLink pull. "device": a peer shard on the
     same GPU, as IPC ranks sharing one GPU see it; that copy competes for HBM, so it is for the record.
-    Both pull the same bytes: 80% of the layer's time at the pinned-host rate."""
+    "nvlink": every GPU pulls from every other at once while this one computes. The pull is 80% of the
+    layer's time at the source's rate (rate_gbps; pinned host by default)."""
     hidden, inter, experts, k = SHAPES[name]
     gen = torch.Generator(device="cuda").manual_seed(tokens + 1)
     w13 = torch.randn(experts, 2 * inter, hidden, device="cuda", dtype=torch.bfloat16, generator=gen) * 0.02
@@ -310,35 +401,29 @@ def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: 
     ids, wts = _routing(tokens, experts, k, gen)
     layer = lambda: grouped_moe_experts(x, ids, wts, weights)  # noqa: E731
     alone = bench_ms(layer)
-    nbytes = int(0.8 * alone * 1e-3 * peaks["h2d_gbps"] * 1e9) // slice_bytes * slice_bytes or slice_bytes
-    host, slot, plan = _pull_plan(nbytes, slice_bytes, source)
-    plan.capture(slot.data_ptr())
-    main, side = torch.cuda.current_stream(), torch.cuda.Stream()
-    start, end, done = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
-                        torch.cuda.Event())
+    rate = rate_gbps or peaks["h2d_gbps"]
+    nbytes = int(0.8 * alone * 1e-3 * rate * 1e9) // slice_bytes * slice_bytes or slice_bytes
+    pull = _Pull(nbytes, slice_bytes, source)
+    pull.capture()
+    main = torch.cuda.current_stream()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
-    def layer_ms(pull: bool) -> float:
+    def layer_ms(with_pull: bool) -> float:
         """The layer's own time (start to end on the compute stream), with or without a pull that starts
         with it. A spin kernel first keeps the GPU busy while the host queues both, so neither the host
         time of issuing nor the pull's tail after the layer is charged to the layer."""
         torch.cuda._sleep(8_000_000)  # ~4 ms of spinning: longer than queueing the layer and the pull
         start.record(main)
-        if pull:
-            side.wait_event(start)
-            plan.launch(slot.data_ptr(), side.cuda_stream)
-            done.record(side)
+        done = pull.launch(start) if with_pull else None
         layer()
         end.record(main)
-        if pull:
+        if done is not None:
             main.wait_event(done)
-        torch.cuda.synchronize()
+        pull.synchronize()
         return start.elapsed_time(end)
 
     def pull_only():
-        side.wait_stream(main)
-        plan.launch(slot.data_ptr(), side.cuda_stream)
-        done.record(side)
-        main.wait_event(done)
+        main.wait_event(pull.launch(main.record_event()))
 
     t_pull = bench_ms(pull_only)
     for _ in range(3):
@@ -350,14 +435,17 @@ def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: 
         both_runs.append(layer_ms(True))
     alone, both = sorted(alone_runs)[len(alone_runs) // 2], sorted(both_runs)[len(both_runs) // 2]
     spread = sorted(alone_runs)[int(0.9 * len(alone_runs))] / sorted(alone_runs)[len(alone_runs) // 10] - 1.0
-    return {"shape": name, "tokens": tokens, "source": source, "layer_ms": alone, "pull_mib": nbytes / 2**20, "pull_ms": t_pull,
-            "layer_with_pull_ms": both, "slowdown": both / alone - 1.0, "alone_spread": spread}
+    return {"shape": name, "tokens": tokens, "source": source, "slice_mib": slice_bytes / 2**20, "layer_ms": alone,
+            "pull_mib": pull.nbytes / 2**20, "pull_ms": t_pull, "layer_with_pull_ms": both,
+            "slowdown": both / alone - 1.0, "alone_spread": spread}
 
 
 def bench_issue(source: str, nbytes: int = 1 << 30, slice_bytes: int = 2 << 20, reps: int = 50) -> Dict:
-    """source: 'pinned_host' (the copy-engine stand-in) or 'device' (same-GPU memory, as an IPC peer)."""
-    host, slot, plan = _pull_plan(nbytes, slice_bytes, source)
-    side = torch.cuda.Stream()
+    """source: 'pinned_host' (the copy-engine stand-in), 'device' (same-GPU memory, as an IPC peer) or
+    'nvlink' (this GPU's pull from its peers alone)."""
+    pull = _Pull(nbytes, slice_bytes, source)
+    pull.jobs = pull.jobs[:1]  # issue time is one rank's
+    slot, plan, side = pull.slot, pull.plan, pull.jobs[0][3]
 
     def host_us(issue) -> float:
         issue()
@@ -386,10 +474,10 @@ def bench_issue(source: str, nbytes: int = 1 << 30, slice_bytes: int = 2 << 20, 
     plan.capture(slot.data_ptr())
     launched = host_us(lambda: plan.launch(slot.data_ptr(), side.cuda_stream))
     t_copy = bench_ms(lambda: (plan.issue(slot.data_ptr(), torch.cuda.current_stream().cuda_stream, batched=True)))
-    return {"source": source, "pull_mib": nbytes / 2**20, "slices": len(plan), "per_slice_issue_us": each,
+    return {"source": source, "pull_mib": pull.nbytes / 2**20, "slices": len(plan), "per_slice_issue_us": each,
             "batched_issue_us": batched, "graph_replay_us": replayed,
             "graph_launch_us": launched, "copy_ms": t_copy,
-            "copy_gbps": nbytes / t_copy / 1e6}
+            "copy_gbps": pull.nbytes / t_copy / 1e6}
 
 
 def _table(rows: List[Dict], cols: List[str]) -> str:
@@ -405,66 +493,95 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--tokens", default="2048,4096,8192,16384", help="tokens per rank")
     p.add_argument("--json", default=None)
     p.add_argument("--no-fp8", action="store_true", help="skip the FP8 block-scaled rows (f)")
+    p.add_argument("--sections", default="a,f,b,c", help="comma list of a (with a\", a', t), f, b, c")
+    p.add_argument("--sources", default="auto", help="pull sources of (b) and (c): pinned_host, device, nvlink; "
+                   "auto = pinned_host,device, plus nvlink with two or more GPUs")
+    p.add_argument("--slice-mib", default="2", help="slice sizes of the pulls in (b), MiB, comma list")
     args = p.parse_args(argv)
+    sections = set(args.sections.split(","))
+    bad = sections - {"a", "f", "b", "c"}
+    if bad:
+        p.error(f"--sections: unknown {sorted(bad)}; use a comma list of a, f, b, c")
+    if "f" in sections and "a" not in sections:
+        p.error("--sections: f compares against a's best BF16 time; add a")
+    sources = (["pinned_host", "device"] + (["nvlink"] if torch.cuda.device_count() >= 2 else [])
+               if args.sources == "auto" else args.sources.split(","))
+    bad = set(sources) - {"pinned_host", "device", "nvlink"}
+    if bad:
+        p.error(f"--sources: unknown {sorted(bad)}; use pinned_host, device, nvlink")
+    if "nvlink" in sources and torch.cuda.device_count() < 2:
+        p.error(f"--sources nvlink needs at least 2 GPUs; {torch.cuda.device_count()} visible")
+    slice_sizes = [int(float(m) * 2**20) for m in args.slice_mib.split(",")]
     if not torch.cuda.is_available():
         print("bench kernels needs a CUDA GPU; none is visible")
         return 2
     dev = torch.cuda.get_device_name()
-    print(f"device: {dev}, torch {torch.__version__}")
+    print(f"device: {dev} ({torch.cuda.device_count()} visible), torch {torch.__version__}")
     peaks = measure_peaks()
     print(f"measured peaks: bf16 {peaks['bf16_tflops']:.0f} TFLOP/s, fp8 {peaks['fp8_tflops']:.0f} TFLOP/s, "
           f"HBM {peaks['hbm_gbps']:.0f} GB/s "
           f"(read+write), pinned host->device {peaks['h2d_gbps']:.1f} GB/s")
     shapes = args.shapes.split(",")
     tokens = [int(t) for t in args.tokens.split(",")]
-    gemm, overlap = [], []
-    for s in shapes:
-        for t in tokens:
-            print(f"  [a] {s} {t} tokens ...", flush=True)
-            gemm.append(bench_gemm(s, t, peaks))
-            torch.cuda.empty_cache()
-    print("\n(a) expert MLP, BF16, torch._grouped_mm: split (1/4 local + 3/4 fetched, two calls) vs contiguous "
-          "vs dense")
-    print(_table(gemm, ["shape", "tokens", "split_ms", "contiguous_ms", "dense_ms", "split_over_contiguous",
-                        "split_of_roofline", "contiguous_of_roofline", "split_over_dense"]))
-    print("\n(a\") the same MLP through the single-launch CUTLASS grouped GEMM (Hopper; nan where not built)")
-    print(_table(gemm, ["shape", "tokens", "split_single_ms", "contiguous_single_ms", "single_split_over_contiguous",
-                        "single_over_torch_split", "tile_gain_over_legacy", "single_gemm_of_roofline"]))
-    print("\n" + _tile_rows(gemm, "BF16", BF16_TILES))
-    print("\n(a') grouped GEMMs alone (SwiGLU included, no permute/combine), on pre-permuted rows")
-    print(_table(gemm, ["shape", "tokens", "split_gemm_ms", "contiguous_gemm_ms", "gemm_split_over_contiguous",
-                        "gemm_split_of_roofline"]))
-    fp8 = []
-    if not args.no_fp8 and ops.fp8_available(torch.zeros(1, device="cuda")):
-        for row in gemm:
-            print(f"  [f] {row['shape']} {row['tokens']} tokens ...", flush=True)
-            fp8.append(bench_fp8(row["shape"], row["tokens"], peaks, row["best_split_ms"]))
-            torch.cuda.empty_cache()
-        print("\n(f) expert MLP, FP8 block-scaled (CUTLASS, one launch): split vs contiguous vs dense FP8")
-        print(_table(fp8, ["shape", "tokens", "split_ms", "contiguous_ms", "dense_ms", "split_over_contiguous",
-                           "split_of_roofline", "gemm_split_of_roofline", "split_over_dense", "fp8_over_bf16"]))
-        print(f"    dense FP8 scaling: {fp8[0]['dense_scaling'] if fp8 else '-'}; fp8_over_bf16 = best BF16 split "
-              "MLP time / FP8 split MLP time")
-        print("\n" + _tile_rows(fp8, "FP8", FP8_TILES))
-    else:
-        print("\n(f) FP8 skipped: " + ("--no-fp8" if args.no_fp8 else "kernels not built or not a Hopper GPU"))
-    for src in ("pinned_host", "device"):
+    gemm, overlap, fp8, issue = [], [], [], []
+    if "a" in sections:
         for s in shapes:
-            for t in tokens[-2:]:
-                print(f"  [b] {s} {t} tokens, pull from {src} ...", flush=True)
-                overlap.append(bench_overlap(s, t, peaks, source=src))
+            for t in tokens:
+                print(f"  [a] {s} {t} tokens ...", flush=True)
+                gemm.append(bench_gemm(s, t, peaks))
                 torch.cuda.empty_cache()
-    print("\n(b) expert MLP alone vs with a concurrent pull on a side stream, both started together; pinned_host "
-          "= the copy-engine stand-in for NVLink (the target), device = same-GPU peer memory, which shares HBM "
-          "(for the record); alone_spread = p90/p10 - 1 of the alone runs")
-    print(_table(overlap, ["shape", "tokens", "source", "layer_ms", "pull_mib", "pull_ms", "layer_with_pull_ms",
-                           "slowdown", "alone_spread"]))
-    issue = [bench_issue(src, slice_bytes=sb) for src in ("pinned_host", "device") for sb in (2 << 20, 32 << 20)]
-    print("\n(c) host time to issue one layer's pull (1 GiB); graph_launch = the C++ plan's own graph")
-    print(_table(issue, ["source", "slices", "per_slice_issue_us", "batched_issue_us", "graph_replay_us",
-                         "graph_launch_us", "copy_ms", "copy_gbps"]))
+        print("\n(a) expert MLP, BF16, torch._grouped_mm: split (1/4 local + 3/4 fetched, two calls) vs contiguous "
+              "vs dense")
+        print(_table(gemm, ["shape", "tokens", "split_ms", "contiguous_ms", "dense_ms", "split_over_contiguous",
+                            "split_of_roofline", "contiguous_of_roofline", "split_over_dense"]))
+        print("\n(a\") the same MLP through the single-launch CUTLASS grouped GEMM (Hopper; nan where not built)")
+        print(_table(gemm, ["shape", "tokens", "split_single_ms", "contiguous_single_ms",
+                            "single_split_over_contiguous", "single_over_torch_split", "tile_gain_over_legacy",
+                            "single_gemm_of_roofline"]))
+        print("\n" + _tile_rows(gemm, "BF16", BF16_TILES))
+        print("\n(a') grouped GEMMs alone (SwiGLU included, no permute/combine), on pre-permuted rows")
+        print(_table(gemm, ["shape", "tokens", "split_gemm_ms", "contiguous_gemm_ms", "gemm_split_over_contiguous",
+                            "gemm_split_of_roofline"]))
+    if "f" in sections:
+        if not args.no_fp8 and ops.fp8_available(torch.zeros(1, device="cuda")):
+            for row in gemm:
+                print(f"  [f] {row['shape']} {row['tokens']} tokens ...", flush=True)
+                fp8.append(bench_fp8(row["shape"], row["tokens"], peaks, row["best_split_ms"]))
+                torch.cuda.empty_cache()
+            print("\n(f) expert MLP, FP8 block-scaled (CUTLASS, one launch): split vs contiguous vs dense FP8")
+            print(_table(fp8, ["shape", "tokens", "split_ms", "contiguous_ms", "dense_ms", "split_over_contiguous",
+                               "split_of_roofline", "gemm_split_of_roofline", "split_over_dense", "fp8_over_bf16"]))
+            print(f"    dense FP8 scaling: {fp8[0]['dense_scaling'] if fp8 else '-'}; fp8_over_bf16 = best BF16 split "
+                  "MLP time / FP8 split MLP time")
+            print("\n" + _tile_rows(fp8, "FP8", FP8_TILES))
+        else:
+            print("\n(f) FP8 skipped: " + ("--no-fp8" if args.no_fp8 else "kernels not built or not a Hopper GPU"))
+    if "b" in sections:
+        for src in sources:
+            for sb in slice_sizes:
+                # pinned_host and device pull the same bytes (sized at the pinned-host rate), as before
+                rate = _pull_rate_gbps(src, sb, peaks) if src == "nvlink" else None
+                if rate:
+                    print(f"  [b] nvlink, {sb / 2**20:g} MiB slices: {rate:.0f} GB/s per GPU with every GPU "
+                          "pulling", flush=True)
+                for s in shapes:
+                    for t in tokens[-2:]:
+                        print(f"  [b] {s} {t} tokens, pull from {src}, {sb / 2**20:g} MiB slices ...", flush=True)
+                        overlap.append(bench_overlap(s, t, peaks, slice_bytes=sb, source=src, rate_gbps=rate))
+                        torch.cuda.empty_cache()
+        print("\n(b) expert MLP alone vs with a concurrent pull on a side stream, both started together; pinned_host "
+              "= the copy-engine stand-in for NVLink, device = same-GPU peer memory, which shares HBM "
+              "(for the record), nvlink = every GPU pulling from every other while GPU 0 computes; "
+              "alone_spread = p90/p10 - 1 of the alone runs")
+        print(_table(overlap, ["shape", "tokens", "source", "slice_mib", "layer_ms", "pull_mib", "pull_ms",
+                               "layer_with_pull_ms", "slowdown", "alone_spread"]))
+    if "c" in sections:
+        issue = [bench_issue(src, slice_bytes=sb) for src in sources for sb in (2 << 20, 32 << 20)]
+        print("\n(c) host time to issue one layer's pull (1 GiB); graph_launch = the C++ plan's own graph")
+        print(_table(issue, ["source", "slices", "per_slice_issue_us", "batched_issue_us", "graph_replay_us",
+                             "graph_launch_us", "copy_ms", "copy_gbps"]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": dev, "torch": torch.__version__, "peaks": peaks, "gemm": gemm, "overlap": overlap,
-                       "issue": issue, "fp8": fp8}, f, indent=1)
+            json.dump({"device": dev, "gpus": torch.cuda.device_count(), "torch": torch.__version__, "peaks": peaks,
+                       "gemm": gemm, "overlap": overlap, "issue": issue, "fp8": fp8}, f, indent=1)
     return 0

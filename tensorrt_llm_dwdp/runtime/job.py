@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 
 from ..bootstrap import run_or_abort
-from ..config import DwdpConfig
+from ..config import DEFAULT_SLICE_BYTES, DwdpConfig
 from ..workload import load_trace, make_requests, parse_isl
 from . import report
 from .apply import apply_dwdp
@@ -45,6 +45,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-num-tokens", type=int, default=512)
     p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: all ranks)")
     p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--slice-mib", type=float, default=DEFAULT_SLICE_BYTES / 2**20,
+                   help="DWDP pull slice size, MiB (default: DwdpConfig's)")
     p.add_argument("--backend", default="auto", help="DWDP memory backend")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1,
@@ -78,7 +80,8 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     hooks, timer = None, None
     if mode == "dwdp":
         dcfg = DwdpConfig(group_size=args.group_size or comm.Get_size(), num_experts=cfg.num_experts,
-                          prefetch_depth=args.depth, weight_dtype=str(dtype).replace("torch.", ""),
+                          prefetch_depth=args.depth, slice_bytes=int(args.slice_mib * 2**20),
+                          weight_dtype=str(dtype).replace("torch.", ""),
                           memory_backend=args.backend)
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
     elif mode == "dep":

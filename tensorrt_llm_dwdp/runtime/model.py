@@ -14,6 +14,7 @@ from typing import List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..moe import DeepSeekV3Routing, SoftmaxTopKRouting, SplitExpertWeights, WeightSegment, expert_compute, swiglu
 from .config import ModelConfig
@@ -39,16 +40,26 @@ def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
 def causal_attention(q, k, v, seq_lens: Sequence[int], scale: float) -> torch.Tensor:
     """q [T, h, dqk], k [T, h, dqk], v [T, h, dv] -> [T, h*dv], causal within each sequence."""
+    dv = v.shape[-1]
+    if dv < q.shape[-1]:  # MLA (192 vs 128): flash attention wants one head dim; zero columns add nothing
+        v = F.pad(v, (0, q.shape[-1] - dv))
     outs, start = [], 0
     for n in seq_lens:
         sl = slice(start, start + n)
-        o = F.scaled_dot_product_attention(q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1),
-                                           is_causal=True, scale=scale)
-        outs.append(o.transpose(0, 1).reshape(n, -1))
+        # NOTE: 4-D [1, h, n, d]: SDPA's flash and memory-efficient kernels take only 4-D inputs; 3-D falls
+        # back to the math path, which materialises the h x n x n scores. cuDNN's kernel is left out: it
+        # builds a plan per new sequence length (tens of ms), which would charge whichever mode runs first.
+        with sdpa_kernel(_SDPA_BACKENDS):
+            o = F.scaled_dot_product_attention(*(t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v)),
+                                               is_causal=True, scale=scale)
+        outs.append(o[0, ..., :dv].transpose(0, 1).reshape(n, -1))
         start += n
-    return torch.cat(outs) if outs else q.new_zeros(0, q.shape[1] * v.shape[-1])
+    return torch.cat(outs) if outs else q.new_zeros(0, q.shape[1] * dv)
 
 
 class MlaAttention(nn.Module):

@@ -1,14 +1,24 @@
-"""Calibration from the JSON that `trtllm-dwdp bench kernels --json PATH` writes on a GPU.
+"""Calibration from the JSON that `trtllm-dwdp bench kernels --json PATH` writes on a GPU, and from
+the JSON of `benchmarks/link_bench.py --json PATH` on a multi-GPU host. `--calibration` takes one
+path or a comma list; each file is recognised by its keys.
 
-What is read (bench/kernels.py's keys) and what it replaces in Efficiency:
+What is read from bench kernels (bench/kernels.py's keys) and what it replaces in Efficiency:
   peaks.bf16_tflops  -> mma = measured / datasheet BF16 peak of --machine (all precisions)
   peaks.hbm_gbps     -> hbm = measured / datasheet HBM bandwidth (a copy: read + write bytes)
   gemm[]             -> grouped: per row, roofline(shape, tokens) at the measured peaks /
                         split_ms, keyed by tokens per expert (the split-weight path DWDP runs),
                         from the bench shape nearest the simulated model's (hidden, inter).
                         NOTE: bench kernels measures BF16; other precisions borrow its curve.
-  overlap[].slowdown -> pull_slowdown = mean of the rows (compute slowed by a concurrent pull)
+  overlap[].slowdown -> pull_slowdown = mean of the rows (compute slowed by a concurrent pull);
+                        only the source "nvlink" rows where there are any (every GPU pulling
+                        over NVLink, a multi-GPU run), of the simulated slice size where
+                        measured, else all rows
   peaks.h2d_gbps     -> reported only: a PCIe copy rate says nothing about NVLink.
+What is read from the link bench:
+  rows[case "all pull"].per_gpu_gbps -> link = that rate / the machine's NVLink per direction, from
+                        the row of the slicing the simulated pull uses ("round-robin S MiB" for
+                        sliced pulls of S MiB, "plain" for --no-slicing). DEP's all-to-all takes
+                        the same fraction (NOTE: NCCL's rate is not measured by the link bench).
 Everything else keeps its default. A calibration from another GPU than --machine is applied
 but flagged in the notes.
 """
@@ -17,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 from .machines import Efficiency, Machine
@@ -32,14 +42,18 @@ BENCH_SHAPES: Dict[str, Tuple[int, int, int, int]] = {
 
 @dataclass(frozen=True)
 class Calibration:
-    """What a bench-kernels JSON measured. Rates in TFLOP/s and GB/s; grouped as in Efficiency."""
+    """What the JSON files measured; None where no file measured it. Rates in TFLOP/s and GB/s;
+    grouped as in Efficiency; link_gbps per GPU with every GPU pulling (link_row names the row)."""
 
     device: str
-    bf16_tflops: float
-    hbm_gbps: float
-    h2d_gbps: Optional[float]
-    grouped: Dict[str, Tuple[Tuple[float, float], ...]]  # bench shape -> (tokens/expert, efficiency)
-    pull_slowdown: Optional[float]
+    bf16_tflops: Optional[float] = None
+    hbm_gbps: Optional[float] = None
+    h2d_gbps: Optional[float] = None
+    grouped: Dict[str, Tuple[Tuple[float, float], ...]] = field(default_factory=dict)
+    pull_slowdown: Optional[float] = None
+    pull_source: str = ""
+    link_gbps: Optional[float] = None
+    link_row: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,33 +95,82 @@ def nearest_shape(model: MoEModel, names) -> str:
     return min(sorted(names), key=dist)
 
 
-def load_calibration(path: str) -> Calibration:
-    """Parse and check the JSON; ValueError naming --calibration on anything missing."""
+def _read(path: str) -> dict:
     try:
         with open(path) as f:
-            d = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise ValueError(f"--calibration {path}: no such file. Fix: run `trtllm-dwdp bench kernels --json {path}` "
                          f"on a GPU first.") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"--calibration {path}: not JSON ({e}). Fix: pass bench kernels' --json output.") from None
+
+
+def _kernels(d: dict, path: str, slice_mib: Optional[float]) -> Calibration:
     peaks = _need(d, "peaks", path)
     bf16, hbm = float(_need(peaks, "bf16_tflops", path)), float(_need(peaks, "hbm_gbps", path))
     if bf16 <= 0 or hbm <= 0:
         raise ValueError(f"--calibration {path}: peaks must be positive. Fix: re-run bench kernels.")
-    slow = [float(r["slowdown"]) for r in d.get("overlap", []) if "slowdown" in r]
+    rows = [r for r in d.get("overlap", []) if "slowdown" in r]
+    nvlink = [r for r in rows if r.get("source") == "nvlink"]
+    sized = [r for r in nvlink if slice_mib is not None and r.get("slice_mib") == slice_mib]
+    used = sized or nvlink or rows
+    slow = [float(r["slowdown"]) for r in used]
+    what = (f"nvlink, {slice_mib:g} MiB slices" if sized else "nvlink" if nvlink else "all" if rows else "")
     return Calibration(str(d.get("device", "unknown")), bf16, hbm, peaks.get("h2d_gbps"),
                        _grouped_points(d.get("gemm", []), bf16, hbm, path),
-                       max(0.0, sum(slow) / len(slow)) if slow else None)
+                       max(0.0, sum(slow) / len(slow)) if slow else None, what)
+
+
+def _link(d: dict, path: str, slice_mib: Optional[float]) -> Calibration:
+    want = "plain" if slice_mib is None else f"round-robin {slice_mib:g} MiB"
+    rows = [r for r in d["rows"] if r.get("case") == "all pull"]
+    hit = [r for r in rows if r.get("slicing") == want]
+    if not hit:
+        have = ", ".join(repr(r.get("slicing")) for r in rows) or "none"
+        raise ValueError(f"--calibration {path}: no 'all pull' row with slicing {want!r} (has {have}). Fix: run "
+                         f"benchmarks/link_bench.py with that slice size in --slice-mib, or simulate a slicing "
+                         f"it measured (--slice-mib / --no-slicing).")
+    return Calibration(str(d.get("device", "unknown")), link_gbps=float(hit[0]["per_gpu_gbps"]),
+                       link_row=f"all pull, {want}, {d.get('gpus', '?')} GPUs")
+
+
+def load_calibration(paths, slice_mib: Optional[float] = 2.0) -> Calibration:
+    """Parse and check one path or several (list, or a comma list); ValueError naming --calibration on
+    anything missing. slice_mib: the slicing whose link-bench row calibrates the link (None: plain)."""
+    if isinstance(paths, str):
+        paths = [p for p in paths.split(",") if p]
+    merged: Optional[Calibration] = None
+    for path in paths:
+        d = _read(path)
+        if isinstance(d, dict) and "rows" in d and "peak_gbps" in d:
+            cal = _link(d, path, slice_mib)
+        else:
+            cal = _kernels(d, path, slice_mib)
+        if merged is None:
+            merged = cal
+            continue
+        kw = {k: v for k, v in vars(cal).items() if v not in (None, "", {}) and k != "device"}
+        merged = replace(merged, **kw)
+        if "bf16_tflops" in kw and merged.device != cal.device:
+            merged = replace(merged, device=cal.device)
+    if merged is None:
+        raise ValueError("--calibration: no path given. Fix: pass bench kernels' or link_bench's --json output.")
+    return merged
 
 
 def apply_calibration(machine: Machine, model: MoEModel, base: Efficiency, cal: Calibration) -> Calibrated:
     """Efficiency with the measured values of `cal` in place of the defaults of `base`."""
-    mma = cal.bf16_tflops / machine.tflops["bf16"]
-    hbm = cal.hbm_gbps / machine.hbm_gbps
-    notes = [f"mma {base.mma:.3f} -> {mma:.3f} ({cal.bf16_tflops:.0f} of {machine.tflops['bf16']:.0f} TFLOP/s BF16)",
-             f"hbm {base.hbm:.3f} -> {hbm:.3f} ({cal.hbm_gbps:.0f} of {machine.hbm_gbps:.0f} GB/s)"]
-    kw = dict(mma=min(mma, 1.5), hbm=min(hbm, 1.5))
+    notes, kw = [], {}
+    if cal.bf16_tflops is not None:
+        mma = cal.bf16_tflops / machine.tflops["bf16"]
+        notes.append(f"mma {base.mma:.3f} -> {mma:.3f} ({cal.bf16_tflops:.0f} of {machine.tflops['bf16']:.0f} "
+                     f"TFLOP/s BF16)")
+        kw["mma"] = min(mma, 1.5)
+    if cal.hbm_gbps is not None:
+        hbm = cal.hbm_gbps / machine.hbm_gbps
+        notes.append(f"hbm {base.hbm:.3f} -> {hbm:.3f} ({cal.hbm_gbps:.0f} of {machine.hbm_gbps:.0f} GB/s)")
+        kw["hbm"] = min(hbm, 1.5)
     if cal.grouped:
         shape = nearest_shape(model, cal.grouped)
         kw["grouped"] = cal.grouped[shape]
@@ -115,7 +178,13 @@ def apply_calibration(machine: Machine, model: MoEModel, base: Efficiency, cal: 
                      + ", ".join(f"{e:.2f} at {t:.0f} tok/expert" for t, e in cal.grouped[shape]))
     if cal.pull_slowdown is not None:
         kw["pull_slowdown"] = cal.pull_slowdown
-        notes.append(f"pull_slowdown {base.pull_slowdown:.3f} -> {cal.pull_slowdown:.3f} (mean of overlap rows)")
+        notes.append(f"pull_slowdown {base.pull_slowdown:.3f} -> {cal.pull_slowdown:.3f} "
+                     f"(mean of the {cal.pull_source} overlap rows)")
+    if cal.link_gbps is not None:
+        link = cal.link_gbps / machine.nvlink_gbps
+        kw["link"] = min(link, 1.5)
+        notes.append(f"link {base.link:.3f} -> {link:.3f} ({cal.link_gbps:.0f} of {machine.nvlink_gbps:.0f} GB/s; "
+                     f"{cal.link_row}); DEP's all-to-all takes it too")
     if cal.h2d_gbps is not None:
         notes.append(f"h2d {float(cal.h2d_gbps):.1f} GB/s reported, not applied (PCIe, not NVLink)")
     if machine.device_match.lower() not in cal.device.lower():

@@ -13,6 +13,7 @@ import sys
 from dataclasses import asdict
 from typing import List, Optional
 
+from ..config import DEFAULT_SLICE_BYTES
 from .analysis import crossover, layer_budget
 from .calibrate import apply_calibration, load_calibration
 from .costs import A2A_KINDS
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trtllm-dwdp sim", description=__doc__.split("\n")[0])
     p.add_argument("--machine", default="gb200", help=f"one of {', '.join(MACHINES)} (default gb200)")
     p.add_argument("--model", default="deepseek-r1", help=f"one of {', '.join(MODELS)} (default deepseek-r1)")
+    p.add_argument("--layers", type=int, default=None, help="keep this many decoder layers, dense ones first "
+                   "(as `trtllm-dwdp bench --layers`)")
     p.add_argument("--precision", default=None, help=f"{', '.join(PRECISIONS)}; default nvfp4 where the GPU has it, "
                                                      f"else fp8")
     p.add_argument("--ranks", type=int, default=4, help="GPUs in the DWDP group and in the DEP group (default 4)")
@@ -41,10 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slots", type=int, default=2, help="DWDP prefetch slots (2 = ping-pong)")
     p.add_argument("--no-slicing", action="store_true", help="pull owner after owner instead of round-robin slices")
+    p.add_argument("--slice-mib", type=float, default=DEFAULT_SLICE_BYTES / 2**20, help="slice size of sliced pulls, "
+                   "MiB; picks the link bench row that --calibration applies (default: DwdpConfig's)")
     p.add_argument("--experts-per-rank", type=int, default=None, help="more than E/ranks makes a redundant placement")
     p.add_argument("--a2a", default="per-rank", choices=A2A_KINDS, help="DEP all-to-all copies (default per-rank)")
     p.add_argument("--roofline", action="store_true", help="datasheet peaks, no latency or overlap slowdown")
-    p.add_argument("--calibration", default=None, metavar="PATH", help="JSON from `trtllm-dwdp bench kernels --json`")
+    p.add_argument("--calibration", default=None, metavar="PATH[,PATH]",
+                   help="JSON from `trtllm-dwdp bench kernels --json` and/or `benchmarks/link_bench.py --json`")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--explain", action="store_true", help="print the per-layer budget and write a plot")
     p.add_argument("--plot", default="sim_explain.png", metavar="PATH", help="PNG written by --explain")
@@ -54,15 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
 def scenario_from_args(args: argparse.Namespace):
     """(Scenario, calibration notes); ValueError naming the option on bad input."""
     machine = get_machine(args.machine)
+    model = get_model(args.model, args.layers)
     prec = args.precision or ("nvfp4" if machine.supports("nvfp4") else "fp8")
     eff = Efficiency.roofline() if args.roofline else Efficiency()
     notes = ()
     if args.calibration:
         if args.roofline:
             raise ValueError("--calibration with --roofline: the roofline uses datasheet peaks. Fix: drop one.")
-        cal = apply_calibration(machine, get_model(args.model), eff, load_calibration(args.calibration))
+        if args.slice_mib <= 0:
+            raise ValueError(f"--slice-mib {args.slice_mib:g}: must be > 0. Fix: pass the DWDP slice size in MiB.")
+        slice_mib = None if args.no_slicing else args.slice_mib
+        cal = apply_calibration(machine, model, eff, load_calibration(args.calibration, slice_mib))
         eff, notes = cal.efficiency, cal.notes
-    scn = Scenario(machine, get_model(args.model), get_precision(prec), args.ranks, parse_isl(args.isl),
+    scn = Scenario(machine, model, get_precision(prec), args.ranks, parse_isl(args.isl),
                    args.max_num_tokens, iterations=args.iterations, seed=args.seed, efficiency=eff, slots=args.slots,
                    sliced=not args.no_slicing, experts_per_rank=args.experts_per_rank, chunked=args.chunked,
                    a2a=args.a2a, max_batch_size=args.max_batch_size)

@@ -6,7 +6,7 @@ Parameter counts are in weights (elements), bytes come from a Precision.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
 
@@ -91,11 +91,18 @@ MODELS: Dict[str, MoEModel] = {
 }
 
 
-def get_model(name: str) -> MoEModel:
+def get_model(name: str, layers: Optional[int] = None) -> MoEModel:
+    """The preset `name`; with `layers`, cut to that many decoder layers, dense ones kept first (at
+    least one MoE layer), as `trtllm-dwdp bench --layers` cuts its model."""
     key = name.strip().lower()
     if key not in MODELS:
         raise ValueError(f"--model {name!r} is not a preset. Fix: use one of {', '.join(MODELS)}.")
-    return MODELS[key]
+    model = MODELS[key]
+    if layers is None:
+        return model
+    if not 1 <= layers <= model.layers:
+        raise ValueError(f"--layers {layers}: {model.name} has {model.layers}. Fix: use 1..{model.layers}.")
+    return replace(model, layers=layers, dense_layers=min(model.dense_layers, layers - 1))
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def _coerce(key: str, value, source: str):
                 return int(m.group(1)) * (_UNITS[(m.group(2) or "").lower() or None] if key == "slice_bytes" else 1)
         elif isinstance(value, int) and not isinstance(value, bool):
             return value
-        unit = " (bytes, or e.g. 2MiB)" if key == "slice_bytes" else ""
+        unit = " (bytes, or e.g. 32MiB)" if key == "slice_bytes" else ""
         raise _bad(key, value, f"must be an integer{unit}", f"write {key}: <integer>", source)
     if key in _CHOICES:
         if value not in _CHOICES[key]:

@@ -1,0 +1,155 @@
+"""`trtllm-dwdp sim compare`: the simulator's prediction against what `trtllm-dwdp bench --json`
+measured, run by run, with the default efficiencies and with a calibration.
+
+    trtllm-dwdp sim compare bench_qwen.json bench_dsv3.json --machine h200 \
+        --calibration kernels.json,link_bench.json
+
+Each measured run is simulated on its own settings: the preset (cut to the run's --layers),
+the ranks, the ISL distribution, max_num_tokens, and as many iterations per rank as the run
+made. The bench runs BF16 weights on GPUs, so the prediction does too. The simulator models
+steady state; a short run's last, partly filled iteration is in the measurement only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Dict, List, Optional
+
+from .calibrate import apply_calibration, load_calibration
+from .engine import simulate
+from .machines import Efficiency, get_machine
+from .models import get_model, get_precision
+from .scenario import Scenario
+from .workload import parse_isl
+
+# `trtllm-dwdp bench --preset` names -> the simulator's models of the same shapes
+PRESET_MODELS: Dict[str, str] = {
+    "qwen3-30b-a3b": "qwen3-30b-a3b",
+    "deepseek-v3": "deepseek-v3",
+    "deepseek-v3-layers": "deepseek-v3",
+    "deepseek-v2-lite": "deepseek-v2-lite",
+}
+
+
+def load_runs(paths: List[str]) -> List[dict]:
+    """Every run in the bench JSON files (a file holds one run, or a list from --cv-sweep)."""
+    runs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read a bench JSON ({e}). Fix: pass `trtllm-dwdp bench --json` output.")
+        for run in d if isinstance(d, list) else [d]:
+            if "config" not in run or "modes" not in run:
+                raise ValueError(f"{path}: no 'config'/'modes'. Fix: pass `trtllm-dwdp bench --json` output.")
+            runs.append(dict(run, source=path))
+    return runs
+
+
+def _iterations_per_rank(mode: dict, ranks: int) -> int:
+    per_rank = [len(r.get("iterations", [])) for r in mode.get("ranks", [])]
+    return max(per_rank) if per_rank else max(1, math.ceil(mode["iterations"] / ranks))
+
+
+def scenario_for(run: dict, machine: str, efficiency: Efficiency, iterations: Optional[int] = None) -> Scenario:
+    """The simulator's Scenario for one measured run."""
+    c = run["config"]
+    if c.get("checkpoint"):
+        raise ValueError(f"{run.get('source')}: a checkpoint run; compare knows only presets "
+                         f"({', '.join(PRESET_MODELS)}). Fix: compare preset runs.")
+    if c["preset"] not in PRESET_MODELS:
+        raise ValueError(f"{run.get('source')}: preset {c['preset']!r} has no simulator model. "
+                         f"Fix: use one of {', '.join(PRESET_MODELS)}.")
+    ranks = int(c["ranks"])
+    if iterations is None:
+        iterations = max(_iterations_per_rank(m, ranks) for m in run["modes"].values())
+    return Scenario(get_machine(machine), get_model(PRESET_MODELS[c["preset"]], c.get("layers")),
+                    get_precision("bf16"), ranks, parse_isl(c["isl"]), int(c["max_num_tokens"]),
+                    iterations=iterations, seed=int(c.get("seed", 0)), efficiency=efficiency)
+
+
+def compare(runs: List[dict], machine: str, calibration: Optional[str] = None):
+    """(rows, calibration notes): per run, measured and predicted TPS/GPU of DWDP and DEP and the speedup,
+    predicted with the default efficiencies and, given `calibration`, with the measured ones; the link is
+    calibrated from the link-bench row of each run's slice size (runs from before --slice-mib used 2 MiB)."""
+    rows, notes = [], {}
+    for run in runs:
+        default = scenario_for(run, machine, Efficiency())
+        c, m = run["config"], run["modes"]
+        row = {"preset": c["preset"], "layers": c.get("layers"), "ranks": default.ranks, "isl": c["isl"],
+               "max_num_tokens": default.max_num_tokens, "iterations": default.iterations}
+        for mode in ("dwdp", "dep"):
+            row[f"{mode}_measured"] = m[mode]["tokens_per_s_per_gpu"] if mode in m else float("nan")
+        row["speedup_measured"] = row["dwdp_measured"] / row["dep_measured"]
+        row["dep_wait_measured"] = m["dep"].get("wait_fraction", float("nan")) if "dep" in m else float("nan")
+        row["slice_mib"] = float(c.get("slice_mib", 2.0))
+        variants = [("default", default)]
+        if calibration:
+            cal = load_calibration(calibration, row["slice_mib"])
+            applied = apply_calibration(default.machine, default.model, Efficiency(), cal)
+            notes.update({n: None for n in applied.notes})
+            variants.append(("calibrated", scenario_for(run, machine, applied.efficiency, default.iterations)))
+        for name, scn in variants:
+            res = simulate(scn)
+            row[f"dwdp_{name}"] = res.dwdp.tps_per_gpu
+            row[f"dep_{name}"] = res.dep.tps_per_gpu
+            row[f"speedup_{name}"] = res.speedup
+            row[f"dep_wait_{name}"] = res.dep.wait_frac + res.dep.comm_frac
+            row[f"dwdp_{name}_over_measured"] = res.dwdp.tps_per_gpu / row["dwdp_measured"]
+            row[f"dep_{name}_over_measured"] = res.dep.tps_per_gpu / row["dep_measured"]
+        rows.append(row)
+    return rows, list(notes)
+
+
+def table(rows: List[dict]) -> str:
+    """Measured vs predicted, one line per run; `pred/meas` columns are prediction over measurement."""
+    variants = [v for v in ("default", "calibrated") if rows and f"speedup_{v}" in rows[0]]
+    head = (f"{'preset':>18} {'L':>2} {'MNT':>6} {'ISL':>16} {'MiB':>4} {'it':>3} | {'DWDP':>8} {'DEP':>8} "
+            f"{'wait':>5} {'x':>5}")
+    for v in variants:
+        head += f" | {v + ' DWDP':>16} {'DEP':>8} {'wait':>5} {'x':>5} {'pred/meas':>9}"
+    lines = [head]
+    for r in rows:
+        line = (f"{r['preset']:>18} {r['layers'] or '-':>2} {r['max_num_tokens']:>6} {r['isl']:>16} "
+                f"{r['slice_mib']:>4g} {r['iterations']:>3} | "
+                f"{r['dwdp_measured']:>8.0f} {r['dep_measured']:>8.0f} {r['dep_wait_measured']:>5.0%} "
+                f"{r['speedup_measured']:>5.2f}")
+        for v in variants:
+            line += (f" | {r[f'dwdp_{v}']:>16.0f} {r[f'dep_{v}']:>8.0f} {r[f'dep_wait_{v}']:>5.0%} "
+                     f"{r[f'speedup_{v}']:>5.2f} "
+                     f"{r[f'speedup_{v}'] / r['speedup_measured']:>9.2f}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="trtllm-dwdp sim compare", description=__doc__.split("\n")[0])
+    p.add_argument("bench_json", nargs="+", help="`trtllm-dwdp bench --json` files")
+    p.add_argument("--machine", default="h200", help="machine profile of the GPUs the runs used (default h200)")
+    p.add_argument("--calibration", default=None, metavar="PATH[,PATH]",
+                   help="bench kernels and/or link bench JSON, as for `trtllm-dwdp sim`")
+    p.add_argument("--json", default=None, metavar="PATH")
+    args = p.parse_args(argv)
+    try:
+        rows, notes = compare(load_runs(args.bench_json), args.machine, args.calibration)
+    except ValueError as e:
+        print(f"trtllm-dwdp sim compare: error: {e}", file=sys.stderr)
+        return 2
+    for n in notes:
+        print("calibration: " + n)
+    print(table(rows))
+    print("TPS/GPU measured, then predicted; wait = DEP's time in collectives and barriers; x = DWDP/DEP; "
+          "pred/meas = predicted speedup / measured speedup")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": args.machine, "calibration": args.calibration, "notes": notes, "rows": rows}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
