@@ -83,14 +83,16 @@ class Efficiency:
     hbm: achieved / datasheet HBM bandwidth. Default 1.0 (uncalibrated: datasheet).
         CALIBRATED to peaks.hbm_gbps (a device-to-device copy, read + write bytes).
     link: achieved / datasheet NVLink per direction, for DWDP pulls and DEP all-to-all alike.
-        Default 380/450 = 0.844 measured on Hopper (DESIGN.md §2); applied to NVLink5 as an
-        assumption. NOT calibrated: one GPU has no NVLink peer (peaks.h2d_gbps is a PCIe rate
-        and is reported, never applied).
+        Default 380/450 = 0.844 measured on Hopper (DESIGN.md §2; 373/450 with 32 MiB slices on
+        2 H200s, BENCHMARKS.md); applied to NVLink5 as an assumption. CALIBRATED to a link-bench
+        JSON's all-pull rate of the simulated slicing (peaks.h2d_gbps is a PCIe rate and is
+        reported, never applied).
     grouped: (tokens per expert, grouped GEMM time at roofline / measured time) points,
         interpolated in log(tokens per expert); empty means 1.0. CALIBRATED to gemm[].split_ms.
     pull_slowdown: fractional slowdown of compute while a pull runs on the copy engines.
-        Default 0.04 (DESIGN.md §2: kernels ~4% slower under concurrent copies, GB200).
-        CALIBRATED to the mean of overlap[].slowdown.
+        Default 0.04 (DESIGN.md §2: kernels ~4% slower under concurrent copies, GB200; 2.7-4.7%
+        measured on 2 H200s with 32 MiB slices). CALIBRATED to the mean of overlap[].slowdown,
+        the NVLink rows of the simulated slice size where a multi-GPU run measured them.
     a2a_latency_us: fixed cost of one all-to-all (dispatch or combine), µs. Default 10:
         an assumed order of magnitude (kernel launch plus NVLink signalling), not a measurement.
     """
