@@ -338,7 +338,6 @@ class _Pull:
                 self.jobs.append((d, slot, plan, torch.cuda.Stream(device=d)))
         self.keep += list(shard.values())
         self.nbytes = self.jobs[0][1].numel()
-        self.slices = len(self.jobs[0][2])
 
     @property
     def slot(self) -> torch.Tensor:
@@ -372,10 +371,8 @@ class _Pull:
             torch.cuda.synchronize(d)
 
 
-def _pull_rate_gbps(source: str, slice_bytes: int, peaks: Dict[str, float]) -> float:
+def _pull_rate_gbps(source: str, slice_bytes: int) -> float:
     """The rate a pull from `source` runs at, measured here on 1 GiB (nvlink: every GPU pulling)."""
-    if source == "pinned_host":
-        return peaks["h2d_gbps"]
     pull = _Pull(1 << 30, slice_bytes, source)
     pull.capture()
     main = torch.cuda.current_stream()
@@ -560,7 +557,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for src in sources:
             for sb in slice_sizes:
                 # pinned_host and device pull the same bytes (sized at the pinned-host rate), as before
-                rate = _pull_rate_gbps(src, sb, peaks) if src == "nvlink" else None
+                rate = _pull_rate_gbps(src, sb) if src == "nvlink" else None
                 if rate:
                     print(f"  [b] nvlink, {sb / 2**20:g} MiB slices: {rate:.0f} GB/s per GPU with every GPU "
                           "pulling", flush=True)
