@@ -11,8 +11,8 @@
 # Env: STEPS (build,link,profile,kernels,bench,sim), PRESETS (qwen3-30b-a3b deepseek-v3-layers), CVS (0,0.2,0.4),
 #      MNTS (8192 16384 32768), ISL_MEAN (8192; at most max_num_tokens / 2), ITERS (iterations per rank to aim
 #      for, 10; sets the requests),
-#      LAYERS (default: 4 for Qwen3; 6 = 3 dense + 3 MoE for DeepSeek-V3, since each rank builds the whole
-#      model before sharding it, and 141 GB holds that plus the DWDP shard and slots up to 3 MoE layers),
+#      LAYERS (default: 4 for Qwen3; 6 = 3 dense + 3 MoE for DeepSeek-V3, as measured on 2 GPUs; a rank
+#      holds its expert shard, 11.3 GB per MoE layer on 2 GPUs, plus DWDP's two slots of one layer),
 #      BUDGET_S (stop starting benches after this many seconds, 0 = no limit).
 set -uo pipefail
 out=${1:-benchmarks/results}

@@ -22,13 +22,14 @@ ids = torch.randint(0, cfg.vocab, (sum(lens),), generator=g)
 
 with torch.no_grad():
     local = Decoder(cfg).init_random(seed)(ids, lens)
-    m = Decoder(cfg).init_random(seed)
+    # DWDP and DEP make only their ranks' experts (lazy_experts); local has every stack made in full
+    m = Decoder.build(cfg, seed, lazy_experts=True)
     with apply_dwdp(m, DwdpConfig(group_size=world.size, num_experts=cfg.num_experts, weight_dtype="float32",
                                   memory_backend="cpu_shm"), comm=world) as hooks:
         hooks.begin_step()
         dwdp = m(ids, lens)
         hooks.end_step()
-    m = Decoder(cfg).init_random(seed)
+    m = Decoder.build(cfg, seed, lazy_experts=True)
     timer = CollectiveTimer()
     apply_dep(m, timer, stage_on_host=init_torch_distributed(world, torch.device("cpu")))
     dep = m(ids, lens)

@@ -52,6 +52,25 @@ def test_packed_prefill_equals_separate_prefills_and_is_causal(cfg):
     assert (again[1] - packed[1]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("cfg", [preset("tiny"), _gqa_small()], ids=["mla", "gqa"])
+def test_lazy_experts_are_the_full_builds_rows_and_the_rest_is_equal(cfg):
+    seed = fresh_seed()
+    full, lazy = Decoder.build(cfg, seed), Decoder.build(cfg, seed, lazy_experts=True)
+    lazy_params = dict(lazy.named_parameters())
+    for name, p in full.named_parameters():  # everything but the expert stacks is made identically
+        if lazy_params[name].numel():
+            assert torch.equal(p, lazy_params[name]), name
+    g = torch.Generator().manual_seed(fresh_seed())
+    for fb, lb in zip(full.moe_blocks(), lazy.moe_blocks()):
+        assert lb.w13.numel() == 0 and lb.w2.numel() == 0  # never made whole
+        pick = torch.randperm(cfg.num_experts, generator=g)[:3].tolist()
+        w13, w2 = lb.expert_weights(pick)
+        assert torch.equal(w13, fb.w13.detach()[pick]) and torch.equal(w2, fb.w2.detach()[pick])
+        assert w13.std() > 0.5 / cfg.hidden ** 0.5  # real draws, not zeros
+    with pytest.raises(RuntimeError, match="apply_dwdp or apply_dep"):
+        lazy(torch.zeros(3, dtype=torch.long), [3])
+
+
 def test_presets_and_errors():
     v3 = preset("deepseek-v3-layers", num_layers=5)
     assert v3.layers == 5 and v3.first_k_dense == 3 and v3.moe_layer_ids == (3, 4)

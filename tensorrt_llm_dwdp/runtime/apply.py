@@ -39,9 +39,8 @@ def apply_dwdp(model: Decoder, config: DwdpConfig, comm=None, device: Optional[t
     shape = MoeShape(len(blocks), c.hidden, c.moe_inter, c.num_experts, tuple(b.layer_idx for b in blocks))
 
     def load(moe_layer: int, experts):
-        b = blocks[moe_layer]
-        idx = torch.tensor(list(experts), dtype=torch.long, device=b.w13.device)
-        return {"w13": b.w13.detach().index_select(0, idx), "w2": b.w2.detach().index_select(0, idx)}
+        w13, w2 = blocks[moe_layer].expert_weights(list(experts))
+        return {"w13": w13, "w2": w2}
 
     device = device if device is not None else next(model.parameters()).device
     hooks = DwdpHooks.setup(config, shape, load, comm=comm, device=device)

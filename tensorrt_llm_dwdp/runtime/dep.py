@@ -103,8 +103,7 @@ def apply_dep(model: Decoder, timer: CollectiveTimer, stage_on_host: bool = Fals
     mine = placement.local_experts(rank)
     lo, hi = (mine[0], mine[-1] + 1) if mine else (0, 0)
     for b in model.moe_blocks():
-        w13 = b.w13.detach()[lo:hi].clone()
-        w2 = b.w2.detach()[lo:hi].clone()
+        w13, w2 = b.expert_weights(range(lo, hi))
         b.experts = AllToAllExperts(w13, w2, owner.to(b.w13.device), lo, timer, stage_on_host)
         b.w13 = torch.nn.Parameter(b.w13.new_empty(0), requires_grad=False)
         b.w2 = torch.nn.Parameter(b.w2.new_empty(0), requires_grad=False)

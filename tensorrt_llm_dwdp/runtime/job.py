@@ -76,7 +76,8 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         cfg = model.c
     else:
         cfg = preset(args.preset, args.layers, args.vocab)
-        model = Decoder.build(cfg, args.seed, device, dtype)
+        # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
+        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep"))
     hooks, timer = None, None
     if mode == "dwdp":
         dcfg = DwdpConfig(group_size=args.group_size or comm.Get_size(), num_experts=cfg.num_experts,

@@ -9,7 +9,7 @@ causal within each sequence.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,16 @@ class DenseMLP(nn.Module):
         return swiglu(x, self.w13, self.w2)
 
 
+def expert_normal_(stack: torch.Tensor, seed: int, layer_idx: int, which: int, experts: Sequence[int]) -> None:
+    """Fill stack[i] with expert experts[i]'s N(0, 1/fan_in) weights from a seed of its own, so any
+    subset of experts can be made on any rank without the others (per-device generators, as torch's)."""
+    with torch.no_grad():
+        for i, e in enumerate(experts):
+            s = (((seed * 1_000_003 + layer_idx) * 4 + which) * 65_537 + int(e)) % (1 << 63)
+            g = torch.Generator(device=stack.device).manual_seed(s)
+            stack[i].normal_(0.0, 1.0 / math.sqrt(stack.shape[-1]), generator=g)
+
+
 def stacked_experts(w13: torch.Tensor, w2: torch.Tensor) -> SplitExpertWeights:
     """Experts 0..n-1 of one stacked pair of tensors, as a single segment."""
     return SplitExpertWeights(w13.shape[0], (WeightSegment(tuple(range(w13.shape[0])), {"w13": w13, "w2": w2}),))
@@ -159,10 +169,28 @@ class MoEBlock(nn.Module):
         self.w2 = nn.Parameter(torch.empty(c.num_experts, c.hidden, c.moe_inter))
         self.shared = DenseMLP(c.hidden, c.shared_inter) if c.shared_inter else None
         self.experts = None  # set by Decoder.finish() or apply_dwdp
+        self.lazy = None  # (seed, dtype, device) where the expert stacks are made per expert on demand
         self.route = (DeepSeekV3Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
                       if c.routing == "deepseek" else SoftmaxTopKRouting(c.top_k, c.renormalize))
 
+    def expert_weights(self, experts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(w13, w2) of `experts`, stacked in that order: rows of the stacks, or, for a model built with
+        lazy_experts, made here from the same per-expert seeds, so the full stack never exists."""
+        if self.lazy is None:
+            idx = torch.tensor(list(experts), dtype=torch.long, device=self.w13.device)
+            return self.w13.detach().index_select(0, idx), self.w2.detach().index_select(0, idx)
+        seed, dtype, device = self.lazy
+        c, n = self.c, len(experts)
+        w13 = torch.empty(n, 2 * c.moe_inter, c.hidden, dtype=dtype, device=device)
+        w2 = torch.empty(n, c.hidden, c.moe_inter, dtype=dtype, device=device)
+        expert_normal_(w13, seed, self.layer_idx, 0, experts)
+        expert_normal_(w2, seed, self.layer_idx, 1, experts)
+        return w13, w2
+
     def forward(self, x):
+        if self.experts is None:
+            raise RuntimeError(f"MoE layer {self.layer_idx} has no expert source: a model built with "
+                               "lazy_experts=True must go through apply_dwdp or apply_dep first")
         r = self.route(x.float() @ self.gate.float().t(), self.bias)
         y = self.experts.routed(x, r.topk_ids, r.topk_weights, self.layer_idx)
         return y if self.shared is None else y + self.shared(x)
@@ -195,23 +223,37 @@ class Decoder(nn.Module):
         return [layer.ffn for layer in self.layers if isinstance(layer.ffn, MoEBlock)]
 
     @classmethod
-    def build(cls, c: ModelConfig, seed: int, device=None, dtype: torch.dtype = torch.float32) -> "Decoder":
+    def build(cls, c: ModelConfig, seed: int, device=None, dtype: torch.dtype = torch.float32,
+              lazy_experts: bool = False) -> "Decoder":
         """Seeded random model made directly on `device` in `dtype`: parameters are created on
-        the meta device and materialised one by one, so a large preset never exists twice."""
+        the meta device and materialised one by one, so a large preset never exists twice.
+        lazy_experts: leave the routed-expert stacks unmade; apply_dwdp / apply_dep make only the
+        experts a rank holds (MoEBlock.expert_weights), with the same values as a full build."""
         with torch.device("meta"):
             model = cls(c)
         device = torch.device(device or "cpu")
+        moe = {id(t) for b in model.moe_blocks() for t in (b.w13, b.w2)} if lazy_experts else set()
         for module in model.modules():
             for name, p in list(module.named_parameters(recurse=False)):
-                new = torch.empty(p.shape, device=device, dtype=dtype)
+                new = torch.empty((0,) if id(p) in moe else p.shape, device=device, dtype=dtype)
                 setattr(module, name, nn.Parameter(new, requires_grad=p.requires_grad))
+        if lazy_experts:
+            for b in model.moe_blocks():
+                b.lazy = (seed, dtype, device)
         return model.init_random(seed)
 
     def init_random(self, seed: int) -> "Decoder":
-        """Seeded weights, the same on every rank of one device type; activations stay O(1)."""
+        """Seeded weights, the same on every rank of one device type; activations stay O(1). Routed
+        experts draw from a seed per expert (expert_normal_), everything else from one stream."""
         gens = {}
+        stacks = {id(getattr(b, w)): (b, i) for b in self.moe_blocks() for i, w in enumerate(("w13", "w2"))}
         with torch.no_grad():
             for name, p in self.named_parameters():
+                if id(p) in stacks:
+                    b, which = stacks[id(p)]
+                    if b.lazy is None:
+                        expert_normal_(p, seed, b.layer_idx, which, range(p.shape[0]))
+                    continue
                 g = gens.setdefault(p.device, torch.Generator(device=p.device).manual_seed(seed))
                 if name.endswith("norm.weight"):
                     p.fill_(1.0)
@@ -223,7 +265,7 @@ class Decoder(nn.Module):
         """Point every MoE block that is not rewired (DWDP, DEP) at its own current expert
         tensors; call again after `.to()`, which replaces them."""
         for b in self.moe_blocks():
-            if b.experts is None or isinstance(b.experts, LocalExperts):
+            if b.lazy is None and (b.experts is None or isinstance(b.experts, LocalExperts)):
                 b.experts = LocalExperts(b.w13, b.w2)
         return self
 
