@@ -303,10 +303,11 @@ def _round_robin(srcs: List[torch.Tensor], slice_bytes: int, first: int = 0):
 
 class _Pull:
     """One layer's pull: a slot and a C++ copy plan (with its own graph) on one GPU, plus the peer GPUs'
-    own pulls for source "nvlink". source: pinned_host, device (same-GPU memory) or nvlink (every GPU
-    pulls nbytes round-robin from all others; this GPU's HBM serves them too)."""
+    own pulls for source "nvlink". source: pinned_host, device (same-GPU memory) or nvlink (this GPU
+    pulls nbytes round-robin from all others; with peers_pull, every other GPU pulls from all the rest
+    too, so this GPU's HBM serves them as in a DWDP forward)."""
 
-    def __init__(self, nbytes: int, slice_bytes: int, source: str):
+    def __init__(self, nbytes: int, slice_bytes: int, source: str, peers_pull: bool = True):
         from .. import _C
         n = torch.cuda.device_count()
         me = torch.cuda.current_device()
@@ -323,7 +324,7 @@ class _Pull:
                 for e in gpus:
                     if d != e:
                         shard[d][:16].copy_(shard[e][:16])
-        for i, d in enumerate(gpus):
+        for i, d in enumerate(gpus if peers_pull else gpus[:1]):
             with torch.cuda.device(d):
                 if source == "nvlink":
                     srcs = [shard[e] for e in gpus if e != d]
@@ -440,8 +441,7 @@ def bench_overlap(name: str, tokens: int, peaks: Dict[str, float], slice_bytes: 
 def bench_issue(source: str, nbytes: int = 1 << 30, slice_bytes: int = 2 << 20, reps: int = 50) -> Dict:
     """source: 'pinned_host' (the copy-engine stand-in), 'device' (same-GPU memory, as an IPC peer) or
     'nvlink' (this GPU's pull from its peers alone)."""
-    pull = _Pull(nbytes, slice_bytes, source)
-    pull.jobs = pull.jobs[:1]  # issue time is one rank's
+    pull = _Pull(nbytes, slice_bytes, source, peers_pull=False)  # issue time is one rank's
     slot, plan, side = pull.slot, pull.plan, pull.jobs[0][3]
 
     def host_us(issue) -> float:

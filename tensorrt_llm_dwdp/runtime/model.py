@@ -49,16 +49,16 @@ def causal_attention(q, k, v, seq_lens: Sequence[int], scale: float) -> torch.Te
     if dv < q.shape[-1]:  # MLA (192 vs 128): flash attention wants one head dim; zero columns add nothing
         v = F.pad(v, (0, q.shape[-1] - dv))
     outs, start = [], 0
-    for n in seq_lens:
-        sl = slice(start, start + n)
-        # NOTE: 4-D [1, h, n, d]: SDPA's flash and memory-efficient kernels take only 4-D inputs; 3-D falls
-        # back to the math path, which materialises the h x n x n scores. cuDNN's kernel is left out: it
-        # builds a plan per new sequence length (tens of ms), which would charge whichever mode runs first.
-        with sdpa_kernel(_SDPA_BACKENDS):
+    # NOTE: 4-D [1, h, n, d]: SDPA's flash and memory-efficient kernels take only 4-D inputs; 3-D falls back
+    # to the math path, which materialises the h x n x n scores. cuDNN's kernel is left out: it builds a plan
+    # per new sequence length (tens of ms), which would charge whichever mode runs first.
+    with sdpa_kernel(_SDPA_BACKENDS):
+        for n in seq_lens:
+            sl = slice(start, start + n)
             o = F.scaled_dot_product_attention(*(t[sl].transpose(0, 1).unsqueeze(0) for t in (q, k, v)),
                                                is_causal=True, scale=scale)
-        outs.append(o[0, ..., :dv].transpose(0, 1).reshape(n, -1))
-        start += n
+            outs.append(o[0, ..., :dv].transpose(0, 1).reshape(n, -1))
+            start += n
     return torch.cat(outs) if outs else q.new_zeros(0, q.shape[1] * dv)
 
 

@@ -76,7 +76,7 @@ def compare(runs: List[dict], machine: str, calibration: Optional[str] = None):
     """(rows, calibration notes): per run, measured and predicted TPS/GPU of DWDP and DEP and the speedup,
     predicted with the default efficiencies and, given `calibration`, with the measured ones; the link is
     calibrated from the link-bench row of each run's slice size (runs from before --slice-mib used 2 MiB)."""
-    rows, notes = [], {}
+    rows, notes, cals = [], {}, {}
     for run in runs:
         default = scenario_for(run, machine, Efficiency())
         c, m = run["config"], run["modes"]
@@ -89,7 +89,9 @@ def compare(runs: List[dict], machine: str, calibration: Optional[str] = None):
         row["slice_mib"] = float(c.get("slice_mib", 2.0))
         variants = [("default", default)]
         if calibration:
-            cal = load_calibration(calibration, row["slice_mib"])
+            if row["slice_mib"] not in cals:  # the files are read once per slice size
+                cals[row["slice_mib"]] = load_calibration(calibration, row["slice_mib"])
+            cal = cals[row["slice_mib"]]
             applied = apply_calibration(default.machine, default.model, Efficiency(), cal)
             notes.update({n: None for n in applied.notes})
             variants.append(("calibrated", scenario_for(run, machine, applied.efficiency, default.iterations)))
