@@ -7,7 +7,7 @@ import torch
 from mpi4py import MPI
 
 from tensorrt_llm_dwdp import DwdpConfig, DwdpHooks, MoeShape
-from tensorrt_llm_dwdp.moe import SoftmaxTopKRouting, moe_experts
+from tensorrt_llm_dwdp.moe import SoftmaxTopKRouting, expert_compute
 
 LAYERS, HIDDEN, INTER, EXPERTS = 4, 64, 32, 8
 g = torch.Generator().manual_seed(0)  # same weights on every rank
@@ -22,13 +22,13 @@ def load(layer, experts):  # called once per MoE layer with this rank's experts
 
 config = DwdpConfig(group_size=MPI.COMM_WORLD.size, num_experts=EXPERTS, weight_dtype="float32")
 with DwdpHooks.setup(config, MoeShape(LAYERS, HIDDEN, INTER, EXPERTS), load) as hooks:
-    dev = hooks.backend.device  # cuda:N with CUDA IPC shards, cpu with shared host memory
+    dev = hooks.backend.device  # cuda:N with CUDA VMM shards, cpu with shared host memory
     x = torch.randn(3 + MPI.COMM_WORLD.rank, HIDDEN, device=dev)
     route = SoftmaxTopKRouting(top_k=2)
     hooks.begin_step()
     for layer in range(LAYERS):
         r = route(x @ router[layer].to(dev).t())
-        x = x + moe_experts(x, r.topk_ids, r.topk_weights, hooks.layer_weights(layer))
+        x = x + expert_compute(x, r.topk_ids, r.topk_weights, hooks.layer_weights(layer))  # [E, ...] views
         hooks.layer_done(layer)
     hooks.end_step()
     m = hooks.metrics()[0]

@@ -158,13 +158,13 @@ class DwdpConfig:
                 f"set num_groups={groups} or leave it unset")
         return groups
 
-    def check_memory(self, required_bytes: int, free_bytes: int, where: str = "device") -> None:
+    def check_memory(self, required_bytes: int, free_bytes: int, where: str = "device", detail: str = "") -> None:
         """Raise if the shard plus prefetch slots cannot fit the free memory."""
         if required_bytes > free_bytes:
             raise DwdpConfigError(
                 "prefetch_depth", self.prefetch_depth,
-                f"the local shard and {self.prefetch_depth} prefetch slots need {_fmt_bytes(required_bytes)} "
-                f"but only {_fmt_bytes(free_bytes)} of {where} memory is free",
+                f"the local shard and {self.prefetch_depth} prefetch slots need {_fmt_bytes(required_bytes)}"
+                f"{f' ({detail})' if detail else ''} but only {_fmt_bytes(free_bytes)} of {where} memory is free",
                 "lower prefetch_depth, raise experts_per_rank only if memory allows, use a larger group_size, "
                 "or free memory (e.g. a smaller KV cache)")
 

@@ -20,21 +20,21 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from .bootstrap import DwdpGroup, PeerLostError
 from .config import DwdpConfig, DwdpConfigError
-from .layout import BlockLayout, ShardLayout, swiglu_expert_specs
-from .memory import get_backend
+from .layout import CompositeLayout, MemoryPlan, W13Order, memory_plan, runs, stacked_views, swiglu_expert_specs
+from .memory import SharedHandle, get_backend
 from .metrics import LayerMetrics, StepMetrics
-from .moe.experts import SplitExpertWeights, WeightSegment
-from .placement import fetch_plan, placement_from_config
+from .moe.weights import ExpertWeights
+from .placement import Placement, fetch_plan, placement_from_config
 from .prefetch.plan import build_layer_plan
 from .prefetch.prefetcher import Prefetcher
 
-# (MoE layer ordinal, expert ids) -> {"w13": [n, 2I, H], "w2": [n, H, I]}
+# (MoE layer ordinal, expert ids) -> {"w13": [n, 2I, H], "w2": [n, H, I], and for FP8 "w13_scale", "w2_scale"}
 WeightLoader = Callable[[int, Sequence[int]], Mapping[str, torch.Tensor]]
 
 
@@ -44,6 +44,8 @@ class MoeShape:
 
     layer_ids: the model's index of each MoE layer (e.g. 3..60 for DeepSeek-V3, whose first
     three layers are dense); defaults to 0..num_layers-1.
+    w13_order: the row order of w13 the host's kernels read (TensorRT-LLM's w3_w1 is UP_GATE); the shard
+    holds the loader's tensors as given.
     """
 
     num_layers: int
@@ -51,11 +53,12 @@ class MoeShape:
     intermediate_size: int
     num_experts: int
     layer_ids: Optional[Tuple[int, ...]] = None
+    w13_order: W13Order = W13Order.GATE_UP
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "intermediate_size", "num_experts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"MoeShape.{name}={getattr(self, name)} must be >= 1")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"MoeShape.{name}={getattr(self, name)!r} must be a positive integer")
         if self.layer_ids is not None:
             object.__setattr__(self, "layer_ids", tuple(int(i) for i in self.layer_ids))
             if len(self.layer_ids) != self.num_layers or len(set(self.layer_ids)) != self.num_layers:
@@ -66,14 +69,58 @@ class MoeShape:
         return self.layer_ids if self.layer_ids is not None else tuple(range(self.num_layers))
 
 
-class DwdpHooks:
-    """One rank's DWDP state: its shard, its peers' mapped shards, slots and prefetcher."""
+@dataclass(frozen=True)
+class RankExports:
+    """What a rank hands its group once at setup: its shard pieces' handles and a fingerprint of its options."""
 
-    def __init__(self, *, config, shape, group, placement, backend, local, peers, slots, prefetcher,
-                 engine, weights_by_slot, plans):
-        self.config, self.shape, self.group, self.placement = config, shape, group, placement
-        self.backend, self._local, self._peers, self._slots = backend, local, peers, slots
+    handles: Tuple[SharedHandle, ...]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class CompositePlan:
+    """Everything setup decides before touching memory; pure, so `plan_composite` can refuse early."""
+
+    placement: Placement
+    layout: CompositeLayout
+    memory: MemoryPlan
+    local: Tuple[int, ...]
+    missing: Tuple[int, ...]
+
+
+def plan_composite(config: DwdpConfig, shape: MoeShape, rank: int, granularity: int,
+                   duplicate_shard: bool = False) -> CompositePlan:
+    """Placement, composite layout and memory of group rank `rank`; raises DwdpConfigError on bad input."""
+    if shape.num_experts != config.num_experts:
+        raise DwdpConfigError("num_experts", config.num_experts,
+                              f"the model's MoE layers have {shape.num_experts} experts",
+                              f"set num_experts={shape.num_experts}")
+    try:
+        specs = swiglu_expert_specs(shape.hidden_size, shape.intermediate_size, config.weight_dtype)
+    except ValueError as e:
+        raise DwdpConfigError("weight_dtype", config.weight_dtype, str(e), "use bfloat16 expert weights for this model")
+    placement = placement_from_config(config)
+    bounds = set()
+    for r in range(placement.group_size):
+        for ids in (placement.local_experts(r), placement.missing_experts(r)):
+            for first, count in runs(ids):
+                bounds.update((first, first + count))
+    layout = CompositeLayout.build(specs, shape.num_experts, granularity, sorted(bounds))
+    local, missing = placement.local_experts(rank), placement.missing_experts(rank)
+    mem = memory_plan(layout, shape.num_layers, local, missing, config.prefetch_depth, duplicate_shard)
+    return CompositePlan(placement, layout, mem, local, missing)
+
+
+class DwdpHooks:
+    """One rank's DWDP state: its shard pieces, peers' mapped pieces, slot pieces, composite views, prefetcher."""
+
+    def __init__(self, *, config, shape, group, plan, backend, owned, prefetcher, engine, weights_by_slot, plans,
+                 replicated):
+        self.config, self.shape, self.group, self.plan = config, shape, group, plan
+        self.placement = plan.placement
+        self.backend, self._owned = backend, owned
         self.prefetcher, self.engine, self._weights, self._plans = prefetcher, engine, weights_by_slot, plans
+        self._replicated = replicated
         self._ordinal = {lid: i for i, lid in enumerate(shape.ids)}
         self._step = 0
         self._records: List = []
@@ -88,82 +135,78 @@ class DwdpHooks:
     def setup(cls, config: DwdpConfig, shape: MoeShape, load_weights: WeightLoader, comm=None,
               device: Optional[torch.device] = None, measure_waits: bool = True,
               setup_timeout_s: float = 300.0) -> "DwdpHooks":
-        """Validate, allocate and fill this rank's shard, exchange handles once, build the plans.
-
-        Collective over the world communicator `comm` (MPI.COMM_WORLD by default).
-        """
-        if shape.num_experts != config.num_experts:
-            raise DwdpConfigError("num_experts", config.num_experts,
-                                  f"the model's MoE layers have {shape.num_experts} experts",
-                                  f"set num_experts={shape.num_experts}")
-        if config.weight_dtype == "float8_e4m3fn" and (shape.hidden_size % 128 or shape.intermediate_size % 128):
-            raise DwdpConfigError("weight_dtype", config.weight_dtype,
-                                  f"FP8 block scales cover 128x128 blocks; hidden {shape.hidden_size} and "
-                                  f"intermediate {shape.intermediate_size} are not both multiples of 128",
-                                  "use bfloat16 expert weights for this model")
+        """Validate, allocate and fill this rank's shard, exchange handles once, map the composite views and
+        build the copy plans. Collective over the world communicator `comm` (MPI.COMM_WORLD by default)."""
+        if shape.num_experts != config.num_experts:  # before any rank starts talking
+            plan_composite(config, shape, 0, 1)
         group = DwdpGroup.create(config, comm)
-        local, peers, slots, engine = None, {}, [], None
+        owned = _Owned()
+        engine = None
         try:
-            placement = placement_from_config(config)
-            rank, g = group.rank, group.size
-            specs = swiglu_expert_specs(shape.hidden_size, shape.intermediate_size, config.weight_dtype)
-            layouts = [ShardLayout(BlockLayout(specs, len(placement.local_experts(r))), shape.num_layers)
-                       for r in range(g)]
-            missing = placement.missing_experts(rank)
-            slot_block = BlockLayout(specs, len(missing))
             backend = get_backend(config.memory_backend, device)
-            config.check_memory(layouts[rank].nbytes + config.prefetch_depth * slot_block.nbytes,
-                                backend.free_bytes(), where=str(backend.device))
-
-            fetches = [fetch_plan(placement, rank, layer) for layer in range(shape.num_layers)]
+            owned.backend = backend
+            plan = plan_composite(config, shape, group.rank, backend.granularity,
+                                  duplicate_shard=not backend.composes_exports)
+            config.check_memory(plan.memory.total, backend.free_bytes(), where=str(backend.device),
+                                detail=plan.memory.describe())
+            layout, local, missing = plan.layout, plan.local, plan.missing
+            g, L = group.size, shape.num_layers
+            locals_ = [plan.placement.local_experts(r) for r in range(g)]
+            fetches = [fetch_plan(plan.placement, group.rank, layer) for layer in range(L)]
             sources = sorted({p.source for f in fetches for p in f.pulls})
-            local = backend.allocate(layouts[rank].nbytes)
-            _fill_shard(local.tensor, layouts[rank], placement.local_experts(rank), load_weights, shape)
-            infos = group.allgather((local.handle, _fingerprint(config, shape)))
-            mine = infos[rank][1]
-            for r, (_, fp) in enumerate(infos):
-                if fp != mine:
+
+            pieces = layout.pieces(local)
+            owned.shard = [backend.allocate(p.nbytes) for _ in range(L) for p in pieces]
+            replicated = _fill_shard(owned.shard, pieces, layout, local, load_weights, shape, backend.device)
+            exports = group.allgather(RankExports(tuple(p.handle for p in owned.shard), _fingerprint(config, shape)))
+            for r, ex in enumerate(exports):
+                if ex.fingerprint != exports[group.rank].fingerprint:
                     raise DwdpConfigError("config", config, f"group rank {r} was started with a different DWDP "
                                           "config or model shape", "launch every rank with the same options")
             for r in sources:
-                backend.check_reachable(infos[r][0], r)
-                peers[r] = backend.open(infos[r][0])
+                for h in exports[r].handles:
+                    backend.check_reachable(h, r)
+                owned.peers[r] = [backend.open(h) for h in exports[r].handles]
+            _replicate(replicated, local, group)
             group.barrier(setup_timeout_s, "setup (handle exchange)")
-            local.after_peers_opened()
+            backend.exports_done()
+            for p in owned.shard:
+                p.after_peers_opened()
 
-            slots = [backend.empty(slot_block.nbytes) for _ in range(config.prefetch_depth)]
-            rows = [placement.index_in_rank(r) for r in range(g)]
-            plans = [build_layer_plan(fetches[layer], layer, layouts, rows, slot_block, config.slice_bytes)
-                     for layer in range(shape.num_layers)]
-            peer_tensors = {r: p.tensor for r, p in peers.items()}
+            slot_pieces = layout.pieces(missing) if missing else ()
+            owned.slots = [[backend.private(p.nbytes) for p in slot_pieces] for _ in range(config.prefetch_depth)]
+            regions, weights = {}, {}
+            for layer in range(L):
+                mine = [(p.offset, owned.shard[layer * len(pieces) + i]) for i, p in enumerate(pieces)]
+                for s in range(config.prefetch_depth):
+                    if s and not missing:  # nothing is pulled: every slot sees the same view
+                        regions[(layer, s)], weights[(layer, s)] = regions[(layer, 0)], weights[(layer, 0)]
+                        continue
+                    view = backend.compose(layout.nbytes, mine + [(p.offset, owned.slots[s][i])
+                                                                  for i, p in enumerate(slot_pieces)])
+                    owned.views.append(view)
+                    regions[(layer, s)] = view.tensor
+                    weights[(layer, s)] = ExpertWeights.from_tensors(
+                        dict(stacked_views(view.tensor, layout), **replicated[layer]), shape.w13_order)
+
+            plans = [build_layer_plan(fetches[layer], layer, layout, locals_, config.slice_bytes) for layer in range(L)]
+            peer_tensors = {r: [p.tensor for p in ps] for r, ps in owned.peers.items()}
             if backend.device.type == "cuda":
                 from .prefetch.engine_cuda import CudaCopyEngine
-                engine = CudaCopyEngine(slots, peer_tensors, plans, measure_waits=measure_waits,
-                                        issue_mode=config.pull_issue)
+                engine = CudaCopyEngine(config.prefetch_depth, regions, peer_tensors, plans, backend.device,
+                                        measure_waits=measure_waits, issue_mode=config.pull_issue)
             else:
                 from .prefetch.engine_cpu import CpuCopyEngine
-                engine = CpuCopyEngine(slots, peer_tensors)
+                engine = CpuCopyEngine(config.prefetch_depth, regions, peer_tensors)
         except BaseException:
             if engine is not None:
                 engine.close()
-            for p in peers.values():
-                p.close()
-            if local is not None:
-                local.close()
+            owned.close()
             group.free()
             raise
-
-        local_ids = placement.local_experts(rank)
-        weights = {}
-        for layer in range(shape.num_layers):
-            local_seg = WeightSegment(local_ids, layouts[rank].block.views(local.tensor, layouts[rank].layer_offset(layer)))
-            for s, slot in enumerate(slots):
-                segs = (local_seg, WeightSegment(missing, slot_block.views(slot))) if missing else (local_seg,)
-                weights[(layer, s)] = SplitExpertWeights(shape.num_experts, segs)
         prefetcher = Prefetcher(engine, plans, config.prefetch_depth)
-        return cls(config=config, shape=shape, group=group, placement=placement, backend=backend, local=local,
-                   peers=peers, slots=slots, prefetcher=prefetcher, engine=engine, weights_by_slot=weights,
-                   plans=plans)
+        return cls(config=config, shape=shape, group=group, plan=plan, backend=backend, owned=owned,
+                   prefetcher=prefetcher, engine=engine, weights_by_slot=weights, plans=plans, replicated=replicated)
 
     # ---- per step (never collective) -------------------------------------------------------
 
@@ -172,8 +215,9 @@ class DwdpHooks:
         self.prefetcher.begin_step()
         self._records = []
 
-    def layer_weights(self, layer_idx: int) -> SplitExpertWeights:
-        """Weights of MoE layer `layer_idx` (the model's layer index); waits for its pull only."""
+    def layer_weights(self, layer_idx: int) -> ExpertWeights:
+        """Experts of MoE layer `layer_idx` (the model's layer index) as composite [E, ...] tensors, valid until
+        layer_done(layer_idx); work queued on the current stream after this call sees the layer's pull."""
         layer = self._layer(layer_idx)
         got = self.prefetcher.acquire(layer)
         self._records.append((self.shape.ids[layer], got.wait, self._plans[layer].nbytes if got.fresh else 0))
@@ -182,6 +226,11 @@ class DwdpHooks:
     def layer_done(self, layer_idx: int) -> None:
         """Layer's MoE has been issued on the current stream; its slot may be refilled after it."""
         self.prefetcher.release(self._layer(layer_idx))
+
+    def abort_step(self) -> None:
+        """After a step failed part-way (an exception in the forward): close it, so the next begin_step works."""
+        self.prefetcher.abort_step()
+        self._records = []
 
     def end_step(self) -> None:
         self.prefetcher.end_step()
@@ -209,20 +258,19 @@ class DwdpHooks:
         return self.placement.local_experts(self.group.rank)
 
     def close(self, timeout_s: float = 120.0) -> None:
-        """Collective: drain pulls, unmap peers, wait for every peer to unmap ours, free it."""
+        """Collective: drain pulls, unmap peers and views, wait for every peer to unmap ours, free it."""
         if self._closed:
             return
         self._closed = True
         self.engine.synchronize()
         self.engine.close()
-        for p in self._peers.values():
-            p.close()
         self._weights.clear()
-        self._slots.clear()
+        self._replicated.clear()
+        self._owned.close_mappings()
         try:
             self.group.barrier(timeout_s, "shutdown")
         finally:
-            self._local.close()
+            self._owned.close()
             self.group.free()
 
     def __enter__(self):
@@ -238,24 +286,84 @@ class DwdpHooks:
                 pass
 
 
+class _Owned:
+    """What setup allocated or mapped, so a failure at any point, or close(), frees exactly that."""
+
+    def __init__(self):
+        self.backend, self.shard, self.peers, self.slots, self.views = None, [], {}, [], []
+
+    def close_mappings(self) -> None:
+        for v in self.views:
+            v.close()
+        self.views = []
+        for ps in self.peers.values():
+            for p in ps:
+                p.close()
+        self.peers = {}
+        for slot in self.slots:
+            for p in slot:
+                p.close()
+        self.slots = []
+
+    def close(self) -> None:
+        self.close_mappings()
+        for p in self.shard:
+            p.close()
+        self.shard = []
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
 def _fingerprint(config: DwdpConfig, shape: MoeShape) -> str:
     return hashlib.sha1(repr((config, shape)).encode()).hexdigest()
 
 
-def _fill_shard(buf: torch.Tensor, layout: ShardLayout, experts: Sequence[int], load: WeightLoader,
-                shape: MoeShape) -> None:
-    for layer in range(layout.num_layers):
-        views = layout.block.views(buf, layout.layer_offset(layer))
-        if not experts:
+def _fill_shard(shard, pieces, layout: CompositeLayout, local: Sequence[int], load: WeightLoader, shape: MoeShape,
+                device) -> List[Dict[str, torch.Tensor]]:
+    """Copy this rank's experts into its pieces; returns per layer the replicated tensors [E, ...] with the
+    local experts' rows filled (the rest come from their owners in _replicate)."""
+    row = {e: i for i, e in enumerate(local)}
+    replicated = []
+    for layer in range(shape.num_layers):
+        rep = {s.name: torch.zeros((shape.num_experts, *s.shape), dtype=getattr(torch, s.dtype), device=device)
+               for s in layout.specs.replicated}
+        replicated.append(rep)
+        if not local:
             continue
-        tensors = load(layer, list(experts))
-        for name, dst in views.items():
-            src = tensors.get(name) if isinstance(tensors, Mapping) else None
-            if src is None or tuple(src.shape) != tuple(dst.shape):
+        tensors = load(layer, list(local))
+        for spec in layout.specs.all:
+            src = tensors.get(spec.name) if isinstance(tensors, Mapping) else None
+            want = (len(local), *spec.shape)
+            if src is None or tuple(src.shape) != want:
                 got = None if src is None else tuple(src.shape)
                 raise DwdpConfigError(
                     "model", f"MoE layer {shape.ids[layer]}",
-                    f"weight {name!r} of experts {list(experts)[:4]}... has shape {got}, the shard expects "
-                    f"{tuple(dst.shape)} (hidden {shape.hidden_size}, intermediate {shape.intermediate_size})",
-                    "pass the MoE shape of the model being loaded")
-            dst.copy_(src)
+                    f"weight {spec.name!r} of experts {list(local)[:4]}... has shape {got}, the shard expects {want} "
+                    f"(hidden {shape.hidden_size}, intermediate {shape.intermediate_size}, {spec.dtype})",
+                    "pass the MoE shape and weight dtype of the model being loaded")
+            if spec.name in rep:
+                rep[spec.name][list(local)] = src.to(device=device, dtype=rep[spec.name].dtype)
+        for i, p in enumerate(pieces):
+            dst = piece_view(shard[layer * len(pieces) + i].tensor, layout, p)
+            dst.copy_(tensors[p.tensor][row[p.first]: row[p.first] + p.count].to(device=dst.device, dtype=dst.dtype))
+    return replicated
+
+
+def piece_view(buf: torch.Tensor, layout: CompositeLayout, piece) -> torch.Tensor:
+    """[count, *shape] view of a piece's experts in its own allocation `buf` (experts `stride` apart)."""
+    i = layout.index(piece.tensor)
+    one = CompositeLayout(type(layout.specs)((layout.specs.pooled[i],)), piece.count, layout.granularity,
+                          (layout.strides[i],), (0,), piece.nbytes)
+    return stacked_views(buf, one)[piece.tensor]
+
+
+def _replicate(replicated: List[Dict[str, torch.Tensor]], local: Sequence[int], group) -> None:
+    """Fill the other ranks' rows of the replicated tensors from their owners (collective, once at setup)."""
+    if not replicated or not replicated[0]:
+        return
+    mine = [{k: v[list(local)].cpu() for k, v in rep.items()} if local else {} for rep in replicated]
+    for ids, theirs in group.allgather((tuple(local), mine)):
+        for rep, t in zip(replicated, theirs):
+            for k, v in t.items():
+                rep[k][list(ids)] = v.to(rep[k].device)

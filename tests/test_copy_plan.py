@@ -5,71 +5,89 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tensorrt_llm_dwdp.layout import BlockLayout, ShardLayout, swiglu_expert_specs
-from tensorrt_llm_dwdp.placement import even_placement, fetch_plan, redundant_placement
+from tensorrt_llm_dwdp.layout import CompositeLayout, runs, stacked_views, swiglu_expert_specs
+from tensorrt_llm_dwdp.placement import Placement, even_placement, fetch_plan, redundant_placement
 from tensorrt_llm_dwdp.prefetch.plan import build_layer_plan
 
 
-def _setup(num_experts, group_size, per_rank, layers, hidden, inter, dtype):
-    p = (redundant_placement(num_experts, group_size, per_rank) if per_rank
-         else even_placement(num_experts, group_size))
+def _layout(p: Placement, hidden, inter, dtype, gran=4096):
     specs = swiglu_expert_specs(hidden, inter, dtype)
-    layouts = [ShardLayout(BlockLayout(specs, len(p.local_experts(r))), layers) for r in range(group_size)]
-    return p, specs, layouts
+    bounds = {b for r in range(p.group_size) for ids in (p.local_experts(r), p.missing_experts(r))
+              for f, n in runs(ids) for b in (f, f + n)}
+    return CompositeLayout.build(specs, p.num_experts, gran, sorted(bounds))
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(2, 24), st.integers(2, 6), st.integers(1, 3), st.sampled_from([4096, 8192, 65536]),
        st.sampled_from(["float32", "bfloat16", "float8_e4m3fn"]), st.data())
 def test_plan_copies_exactly_the_missing_experts(num_experts, group_size, layers, slice_bytes, dtype, data):
+    """Simulate the copies byte by byte, from owners' shard pieces into a poisoned region, and compare each
+    missing expert with the truth; every boundary of every rank must fall on the granularity."""
     redundant = data.draw(st.booleans())
     per_rank = data.draw(st.integers(-(-num_experts // group_size), num_experts)) if redundant else None
-    fp8 = dtype == "float8_e4m3fn"  # block scales ride along: sizes in 128 blocks
+    p = redundant_placement(num_experts, group_size, per_rank) if redundant else even_placement(num_experts, group_size)
+    fp8 = dtype == "float8_e4m3fn"
     hidden, inter = data.draw(st.sampled_from([(128, 128), (256, 128)] if fp8 else [(64, 32), (48, 40), (128, 96)]))
-    p, specs, layouts = _setup(num_experts, group_size, per_rank, layers, hidden, inter, dtype)
+    layout = _layout(p, hidden, inter, dtype)
     rank, layer = data.draw(st.integers(0, group_size - 1)), data.draw(st.integers(0, layers - 1))
+    for r in range(group_size):
+        for piece in layout.pieces(p.local_experts(r)) + layout.pieces(p.missing_experts(r)):
+            assert piece.offset % layout.granularity == 0 and piece.nbytes % layout.granularity == 0
+    locals_ = [p.local_experts(r) for r in range(group_size)]
     fp = fetch_plan(p, rank, layer)
-    slot_block = BlockLayout(specs, len(fp.pulls))
-    rows = [p.index_in_rank(r) for r in range(group_size)]
-    plan = build_layer_plan(fp, layer, layouts, rows, slot_block, slice_bytes)
+    plan = build_layer_plan(fp, layer, layout, locals_, slice_bytes)
 
-    # Fill each peer's shard with a code for (layer, expert, tensor, element); run the slices.
     g = torch.Generator().manual_seed(num_experts * 7919 + group_size)
     truth = {}  # (layer, expert, name) -> tensor
-    shards = []
+    shards = []  # per rank: its pieces, layer-major as the hooks allocate them
     for r in range(group_size):
-        buf = torch.zeros(layouts[r].nbytes, dtype=torch.uint8)
+        pieces = []
         for lyr in range(layers):
-            views = layouts[r].block.views(buf, layouts[r].layer_offset(lyr))
-            for row, e in enumerate(p.local_experts(r)):
-                for s in specs:
-                    key = (lyr, e, s.name)
+            for piece in layout.pieces(locals_[r]):
+                buf = torch.zeros(piece.nbytes, dtype=torch.uint8)
+                spec = layout.specs.pooled[layout.index(piece.tensor)]
+                stride = layout.stride(piece.tensor)
+                for i in range(piece.count):
+                    key = (lyr, piece.first + i, piece.tensor)
                     if key not in truth:
-                        truth[key] = torch.randn(*s.shape, generator=g).to(views[s.name].dtype)
-                    views[s.name][row] = truth[key]
-        shards.append(buf)
-    slot = torch.full((slot_block.nbytes,), 0xAB, dtype=torch.uint8)  # poisoned
-    written = torch.zeros(slot_block.nbytes, dtype=torch.int32)
+                        truth[key] = torch.randn(*spec.shape, generator=g).to(getattr(torch, spec.dtype))
+                    buf[i * stride: i * stride + spec.nbytes] = truth[key].view(torch.uint8).reshape(-1)
+                pieces.append(buf)
+        shards.append(pieces)
+    region = torch.full((layout.nbytes,), 0xAB, dtype=torch.uint8)  # poisoned
+    written = torch.zeros(layout.nbytes, dtype=torch.int32)
     for s in plan.slices:
         assert 0 < s.nbytes <= slice_bytes and s.source != rank
-        slot[s.dst_offset:s.dst_offset + s.nbytes] = shards[s.source][s.src_offset:s.src_offset + s.nbytes]
+        region[s.dst_offset:s.dst_offset + s.nbytes] = shards[s.source][s.piece][s.src_offset:s.src_offset + s.nbytes]
         written[s.dst_offset:s.dst_offset + s.nbytes] += 1
     assert int(written.max()) <= 1  # no byte written twice
-    assert plan.nbytes == len(fp.pulls) * sum(s.nbytes for s in specs)
-    views = slot_block.views(slot)
+    assert plan.nbytes == len(fp.pulls) * sum(layout.strides)
+    views = stacked_views(region, layout)
     for pull in fp.pulls:
-        for s in specs:
-            assert torch.equal(views[s.name][pull.slot_row].view(torch.uint8),
-                               truth[(layer, pull.expert, s.name)].view(torch.uint8))
+        for spec in layout.specs.pooled:
+            assert torch.equal(views[spec.name][pull.expert].view(torch.uint8),
+                               truth[(layer, pull.expert, spec.name)].view(torch.uint8))
+
+
+def test_stride_pads_only_where_boundaries_need_it():
+    """2 MiB granularity: DeepSeek-V3's experts (w13 28 x 2 MiB) need no padding; Qwen3-30B-A3B's w2 (1.5 x 2 MiB)
+    needs none with runs starting on even experts, and is padded to 2 MiB when a run starts on an odd one."""
+    gran = 2 << 20
+    ds = _layout(even_placement(256, 8), 7168, 2048, "bfloat16", gran)
+    assert ds.padding_bytes_per_expert == 0
+    qwen = _layout(even_placement(128, 4), 2048, 768, "bfloat16", gran)
+    assert qwen.padding_bytes_per_expert == 0
+    odd = _layout(Placement(128, (tuple(range(0, 65)), tuple(range(65, 128)))), 2048, 768, "bfloat16", gran)
+    assert odd.stride("w2") == 4 << 20 and odd.padding_bytes_per_expert == (4 << 20) - 2048 * 768 * 2
 
 
 def test_round_robin_interleaves_and_staggers():
-    p, specs, layouts = _setup(8, 4, None, 1, 64, 64, "float32")  # 2 experts per rank, 16 KiB per w13
-    rows = [p.index_in_rank(r) for r in range(4)]
+    p = even_placement(8, 4)  # 2 experts per rank, 16 KiB per w13
+    layout = _layout(p, 64, 64, "float32")
+    locals_ = [p.local_experts(r) for r in range(4)]
     firsts = []
     for rank in range(4):
-        fp = fetch_plan(p, rank, 0)
-        plan = build_layer_plan(fp, 0, layouts, rows, BlockLayout(specs, len(fp.pulls)), 4096)
+        plan = build_layer_plan(fetch_plan(p, rank, 0), 0, layout, locals_, 4096)
         order = [s.source for s in plan.slices]
         firsts.append(order[0])
         # consecutive slices come from different peers while more than one peer has slices left

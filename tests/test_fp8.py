@@ -1,14 +1,15 @@
-"""FP8 with DeepSeek-V3 block scales: 1x128 activation quantizers, the block-scaled split-weight grouped GEMM
-and the FP8 expert MLP, against float64 math written here (its own quantizer), on CPU and on Hopper."""
+"""FP8 with DeepSeek-V3 block scales: 1x128 activation quantizers, the block-scaled grouped GEMM on an [E, N, K]
+expert stack (padded like a composite view) and the FP8 expert MLP, against float64 math written here (its own
+quantizer), on CPU and on Hopper."""
 
 import pytest
 import torch
 
 from conftest import fresh_seed
 from tensorrt_llm_dwdp.layout import swiglu_expert_specs
-from tensorrt_llm_dwdp.moe import SplitExpertWeights, WeightSegment, ops
-from tensorrt_llm_dwdp.moe.experts import moe_experts
-from tensorrt_llm_dwdp.moe.grouped import can_run, grouped_moe_experts
+from tensorrt_llm_dwdp.layout import W13Order
+from tensorrt_llm_dwdp.moe import ExpertKernel, ExpertWeights, expert_compute, moe_experts, ops
+from tensorrt_llm_dwdp.moe.kernels import _grouped, check
 
 FP8 = torch.float8_e4m3fn
 
@@ -81,25 +82,30 @@ def test_quantize_rejects_partial_blocks():
         ops.quantize_fp8(torch.randn(4, 200).bfloat16())
 
 
+def _stack(q: torch.Tensor, pad: int) -> torch.Tensor:
+    """q [E, n, k] in a buffer whose experts lie `pad` bytes apart beyond their size (a composite view's stride)."""
+    e, n, k = q.shape
+    buf = torch.zeros(e * (n * k + pad), dtype=torch.uint8, device=q.device)
+    view = buf.view(FP8).as_strided(q.shape, (n * k + pad, k, 1))
+    view.copy_(q)
+    return view
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("counts,slots,rows", [([3], [3], [5, 0, 130]), ([2, 3], [4, 3], [1, 0, 77, 200, 3]),
-                                               ([0, 4], [2, 4], [0, 0, 0, 0])])
-def test_split_gemm_matches_float64(device, counts, slots, rows):
+@pytest.mark.parametrize("rows,pad", [([5, 0, 130], 0), ([1, 0, 77, 200, 3], 256), ([0, 0, 0, 0], 0)])
+def test_grouped_gemm_matches_float64(device, rows, pad):
     g = torch.Generator().manual_seed(fresh_seed())
     n, k = 256, 384
-    segs = [_weights(g, e, n, k) for e in slots]
+    q, s, d = _weights(g, len(rows), n, k)
     m = sum(rows)
     a_deq, a_s = quant64(torch.randn(m + 2, k, generator=g) * 2)
     a_q = (a_deq / a_s.repeat_interleave(128, 1)).to(FP8)
     ends = torch.tensor(rows, dtype=torch.int64).cumsum(0)
-    out = ops.split_grouped_gemm_fp8(a_q.to(device), a_s.float().to(device), ends.to(device),
-                                     [q[:c].to(device) for (q, _, _), c in zip(segs, counts)],
-                                     [s[:c].to(device) for (_, s, _), c in zip(segs, counts)], n)
-    out = out.cpu()
+    out = ops.grouped_gemm_fp8(a_q.to(device), a_s.float().to(device), ends.to(device), _stack(q.to(device), pad),
+                               s.to(device)).cpu()
     assert out.dtype == torch.bfloat16 and out.shape == (m + 2, n)
-    experts = [d[i] for (_, _, d), c in zip(segs, counts) for i in range(c)]
     want, r0 = [], 0
-    for w, r in zip(experts, rows):
+    for w, r in zip(d, rows):
         want.append(a_deq[r0:r0 + r] @ w.T)
         r0 += r
     want = torch.cat(want)
@@ -107,17 +113,13 @@ def test_split_gemm_matches_float64(device, counts, slots, rows):
         assert (out[:m].double() - want).norm() / want.norm() < 5e-3  # bf16 rounding of fp32 sums
 
 
-def _fp8_layer(device, g, E=10, H=256, I=128, parts=(3,)):
+def _fp8_layer(device, g, E=10, H=256, I=128, order=W13Order.GATE_UP):
     w13, s13, d13 = _weights(g, E, 2 * I, H)
     w2, s2, d2 = _weights(g, E, H, I)
-    perm = torch.randperm(E, generator=g).tolist()
-    cuts = [0, *parts, E]
-    segs = []
-    for lo, hi in zip(cuts, cuts[1:]):
-        idx = perm[lo:hi]
-        segs.append(WeightSegment(tuple(idx), {"w13": w13[idx].to(device), "w2": w2[idx].to(device),
-                                               "w13_scale": s13[idx].to(device), "w2_scale": s2[idx].to(device)}))
-    return SplitExpertWeights(E, tuple(segs)), d13, d2
+    if order is W13Order.UP_GATE:  # store up rows first, scales likewise; the reference keeps gate first
+        w13, s13 = torch.cat(w13.chunk(2, 1)[::-1], 1), torch.cat(s13.chunk(2, 1)[::-1], 1)
+    weights = ExpertWeights(_stack(w13.to(device), 256), _stack(w2.to(device), 0), s13.to(device), s2.to(device), order)
+    return weights, d13, d2
 
 
 def _reference(x, ids, wts, d13, d2):
@@ -133,38 +135,43 @@ def _reference(x, ids, wts, d13, d2):
     return out
 
 
+def _fp8_mlp(x, ids, wts, weights):
+    """The FP8 kernel's data path: CUTLASS on Hopper; on CPU the same steps on the ops' plain-torch bodies."""
+    if x.is_cuda:
+        return expert_compute(x, ids, wts, weights, kernel=ExpertKernel.CUTLASS_FP8)
+    return _grouped(x, ids, wts, weights, ExpertKernel.CUTLASS_FP8, 0)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("num_tokens,parts", [(1, (3,)), (29, (0, 4)), (130, (2, 7))])
-def test_fp8_experts_match_float64(device, num_tokens, parts):
+@pytest.mark.parametrize("num_tokens", [1, 29, 130])
+@pytest.mark.parametrize("order", list(W13Order))
+def test_fp8_experts_match_float64(device, num_tokens, order):
     g = torch.Generator().manual_seed(fresh_seed())
-    weights, d13, d2 = _fp8_layer(device, g, parts=parts)
+    weights, d13, d2 = _fp8_layer(device, g, order=order)
     x = torch.randn(num_tokens, 256, generator=g).bfloat16()
     ids = torch.stack([torch.randperm(5, generator=g)[:4] * 2 for _ in range(num_tokens)])  # odd experts idle
     wts = torch.rand(num_tokens, 4, generator=g)
-    assert can_run(x.to(device), weights) == (True, "")
-    out = grouped_moe_experts(x.to(device), ids.to(device), wts.to(device), weights).cpu()
+    out = _fp8_mlp(x.to(device), ids.to(device), wts.to(device), weights).cpu()
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     want = _reference(x, ids, wts, d13, d2)
-    # an h element that rounds to the other bf16 neighbour can move its act value by one e4m3 step (1/8)
-    assert (out.double() - want).norm() / want.norm() < 2e-2
+    # an h element that rounds to the other bf16 neighbour moves its act value by one e4m3 step (1/8): in one
+    # token's 128-wide row that can reach a few percent of the norm, across many tokens it averages out
+    assert (out.double() - want).norm() / want.norm() < (6e-2 if num_tokens == 1 else 2e-2)
     # the plain reference path (dequantized weights, unquantized activations) agrees to FP8 precision
-    plain = moe_experts(x.double(), ids, wts, SplitExpertWeights(10, tuple(
-        WeightSegment(s.expert_ids, {k: v.cpu() for k, v in s.tensors.items()}) for s in weights.segments)))
-    assert (plain - want).norm() / want.norm() < 6e-2
+    cpu = ExpertWeights(*(t.cpu() if t is not None else None for t in (weights.w13, weights.w2, weights.w13_scale,
+                                                                       weights.w2_scale)), order)
+    assert (moe_experts(x.double(), ids, wts, cpu) - want).norm() / want.norm() < 6e-2
 
 
-def test_can_run_names_missing_scales():
+def test_fp8_kernel_names_missing_scales():
     g = torch.Generator().manual_seed(fresh_seed())
     weights, _, _ = _fp8_layer("cpu", g)
-    seg = weights.segments[0]
-    bare = SplitExpertWeights(10, (WeightSegment(seg.expert_ids, {"w13": seg.tensors["w13"], "w2": seg.tensors["w2"]}),
-                                   *weights.segments[1:]))
-    ok, why = can_run(torch.zeros(1, 256, dtype=torch.bfloat16), bare)
-    assert not ok and "w13_scale" in why
+    bare = ExpertWeights(weights.w13, weights.w2)
+    assert "w13_scale" in check(ExpertKernel.CUTLASS_FP8, torch.zeros(1, 256, dtype=torch.bfloat16), bare)
 
 
 def test_layout_carries_block_scales():
-    specs = {s.name: s for s in swiglu_expert_specs(7168, 2048, "float8_e4m3fn")}
+    specs = {s.name: s for s in swiglu_expert_specs(7168, 2048, "float8_e4m3fn").all}
     assert specs["w13"].shape == (4096, 7168) and specs["w13_scale"].shape == (32, 56)
     assert specs["w2_scale"].shape == (56, 16) and specs["w2_scale"].dtype == "float32"
     with pytest.raises(ValueError, match="multiples of 128"):
@@ -177,28 +184,28 @@ def test_fp8_kernel_leaves_poisoned_rows_and_replays_in_graph():
     """Raw kernel: rows past the last group keep their NaN poison; a captured launch follows new row ends."""
     from tensorrt_llm_dwdp import _C
     g = torch.Generator().manual_seed(fresh_seed())
-    n, k, counts = 256, 512, [2, 3]
-    segs = [_weights(g, e, n, k) for e in (2, 5)]
+    n, k = 256, 512
+    q, s, deq = _weights(g, 5, n, k)
+    w = _stack(q.cuda(), 512)
+    s = s.cuda()
     a_deq, a_s = quant64(torch.randn(400, k, generator=g))
     a_q, a_s = (a_deq / a_s.repeat_interleave(128, 1)).to(FP8).cuda(), a_s.float().cuda()
     d = torch.full((400, n), float("nan"), dtype=torch.bfloat16, device="cuda")
     ends = torch.tensor([7, 0, 93, 1, 289], device="cuda").cumsum(0)  # 390 of 400 rows
     ws_bytes = _C.grouped_gemm_workspace_size(5, True)
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device="cuda")
-    ptrs, sptrs = [q.cuda() for q, _, _ in segs], [s.cuda() for _, s, _ in segs]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
 
-    def launch(tile):
-        _C.grouped_gemm_fp8(a_q.data_ptr(), a_s.data_ptr(), ends.data_ptr(), [p.data_ptr() for p in ptrs],
-                            [p.data_ptr() for p in sptrs], counts, d.data_ptr(), 400, n, k, tile, ws.data_ptr(),
-                            ws_bytes, stream.cuda_stream)
+    def launch(tile, cols=n):
+        _C.grouped_gemm_fp8(a_q.data_ptr(), a_s.data_ptr(), ends.data_ptr(), 5, w.data_ptr(), w.stride(0),
+                            s.data_ptr(), s.stride(0), d.data_ptr(), 400, cols, k, tile, ws.data_ptr(), ws_bytes,
+                            stream.cuda_stream)
 
-    def check(rows):
-        experts = [segs[0][2][0], segs[0][2][1], segs[1][2][0], segs[1][2][1], segs[1][2][2]]
+    def expect(rows):
         want, r0 = [], 0
-        for w, r in zip(experts, rows):
-            want.append(a_deq[r0:r0 + r] @ w.T)
+        for e, r in zip(deq, rows):
+            want.append(a_deq[r0:r0 + r] @ e.T)
             r0 += r
         want = torch.cat(want)
         got = d[:r0].double().cpu()
@@ -210,7 +217,7 @@ def test_fp8_kernel_leaves_poisoned_rows_and_replays_in_graph():
         with torch.cuda.stream(stream):
             launch(tile)
         stream.synchronize()
-        check([7, 0, 93, 1, 289])
+        expect([7, 0, 93, 1, 289])
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
         launch(0)
@@ -218,49 +225,49 @@ def test_fp8_kernel_leaves_poisoned_rows_and_replays_in_graph():
     d.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()
-    check([0, 200, 1, 33, 150])
+    expect([0, 200, 1, 33, 150])
     with pytest.raises(RuntimeError):  # n not a multiple of the 128-column scale block
-        _C.grouped_gemm_fp8(a_q.data_ptr(), a_s.data_ptr(), ends.data_ptr(), [p.data_ptr() for p in ptrs],
-                            [p.data_ptr() for p in sptrs], counts, d.data_ptr(), 400, 192, k, 0, ws.data_ptr(),
-                            ws_bytes, 0)
+        launch(0, cols=192)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif("not _hopper_fp8()", reason="FP8 kernels not built or not a Hopper GPU")
 def test_fp8_experts_in_cuda_graph_and_compile_match_eager():
     g = torch.Generator().manual_seed(fresh_seed())
-    weights, _, _ = _fp8_layer("cuda", g, parts=(4,))
+    weights, _, _ = _fp8_layer("cuda", g)
     x = torch.randn(64, 256, generator=g).bfloat16().cuda()
     ids = torch.stack([torch.randperm(10, generator=g)[:4] for _ in range(64)]).cuda()
     wts = torch.rand(64, 4, generator=g).cuda()
-    eager = grouped_moe_experts(x, ids, wts, weights)
-    compiled = torch.compile(lambda a, b, c: grouped_moe_experts(a, b, c, weights), fullgraph=True)(x, ids, wts)
-    assert torch.equal(compiled, eager)
+    run = lambda a, b, c: expert_compute(a, b, c, weights, kernel=ExpertKernel.CUTLASS_FP8)  # noqa: E731
+    eager = run(x, ids, wts)
+    assert torch.equal(torch.compile(run, fullgraph=True)(x, ids, wts), eager)
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        grouped_moe_experts(x, ids, wts, weights)
+        run(x, ids, wts)
     stream.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
-        out = grouped_moe_experts(x, ids, wts, weights)
+        out = run(x, ids, wts)
     ids.copy_(torch.stack([torch.randperm(10, generator=g)[:4] for _ in range(64)]).cuda())
     graph.replay()
     torch.cuda.synchronize()
-    assert torch.equal(out, grouped_moe_experts(x, ids, wts, weights))
+    assert torch.equal(out, run(x, ids, wts))
 
 
-def test_opcheck_fp8_and_grouped_ops_on_cpu():
+def test_opcheck_expert_ops_on_cpu():
     g = torch.Generator().manual_seed(fresh_seed())
     x = torch.randn(6, 256, generator=g).bfloat16()
     checks = ("test_faketensor",)  # test_schema's checker multiplies outputs, which e4m3 on CPU cannot
     torch.library.opcheck(ops.quantize_fp8, (x,), test_utils=checks)
-    torch.library.opcheck(ops.swiglu_quantize_fp8, (x,), test_utils=checks)
+    torch.library.opcheck(ops.swiglu_quantize_fp8, (x, True), test_utils=checks)
     q, s, _ = _weights(g, 2, 128, 256)
     xq, xs = ops.quantize_fp8(x)
     ends = torch.tensor([2, 6])
-    torch.library.opcheck(ops.split_grouped_gemm_fp8, (xq, xs, ends, [q[:1], q[1:]], [s[:1], s[1:]], 128),
-                          test_utils=checks)
+    torch.library.opcheck(ops.grouped_gemm_fp8, (xq, xs, ends, q, s), test_utils=checks)
     w = torch.randn(2, 64, 256, generator=g).bfloat16()
-    torch.library.opcheck(ops.split_grouped_gemm, (x, ends, [w[:1], w[1:]], 64),
-                          test_utils=("test_schema", "test_faketensor"))
+    full = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.grouped_gemm, (x, ends, w), test_utils=full)
+    torch.library.opcheck(ops.swiglu, (x, False), test_utils=full)
+    row = torch.tensor([3, -1, 0, 5, 2, 1, -1, 4, 5, 0, 1, 2])
+    torch.library.opcheck(ops.combine, (x, row, torch.rand(12, generator=g), 2), test_utils=full)

@@ -3,6 +3,7 @@
 import glob
 
 import pytest
+import torch
 
 from conftest import fresh_seed
 from tensorrt_llm_dwdp import DwdpConfig, DwdpConfigError, DwdpHooks, MoeShape
@@ -17,7 +18,7 @@ def _model(layers=3, experts=8, seed=None):
     return ToyMoeModel(layers, 32, 16, experts, 2, "softmax", 1, 1, "float32", fresh_seed() if seed is None else seed)
 
 
-def test_layer_ids_segments_and_metrics_on_one_rank():
+def test_layer_ids_composite_and_metrics_on_one_rank():
     m = _model()
     cfg = DwdpConfig(group_size=1, num_experts=8, weight_dtype="float32", memory_backend="cpu_shm")
     shape = MoeShape(3, 32, 16, 8, layer_ids=(3, 5, 7))
@@ -25,7 +26,9 @@ def test_layer_ids_segments_and_metrics_on_one_rank():
         hooks.begin_step()
         for lid in (3, 5, 7):
             w = hooks.layer_weights(lid)
-            assert len(w.segments) == 1 and w.segments[0].expert_ids == tuple(range(8))
+            layer = (3, 5, 7).index(lid)
+            assert w.w13.shape == (8, 32, 32) and w.w2.shape == (8, 32, 16) and w.w13_scale is None
+            assert torch.equal(w.w13, m.w13[layer]) and torch.equal(w.w2, m.w2[layer])  # bit for bit
             hooks.layer_done(lid)
         hooks.end_step()
         with pytest.raises(ValueError, match="not a DWDP MoE layer"):
@@ -85,9 +88,7 @@ def test_shm_names_are_unlinked_after_setup():
 def test_fp8_shard_carries_block_scales():
     """An FP8 shard holds each expert's e4m3 weights and its 128x128 block scales; the layer's experts
     computed from the shard equal those computed from the loader's tensors."""
-    import torch
-    from tensorrt_llm_dwdp.moe import SplitExpertWeights, WeightSegment, ops
-    from tensorrt_llm_dwdp.moe.grouped import grouped_moe_experts
+    from tensorrt_llm_dwdp.moe import ExpertWeights, expert_compute, ops
 
     g = torch.Generator().manual_seed(fresh_seed())
     E, H, I, layers = 4, 256, 128, 2
@@ -108,9 +109,10 @@ def test_fp8_shard_carries_block_scales():
         hooks.begin_step()
         for layer in range(layers):
             w = hooks.layer_weights(layer)
-            assert set(w.segments[0].tensors) == {"w13", "w2", "w13_scale", "w2_scale"}
-            direct = SplitExpertWeights(E, (WeightSegment(tuple(range(E)), truth[layer]),))
-            assert torch.equal(grouped_moe_experts(x, ids, wts, w), grouped_moe_experts(x, ids, wts, direct))
+            for name, t in truth[layer].items():
+                assert torch.equal(getattr(w, name).view(torch.uint8), t.view(torch.uint8)), name
+            direct = ExpertWeights.from_tensors(truth[layer])
+            assert torch.equal(expert_compute(x, ids, wts, w), expert_compute(x, ids, wts, direct))
             hooks.layer_done(layer)
         hooks.end_step()
     with pytest.raises(DwdpConfigError, match="multiples of 128"):

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from conftest import fresh_seed
-from tensorrt_llm_dwdp.moe import (DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, SplitExpertWeights,
-                                   WeightSegment, moe_experts)
+from tensorrt_llm_dwdp.moe import DeepSeekV3Routing, ExpertWeights, SharedExpert, SoftmaxTopKRouting, moe_experts
 from tensorrt_llm_dwdp.verify import reference as ref
 
 
@@ -49,39 +48,23 @@ def test_softmax_routing_matches_reference(renorm):
         assert set(got) == set(want) and all(got[e] == pytest.approx(want[e], rel=1e-5) for e in want)
 
 
-def _split(w13, w2, parts):
-    """Segments over disjoint, shuffled expert subsets, as copies (a shard and a slot)."""
-    segs = []
-    for ids in parts:
-        idx = torch.tensor(ids)
-        segs.append(WeightSegment(tuple(ids), {"w13": w13[idx].clone(), "w2": w2[idx].clone()}))
-    return SplitExpertWeights(w13.shape[0], tuple(segs))
-
-
 @pytest.mark.parametrize("num_tokens", [0, 1, 7, 64])
-def test_split_weights_match_all_local_reference(num_tokens):
+def test_reference_experts_match_float64_per_token(num_tokens):
+    """The plain path on [E, ...] tensors, with idle experts and "no expert" ids (E), against float64 math."""
     g = torch.Generator().manual_seed(fresh_seed())
     E, H, I, K = 12, 32, 24, 3
     w13, w2 = torch.randn(E, 2 * I, H, generator=g) / 6, torch.randn(E, H, I, generator=g) / 5
     sh = (torch.randn(2 * I, H, generator=g) / 6, torch.randn(H, I, generator=g) / 5)
     x = torch.randn(num_tokens, H, generator=g, dtype=torch.float64)
-    perm = torch.randperm(E, generator=g).tolist()
-    weights = _split(w13.double(), w2.double(), [perm[:3], perm[3:]])
-    # Only even experts are routed to, so odd ones get zero tokens.
+    # Only even experts are routed to, so odd ones get zero tokens; some slots name no expert (E).
     ids = torch.stack([torch.randperm(E // 2, generator=g)[:K] * 2 for _ in range(num_tokens)]) if num_tokens \
         else torch.zeros(0, K, dtype=torch.long)
+    if num_tokens:
+        ids[torch.rand(num_tokens, K, generator=g) < 0.3] = E
     wts = torch.rand(num_tokens, K, generator=g)
-    out = moe_experts(x, ids, wts, weights, SharedExpert(sh[0].double(), sh[1].double()))
+    out = moe_experts(x, ids, wts, ExpertWeights(w13.double(), w2.double()), SharedExpert(sh[0].double(), sh[1].double()))
     assert out.shape == (num_tokens, H)
     for t in range(num_tokens):
-        choices = list(zip(ids[t].tolist(), wts[t].double().tolist()))
+        choices = [(e, w) for e, w in zip(ids[t].tolist(), wts[t].double().tolist()) if e < E]
         want = ref.moe_token_f64(x[t], choices, w13.double(), w2.double(), (sh[0].double(), sh[1].double()))
         assert torch.allclose(out[t], want, rtol=1e-10, atol=1e-12)
-
-
-def test_split_weights_reject_duplicates_and_gaps():
-    w = torch.zeros(4, 2, 2)
-    with pytest.raises(ValueError, match="two segments"):
-        SplitExpertWeights(4, (WeightSegment((0, 1), {"w13": w[:2]}), WeightSegment((1, 2, 3), {"w13": w[:3]})))
-    with pytest.raises(ValueError, match="3 of 4"):
-        SplitExpertWeights(4, (WeightSegment((0, 1, 2), {"w13": w[:3]}),))

@@ -24,6 +24,9 @@ class RecordingEngine:
     def record_compute_done(self, slot):
         self.log.append(("done", slot))
 
+    def synchronize(self):
+        self.log.append(("sync",))
+
 
 def _plans(n):
     return [LayerCopyPlan(layer, ()) for layer in range(n)]
@@ -80,19 +83,41 @@ def test_out_of_order_calls_are_rejected():
         p.begin_step()
 
 
+@pytest.mark.parametrize("fail_at", [0, 1, 2])
+def test_abort_step_leaves_a_usable_ring(fail_at):
+    """A step that fails after acquiring layer `fail_at` (never released) is aborted; the next step runs every
+    layer in order and every pull lands in a slot no unfinished compute still reads."""
+    eng = RecordingEngine()
+    p = Prefetcher(eng, _plans(3), 2)
+    p.begin_step()
+    for layer in range(fail_at):
+        p.acquire(layer)
+        p.release(layer)
+    failed_slot = p.acquire(fail_at).slot
+    p.abort_step()
+    assert eng.log[-2:] == [("done", failed_slot), ("sync",)]  # its compute is over before anything refills it
+    for _ in range(2):
+        p.begin_step()
+        for layer in range(3):
+            p.acquire(layer)
+            p.release(layer)
+        p.end_step()
+
+
 def test_cpu_engine_fills_slots_and_waits_for_compute():
     g = torch.Generator().manual_seed(1)
-    peers = {1: torch.randint(0, 255, (4096,), dtype=torch.uint8, generator=g)}
+    peer = torch.randint(0, 255, (4096,), dtype=torch.uint8, generator=g)
+    peers = {1: [peer[:2048], peer[2048:]]}  # two shard pieces of peer 1
     slots = [torch.zeros(1024, dtype=torch.uint8) for _ in range(2)]
-    plans = [LayerCopyPlan(layer, (CopySlice(1, layer * 1024, 0, 1024),)) for layer in range(4)]
-    eng = CpuCopyEngine(slots, peers)
+    plans = [LayerCopyPlan(layer, (CopySlice(1, layer // 2, (layer % 2) * 1024, 0, 1024),)) for layer in range(4)]
+    eng = CpuCopyEngine(2, {(layer, s): slots[s] for layer in range(4) for s in range(2)}, peers)
     p = Prefetcher(eng, plans, 2)
     try:
         for _ in range(2):
             p.begin_step()
             for layer in range(4):
                 slot = p.acquire(layer).slot
-                assert torch.equal(slots[slot], peers[1][layer * 1024:(layer + 1) * 1024])
+                assert torch.equal(slots[slot], peer[layer * 1024:(layer + 1) * 1024])
                 p.release(layer)
             p.end_step()
         # A pull into a slot whose compute is not done must not start.
@@ -104,15 +129,15 @@ def test_cpu_engine_fills_slots_and_waits_for_compute():
         assert not eng.fetch_done[0].is_set() and int(slots[0].sum()) == 0
         threading.Timer(0.02, eng.record_compute_done, args=(0,)).start()
         assert eng.wait_fetch(0) > 0.0
-        assert torch.equal(slots[0], peers[1][3072:4096])
+        assert torch.equal(slots[0], peer[3072:4096])
     finally:
         eng.close()
 
 
 def test_cpu_engine_reports_copy_failures():
-    eng = CpuCopyEngine([torch.zeros(8, dtype=torch.uint8)], {})
+    eng = CpuCopyEngine(1, {(0, 0): torch.zeros(8, dtype=torch.uint8)}, {})
     try:
-        eng.issue(LayerCopyPlan(0, (CopySlice(5, 0, 0, 8),)), 0)  # peer 5 was never mapped
+        eng.issue(LayerCopyPlan(0, (CopySlice(5, 0, 0, 0, 8),)), 0)  # peer 5 was never mapped
         with pytest.raises(RuntimeError, match="copy thread failed"):
             eng.wait_fetch(0)
     finally:

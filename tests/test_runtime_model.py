@@ -64,7 +64,8 @@ def test_lazy_experts_are_the_full_builds_rows_and_the_rest_is_equal(cfg):
     for fb, lb in zip(full.moe_blocks(), lazy.moe_blocks()):
         assert lb.w13.numel() == 0 and lb.w2.numel() == 0  # never made whole
         pick = torch.randperm(cfg.num_experts, generator=g)[:3].tolist()
-        w13, w2 = lb.expert_weights(pick)
+        t = lb.expert_tensors(pick)
+        w13, w2 = t["w13"], t["w2"]
         assert torch.equal(w13, fb.w13.detach()[pick]) and torch.equal(w2, fb.w2.detach()[pick])
         assert w13.std() > 0.5 / cfg.hidden ** 0.5  # real draws, not zeros
     with pytest.raises(RuntimeError, match="apply_dwdp or apply_dep"):

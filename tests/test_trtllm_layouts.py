@@ -8,7 +8,7 @@ from conftest import fresh_seed
 from tensorrt_llm_dwdp.integrations.trtllm.layouts import (checkpoint_to_shard, from_shard, module_weight_loader,
                                                            to_shard)
 from tensorrt_llm_dwdp.layout import swiglu_expert_specs
-from tensorrt_llm_dwdp.moe.experts import SplitExpertWeights, WeightSegment, moe_experts
+from tensorrt_llm_dwdp.moe import ExpertWeights, moe_experts
 
 SHAPES = [(3, 16, 8), (2, 256, 128), (1, 24, 40)]
 
@@ -108,7 +108,7 @@ def test_converted_weights_compute_what_tensorrt_llm_computes():
             up, gate = (w3_w1[ids[r, j]].double() @ x[r].double()).chunk(2)  # fc1 output: w3 half first
             want[r] += p[r, j].double() * (w2[ids[r, j]].double() @ (F.silu(gate) * up))
     shard = to_shard("w3_w1", w3_w1, w2)
-    got = moe_experts(x, ids, p, SplitExpertWeights(n, (WeightSegment(tuple(range(n)), shard),)))
+    got = moe_experts(x, ids, p, ExpertWeights.from_tensors(shard))
     assert (got.double() - want).norm() / want.norm() < 1e-5
 
 

@@ -69,16 +69,22 @@ PYBIND11_MODULE(_C, m) {
       "out[dest[i]] = x[src[i]] (raw device pointers, bf16 rows of `hidden`)");
   m.def(
       "combine_bf16",
-      [](const std::vector<uintptr_t>& seg_out, uintptr_t segment, uintptr_t row, uintptr_t weight, int64_t tokens,
-         int64_t k_top, int64_t hidden, uintptr_t out, uintptr_t stream) {
-        std::vector<const void*> tmp;
-        for (uintptr_t p : seg_out) tmp.push_back(reinterpret_cast<const void*>(p));
-        check(dwdp::combine_bf16(tmp.data(), static_cast<int>(tmp.size()), reinterpret_cast<const int64_t*>(segment),
-                                 reinterpret_cast<const int64_t*>(row), reinterpret_cast<const float*>(weight), tokens,
-                                 k_top, hidden, reinterpret_cast<void*>(out), reinterpret_cast<cudaStream_t>(stream)),
+      [](uintptr_t y, uintptr_t row, uintptr_t weight, int64_t tokens, int64_t k_top, int64_t hidden, uintptr_t out,
+         uintptr_t stream) {
+        check(dwdp::combine_bf16(reinterpret_cast<const void*>(y), reinterpret_cast<const int64_t*>(row),
+                                 reinterpret_cast<const float*>(weight), tokens, k_top, hidden,
+                                 reinterpret_cast<void*>(out), reinterpret_cast<cudaStream_t>(stream)),
               "combine_bf16");
       },
-      "weighted top-k sum of rows gathered from per-segment expert outputs (raw device pointers)");
+      "weighted top-k sum of expert output rows, row < 0 skipped (raw device pointers)");
+  m.def(
+      "swiglu_bf16",
+      [](uintptr_t h, uintptr_t act, int64_t rows, int64_t inter, bool up_first, uintptr_t stream) {
+        check(dwdp::swiglu_bf16(reinterpret_cast<const void*>(h), reinterpret_cast<void*>(act), rows, inter, up_first,
+                                reinterpret_cast<cudaStream_t>(stream)),
+              "swiglu_bf16");
+      },
+      "act [m, inter] = silu(gate) * up from h [m, 2*inter] (raw device pointers, bf16)");
   register_grouped_gemm(m);
   m.def("cuda_runtime_version", [] {
     int v = 0;

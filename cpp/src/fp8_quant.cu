@@ -43,15 +43,16 @@ __global__ void quantize_rows_kernel(const __nv_bfloat16* __restrict__ x, uint32
   }
 }
 
-// Block (r, b) of act = silu(h[:, :inter]) * h[:, inter:], h [m, 2*inter] -> q [m, inter], scales [m, inter/128].
+// Block (r, b) of act = silu(gate) * up, h [m, 2*inter] (gate, up halves at gate_off / up_off) -> q [m, inter], scales [m, inter/128].
 __global__ void swiglu_quantize_kernel(const __nv_bfloat16* __restrict__ h, uint32_t* __restrict__ q,
-                                       float* __restrict__ scales, int64_t blocks, int64_t kb, int64_t inter) {
+                                       float* __restrict__ scales, int64_t blocks, int64_t kb, int64_t inter,
+                                       int64_t gate_off, int64_t up_off) {
   const int lane = threadIdx.x & 31;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarpsPerCta;
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32; w < blocks; w += stride) {
     const int64_t r = w / kb, c = (w % kb) * kBlock + lane * 4;
     const __nv_bfloat16* row = h + r * 2 * inter;
-    const float4 g = load_bf16x4(row + c), u = load_bf16x4(row + inter + c);
+    const float4 g = load_bf16x4(row + gate_off + c), u = load_bf16x4(row + up_off + c);
     auto act = [](float gv, float uv) { return gv / (1.f + __expf(-gv)) * uv; };
     quantize_store(make_float4(act(g.x, u.x), act(g.y, u.y), act(g.z, u.z), act(g.w, u.w)), lane,
                    q + (r * inter + c) / 4, scales + w);
@@ -77,14 +78,15 @@ cudaError_t quantize_fp8_rows(const void* x, void* q, float* scales, int64_t m, 
   return cudaGetLastError();
 }
 
-cudaError_t swiglu_quantize_fp8(const void* h, void* q, float* scales, int64_t m, int64_t inter,
+cudaError_t swiglu_quantize_fp8(const void* h, void* q, float* scales, int64_t m, int64_t inter, bool up_first,
                                 cudaStream_t stream) {
   if (m < 0 || inter <= 0 || inter % kBlock || !aligned(h, 8) || !aligned(q, 4) || !aligned(scales, 4))
     return cudaErrorInvalidValue;
   if (m == 0) return cudaSuccess;
   const int64_t blocks = m * (inter / kBlock);
   swiglu_quantize_kernel<<<grid_for_blocks(blocks), kWarpsPerCta * 32, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(h), static_cast<uint32_t*>(q), scales, blocks, inter / kBlock, inter);
+      static_cast<const __nv_bfloat16*>(h), static_cast<uint32_t*>(q), scales, blocks, inter / kBlock, inter,
+      up_first ? inter : 0, up_first ? 0 : inter);
   return cudaGetLastError();
 }
 

@@ -1,5 +1,5 @@
-// BF16 split-weight grouped GEMM for Hopper: one CUTLASS ptr-array launch over every group of every weight
-// segment. Built only with CUTLASS headers (setup.py defines DWDP_WITH_CUTLASS); otherwise empty.
+// BF16 grouped GEMM for Hopper over one [G, n, k] expert stack (a composite view or an ordinary tensor): one
+// CUTLASS ptr-array launch. Built only with CUTLASS headers (setup.py defines DWDP_WITH_CUTLASS); otherwise empty.
 #ifdef DWDP_WITH_CUTLASS
 
 #include "grouped_gemm_sm90.cuh"
@@ -38,26 +38,26 @@ cudaError_t grouped_gemm_bf16_workspace_size(int num_groups, size_t* bytes) {
 }
 
 cudaError_t grouped_gemm_bf16(const void* a, const int64_t* group_row_ends, int num_groups,
-                              const void* const* b_segments, const int* segment_groups, int num_segments, void* d,
-                              int64_t m, int64_t n, int64_t k, int tile, void* workspace, size_t workspace_bytes,
-                              cudaStream_t stream) {
-  Segments<Element> segs;
-  cudaError_t err = make_segments(b_segments, nullptr, segment_groups, num_segments, num_groups, &segs);
-  if (err != cudaSuccess) return err;
+                              const void* b, int64_t b_expert_stride, void* d, int64_t m, int64_t n, int64_t k,
+                              int tile, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (num_groups < 0) return cudaErrorInvalidValue;
   if (num_groups == 0) return cudaSuccess;
+  Experts<Element> experts;
+  cudaError_t err = make_experts(b, b_expert_stride, nullptr, 0, n, k, false, &experts);
+  if (err != cudaSuccess) return err;
   if ((err = check_common(a, d, workspace, group_row_ends, m, n, k, 8)) != cudaSuccess) return err;
   auto* pa = static_cast<const Element*>(a);
   auto* pd = static_cast<OutElement*>(d);
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   switch (pick_tile(tile, m, num_groups)) {
     case kTileLarge:
-      return run<Large, Element>(pa, nullptr, group_row_ends, num_groups, segs, pd, ni, ki, workspace,
+      return run<Large, Element>(pa, nullptr, group_row_ends, num_groups, experts, pd, ni, ki, workspace,
                                  workspace_bytes, stream);
     case kTileSmall:
-      return run<Small, Element>(pa, nullptr, group_row_ends, num_groups, segs, pd, ni, ki, workspace,
+      return run<Small, Element>(pa, nullptr, group_row_ends, num_groups, experts, pd, ni, ki, workspace,
                                  workspace_bytes, stream);
     case kTileLegacy:
-      return run<Legacy, Element>(pa, nullptr, group_row_ends, num_groups, segs, pd, ni, ki, workspace,
+      return run<Legacy, Element>(pa, nullptr, group_row_ends, num_groups, experts, pd, ni, ki, workspace,
                                   workspace_bytes, stream);
     default:
       return cudaErrorInvalidValue;

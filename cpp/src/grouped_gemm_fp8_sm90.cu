@@ -1,6 +1,6 @@
-// FP8 (e4m3) split-weight grouped GEMM with DeepSeek-V3 block scales (1x128 activations, 128x128 weights)
-// for Hopper: CUTLASS's ptr-array blockwise-scaled mainloop, one launch over every group of every segment;
-// weights and their scales are read in place. Built only with CUTLASS headers.
+// FP8 (e4m3) grouped GEMM with DeepSeek-V3 block scales (1x128 activations, 128x128 weights) for Hopper:
+// CUTLASS's ptr-array blockwise-scaled mainloop, one launch over one [G, n, k] expert stack; weights and their
+// scales are read in place. Built only with CUTLASS headers.
 #ifdef DWDP_WITH_CUTLASS
 
 #include "grouped_gemm_sm90.cuh"
@@ -34,24 +34,24 @@ cudaError_t grouped_gemm_fp8_workspace_size(int num_groups, size_t* bytes) {
 }
 
 cudaError_t grouped_gemm_fp8(const void* a, const float* a_scales, const int64_t* group_row_ends, int num_groups,
-                             const void* const* b_segments, const void* const* b_scale_segments,
-                             const int* segment_groups, int num_segments, void* d, int64_t m, int64_t n, int64_t k,
-                             int tile, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-  if (b_scale_segments == nullptr || a_scales == nullptr) return cudaErrorInvalidValue;
-  Segments<Element> segs;
-  cudaError_t err = make_segments(b_segments, b_scale_segments, segment_groups, num_segments, num_groups, &segs);
-  if (err != cudaSuccess) return err;
+                             const void* b, int64_t b_expert_stride, const float* b_scales,
+                             int64_t b_scale_expert_stride, void* d, int64_t m, int64_t n, int64_t k, int tile,
+                             void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (a_scales == nullptr || num_groups < 0) return cudaErrorInvalidValue;
   if (num_groups == 0) return cudaSuccess;
+  Experts<Element> experts;
+  cudaError_t err = make_experts(b, b_expert_stride, b_scales, b_scale_expert_stride, n, k, true, &experts);
+  if (err != cudaSuccess) return err;
   if ((err = check_common(a, d, workspace, group_row_ends, m, n, k, kScaleBlock)) != cudaSuccess) return err;
   auto* pa = static_cast<const Element*>(a);
   auto* pd = static_cast<OutElement*>(d);
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
   switch (pick_tile(tile, m, num_groups)) {
     case kTileLarge:
-      return run<Large, Element>(pa, a_scales, group_row_ends, num_groups, segs, pd, ni, ki, workspace,
+      return run<Large, Element>(pa, a_scales, group_row_ends, num_groups, experts, pd, ni, ki, workspace,
                                  workspace_bytes, stream);
     case kTileSmall:
-      return run<Small, Element>(pa, a_scales, group_row_ends, num_groups, segs, pd, ni, ki, workspace,
+      return run<Small, Element>(pa, a_scales, group_row_ends, num_groups, experts, pd, ni, ki, workspace,
                                  workspace_bytes, stream);
     default:
       return cudaErrorInvalidValue;

@@ -1,4 +1,4 @@
-// Shared machinery of the Hopper split-weight grouped GEMMs (bf16 and block-scaled fp8): a CUTLASS 3.x
+// Shared machinery of the Hopper grouped GEMMs (bf16 and block-scaled fp8): a CUTLASS 3.x
 // ptr-array kernel per tile shape, with its per-group arrays built on the device from the group row ends.
 #pragma once
 
@@ -72,32 +72,28 @@ struct Config {
   using StrideD = typename Kernel::InternalStrideD;
 };
 
-// Where each group's weights (and weight scales) start: segment bases, prefix sums of segment sizes.
+// Where group g's weights (and weight scales) start: one [G, n, k] stack, experts expert_stride elements apart
+// (a composite view may pad experts to the mapping granularity), scales scale_stride floats apart.
 template <class Element>
-struct Segments {
-  const Element* base[kMaxWeightSegments];
-  const float* scale[kMaxWeightSegments];
-  int first_group[kMaxWeightSegments + 1];
-  int count;
+struct Experts {
+  const Element* base;
+  int64_t stride;
+  const float* scale;
+  int64_t scale_stride;
 };
 
 template <class Element>
-cudaError_t make_segments(const void* const* b, const void* const* b_scales, const int* segment_groups,
-                          int num_segments, int num_groups, Segments<Element>* out) {
-  auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
-  if (num_segments < 1 || num_segments > kMaxWeightSegments || num_groups < 0) return cudaErrorInvalidValue;
-  *out = Segments<Element>{};
-  out->count = num_segments;
-  for (int s = 0; s < num_segments; ++s) {
-    const bool used = segment_groups[s] > 0;
-    if (segment_groups[s] < 0 || !aligned(b[s]) || (used && !b[s])) return cudaErrorInvalidValue;
-    if (b_scales != nullptr && used && (!b_scales[s] || (reinterpret_cast<uintptr_t>(b_scales[s]) & 3)))
-      return cudaErrorInvalidValue;
-    out->base[s] = static_cast<const Element*>(b[s]);
-    out->scale[s] = b_scales ? static_cast<const float*>(b_scales[s]) : nullptr;
-    out->first_group[s + 1] = out->first_group[s] + segment_groups[s];
-  }
-  return out->first_group[num_segments] == num_groups ? cudaSuccess : cudaErrorInvalidValue;
+cudaError_t make_experts(const void* b, int64_t expert_stride, const float* b_scales, int64_t scale_stride,
+                         int64_t n, int64_t k, bool scaled, Experts<Element>* out) {
+  const auto bytes = static_cast<int64_t>(sizeof(Element));
+  // TMA reads each expert's block from its own base: 16-byte aligned, no overlap with the next expert.
+  if (b == nullptr || (reinterpret_cast<uintptr_t>(b) & 15) || expert_stride < n * k || (expert_stride * bytes) % 16)
+    return cudaErrorInvalidValue;
+  const int64_t scales = (n / kScaleBlock) * (k / kScaleBlock);
+  if (scaled && (b_scales == nullptr || (reinterpret_cast<uintptr_t>(b_scales) & 3) || scale_stride < scales))
+    return cudaErrorInvalidValue;
+  *out = Experts<Element>{static_cast<const Element*>(b), expert_stride, b_scales, scale_stride};
+  return cudaSuccess;
 }
 
 inline int sm_count_of_current_device(cudaError_t* err) {
@@ -157,19 +153,16 @@ struct GroupArrays {
 
 template <class Cfg, class Element>
 __global__ void prep_groups_kernel(GroupArrays<Cfg, Element> out, const int64_t* __restrict__ ends, int num_groups,
-                                   Segments<Element> segs, const Element* a, const float* a_scales, OutElement* d,
+                                   Experts<Element> experts, const Element* a, const float* a_scales, OutElement* d,
                                    int n, int k) {
   const int g = blockIdx.x * blockDim.x + threadIdx.x;
   if (g >= num_groups) return;
   const int64_t r0 = g == 0 ? 0 : ends[g - 1];
   const int64_t r1 = ends[g];
-  int s = 0;
-  while (s + 1 < segs.count && g >= segs.first_group[s + 1]) ++s;
-  const int64_t expert = g - segs.first_group[s];
   const int rows = static_cast<int>(r1 > r0 ? r1 - r0 : 0);
   out.problem[g] = make_shape(rows, n, k);
   out.ptr_a[g] = a + r0 * k;
-  out.ptr_b[g] = segs.base[s] + expert * n * k;
+  out.ptr_b[g] = experts.base + g * experts.stride;
   out.ptr_d[g] = d + r0 * n;
   typename Cfg::StrideA sa{};
   typename Cfg::StrideB sb{};
@@ -183,7 +176,7 @@ __global__ void prep_groups_kernel(GroupArrays<Cfg, Element> out, const int64_t*
   if (a_scales != nullptr) {
     const int64_t kb = k / kScaleBlock;
     out.ptr_sfa[g] = a_scales + r0 * kb;
-    out.ptr_sfb[g] = segs.scale[s] + expert * (n / kScaleBlock) * kb;
+    out.ptr_sfb[g] = experts.scale + g * experts.scale_stride;
     out.layout_sfa[g] = ScaleConfig::tile_atom_to_shape_SFA(make_shape(rows, n, k, 1));
     out.layout_sfb[g] = ScaleConfig::tile_atom_to_shape_SFB(make_shape(rows, n, k, 1));
   }
@@ -225,7 +218,7 @@ size_t workspace_bytes(int num_groups, int sms) {
 // Builds the group arrays on the device, then runs the kernel; a_scales is null for unscaled kernels.
 template <class Cfg, class Element>
 cudaError_t run(const Element* a, const float* a_scales, const int64_t* ends, int num_groups,
-                const Segments<Element>& segs, OutElement* d, int n, int k, void* workspace, size_t ws_bytes,
+                const Experts<Element>& experts, OutElement* d, int n, int k, void* workspace, size_t ws_bytes,
                 cudaStream_t stream) {
   using GA = GroupArrays<Cfg, Element>;
   cudaError_t err = cudaSuccess;
@@ -238,7 +231,7 @@ cudaError_t run(const Element* a, const float* a_scales, const int64_t* ends, in
 
   constexpr int kThreads = 128;
   prep_groups_kernel<Cfg, Element><<<(num_groups + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
-      ga, ends, num_groups, segs, a, a_scales, d, n, k);
+      ga, ends, num_groups, experts, a, a_scales, d, n, k);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
 
   typename Cfg::Gemm gemm;

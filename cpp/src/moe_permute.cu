@@ -17,20 +17,17 @@ __global__ void permute_rows_kernel(const uint4* __restrict__ x, const int64_t* 
   }
 }
 
-struct SegmentPtrs {
-  const __nv_bfloat16* p[kMaxSegments];
-};
-
-__global__ void combine_kernel(const SegmentPtrs seg_out, const int64_t* __restrict__ segment,
-                               const int64_t* __restrict__ row, const float* __restrict__ weight, int64_t tokens,
-                               int64_t k_top, int64_t hidden, __nv_bfloat16* __restrict__ out) {
+__global__ void combine_kernel(const __nv_bfloat16* __restrict__ y, const int64_t* __restrict__ row,
+                               const float* __restrict__ weight, int64_t tokens, int64_t k_top, int64_t hidden,
+                               __nv_bfloat16* __restrict__ out) {
   for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
     for (int64_t c = threadIdx.x * kVec; c < hidden; c += blockDim.x * kVec) {
       float acc[kVec] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
       for (int64_t j = 0; j < k_top; ++j) {
         const int64_t a = t * k_top + j;
+        if (row[a] < 0) continue;  // an assignment to no expert here (DEP's rows for other ranks' experts)
         const float w = weight[a];
-        const uint4 packed = *reinterpret_cast<const uint4*>(seg_out.p[segment[a]] + row[a] * hidden + c);
+        const uint4 packed = *reinterpret_cast<const uint4*>(y + row[a] * hidden + c);
         const __nv_bfloat162* h2 = reinterpret_cast<const __nv_bfloat162*>(&packed);
 #pragma unroll
         for (int e = 0; e < kVec / 2; ++e) {
@@ -44,6 +41,29 @@ __global__ void combine_kernel(const SegmentPtrs seg_out, const int64_t* __restr
 #pragma unroll
       for (int e = 0; e < kVec / 2; ++e) r2[e] = __floats2bfloat162_rn(acc[2 * e], acc[2 * e + 1]);
       *reinterpret_cast<uint4*>(out + t * hidden + c) = res;
+    }
+  }
+}
+
+// act[r, c] = silu(gate[r, c]) * up[r, c] in fp32, rounded to bf16; h [m, 2*inter] holds gate and up halves.
+__global__ void swiglu_kernel(const __nv_bfloat16* __restrict__ h, __nv_bfloat16* __restrict__ act, int64_t m,
+                              int64_t inter, int64_t gate_off, int64_t up_off) {
+  const int64_t vecs = inter / kVec;
+  for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+    const __nv_bfloat16* row = h + r * 2 * inter;
+    for (int64_t v = threadIdx.x; v < vecs; v += blockDim.x) {
+      const uint4 g = *reinterpret_cast<const uint4*>(row + gate_off + v * kVec);
+      const uint4 u = *reinterpret_cast<const uint4*>(row + up_off + v * kVec);
+      const __nv_bfloat162* g2 = reinterpret_cast<const __nv_bfloat162*>(&g);
+      const __nv_bfloat162* u2 = reinterpret_cast<const __nv_bfloat162*>(&u);
+      uint4 res;
+      __nv_bfloat162* r2 = reinterpret_cast<__nv_bfloat162*>(&res);
+#pragma unroll
+      for (int e = 0; e < kVec / 2; ++e) {
+        const float2 gf = __bfloat1622float2(g2[e]), uf = __bfloat1622float2(u2[e]);
+        r2[e] = __floats2bfloat162_rn(gf.x / (1.f + __expf(-gf.x)) * uf.x, gf.y / (1.f + __expf(-gf.y)) * uf.y);
+      }
+      *reinterpret_cast<uint4*>(act + r * inter + v * kVec) = res;
     }
   }
 }
@@ -67,15 +87,21 @@ cudaError_t permute_rows_bf16(const void* x, const int64_t* src, const int64_t* 
   return cudaGetLastError();
 }
 
-cudaError_t combine_bf16(const void* const* seg_out, int num_segments, const int64_t* segment, const int64_t* row,
-                         const float* weight, int64_t tokens, int64_t k_top, int64_t hidden, void* out,
-                         cudaStream_t stream) {
-  if (hidden % kVec != 0 || num_segments < 1 || num_segments > kMaxSegments) return cudaErrorInvalidValue;
+cudaError_t combine_bf16(const void* y, const int64_t* row, const float* weight, int64_t tokens, int64_t k_top,
+                         int64_t hidden, void* out, cudaStream_t stream) {
+  if (hidden % kVec != 0) return cudaErrorInvalidValue;
   if (tokens == 0) return cudaSuccess;
-  SegmentPtrs ptrs{};
-  for (int s = 0; s < num_segments; ++s) ptrs.p[s] = static_cast<const __nv_bfloat16*>(seg_out[s]);
-  combine_kernel<<<grid_for(tokens), block_for(hidden / kVec), 0, stream>>>(ptrs, segment, row, weight, tokens, k_top,
-                                                                            hidden, static_cast<__nv_bfloat16*>(out));
+  combine_kernel<<<grid_for(tokens), block_for(hidden / kVec), 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(y), row, weight, tokens, k_top, hidden, static_cast<__nv_bfloat16*>(out));
+  return cudaGetLastError();
+}
+
+cudaError_t swiglu_bf16(const void* h, void* act, int64_t m, int64_t inter, bool up_first, cudaStream_t stream) {
+  if (inter % kVec != 0 || m < 0) return cudaErrorInvalidValue;
+  if (m == 0) return cudaSuccess;
+  swiglu_kernel<<<grid_for(m), block_for(inter / kVec), 0, stream>>>(
+      static_cast<const __nv_bfloat16*>(h), static_cast<__nv_bfloat16*>(act), m, inter, up_first ? inter : 0,
+      up_first ? 0 : inter);
   return cudaGetLastError();
 }
 

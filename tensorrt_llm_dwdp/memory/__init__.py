@@ -1,5 +1,5 @@
-"""Shared expert memory: one handle type, several backends (host shm, CUDA IPC)."""
+"""Shared expert memory: one handle type, several backends (host shm, CUDA IPC, CUDA VMM), composite views."""
 
-from .base import LocalShard, MemoryBackend, PeerShard, SharedHandle, SharedMemoryError, get_backend, hostname
+from .base import Composite, LocalShard, MemoryBackend, PeerShard, SharedHandle, SharedMemoryError, get_backend, hostname
 
-__all__ = ["LocalShard", "MemoryBackend", "PeerShard", "SharedHandle", "SharedMemoryError", "get_backend", "hostname"]
+__all__ = ["Composite", "LocalShard", "MemoryBackend", "PeerShard", "SharedHandle", "SharedMemoryError", "get_backend", "hostname"]

@@ -1,9 +1,10 @@
 """One interface for every kind of shared expert memory.
 
-A rank allocates its shard through a backend, exports a `SharedHandle` (plain bytes
-plus where it lives), hands the handles to its peers once at setup, and each peer opens
-them into a `PeerShard`. Backends own pointers and mappings; they know nothing of MPI
-or models. Teardown is explicit: peers close their mappings before owners free.
+A rank allocates the pieces of its shard through a backend, exports each as a `SharedHandle` (plain bytes
+plus where it lives), hands the handles to its peers once at setup, and each peer opens them into a
+`PeerShard` (a copy source). `compose` joins pieces (its own shard's and private slot pieces) into one
+virtual range, so a layer's experts read as one ordinary tensor. Backends own pointers and mappings; they
+know nothing of MPI or models. Teardown is explicit: peers close their mappings before owners free.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ class LocalShard:
         self.close()
 
 
+class Composite:
+    """Pieces mapped side by side into one reserved virtual range. `tensor` is a flat uint8 view of it."""
+
+    tensor: torch.Tensor
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
 class PeerShard:
     """A peer's shard mapped into this process. `tensor` is a flat uint8 view."""
 
@@ -66,29 +76,47 @@ class MemoryBackend:
     kind: str = ""
     device: torch.device
 
+    granularity: int  # a composed piece starts and (but for the last) ends on a multiple of this
+    composes_exports: bool = True  # False: compose() maps a private copy of an exported piece (cuda_ipc)
+
     def allocate(self, nbytes: int) -> LocalShard:
+        """Exported memory (a piece of this rank's shard); `handle` opens it in a peer."""
+        raise NotImplementedError
+
+    def private(self, nbytes: int) -> LocalShard:
+        """Memory only this process maps (a prefetch slot's piece); its handle is None."""
         raise NotImplementedError
 
     def open(self, handle: SharedHandle) -> PeerShard:
         raise NotImplementedError
 
+    def compose(self, nbytes: int, pieces) -> Composite:
+        """Map each (offset, LocalShard) of `pieces` at its offset in a new range of `nbytes` bytes."""
+        raise NotImplementedError
+
+    def exports_done(self) -> None:
+        """Every peer has opened every handle: release what only the exchange needed (names, sockets)."""
+
     def free_bytes(self) -> int:
         raise NotImplementedError
 
-    def empty(self, nbytes: int) -> torch.Tensor:
-        """Private (not shared) uint8 memory on this backend's device, e.g. prefetch slots."""
-        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+    def close(self) -> None:
+        """Free what the backend itself holds (after every composite and piece of it is closed)."""
+        self.exports_done()
 
     def check_reachable(self, handle: SharedHandle, peer_rank: int) -> None:
         """Raise with a clear message if this process cannot map `handle`."""
-        if handle.kind != self.kind:
-            raise SharedMemoryError(f"peer rank {peer_rank} exported {handle.kind!r} memory but this rank uses "
-                               f"{self.kind!r}: every rank of a DWDP group must use the same memory_backend")
+        self._check_kind(handle, peer_rank)
         if handle.host != hostname():
             raise SharedMemoryError(
                 f"peer rank {peer_rank} is on host {handle.host!r}, this rank on {hostname()!r}: a DWDP group "
-                "must lie within one NVLink domain (one node for IPC handles); choose group_size so that "
-                "groups do not span nodes and place ranks of a group on the same node")
+                "must lie within one NVLink domain (one node for IPC handles and file descriptors; "
+                "memory_backend='cuda_fabric' across nodes); choose group_size so that groups do not span nodes")
+
+    def _check_kind(self, handle: SharedHandle, peer_rank: int) -> None:
+        if handle.kind != self.kind:
+            raise SharedMemoryError(f"peer rank {peer_rank} exported {handle.kind!r} memory but this rank uses "
+                               f"{self.kind!r}: every rank of a DWDP group must use the same memory_backend")
 
 
 def hostname() -> str:
@@ -96,15 +124,16 @@ def hostname() -> str:
 
 
 def get_backend(kind: str = "auto", device: Optional[torch.device] = None) -> MemoryBackend:
-    """'auto' picks cuda_ipc for a CUDA device (or when one is present), cpu_shm otherwise.
+    """'auto' picks cuda_vmm for a CUDA device (or when one is present), cpu_shm otherwise: VMM memory
+    composes in place, legacy IPC memory needs a second copy of the shard for the composite views.
 
     cuda_ipc: legacy IPC handles. cuda_vmm: cuMemCreate + POSIX file descriptors (one node).
     cuda_fabric: cuMemCreate + fabric handles (multi-node NVLink domains)."""
     if kind == "auto":
         if device is not None:
-            kind = "cuda_ipc" if torch.device(device).type == "cuda" else "cpu_shm"
+            kind = "cuda_vmm" if torch.device(device).type == "cuda" else "cpu_shm"
         else:
-            kind = "cuda_ipc" if torch.cuda.is_available() else "cpu_shm"
+            kind = "cuda_vmm" if torch.cuda.is_available() else "cpu_shm"
     if kind == "cpu_shm":
         from .cpu_shm import CpuShmBackend
         return CpuShmBackend()

@@ -134,10 +134,41 @@ class CudaBackend(MemoryBackend):
 
 
 class CudaIpcBackend(CudaBackend):
+    """Legacy IPC exports; composite views need VMM memory, so each exported piece gets a private VMM twin
+    (a second copy of the shard, reported at setup): cuda_vmm composes in place and is the default."""
+
     kind = "cuda_ipc"
+    composes_exports = False
+
+    def __init__(self, device: Optional[torch.device] = None):
+        super().__init__(device)
+        from .cuda_vmm import CudaVmmBackend
+        self._vmm = CudaVmmBackend(self.device)
+        self.granularity = self._vmm.granularity
+        self._twins = {}
 
     def allocate(self, nbytes: int) -> LocalShard:
         return CudaIpcLocal(nbytes, self.device.index)
+
+    def private(self, nbytes: int) -> LocalShard:
+        return self._vmm.private(nbytes)
+
+    def compose(self, nbytes: int, pieces):
+        mapped = []
+        for offset, piece in pieces:
+            if isinstance(piece, CudaIpcLocal):
+                if id(piece) not in self._twins:  # one twin per piece, shared by the views of every slot
+                    twin = self._vmm.private(piece.handle.nbytes)
+                    twin.tensor.copy_(piece.tensor)
+                    self._twins[id(piece)] = (piece, twin)
+                piece = self._twins[id(piece)][1]
+            mapped.append((offset, piece))
+        return self._vmm.compose(nbytes, mapped)
+
+    def close(self) -> None:
+        for _, twin in self._twins.values():
+            twin.close()
+        self._twins = {}
 
     def open(self, handle: SharedHandle) -> PeerShard:
         return CudaIpcPeer(handle, self.device.index)

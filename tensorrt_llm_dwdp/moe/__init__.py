@@ -1,17 +1,10 @@
-"""MoE compute: routing, split-weight experts, shared expert. Knows nothing of where weights came from."""
+"""MoE compute: routing, expert kernels on [E, ...] expert tensors, the layer composition. Knows nothing of
+where weights came from."""
 
-from .experts import SharedExpert, SplitExpertWeights, WeightSegment, moe_experts, swiglu
+from .experts import SharedExpert, moe_experts, swiglu
+from .kernels import ExpertKernel, KernelChoice, expert_compute, select
 from .routing import DeepSeekV3Routing, RoutingResult, SoftmaxTopKRouting
+from .weights import ExpertWeights
 
-__all__ = ["DeepSeekV3Routing", "RoutingResult", "SharedExpert", "SoftmaxTopKRouting", "SplitExpertWeights",
-           "WeightSegment", "expert_compute", "moe_experts", "swiglu"]
-
-
-def expert_compute(x, topk_ids, topk_weights, weights: SplitExpertWeights, shared=None):
-    """The experts on the fastest path that runs here: the grouped GEMMs (bf16 activations on a GPU, BF16 or
-    FP8 block-scaled weights), else the plain-torch reference. Every host calls this one."""
-    if x.is_cuda:
-        from .grouped import can_run, grouped_moe_experts
-        if can_run(x, weights)[0]:
-            return grouped_moe_experts(x, topk_ids, topk_weights, weights, shared)
-    return moe_experts(x, topk_ids, topk_weights, weights, shared)
+__all__ = ["DeepSeekV3Routing", "ExpertKernel", "ExpertWeights", "KernelChoice", "RoutingResult", "SharedExpert",
+           "SoftmaxTopKRouting", "expert_compute", "moe_experts", "select", "swiglu"]

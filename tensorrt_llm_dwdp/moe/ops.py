@@ -1,5 +1,5 @@
-"""Permute and combine as torch custom ops: the C++/CUDA kernels on GPUs (bf16, hidden % 8 == 0),
-plain torch elsewhere. Fake implementations make them traceable by torch.compile and
+"""The expert path's steps as torch custom ops (permute, SwiGLU, grouped GEMMs on [E, N, K] expert stacks,
+FP8 quantizers, combine): the C++/CUDA kernels on GPUs (bf16, hidden % 8 == 0), plain torch elsewhere. Fake implementations make them traceable by torch.compile and
 capturable in CUDA graphs (no host synchronisation, shapes known from the arguments)."""
 
 from __future__ import annotations
@@ -40,38 +40,49 @@ def _(x, src, dest, out_rows):
 
 
 @torch.library.custom_op("dwdp::combine", mutates_args=())
-def combine(ys: List[torch.Tensor], segment: torch.Tensor, row: torch.Tensor, weight: torch.Tensor,
-            k: int) -> torch.Tensor:
-    """out[t] = sum_j weight[a] * ys[segment[a]][row[a]], a = t*k + j; fp32 accumulation; [T, H]."""
-    tokens = segment.numel() // k
-    hidden = next(y.shape[1] for y in ys)
-    ref = ys[0]
-    out = ref.new_empty(tokens, hidden)
-    if _fast(ref) and all(y.is_contiguous() for y in ys) and len(ys) <= 8:
-        segment, row, weight = segment.contiguous(), row.contiguous(), weight.float().contiguous()
-        _native().combine_bf16([y.data_ptr() for y in ys], segment.data_ptr(), row.data_ptr(), weight.data_ptr(),
-                               tokens, k, hidden, out.data_ptr(), torch.cuda.current_stream(ref.device).cuda_stream)
+def combine(y: torch.Tensor, row: torch.Tensor, weight: torch.Tensor, k: int) -> torch.Tensor:
+    """out[t] = sum_j weight[a] * y[row[a]], a = t*k + j, fp32 accumulation, row[a] < 0 skipped; [T, H]."""
+    tokens = row.numel() // k
+    out = y.new_empty(tokens, y.shape[1])
+    if _fast(y) and y.is_contiguous():
+        row, weight = row.contiguous(), weight.float().contiguous()
+        _native().combine_bf16(y.data_ptr(), row.data_ptr(), weight.data_ptr(), tokens, k, y.shape[1],
+                               out.data_ptr(), torch.cuda.current_stream(y.device).cuda_stream)
         return out
-    acc = torch.zeros(tokens * k, hidden, dtype=torch.float32, device=ref.device)
-    for s, y in enumerate(ys):
-        if y.shape[0] == 0:
-            continue
-        mine = segment == s
-        rows = y.index_select(0, torch.where(mine, row, 0)).float()  # other segments' rows masked below
-        acc = torch.where(mine[:, None], rows, acc)
-    out.copy_((acc * weight.float().reshape(-1, 1)).view(tokens, k, hidden).sum(1))
+    keep = row >= 0
+    rows = y.index_select(0, torch.where(keep, row, 0)).float() * torch.where(keep, weight.float(), 0.0)[:, None]
+    out.copy_(rows.view(tokens, k, -1).sum(1))
     return out
 
 
 @combine.register_fake
-def _(ys, segment, row, weight, k):
-    return ys[0].new_empty(segment.shape[0] // k, ys[0].shape[1])
+def _(y, row, weight, k):
+    return y.new_empty(row.shape[0] // k, y.shape[1])
 
 
-def single_launch_available(x: torch.Tensor) -> bool:
-    """The CUTLASS split-weight grouped GEMM is built and can run on x's device (Hopper, bf16)."""
+@torch.library.custom_op("dwdp::swiglu", mutates_args=())
+def swiglu(h: torch.Tensor, up_first: bool = False) -> torch.Tensor:
+    """h [m, 2I] (gate then up columns; up then gate with up_first) -> silu(gate) * up [m, I], fp32 math."""
+    m, inter = h.shape[0], h.shape[1] // 2
+    if _fast(h) and inter % 8 == 0:
+        h, out = h.contiguous(), h.new_empty(m, inter)
+        _native().swiglu_bf16(h.data_ptr(), out.data_ptr(), m, inter, up_first,
+                              torch.cuda.current_stream(h.device).cuda_stream)
+        return out
+    a, b = h.float().chunk(2, dim=-1)
+    gate, up = (b, a) if up_first else (a, b)
+    return (torch.nn.functional.silu(gate) * up).to(h.dtype)
+
+
+@swiglu.register_fake
+def _(h, up_first=False):
+    return h.new_empty(h.shape[0], h.shape[1] // 2)
+
+
+def cutlass_available(x: torch.Tensor) -> bool:
+    """Our CUTLASS grouped GEMMs (built with nvidia-cutlass) can run on x's device (Hopper)."""
     native = _native()
-    return (_fast(x) and native is not None and hasattr(native, "grouped_gemm_bf16")
+    return (x.is_cuda and native is not None and hasattr(native, "grouped_gemm_bf16")
             and torch.cuda.get_device_capability(x.device) == (9, 0))
 
 
@@ -86,31 +97,36 @@ def _workspace(native, groups: int, fp8: bool, device) -> torch.Tensor:
     return torch.empty(max(native.grouped_gemm_workspace_size(groups, fp8), 1), dtype=torch.uint8, device=device)
 
 
-@torch.library.custom_op("dwdp::split_grouped_gemm", mutates_args=())
-def split_grouped_gemm(a: torch.Tensor, row_ends: torch.Tensor, weights: List[torch.Tensor], n: int,
-                       tile: int = 0) -> torch.Tensor:
-    """out[r0:r1] = a[r0:r1] @ W_g^T for each group g in storage order (segment 0's experts, then
-    segment 1's, ...), W_g read in place from `weights` (each [E_s, N, K]); row_ends: int64 [G]
-    cumulative. One kernel launch on Hopper (tile: 0 auto, 1 large, 2 small, 3 the first 128x128
-    tile); plain torch elsewhere. Rows past the last group end are left unwritten: the MoE paths
-    cover every row, and zeroing the output first would cost a pass over it per GEMM."""
+def _expert_stride(w: torch.Tensor) -> int:
+    """Elements between experts of an [E, N, K] stack whose experts are row-major (dim 0 may be padded)."""
+    n, k = w.shape[-2:]
+    if w.stride(-1) != 1 or w.stride(-2) != k:
+        raise ValueError(f"expert stack {tuple(w.shape)} with strides {w.stride()}: each expert must be row-major")
+    return w.stride(0)
+
+
+@torch.library.custom_op("dwdp::grouped_gemm", mutates_args=())
+def grouped_gemm(a: torch.Tensor, row_ends: torch.Tensor, w: torch.Tensor, tile: int = 0) -> torch.Tensor:
+    """out[r0:r1] = a[r0:r1] @ w[g]^T for each expert g, rows [ends[g-1], ends[g]); w [E, N, K] read in place
+    (a composite view or an ordinary tensor); row_ends int64 [E] cumulative. One CUTLASS launch on Hopper
+    (tile: 0 auto, 1 large, 2 small, 3 the first 128x128 tile); plain torch elsewhere. Rows past the last end are
+    left unwritten: the MoE paths never read them, and zeroing the output would cost a pass per GEMM."""
+    n = w.shape[1]
     out = a.new_empty(a.shape[0], n)
-    used = [w for w in weights if w.shape[0] > 0]
-    if single_launch_available(a):
+    if cutlass_available(a) and a.dtype == torch.bfloat16:
         native = _native()
-        ws = _workspace(native, int(row_ends.numel()), False, a.device)
-        native.grouped_gemm_bf16(a.contiguous().data_ptr(), row_ends.contiguous().data_ptr(),
-                                 [w.data_ptr() for w in used], [w.shape[0] for w in used], out.data_ptr(),
-                                 a.shape[0], n, a.shape[1], tile, ws.data_ptr(), ws.numel(),
-                                 torch.cuda.current_stream(a.device).cuda_stream)
+        ws = _workspace(native, w.shape[0], False, a.device)
+        native.grouped_gemm_bf16(a.contiguous().data_ptr(), row_ends.contiguous().data_ptr(), w.shape[0],
+                                 w.data_ptr(), _expert_stride(w), out.data_ptr(), a.shape[0], n, a.shape[1], tile,
+                                 ws.data_ptr(), ws.numel(), torch.cuda.current_stream(a.device).cuda_stream)
         return out
-    _per_group(a, row_ends, [w[i].to(a.dtype) for w in used for i in range(w.shape[0])], out)
+    _per_group(a, row_ends, [w[i].to(a.dtype) for i in range(w.shape[0])], out)
     return out
 
 
-@split_grouped_gemm.register_fake
-def _(a, row_ends, weights, n, tile=0):
-    return a.new_empty(a.shape[0], n)
+@grouped_gemm.register_fake
+def _(a, row_ends, w, tile=0):
+    return a.new_empty(a.shape[0], w.shape[1])
 
 
 def _per_group(a: torch.Tensor, row_ends: torch.Tensor, experts: List[torch.Tensor], out: torch.Tensor) -> None:
@@ -135,12 +151,12 @@ def _quantize_torch(v: torch.Tensor):
     return q.reshape(m, k), amax / FP8_MAX
 
 
-def _quantize_native(kernel: str, src: torch.Tensor, cols: int):
+def _quantize_native(kernel: str, src: torch.Tensor, cols: int, *flags):
     """Runs one of the C++ 1x128 quantizers: src [m, *] bf16 -> (q [m, cols] e4m3, scales [m, cols/128])."""
     src, m = src.contiguous(), src.shape[0]
     q = torch.empty(m, cols, dtype=torch.float8_e4m3fn, device=src.device)
     s = torch.empty(m, cols // FP8_BLOCK, dtype=torch.float32, device=src.device)
-    getattr(_native(), kernel)(src.data_ptr(), q.data_ptr(), s.data_ptr(), m, cols,
+    getattr(_native(), kernel)(src.data_ptr(), q.data_ptr(), s.data_ptr(), m, cols, *flags,
                                torch.cuda.current_stream(src.device).cuda_stream)
     return q, s
 
@@ -167,19 +183,21 @@ def _(x):
 
 
 @torch.library.custom_op("dwdp::swiglu_quantize_fp8", mutates_args=())
-def swiglu_quantize_fp8(h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """h [m, 2I] bf16 (gate, then up) -> silu(gate) * up in fp32, quantized as `quantize_fp8`."""
+def swiglu_quantize_fp8(h: torch.Tensor, up_first: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """h [m, 2I] bf16 (gate, then up; up first with up_first) -> silu(gate) * up in fp32, quantized as
+    `quantize_fp8`."""
     m, two_i = h.shape
     inter = two_i // 2
     _check_fp8_cols(inter, "swiglu_quantize_fp8")
     if fp8_available(h) and h.dtype == torch.bfloat16:
-        return _quantize_native("swiglu_quantize_fp8", h, inter)
-    gate, up = h.float().chunk(2, dim=-1)
+        return _quantize_native("swiglu_quantize_fp8", h, inter, up_first)
+    a, b = h.float().chunk(2, dim=-1)
+    gate, up = (b, a) if up_first else (a, b)
     return _quantize_torch(torch.nn.functional.silu(gate) * up)
 
 
 @swiglu_quantize_fp8.register_fake
-def _(h):
+def _(h, up_first=False):
     m, inter = h.shape[0], h.shape[1] // 2
     return (h.new_empty(m, inter, dtype=torch.float8_e4m3fn), h.new_empty(m, inter // FP8_BLOCK, dtype=torch.float32))
 
@@ -203,28 +221,26 @@ def dequantize_blocks(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return w.float() * s
 
 
-@torch.library.custom_op("dwdp::split_grouped_gemm_fp8", mutates_args=())
-def split_grouped_gemm_fp8(a: torch.Tensor, a_scales: torch.Tensor, row_ends: torch.Tensor,
-                           weights: List[torch.Tensor], weight_scales: List[torch.Tensor], n: int,
-                           tile: int = 0) -> torch.Tensor:
-    """`split_grouped_gemm` on block-scaled FP8: a [M, K] e4m3 with a_scales [M, K/128]; weights[s]
-    [E_s, N, K] e4m3 with weight_scales[s] [E_s, N/128, K/128]; bf16 out, rows past the end unwritten."""
+@torch.library.custom_op("dwdp::grouped_gemm_fp8", mutates_args=())
+def grouped_gemm_fp8(a: torch.Tensor, a_scales: torch.Tensor, row_ends: torch.Tensor, w: torch.Tensor,
+                     w_scale: torch.Tensor, tile: int = 0) -> torch.Tensor:
+    """`grouped_gemm` on block-scaled FP8: a [M, K] e4m3 with a_scales [M, K/128]; w [E, N, K] e4m3 with w_scale
+    [E, N/128, K/128] fp32 (DeepSeek-V3's weight_scale_inv); bf16 out, rows past the last end unwritten."""
+    n = w.shape[1]
     out = torch.empty(a.shape[0], n, dtype=torch.bfloat16, device=a.device)
-    pairs = [(w, s) for w, s in zip(weights, weight_scales) if w.shape[0] > 0]
     if fp8_available(a):
         native = _native()
-        ws = _workspace(native, int(row_ends.numel()), True, a.device)
+        ws = _workspace(native, w.shape[0], True, a.device)
         native.grouped_gemm_fp8(a.contiguous().data_ptr(), a_scales.contiguous().data_ptr(),
-                                row_ends.contiguous().data_ptr(), [w.data_ptr() for w, _ in pairs],
-                                [s.data_ptr() for _, s in pairs], [w.shape[0] for w, _ in pairs], out.data_ptr(),
-                                a.shape[0], n, a.shape[1], tile, ws.data_ptr(), ws.numel(),
-                                torch.cuda.current_stream(a.device).cuda_stream)
+                                row_ends.contiguous().data_ptr(), w.shape[0], w.data_ptr(), _expert_stride(w),
+                                w_scale.data_ptr(), w_scale.stride(0), out.data_ptr(), a.shape[0], n, a.shape[1], tile,
+                                ws.data_ptr(), ws.numel(), torch.cuda.current_stream(a.device).cuda_stream)
         return out
     a_deq = a.float() * a_scales.float().repeat_interleave(FP8_BLOCK, -1)[:, :a.shape[1]]
-    _per_group(a_deq, row_ends, [dequantize_blocks(w[i], s[i]) for w, s in pairs for i in range(w.shape[0])], out)
+    _per_group(a_deq, row_ends, [dequantize_blocks(w[i], w_scale[i]) for i in range(w.shape[0])], out)
     return out
 
 
-@split_grouped_gemm_fp8.register_fake
-def _(a, a_scales, row_ends, weights, weight_scales, n, tile=0):
-    return a.new_empty(a.shape[0], n, dtype=torch.bfloat16)
+@grouped_gemm_fp8.register_fake
+def _(a, a_scales, row_ends, w, w_scale, tile=0):
+    return a.new_empty(a.shape[0], w.shape[1], dtype=torch.bfloat16)

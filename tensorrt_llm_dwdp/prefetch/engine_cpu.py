@@ -5,7 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 
@@ -19,10 +19,11 @@ class CpuCopyEngine:
     read slot s has finished; a pull into s waits for it.
     """
 
-    def __init__(self, slots: Sequence[torch.Tensor], peers: Dict[int, torch.Tensor]):
-        self.slots, self.peers = list(slots), dict(peers)
-        self.fetch_done = [threading.Event() for _ in slots]
-        self.compute_done = [threading.Event() for _ in slots]
+    def __init__(self, num_slots: int, regions: Dict[Tuple[int, int], torch.Tensor],
+                 peers: Dict[int, Sequence[torch.Tensor]]):
+        self.regions, self.peers = dict(regions), dict(peers)
+        self.fetch_done = [threading.Event() for _ in range(num_slots)]
+        self.compute_done = [threading.Event() for _ in range(num_slots)]
         for e in self.compute_done:
             e.set()
         self._jobs: "queue.Queue" = queue.Queue()
@@ -39,10 +40,10 @@ class CpuCopyEngine:
             plan, slot = job
             try:
                 self.compute_done[slot].wait()
-                dst = self.slots[slot]
+                dst = self.regions[(plan.layer, slot)]
                 for s in plan.slices:
                     dst[s.dst_offset:s.dst_offset + s.nbytes].copy_(
-                        self.peers[s.source][s.src_offset:s.src_offset + s.nbytes])
+                        self.peers[s.source][s.piece][s.src_offset:s.src_offset + s.nbytes])
             except BaseException as e:  # noqa: BLE001 - surfaced to the compute side
                 self._error = e
             finally:

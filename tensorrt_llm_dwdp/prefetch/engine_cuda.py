@@ -8,7 +8,7 @@ The host never blocks in the forward pass: the compute stream waits on events.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -48,20 +48,23 @@ class CudaCopyEngine:
     slot; each MoE waits fetch_done of its slot. Wait times are read from timing events
     later, so measuring them never synchronises the host."""
 
-    def __init__(self, slots: Sequence[torch.Tensor], peers: Dict[int, torch.Tensor],
-                 plans: Sequence[LayerCopyPlan], measure_waits: bool = True, issue_mode: str = "graph"):
+    def __init__(self, num_slots: int, regions: Dict[Tuple[int, int], torch.Tensor],
+                 peers: Dict[int, Sequence[torch.Tensor]], plans: Sequence[LayerCopyPlan], device: torch.device,
+                 measure_waits: bool = True, issue_mode: str = "graph"):
         if issue_mode not in ISSUE_MODES:
             raise ValueError(f"issue_mode={issue_mode!r}: use one of {ISSUE_MODES}")
-        self.slots, self.device = list(slots), slots[0].device
+        self.num_slots, self.device = num_slots, device
+        self._dst = {key: t.data_ptr() for key, t in regions.items()}  # (layer, slot) -> composite region base
         self.stream = torch.cuda.Stream(device=self.device)
-        self.fetch_done = [torch.cuda.Event() for _ in slots]
-        self.compute_done = [torch.cuda.Event() for _ in slots]
+        self.fetch_done = [torch.cuda.Event() for _ in range(num_slots)]
+        self.compute_done = [torch.cuda.Event() for _ in range(num_slots)]
         self.measure_waits, self.issue_mode = measure_waits, issue_mode
         make = _native_issuer if native_available() else _PyIssuer
         self.native = make is _native_issuer
         self._issuers, self._graphs = {}, {}
         for plan in plans:
-            triples = [(peers[s.source].data_ptr() + s.src_offset, s.dst_offset, s.nbytes) for s in plan.slices]
+            triples = [(peers[s.source][s.piece].data_ptr() + s.src_offset, s.dst_offset, s.nbytes)
+                       for s in plan.slices]
             self._issuers[plan.layer] = make(triples) if triples else None
         if issue_mode == "graph":
             self._capture_graphs()
@@ -69,30 +72,30 @@ class CudaCopyEngine:
     def _capture_graphs(self) -> None:
         """One graph per (layer, slot): replaying it issues the layer's whole pull in one launch.
         The C++ plan captures and launches its own graphs (no Python per launch); else torch's."""
-        for layer, issuer in self._issuers.items():
+        for (layer, slot), dst in self._dst.items():
+            issuer = self._issuers.get(layer)
             if issuer is None:
                 continue
-            for slot, buf in enumerate(self.slots):
-                if self.native:
-                    issuer.capture(buf.data_ptr())
-                    continue
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.stream):
-                    issuer.issue(buf.data_ptr(), self.stream.cuda_stream, batched=False)
-                self._graphs[(layer, slot)] = graph
+            if self.native:
+                issuer.capture(dst)
+                continue
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                issuer.issue(dst, self.stream.cuda_stream, batched=False)
+            self._graphs[(layer, slot)] = graph
 
     def issue(self, plan: LayerCopyPlan, slot: int) -> None:
         issuer = self._issuers[plan.layer]
         self.stream.wait_event(self.compute_done[slot])
         if issuer is not None:
+            dst = self._dst[(plan.layer, slot)]
             if self.issue_mode == "graph" and self.native:
-                issuer.launch(self.slots[slot].data_ptr(), self.stream.cuda_stream)
+                issuer.launch(dst, self.stream.cuda_stream)
             elif self.issue_mode == "graph":
                 with torch.cuda.stream(self.stream):
                     self._graphs[(plan.layer, slot)].replay()
             else:
-                issuer.issue(self.slots[slot].data_ptr(), self.stream.cuda_stream,
-                             batched=self.issue_mode == "batched")
+                issuer.issue(dst, self.stream.cuda_stream, batched=self.issue_mode == "batched")
         self.fetch_done[slot].record(self.stream)
 
     def wait_fetch(self, slot: int):

@@ -77,6 +77,16 @@ class Prefetcher:
         del self.slot_of[layer]
         self._issue((layer + self.num_slots) % self.num_layers, slot)
 
+    def abort_step(self) -> None:
+        """End a step that failed part-way: free the slot of a layer acquired but never released, let every
+        pull in flight finish, and start the next step from an empty ring. Safe outside a step too."""
+        if self._in_step and self._next_layer in self.slot_of and self._next_layer not in self._unread:
+            self.engine.record_compute_done(self.slot_of[self._next_layer])
+        self.engine.synchronize()
+        self.slot_of, self._unread = {}, set()
+        self._free = list(range(self.num_slots))
+        self._in_step, self._next_layer = False, 0
+
     def end_step(self) -> None:
         if not self._in_step:
             raise DwdpProtocolError("end_step without begin_step")

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from ..placement import even_placement
-from ..moe import expert_compute
-from .model import Decoder, stacked_experts
+from ..moe import ExpertWeights, expert_compute
+from .model import Decoder
 
 
 class CollectiveTimer:
@@ -64,9 +64,9 @@ def shutdown_torch_distributed() -> None:
 class AllToAllExperts:
     """Expert source for DEP: this rank computes experts [lo, hi) for every rank's tokens."""
 
-    def __init__(self, w13: torch.Tensor, w2: torch.Tensor, owner: torch.Tensor, lo: int, timer: CollectiveTimer,
+    def __init__(self, weights: ExpertWeights, owner: torch.Tensor, lo: int, timer: CollectiveTimer,
                  stage_on_host: bool = False):
-        self._weights = stacked_experts(w13, w2)
+        self._weights = weights
         self.owner, self.lo, self.timer, self.stage = owner, lo, timer, stage_on_host
         self.world = dist.get_world_size()
 
@@ -103,7 +103,6 @@ def apply_dep(model: Decoder, timer: CollectiveTimer, stage_on_host: bool = Fals
     mine = placement.local_experts(rank)
     lo, hi = (mine[0], mine[-1] + 1) if mine else (0, 0)
     for b in model.moe_blocks():
-        w13, w2 = b.expert_weights(range(lo, hi))
-        b.experts = AllToAllExperts(w13, w2, owner.to(b.w13.device), lo, timer, stage_on_host)
-        b.w13 = torch.nn.Parameter(b.w13.new_empty(0), requires_grad=False)
-        b.w2 = torch.nn.Parameter(b.w2.new_empty(0), requires_grad=False)
+        weights = ExpertWeights.from_tensors(b.expert_tensors(range(lo, hi)))
+        b.experts = AllToAllExperts(weights, owner.to(weights.device), lo, timer, stage_on_host)
+        b.drop_experts()

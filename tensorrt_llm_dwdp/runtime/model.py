@@ -1,7 +1,9 @@
 """A compact DeepSeek-architecture decoder for context-phase (prefill) work, in plain torch.
 
-Models stay plain: every MoE block reads its routed experts through an `ExpertSource`
-(all local by default); `apply_dwdp` swaps in a source backed by the DWDP hooks.
+Models stay plain: every MoE block computes its routed experts through a `moe.layer.RoutedExperts`
+(weight source x token exchange x expert kernel; all local by default); `apply_dwdp` and `apply_dep`
+swap in DWDP's composite weights or DEP's all-to-all. Experts may be BF16 or FP8 e4m3 with DeepSeek-V3
+128x128 block scales (`weight_dtype`).
 Prefill runs on packed sequences: x is [T, H] with `seq_lens` summing to T; attention is
 causal within each sequence.
 """
@@ -9,14 +11,16 @@ causal within each sequence.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..moe import DeepSeekV3Routing, SoftmaxTopKRouting, SplitExpertWeights, WeightSegment, expert_compute, swiglu
+from ..moe import DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, swiglu
+from ..moe.layer import LocalWeights, RoutedExperts
+from ..moe.ops import quantize_weight_blocks
 from .config import ModelConfig
 
 
@@ -140,25 +144,10 @@ def expert_normal_(stack: torch.Tensor, seed: int, layer_idx: int, which: int, e
             stack[i].normal_(0.0, 1.0 / math.sqrt(stack.shape[-1]), generator=g)
 
 
-def stacked_experts(w13: torch.Tensor, w2: torch.Tensor) -> SplitExpertWeights:
-    """Experts 0..n-1 of one stacked pair of tensors, as a single segment."""
-    return SplitExpertWeights(w13.shape[0], (WeightSegment(tuple(range(w13.shape[0])), {"w13": w13, "w2": w2}),))
-
-
-class LocalExperts:
-    """Expert source with every routed expert on this rank (the `local` mode)."""
-
-    def __init__(self, w13: torch.Tensor, w2: torch.Tensor):
-        self._weights = stacked_experts(w13, w2)
-
-    def routed(self, x, topk_ids, topk_weights, layer_idx: int):
-        return expert_compute(x, topk_ids, topk_weights, self._weights)
-
-
 class MoEBlock(nn.Module):
-    """Router + routed experts + shared expert. The routed part goes through `self.experts`, an
-    expert source with `routed(x, topk_ids, topk_weights, layer_idx) -> [T, H]`: all local,
-    DWDP (hooks), or expert parallel (all-to-all); each fills the same slot."""
+    """Router + routed experts + shared expert. The routed part goes through `self.experts` (a
+    RoutedExperts: `routed(x, topk_ids, topk_weights, layer_idx) -> [T, H]`): all local, DWDP, or expert
+    parallel; each fills the same slot. FP8 blocks hold e4m3 stacks with w13_scale / w2_scale."""
 
     def __init__(self, c: ModelConfig, layer_idx: int):
         super().__init__()
@@ -169,27 +158,51 @@ class MoEBlock(nn.Module):
         self.w2 = nn.Parameter(torch.empty(c.num_experts, c.hidden, c.moe_inter))
         self.shared = DenseMLP(c.hidden, c.shared_inter) if c.shared_inter else None
         self.experts = None  # set by Decoder.finish() or apply_dwdp
+        self.w13_scale = self.w2_scale = None  # FP8: [E, 2I/128, H/128], [E, H/128, I/128] fp32
         self.lazy = None  # (seed, dtype, device) where the expert stacks are made per expert on demand
+        self.weight_dtype = "bfloat16"  # or "float8_e4m3fn": experts quantized per 128x128 block
         self.route = (DeepSeekV3Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
                       if c.routing == "deepseek" else SoftmaxTopKRouting(c.top_k, c.renormalize))
 
-    def expert_weights(self, experts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(w13, w2) of `experts`, stacked in that order: rows of the stacks, or, for a model built with
-        lazy_experts, made here from the same per-expert seeds, so the full stack never exists."""
+    def expert_tensors(self, experts: Sequence[int]) -> Dict[str, torch.Tensor]:
+        """w13, w2 (and w13_scale, w2_scale for FP8) of `experts`, stacked in that order: rows of the stacks, or,
+        for a model built with lazy_experts, made here from the same per-expert seeds (and quantized the same
+        way), so the full stack never exists."""
         if self.lazy is None:
             idx = torch.tensor(list(experts), dtype=torch.long, device=self.w13.device)
-            return self.w13.detach().index_select(0, idx), self.w2.detach().index_select(0, idx)
+            out = {"w13": self.w13.detach().index_select(0, idx), "w2": self.w2.detach().index_select(0, idx)}
+            if self.w13_scale is not None:
+                out.update(w13_scale=self.w13_scale.index_select(0, idx), w2_scale=self.w2_scale.index_select(0, idx))
+            return out
         seed, dtype, device = self.lazy
         c, n = self.c, len(experts)
         w13 = torch.empty(n, 2 * c.moe_inter, c.hidden, dtype=dtype, device=device)
         w2 = torch.empty(n, c.hidden, c.moe_inter, dtype=dtype, device=device)
         expert_normal_(w13, seed, self.layer_idx, 0, experts)
         expert_normal_(w2, seed, self.layer_idx, 1, experts)
-        return w13, w2
+        if self.weight_dtype != "float8_e4m3fn":
+            return {"w13": w13, "w2": w2}
+        (q13, s13), (q2, s2) = quantize_weight_blocks(w13), quantize_weight_blocks(w2)
+        return {"w13": q13, "w2": q2, "w13_scale": s13, "w2_scale": s2}
+
+    def quantize_experts(self) -> None:
+        """Replace the (made) expert stacks by e4m3 with 128x128 block scales, as DeepSeek-V3 checkpoints store them."""
+        self.weight_dtype = "float8_e4m3fn"
+        if self.lazy is not None:
+            return
+        (q13, s13), (q2, s2) = quantize_weight_blocks(self.w13.detach()), quantize_weight_blocks(self.w2.detach())
+        self.w13, self.w2 = nn.Parameter(q13, requires_grad=False), nn.Parameter(q2, requires_grad=False)
+        self.w13_scale, self.w2_scale = s13, s2
+
+    def drop_experts(self) -> None:
+        """The experts live elsewhere now (a DWDP shard, a DEP rank's share): keep no second copy."""
+        self.w13 = nn.Parameter(self.w13.new_empty(0), requires_grad=False)
+        self.w2 = nn.Parameter(self.w2.new_empty(0), requires_grad=False)
+        self.w13_scale = self.w2_scale = None
 
     def forward(self, x):
         if self.experts is None:
-            raise RuntimeError(f"MoE layer {self.layer_idx} has no expert source: a model built with "
+            raise RuntimeError(f"MoE layer {self.layer_idx} has no routed experts: a model built with "
                                "lazy_experts=True must go through apply_dwdp or apply_dep first")
         r = self.route(x.float() @ self.gate.float().t(), self.bias)
         y = self.experts.routed(x, r.topk_ids, r.topk_weights, self.layer_idx)
@@ -224,11 +237,12 @@ class Decoder(nn.Module):
 
     @classmethod
     def build(cls, c: ModelConfig, seed: int, device=None, dtype: torch.dtype = torch.float32,
-              lazy_experts: bool = False) -> "Decoder":
+              lazy_experts: bool = False, weight_dtype: str = "bfloat16") -> "Decoder":
         """Seeded random model made directly on `device` in `dtype`: parameters are created on
         the meta device and materialised one by one, so a large preset never exists twice.
         lazy_experts: leave the routed-expert stacks unmade; apply_dwdp / apply_dep make only the
-        experts a rank holds (MoEBlock.expert_weights), with the same values as a full build."""
+        experts a rank holds (MoEBlock.expert_tensors), with the same values as a full build.
+        weight_dtype "float8_e4m3fn": routed experts quantized per 128x128 block (activations stay `dtype`)."""
         with torch.device("meta"):
             model = cls(c)
         device = torch.device(device or "cpu")
@@ -240,7 +254,11 @@ class Decoder(nn.Module):
         if lazy_experts:
             for b in model.moe_blocks():
                 b.lazy = (seed, dtype, device)
-        return model.init_random(seed)
+        model.init_random(seed)
+        if weight_dtype == "float8_e4m3fn":
+            for b in model.moe_blocks():
+                b.quantize_experts()
+        return model.finish()
 
     def init_random(self, seed: int) -> "Decoder":
         """Seeded weights, the same on every rank of one device type; activations stay O(1). Routed
@@ -265,8 +283,9 @@ class Decoder(nn.Module):
         """Point every MoE block that is not rewired (DWDP, DEP) at its own current expert
         tensors; call again after `.to()`, which replaces them."""
         for b in self.moe_blocks():
-            if b.lazy is None and (b.experts is None or isinstance(b.experts, LocalExperts)):
-                b.experts = LocalExperts(b.w13, b.w2)
+            if b.lazy is None and (b.experts is None or isinstance(b.experts.source, LocalWeights)):
+                weights = ExpertWeights(b.w13, b.w2, b.w13_scale, b.w2_scale)
+                b.experts = RoutedExperts(LocalWeights({b.layer_idx: weights}))
         return self
 
     def forward(self, input_ids: torch.Tensor, seq_lens: Sequence[int], positions: Optional[torch.Tensor] = None):

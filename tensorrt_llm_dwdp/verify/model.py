@@ -1,5 +1,5 @@
 """A toy stack of MoE layers with seeded random weights, run two ways:
-through DWDP hooks (split weights, pulls) and through the float64 all-local reference.
+through DWDP hooks (composite expert tensors, pulls) and through the float64 all-local reference.
 
 Layer l: h = x / rms(x); x = x + MoE_l(h). Router, correction bias and shared expert are
 replicated; routed experts are sharded by DWDP.
@@ -13,7 +13,8 @@ from typing import Callable, Optional
 import torch
 
 from ..layout import torch_dtype
-from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, moe_experts, ops
+from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, ops
+from ..moe.layer import DwdpWeights, RoutedExperts
 from . import reference as ref
 
 
@@ -69,16 +70,14 @@ class ToyMoeModel:
     def forward_dwdp(self, x: torch.Tensor, hooks, after_layer: Optional[Callable[[int], None]] = None):
         """x [T, H] float32 on the shard's device; one DWDP step."""
         dev = x.device
-        route = self.router()
+        route, experts = self.router(), RoutedExperts(DwdpWeights(hooks))
         hooks.begin_step()
         for layer in range(self.num_layers):
             h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
             logits = h @ self.gate[layer].to(dev).t()
             r = route(logits, self.bias[layer].to(dev))
-            weights = hooks.layer_weights(layer)
             shared = SharedExpert(self.shared_w13[layer].to(dev), self.shared_w2[layer].to(dev))
-            x = x + moe_experts(h, r.topk_ids, r.topk_weights, weights, shared)
-            hooks.layer_done(layer)
+            x = x + experts.routed(h, r.topk_ids, r.topk_weights, layer) + _shared(h, shared)
             if after_layer is not None:
                 after_layer(layer)
         hooks.end_step()
@@ -102,3 +101,8 @@ class ToyMoeModel:
                                                 (self.shared_w13[layer], self.shared_w2[layer]))
             x = out
         return x
+
+
+def _shared(h: torch.Tensor, shared: SharedExpert) -> torch.Tensor:
+    from ..moe import swiglu
+    return swiglu(h, shared.w13, shared.w2)

@@ -1,13 +1,12 @@
-// Framework-free split-weight grouped GEMMs for Hopper (CUTLASS 3.x ptr-array). Raw pointers, a cudaStream_t.
+// Framework-free grouped GEMMs for Hopper (CUTLASS 3.x ptr-array). Raw pointers, a cudaStream_t.
 //
 // One launch computes, for every group (expert) g with rows [r0, r1) = [ends[g-1], ends[g]) (ends[-1] = 0):
 //   D[r0:r1, :] = A[r0:r1, :] @ B_g^T
-// where A is row-major [M, K], D is row-major [M, N] bf16, and B_g is expert g's row-major [N, K] block
-// (a w13 [2I, H] or w2 [H, I] as stored) read IN PLACE from one of several separately stacked segments.
-// Groups are in storage order: the first segment_groups[0] groups are experts 0.. of segment 0, the next
-// segment_groups[1] are experts 0.. of segment 1, and so on; segment s is a contiguous [E_s, N, K] stack.
-// Per-group pointers, strides and problem sizes are built on the device from `ends`, so nothing syncs with
-// the host and the call can be captured in a CUDA graph.
+// where A is row-major [M, K], D is row-major [M, N] bf16, and B_g is expert g's row-major [N, K] block (a w13
+// [2I, H] or w2 [H, I] as stored), read in place at b + g * b_expert_stride elements: one [G, N, K] stack, such
+// as a DWDP composite view (local experts and prefetched ones joined in virtual memory, experts possibly padded
+// to the mapping granularity) or an ordinary tensor. Per-group pointers, strides and problem sizes are built on
+// the device from `ends`, so nothing syncs with the host and the call can be captured in a CUDA graph.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -16,8 +15,6 @@
 #include <cstdint>
 
 namespace dwdp {
-
-constexpr int kMaxWeightSegments = 8;
 
 // Kernel shapes. kTileAuto picks by the mean rows per group (M / groups), which the host knows without a sync.
 enum GroupedGemmTile : int {
@@ -35,32 +32,30 @@ cudaError_t grouped_gemm_bf16_workspace_size(int num_groups, size_t* bytes);
 cudaError_t grouped_gemm_fp8_workspace_size(int num_groups, size_t* bytes);
 
 // a: [m, k] bf16 (device); group_row_ends: [num_groups] int64 (device), non-decreasing, last <= m;
-// b_segments: host array of num_segments (<= kMaxWeightSegments) device pointers, each an [E_s, n, k] bf16
-// stack; segment_groups: host array, groups taken from each segment (sum = num_groups, <= E_s each);
+// b: [num_groups, n, k] bf16 (device), experts b_expert_stride (>= n*k) elements apart;
 // d: [m, n] bf16 (device; rows past ends[num_groups-1] are left untouched).
-// NOTE: TMA needs every pointer 16-byte aligned and n, k multiples of 8; row counts may be anything (0 too).
-cudaError_t grouped_gemm_bf16(const void* a, const int64_t* group_row_ends, int num_groups,
-                              const void* const* b_segments, const int* segment_groups, int num_segments, void* d,
-                              int64_t m, int64_t n, int64_t k, int tile, void* workspace, size_t workspace_bytes,
-                              cudaStream_t stream);
+// NOTE: TMA needs every pointer and expert 16-byte aligned and n, k multiples of 8; row counts may be anything.
+cudaError_t grouped_gemm_bf16(const void* a, const int64_t* group_row_ends, int num_groups, const void* b,
+                              int64_t b_expert_stride, void* d, int64_t m, int64_t n, int64_t k, int tile,
+                              void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // DeepSeek-V3 block-scaled FP8 (e4m3): A is quantized per row in 1x128 groups, B per expert in 128x128 blocks.
 //   D[r, c] = sum_kb a_scales[r, kb] * b_scale_g[c / 128, kb] * sum_{j in kb} A[r, j] * B_g[c, j]
-// a: [m, k] fp8; a_scales: [m, k/128] fp32 row-major; b_segments: [E_s, n, k] fp8 stacks;
-// b_scale_segments: matching [E_s, n/128, k/128] fp32 stacks (DeepSeek's weight_scale_inv layout);
-// d: [m, n] bf16. n and k must be multiples of 128.
+// a: [m, k] fp8; a_scales: [m, k/128] fp32 row-major; b: [num_groups, n, k] fp8, experts b_expert_stride apart;
+// b_scales: [num_groups, n/128, k/128] fp32 (DeepSeek's weight_scale_inv layout), b_scale_expert_stride floats
+// apart; d: [m, n] bf16. n and k must be multiples of 128.
 cudaError_t grouped_gemm_fp8(const void* a, const float* a_scales, const int64_t* group_row_ends, int num_groups,
-                             const void* const* b_segments, const void* const* b_scale_segments,
-                             const int* segment_groups, int num_segments, void* d, int64_t m, int64_t n, int64_t k,
-                             int tile, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                             const void* b, int64_t b_expert_stride, const float* b_scales,
+                             int64_t b_scale_expert_stride, void* d, int64_t m, int64_t n, int64_t k, int tile,
+                             void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // 1x128 activation quantization (e4m3, scale = max(amax, 1e-4) / 448): x [m, k] bf16 -> q [m, k] fp8,
 // scales [m, k/128] fp32. k must be a multiple of 128.
 cudaError_t quantize_fp8_rows(const void* x, void* q, float* scales, int64_t m, int64_t k, cudaStream_t stream);
 
-// SwiGLU then 1x128 quantization: h [m, 2*inter] bf16 (gate columns, then up) -> act = silu(gate) * up in fp32
-// -> q [m, inter] fp8, scales [m, inter/128] fp32. inter must be a multiple of 128.
-cudaError_t swiglu_quantize_fp8(const void* h, void* q, float* scales, int64_t m, int64_t inter,
+// SwiGLU then 1x128 quantization: h [m, 2*inter] bf16 (gate columns, then up; up first with up_first) ->
+// act = silu(gate) * up in fp32 -> q [m, inter] fp8, scales [m, inter/128] fp32. inter: a multiple of 128.
+cudaError_t swiglu_quantize_fp8(const void* h, void* q, float* scales, int64_t m, int64_t inter, bool up_first,
                                 cudaStream_t stream);
 
 }  // namespace dwdp

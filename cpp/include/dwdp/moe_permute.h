@@ -1,4 +1,4 @@
-// Framework-free permute / combine for split-weight MoE. Raw pointers and a cudaStream_t.
+// Framework-free permute, SwiGLU and combine of the MoE expert path. Raw pointers and a cudaStream_t.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -12,13 +12,13 @@ namespace dwdp {
 cudaError_t permute_rows_bf16(const void* x, const int64_t* src, const int64_t* dest, int64_t n, int64_t hidden,
                               void* out, cudaStream_t stream);
 
-constexpr int kMaxSegments = 8;
+// out[t, :] = sum_j weight[a] * y[row[a], :] with a = t*k_top + j, accumulated in fp32; row[a] < 0 skips the
+// assignment (no expert of this rank). y: row-major [*, hidden] bf16; out: [tokens, hidden] bf16.
+cudaError_t combine_bf16(const void* y, const int64_t* row, const float* weight, int64_t tokens, int64_t k_top,
+                         int64_t hidden, void* out, cudaStream_t stream);
 
-// out[t, :] = sum_j weight[a] * seg_out[segment[a]][row[a], :] with a = t*k_top + j, accumulated in fp32.
-// seg_out: host array of num_segments (<= kMaxSegments) device pointers, each row-major [*, hidden] bf16;
-// they travel as kernel arguments, so no host-to-device copy is needed. out: [tokens, hidden] bf16.
-cudaError_t combine_bf16(const void* const* seg_out, int num_segments, const int64_t* segment, const int64_t* row,
-                         const float* weight, int64_t tokens, int64_t k_top, int64_t hidden, void* out,
-                         cudaStream_t stream);
+// act = silu(gate) * up, fp32 math, bf16 out: h [m, 2*inter] holds gate then up columns (up then gate with
+// up_first, TensorRT-LLM's w3_w1 order); act [m, inter]. inter must be a multiple of 8.
+cudaError_t swiglu_bf16(const void* h, void* act, int64_t m, int64_t inter, bool up_first, cudaStream_t stream);
 
 }  // namespace dwdp

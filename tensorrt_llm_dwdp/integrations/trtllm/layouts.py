@@ -150,9 +150,10 @@ def stage_to_host(holder) -> list:
 
 
 def split_to_module(weights, layout: str, expert_ids: Sequence[int]) -> Dict[str, torch.Tensor]:
-    """TensorRT-LLM's tensors of `expert_ids`, read from a SplitExpertWeights (shard and slots)."""
-    names = weights.segments[0].tensors.keys()
-    return from_shard(layout, {n: torch.stack([weights.expert(e, n) for e in expert_ids]) for n in names})
+    """TensorRT-LLM's tensors of `expert_ids`, read from a layer's ExpertWeights (composite tensors)."""
+    idx = list(expert_ids)
+    names = [n for n in ("w13", "w2", "w13_scale", "w2_scale") if getattr(weights, n) is not None]
+    return from_shard(layout, {n: getattr(weights, n)[idx] for n in names})
 
 
 def restore_module_tensor(rec, tensors: Mapping[str, torch.Tensor]) -> None:

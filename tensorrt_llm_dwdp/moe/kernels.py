@@ -1,0 +1,166 @@
+"""Expert kernels on one layer's `[E, ...]` expert tensors (composite or ordinary): the same for every mode.
+
+  * GROUPED_MM: BF16 through `torch._grouped_mm` (the library grouped GEMM), SwiGLU and the weighted
+    combine as our fused kernels;
+  * CUTLASS_BF16: the same steps with our CUTLASS grouped GEMM (the kernel the TensorRT plugin runs);
+  * CUTLASS_FP8: DeepSeek-V3 block-scaled FP8 (1x128 activations, 128x128 weights) through our CUTLASS
+    kernel, SwiGLU fused with the next quantization (torch has no block-scaled grouped GEMM on sm90);
+  * REFERENCE: plain torch, token by expert (CPU ranks, and the check for the others).
+
+Every path: sort the T*k assignments by expert (an id equal to E, "no expert", sorts last and is never
+computed), gather the token rows, grouped GEMM, SwiGLU, grouped GEMM, weighted sum over top-k in fp32. No
+host synchronisation and no data-dependent shapes, so a layer can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from . import ops
+from .experts import SharedExpert, moe_experts, swiglu
+from .weights import ExpertWeights
+
+
+class ExpertKernel(enum.Enum):
+    GROUPED_MM = "grouped_mm"
+    CUTLASS_BF16 = "cutlass_bf16"
+    CUTLASS_FP8 = "cutlass_fp8"
+    REFERENCE = "reference"
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    kernel: ExpertKernel
+    reason: str  # why this kernel (and not a faster one) runs these weights
+
+
+def check(kernel: ExpertKernel, x: torch.Tensor, weights: ExpertWeights) -> Optional[str]:
+    """None if `kernel` can run activations like x on these weights, else why not."""
+    if kernel is ExpertKernel.REFERENCE:
+        return None
+    if kernel is ExpertKernel.CUTLASS_FP8 and (not weights.is_fp8 or weights.w13_scale is None
+                                               or weights.w2_scale is None):
+        return "weights are not FP8 e4m3 with w13_scale/w2_scale block scales"
+    if not x.is_cuda or weights.device != x.device:
+        return f"activations on {x.device}, weights on {weights.device}: the grouped kernels run on one GPU"
+    if x.dtype != torch.bfloat16:
+        return f"activations are {x.dtype}; the grouped kernels take bfloat16"
+    if kernel is ExpertKernel.CUTLASS_FP8:
+        if not ops.fp8_available(x):
+            return "the CUTLASS FP8 kernel is not built (nvidia-cutlass headers) or this GPU is not Hopper (sm_90)"
+        if any(d % ops.FP8_BLOCK for d in (*weights.w13.shape[1:], *weights.w2.shape[1:])):
+            return "FP8 block scales need both GEMM dims of w13 and w2 to be multiples of 128"
+        return None
+    if weights.is_fp8 or weights.w13.dtype != torch.bfloat16:
+        return f"weights are {weights.w13.dtype}; this kernel takes bfloat16"
+    if any((d * 2) % 16 for d in (*weights.w13.shape[1:], *weights.w2.shape[1:])):
+        return "both GEMM dims must be multiples of 8 bf16 (16 bytes) for TMA"
+    if kernel is ExpertKernel.GROUPED_MM:
+        if not hasattr(torch, "_grouped_mm"):
+            return f"torch {torch.__version__} has no torch._grouped_mm"
+        if torch.cuda.get_device_capability(x.device) < (9, 0):
+            return "torch._grouped_mm's fast path needs Hopper or newer"
+        if any(w.stride(0) != w[0].numel() for w in (weights.w13, weights.w2)):
+            return "experts are padded (composite stride > expert size); torch._grouped_mm takes dense stacks"
+        return None
+    if not ops.cutlass_available(x):
+        return "the CUTLASS BF16 kernel is not built (nvidia-cutlass headers) or this GPU is not Hopper (sm_90)"
+    return None
+
+
+_PREFERENCE = (ExpertKernel.CUTLASS_FP8, ExpertKernel.GROUPED_MM, ExpertKernel.CUTLASS_BF16, ExpertKernel.REFERENCE)
+
+
+def select(x: torch.Tensor, weights: ExpertWeights) -> KernelChoice:
+    """The fastest kernel that runs here, chosen once per weights object and activation dtype/device."""
+    key = (x.dtype, x.device)
+    choice = weights.kernels.get(key)
+    if choice is None:
+        why = []
+        for kernel in _PREFERENCE:
+            reason = check(kernel, x, weights)
+            if reason is None:
+                choice = KernelChoice(kernel, "; ".join(why) or "fastest available")
+                break
+            why.append(f"{kernel.value}: {reason}")
+        weights.kernels[key] = choice
+    return choice
+
+
+def expert_compute(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
+                   shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
+                   tile: int = 0) -> torch.Tensor:
+    """Routed (and shared) experts for x [T, H]: topk_ids [T, k] (E = no expert), topk_weights [T, k] -> [T, H].
+    kernel: force one (it must pass `check`); default `select`. tile: the CUTLASS tile (ops.grouped_gemm)."""
+    if kernel is None:
+        kernel = select(x, weights).kernel
+    elif (reason := check(kernel, x, weights)) is not None:
+        raise ValueError(f"expert kernel {kernel.value} cannot run here: {reason}")
+    if kernel is ExpertKernel.REFERENCE:
+        return moe_experts(x, topk_ids, topk_weights, weights, shared)
+    out = _grouped(x, topk_ids, topk_weights, weights, kernel, tile) if topk_ids.numel() else torch.zeros_like(x)
+    return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
+
+
+_ARANGE: Dict[Tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    key = (device, n)
+    if key not in _ARANGE:
+        _ARANGE[key] = torch.arange(n, device=device)
+    return _ARANGE[key]
+
+
+@dataclass(frozen=True)
+class Sorted:
+    """Assignments sorted by expert: order[i] is the assignment in sorted row i; ends[e] the end of expert e's
+    rows; row[a] the sorted row of assignment a (-1 for "no expert")."""
+
+    order: torch.Tensor
+    ends: torch.Tensor
+    row: torch.Tensor
+
+
+def sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> Sorted:
+    flat = topk_ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    # searchsorted, unlike bincount, never syncs with the host
+    ends = torch.searchsorted(flat[order], _arange(num_experts, flat.device), right=True)
+    row = torch.empty_like(order)
+    row[order] = _arange(order.numel(), flat.device)
+    return Sorted(order, ends, torch.where(flat < num_experts, row, -1))
+
+
+def _grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKernel, tile: int) -> torch.Tensor:
+    k = topk_ids.shape[1]
+    s = sort_by_expert(topk_ids, weights.num_experts)
+    src, idx = s.order // k, _arange(s.order.numel(), x.device)
+    up_first = weights.w13_order.value == "up_gate"
+    if kernel is ExpertKernel.CUTLASS_FP8:
+        xq, xs = ops.quantize_fp8(x)  # the T token rows once, then gathered with their scales
+        xq, xs = _gather_rows(xq, src, idx), _gather_rows(xs, src, idx)
+        h = ops.grouped_gemm_fp8(xq, xs, s.ends, weights.w13, weights.w13_scale, tile)
+        aq, as_ = ops.swiglu_quantize_fp8(h, up_first)
+        y = ops.grouped_gemm_fp8(aq, as_, s.ends, weights.w2, weights.w2_scale, tile)
+    else:
+        xp = ops.permute_rows(x, src, idx, idx.numel())
+        if kernel is ExpertKernel.GROUPED_MM:
+            offs = s.ends.to(torch.int32)
+            h = torch._grouped_mm(xp, weights.w13.transpose(-2, -1), offs=offs)
+            y = torch._grouped_mm(ops.swiglu(h, up_first), weights.w2.transpose(-2, -1), offs=offs)
+        else:
+            h = ops.grouped_gemm(xp, s.ends, weights.w13, tile)
+            y = ops.grouped_gemm(ops.swiglu(h, up_first), s.ends, weights.w2, tile)
+    return ops.combine(y, s.row, topk_weights.reshape(-1), k).to(x.dtype)
+
+
+def _gather_rows(t: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t[src] for rows of any dtype; the bf16 permute kernel moves them when a row is 16-byte aligned."""
+    if (t.shape[1] * t.element_size()) % 16 == 0:
+        return ops.permute_rows(t.view(torch.bfloat16), src, idx, src.numel()).view(t.dtype)
+    return t.view(torch.uint8).index_select(0, src).view(t.dtype)

@@ -1,0 +1,83 @@
+"""One MoE layer's routed experts = weight source x token exchange x expert kernel.
+
+  * weight source: `LocalWeights` (every expert this rank computes, in ordinary tensors) or `DwdpWeights`
+    (the hooks' composite tensors: waits for the layer's pull, frees its slot after);
+  * token exchange: `NoExchange` (local and DWDP: a rank computes its own tokens) or DEP's all-to-all
+    (tokens travel to the ranks that own their experts and back);
+  * expert kernel: `kernels.select`, once per weights object, the same for every mode.
+
+`local`, `dwdp` and `dep` therefore run the same kernel on the same layout; a comparison changes one part.
+Hosts build a `RoutedExperts` instead of writing layer_weights -> compute -> layer_done by hand.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Protocol
+
+import torch
+
+from .kernels import ExpertKernel, expert_compute
+from .weights import ExpertWeights
+
+# (x [R, H], topk_ids [R, k], topk_weights [R, k]) -> [R, H]: the experts of the weight source on rows
+ComputeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class WeightSource(Protocol):
+    def acquire(self, layer_idx: int) -> ExpertWeights: ...
+
+    def release(self, layer_idx: int) -> None: ...
+
+
+class TokenExchange(Protocol):
+    def run(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+            compute: ComputeFn) -> torch.Tensor: ...
+
+
+class LocalWeights:
+    """Experts held in ordinary tensors, per model layer index (the `local` and `dep` modes)."""
+
+    def __init__(self, layers: Dict[int, ExpertWeights]):
+        self.layers = dict(layers)
+
+    def acquire(self, layer_idx: int) -> ExpertWeights:
+        return self.layers[layer_idx]
+
+    def release(self, layer_idx: int) -> None:
+        pass
+
+
+class DwdpWeights:
+    """The hooks' composite tensors: local shard and prefetch slot, joined in virtual memory."""
+
+    def __init__(self, hooks):
+        self.hooks = hooks
+
+    def acquire(self, layer_idx: int) -> ExpertWeights:
+        return self.hooks.layer_weights(layer_idx)
+
+    def release(self, layer_idx: int) -> None:
+        self.hooks.layer_done(layer_idx)
+
+
+class NoExchange:
+    """Every rank computes its own tokens (local and DWDP)."""
+
+    def run(self, x, topk_ids, topk_weights, compute: ComputeFn) -> torch.Tensor:
+        return compute(x, topk_ids, topk_weights)
+
+
+class RoutedExperts:
+    """The routed experts of every MoE layer of a model on one rank; `routed` is what a MoE block calls."""
+
+    def __init__(self, source: WeightSource, exchange: Optional[TokenExchange] = None,
+                 kernel: Optional[ExpertKernel] = None):
+        self.source, self.exchange, self.kernel = source, exchange or NoExchange(), kernel
+
+    def routed(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+               layer_idx: int) -> torch.Tensor:
+        weights = self.source.acquire(layer_idx)
+        y = self.exchange.run(x, topk_ids, topk_weights,
+                              lambda xs, ids, wts: expert_compute(xs, ids, wts, weights, kernel=self.kernel))
+        self.source.release(layer_idx)
+        return y
