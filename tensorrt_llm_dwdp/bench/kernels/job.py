@@ -1,0 +1,88 @@
+"""One `bench kernels` run under mpirun: every rank sets up the hooks, rank 0 measures and reports."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import List, Optional
+
+import torch
+
+from ...bootstrap import run_or_abort
+from . import gemm, overlap, parse_args, write_json
+from .setup import fmt_table, measure_peaks, setup_hooks
+
+# NOTE: peers wait at the hooks' shutdown barrier while rank 0 measures; give them the whole run.
+PEER_WAIT_S = 3600.0
+
+
+def run(args) -> int:
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    if not torch.cuda.is_available():
+        if rank == 0:
+            print("trtllm-dwdp bench kernels: error: needs a CUDA GPU (it measures the GPU data path)")
+        return 2
+    torch.cuda.set_device(rank % torch.cuda.device_count())
+    measure = rank == 0
+    sections = args.sections.split(",")
+    shapes, dtypes = args.shapes.split(","), args.dtypes.split(",")
+    tokens = [int(t) for t in args.tokens.split(",")]
+    out = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "ranks": comm.Get_size(),
+           "gemm": [], "overlap": [], "hooks": []}
+    if measure:
+        out["peaks"] = measure_peaks()
+        print("peaks: " + ", ".join(f"{k} {v:.0f}" for k, v in out["peaks"].items()), flush=True)
+    for shape in shapes:
+        for dtype in dtypes:
+            if "gemm" in sections:
+                with _hooks(shape, dtype, 2, comm, args) as hooks:
+                    if measure:
+                        out["gemm"] += gemm.run(hooks, shape, dtype, tokens, args.routing.split(","), out["peaks"])
+            if "overlap" in sections or "hooks" in sections:
+                with _hooks(shape, dtype, 3, comm, args) as hooks:
+                    if measure and "overlap" in sections:
+                        out["overlap"] += [overlap.run(hooks, shape, dtype, t) for t in tokens]
+                    if measure and "hooks" in sections:
+                        out["hooks"].append(dict(shape=shape, dtype=dtype, **overlap.host_time(hooks)))
+            torch.cuda.empty_cache()
+    if not measure:
+        return 0
+    out["fp8_over_bf16"] = gemm.fp8_over_bf16(out["gemm"])
+    print(f"\nbench kernels on {out['device']}, {out['date']}: {comm.Get_size()} ranks, rank 0 measures")
+    for name, cols in (("gemm", ["shape", "dtype", "routing", "tokens", "kernel", "composite_ms", "ordinary_ms",
+                                 "composite_over_ordinary", "gemm_tflops", "gemm_of_peak", "gemm_over_dense",
+                                 "mlp_ms", "mlp_speedup_over_cutlass"]),
+                       ("fp8_over_bf16", ["shape", "routing", "tokens", "fp8_mlp_over_bf16"]),
+                       ("overlap", ["shape", "dtype", "tokens", "mlp_alone_ms", "mlp_with_pull_ms", "slowdown",
+                                    "pull_mib", "pull_ms", "pull_gbps"]),
+                       ("hooks", ["shape", "dtype", "layers", "pull_issue", "layer_us_p50", "layer_us_p90",
+                                  "step_us_p50"])):
+        if out.get(name):
+            print(f"\n{name}:\n{fmt_table(out[name], cols)}")
+    if args.json:
+        write_json(args.json, out)
+    return 0
+
+
+class _hooks:
+    """setup_hooks as a context: rank 0 closes when done measuring; the others wait for it at the barrier."""
+
+    def __init__(self, shape, dtype, layers, comm, args):
+        self.hooks = setup_hooks(shape, dtype, layers, comm, int(args.slice_mib * 2**20))
+        self.rank = comm.Get_rank()
+
+    def __enter__(self):
+        return self.hooks
+
+    def __exit__(self, *exc):
+        self.hooks.close(timeout_s=PEER_WAIT_S)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_or_abort(run, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Shapes, timing and the real hooks every section measures on."""
+
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import torch
+
+from ...config import DwdpConfig
+from ...hooks import DwdpHooks, MoeShape
+from ...moe import ops
+
+SHAPES = {  # hidden, expert intermediate, experts, top-k
+    "deepseek-v3": (7168, 2048, 256, 8),
+    "qwen3-30b-a3b": (2048, 768, 128, 8),
+}
+
+
+def bench_ms(fn, warmup: int = 3, iters: int = 10) -> float:
+    """Median device time of fn() in milliseconds, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def measure_peaks() -> Dict[str, float]:
+    """Dense BF16 and FP8 (tensor-scaled) GEMM rates and the HBM copy rate of this GPU, measured now."""
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    t = bench_ms(lambda: a @ b)
+    src = torch.empty(2 << 30, dtype=torch.uint8, device="cuda").random_()
+    dst = torch.empty_like(src)
+    tc = bench_ms(lambda: dst.copy_(src))
+    one = torch.ones((), device="cuda")
+    a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn).t()  # b column-major, as cuBLAS wants
+    t8 = bench_ms(lambda: torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+    return {"bf16_tflops": 2 * n ** 3 / t / 1e9, "fp8_tflops": 2 * n ** 3 / t8 / 1e9,
+            "hbm_gbps": 2 * 2 * 2**30 / tc / 1e6}
+
+
+def expert_loader(shape: str, dtype: str, seed: int = 0):
+    """(layer, experts) -> seeded random experts, the same on every rank; FP8 quantized per 128x128 block."""
+    hidden, inter, _, _ = SHAPES[shape]
+
+    def load(layer, experts):
+        out = {"w13": torch.empty(len(experts), 2 * inter, hidden, device="cuda", dtype=torch.bfloat16),
+               "w2": torch.empty(len(experts), hidden, inter, device="cuda", dtype=torch.bfloat16)}
+        for i, e in enumerate(experts):
+            g = torch.Generator(device="cuda").manual_seed(seed * 1_000_003 + layer * 4096 + int(e))
+            out["w13"][i].normal_(0, hidden ** -0.5, generator=g)
+            out["w2"][i].normal_(0, inter ** -0.5, generator=g)
+        if dtype != "float8_e4m3fn":
+            return out
+        (q13, s13), (q2, s2) = ops.quantize_weight_blocks(out["w13"]), ops.quantize_weight_blocks(out["w2"])
+        return {"w13": q13, "w2": q2, "w13_scale": s13, "w2_scale": s2}
+    return load
+
+
+def setup_hooks(shape: str, dtype: str, layers: int, comm, slice_bytes: int = 32 << 20) -> DwdpHooks:
+    """A group of comm's ranks on real hooks (CUDA VMM); rank 0 holds a quarter of the experts (as a rank of
+    a DWDP4 group does) and pulls the rest from the others, which share them out evenly."""
+    hidden, inter, experts, _ = SHAPES[shape]
+    g = comm.Get_size()
+    mine = experts // 4
+    rest = [tuple(range(mine + (experts - mine) * r // (g - 1), mine + (experts - mine) * (r + 1) // (g - 1)))
+            for r in range(g - 1)]
+    config = DwdpConfig(group_size=g, num_experts=experts, placement=(tuple(range(mine)), *rest),
+                        weight_dtype=dtype, memory_backend="cuda_vmm", slice_bytes=slice_bytes)
+    return DwdpHooks.setup(config, MoeShape(layers, hidden, inter, experts), expert_loader(shape, dtype), comm=comm)
+
+
+def routing(tokens: int, experts: int, k: int, skewed: bool, gen: torch.Generator):
+    """top-k ids [T, k] and weights [T, k]. skewed: expert popularity log-normal (sigma 1), so the hottest
+    experts get several times the mean load, as measured routers without load balancing show."""
+    scores = torch.rand(tokens, experts, device="cuda", generator=gen)
+    if skewed:
+        pop = torch.randn(experts, device="cuda", generator=gen).exp()
+        scores = scores.log() / pop  # Gumbel-style: higher popularity, more often in the top k
+    return scores.topk(k, dim=-1).indices, torch.rand(tokens, k, device="cuda", generator=gen)
+
+
+def mlp_flops(tokens: int, shape: str) -> float:
+    hidden, inter, _, k = SHAPES[shape]
+    return 2.0 * tokens * k * 3 * hidden * inter
+
+
+def fmt_table(rows, cols) -> str:
+    width = [max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, width))]
+    lines += ["  ".join(_fmt(r.get(c)).rjust(w) for c, w in zip(cols, width)) for r in rows]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+    return "-" if v is None else str(v)
+
+
+del math
