@@ -288,6 +288,7 @@ def test_calibration_replaces_measured_fractions(tmp_path):
     e = cal.efficiency
     assert e.mma == pytest.approx(750 / 989.5) and e.hbm == pytest.approx(3000 / 3350)
     assert e.pull_slowdown == pytest.approx(0.04) and e.link == Efficiency().link
+    assert e.elementwise == e.hbm  # elementwise kernels take the measured copy's fraction
     # 16384 tokens x top-8 over 256 experts = 512 tokens per expert; roofline by hand:
     a = 16384 * 8
     roof = max(6 * a * 7168 * 2048 / 750e9, (3 * 256 * 7168 * 2048 * 2 + 2 * a * 7168 * 2) / 3000e6)
@@ -296,6 +297,23 @@ def test_calibration_replaces_measured_fractions(tmp_path):
     assert not any("NOTE" in n for n in cal.notes)
     other = apply_calibration(GB200, R1, Efficiency(), load_calibration(_bench_json(tmp_path)))
     assert any("NOTE" in n for n in other.notes)
+
+
+def test_calibration_carries_the_measured_fraction_not_a_ratio_to_another_datasheet(tmp_path):
+    """750 TFLOP/s measured on an H100 is 0.758 of H100's datasheet; applied to GB200 it stays
+    0.758 of GB200's datasheet (1895 TFLOP/s), not 750 / 2500 = 0.30, and the note says so."""
+    cal = load_calibration(_bench_json(tmp_path))
+    gb = apply_calibration(GB200, R1, Efficiency(), cal)
+    assert gb.efficiency.mma == pytest.approx(750 / 989.5)
+    assert gb.efficiency.hbm == pytest.approx(3000 / 3350)
+    note = [n for n in gb.notes if "ASSUMES" in n]
+    assert note and "h100" in note[0] and "gb200" in note[0]
+    # on its own machine the absolute rate comes back exactly
+    h = apply_calibration(H100, R1, Efficiency(), cal)
+    assert Rates.of(H100, h.efficiency).flops["bf16"] == pytest.approx(750e12)
+    unknown = apply_calibration(H200, R1, Efficiency(), load_calibration(_bench_json(tmp_path, "Some GPU")))
+    assert unknown.efficiency.mma == pytest.approx(750 / 989.5)
+    assert any("matches no machine profile" in n for n in unknown.notes)
 
 
 def test_calibration_from_the_h100_run_matches_bench_own_roofline():
