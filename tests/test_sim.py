@@ -12,11 +12,11 @@ import pytest
 from tensorrt_llm_dwdp.sim.analysis import crossover, layer_budget, model_times, roofline_batch1
 from tensorrt_llm_dwdp.sim.auto import decide
 from tensorrt_llm_dwdp.sim.calibrate import BENCH_SHAPES, apply_calibration, load_calibration
-from tensorrt_llm_dwdp.sim.costs import a2a_s, remote_copies
+from tensorrt_llm_dwdp.sim.costs import Chunk, a2a_s, experts_touched, moe_layer_cost, remote_copies
 from tensorrt_llm_dwdp.sim.engine import _fair_rates, simulate, simulate_dep, workload
 from tensorrt_llm_dwdp.sim.machines import Efficiency, Rates, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
-from tensorrt_llm_dwdp.sim.scenario import Scenario
+from tensorrt_llm_dwdp.sim.scenario import DepModel, Scenario
 from tensorrt_llm_dwdp.sim.workload import IslDist, pack, parse_isl
 
 GB200, H100, H200 = get_machine("gb200"), get_machine("h100"), get_machine("h200")
@@ -24,6 +24,10 @@ R1 = get_model("deepseek-r1")
 NVFP4, FP8, BF16 = get_precision("nvfp4"), get_precision("fp8"), get_precision("bf16")
 R1_EXPERT = 3 * 7168 * 2048  # weights of one DeepSeek-R1 routed expert
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ranks alike: no routing skew, no jitter, one slowdown for every pull length (the closed forms' assumptions)
+ALIKE = Efficiency(routing_skew=0.0, jitter=0.0, short_pull_slowdown=Efficiency().pull_slowdown)
 
 
 def scn(machine=GB200, model=R1, prec=NVFP4, ranks=4, isl="normal:8192:0.2", mnt=16384, **kw):
@@ -60,9 +64,12 @@ def test_hopper_pull_matches_design():
 
 def test_moe_compute_is_flops_over_rate_when_compute_bound():
     s = scn(GB200, isl="32768")
-    b = layer_budget(s, 32768, isl=32768)
+    c = moe_layer_cost(R1, NVFP4, s.rates, s.efficiency, [Chunk(32768)])
     flops = 32768 * 8 * 6 * 7168 * 2048
-    assert b.dwdp_experts_s == pytest.approx(flops / (10000e12 * 783 / 989.5), rel=1e-9)
+    rows = 32768 * 8 / experts_touched(256, 8, 32768)  # ~1024 rows per expert
+    grouped = s.efficiency.grouped_at(rows, "nvfp4")
+    assert 0.3 < grouped < 0.6  # about 35% of NVFP4 peak, as published (0.44 of the dense rate)
+    assert c.experts.grouped == pytest.approx(flops / (10000e12 * 783 / 989.5) / grouped, rel=1e-9)
 
 
 def test_a2a_copies_by_enumeration():
@@ -138,12 +145,14 @@ def test_dep_sync_loss_at_20pct_cv():
     request per iteration, ~14% at max_num_tokens = 2x the mean ISL, ~9% at 3x, ~4% with
     chunked prefill filling every iteration). At 2x, DEP4, we accept 10-12% +- 3 points.
     """
+    legacy = dict(dep_model=DepModel.LEGACY, efficiency=ALIKE)
     losses = [simulate_dep(s, workload(s)).wait_frac
-              for s in (scn(iterations=64, seed=seed) for seed in range(3))]
+              for s in (scn(iterations=64, seed=seed, **legacy) for seed in range(3))]
     assert 0.07 <= float(np.mean(losses)) <= 0.15, losses
-    assert simulate_dep(scn(isl="8192", iterations=16), workload(scn(isl="8192", iterations=16))).wait_frac < 1e-9
+    flat = scn(isl="8192", iterations=16, **legacy)
+    assert simulate_dep(flat, workload(flat)).wait_frac < 1e-9
     by_cv = [simulate_dep(s, workload(s)).wait_frac for s in
-             (scn(isl=f"normal:8192:{cv}", iterations=32, chunked=True) for cv in (0.1, 0.2, 0.4))]
+             (scn(isl=f"normal:8192:{cv}", iterations=32, chunked=True, **legacy) for cv in (0.1, 0.2, 0.4))]
     assert by_cv[0] < by_cv[1] < by_cv[2]
 
 
@@ -168,7 +177,8 @@ def test_hopper_needs_twice_the_window_and_small_models_fit_better():
     (H100, get_model("qwen3-30b-a3b"), BF16, 4096, 16384),
 ])
 def test_des_matches_closed_form_when_ranks_are_alike(machine, model, prec, isl, mnt):
-    s = scn(machine, model, prec, isl=str(isl), mnt=mnt, iterations=8, chunked=True)
+    s = scn(machine, model, prec, isl=str(isl), mnt=mnt, iterations=8, chunked=True, efficiency=ALIKE,
+            dep_model=DepModel.LEGACY)
     run = simulate(s)
     dwdp, dep = model_times(s, mnt)
     assert run.dep.time_s[0] / 8 == pytest.approx(dep, rel=1e-9)
@@ -278,6 +288,7 @@ def test_calibration_replaces_measured_fractions(tmp_path):
     e = cal.efficiency
     assert e.mma == pytest.approx(750 / 989.5) and e.hbm == pytest.approx(3000 / 3350)
     assert e.pull_slowdown == pytest.approx(0.04) and e.link == Efficiency().link
+    assert e.elementwise == e.hbm  # elementwise kernels take the measured copy's fraction
     # 16384 tokens x top-8 over 256 experts = 512 tokens per expert; roofline by hand:
     a = 16384 * 8
     roof = max(6 * a * 7168 * 2048 / 750e9, (3 * 256 * 7168 * 2048 * 2 + 2 * a * 7168 * 2) / 3000e6)
@@ -286,6 +297,23 @@ def test_calibration_replaces_measured_fractions(tmp_path):
     assert not any("NOTE" in n for n in cal.notes)
     other = apply_calibration(GB200, R1, Efficiency(), load_calibration(_bench_json(tmp_path)))
     assert any("NOTE" in n for n in other.notes)
+
+
+def test_calibration_carries_the_measured_fraction_not_a_ratio_to_another_datasheet(tmp_path):
+    """750 TFLOP/s measured on an H100 is 0.758 of H100's datasheet; applied to GB200 it stays
+    0.758 of GB200's datasheet (1895 TFLOP/s), not 750 / 2500 = 0.30, and the note says so."""
+    cal = load_calibration(_bench_json(tmp_path))
+    gb = apply_calibration(GB200, R1, Efficiency(), cal)
+    assert gb.efficiency.mma == pytest.approx(750 / 989.5)
+    assert gb.efficiency.hbm == pytest.approx(3000 / 3350)
+    note = [n for n in gb.notes if "ASSUMES" in n]
+    assert note and "h100" in note[0] and "gb200" in note[0]
+    # on its own machine the absolute rate comes back exactly
+    h = apply_calibration(H100, R1, Efficiency(), cal)
+    assert Rates.of(H100, h.efficiency).flops["bf16"] == pytest.approx(750e12)
+    unknown = apply_calibration(H200, R1, Efficiency(), load_calibration(_bench_json(tmp_path, "Some GPU")))
+    assert unknown.efficiency.mma == pytest.approx(750 / 989.5)
+    assert any("matches no machine profile" in n for n in unknown.notes)
 
 
 def test_calibration_from_the_h100_run_matches_bench_own_roofline():

@@ -50,10 +50,10 @@ def test_calibration_is_applied_and_noted(tmp_path, capsys):
     cal = tmp_path / "k.json"
     cal.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3",
                                "peaks": {"bf16_tflops": 700.0, "hbm_gbps": 3000.0, "h2d_gbps": 50.0},
-                               "gemm": [], "overlap": [{"slowdown": 0.05}]}))
+                               "gemm": [], "overlap": [{"slowdown": 0.06}]}))
     assert main(FAST + ["--machine", "h100", "--model", "qwen3-30b-a3b", "--calibration", str(cal)]) == 0
     out = capsys.readouterr().out
-    assert "calibration: mma" in out and "pull_slowdown 0.040 -> 0.050" in out and "not applied" in out
+    assert "calibration: mma" in out and "pull_slowdown 0.050 -> 0.060" in out and "not applied" in out
 
 
 @pytest.mark.parametrize("argv,option", [

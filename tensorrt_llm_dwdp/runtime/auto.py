@@ -3,13 +3,14 @@ workload on the target machine, log the reason, and warn when a requested DWDP c
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Optional
 
 import torch
 
 from ..sim.auto import AutoDecision, decide
 from ..sim.machines import MACHINES, get_machine
-from ..sim.models import MoEModel, get_precision, gqa, mla
+from ..sim.models import MoEModel, get_precision, moe_model
 from ..sim.scenario import Scenario
 from ..workload import parse_isl
 from .config import ModelConfig
@@ -17,11 +18,8 @@ from .config import ModelConfig
 
 def sim_model(c: ModelConfig) -> MoEModel:
     """The runtime's model shapes as the performance model sees them."""
-    attn = (mla(c.hidden, c.heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_dim, c.qk_rope_dim, c.v_head_dim)
-            if c.attention == "mla" else gqa(c.hidden, c.heads, c.kv_heads, c.head_dim))
-    shared = c.shared_inter // c.moe_inter if c.moe_inter else 0
-    return MoEModel(c.name, c.hidden, c.layers, c.first_k_dense, c.dense_inter, c.moe_inter, c.num_experts, c.top_k,
-                    shared, attn, "runtime model config", c.vocab)
+    kw = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "name"}
+    return moe_model(c.name, "runtime model config", **kw)
 
 
 def target_machine(name: Optional[str]) -> str:

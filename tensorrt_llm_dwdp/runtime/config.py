@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+from ..presets import preset_kwargs
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -60,30 +62,9 @@ class ModelConfig:
         return tuple(range(self.first_k_dense, self.layers))
 
 
-PRESETS = {
-    # CPU-sized: every feature (MLA, dense first layer, grouped routing, shared expert) at toy width.
-    "tiny": ModelConfig("tiny", vocab=512, hidden=64, layers=3, first_k_dense=1, dense_inter=128, num_experts=16,
-                        top_k=4, moe_inter=32, shared_inter=32, attention="mla", heads=4, n_group=4, topk_group=2,
-                        routed_scaling=2.5, q_lora_rank=48, kv_lora_rank=32, qk_nope_dim=16, qk_rope_dim=8,
-                        v_head_dim=16),
-    # deepseek-ai/DeepSeek-V2-Lite config.json
-    "deepseek-v2-lite": ModelConfig("deepseek-v2-lite", vocab=102400, hidden=2048, layers=27, first_k_dense=1,
-                                    dense_inter=10944, num_experts=64, top_k=6, moe_inter=1408, shared_inter=2 * 1408,
-                                    attention="mla", heads=16, routing="softmax", renormalize=False, q_lora_rank=None,
-                                    kv_lora_rank=512,
-                                    qk_nope_dim=128, qk_rope_dim=64, v_head_dim=128),
-    # Qwen/Qwen3-30B-A3B config.json
-    "qwen3-30b-a3b": ModelConfig("qwen3-30b-a3b", vocab=151936, hidden=2048, layers=48, first_k_dense=0,
-                                 dense_inter=0, num_experts=128, top_k=8, moe_inter=768, shared_inter=0,
-                                 attention="gqa", heads=32, kv_heads=4, head_dim=128, qk_norm=True, routing="softmax",
-                                 rope_theta=1e6),
-    # deepseek-ai/DeepSeek-V3 config.json (use num_layers to keep a few layers)
-    "deepseek-v3-layers": ModelConfig("deepseek-v3-layers", vocab=129280, hidden=7168, layers=61, first_k_dense=3,
-                                      dense_inter=18432, num_experts=256, top_k=8, moe_inter=2048, shared_inter=2048,
-                                      attention="mla", heads=128, n_group=8, topk_group=4, routed_scaling=2.5,
-                                      q_lora_rank=1536, kv_lora_rank=512, qk_nope_dim=128, qk_rope_dim=64,
-                                      v_head_dim=128),
-}
+# The runtime's presets: the shared table (presets.py) under the names `bench --preset` takes.
+RUNTIME_PRESETS = ("tiny", "deepseek-v2-lite", "qwen3-30b-a3b", "deepseek-v3-layers")
+PRESETS = {name: ModelConfig(name, **preset_kwargs(name)) for name in RUNTIME_PRESETS}
 
 
 def preset(name: str, num_layers: Optional[int] = None, vocab: Optional[int] = None) -> ModelConfig:

@@ -139,7 +139,8 @@ def model_times(scn: Scenario, tokens: int, isl: Optional[float] = None) -> Tupl
     max(M * fetch, dense + M * overlapped compute)."""
     b = layer_budget(scn, tokens, isl)
     batches = homogeneous_batches(tokens, scn.isl.mean if isl is None else isl)
-    dense = sum(dense_layer_cost(scn.model, scn.precision, scn.rates, c).local_s for c in batches) / len(batches)
+    dense = sum(dense_layer_cost(scn.model, scn.precision, scn.rates, scn.efficiency, c).local_s
+                for c in batches) / len(batches)
     d = scn.model.dense_layers * dense
     m = scn.model.moe_layers
     return max(m * b.fetch_s, d + m * b.overlapped_compute_s), d + m * b.dep_s

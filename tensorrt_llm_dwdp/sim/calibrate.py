@@ -19,8 +19,13 @@ What is read from the link bench:
                         the row of the slicing the simulated pull uses ("round-robin S MiB" for
                         sliced pulls of S MiB, "plain" for --no-slicing). DEP's all-to-all takes
                         the same fraction (NOTE: NCCL's rate is not measured by the link bench).
-Everything else keeps its default. A calibration from another GPU than --machine is applied
-but flagged in the notes.
+Everything else keeps its default.
+
+A calibration file carries absolute measured rates and the GPU they were measured on (`device`).
+On that machine they apply as they are. On another machine the simulator needs an assumption, and
+says which in the notes: rates are carried as the same fraction of the datasheet of the GPU they
+were measured on (e.g. 776 of H200's 989.5 TFLOP/s -> 0.78 of GB200's peak), never divided by the
+other machine's datasheet. A device that matches no profile is taken as --machine itself.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
-from .machines import Efficiency, Machine
+from .machines import MACHINES, Efficiency, Machine
 from .models import MoEModel
 
 # bench/kernels.py's SHAPES names -> (hidden, expert inter, experts, top-k)
@@ -159,34 +164,50 @@ def load_calibration(paths, slice_mib: Optional[float] = 2.0) -> Calibration:
     return merged
 
 
+def measured_on(device: str) -> Optional[Machine]:
+    """The machine profile whose GPU name `device` contains (None if none matches)."""
+    hits = [m for m in MACHINES.values() if m.device_match.lower() in device.lower()]
+    return max(hits, key=lambda m: len(m.device_match)) if hits else None
+
+
 def apply_calibration(machine: Machine, model: MoEModel, base: Efficiency, cal: Calibration) -> Calibrated:
-    """Efficiency with the measured values of `cal` in place of the defaults of `base`."""
+    """Efficiency with the measured values of `cal` in place of the defaults of `base`: each measured
+    rate over the datasheet of the machine it was measured on (the fraction `machine` is assumed to reach)."""
     notes, kw = [], {}
+    src = measured_on(cal.device) or machine
+    same = src.name == machine.name
     if cal.bf16_tflops is not None:
-        mma = cal.bf16_tflops / machine.tflops["bf16"]
-        notes.append(f"mma {base.mma:.3f} -> {mma:.3f} ({cal.bf16_tflops:.0f} of {machine.tflops['bf16']:.0f} "
-                     f"TFLOP/s BF16)")
+        mma = cal.bf16_tflops / src.tflops["bf16"]
+        notes.append(f"mma {base.mma:.3f} -> {mma:.3f} ({cal.bf16_tflops:.0f} of {src.tflops['bf16']:.0f} "
+                     f"TFLOP/s BF16 on {src.name})")
         kw["mma"] = min(mma, 1.5)
     if cal.hbm_gbps is not None:
-        hbm = cal.hbm_gbps / machine.hbm_gbps
-        notes.append(f"hbm {base.hbm:.3f} -> {hbm:.3f} ({cal.hbm_gbps:.0f} of {machine.hbm_gbps:.0f} GB/s)")
+        hbm = cal.hbm_gbps / src.hbm_gbps
+        notes.append(f"hbm {base.hbm:.3f} -> {hbm:.3f} ({cal.hbm_gbps:.0f} of {src.hbm_gbps:.0f} GB/s on {src.name});"
+                     f" elementwise kernels take the same fraction")
         kw["hbm"] = min(hbm, 1.5)
+        kw["elementwise"] = min(hbm, 1.5)
     if cal.grouped:
         shape = nearest_shape(model, cal.grouped)
         kw["grouped"] = cal.grouped[shape]
-        notes.append(f"grouped GEMM of roofline ({shape} shapes): "
-                     + ", ".join(f"{e:.2f} at {t:.0f} tok/expert" for t, e in cal.grouped[shape]))
+        kw["grouped_precision"] = "bf16"
+        notes.append(f"grouped GEMM of roofline, BF16 ({shape} shapes): "
+                     + ", ".join(f"{e:.2f} at {t:.0f} rows/expert" for t, e in cal.grouped[shape])
+                     + "; FP8 and NVFP4 keep their default curves")
     if cal.pull_slowdown is not None:
         kw["pull_slowdown"] = cal.pull_slowdown
         notes.append(f"pull_slowdown {base.pull_slowdown:.3f} -> {cal.pull_slowdown:.3f} "
                      f"(mean of the {cal.pull_source} overlap rows)")
     if cal.link_gbps is not None:
-        link = cal.link_gbps / machine.nvlink_gbps
+        link = cal.link_gbps / src.nvlink_gbps
         kw["link"] = min(link, 1.5)
-        notes.append(f"link {base.link:.3f} -> {link:.3f} ({cal.link_gbps:.0f} of {machine.nvlink_gbps:.0f} GB/s; "
-                     f"{cal.link_row}); DEP's all-to-all takes it too")
+        notes.append(f"link {base.link:.3f} -> {link:.3f} ({cal.link_gbps:.0f} of {src.nvlink_gbps:.0f} GB/s on "
+                     f"{src.name}; {cal.link_row}); DEP's all-to-all takes it too")
     if cal.h2d_gbps is not None:
         notes.append(f"h2d {float(cal.h2d_gbps):.1f} GB/s reported, not applied (PCIe, not NVLink)")
-    if machine.device_match.lower() not in cal.device.lower():
-        notes.append(f"NOTE: measured on {cal.device!r}, applied to {machine.name}: fractions carried across GPUs")
+    if not same:
+        notes.append(f"NOTE: measured on {cal.device!r} ({src.name}), applied to {machine.name}: ASSUMES "
+                     f"{machine.name} reaches the same fractions of its datasheet as {src.name} did")
+    elif measured_on(cal.device) is None:
+        notes.append(f"NOTE: {cal.device!r} matches no machine profile: its rates are taken as {machine.name}'s own")
     return Calibrated(base.with_(**kw), tuple(notes))

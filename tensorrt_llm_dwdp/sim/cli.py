@@ -16,14 +16,20 @@ from typing import List, Optional
 from ..config import DEFAULT_SLICE_BYTES
 from .analysis import crossover, layer_budget
 from .calibrate import apply_calibration, load_calibration
-from .costs import A2A_KINDS
+from .costs import A2A_KINDS, Breakdown
 from .engine import simulate
 from .machines import MACHINES, PRECISIONS, Efficiency, get_machine
 from .models import MODELS, get_model, get_precision, model_summary
-from .scenario import Scenario
+from .scenario import DepModel, PullStreams, Scenario
 from .workload import parse_isl
 
 EXPLAIN_TOKENS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+# (label, Breakdown field) in the order the table prints them
+CATEGORIES = (("attention", "attention"), ("grouped GEMM", "grouped"), ("dense GEMM", "dense"),
+              ("other (elementwise)", "other"), ("communication", "comm"), ("synchronisation", "sync"),
+              ("pull time (overlapped)", "pull"), ("exposed pull wait", "pull_wait"),
+              ("copy slowdown", "slowdown"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "MiB; picks the link bench row that --calibration applies (default: DwdpConfig's)")
     p.add_argument("--experts-per-rank", type=int, default=None, help="more than E/ranks makes a redundant placement")
     p.add_argument("--a2a", default="per-rank", choices=A2A_KINDS, help="DEP all-to-all copies (default per-rank)")
+    p.add_argument("--dep-model", default=DepModel.TUNED.value, choices=[d.value for d in DepModel],
+                   help="DEP as a tuned engine runs it (per-rank dispatch, fused combine, chunked prefill, dispatch "
+                        "hidden behind the shared expert), or this project's first model (legacy)")
+    p.add_argument("--eplb", action="store_true", help="DEP balances expert load: routing skew does not reach it")
+    p.add_argument("--routing-skew", type=float, default=None,
+                   help=f"Zipf exponent of expert popularity per layer (0 = uniform; default {Efficiency().routing_skew})")
+    p.add_argument("--jitter", type=float, default=None,
+                   help=f"per-rank, per-layer compute time CV (default {Efficiency().jitter})")
+    p.add_argument("--pull-streams", default=PullStreams.PER_SOURCE.value, choices=[x.value for x in PullStreams],
+                   help="unsliced pulls: one stream owner after owner, or a stream per source (default)")
     p.add_argument("--roofline", action="store_true", help="datasheet peaks, no latency or overlap slowdown")
     p.add_argument("--calibration", default=None, metavar="PATH[,PATH]",
                    help="JSON from `trtllm-dwdp bench kernels --json` and/or `benchmarks/link_bench.py --json`")
@@ -72,10 +88,15 @@ def scenario_from_args(args: argparse.Namespace):
         slice_mib = None if args.no_slicing else args.slice_mib
         cal = apply_calibration(machine, model, eff, load_calibration(args.calibration, slice_mib))
         eff, notes = cal.efficiency, cal.notes
+    if args.routing_skew is not None:
+        eff = eff.with_(routing_skew=args.routing_skew)
+    if args.jitter is not None:
+        eff = eff.with_(jitter=args.jitter)
     scn = Scenario(machine, model, get_precision(prec), args.ranks, parse_isl(args.isl),
                    args.max_num_tokens, iterations=args.iterations, seed=args.seed, efficiency=eff, slots=args.slots,
                    sliced=not args.no_slicing, experts_per_rank=args.experts_per_rank, chunked=args.chunked,
-                   a2a=args.a2a, max_batch_size=args.max_batch_size)
+                   a2a=args.a2a, max_batch_size=args.max_batch_size, dep_model=args.dep_model, eplb=args.eplb,
+                   streams=args.pull_streams)
     return scn, notes
 
 
@@ -101,6 +122,10 @@ def run(args: argparse.Namespace, out=None) -> dict:
     pr(f"{'computing (of rank time)':28}{res.dwdp.busy_frac:12.1%}{res.dep.busy_frac:12.1%}")
     pr(f"{'waiting: pull / barrier':28}{res.dwdp.wait_frac:12.1%}{res.dep.wait_frac:12.1%}")
     pr(f"{'all-to-all':28}{'-':>12}{res.dep.comm_frac:12.1%}")
+    pr(f"per iteration of one rank (ms):{res.dwdp.iteration_s * 1e3:10.2f}{res.dep.iteration_s * 1e3:12.2f}")
+    for label, key in CATEGORIES:
+        dw, dp = getattr(res.dwdp.breakdown, key), getattr(res.dep.breakdown, key)
+        pr(f"{'  ' + label:28}{dw * 1e3:12.2f}{dp * 1e3:12.2f}")
     pr(f"{'weights per GPU (GB)':28}{mem.dwdp_gb:12.1f}{mem.dep_gb:12.1f}   HBM {mem.capacity_gb:.0f} GB")
     pr(f"speedup DWDP/DEP: {res.speedup:.3f}x at {res.mean_tokens_per_iteration:.0f} tokens per rank per iteration")
     pr(f"crossover: {cross.reason}")
@@ -110,11 +135,18 @@ def run(args: argparse.Namespace, out=None) -> dict:
     result = {"scenario": {"machine": scn.machine.name, "model": scn.model.name, "precision": scn.precision.name,
                            "ranks": scn.ranks, "isl": str(scn.isl), "max_num_tokens": scn.max_num_tokens,
                            "iterations": scn.iterations, "seed": scn.seed, "slots": scn.slots, "sliced": scn.sliced,
-                           "a2a": scn.a2a, "efficiency": asdict(scn.efficiency)},
+                           "a2a": scn.a2a, "dep_model": scn.dep_model.value, "eplb": scn.eplb,
+                           "pull_streams": scn.streams.value, "efficiency": asdict(scn.efficiency)},
               "dwdp": asdict(res.dwdp), "dep": asdict(res.dep), "speedup": res.speedup,
               "mean_tokens_per_iteration": res.mean_tokens_per_iteration, "crossover": asdict(cross),
               "memory": asdict(mem), "calibration_notes": list(notes)}
+    result["breakdown_ms"] = {mode: {key: getattr(r.breakdown, key) * 1e3 for _, key in CATEGORIES}
+                              for mode, r in (("dwdp", res.dwdp), ("dep", res.dep))}
     if args.explain:
+        pr("\nper-category time of one rank per iteration (share of its wall time):")
+        for mode, r in (("DWDP", res.dwdp), ("DEP", res.dep)):
+            pr(f"  {mode}: " + ", ".join(f"{label} {getattr(r.breakdown, key) / r.iteration_s:.1%}"
+                                        for label, key in CATEGORIES if key != "pull"))
         budgets = [layer_budget(scn, t) for t in EXPLAIN_TOKENS]
         here = layer_budget(scn, max(1, int(round(res.mean_tokens_per_iteration))))
         pr(f"\nper-MoE-layer budget (ms), all ranks alike, requests of {int(scn.isl.mean)} tokens:")

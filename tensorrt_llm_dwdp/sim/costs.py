@@ -1,19 +1,60 @@
 """One layer's time on one rank, counted from FLOPs and bytes (a roofline per operation).
 
-Every operation takes max(FLOPs / rate, bytes / HBM bandwidth) at the rates of `Rates`
-(datasheet x Efficiency). Times are seconds, sizes bytes. Elementwise work (norms, RoPE,
-activation, routing softmax) is left out: it is a few percent of a prefill layer.
+Every GEMM takes max(FLOPs / rate, bytes / HBM bandwidth) at the rates of `Rates` (datasheet x
+Efficiency); grouped GEMMs are further divided by their efficiency at their rows per expert.
+Elementwise work (norms, RoPE, activation, routing, permute, quantize, residual adds) takes the
+bytes it moves over HBM at Efficiency.elementwise. Every time is kept by category (`Breakdown`).
+Times are seconds, sizes bytes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 from .machines import Efficiency, Rates
 from .models import MoEModel, Precision
 
 ACT_BYTES = 2  # BF16 activations between kernels
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Seconds by category, summed over whatever was added (one layer, one rank's run, ...).
+
+    attention: core attention (QK^T, softmax, PV).  grouped: routed experts' grouped GEMMs.
+    dense: every other GEMM (q/k/v/o projections, shared expert, dense FFN, router).
+    other: elementwise kernels (norms, RoPE, activation, routing, permute, quantize, residuals).
+    comm: DEP all-to-all left exposed (dispatch + combine).  sync: waiting for slower ranks (DEP).
+    pull: DWDP pull time in flight (overlaps compute; not part of the rank's time by itself).
+    pull_wait: DWDP time waiting for a pull that compute did not hide (exposed).
+    slowdown: extra compute time from copies running concurrently (DWDP).
+    """
+
+    attention: float = 0.0
+    grouped: float = 0.0
+    dense: float = 0.0
+    other: float = 0.0
+    comm: float = 0.0
+    sync: float = 0.0
+    pull: float = 0.0
+    pull_wait: float = 0.0
+    slowdown: float = 0.0
+
+    def __add__(self, o: "Breakdown") -> "Breakdown":
+        return Breakdown(*(getattr(self, f.name) + getattr(o, f.name) for f in fields(self)))
+
+    def scaled(self, k: float) -> "Breakdown":
+        return Breakdown(*(getattr(self, f.name) * k for f in fields(self)))
+
+    @property
+    def compute(self) -> float:
+        return self.attention + self.grouped + self.dense + self.other
+
+    @property
+    def wall(self) -> float:
+        """Rank time these categories take one after another (pull overlaps, so it is not counted)."""
+        return self.compute + self.comm + self.sync + self.pull_wait + self.slowdown
 
 
 @dataclass(frozen=True)
@@ -34,20 +75,51 @@ def gemm_s(flops: float, nbytes: float, rate_flops: float, rates: Rates) -> floa
 
 
 def attention_s(model: MoEModel, prec: Precision, rates: Rates, chunks: Sequence[Chunk]) -> float:
+    """Attention of one layer for a batch of chunks (projections + core), seconds."""
+    b = attention_parts(model, prec, rates, chunks)
+    return b.dense + b.attention
+
+
+def attention_parts(model: MoEModel, prec: Precision, rates: Rates, chunks: Sequence[Chunk]) -> Breakdown:
     """Attention of one layer for a batch of chunks: q/k/v/o projections (dense precision,
-    weights read once) plus core attention in BF16 (QK^T and PV: 2 * heads * (qk + v) FLOPs
-    per causal pair; reads the prior KV cache)."""
+    weights read once; `dense`) plus core attention in BF16 (QK^T and PV: 2 * heads * (qk + v)
+    FLOPs per causal pair; reads the prior KV cache; `attention`)."""
     a = model.attention
     tokens = sum(c.tokens for c in chunks)
     if tokens == 0:
-        return 0.0
+        return Breakdown()
     act = 2 * tokens * model.hidden * ACT_BYTES
     proj = gemm_s(2.0 * tokens * a.proj_params, a.proj_params * prec.dense_bytes + act,
                   rates.flops_of(prec.dense_compute), rates)
     pairs = sum(c.pairs for c in chunks)
     kv = sum(c.prior + c.tokens for c in chunks) * a.kv_bytes_per_token
     core = gemm_s(2.0 * a.heads * (a.qk_dim + a.v_dim) * pairs, kv, rates.flops_of("bf16"), rates)
-    return proj + core
+    return Breakdown(attention=core, dense=proj)
+
+
+def elementwise_bytes(model: MoEModel, tokens: float, assignments: float, moe: bool) -> float:
+    """Bytes elementwise kernels move in one layer (BF16 activations, read + write):
+    two RMSNorms and two residual adds per token (read + write hidden each: 2 + 2 + 3 + 3 passes),
+    RoPE and the q/k/v staging (about one more read + write of q, k, v), and
+      MoE: router softmax/top-k (fp32 logits), permute (read + write hidden per assignment),
+      SwiGLU (read 2 x inter, write inter per assignment), quantize of the expert inputs (read +
+      write hidden per assignment), combine (read hidden per assignment, write hidden per token);
+      shared experts' SwiGLU per token;
+      dense: the FFN's SwiGLU per token."""
+    h, b = model.hidden, ACT_BYTES
+    a = model.attention
+    per_token = 10 * h * b + 2 * a.heads * (a.qk_dim + a.v_dim) * b
+    if not moe:
+        return tokens * (per_token + 3 * model.dense_inter * b)
+    per_token += 2 * model.experts * 4 + h * b + 3 * model.shared * model.moe_inter * b
+    per_assignment = 2 * h * b + 3 * model.moe_inter * b + 2 * h * b + h * b
+    return tokens * per_token + assignments * per_assignment
+
+
+def elementwise_s(nbytes: float, rates: Rates, eff: Efficiency) -> float:
+    if eff.roofline_like:
+        return 0.0  # the upstream roofline counts GEMMs and bytes of weights only
+    return nbytes / (rates.hbm / eff.hbm * eff.elementwise)
 
 
 def ffn_s(model: MoEModel, prec: Precision, rates: Rates, tokens: int, inter: int) -> float:
@@ -82,48 +154,88 @@ def grouped_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, a
     flops = 6.0 * assignments * model.hidden * model.moe_inter
     nbytes = experts_read * prec.expert_bytes(model, count_scales) + 2 * assignments * model.hidden * ACT_BYTES
     t = gemm_s(flops, nbytes, rates.flops_of(prec.expert_compute), rates)
-    return t / eff.grouped_at(assignments / max(experts_read, 1e-9))
+    return t / eff.grouped_at(assignments / max(experts_read, 1e-9), prec.expert_compute)
 
 
 @dataclass(frozen=True)
 class LayerCost:
-    """Per-layer times (s) of one rank's batch.
+    """Per-layer times (s) of one rank's batch, by category.
 
-    local_s: work that never leaves the rank: attention, plus shared expert and router on a MoE
-        layer, or the dense FFN on a dense layer.
-    moe_local_s: the routed experts computed locally for the rank's own tokens (DWDP: every
-        expert the tokens touch, weights read from HBM after the pull).
+    local: work that never leaves the rank: attention, plus shared expert, router and the
+        per-token elementwise work on a MoE layer, or the dense FFN on a dense layer.
+    experts: the routed experts computed locally for the rank's own tokens (DWDP: every expert
+        the tokens touch, weights read from HBM after the pull), with their elementwise work.
     tokens: tokens in the batch.
     """
 
-    local_s: float
-    moe_local_s: float
+    local: Breakdown
+    experts: Breakdown
     tokens: int
+
+    @property
+    def local_s(self) -> float:
+        return self.local.compute
+
+    @property
+    def moe_local_s(self) -> float:
+        return self.experts.compute
 
 
 def moe_layer_cost(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, chunks: Sequence[Chunk],
                    count_scales: bool = True) -> LayerCost:
     tokens = sum(c.tokens for c in chunks)
-    local = (attention_s(model, prec, rates, chunks) + ffn_s(model, prec, rates, tokens, model.shared * model.moe_inter)
-             + router_s(model, rates, tokens))
+    a = tokens * model.top_k
+    local = attention_parts(model, prec, rates, chunks) + Breakdown(
+        dense=ffn_s(model, prec, rates, tokens, model.shared * model.moe_inter) + router_s(model, rates, tokens),
+        other=elementwise_s(elementwise_bytes(model, tokens, 0, True), rates, eff))
     touched = experts_touched(model.experts, model.top_k, tokens)
-    return LayerCost(local, grouped_s(model, prec, rates, eff, tokens * model.top_k, touched, count_scales), tokens)
+    experts = Breakdown(grouped=grouped_s(model, prec, rates, eff, a, touched, count_scales),
+                        other=elementwise_s(elementwise_bytes(model, 0, a, True), rates, eff))
+    return LayerCost(local, experts, tokens)
 
 
-def dense_layer_cost(model: MoEModel, prec: Precision, rates: Rates, chunks: Sequence[Chunk]) -> LayerCost:
+def dense_layer_cost(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency,
+                     chunks: Sequence[Chunk]) -> LayerCost:
     tokens = sum(c.tokens for c in chunks)
-    return LayerCost(attention_s(model, prec, rates, chunks) + ffn_s(model, prec, rates, tokens, model.dense_inter),
-                     0.0, tokens)
+    other = elementwise_s(elementwise_bytes(model, tokens, 0, False), rates, eff)
+    local = attention_parts(model, prec, rates, chunks) + Breakdown(
+        dense=ffn_s(model, prec, rates, tokens, model.dense_inter), other=other)
+    return LayerCost(local, Breakdown(), tokens)
 
 
 def dep_expert_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, group_tokens: int, ranks: int,
-                 count_scales: bool = True) -> float:
-    """DEP: one rank's routed experts (E / ranks of them) for the whole group's tokens, routed
-    uniformly (an EPLB-balanced load): group_tokens * top_k / ranks assignments."""
-    assignments = group_tokens * model.top_k / ranks
+                 count_scales: bool = True, load: float = 1.0) -> float:
+    """DEP: one rank's routed experts (E / ranks of them) for the whole group's tokens, with its
+    elementwise work; `load` is the rank's share of the assignments over the mean share (1.0:
+    uniform routing, an EPLB-balanced load): group_tokens * top_k / ranks * load assignments."""
+    return dep_expert_parts(model, prec, rates, eff, group_tokens, ranks, count_scales, load).compute
+
+
+def dep_expert_parts(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, group_tokens: int, ranks: int,
+                     count_scales: bool = True, load: float = 1.0) -> Breakdown:
+    assignments = group_tokens * model.top_k / ranks * load
     held = model.experts / ranks
     touched = held * (1.0 - (1.0 - 1.0 / held) ** assignments) if assignments else 0.0
-    return grouped_s(model, prec, rates, eff, assignments, touched, count_scales)
+    # permute/SwiGLU/quantize/combine run on the expert rank (combine's per-token write is the source's)
+    return Breakdown(grouped=grouped_s(model, prec, rates, eff, assignments, touched, count_scales),
+                     other=elementwise_s(elementwise_bytes(model, 0, assignments, True), rates, eff))
+
+
+def rank_loads(model: MoEModel, ranks: int, skew: float, rng) -> Sequence[float]:
+    """Each DEP rank's share of one MoE layer's assignments over the mean share (sums to `ranks`).
+    Expert popularity is Zipf(skew) over a random order of the experts (experts e*N/E.. held by
+    rank e // (E/N), the even placement); skew 0 is uniform routing."""
+    e = model.experts
+    if skew == 0:
+        return [1.0] * ranks
+    w = [1.0 / (i + 1) ** skew for i in range(e)]
+    order = rng.permutation(e)
+    per = e / ranks
+    share = [0.0] * ranks
+    for rank_of, expert in enumerate(order):
+        share[min(ranks - 1, int(expert // per))] += w[rank_of]
+    total = sum(share)
+    return [x * ranks / total for x in share]
 
 
 A2A_KINDS = ("per-rank", "per-expert")
@@ -151,13 +263,14 @@ def remote_copies(model: MoEModel, ranks: int, a2a: str = "per-rank") -> float:
 
 
 def a2a_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, rank_tokens: Sequence[int],
-          a2a: str = "per-rank") -> float:
+          a2a: str = "per-rank", recv_load: float = 1.0) -> float:
     """Dispatch + combine of one layer: the busiest rank's bytes (sent or received, whichever
     is more) over its NVLink direction, plus two fixed latencies. Rank r sends
-    tokens_r * c copies (c = remote_copies) and receives (sum of the others' tokens) * c / (N-1)."""
+    tokens_r * c copies (c = remote_copies) and receives (sum of the others' tokens) * c / (N-1),
+    times `recv_load` (the busiest expert rank's share over the mean, under routing skew)."""
     n = len(rank_tokens)
     total = sum(rank_tokens)
     c = remote_copies(model, n, a2a)
     per_copy = model.hidden * (prec.dispatch_bytes + prec.combine_bytes)
-    busiest = max(max(t, (total - t) / (n - 1)) for t in rank_tokens) * c
+    busiest = max(max(t, (total - t) / (n - 1) * recv_load) for t in rank_tokens) * c
     return busiest * per_copy / rates.link + 2 * eff.a2a_latency_us * 1e-6

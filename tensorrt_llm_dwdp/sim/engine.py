@@ -22,8 +22,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .costs import LayerCost, a2a_s, dense_layer_cost, dep_expert_s, moe_layer_cost
-from .scenario import Scenario
+from .costs import (Breakdown, LayerCost, a2a_s, dense_layer_cost, dep_expert_parts, ffn_s, moe_layer_cost,
+                    rank_loads)
+from .scenario import DepModel, PullStreams, Scenario
 from .workload import Batch, rank_batches
 
 MAX_COUPLED_RANKS = 16
@@ -37,6 +38,8 @@ class ModeResult:
     time_s: per-rank wall time (DWDP: each rank's own; DEP: all equal the makespan).
     busy_frac: fraction of rank time spent computing; wait_frac: spent waiting (DWDP: for a
         pull; DEP: at barriers for slower ranks); comm_frac: DEP all-to-all (DWDP: 0).
+    breakdown: seconds per iteration of one rank (mean over ranks and iterations), by category.
+    iteration_s: mean wall time of one iteration of one rank.
     """
 
     mode: str
@@ -46,34 +49,54 @@ class ModeResult:
     busy_frac: float
     wait_frac: float
     comm_frac: float
+    breakdown: Breakdown = Breakdown()
+    iteration_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class RankPlan:
-    """One rank's work: per layer (dense layers merged into their MoE layer's local part)."""
+    """One rank's work: per layer (dense layers merged into their MoE layer's local part), with
+    jitter applied; `compute` is the same work by category (summed over the run)."""
 
     local_s: Tuple[float, ...]
     experts_s: Tuple[float, ...]
     tokens: int
+    compute: Breakdown = Breakdown()
 
 
 def layer_costs(scn: Scenario, batch: Batch) -> Tuple[LayerCost, LayerCost]:
     """(dense layer, MoE layer) costs of one batch on one rank."""
     ch = batch.chunks
-    return (dense_layer_cost(scn.model, scn.precision, scn.rates, ch),
+    return (dense_layer_cost(scn.model, scn.precision, scn.rates, scn.efficiency, ch),
             moe_layer_cost(scn.model, scn.precision, scn.rates, scn.efficiency, ch, scn.count_scales))
 
 
-def rank_plan(scn: Scenario, batches: Sequence[Batch]) -> RankPlan:
+def jitter(scn: Scenario, rank: int, mode: str, shape) -> np.ndarray:
+    """Per-layer compute factors 1 + jitter * N(0, 1), clipped to [0.5, 1.5]; seeded by
+    (seed, rank, mode) so both modes see independent but reproducible jitter."""
+    if scn.efficiency.jitter == 0:
+        return np.ones(shape)
+    rng = np.random.default_rng([scn.seed, rank, 1 + ("dwdp", "dep").index(mode)])
+    return np.clip(1.0 + scn.efficiency.jitter * rng.standard_normal(shape), 0.5, 1.5)
+
+
+def rank_plan(scn: Scenario, batches: Sequence[Batch], rank: int = 0) -> RankPlan:
     local, experts = [], []
     md = scn.model
+    total = Breakdown()
     for b in batches:
         dense, moe = layer_costs(scn, b)
         local.append(md.dense_layers * dense.local_s + moe.local_s)
         experts.append(moe.moe_local_s)
         local.extend([moe.local_s] * (md.moe_layers - 1))
         experts.extend([moe.moe_local_s] * (md.moe_layers - 1))
-    return RankPlan(tuple(local), tuple(experts), sum(b.tokens for b in batches))
+        total = total + dense.local.scaled(md.dense_layers) + (moe.local + moe.experts).scaled(md.moe_layers)
+    j = jitter(scn, rank, "dwdp", (2, len(local)))
+    local_j, experts_j = np.asarray(local) * j[0], np.asarray(experts) * j[1]
+    # jitter moves time between ranks, not between categories: scale the categories to the jittered sum
+    raw = sum(local) + sum(experts)
+    total = total.scaled((local_j.sum() + experts_j.sum()) / raw if raw else 1.0)
+    return RankPlan(tuple(local_j.tolist()), tuple(experts_j.tolist()), sum(b.tokens for b in batches), total)
 
 
 @dataclass
@@ -96,13 +119,16 @@ class _Rank:
     t_done: float = 0.0
     busy: float = 0.0
     wait: float = 0.0
+    slow: float = 0.0  # compute slowdown while this rank's pull is in flight
+    pulling: float = 0.0  # seconds with a pull in flight
+    flows: Optional[List] = None  # PER_SOURCE unsliced: all per-owner flows of the current pull at once
 
     def step(self, slots: int, t: float) -> bool:
         """Zero-time transitions; True if anything changed."""
         changed = False
         n = len(self.plan.local_s)
         if self.flow is None and self.queue:
-            self.flow = list(self.queue.pop(0))
+            self.flow = list(self.queue.pop(0)) + [t]  # [bytes left, weights, issue time]
             changed = True
         if self.flow is None and self.queue is not None and not self.queue:
             self.queue, self.pull_done, changed = None, self.pull_done + 1, True
@@ -151,9 +177,27 @@ def _fair_rates(flows: List[Tuple[int, Dict[int, float]]], ingress: float, egres
     return rate
 
 
+def _fifo_rates(flows: List[Tuple[int, Dict[int, float], float]], ingress: float, egress: float) -> List[float]:
+    """Unsliced copies: each source's copy engine serves its oldest copy (issue time, then rank)
+    at full rate; the others wait in its queue. A copy is one source's, and is also bounded by
+    its rank's ingress (the rank's other copies from other sources share it)."""
+    rate = [0.0] * len(flows)
+    head: Dict[int, int] = {}
+    for i, (r, w, t0) in enumerate(flows):
+        s = next(iter(w))
+        if s not in head or (t0, r) < (flows[head[s]][2], flows[head[s]][0]):
+            head[s] = i
+    served: Dict[int, int] = {}
+    for i in head.values():
+        served[flows[i][0]] = served.get(flows[i][0], 0) + 1
+    for i in head.values():
+        rate[i] = min(egress, ingress / served[flows[i][0]])
+    return rate
+
+
 def _run(ranks: List[_Rank], scn: Scenario, link: float) -> None:
     """Advance coupled ranks to completion (one rank alone when pulls cannot contend)."""
-    slow, slots = scn.efficiency.pull_slowdown, scn.slots
+    slots = scn.slots
     coupled = len(ranks) > 1
     t = 0.0
     while True:
@@ -164,24 +208,30 @@ def _run(ranks: List[_Rank], scn: Scenario, link: float) -> None:
         if not active:
             return
         flows = [r for r in ranks if r.flow is not None]
-        rates = ([link] * len(flows) if not coupled
-                 else _fair_rates([(i, r.flow[1]) for i, r in enumerate(flows)], link, link))
+        if not coupled:
+            rates = [link] * len(flows)
+        elif scn.sliced:
+            rates = _fair_rates([(i, r.flow[1]) for i, r in enumerate(flows)], link, link)
+        else:
+            rates = _fifo_rates([(i, r.flow[1], r.flow[2]) for i, r in enumerate(flows)], link, link)
         dt = np.inf
         for r in active:
             if r.phase in (0, 2):
-                dt = min(dt, r.work * (1 + slow if r.flow is not None else 1))
+                dt = min(dt, r.work * (1 + r.slow if r.flow is not None else 1))
         for r, x in zip(flows, rates):
-            dt = min(dt, r.flow[0] / x)
+            if x > 0:
+                dt = min(dt, r.flow[0] / x)
         if not np.isfinite(dt):
             raise RuntimeError("sim: deadlock (no compute and no pull can progress)")
         for r in active:
             if r.phase in (0, 2):
-                f = 1 / (1 + slow) if r.flow is not None else 1.0
+                f = 1 / (1 + r.slow) if r.flow is not None else 1.0
                 r.work = max(0.0, r.work - dt * f) if r.work > dt * f * (1 + 1e-12) else 0.0
                 r.busy += dt
             elif r.phase == 1:
                 r.wait += dt
         for r, x in zip(flows, rates):
+            r.pulling += dt
             left = r.flow[0] - dt * x
             if left <= r.flow[0] * 1e-12 + 1e-6:
                 r.flow = None
@@ -192,14 +242,19 @@ def _run(ranks: List[_Rank], scn: Scenario, link: float) -> None:
 
 def _pull_chunks(scn: Scenario, rank: int) -> List[Tuple[float, Dict[int, float]]]:
     """One layer's pull as flows: sliced, one flow spread over owners in proportion to what
-    each serves; unsliced, one flow per owner in ascending rank order."""
+    each serves; unsliced on one stream, one flow per owner in ascending rank order; unsliced on
+    a stream per source, the same per-owner copies all issued at once, starting with the owner
+    after this rank (rank + 1, rank + 2, ...), as the runtime orders them."""
     src = scn.pull_sources[rank]
     total = sum(src.values())
     if total == 0:
         return []
     if scn.sliced:
         return [(total * scn.expert_bytes, {s: n / total for s, n in src.items()})]
-    return [(n * scn.expert_bytes, {s: 1.0}) for s, n in sorted(src.items())]
+    order = sorted(src.items())
+    if scn.streams is PullStreams.PER_SOURCE:
+        order = sorted(src.items(), key=lambda kv: (kv[0] - rank) % scn.ranks)
+    return [(n * scn.expert_bytes, {s: 1.0}) for s, n in order]
 
 
 def source_load(scn: Scenario) -> float:
@@ -222,9 +277,10 @@ def simulate_dwdp(scn: Scenario, plans: Sequence[RankPlan]) -> ModeResult:
     that, sliced pulls run independently at link / source_load (NOTE: the bound where every
     rank pulls at once, which is the fetch-bound case where it matters)."""
     ranks = [_Rank(p, _pull_chunks(scn, i)) for i, p in enumerate(plans)]
-    for r in ranks:
-        r.work = r.plan.local_s[0]
     link = scn.rates.link
+    for i, r in enumerate(ranks):
+        r.work = r.plan.local_s[0]
+        r.slow = scn.efficiency.slowdown_of_pull(scn.fetch_bytes(i) / link)
     if can_contend(scn) and scn.ranks <= MAX_COUPLED_RANKS:
         _run(ranks, scn, link)
     elif can_contend(scn) and not scn.sliced:
@@ -235,35 +291,72 @@ def simulate_dwdp(scn: Scenario, plans: Sequence[RankPlan]) -> ModeResult:
             _run([r], scn, link / max(1.0, source_load(scn)))
     times = tuple(r.t_done for r in ranks)
     total = sum(times)
+    its = scn.ranks * scn.iterations
+    compute = sum((p.compute for p in plans), Breakdown())
+    slowdown = sum(r.busy for r in ranks) - compute.compute
+    bd = (compute + Breakdown(pull=sum(r.pulling for r in ranks), pull_wait=sum(r.wait for r in ranks),
+                              slowdown=max(0.0, slowdown))).scaled(1.0 / its)
     return ModeResult("dwdp", float(np.mean([p.tokens / t for p, t in zip(plans, times)])),
                       sum(p.tokens for p in plans), times, sum(r.busy for r in ranks) / total,
-                      sum(r.wait for r in ranks) / total, 0.0)
+                      sum(r.wait for r in ranks) / total, 0.0, bd, total / its)
 
 
 def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResult:
-    """Lockstep iterations; batches[r][k] is rank r's k-th iteration."""
-    md, n = scn.model, scn.ranks
+    """Lockstep iterations; batches[r][k] is rank r's k-th iteration. Per MoE layer: barrier on
+    the slowest rank's local work, dispatch, experts (each rank's share of the assignments set by
+    routing skew unless EPLB), combine after the slowest expert rank. TUNED hides the dispatch
+    behind the shared expert (the rest of the all-to-all is exposed); LEGACY exposes all of it."""
+    md, n, eff = scn.model, scn.ranks, scn.efficiency
     m = md.moe_layers
-    makespan = wait = comm = 0.0
+    tuned = scn.dep_model is DepModel.TUNED
+    rng = np.random.default_rng([scn.seed, 7])
+    loads = [[1.0] * n if scn.eplb else rank_loads(md, n, eff.routing_skew, rng) for _ in range(max(m, 1))]
+    iters = len(batches[0])
+    jit = [jitter(scn, r, "dep", (iters, 2, max(m, 1))) for r in range(n)]
+    makespan = 0.0
+    bd = Breakdown()
     tokens = 0
-    for k in range(len(batches[0])):
+    for k in range(iters):
         costs = [layer_costs(scn, batches[r][k]) for r in range(n)]
         toks = [c[1].tokens for c in costs]
         tokens += sum(toks)
-        first = [md.dense_layers * d.local_s + mo.local_s for d, mo in costs]
-        rest = [mo.local_s for _, mo in costs]
-        a2a = a2a_s(md, scn.precision, scn.rates, scn.efficiency, toks, scn.a2a) if m else 0.0
-        experts = dep_expert_s(md, scn.precision, scn.rates, scn.efficiency, sum(toks), n, scn.count_scales)
+        group = sum(toks)
+        # per rank, per MoE layer: local work (the first one carries the dense layers)
+        local = np.array([[(md.dense_layers * d.local_s if li == 0 else 0.0) + mo.local_s for li in range(max(m, 1))]
+                          for d, mo in costs]) * np.array([j[k, 0] for j in jit])
+        local_bd = sum((d.local.scaled(md.dense_layers) + mo.local.scaled(m) for d, mo in costs), Breakdown())
         if m == 0:
-            makespan += max(first)
-            wait += sum(max(first) - x for x in first)
+            t = local.max(axis=0).sum()
+            makespan += t
+            bd = bd + local_bd + Breakdown(sync=float((local.max(axis=0) - local).sum()))
             continue
-        makespan += max(first) + (m - 1) * max(rest) + m * (a2a + experts)
-        wait += sum(max(first) - x for x in first) + (m - 1) * sum(max(rest) - x for x in rest)
-        comm += m * a2a
-    busy = 1.0 - wait / (n * makespan) - comm / makespan
+        # the dispatch overlaps the shared expert (its own stream, as DeepEP's hooks allow)
+        hide = ffn_s(md, scn.precision, scn.rates, min(toks), md.shared * md.moe_inter) if tuned else 0.0
+        expert_bd = Breakdown()
+        t_iter = 0.0
+        sync = comm = 0.0
+        for li in range(m):
+            ld = loads[li]
+            parts = [dep_expert_parts(md, scn.precision, scn.rates, eff, group, n, scn.count_scales, ld[r])
+                     for r in range(n)]
+            e = np.array([p.compute for p in parts]) * np.array([j[k, 1, li] for j in jit])
+            a2a = a2a_s(md, scn.precision, scn.rates, eff, toks, scn.a2a, recv_load=max(ld))
+            exposed = max(0.0, a2a - hide) if tuned else a2a
+            lmax = local[:, li].max()
+            t_iter += lmax + exposed + e.max()
+            sync += float((lmax - local[:, li]).sum() + (e.max() - e).sum())
+            comm += n * exposed
+            scale = e.sum() / sum(p.compute for p in parts)
+            expert_bd = expert_bd + sum(parts, Breakdown()).scaled(scale)
+        makespan += t_iter
+        jl = local.sum() / sum(d.local.compute * md.dense_layers + mo.local.compute * m for d, mo in costs)
+        bd = bd + local_bd.scaled(jl) + expert_bd + Breakdown(comm=comm, sync=sync)
+    its = n * iters
+    bd = bd.scaled(1.0 / its)
+    wait, com = bd.sync * its, bd.comm * its
+    busy = 1.0 - wait / (n * makespan) - com / (n * makespan)
     return ModeResult("dep", tokens / (n * makespan), tokens, (makespan,) * n, busy, wait / (n * makespan),
-                      comm / makespan)
+                      com / (n * makespan), bd, makespan / iters)
 
 
 @dataclass(frozen=True)
@@ -279,14 +372,17 @@ class Run:
         return self.dwdp.tps_per_gpu / self.dep.tps_per_gpu
 
 
-def workload(scn: Scenario) -> List[List[Batch]]:
-    """Each rank's iterations, from its own seeded request stream (seed + rank)."""
+def workload(scn: Scenario, chunked: Optional[bool] = None) -> List[List[Batch]]:
+    """Each rank's iterations, from its own seeded request stream (seed + rank); `chunked`
+    overrides the scenario's packing (a tuned DEP always packs chunked)."""
+    chunked = scn.chunked if chunked is None else chunked
     return [rank_batches(scn.isl, scn.max_num_tokens, scn.iterations, np.random.default_rng([scn.seed, r]),
-                         scn.chunked, scn.max_batch_size) for r in range(scn.ranks)]
+                         chunked, scn.max_batch_size) for r in range(scn.ranks)]
 
 
 def simulate(scn: Scenario) -> Run:
     batches = workload(scn)
-    plans = [rank_plan(scn, b) for b in batches]
+    plans = [rank_plan(scn, b, r) for r, b in enumerate(batches)]
     mean = sum(p.tokens for p in plans) / (scn.ranks * scn.iterations)
-    return Run(simulate_dwdp(scn, plans), simulate_dep(scn, batches), mean)
+    dep_batches = workload(scn, True) if scn.dep_model is DepModel.TUNED and not scn.chunked else batches
+    return Run(simulate_dwdp(scn, plans), simulate_dep(scn, dep_batches), mean)

@@ -87,22 +87,49 @@ class Efficiency:
         2 H200s, BENCHMARKS.md); applied to NVLink5 as an assumption. CALIBRATED to a link-bench
         JSON's all-pull rate of the simulated slicing (peaks.h2d_gbps is a PCIe rate and is
         reported, never applied).
-    grouped: (tokens per expert, grouped GEMM time at roofline / measured time) points,
-        interpolated in log(tokens per expert); empty means 1.0. CALIBRATED to gemm[].split_ms.
-    pull_slowdown: fractional slowdown of compute while a pull runs on the copy engines.
-        Default 0.04 (DESIGN.md §2: kernels ~4% slower under concurrent copies, GB200; 2.7-4.7%
-        measured on 2 H200s with 32 MiB slices). CALIBRATED to the mean of overlap[].slowdown,
-        the NVLink rows of the simulated slice size where a multi-GPU run measured them.
-    a2a_latency_us: fixed cost of one all-to-all (dispatch or combine), µs. Default 10:
-        an assumed order of magnitude (kernel launch plus NVLink signalling), not a measurement.
+    grouped: measured (rows per expert, grouped GEMM time at roofline / measured time) points,
+        interpolated in log(rows per expert), for the precision `grouped_precision`; they replace
+        that precision's default curve. Empty: the defaults below. CALIBRATED to gemm[].split_ms.
+    grouped_precision: the precision `grouped` was measured in (bench kernels measures BF16).
+    pull_slowdown: fractional slowdown of compute while a LONG pull runs on the copy engines.
+        Default 0.05: the DWDP work reports about 5% for long overlaps (DESIGN.md §2: ~4%, GB200;
+        2.7-4.7% measured on 2 H200s with 32 MiB slices). CALIBRATED to the mean of
+        overlap[].slowdown, the NVLink rows of the simulated slice size where a multi-GPU run
+        measured them.
+    short_pull_slowdown, short_pull_s: a short overlap slows compute more (clocks drop as the copy
+        engines and SMs start together): the slowdown of a pull of isolated duration d is
+        pull_slowdown + (short_pull_slowdown - pull_slowdown) * short_pull_s / (short_pull_s + d).
+        Default 0.20 (the DWDP work: "over 20%" for short overlaps) and 1 ms (an ASSUMPTION: where
+        "short" ends is not published). Not calibrated.
+    elementwise: achieved / datasheet HBM bandwidth of elementwise kernels (norms, RoPE,
+        activation, routing, permute, quantize, residual adds), which move bytes and do no GEMM.
+        Default 4.2/4.8: a device copy on one H200 (DESIGN.md §6), the best an elementwise kernel
+        does. CALIBRATED with hbm (same measurement).
+    routing_skew: Zipf exponent of expert popularity within one MoE layer (expert of rank i in
+        popularity gets a share proportional to 1/i^s; which expert is hot is drawn per layer).
+        0 is uniform routing. Default 0.3: an ASSUMPTION giving a DEP busiest-rank expert load of
+        about 1.15-1.3x the mean at 4-8 ranks, the range public EPLB tools quote for unbalanced
+        DeepSeek serving; no per-expert load of the published runs is public. DEP's busiest rank sets
+        its expert time; DWDP computes every expert its own tokens touch and does not care.
+        `--eplb` removes the skew for DEP (a balanced placement of replicated hot experts).
+    jitter: coefficient of variation of a rank's compute time per layer (kernel clocks, L2, launch).
+        Default 0.035: bench kernels' alone_spread (p90/p10 - 1) of the DeepSeek-V3 expert layer was
+        0.084-0.101 on H100 (BENCHMARKS.md, tile sweep), CV = spread / 2.56 for a normal spread.
+        DEP waits for the slowest rank at every MoE layer; DWDP ranks absorb it on their own.
     """
 
     mma: float = 783.0 / 989.5
     hbm: float = 1.0
     link: float = 380.0 / 450.0
     grouped: Tuple[Tuple[float, float], ...] = ()
-    pull_slowdown: float = 0.04
+    grouped_precision: str = "bf16"
+    pull_slowdown: float = 0.05
     a2a_latency_us: float = 10.0
+    short_pull_slowdown: float = 0.20
+    short_pull_s: float = 1e-3
+    elementwise: float = 4.2 / 4.8
+    routing_skew: float = 0.3
+    jitter: float = 0.035
 
     def __post_init__(self):
         for name in ("mma", "hbm", "link"):
@@ -111,31 +138,79 @@ class Efficiency:
                 raise ValueError(f"Efficiency.{name}={v}: must be in (0, 1.5]")
         if self.pull_slowdown < 0 or self.a2a_latency_us < 0:
             raise ValueError("Efficiency: pull_slowdown and a2a_latency_us must be >= 0")
+        if not 0.0 < self.elementwise <= 1.5:
+            raise ValueError(f"Efficiency.elementwise={self.elementwise}: must be in (0, 1.5]")
+        if self.routing_skew < 0:
+            raise ValueError(f"--routing-skew {self.routing_skew:g}: must be >= 0. Fix: 0 for uniform routing, e.g. 0.3.")
+        if self.jitter < 0 or self.jitter > 0.5:
+            raise ValueError(f"--jitter {self.jitter:g}: must be in [0, 0.5]. Fix: e.g. 0.035.")
 
     @classmethod
     def roofline(cls) -> "Efficiency":
         """Datasheet peaks, no latency, no overlap slowdown: the upstream roofline's assumptions."""
-        return cls(mma=1.0, hbm=1.0, link=1.0, grouped=(), pull_slowdown=0.0, a2a_latency_us=0.0)
+        return cls(mma=1.0, hbm=1.0, link=1.0, grouped=(), pull_slowdown=0.0, a2a_latency_us=0.0,
+                   short_pull_slowdown=0.0, elementwise=1.0, routing_skew=0.0, jitter=0.0,
+                   grouped_precision="none")
+
+    @property
+    def roofline_like(self) -> bool:
+        """True for the upstream roofline's assumptions: grouped GEMMs at the dense rate, no elementwise cost."""
+        return self.grouped_precision == "none"
+
+    def slowdown_of_pull(self, pull_s: float) -> float:
+        """Fractional compute slowdown under a pull of isolated duration `pull_s` (s); see the class doc."""
+        extra = max(0.0, self.short_pull_slowdown - self.pull_slowdown)
+        return self.pull_slowdown + extra * self.short_pull_s / (self.short_pull_s + max(pull_s, 0.0))
 
     def with_(self, **kw) -> "Efficiency":
         return replace(self, **kw)
 
-    def grouped_at(self, tokens_per_expert: float) -> float:
-        """Grouped-GEMM efficiency (fraction of roofline) at this many tokens per expert."""
-        pts = self.grouped
-        if not pts:
+    def grouped_at(self, rows_per_expert: float, precision: str = "bf16") -> float:
+        """Grouped-GEMM efficiency (fraction of the dense rate's roofline) at this many rows per expert."""
+        if self.roofline_like:
             return 1.0
-        x = math.log(max(tokens_per_expert, 1e-9))
-        xs = [math.log(p[0]) for p in pts]
-        if x <= xs[0]:
-            return pts[0][1]
-        if x >= xs[-1]:
-            return pts[-1][1]
-        for i in range(1, len(pts)):
-            if x <= xs[i]:
-                f = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
-                return pts[i - 1][1] + f * (pts[i][1] - pts[i - 1][1])
-        return pts[-1][1]  # unreachable
+        pts = self.grouped if self.grouped and precision == self.grouped_precision else GROUPED_CURVES[precision]
+        return interpolate_log(pts, rows_per_expert)
+
+
+def interpolate_log(pts, x: float) -> float:
+    """Piecewise-linear in log(x) through (x, y) points sorted by x; flat beyond the ends."""
+    lx = math.log(max(x, 1e-9))
+    xs = [math.log(p[0]) for p in pts]
+    if lx <= xs[0]:
+        return pts[0][1]
+    for i in range(1, len(pts)):
+        if lx <= xs[i]:
+            f = (lx - xs[i - 1]) / (xs[i] - xs[i - 1])
+            return pts[i - 1][1] + f * (pts[i][1] - pts[i - 1][1])
+    return pts[-1][1]
+
+
+def _scaled(shape, anchor_rows: float, level: float) -> Tuple[Tuple[float, float], ...]:
+    """`shape` (rows, efficiency) rescaled so that it reads `level` at `anchor_rows`; capped at 1."""
+    at = interpolate_log(shape, anchor_rows)
+    return tuple((r, min(1.0, e * level / at)) for r, e in shape)
+
+
+# Grouped GEMM efficiency per precision: time at roofline (max of FLOPs at the dense rate, bytes at HBM)
+# over the grouped GEMM's time, by rows per expert.
+# Shape: the H100 tile sweep of bench kernels (benchmarks/results/bench_kernels_h100_tile_sweep_2026-11-24.json),
+# DeepSeek-V3 shapes, grouped GEMMs alone in their best tile: BF16 single_gemm_of_roofline 0.877 / 0.569 / 0.620 /
+# 0.684 and FP8 gemm_split_of_roofline 0.738 / 0.557 / 0.549 / 0.615 at 64 / 256 / 512 / 1024 rows per expert.
+# Level, at 512 rows per expert (16K tokens x top-8 over 256 experts):
+#   bf16: torch._grouped_mm on H200, w13 711 and w2 664 TFLOP/s (DESIGN.md §6) = 695 TFLOP/s over both,
+#         0.89 of the default dense rate (989.5 x mma);
+#   fp8:  our block-scaled kernels on H200, 9.3 + 5.3 ms (DESIGN.md §6) = 790 TFLOP/s, 0.50 of 1979 x mma;
+#   nvfp4: the DWDP tech blog's context-only breakdown puts the GB200 grouped GEMM at about 35% of the NVFP4
+#         dense peak, 0.44 of 10000 x mma (the FP8 shape is borrowed: no NVFP4 sweep of ours exists).
+_BF16_SHAPE = ((64.0, 0.877), (256.0, 0.569), (512.0, 0.620), (1024.0, 0.684))
+_FP8_SHAPE = ((64.0, 0.738), (256.0, 0.557), (512.0, 0.549), (1024.0, 0.615))
+_MMA = 783.0 / 989.5
+GROUPED_CURVES: Dict[str, Tuple[Tuple[float, float], ...]] = {
+    "bf16": _scaled(_BF16_SHAPE, 512.0, 695.0 / (989.5 * _MMA)),
+    "fp8": _scaled(_FP8_SHAPE, 512.0, 790.0 / (1979.0 * _MMA)),
+    "nvfp4": _scaled(_FP8_SHAPE, 512.0, 0.35 / _MMA),
+}
 
 
 @dataclass(frozen=True)

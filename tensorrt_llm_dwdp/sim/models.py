@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
+from ..presets import MODEL_PRESETS, SOURCES
+
 
 @dataclass(frozen=True)
 class Attention:
@@ -75,20 +77,21 @@ class MoEModel:
         return 3 * self.hidden * self.moe_inter
 
 
-_DSV3 = MoEModel("deepseek-v3", 7168, 61, 3, 18432, 2048, 256, 8, 1, mla(7168, 128, 1536, 512, 128, 64, 128),
-                 "huggingface.co/deepseek-ai/DeepSeek-V3 config.json", 129280)
-MODELS: Dict[str, MoEModel] = {
-    "deepseek-v3": _DSV3,
-    "deepseek-r1": MoEModel(**{**_DSV3.__dict__, "name": "deepseek-r1",
-                               "source": "huggingface.co/deepseek-ai/DeepSeek-R1 config.json (DeepSeek-V3 shapes)"}),
-    "qwen3-235b-a22b": MoEModel("qwen3-235b-a22b", 4096, 94, 0, 0, 1536, 128, 8, 0, gqa(4096, 64, 4, 128),
-                                "huggingface.co/Qwen/Qwen3-235B-A22B config.json", 151936),
-    "qwen3-30b-a3b": MoEModel("qwen3-30b-a3b", 2048, 48, 0, 0, 768, 128, 8, 0, gqa(2048, 32, 4, 128),
-                              "huggingface.co/Qwen/Qwen3-30B-A3B config.json", 151936),
-    "deepseek-v2-lite": MoEModel("deepseek-v2-lite", 2048, 27, 1, 10944, 1408, 64, 6, 2,
-                                 mla(2048, 16, None, 512, 128, 64, 128),
-                                 "huggingface.co/deepseek-ai/DeepSeek-V2-Lite config.json", 102400),
-}
+def moe_model(name: str, source: str, *, vocab: int, hidden: int, layers: int, first_k_dense: int, dense_inter: int,
+              num_experts: int, top_k: int, moe_inter: int, shared_inter: int, attention: str, heads: int,
+              kv_heads: int = 0, head_dim: int = 0, q_lora_rank: Optional[int] = None, kv_lora_rank: int = 0,
+              qk_nope_dim: int = 0, qk_rope_dim: int = 0, v_head_dim: int = 0, **_routing_and_norms) -> MoEModel:
+    """The shapes of a preset (keyword arguments of presets.MODEL_PRESETS, i.e. runtime.config.ModelConfig's
+    fields) as the cost model sees them; routing and norm options do not change the costs and are ignored."""
+    attn = (mla(hidden, heads, q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim)
+            if attention == "mla" else gqa(hidden, heads, kv_heads, head_dim))
+    shared = shared_inter // moe_inter if moe_inter else 0
+    return MoEModel(name, hidden, layers, first_k_dense, dense_inter, moe_inter, num_experts, top_k, shared, attn,
+                    source, vocab)
+
+
+# The simulator's presets: the shared table, minus the CPU-sized test model.
+MODELS: Dict[str, MoEModel] = {n: moe_model(n, SOURCES[n], **MODEL_PRESETS[n]) for n in MODEL_PRESETS if n != "tiny"}
 
 
 def get_model(name: str, layers: Optional[int] = None) -> MoEModel:

@@ -6,6 +6,7 @@ Bad values raise ValueError naming the CLI option and the fix, before any simula
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
 from typing import Dict, Optional, Tuple
 
@@ -14,6 +15,32 @@ from .costs import A2A_KINDS
 from .machines import Efficiency, Machine, Rates, check_precision
 from .models import MoEModel, Precision
 from .workload import IslDist
+
+
+class DepModel(str, Enum):
+    """How DEP is run.
+
+    TUNED: as a tuned serving engine runs it: one row per (token, destination rank), a fused
+        weighted combine, chunked prefill (every iteration filled to max_num_tokens), and the
+        dispatch overlapped with the shared expert (DeepEP-style hooks), so only what that window
+        does not cover is exposed.
+    LEGACY: this project's first DEP model: the scenario's packing, all-to-all fully exposed.
+    """
+
+    TUNED = "tuned"
+    LEGACY = "legacy"
+
+
+class PullStreams(str, Enum):
+    """How an unsliced pull orders its per-owner copies: ONE stream, owner after owner in ascending
+    rank order (every rank starts on the same owner), or a stream PER_SOURCE, starting with the owner
+    after the rank (rank + 1, rank + 2, ...), so ranks start on different owners. NOTE: the
+    simulator runs a rank's per-owner copies one after another in both cases (its NVLink ingress
+    bounds them together anyway). Each source's copy engine serves its queue first in, first out.
+    Sliced pulls interleave slices over the owners either way."""
+
+    ONE = "one"
+    PER_SOURCE = "per-source"
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,9 @@ class Scenario:
     max_batch_size: most requests in one iteration of one rank (None: only max_num_tokens binds).
     a2a: how DEP's all-to-all counts copies: "per-rank" (DeepEP-style, default) or
         "per-expert" (upstream's roofline); see costs.remote_copies.
+    dep_model: DepModel.TUNED (default) or LEGACY.
+    eplb: DEP balances expert load (replicated hot experts): routing skew does not reach it.
+    streams: PullStreams of unsliced pulls (default PER_SOURCE, as the runtime issues them).
     """
 
     machine: Machine
@@ -67,6 +97,9 @@ class Scenario:
     chunked: bool = False
     a2a: str = "per-rank"
     max_batch_size: Optional[int] = None
+    dep_model: DepModel = DepModel.TUNED
+    eplb: bool = False
+    streams: PullStreams = PullStreams.PER_SOURCE
 
     def __post_init__(self):
         m = self.machine
@@ -89,6 +122,12 @@ class Scenario:
             raise ValueError(f"--slots {self.slots}: DWDP needs >= 2 prefetch slots (ping-pong). Fix: --slots 2.")
         if self.a2a not in A2A_KINDS:
             raise ValueError(f"--a2a {self.a2a!r}: unknown. Fix: use one of {', '.join(A2A_KINDS)}.")
+        for name, opt, enum in (("dep_model", "--dep-model", DepModel), ("streams", "--pull-streams", PullStreams)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise ValueError(f"{opt} {getattr(self, name)!r}: unknown. "
+                                 f"Fix: use one of {', '.join(x.value for x in enum)}.") from None
         e = self.experts_per_rank
         if e is not None and not (self.model.experts / self.ranks <= e <= self.model.experts):
             lo = -(-self.model.experts // self.ranks)
@@ -130,4 +169,5 @@ class Scenario:
 
     def describe(self) -> str:
         return (f"{self.machine.title}: {self.ranks} ranks | {self.model.name} {self.precision.name} | "
-                f"ISL {self.isl} | max_num_tokens {self.max_num_tokens}")
+                f"ISL {self.isl} | max_num_tokens {self.max_num_tokens} | DEP {self.dep_model.value}"
+                f"{' + EPLB' if self.eplb else ''}")

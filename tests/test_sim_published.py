@@ -1,0 +1,80 @@
+"""The simulator against the public DWDP figures (DeepSeek-R1, NVFP4, GB200, DWDP4 vs DEP4).
+
+Sources: TensorRT-LLM tech blog 19 (DWDP) and arXiv 2604.01621, as summarised in DESIGN.md §2.
+Targets: a published per-category share within 20% (relative), a published speedup within 10%.
+The published runs' max_num_tokens is not stated; 16384 (2x the 8K ISL) is assumed throughout.
+"""
+
+import pytest
+
+from tensorrt_llm_dwdp.sim.engine import simulate
+from tensorrt_llm_dwdp.sim.machines import Efficiency, get_machine
+from tensorrt_llm_dwdp.sim.models import get_model, get_precision
+from tensorrt_llm_dwdp.sim.scenario import DepModel, PullStreams, Scenario
+from tensorrt_llm_dwdp.sim.workload import parse_isl
+
+GB200, R1, NVFP4 = get_machine("gb200"), get_model("deepseek-r1"), get_precision("nvfp4")
+
+# Context-only iteration, DEP 1319.85 -> DWDP 1131.58 (-14.3%): a 1.166x speedup.
+PUBLISHED_ITERATION_SPEEDUP = 1319.85 / 1131.58
+# Round-robin slicing of pulls (contention_opt, 2 MiB): +8.6% TPS/GPU on short windows.
+PUBLISHED_SLICING_SPEEDUP = 1.086
+# Elementwise ("others") share of a DEP context iteration: 18%, as quoted from the blog's per-category
+# breakdown (a secondary quotation: not re-checked against the blog page itself).
+PUBLISHED_DEP_OTHER_SHARE = 0.18
+
+
+def run(mnt=16384, **kw):
+    return simulate(Scenario(GB200, R1, NVFP4, 4, parse_isl("normal:8192:0.2"), mnt, iterations=8, **kw))
+
+
+def test_dep_elementwise_share_within_20pct():
+    r = run()
+    share = r.dep.breakdown.other / r.dep.iteration_s
+    assert share == pytest.approx(PUBLISHED_DEP_OTHER_SHARE, rel=0.20), share
+
+
+def test_context_iteration_speedup_within_10pct_against_the_published_dep():
+    """The published DEP is TensorRT-LLM's, run without chunked prefill and with its all-to-all
+    exposed: the LEGACY DEP model is that engine's shape. NOTE: against the TUNED DEP (chunked
+    prefill, dispatch hidden) the model predicts ~1.02x: a tuned DEP takes most of DWDP's gain."""
+    legacy = run(dep_model=DepModel.LEGACY).speedup
+    assert legacy == pytest.approx(PUBLISHED_ITERATION_SPEEDUP, rel=0.10), legacy
+    assert run().speedup < legacy  # a stronger baseline never makes DWDP look better
+
+
+def test_slicing_gain_within_10pct():
+    """Unsliced pulls owner after owner on one stream (upstream's path before contention_opt)
+    against round-robin slices: the model gave +56% before copy engines were FIFO per source."""
+    sliced, plain = run(), run(sliced=False, streams=PullStreams.ONE)
+    gain = sliced.dwdp.tps_per_gpu / plain.dwdp.tps_per_gpu
+    assert gain == pytest.approx(PUBLISHED_SLICING_SPEEDUP, rel=0.10), gain
+    assert gain > 1.0
+
+
+def test_compute_slowdown_grows_as_the_overlap_shortens():
+    """About 5% under long overlaps, over 20% under short ones (clocks drop)."""
+    e = Efficiency()
+    assert e.slowdown_of_pull(50e-3) == pytest.approx(0.05, rel=0.20)
+    assert e.slowdown_of_pull(0.05e-3) >= 0.18
+    lengths = [1e-4, 1e-3, 1e-2, 1e-1]
+    assert all(e.slowdown_of_pull(a) > e.slowdown_of_pull(b) for a, b in zip(lengths, lengths[1:]))
+
+
+def test_routing_skew_and_jitter_feed_deps_barriers_and_eplb_removes_the_skew():
+    base = run(efficiency=Efficiency(routing_skew=0.0, jitter=0.0))
+    skewed = run(efficiency=Efficiency(routing_skew=0.6, jitter=0.0))
+    jittered = run(efficiency=Efficiency(routing_skew=0.0, jitter=0.08))
+    eplb = run(efficiency=Efficiency(routing_skew=0.6, jitter=0.0), eplb=True)
+    assert skewed.dep.breakdown.sync > base.dep.breakdown.sync
+    assert jittered.dep.breakdown.sync > base.dep.breakdown.sync
+    assert eplb.dep.tps_per_gpu == pytest.approx(base.dep.tps_per_gpu, rel=1e-9)
+    # DWDP computes every expert its own tokens touch: skew does not reach it
+    assert skewed.dwdp.tps_per_gpu == pytest.approx(base.dwdp.tps_per_gpu, rel=1e-9)
+
+
+def test_categories_add_up_to_the_iteration():
+    r = run()
+    for mode in (r.dwdp, r.dep):
+        assert mode.breakdown.wall == pytest.approx(mode.iteration_s, rel=0.02), mode.mode
+        assert min(getattr(mode.breakdown, k) for k in ("attention", "grouped", "dense", "other")) > 0
