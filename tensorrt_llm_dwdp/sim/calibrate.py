@@ -5,8 +5,9 @@ path or a comma list; each file is recognised by its keys.
 What is read from bench kernels (bench/kernels.py's keys) and what it replaces in Efficiency:
   peaks.bf16_tflops  -> mma = measured / datasheet BF16 peak of --machine (all precisions)
   peaks.hbm_gbps     -> hbm = measured / datasheet HBM bandwidth (a copy: read + write bytes)
-  gemm[]             -> grouped: per row, roofline(shape, tokens) at the measured peaks /
-                        split_ms, keyed by tokens per expert (the split-weight path DWDP runs),
+  gemm[]             -> grouped: per BF16 balanced row, roofline(shape, tokens) at the measured peaks /
+                        composite_ms (the GEMMs on DWDP's composite tensors; split_ms in files of the
+                        retired split-weight path), keyed by tokens per expert,
                         from the bench shape nearest the simulated model's (hidden, inter).
                         NOTE: bench kernels measures BF16; other precisions borrow its curve.
   overlap[].slowdown -> pull_slowdown = mean of the rows (compute slowed by a concurrent pull);
@@ -83,8 +84,11 @@ def _grouped_points(rows: List[dict], bf16_tflops: float, hbm_gbps: float,
         name = _need(row, "shape", path)
         if name not in BENCH_SHAPES:
             continue
+        if row.get("dtype", "bfloat16") not in ("bfloat16", "bf16") or row.get("routing", "balanced") != "balanced":
+            continue
         h, i, e, k = BENCH_SHAPES[name]
-        tokens, ms = float(_need(row, "tokens", path)), float(_need(row, "split_ms", path))
+        tokens = float(_need(row, "tokens", path))
+        ms = float(row["composite_ms"] if "composite_ms" in row else _need(row, "split_ms", path))
         a = tokens * k
         roof_ms = max(6 * a * h * i / (bf16_tflops * 1e9), (3 * e * h * i * 2 + 2 * a * h * 2) / (hbm_gbps * 1e6))
         if ms > 0:

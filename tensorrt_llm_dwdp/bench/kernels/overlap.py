@@ -41,7 +41,9 @@ def run(hooks, shape: str, dtype: str, tokens: int, steps: int = 5) -> Dict:
     alone_ms = bench_ms(lambda: expert_compute(x, ids, wts, layer1))
     plan = hooks._plans[2]
     pull_ms = bench_ms(lambda: _pull(hooks, plan))
-    return {"shape": shape, "dtype": dtype, "tokens": tokens, "mlp_alone_ms": alone_ms, "mlp_with_pull_ms": with_ms,
+    peers_elsewhere = torch.cuda.device_count() > 1  # ranks on their own GPUs: the pull crosses NVLink
+    return {"shape": shape, "dtype": dtype, "tokens": tokens, "source": "nvlink" if peers_elsewhere else "same_gpu",
+            "slice_mib": hooks.config.slice_bytes / 2**20, "mlp_alone_ms": alone_ms, "mlp_with_pull_ms": with_ms,
             "slowdown": with_ms / alone_ms - 1.0, "pull_mib": plan.nbytes / 2**20, "pull_ms": pull_ms,
             "pull_gbps": plan.nbytes / pull_ms / 1e6}
 
