@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# On a GPU machine with no network: build against the local torch, run the whole test suite
-# (GPU tests included), the multi-rank CUDA IPC checks and `trtllm-dwdp bench kernels`;
-# their tables go into BENCHMARKS.md.
-# Usage: bash benchmarks/gpu_core_check.sh [OUT_DIR]
-# Env: TESTS (pytest targets, default tests), SKIP_VERIFY=1, SKIP_BENCH=1, BENCH_ARGS (for bench kernels).
+# On a GPU machine with no network: build against the local torch, then one of
+#   test   the GPU tests and the multi-rank CUDA VMM / CUDA IPC checks (BF16 and FP8, 2 and 4 ranks);
+#   bench  `trtllm-dwdp bench kernels` (BENCH_ARGS), its JSON and table under OUT_DIR.
+# Usage: bash benchmarks/gpu_core_check.sh test|bench|all [OUT_DIR]
+# Env: TESTS (pytest targets for `test`, default: the GPU-marked tests of the whole suite), BENCH_ARGS.
 set -uo pipefail
-out=${1:-benchmarks/results}
+what=${1:-all}
+out=${2:-benchmarks/results}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 DWDP_CUDA_ARCHS=${DWDP_CUDA_ARCHS:-90a}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-trtllm-dwdp doctor
-python3 -m pytest -q -rs -p no:cacheprovider ${TESTS:-tests} 2>&1 | tee "$out/pytest.log" | tail -25
-rc=${PIPESTATUS[0]}
-[ "${SKIP_VERIFY:-0}" = 1 ] || for n in 2 4; do
-  echo "== trtllm-dwdp verify --ranks $n --backend cuda_ipc"
-  trtllm-dwdp verify --ranks "$n" --backend cuda_ipc --steps 4 --tokens 5,40,0,17 --zero-rank $((n - 1)) \
-    --json "$out/verify_cuda_ipc_${n}.json" || rc=1
-done
-[ "${SKIP_VERIFY:-0}" = 1 ] || trtllm-dwdp verify --ranks 4 --backend cuda_ipc --placement redundant --experts-per-rank 6 --steps 8 \
-  --stall-rank 1 --stall-seconds 3 --json "$out/verify_cuda_ipc_stall.json" || rc=1
-if [ "${SKIP_BENCH:-0}" != 1 ]; then
+rc=0
+if [ "$what" = test ] || [ "$what" = all ]; then
+  python3 -m pytest -q -rs -p no:cacheprovider -m gpu ${TESTS:-tests} 2>&1 | tee "$out/pytest_gpu.log" | tail -25
+  rc=${PIPESTATUS[0]}
+  for backend in cuda_vmm cuda_ipc; do
+    for n in 2 4; do
+      for dtype in bfloat16 float8_e4m3fn; do
+        echo "== trtllm-dwdp verify --ranks $n --backend $backend --dtype $dtype"
+        trtllm-dwdp verify --ranks "$n" --backend "$backend" --dtype "$dtype" --hidden 256 --inter 128 --steps 4 \
+          --tokens 5,40,0,17 --zero-rank $((n - 1)) --json "$out/verify_${backend}_${n}_${dtype}.json" | tail -8 || rc=1
+      done
+    done
+  done
+  trtllm-dwdp verify --ranks 4 --backend cuda_vmm --placement redundant --experts-per-rank 6 --steps 8 \
+    --stall-rank 1 --stall-seconds 3 --json "$out/verify_cuda_vmm_stall.json" | tail -8 || rc=1
+  trtllm-dwdp verify --ranks 2 --backend cuda_vmm --placement "0-4;5-15" --pull-issue batched --steps 3 | tail -4 || rc=1
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
   echo "== trtllm-dwdp bench kernels ${BENCH_ARGS:-}"
-  trtllm-dwdp bench kernels ${BENCH_ARGS:-} --json "$out/bench_kernels.json" || rc=1
+  trtllm-dwdp bench kernels ${BENCH_ARGS:-} --json "$out/bench_kernels.json" 2>&1 | tee "$out/bench_kernels.log" || rc=1
 fi
 exit $rc

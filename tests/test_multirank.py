@@ -145,3 +145,34 @@ def test_fp8_experts_with_block_scales_cuda_vmm(verify, tmp_path):
     _check(verify(3, "--backend", "cuda_vmm", "--seed", str(fresh_seed()), "--steps", "2", "--json", str(out_json),
                   *FP8))
     assert json.loads(out_json.read_text())["ok"]
+
+
+def _composite(ranks, backend, placement, dtype):
+    import os
+    import subprocess
+    from conftest import ROOT
+    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    extra = {"OMP_NUM_THREADS": "1"}
+    cmd = mpirun_command(ranks, [os.path.join(ROOT, "tests", "mpi_composite.py"), backend, placement, dtype,
+                                 str(fresh_seed())], extra)
+    proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **extra), capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+COMPOSITE = [(2, "even"), (4, "even"), (3, "redundant"), (4, "0-9;5-13;0,13;1-4"), (2, "0-2,7;3-6,8-13")]
+
+
+@pytest.mark.parametrize("ranks,placement", COMPOSITE)
+def test_composite_tensors_are_the_loaded_weights_cpu(ranks, placement):
+    """Even, uneven (14 experts), redundant and explicit placements: each layer's composite view, over several
+    steps with slots reused across layers, holds exactly the loaded bytes."""
+    _composite(ranks, "cpu_shm", placement, "float32")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda_vmm", "cuda_ipc"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
+@pytest.mark.parametrize("ranks,placement", [(2, "0-2,7;3-6,8-13"), (4, "even")])
+def test_composite_tensors_and_graph_replay_gpu(backend, dtype, ranks, placement):
+    _composite(ranks, backend, placement, dtype)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Dict
 
 import torch
@@ -53,17 +52,21 @@ def expert_loader(shape: str, dtype: str, seed: int = 0):
     """(layer, experts) -> seeded random experts, the same on every rank; FP8 quantized per 128x128 block."""
     hidden, inter, _, _ = SHAPES[shape]
 
+    fp8 = dtype == "float8_e4m3fn"
+
+    def one(layer, e, name, shape, std):
+        g = torch.Generator(device="cuda").manual_seed(((seed * 1_000_003 + layer) * 4 + len(name)) * 65_537 + int(e))
+        w = torch.empty(shape, device="cuda", dtype=torch.bfloat16).normal_(0, std, generator=g)
+        return ops.quantize_weight_blocks(w) if fp8 else (w, None)
+
     def load(layer, experts):
-        out = {"w13": torch.empty(len(experts), 2 * inter, hidden, device="cuda", dtype=torch.bfloat16),
-               "w2": torch.empty(len(experts), hidden, inter, device="cuda", dtype=torch.bfloat16)}
-        for i, e in enumerate(experts):
-            g = torch.Generator(device="cuda").manual_seed(seed * 1_000_003 + layer * 4096 + int(e))
-            out["w13"][i].normal_(0, hidden ** -0.5, generator=g)
-            out["w2"][i].normal_(0, inter ** -0.5, generator=g)
-        if dtype != "float8_e4m3fn":
-            return out
-        (q13, s13), (q2, s2) = ops.quantize_weight_blocks(out["w13"]), ops.quantize_weight_blocks(out["w2"])
-        return {"w13": q13, "w2": q2, "w13_scale": s13, "w2_scale": s2}
+        out = {}
+        for name, shape, std in (("w13", (2 * inter, hidden), hidden ** -0.5), ("w2", (hidden, inter), inter ** -0.5)):
+            made = [one(layer, e, name, shape, std) for e in experts]  # one expert at a time: bounded temporaries
+            out[name] = torch.stack([w for w, _ in made])
+            if fp8:
+                out[name + "_scale"] = torch.stack([s for _, s in made])
+        return out
     return load
 
 
@@ -107,5 +110,3 @@ def _fmt(v) -> str:
         return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
     return "-" if v is None else str(v)
 
-
-del math
