@@ -14,6 +14,7 @@
 namespace py = pybind11;
 
 void register_grouped_gemm(pybind11::module_& m);  // cpp/bindings/grouped_gemm.cpp
+void register_context_bindings(pybind11::module_& m);  // cpp/bindings/context.cpp
 
 namespace {
 
@@ -80,6 +81,7 @@ PYBIND11_MODULE(_C, m) {
       },
       "weighted top-k sum of rows gathered from per-segment expert outputs (raw device pointers)");
   register_grouped_gemm(m);
+  register_context_bindings(m);
   m.def("cuda_runtime_version", [] {
     int v = 0;
     check(cudaRuntimeGetVersion(&v), "cudaRuntimeGetVersion");
