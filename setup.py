@@ -126,6 +126,12 @@ class BuildExtWithCuda(build_ext):
         self.link_shared(core_objs, pkg_dir / "libdwdp_core.so", [ext.cuda_lib], ["cudart"])
         ext.library_dirs = [str(pkg_dir), *ext.library_dirs]
         super().build_extension(ext)
+        self.build_plugin(ext, nvcc, pkg_dir)
+        if self.inplace:  # NOTE: setuptools copies only the extension itself back to the source tree
+            for lib in pkg_dir.glob("libdwdp_*.so"):
+                shutil.copy2(lib, ROOT / "tensorrt_llm_dwdp" / lib.name)
+
+    def build_plugin(self, ext, nvcc, pkg_dir):
         if ext.trt_include is None:
             print("tensorrt_llm_dwdp: no TensorRT headers (TENSORRT_ROOT, .trt/include, /usr/include/x86_64-linux-gnu, "
                   "/usr/local/tensorrt/include); the TensorRT plugin is not built", file=sys.stderr)

@@ -44,7 +44,7 @@ std::shared_ptr<dwdp::DwdpContext> make_context(int num_experts, int num_slots,
 }  // namespace
 
 void register_context_bindings(py::module_& m) {
-  static py::exception<dwdp::ProtocolError> protocol_error(m, "ProtocolError", PyExc_RuntimeError);
+  py::register_exception<dwdp::ProtocolError>(m, "ProtocolError", PyExc_RuntimeError);
   py::class_<dwdp::Pull>(m, "Pull").def_readonly("layer", &dwdp::Pull::layer).def_readonly("slot", &dwdp::Pull::slot);
   py::class_<dwdp::Acquired>(m, "Acquired")
       .def_readonly("slot", &dwdp::Acquired::slot)
