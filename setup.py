@@ -1,7 +1,8 @@
-"""Build script: pure Python everywhere, plus the `_C` extension from `cpp/` where CUDA is.
+"""Build script: pure Python everywhere, plus the C++ core where CUDA is.
 
-The extension links only against the CUDA runtime (no torch C++ ABI), so the same
-sources can be reused by a TensorRT plugin. Set DWDP_BUILD_EXT=0 to skip it, or
+libdwdp_core.so (kernels, copy plans, the DWDP context registry; CUDA runtime only, no torch C++ ABI) is
+linked by both the `_C` extension and, where TensorRT headers are found, the TensorRT plugin library
+libdwdp_trt_plugin.so; all three sit in the package folder (rpath $ORIGIN). Set DWDP_BUILD_EXT=0 to skip it, or
 DWDP_BUILD_EXT=1 to make a missing toolkit an error instead of a skip.
 """
 
@@ -61,36 +62,90 @@ def cuda_archs(nvcc):
     return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs.split(";") if a]
 
 
+def find_tensorrt_include():
+    """Folder holding NvInferRuntime.h: TENSORRT_ROOT, then the ignored .trt/include, then the NGC image's paths."""
+    candidates = []
+    if os.environ.get("TENSORRT_ROOT"):
+        candidates.append(Path(os.environ["TENSORRT_ROOT"]) / "include")
+    candidates += [ROOT / ".trt" / "include", Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include/aarch64-linux-gnu"),
+                   Path("/usr/local/tensorrt/include")]
+    return next((d for d in candidates if (d / "NvInferRuntime.h").exists()), None)
+
+
+def composite_gemm_api():
+    """Whether grouped_gemm.h declares the grouped GEMM on contiguous (composite) weights the MoE layer calls."""
+    return "b_expert_stride" in (ROOT / "cpp" / "include" / "dwdp" / "grouped_gemm.h").read_text()
+
+
 class BuildExtWithCuda(build_ext):
-    """Compiles the .cu sources of an extension with nvcc, then links them with the C++ ones."""
+    """Builds libdwdp_core.so (kernels, copy plans, DWDP context registry) next to the package, then the `_C`
+    extension and, where TensorRT headers are found, the plugin library, both linked to it (rpath $ORIGIN)."""
+
+    def compile_objects(self, ext, sources, objdir, nvcc):
+        import subprocess
+        from concurrent.futures import ThreadPoolExecutor
+        defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
+        includes = [f"-I{d}" for d in ext.include_dirs]
+        # NOTE: an object newer than its source and every header is kept: the CUTLASS kernels take minutes.
+        headers = [p.stat().st_mtime for p in (ROOT / "cpp").rglob("*.h*")]
+        newest_header = max(headers) if headers else 0.0
+        archs, cmds, objs = cuda_archs(nvcc), [], []
+        for src in sources:
+            obj = objdir / (Path(src).stem + ".o")
+            objs.append(str(obj))
+            if obj.exists() and obj.stat().st_mtime > max(Path(src).stat().st_mtime, newest_header):
+                continue
+            if src.endswith(".cu"):
+                src_archs = [a for a in archs if a.endswith("sm_90a")] if src.endswith("_sm90.cu") else archs
+                cmds.append([nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr",
+                             *src_archs, *defines, *includes, "-c", src, "-o", str(obj)])
+            else:
+                cmds.append(["g++", "-std=c++17", "-O2", "-fPIC", "-Wno-deprecated-declarations", *defines, *includes,
+                             "-c", src, "-o", str(obj)])
+        jobs = int(os.environ.get("DWDP_BUILD_JOBS", os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for cmd in cmds:
+                print(" ".join(cmd))
+            list(pool.map(subprocess.check_call, cmds))
+        return objs
+
+    def link_shared(self, objs, out, libdirs, libs):
+        import subprocess
+        cmd = ["g++", "-shared", "-o", str(out), *objs, *[f"-L{d}" for d in libdirs], *[f"-l{x}" for x in libs],
+               "-Wl,-rpath,$ORIGIN", *[f"-Wl,-rpath,{d}" for d in libdirs if not str(d).startswith(str(ROOT))]]
+        print(" ".join(cmd))
+        subprocess.check_call(cmd)
 
     def build_extension(self, ext):
-        cu = [s for s in ext.sources if s.endswith(".cu")]
-        if cu:
-            import subprocess
-            nvcc = str(Path(ext.cuda_home) / "bin" / "nvcc")
-            objdir = Path(self.build_temp) / "cuda"
-            objdir.mkdir(parents=True, exist_ok=True)
-            ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
-            defines = [f"-D{k}" if v is None else f"-D{k}={v}" for k, v in ext.define_macros]
-            archs = cuda_archs(nvcc)
-            cmds = []
-            for src in cu:
-                obj = objdir / (Path(src).stem + ".o")
-                src_archs = archs
-                if src.endswith("_sm90.cu"):  # NOTE: Hopper-only kernels (wgmma, TMA): sm_90a alone
-                    src_archs = [a for a in archs if a.endswith("sm_90a")]
-                cmds.append([nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr",
-                             *src_archs, *defines, *[f"-I{d}" for d in ext.include_dirs], "-c", src, "-o", str(obj)])
-                ext.extra_objects.append(str(obj))
-            # NOTE: the CUTLASS kernels take about a minute each; compile them side by side.
-            from concurrent.futures import ThreadPoolExecutor
-            jobs = int(os.environ.get("DWDP_BUILD_JOBS", os.cpu_count() or 1))
-            with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                for cmd in cmds:
-                    print(" ".join(cmd))
-                list(pool.map(subprocess.check_call, cmds))
+        nvcc = str(Path(ext.cuda_home) / "bin" / "nvcc")
+        pkg_dir = Path(self.get_ext_fullpath(ext.name)).parent
+        pkg_dir.mkdir(parents=True, exist_ok=True)
+        objdir = Path(self.build_temp) / "dwdp_core"
+        objdir.mkdir(parents=True, exist_ok=True)
+        core_objs = self.compile_objects(ext, ext.core_sources, objdir, nvcc)
+        self.link_shared(core_objs, pkg_dir / "libdwdp_core.so", [ext.cuda_lib], ["cudart"])
+        ext.library_dirs = [str(pkg_dir), *ext.library_dirs]
         super().build_extension(ext)
+        self.build_plugin(ext, nvcc, pkg_dir)
+        if self.inplace:  # NOTE: setuptools copies only the extension itself back to the source tree
+            for lib in pkg_dir.glob("libdwdp_*.so"):
+                shutil.copy2(lib, ROOT / "tensorrt_llm_dwdp" / lib.name)
+
+    def build_plugin(self, ext, nvcc, pkg_dir):
+        if ext.trt_include is None:
+            print("tensorrt_llm_dwdp: no TensorRT headers (TENSORRT_ROOT, .trt/include, /usr/include/x86_64-linux-gnu, "
+                  "/usr/local/tensorrt/include); the TensorRT plugin is not built", file=sys.stderr)
+            return
+        if not ext.with_layer:
+            print("tensorrt_llm_dwdp: grouped_gemm.h has no composite-weight API; the TensorRT plugin is not built",
+                  file=sys.stderr)
+            return
+        ext.include_dirs = [*ext.include_dirs, str(ext.trt_include), str(ROOT / "cpp" / "plugin")]
+        plug_dir = Path(self.build_temp) / "dwdp_plugin"
+        plug_dir.mkdir(parents=True, exist_ok=True)
+        plug_objs = self.compile_objects(ext, sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "plugin").glob("*.cpp")),
+                                         plug_dir, nvcc)
+        self.link_shared(plug_objs, pkg_dir / "libdwdp_trt_plugin.so", [pkg_dir, ext.cuda_lib], ["dwdp_core", "cudart"])
 
 
 def extensions():
@@ -109,20 +164,25 @@ def extensions():
 
     cutlass_includes = find_cutlass_includes()
 
-    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cpp"))
-    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cu"))
-    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "bindings").glob("*.cpp"))
+    with_layer = composite_gemm_api()
+    core = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cpp"))
+    core += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cu")
+                   if with_layer or p.name != "moe_layer.cu")
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "bindings").glob("*.cpp"))
     ext = Pybind11Extension(
         "tensorrt_llm_dwdp._C",
         sources,
         include_dirs=[str(ROOT / "cpp" / "include"), str(home / "include"), *cutlass_includes],
-        define_macros=[("DWDP_WITH_CUTLASS", None)] if cutlass_includes else [],
+        define_macros=([("DWDP_WITH_CUTLASS", None)] if cutlass_includes else [])
+        + ([("DWDP_WITH_MOE_LAYER", None)] if with_layer else []),
         library_dirs=[str(libdir)],
-        runtime_library_dirs=[str(libdir)],
-        libraries=["cudart"],
+        runtime_library_dirs=["$ORIGIN", str(libdir)],
+        libraries=["dwdp_core", "cudart"],
         cxx_std=17,
         extra_compile_args=["-O2"],
     )
+    ext.core_sources, ext.cuda_lib, ext.with_layer = core, str(libdir), with_layer
+    ext.trt_include = find_tensorrt_include()
     ext.cuda_home = str(home)
     return [ext]
 

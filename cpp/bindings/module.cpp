@@ -14,6 +14,7 @@
 namespace py = pybind11;
 
 void register_grouped_gemm(pybind11::module_& m);  // cpp/bindings/grouped_gemm.cpp
+void register_context_bindings(pybind11::module_& m);  // cpp/bindings/context.cpp
 
 namespace {
 
@@ -86,6 +87,7 @@ PYBIND11_MODULE(_C, m) {
       },
       "act [m, inter] = silu(gate) * up from h [m, 2*inter] (raw device pointers, bf16)");
   register_grouped_gemm(m);
+  register_context_bindings(m);
   m.def("cuda_runtime_version", [] {
     int v = 0;
     check(cudaRuntimeGetVersion(&v), "cudaRuntimeGetVersion");

@@ -1,0 +1,169 @@
+"""TensorRT engine flow: emit the DwdpMoe plugin in place of TensorRT-LLM's MixtureOfExperts plugin.
+
+TensorRT-LLM 1.2.x's engine-flow MoE (`tensorrt_llm/layers/moe.py`, MixtureOfExperts: Mixtral, Qwen-MoE,
+Arctic, DBRX...) computes fp32 router logits with its own `router` and passes them to its plugin with
+`MoeConfig.normalization_mode`; `forward_experts(hidden_states, routing, ...)` is the one place that emits
+it. `patch_moe_class` wraps that method so each MoE layer, in build order, emits DwdpMoe (inputs: hidden
+states and the router logits) while `--dwdp_group_size` asks for DWDP. The experts then come from the DWDP
+context the runtime registers under `context_id` before the engine is deserialised, not from the engine.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from ...config import DwdpConfigError
+
+PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = "DwdpMoe", "1", "dwdp"
+PLUGIN_LIBRARY = "libdwdp_trt_plugin.so"
+BUILD_FLAG = "--dwdp_group_size"
+
+
+class Routing(enum.IntEnum):
+    """The plugin's `routing` field (cpp/include/dwdp/moe_routing.h)."""
+
+    SOFTMAX_TOPK = 0
+    RENORMALIZE = 1
+    PRECOMPUTED = 2
+
+
+class ExpertDtype(enum.IntEnum):
+    """The plugin's `dtype` field (cpp/include/dwdp/moe_layer.h)."""
+
+    BF16 = 0
+    FP8_BLOCK = 1
+
+
+# TensorRT-LLM's MoeConfig.ExpertScaleNormalizationMode values -> the plugin's routing.
+_NORMALIZATION = {0: Routing.SOFTMAX_TOPK, 1: Routing.RENORMALIZE}
+
+
+@dataclass(frozen=True)
+class PluginFields:
+    """The DwdpMoe fields of one layer, in the plugin's serialisation order."""
+
+    layer_index: int
+    num_experts: int
+    hidden_size: int
+    intermediate_size: int
+    top_k: int
+    routing: Routing
+    dtype: ExpertDtype
+    context_id: int
+
+    def as_dict(self) -> Dict[str, int]:
+        return {k: int(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+def routing_of(normalization_mode: int) -> Routing:
+    if int(normalization_mode) not in _NORMALIZATION:
+        raise DwdpConfigError("MoeConfig.normalization_mode", int(normalization_mode),
+                              "the DWDP plugin implements NONE (softmax top-k) and RENORMALIZE routing only",
+                              "build this model without --dwdp_group_size")
+    return _NORMALIZATION[int(normalization_mode)]
+
+
+def fields_for(moe, layer_index: int, context_id: int, dtype: ExpertDtype = ExpertDtype.BF16) -> PluginFields:
+    """Fields for a TensorRT-LLM MixtureOfExperts module (its attributes as 1.2.x names them)."""
+    if getattr(moe.mapping, "has_moe_tp", lambda: False)() or getattr(moe.mapping, "has_moe_ep", lambda: False)():
+        raise DwdpConfigError("moe_tp_size/moe_ep_size", (moe.mapping.moe_tp_size, moe.mapping.moe_ep_size),
+                              "DWDP runs every MoE layer whole on each rank", "build with moe_tp_size=1 moe_ep_size=1")
+    if getattr(moe, "hidden_act", "swiglu") not in ("swiglu", "silu"):
+        raise DwdpConfigError("hidden_act", moe.hidden_act, "the DWDP plugin computes SwiGLU experts only",
+                              "build this model without --dwdp_group_size")
+    return PluginFields(layer_index, moe.num_experts, moe.hidden_size, moe.expert_inter_size, moe.top_k,
+                        routing_of(moe.moe_config.normalization_mode), dtype, context_id)
+
+
+def emit_plugin(trt, network, hidden_states, routing, fields: PluginFields):
+    """Adds one DwdpMoe layer to `network` (a trt.INetworkDefinition); returns its output ITensor.
+
+    hidden_states [T, H] (or [B, S, H]) bf16 and routing [.., E] fp32 logits are TensorRT ITensors."""
+    import numpy as np
+
+    creator = trt.get_plugin_registry().get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
+    if creator is None:
+        raise RuntimeError(f"TensorRT has no {PLUGIN_NAME} plugin creator: load {PLUGIN_LIBRARY} with "
+                           "trt.get_plugin_registry().load_library(...) first")
+    pfc = trt.PluginFieldCollection([trt.PluginField(name, np.array([value], dtype=np.int32),
+                                                     trt.PluginFieldType.INT32)
+                                     for name, value in fields.as_dict().items()])
+    plugin = creator.create_plugin(f"dwdp_moe_{fields.layer_index}", pfc, trt.TensorRTPhase.BUILD)
+    layer = network.add_plugin_v3([hidden_states, routing], [], plugin)
+    return layer.get_output(0)
+
+
+@dataclass
+class EngineFlowOptions:
+    """What the build flag asked for; context_id ties the engine to the runtime's DWDP context."""
+
+    group_size: int
+    context_id: int = 0
+    dtype: ExpertDtype = ExpertDtype.BF16
+
+
+def patch_moe_class(moe_cls, options: EngineFlowOptions, *, trt=None, network_of=None) -> None:
+    """Wraps moe_cls.forward_experts so each call (one per MoE layer, in build order) emits DwdpMoe.
+
+    trt / network_of(module) default to TensorRT and TensorRT-LLM's default_trtnet(); tests pass fakes.
+    Layers are numbered per network, so two engines built in one process each start at 0."""
+    original = moe_cls.forward_experts
+    if getattr(original, "_dwdp_wrapped", False):
+        return
+    counters: Dict[int, Any] = {}
+
+    def forward_experts(self, hidden_states, routing, finished, lora_layer_params, reduce_fusion_params):
+        if finished is not None or lora_layer_params is not None:
+            raise DwdpConfigError(BUILD_FLAG, options.group_size, "the DWDP plugin has no finished mask or LoRA input",
+                                  "build without LoRA or without --dwdp_group_size")
+        _trt = trt
+        if _trt is None:
+            import tensorrt as _trt
+        if network_of is None:
+            from tensorrt_llm._common import default_trtnet
+            net = default_trtnet()
+        else:
+            net = network_of(self)
+        layer = next(counters.setdefault(id(net), itertools.count()))
+        fields = fields_for(self, layer, options.context_id, options.dtype)
+        out = emit_plugin(_trt, net, _raw(hidden_states), _raw(routing), fields)
+        return _wrap(out, hidden_states)
+
+    forward_experts._dwdp_wrapped = True
+    forward_experts._dwdp_original = original
+    moe_cls.forward_experts = forward_experts
+
+
+def _raw(t):
+    """A TensorRT-LLM Tensor's ITensor (or the object itself where it already is one)."""
+    return getattr(t, "trt_tensor", t)
+
+
+def _wrap(itensor, like):
+    """The output as TensorRT-LLM's Tensor type where the input was one."""
+    if hasattr(like, "trt_tensor"):
+        from tensorrt_llm.functional import _create_tensor
+        return _create_tensor(itensor, None)
+    return itensor
+
+
+def add_build_flag(parser) -> None:
+    """Adds --dwdp_group_size to trtllm-build's argparse parser (TensorRT-LLM's commands/build.py)."""
+    parser.add_argument(BUILD_FLAG, type=int, default=0,
+                        help="DWDP group size: emit the DwdpMoe plugin for every MoE layer (0: off)")
+
+
+def options_from_args(args) -> Optional[EngineFlowOptions]:
+    size = int(getattr(args, BUILD_FLAG.lstrip("-"), 0) or 0)
+    if size < 0:
+        raise DwdpConfigError(BUILD_FLAG, size, "a group size is positive", "pass the number of GPUs in a DWDP group")
+    return EngineFlowOptions(size) if size > 1 else None
+
+
+def plugin_library_path() -> str:
+    from pathlib import Path
+    return str(Path(__file__).resolve().parents[2] / PLUGIN_LIBRARY)
+
