@@ -72,11 +72,6 @@ def find_tensorrt_include():
     return next((d for d in candidates if (d / "NvInferRuntime.h").exists()), None)
 
 
-def composite_gemm_api():
-    """Whether grouped_gemm.h declares the grouped GEMM on contiguous (composite) weights the MoE layer calls."""
-    return "b_expert_stride" in (ROOT / "cpp" / "include" / "dwdp" / "grouped_gemm.h").read_text()
-
-
 class BuildExtWithCuda(build_ext):
     """Builds libdwdp_core.so (kernels, copy plans, DWDP context registry) next to the package, then the `_C`
     extension and, where TensorRT headers are found, the plugin library, both linked to it (rpath $ORIGIN)."""
@@ -136,10 +131,6 @@ class BuildExtWithCuda(build_ext):
             print("tensorrt_llm_dwdp: no TensorRT headers (TENSORRT_ROOT, .trt/include, /usr/include/x86_64-linux-gnu, "
                   "/usr/local/tensorrt/include); the TensorRT plugin is not built", file=sys.stderr)
             return
-        if not ext.with_layer:
-            print("tensorrt_llm_dwdp: grouped_gemm.h has no composite-weight API; the TensorRT plugin is not built",
-                  file=sys.stderr)
-            return
         ext.include_dirs = [*ext.include_dirs, str(ext.trt_include), str(ROOT / "cpp" / "plugin")]
         plug_dir = Path(self.build_temp) / "dwdp_plugin"
         plug_dir.mkdir(parents=True, exist_ok=True)
@@ -164,24 +155,21 @@ def extensions():
 
     cutlass_includes = find_cutlass_includes()
 
-    with_layer = composite_gemm_api()
     core = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cpp"))
-    core += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cu")
-                   if with_layer or p.name != "moe_layer.cu")
+    core += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cu"))
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "bindings").glob("*.cpp"))
     ext = Pybind11Extension(
         "tensorrt_llm_dwdp._C",
         sources,
         include_dirs=[str(ROOT / "cpp" / "include"), str(home / "include"), *cutlass_includes],
-        define_macros=([("DWDP_WITH_CUTLASS", None)] if cutlass_includes else [])
-        + ([("DWDP_WITH_MOE_LAYER", None)] if with_layer else []),
+        define_macros=[("DWDP_WITH_CUTLASS", None)] if cutlass_includes else [],
         library_dirs=[str(libdir)],
         runtime_library_dirs=["$ORIGIN", str(libdir)],
         libraries=["dwdp_core", "cudart"],
         cxx_std=17,
         extra_compile_args=["-O2"],
     )
-    ext.core_sources, ext.cuda_lib, ext.with_layer = core, str(libdir), with_layer
+    ext.core_sources, ext.cuda_lib = core, str(libdir)
     ext.trt_include = find_tensorrt_include()
     ext.cuda_home = str(home)
     return [ext]

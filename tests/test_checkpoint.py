@@ -69,3 +69,33 @@ def test_truncated_load_and_mismatch_errors(tmp_path):
     save_hf(src, path, bad)  # config says 48, tensors are 32
     with pytest.raises(ValueError, match="model expects"):
         load_hf(path, dtype=torch.float32)
+
+
+def test_fp8_checkpoint_keeps_expert_scales_and_dequantizes_the_rest(tmp_path):
+    """DeepSeek-V3-style FP8: routed experts are loaded as e4m3 with their weight_scale_inv as stored (bit for bit);
+    an FP8 non-expert weight is dequantized with its scales; the loaded model computes what the source does."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from tensorrt_llm_dwdp.moe.ops import dequantize_blocks, quantize_weight_blocks
+    hf = dict(DEEPSEEK_CFG, hidden_size=256, moe_intermediate_size=128, intermediate_size=256, n_shared_experts=0,
+              q_lora_rank=None)
+    cfg = dataclasses.replace(config_from_hf_dict(tmp_path, hf), name="x")
+    src = Decoder.build(cfg, fresh_seed(), weight_dtype="float8_e4m3fn")
+    path = str(tmp_path / "ckpt")
+    save_hf(src, path, hf)
+    with safe_open(f"{path}/model.safetensors", framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert tensors["model.layers.1.mlp.experts.3.gate_proj.weight"].dtype == torch.float8_e4m3fn
+    assert tuple(tensors["model.layers.1.mlp.experts.3.gate_proj.weight_scale_inv"].shape) == (1, 2)
+    name = "model.layers.0.mlp.down_proj.weight"  # store one dense weight in FP8, as DeepSeek-V3 does
+    q, s = quantize_weight_blocks(tensors[name].float())
+    tensors[name], tensors[name + "_scale_inv"] = q, s
+    save_file(tensors, f"{path}/model.safetensors")
+    loaded = load_hf(path, dtype=torch.float32)
+    for a, b in zip(src.moe_blocks(), loaded.moe_blocks()):
+        assert torch.equal(a.w13.view(torch.uint8), b.w13.view(torch.uint8)) and torch.equal(a.w2_scale, b.w2_scale)
+    assert torch.equal(loaded.layers[0].ffn.w2, dequantize_blocks(q, s))
+    src.layers[0].ffn.w2.data.copy_(dequantize_blocks(q, s))
+    ids = torch.randint(0, cfg.vocab, (13,))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, [6, 7]), src(ids, [6, 7]))

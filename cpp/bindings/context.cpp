@@ -7,9 +7,7 @@
 #include <vector>
 
 #include "dwdp/context.h"
-#ifdef DWDP_WITH_MOE_LAYER
 #include "dwdp/moe_layer.h"
-#endif
 
 namespace py = pybind11;
 
@@ -99,7 +97,6 @@ void register_context_bindings(py::module_& m) {
   m.def("register_context", &dwdp::register_context, py::arg("context_id"), py::arg("context"));
   m.def("unregister_context", &dwdp::unregister_context, py::arg("context_id"));
   m.def("registered_contexts", &dwdp::registered_contexts);
-#ifdef DWDP_WITH_MOE_LAYER
   m.def(
       "moe_forward",
       [](int num_experts, int hidden, int inter, int top_k, int routing, int dtype, const dwdp::ExpertPointers& w,
@@ -119,5 +116,4 @@ void register_context_bindings(py::module_& m) {
         if (err != cudaSuccess) throw std::runtime_error(std::string("moe_forward: ") + cudaGetErrorString(err));
       },
       "one MoE layer's forward on raw device pointers (the plugin's enqueue minus the context)");
-#endif
 }

@@ -43,10 +43,8 @@ cudaError_t moe_forward(const MoeLayerShape& s, const ExpertPointers& w, const v
   auto* ends = static_cast<int64_t*>(at(lay.ends));
   auto* src = static_cast<int64_t*>(at(lay.src));
   auto* pos = static_cast<int64_t*>(at(lay.pos));
-  auto* segment = static_cast<int64_t*>(at(lay.segment));
   auto* row = static_cast<int64_t*>(at(lay.row));
-  DWDP_TRY(sort_by_expert(ids, tokens, s.top_k, E, static_cast<int*>(at(lay.counts)), ends, src, pos, segment, row,
-                          stream));
+  DWDP_TRY(sort_by_expert(ids, tokens, s.top_k, E, static_cast<int*>(at(lay.counts)), ends, src, pos, row, stream));
   DWDP_TRY(permute_rows_bf16(x, src, pos, n, H, at(lay.xp), stream));
 
   void* gemm_ws = at(lay.gemm);
@@ -56,20 +54,17 @@ cudaError_t moe_forward(const MoeLayerShape& s, const ExpertPointers& w, const v
     DWDP_TRY(quantize_fp8_rows(at(lay.xp), at(lay.xq), xq_scales, n, H, stream));
     DWDP_TRY(grouped_gemm_fp8(at(lay.xq), xq_scales, ends, E, w.w13, w.w13_stride, w.w13_scale, w.w13_scale_stride,
                               at(lay.h), n, 2 * I, H, kTileAuto, gemm_ws, lay.gemm_bytes, stream));
-    DWDP_TRY(swiglu_quantize_fp8(at(lay.h), at(lay.act), act_scales, n, I, stream));
+    DWDP_TRY(swiglu_quantize_fp8(at(lay.h), at(lay.act), act_scales, n, I, s.up_first, stream));
     DWDP_TRY(grouped_gemm_fp8(at(lay.act), act_scales, ends, E, w.w2, w.w2_stride, w.w2_scale, w.w2_scale_stride,
                               at(lay.y), n, H, I, kTileAuto, gemm_ws, lay.gemm_bytes, stream));
   } else {
     DWDP_TRY(grouped_gemm_bf16(at(lay.xp), ends, E, w.w13, w.w13_stride, at(lay.h), n, 2 * I, H, kTileAuto, gemm_ws,
                                lay.gemm_bytes, stream));
-    DWDP_TRY(swiglu_bf16(at(lay.h), at(lay.act), n, I, stream));
+    DWDP_TRY(swiglu_bf16(at(lay.h), at(lay.act), n, I, s.up_first, stream));
     DWDP_TRY(grouped_gemm_bf16(at(lay.act), ends, E, w.w2, w.w2_stride, at(lay.y), n, H, I, kTileAuto, gemm_ws,
                                lay.gemm_bytes, stream));
   }
-  // NOTE: "no expert" assignments read segment 1, one zero row, so they add 0 (never 0 * garbage = NaN).
-  DWDP_TRY(cudaMemsetAsync(at(lay.zero_row), 0, H * 2, stream));
-  const void* segs[2] = {at(lay.y), at(lay.zero_row)};
-  return combine_bf16(segs, 2, segment, row, weights, tokens, s.top_k, H, out, stream);
+  return combine_bf16(at(lay.y), row, weights, tokens, s.top_k, H, out, stream);
 }
 
 }  // namespace dwdp

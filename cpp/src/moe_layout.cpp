@@ -36,7 +36,6 @@ MoeWorkspace moe_workspace_layout(const MoeLayerShape& s, int64_t tokens) {
   w.ends = take(E * 8);
   w.src = take(n * 8);
   w.pos = take(n * 8);
-  w.segment = take(n * 8);
   w.row = take(n * 8);
   w.xp = take(n * H * 2);
   w.xq = fp8 ? take(n * H) : 0;
@@ -45,7 +44,6 @@ MoeWorkspace moe_workspace_layout(const MoeLayerShape& s, int64_t tokens) {
   w.act = take(n * I * (fp8 ? 1 : 2));
   w.act_scales = fp8 ? take(n * (I / 128) * 4) : 0;
   w.y = take(n * H * 2);
-  w.zero_row = take(H * 2);
   size_t gemm = 0;
   w.status = fp8 ? grouped_gemm_fp8_workspace_size(s.num_experts, &gemm)
                  : grouped_gemm_bf16_workspace_size(s.num_experts, &gemm);

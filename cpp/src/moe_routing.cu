@@ -73,28 +73,14 @@ __global__ void scan_kernel(int* __restrict__ counts, int num_experts, int64_t* 
 
 __global__ void scatter_kernel(const int* __restrict__ ids, int64_t n, int top_k, int num_experts,
                                int* __restrict__ cursor, int64_t* __restrict__ src, int64_t* __restrict__ pos,
-                               int64_t* __restrict__ segment, int64_t* __restrict__ row) {
+                               int64_t* __restrict__ row) {
   for (int64_t a = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; a < n;
        a += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int b = bucket_of(ids[a], num_experts);
     const int64_t p = atomicAdd(&cursor[b], 1);
     src[a] = a / top_k;
     pos[a] = p;
-    const bool none = b == num_experts;
-    segment[a] = none ? 1 : 0;
-    row[a] = none ? 0 : p;
-  }
-}
-
-__global__ void swiglu_kernel(const __nv_bfloat16* __restrict__ h, __nv_bfloat16* __restrict__ act, int64_t m,
-                              int64_t inter) {
-  const int64_t total = m * inter;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / inter, c = i % inter;
-    const float g = __bfloat162float(h[r * 2 * inter + c]);
-    const float u = __bfloat162float(h[r * 2 * inter + inter + c]);
-    act[i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+    row[a] = b == num_experts ? -1 : p;  // combine_bf16 skips "no expert"
   }
 }
 
@@ -111,7 +97,7 @@ cudaError_t route_topk(const float* logits, int64_t tokens, int num_experts, int
 }
 
 cudaError_t sort_by_expert(const int* ids, int64_t tokens, int top_k, int num_experts, int* counts, int64_t* ends,
-                           int64_t* src, int64_t* pos, int64_t* segment, int64_t* row, cudaStream_t stream) {
+                           int64_t* src, int64_t* pos, int64_t* row, cudaStream_t stream) {
   if (num_experts < 1 || top_k < 1) return cudaErrorInvalidValue;
   const int64_t n = tokens * top_k;
   cudaError_t err = cudaMemsetAsync(counts, 0, sizeof(int) * (num_experts + 1), stream);
@@ -119,14 +105,7 @@ cudaError_t sort_by_expert(const int* ids, int64_t tokens, int top_k, int num_ex
   if (n > 0) histogram_kernel<<<blocks_for(n), kThreads, 0, stream>>>(ids, n, num_experts, counts);
   scan_kernel<<<1, 1, 0, stream>>>(counts, num_experts, ends);
   if (n > 0)
-    scatter_kernel<<<blocks_for(n), kThreads, 0, stream>>>(ids, n, top_k, num_experts, counts, src, pos, segment, row);
-  return cudaGetLastError();
-}
-
-cudaError_t swiglu_bf16(const void* h, void* act, int64_t m, int64_t inter, cudaStream_t stream) {
-  if (m == 0) return cudaSuccess;
-  swiglu_kernel<<<blocks_for(m * inter), kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(h),
-                                                                static_cast<__nv_bfloat16*>(act), m, inter);
+    scatter_kernel<<<blocks_for(n), kThreads, 0, stream>>>(ids, n, top_k, num_experts, counts, src, pos, row);
   return cudaGetLastError();
 }
 

@@ -2,8 +2,9 @@
 
 Reads `config.json` into a ModelConfig and maps the checkpoint's tensor names onto the compact
 decoder: per-expert gate/up/down projections become the stacked w13 [E, 2I, H] and w2 [E, H, I],
-dense and shared-expert MLPs become w13/w2 pairs. Every checkpoint tensor must be used and every
-model parameter filled, or loading fails with the names at fault.
+dense and shared-expert MLPs become w13/w2 pairs; FP8 experts keep their weight_scale_inv block scales
+(w13_scale, w2_scale). Every checkpoint tensor must be used and every model parameter filled, or loading
+fails with the names at fault.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Dict, Iterator, Tuple
 
 import torch
 
+from ..moe.ops import dequantize_blocks
 from .config import ModelConfig
 from .model import Decoder
 
@@ -69,15 +72,20 @@ def hf_tensors(model: Decoder) -> Iterator[Tuple[str, torch.Tensor]]:
             yield f"{p}.mlp.gate.e_score_correction_bias", ffn.bias
         for e in range(c.num_experts):
             yield from _swiglu(f"{p}.mlp.experts.{e}", ffn.w13[e], ffn.w2[e])
+            if ffn.w13_scale is not None:  # FP8 experts: DeepSeek-V3's 128x128 block scales, as stored
+                yield from _swiglu(f"{p}.mlp.experts.{e}", ffn.w13_scale[e], ffn.w2_scale[e], "weight_scale_inv")
         if ffn.shared is not None:
             yield from _swiglu(f"{p}.mlp.shared_experts", ffn.shared.w13, ffn.shared.w2)
 
 
-def _swiglu(prefix: str, w13: torch.Tensor, w2: torch.Tensor):
+def _swiglu(prefix: str, w13: torch.Tensor, w2: torch.Tensor, what: str = "weight"):
     gate, up = w13.chunk(2, dim=0)
-    yield f"{prefix}.gate_proj.weight", gate
-    yield f"{prefix}.up_proj.weight", up
-    yield f"{prefix}.down_proj.weight", w2
+    yield f"{prefix}.gate_proj.{what}", gate
+    yield f"{prefix}.up_proj.{what}", up
+    yield f"{prefix}.down_proj.{what}", w2
+
+
+_FP8_EXPERT = re.compile(r"\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight_scale_inv$")
 
 
 def save_hf(model: Decoder, path: str, hf_config: Dict) -> None:
@@ -91,32 +99,50 @@ def save_hf(model: Decoder, path: str, hf_config: Dict) -> None:
 
 
 def load_hf(path: str, device=None, dtype: torch.dtype = torch.bfloat16, num_layers=None) -> Decoder:
-    """A Decoder with the weights of the checkpoint directory `path` (config.json + *.safetensors)."""
+    """A Decoder with the weights of the checkpoint directory `path` (config.json + *.safetensors).
+
+    FP8 checkpoints (DeepSeek-V3/R1: e4m3 weights with `weight_scale_inv` 128x128 block scales): the routed
+    experts stay e4m3 with their scales as stored; other FP8 weights are dequantized into `dtype`."""
     from safetensors import safe_open
     c = config_from_hf(path)
     if num_layers is not None:
         from dataclasses import replace
         c = replace(c, layers=num_layers, first_k_dense=min(c.first_k_dense, num_layers - 1))
-    model = Decoder.build(c, seed=0, device=device, dtype=dtype)
-    want = dict(hf_tensors(model))
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors files")
+    keys = {}
+    for fname in files:
+        with safe_open(fname, framework="pt") as f:
+            keys.update((k, fname) for k in f.keys())
+    fp8 = any(_FP8_EXPERT.search(k) for k in keys)
+    model = Decoder.build(c, seed=0, device=device, dtype=dtype, weight_dtype="float8_e4m3fn" if fp8 else "bfloat16")
+    want = dict(hf_tensors(model))
     filled, unused = set(), []
+
+    def read(key):
+        with safe_open(keys[key], framework="pt") as f:
+            return f.get_tensor(key)
+
     with torch.no_grad():
-        for fname in files:
-            with safe_open(fname, framework="pt") as f:
-                for key in f.keys():
-                    if key not in want:
-                        if not _beyond_kept_layers(key, c.layers):
-                            unused.append(key)
-                        continue
-                    t = f.get_tensor(key)
-                    dst = want[key]
-                    if tuple(t.shape) != tuple(dst.shape):
-                        raise ValueError(f"{key}: checkpoint shape {tuple(t.shape)}, model expects {tuple(dst.shape)}")
-                    dst.copy_(t)
-                    filled.add(key)
+        for key in keys:
+            if key not in want:
+                base = key[:-len("_scale_inv")] if key.endswith(".weight_scale_inv") else None
+                if base is not None and base in want and want[base].dtype != torch.float8_e4m3fn:
+                    continue  # consumed with its weight below
+                if not _beyond_kept_layers(key, c.layers):
+                    unused.append(key)
+                continue
+            t, dst = read(key), want[key]
+            if tuple(t.shape) != tuple(dst.shape):
+                raise ValueError(f"{key}: checkpoint shape {tuple(t.shape)}, model expects {tuple(dst.shape)}")
+            if t.dtype == torch.float8_e4m3fn and dst.dtype != t.dtype:  # a non-expert FP8 weight
+                scale = key + "_scale_inv"
+                if scale not in keys:
+                    raise ValueError(f"{key}: an FP8 weight without {scale}")
+                t = dequantize_blocks(t, read(scale))
+            dst.copy_(t)
+            filled.add(key)
     missing = sorted(set(want) - filled)
     if missing or unused:
         raise ValueError(f"{path}: checkpoint does not match the model: missing {missing[:5]} "

@@ -48,6 +48,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--slice-mib", type=float, default=DEFAULT_SLICE_BYTES / 2**20,
                    help="DWDP pull slice size, MiB (default: DwdpConfig's)")
     p.add_argument("--backend", default="auto", help="DWDP memory backend")
+    p.add_argument("--weight-dtype", default="bfloat16", choices=["bfloat16", "float8_e4m3fn"],
+                   help="routed experts in every mode: bfloat16, or float8_e4m3fn with DeepSeek-V3 128x128 block scales "
+                        "(random presets are quantized per block; needs hidden and moe_inter multiples of 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
@@ -59,7 +62,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if bad:
         p.error(f"--modes: unknown {bad}; use a comma list of {', '.join(MODES)}")
     parse_isl(args.isl)
-    preset(args.preset, args.layers)
+    cfg = preset(args.preset, args.layers)
+    if args.weight_dtype == "float8_e4m3fn" and not args.checkpoint and (cfg.hidden % 128 or cfg.moe_inter % 128):
+        p.error(f"--weight-dtype float8_e4m3fn: preset {args.preset!r} has hidden {cfg.hidden} and moe_inter "
+                f"{cfg.moe_inter}, not both multiples of the 128x128 scale block; use a larger preset or bfloat16")
     return args
 
 
@@ -77,12 +83,14 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     else:
         cfg = preset(args.preset, args.layers, args.vocab)
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
-        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep"))
+        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep"),
+                              weight_dtype=args.weight_dtype)
     hooks, timer = None, None
     if mode == "dwdp":
         dcfg = DwdpConfig(group_size=args.group_size or comm.Get_size(), num_experts=cfg.num_experts,
                           prefetch_depth=args.depth, slice_bytes=int(args.slice_mib * 2**20),
-                          weight_dtype=str(dtype).replace("torch.", ""),
+                          weight_dtype=args.weight_dtype if args.weight_dtype == "float8_e4m3fn"
+                          else str(dtype).replace("torch.", ""),
                           memory_backend=args.backend)
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
     elif mode == "dep":

@@ -25,6 +25,7 @@ struct MoeLayerShape {
   int top_k = 0;
   Routing routing = Routing::kRenormalize;
   ExpertDtype dtype = ExpertDtype::kBf16;
+  bool up_first = false;  // w13 rows: gate then up (false), or up then gate (TensorRT-LLM's w3_w1)
 };
 
 // Empty when the shape is valid, else one sentence naming the field, its value and the rule.
@@ -33,10 +34,10 @@ const char* check_shape(const MoeLayerShape& s);
 
 // Byte offsets (256-aligned) of every buffer the forward needs for `tokens` rows, and the total.
 struct MoeWorkspace {
-  size_t ids, weights, counts, ends, src, pos, segment, row;  // routing and sort
+  size_t ids, weights, counts, ends, src, pos, row;           // routing and sort
   size_t xp, xq, xq_scales;                                   // permuted input (and its FP8 quantization)
   size_t h, act, act_scales;                                  // w13 output, SwiGLU output (FP8: + scales)
-  size_t y, zero_row, gemm;                                   // w2 output, combine's zero row, GEMM workspace
+  size_t y, gemm;                                             // w2 output, GEMM workspace
   size_t gemm_bytes;
   size_t total;
   cudaError_t status;  // the GEMM workspace query's result (it needs a device); total is only valid on success

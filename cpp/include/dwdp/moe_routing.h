@@ -23,13 +23,9 @@ cudaError_t route_topk(const float* logits, int64_t tokens, int num_experts, int
 // [0, num_experts) means "no expert": it goes to a tail bucket no GEMM group reads.
 // counts: [num_experts + 1] int32 scratch; ends: [num_experts] int64, ends[e] = rows of experts 0..e;
 // src: [n] int64, the token of assignment a (a / top_k); pos: [n] int64, its row in the sorted order;
-// segment / row: [n] int64 for combine_bf16: (0, pos) for a real expert, (1, 0) for "no expert" (segment 1 is
-// a zero row the caller provides, so that such an assignment adds nothing).
+// row: [n] int64 for combine_bf16: pos for a real expert, -1 for "no expert" (combine skips it).
 // Rows within one expert are in no fixed order (atomics); each row's result does not depend on it.
 cudaError_t sort_by_expert(const int* ids, int64_t tokens, int top_k, int num_experts, int* counts, int64_t* ends,
-                           int64_t* src, int64_t* pos, int64_t* segment, int64_t* row, cudaStream_t stream);
-
-// act[r, :] = silu(h[r, :inter]) * h[r, inter:] in fp32, stored bf16. h [m, 2*inter] bf16, act [m, inter] bf16.
-cudaError_t swiglu_bf16(const void* h, void* act, int64_t m, int64_t inter, cudaStream_t stream);
+                           int64_t* src, int64_t* pos, int64_t* row, cudaStream_t stream);
 
 }  // namespace dwdp
