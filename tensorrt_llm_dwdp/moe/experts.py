@@ -106,7 +106,8 @@ def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
     """Routed (and shared) expert output for x [T, H]; returns [T, H] in x.dtype.
 
     Tokens are sorted by expert; each expert with tokens runs once on its rows, reading
-    its weights where they lie. T may be 0.
+    its weights where they lie. T may be 0. An id >= weights.num_experts is "no expert" and
+    contributes nothing (a DEP receiver's rows carry fewer than K local experts).
     """
     num_tokens, _ = x.shape
     out = torch.zeros_like(x)
@@ -117,7 +118,7 @@ def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
         token_of = order // topk_ids.shape[1]
         scale = topk_weights.reshape(-1)[order].to(x.dtype)
         start = 0
-        for e, n in enumerate(counts):
+        for e, n in enumerate(counts[:weights.num_experts]):  # "no expert" ids sort last
             if n == 0:
                 continue
             rows = token_of[start:start + n]
