@@ -11,6 +11,7 @@ same for every mode. Rank 0 gathers the records and writes JSON with per-mode su
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -176,6 +177,11 @@ def run(args) -> int:
             print(f"mode {mode}: {comm.Get_size()} ranks, preset {args.preset}, ISL {args.isl}, "
                   f"max_num_tokens {args.max_num_tokens}", flush=True)
         ranks = comm.gather(run_mode(mode, args, comm, device, dtype), root=0)
+        # Like for like: the next mode starts as this one did, without its process group's threads or its
+        # model's memory still around (a mode that ran after DEP used to share the cores with gloo's group).
+        if mode == "dep":
+            shutdown_torch_distributed()
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next mode builds its own model: return this one's memory
         if rank == 0:
