@@ -17,6 +17,7 @@ collective: each rank runs at its own pace. Setup and close are collective.
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
 import time
 from dataclasses import dataclass
@@ -245,13 +246,18 @@ class DwdpHooks:
 
     # ---- metrics and teardown ---------------------------------------------------------------
 
-    def metrics(self) -> List[StepMetrics]:
-        """Per-step metrics so far. On GPUs this waits for the steps' device work to finish."""
+    def metrics(self) -> Sequence[StepMetrics]:
+        """Per-step metrics so far, as a read-only view that grows with the run (no copy per call).
+        On GPUs this waits for the new steps' device work to finish."""
         for step, wall, records in self._pending:
             layers = tuple(LayerMetrics(lid, self.engine.seconds(rec), pulled) for lid, rec, pulled in records)
             self._steps.append(StepMetrics(step, wall, layers))
         self._pending = []
-        return list(self._steps)
+        return _StepsView(self._steps)
+
+    def last_step(self) -> StepMetrics:
+        """Metrics of the latest finished step."""
+        return self.metrics()[-1]
 
     @property
     def local_experts(self) -> Tuple[int, ...]:
@@ -367,3 +373,16 @@ def _replicate(replicated: List[Dict[str, torch.Tensor]], local: Sequence[int], 
         for rep, t in zip(replicated, theirs):
             for k, v in t.items():
                 rep[k][list(ids)] = v.to(rep[k].device)
+
+
+class _StepsView(collections.abc.Sequence):
+    """Read-only view of the hooks' step list."""
+
+    def __init__(self, steps: List[StepMetrics]):
+        self._steps = steps
+
+    def __getitem__(self, i):
+        return self._steps[i]
+
+    def __len__(self) -> int:
+        return len(self._steps)

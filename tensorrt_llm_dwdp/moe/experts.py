@@ -36,7 +36,8 @@ def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
     """Routed (and shared) expert output for x [T, H]; returns [T, H] in x.dtype.
 
     Tokens are sorted by expert; each expert with tokens runs once on its rows (FP8 weights dequantized,
-    activations unquantized). T may be 0."""
+    activations unquantized). T may be 0; an id >= num_experts is "no expert" (a DEP receiver's rows carry
+    fewer than k of its experts) and contributes nothing."""
     out = torch.zeros_like(x)
     e_count = weights.num_experts
     if x.shape[0]:

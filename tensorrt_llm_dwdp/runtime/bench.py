@@ -46,9 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             res["cv"] = cv
             results.append(res)
     print()
-    print(report.table(results))
-    if results[0].get("note"):
-        print(f"NOTE: {results[0]['note']}")
+    print(report.table(results))  # ends with the caveats: CPU ranks or a shared GPU, like-for-like warnings
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results if len(results) > 1 else results[0], f, indent=1)

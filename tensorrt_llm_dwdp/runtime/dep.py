@@ -1,36 +1,25 @@
 """The DEP baseline: attention data parallel + expert parallel, over torch.distributed.
 
-Each rank owns a contiguous range of experts (the even placement DWDP uses). Per MoE layer:
-count exchange, dispatch of token rows to the experts' owners, local expert compute, combine
-back to the senders, who apply the routing weights. Every rank of the group must join each
-layer's collectives, so an idle rank runs a zero-token forward (the "dummy" forward).
+Each rank owns a contiguous range of experts (the even placement DWDP uses). Per MoE layer the
+token exchange (`moe.exchange.AllToAllExchange`) dispatches one row per (token, destination rank),
+the receiver runs its experts with the fused weighted combine, and one row per (token, rank)
+comes back to be summed in fp32. Every rank of the group must join each layer's collectives, so
+an idle rank runs a zero-token forward (the "dummy" forward).
 """
 
 from __future__ import annotations
 
 import socket
-import time
-from typing import List
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 from ..placement import even_placement
-from ..moe import ExpertWeights, expert_compute
+from ..moe import ExpertWeights
+from ..moe.exchange import AllToAllExchange, CommClock, ExchangeBackend, ExchangeUnavailable
+from ..moe.layer import LocalWeights, RoutedExperts
 from .model import Decoder
-
-
-class CollectiveTimer:
-    """Wall time spent inside collectives (including waiting for the slowest rank)."""
-
-    def __init__(self):
-        self.seconds = 0.0
-
-    def run(self, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        self.seconds += time.perf_counter() - t0
-        return out
 
 
 def init_torch_distributed(mpi_comm, device: torch.device) -> bool:
@@ -61,48 +50,40 @@ def shutdown_torch_distributed() -> None:
         dist.destroy_process_group()
 
 
-class AllToAllExperts:
-    """Expert source for DEP: this rank computes experts [lo, hi) for every rank's tokens."""
-
-    def __init__(self, weights: ExpertWeights, owner: torch.Tensor, lo: int, timer: CollectiveTimer,
-                 stage_on_host: bool = False):
-        self._weights = weights
-        self.owner, self.lo, self.timer, self.stage = owner, lo, timer, stage_on_host
-        self.world = dist.get_world_size()
-
-    def _exchange(self, t: torch.Tensor, send: List[int], recv: List[int]) -> torch.Tensor:
-        src = t.contiguous().cpu() if self.stage else t.contiguous()
-        out = src.new_empty((sum(recv),) + tuple(t.shape[1:]))
-        self.timer.run(dist.all_to_all_single, out, src, recv, send)
-        return out.to(t.device) if self.stage else out
-
-    def routed(self, x, topk_ids, topk_weights, layer_idx: int):
-        tokens, k = topk_ids.shape
-        flat = topk_ids.reshape(-1)
-        dest = self.owner[flat]
-        order = torch.argsort(dest, stable=True)
-        send_counts = torch.bincount(dest, minlength=self.world)
-        ones = [1] * self.world
-        send, recv = send_counts.tolist(), self._exchange(send_counts, ones, ones).tolist()
-        rows = self._exchange(x[order // k], send, recv)
-        local_ids = self._exchange(flat[order], send, recv) - self.lo
-        y = expert_compute(rows, local_ids[:, None], torch.ones(len(local_ids), 1, device=x.device), self._weights)
-        back = self._exchange(y, recv, send)  # in `order`
-        out = torch.zeros_like(x)
-        out.index_add_(0, order // k, back * topk_weights.reshape(-1)[order, None].to(x.dtype))
-        return out
+def exchange_backend(device: torch.device, stage_on_host: bool, requested: Optional[str] = None) -> ExchangeBackend:
+    """gloo on CPU ranks and ranks sharing a GPU; NCCL with one rank per GPU unless `requested`
+    names another backend ("symm_mem": tried by apply_dep, NCCL if it does not initialise)."""
+    if device.type != "cuda" or stage_on_host:
+        return ExchangeBackend.GLOO
+    return ExchangeBackend(requested) if requested not in (None, "auto") else ExchangeBackend.NCCL
 
 
-def apply_dep(model: Decoder, timer: CollectiveTimer, stage_on_host: bool = False) -> None:
-    """Rewire every MoE block to expert parallelism over the initialised default group."""
+def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_host: bool = False,
+              backend: Optional[ExchangeBackend] = None) -> ExchangeBackend:
+    """Rewire every MoE block to expert parallelism over the initialised default group; returns the
+    exchange backend in use. Collective (the symmetric-memory backend rendezvouses its buffers)."""
     world, rank = dist.get_world_size(), dist.get_rank()
+    device = clock.device
     placement = even_placement(model.c.num_experts, world)
     owner = torch.empty(model.c.num_experts, dtype=torch.long)
+    local_index = torch.empty(model.c.num_experts, dtype=torch.long)
     for r, experts in enumerate(placement.ranks):
         owner[list(experts)] = r
-    mine = placement.local_experts(rank)
-    lo, hi = (mine[0], mine[-1] + 1) if mine else (0, 0)
+        local_index[list(experts)] = torch.arange(len(experts))
+    num_local = [len(placement.local_experts(r)) for r in range(world)]
+    backend = backend or exchange_backend(device, stage_on_host)
+    try:
+        exchange = AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock)
+    except ExchangeUnavailable as e:
+        if backend is not ExchangeBackend.SYMM_MEM:
+            raise
+        if rank == 0:
+            print(f"WARNING: DEP exchange symm_mem unavailable ({e}); using nccl", flush=True)
+        backend = ExchangeBackend.NCCL
+        exchange = AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock)
+    mine = list(placement.local_experts(rank))
     for b in model.moe_blocks():
-        weights = ExpertWeights.from_tensors(b.expert_tensors(range(lo, hi)))
-        b.experts = AllToAllExperts(weights, owner.to(weights.device), lo, timer, stage_on_host)
+        weights = ExpertWeights.from_tensors(b.expert_tensors(mine))
+        b.experts = RoutedExperts(LocalWeights({b.layer_idx: weights}), exchange)  # same kernel, same layout
         b.drop_experts()
+    return backend

@@ -3,14 +3,19 @@ prefill only (the work of a disaggregated context server), per-iteration and per
 
 Modes share the model and kernels: `local` and `dwdp` step on their own; `dep` steps in
 lockstep with the group (every iteration an all-reduce decides whether anyone has work, and
-idle ranks run a zero-token forward so the per-layer all-to-alls can complete).
+idle ranks run a zero-token forward so the per-layer all-to-alls can complete). Zero-token
+iterations are recorded (tokens == 0) but no mode is charged for them (report.summarize).
+
+Chunked prefill (`chunked_prefill=True`): a request longer than the room left in a batch is split
+across iterations. This executor keeps no KV cache, so a chunk attends only within itself: MoE,
+dense and projection work are exact, later chunks' attention is under-counted, alike for every mode.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -21,12 +26,13 @@ from .model import Decoder
 @dataclass(frozen=True)
 class IterationRecord:
     index: int
-    start_s: float  # since the run's common start
+    start_s: float  # since the run's common start (DEP: before the step's all-reduce)
     end_s: float
     tokens: int
-    requests: int
-    wait_s: float  # DWDP: compute stalled on pulls; DEP: time inside collectives
+    requests: int  # requests (or chunks of them) in the batch
+    wait_s: float  # DWDP: compute stalled on pulls; DEP: host time inside collectives
     bytes_pulled: int = 0  # DWDP: expert bytes this iteration's layers consumed from peers
+    comm_s: float = 0.0  # exposed communication, device-timed on GPUs: DEP collectives, DWDP pull stalls
 
 
 @dataclass(frozen=True)
@@ -49,13 +55,46 @@ class RunResult:
     requests: List[RequestRecord] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Tokens [offset, offset + n) of a request; `last` when it completes the request."""
+
+    request: Request
+    offset: int
+    n: int
+
+    @property
+    def last(self) -> bool:
+        return self.offset + self.n == self.request.isl
+
+
+def pack(waiting: List[Chunk], max_num_tokens: int, chunked: bool) -> List[Chunk]:
+    """Take a batch from the front of `waiting` (FCFS, mutated): whole requests while they fit;
+    with `chunked`, the first one that does not fit is split and its rest stays at the front."""
+    batch, room = [], max_num_tokens
+    while waiting and room > 0:
+        head = waiting[0]
+        if head.n <= room:
+            batch.append(waiting.pop(0))
+            room -= head.n
+        elif chunked:
+            batch.append(Chunk(head.request, head.offset, room))
+            waiting[0] = Chunk(head.request, head.offset + room, head.n - room)
+            room = 0
+        else:
+            break
+    return batch
+
+
 class ContextExecutor:
     def __init__(self, model: Decoder, mode: str, max_num_tokens: int, device: torch.device, seed: int,
-                 hooks=None, timer=None):
+                 hooks=None, clock=None, chunked_prefill: bool = False):
         if mode not in ("local", "dwdp", "dep"):
             raise ValueError(f"mode={mode!r}: use local, dwdp or dep")
+        if mode == "dep" and clock is None:
+            raise ValueError("mode dep needs the exchange's CommClock (clock=...)")
         self.model, self.mode, self.max_num_tokens, self.device = model, mode, max_num_tokens, device
-        self.hooks, self.timer, self.seed = hooks, timer, seed
+        self.hooks, self.clock, self.seed, self.chunked = hooks, clock, seed, chunked_prefill
 
     def _tokens(self, req: Request) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + req.id)
@@ -69,30 +108,30 @@ class ContextExecutor:
         """DEP only: max over ranks of 2 (has a batch), 1 (has future requests), 0 (done)."""
         import torch.distributed as dist
         t = torch.tensor([flag], device=self.device if dist.get_backend() == "nccl" else "cpu")
-        self.timer.run(dist.all_reduce, t, op=dist.ReduceOp.MAX)
+        self.clock.run(dist.all_reduce, t, op=dist.ReduceOp.MAX)
         return int(t.item())
 
     def run(self, requests: List[Request], t0: float, rank: int, progress=None) -> RunResult:
         """Serve `requests` (arrival_s relative to t0, the group's common start)."""
         too_long = [r for r in requests if r.isl > self.max_num_tokens]
-        if too_long:
-            raise ValueError(f"request {too_long[0].id} has {too_long[0].isl} tokens > max_num_tokens="
-                             f"{self.max_num_tokens}; raise --max-num-tokens (chunked prefill is not modelled)")
+        if too_long and not self.chunked:
+            raise ValueError(f"--max-num-tokens {self.max_num_tokens}: request {too_long[0].id} has "
+                             f"{too_long[0].isl} tokens. Fix: raise --max-num-tokens or pass --chunked-prefill")
         pending = sorted(requests, key=lambda r: (r.arrival_s, r.id))
-        waiting: List[Request] = []
+        waiting: List[Chunk] = []
         result = RunResult(rank, self.mode)
         index = 0
         with torch.no_grad():
             while True:
                 now = time.time() - t0
                 while pending and pending[0].arrival_s <= now:
-                    waiting.append(pending.pop(0))
-                batch, room = [], self.max_num_tokens
-                while waiting and waiting[0].isl <= room:
-                    room -= waiting[0].isl
-                    batch.append(waiting.pop(0))
-                mark = self.timer.seconds if self.timer is not None else 0.0
+                    q = pending.pop(0)
+                    waiting.append(Chunk(q, 0, q.isl))
+                batch = pack(waiting, self.max_num_tokens, self.chunked)
+                start, host_mark = now, 0.0
                 if self.mode == "dep":
+                    self.clock.take_device_s()  # drop what earlier idle polls spent
+                    host_mark = self.clock.host_s
                     state = self._anyone(2 if batch else (1 if pending or waiting else 0))
                     if state == 0:
                         break
@@ -104,50 +143,57 @@ class ContextExecutor:
                         break
                     time.sleep(max(0.0, min(pending[0].arrival_s - now, 0.01)) if pending else 1e-3)
                     continue
-                result.iterations.append(self._iterate(index, batch, t0, mark))
-                for r in batch:
-                    result.requests.append(RequestRecord(r.id, r.isl, r.arrival_s, result.iterations[-1].end_s))
+                result.iterations.append(self._iterate(index, batch, t0, start, host_mark))
+                for c in batch:
+                    if c.last:
+                        q = c.request
+                        result.requests.append(RequestRecord(q.id, q.isl, q.arrival_s, result.iterations[-1].end_s))
                 index += 1
-                if progress is not None:
+                if progress is not None and batch:
                     progress(len(result.requests), len(requests))
         return result
 
     def warm_up(self, requests: List[Request], steps: int) -> None:
-        """`steps` untimed forwards of the first batch the queue would pack (kernel selection, library
-        handles, allocator pools), so the timed run starts warm. Every rank runs the same number of
-        forwards, with a zero-token batch where it has no requests, so DEP's collectives pair up."""
-        batch, room = [], self.max_num_tokens
-        for r in sorted(requests, key=lambda r: (r.arrival_s, r.id)):
-            if r.isl > room:
-                break
-            batch.append(r)
-            room -= r.isl
+        """`steps` untimed steps of the first batch the queue would pack (kernel selection, library
+        handles, allocator pools, NCCL/gloo first use), so the timed run starts warm. A DEP step runs
+        its all-reduce as a timed step does; every rank runs the same number of steps, with a
+        zero-token batch where it has no requests, so DEP's collectives pair up."""
+        waiting = [Chunk(q, 0, q.isl) for q in sorted(requests, key=lambda r: (r.arrival_s, r.id))]
+        batch = pack(waiting, self.max_num_tokens, self.chunked)
         with torch.no_grad():
             for _ in range(steps):
+                if self.mode == "dep":
+                    self._anyone(2)
                 self._forward(batch)
+        if self.clock is not None:
+            self.clock.take_device_s()
 
-    def _forward(self, batch: List[Request]) -> int:
+    def _forward(self, batch: List[Chunk]) -> int:
         """One model step over `batch`, bracketed by the hooks; returns its token count."""
-        ids = torch.cat([self._tokens(r) for r in batch]) if batch else torch.zeros(0, dtype=torch.long)
+        ids = torch.cat([self._tokens(c.request)[c.offset:c.offset + c.n] for c in batch]) if batch \
+            else torch.zeros(0, dtype=torch.long)
+        extra = {}
+        if any(c.offset for c in batch):  # a later chunk: its tokens keep their positions in the request
+            extra["positions"] = torch.cat([torch.arange(c.offset, c.offset + c.n) for c in batch]).to(self.device)
         if self.hooks is not None:
             self.hooks.begin_step()
-        self.model(ids.to(self.device), [r.isl for r in batch])
+        self.model(ids.to(self.device), [c.n for c in batch], **extra)
         if self.hooks is not None:
             self.hooks.end_step()
         self._sync()
         return len(ids)
 
-    def _iterate(self, index: int, batch: List[Request], t0: float, mark: float) -> IterationRecord:
-        """One forward; DEP's wait counts from `mark`, before the step's all-reduce."""
-        start = time.time() - t0
+    def _iterate(self, index: int, batch: List[Chunk], t0: float, start: float, host_mark: float) -> IterationRecord:
+        """One forward; DEP's wait and comm count from before the step's all-reduce (`start`)."""
+        if self.mode != "dep":
+            start = time.time() - t0
         tokens = self._forward(batch)
         end = time.time() - t0
-        pulled = 0
+        pulled, wait, comm = 0, 0.0, 0.0
         if self.mode == "dwdp":
-            step = self.hooks.metrics()[-1]
+            step = self.hooks.last_step()
             wait, pulled = step.fetch_wait_s, step.bytes_pulled
+            comm = wait
         elif self.mode == "dep":
-            wait = self.timer.seconds - mark
-        else:
-            wait = 0.0
-        return IterationRecord(index, start, end, tokens, len(batch), wait, pulled)
+            wait, comm = self.clock.host_s - host_mark, self.clock.take_device_s()
+        return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm)

@@ -2,13 +2,16 @@
 
     mpirun -n 4 python -m tensorrt_llm_dwdp.runtime.job --preset tiny --isl normal:128:0.2 --json out.json
 
-Each rank serves its own request stream (data parallel). Rank 0 gathers the records and
-writes JSON with per-mode summaries and `speedup_dwdp_over_dep`.
+Requests come from one shared stream, each assigned to the least-loaded rank (attention-DP
+balancing, runtime/schedule.py; `--balance per-rank` gives each rank its own stream instead), the
+same for every mode. Rank 0 gathers the records and writes JSON with per-mode summaries and
+`speedup_dwdp_over_dep`.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -23,9 +26,11 @@ from ..workload import load_trace, make_requests, parse_isl
 from . import report
 from .apply import apply_dwdp
 from .config import preset
-from .dep import CollectiveTimer, apply_dep, init_torch_distributed, shutdown_torch_distributed
+from ..moe.exchange import CommClock
+from .dep import apply_dep, exchange_backend, init_torch_distributed, shutdown_torch_distributed
 from .executor import ContextExecutor
 from .model import Decoder
+from .schedule import least_loaded
 
 MODES = ("local", "dwdp", "dep", "auto")
 
@@ -39,9 +44,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=None, help="shrink the vocabulary (embedding and LM head)")
     p.add_argument("--modes", default="dwdp,dep,local")
     p.add_argument("--isl", default="normal:128:0.2", help="8192, or normal|lognormal|uniform:MEAN:CV")
-    p.add_argument("--requests", type=int, default=24, help="requests per rank")
+    p.add_argument("--requests", type=int, default=24, help="requests per rank (the shared stream has ranks x this)")
+    p.add_argument("--balance", default="least-loaded", choices=("least-loaded", "per-rank"),
+                   help="least-loaded: one shared stream, each request to the rank with the fewest tokens "
+                        "(attention-DP balancing); per-rank: each rank its own stream")
+    p.add_argument("--chunked-prefill", action="store_true",
+                   help="split a request longer than the room left in a batch across iterations (every mode)")
+    p.add_argument("--dep-exchange", default="auto", choices=("auto", "nccl", "symm_mem"),
+                   help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks and "
+                        "ranks sharing a GPU use gloo")
     p.add_argument("--request-rate", type=float, default=None, help="requests/s per rank (default: closed loop)")
-    p.add_argument("--trace", default=None, help="JSONL trace; rank r takes lines r, r+N, ...")
+    p.add_argument("--trace", default=None, help="JSONL trace (--balance per-rank: rank r takes lines r, r+N, ...)")
     p.add_argument("--max-num-tokens", type=int, default=512)
     p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: all ranks)")
     p.add_argument("--depth", type=int, default=2)
@@ -69,10 +82,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def request_seeds(args, world: int) -> List[int]:
+    """Seeds of the request streams: one shared stream, or one per rank."""
+    return [args.seed * 7919] if args.balance == "least-loaded" else [args.seed * 7919 + r for r in range(world)]
+
+
 def _requests(args, rank: int, world: int):
+    if args.balance == "per-rank":
+        if args.trace:
+            return [r for i, r in enumerate(load_trace(args.trace)) if i % world == rank]
+        return make_requests(parse_isl(args.isl), args.requests, args.seed * 7919 + rank, args.request_rate)
     if args.trace:
-        return [r for i, r in enumerate(load_trace(args.trace)) if i % world == rank]
-    return make_requests(parse_isl(args.isl), args.requests, args.seed * 7919 + rank, args.request_rate)
+        stream = load_trace(args.trace)
+    else:
+        rate = args.request_rate * world if args.request_rate else None
+        stream = make_requests(parse_isl(args.isl), args.requests * world, args.seed * 7919, rate)
+    return least_loaded(stream, world)[rank]
 
 
 def run_mode(mode: str, args, comm, device, dtype) -> dict:
@@ -85,7 +110,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
         model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep"),
                               weight_dtype=args.weight_dtype)
-    hooks, timer = None, None
+    hooks, clock, exchange = None, None, None
     if mode == "dwdp":
         dcfg = DwdpConfig(group_size=args.group_size or comm.Get_size(), num_experts=cfg.num_experts,
                           prefetch_depth=args.depth, slice_bytes=int(args.slice_mib * 2**20),
@@ -94,11 +119,14 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
                           memory_backend=args.backend)
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
     elif mode == "dep":
-        timer = CollectiveTimer()
-        apply_dep(model, timer, stage_on_host=init_torch_distributed(comm, device))
+        clock = CommClock(device)
+        stage = init_torch_distributed(comm, device)
+        exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
+                             backend=exchange_backend(device, stage, args.dep_exchange))
     rank, world = comm.Get_rank(), comm.Get_size()
     requests = _requests(args, rank, world)
-    executor = ContextExecutor(model, mode, args.max_num_tokens, device, args.seed, hooks=hooks, timer=timer)
+    executor = ContextExecutor(model, mode, args.max_num_tokens, device, args.seed, hooks=hooks, clock=clock,
+                               chunked_prefill=args.chunked_prefill)
     shown = [0.0]
 
     def progress(done, total):
@@ -114,7 +142,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     result = executor.run(requests, t0, rank, progress)
     if hooks is not None:
         hooks.close()
-    return {"rank": rank, "device": str(device),
+    return {"rank": rank, "device": str(device), "exchange": exchange and exchange.value,
             "iterations": [vars(i) for i in result.iterations],
             "requests": [dict(vars(q), ttft_s=q.ttft_s) for q in result.requests]}
 
@@ -157,6 +185,11 @@ def run(args) -> int:
             print(f"mode {mode}: {comm.Get_size()} ranks, preset {args.preset}, ISL {args.isl}, "
                   f"max_num_tokens {args.max_num_tokens}", flush=True)
         ranks = comm.gather(run_mode(mode, args, comm, device, dtype), root=0)
+        # Like for like: the next mode starts as this one did, without its process group's threads or its
+        # model's memory still around (a mode that ran after DEP used to share the cores with gloo's group).
+        if mode == "dep":
+            shutdown_torch_distributed()
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next mode builds its own model: return this one's memory
         if rank == 0:
@@ -167,13 +200,13 @@ def run(args) -> int:
     shared_gpu = device.type == "cuda" and torch.cuda.device_count() < comm.Get_size()
     out = {"config": dict(vars(args), ranks=comm.Get_size(), device=str(device), dtype=str(dtype),
                           shared_gpu=shared_gpu),
-           "seeds": {"model": args.seed, "requests": [args.seed * 7919 + r for r in range(comm.Get_size())]},
+           "seeds": {"model": args.seed, "requests": request_seeds(args, comm.Get_size())},
            "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes), "decisions": decisions}
     if shared_gpu:
-        out["note"] = "several ranks share one GPU: the run proves the GPU path, its speeds are not meaningful"
-    elif device.type == "cpu" and comm.Get_size() > (os.cpu_count() or 1):
-        out["note"] = (f"{comm.Get_size()} CPU ranks share {os.cpu_count()} cores: the run proves the protocol, "
-                       "its speeds are not meaningful")
+        out["note"] = report.SHARED_GPU_CAVEAT
+    elif device.type == "cpu":
+        out["note"] = f"{report.CPU_CAVEAT} ({comm.Get_size()} ranks on {os.cpu_count()} cores)"
+    out["warnings"] = report.like_for_like_warnings(out)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -1,0 +1,346 @@
+"""DEP's token exchange: dispatch one row per (token, destination rank), combine one row back.
+
+Attention-DP + expert parallel as serving engines run it. A token's hidden row travels to each rank
+that owns at least one of its top-k experts, once, with the local expert ids and routing weights
+of that rank's experts as side payload; the receiver runs its experts on the row and reduces them
+with the routing weights (`expert_compute`, fused weighted combine), and sends one row back per
+(token, rank); the sender sums at most `world` rows per token in fp32.
+
+A token reaches a rank at most once, so `capacity` (= max_num_tokens) rows per peer can never
+overflow: equal-split collectives need no count exchange and no host synchronisation, and the
+step can be captured in a CUDA graph. The index work (`plan_dispatch`) is pure tensor math.
+
+Backends (`ExchangeBackend`):
+  * NCCL: `all_to_all_single` of fixed-capacity blocks, one rank per GPU. The layout of DeepEP's
+    low-latency mode (a fixed per-peer buffer of num_max_dispatch_tokens_per_rank rows, no count
+    exchange), moved by NCCL instead of IBGDA/NVLink stores; it moves the whole capacity.
+  * GLOO: the same protocol over gloo for CPU ranks, and for ranks sharing one GPU (NCCL refuses
+    that), staging through host memory. A correctness path: it stands for no fast exchange.
+  * SYMM_MEM: torch symmetric memory's `all_to_all_vdev` (NVSHMEM), with splits that stay on the
+    device: only occupied rows move. Stands for DeepEP normal mode / TensorRT-LLM's
+    NVLinkOneSided all-to-all (one-sided writes into peers' registered buffers, device-side counts).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+
+class ExchangeBackend(enum.Enum):
+    NCCL = "nccl"
+    GLOO = "gloo"
+    SYMM_MEM = "symm_mem"
+
+
+class ExchangeUnavailable(RuntimeError):
+    """A backend cannot run here; the message says why."""
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    """Where each (token, rank) row goes; all [.] shapes are static given T, K, world, capacity.
+
+    slot [T, W] int64: send-buffer row of (token t, rank r), or -1 where t has no expert on r.
+    send_token [W*C] int64: the token each send row holds (0 in empty rows: ids mark them unused).
+    local_ids [W*C, K] int32: receiver-local expert ids; the receiver's sentinel where unused.
+    weights [W*C, K] float32: routing weights, 0 where unused.
+    counts [W] int64: rows per destination (device; the vdev backend's splits).
+    """
+
+    slot: torch.Tensor
+    send_token: torch.Tensor
+    local_ids: torch.Tensor
+    weights: torch.Tensor
+    counts: torch.Tensor
+
+
+def plan_dispatch(topk_ids: torch.Tensor, topk_weights: torch.Tensor, owner: torch.Tensor, local_index: torch.Tensor,
+                  sentinel: torch.Tensor, capacity: int, packed: bool = False) -> DispatchPlan:
+    """Index plan of one dispatch. topk_ids [T, K] global ids; owner [E] rank of each expert;
+    local_index [E] its id on that rank; sentinel [W] each rank's "no expert" id (its expert count).
+
+    Rows for rank r fill a block of the send buffer in token order: block r starts at r * capacity
+    (equal split), or, with packed=True, right after rank r-1's rows (vdev splits).
+    """
+    tokens, k = topk_ids.shape
+    world = sentinel.numel()
+    if tokens > capacity:
+        raise ValueError(f"max_num_tokens={capacity}: a batch has {tokens} tokens; the fixed-capacity exchange "
+                         "holds max_num_tokens rows per peer. Fix: raise --max-num-tokens")
+    device = topk_ids.device
+    dest = owner[topk_ids]  # [T, K]
+    goes = torch.zeros(tokens, world, dtype=torch.bool, device=device)
+    goes.scatter_(1, dest, True)
+    counts = goes.sum(0)
+    pos = torch.cumsum(goes.long(), 0) - 1  # [T, W] row within rank r's block
+    if packed:
+        base = torch.cumsum(counts, 0) - counts
+    else:
+        base = torch.arange(world, device=device) * capacity
+    slot = torch.where(goes, base[None, :] + pos, -1)
+
+    rows = world * capacity
+    flat = torch.where(goes, slot, rows).reshape(-1)  # unused (token, rank) pairs go to a dump row
+    ranks = torch.arange(world, device=device)
+    on_rank = dest[:, None, :] == ranks[None, :, None]  # [T, W, K]
+    ids_tr = torch.where(on_rank, local_index[topk_ids][:, None, :], sentinel[None, :, None])
+    w_tr = torch.where(on_rank, topk_weights.float()[:, None, :], 0.0)
+    ids = sentinel.repeat_interleave(capacity)[:, None].expand(rows, k).to(torch.int32)
+    ids = torch.cat([ids, ids.new_zeros(1, k)])
+    ids.index_copy_(0, flat, ids_tr.reshape(-1, k).to(torch.int32))
+    weights = torch.zeros(rows + 1, k, dtype=torch.float32, device=device)
+    weights.index_copy_(0, flat, w_tr.reshape(-1, k))
+    send_token = torch.zeros(rows + 1, dtype=torch.long, device=device)
+    send_token.index_copy_(0, flat, torch.arange(tokens, device=device).repeat_interleave(world))
+    return DispatchPlan(slot, send_token[:rows], ids[:rows], weights[:rows], counts)
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """What a rank received: rows [R, H] (R = world * capacity), their local expert ids [R, K] int32
+    (== num_local_experts for "not on this rank", also in unused rows), their weights [R, K] fp32.
+    `plan` and `recv_counts` (vdev only) are what combine needs to send the results back."""
+
+    rows: torch.Tensor
+    local_ids: torch.Tensor
+    weights: torch.Tensor
+    plan: DispatchPlan
+    recv_counts: Optional[torch.Tensor] = None
+
+
+class CommClock:
+    """Time spent in the exchange's collectives. GPU tensors: CUDA events around each collective
+    on the current stream (device time, read once per step); CPU: host timers. `host_s` is always
+    the host time inside the calls."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.host_s = 0.0
+        self._events: List = []
+        self._used = 0
+        self._host_device_s = 0.0
+
+    def _event(self):
+        if self._used == len(self._events):
+            self._events.append(torch.cuda.Event(enable_timing=True))
+        self._used += 1
+        return self._events[self._used - 1]
+
+    def run(self, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        if self.device.type == "cuda":
+            start, end = self._event(), self._event()
+            start.record()
+            out = fn(*args, **kwargs)
+            end.record()
+        else:
+            out = fn(*args, **kwargs)
+            self._host_device_s += time.perf_counter() - t0
+        self.host_s += time.perf_counter() - t0
+        return out
+
+    def take_device_s(self) -> float:
+        """Device seconds in collectives since the last call (waits for the recorded events)."""
+        total = self._host_device_s
+        if self._used:
+            self._events[self._used - 1].synchronize()
+            total += sum(self._events[i].elapsed_time(self._events[i + 1]) for i in range(0, self._used, 2)) / 1e3
+        self._used, self._host_device_s = 0, 0.0
+        return total
+
+
+class AllToAllExchange:
+    """Dispatch/combine over the default torch.distributed group (or `group`).
+
+    owner [E] / local_index [E]: expert placement (rank and id on that rank); capacity: the most
+    tokens a rank sends in one step (max_num_tokens). See the module docstring for the backends.
+    """
+
+    def __init__(self, owner: torch.Tensor, local_index: torch.Tensor, num_local: List[int], capacity: int,
+                 backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None):
+        import torch.distributed as dist
+        self.dist, self.group = dist, group
+        self.world = dist.get_world_size(group)
+        self.device = torch.device(device)
+        if len(num_local) != self.world:
+            raise ValueError(f"num_local lists {len(num_local)} ranks, the group has {self.world}")
+        self.owner, self.local_index = owner.to(self.device), local_index.to(self.device)
+        self.sentinel = torch.tensor(num_local, dtype=torch.long, device=self.device)
+        self.capacity, self.backend = int(capacity), backend
+        self._own_sentinel = int(num_local[dist.get_rank(group)])
+        self.clock = clock if clock is not None else CommClock(self.device)
+        self._symm = None
+        if backend is ExchangeBackend.SYMM_MEM:
+            self._symm = _SymmBuffers(self.world, self.capacity, self.device, group)
+        elif backend is ExchangeBackend.NCCL and self.device.type != "cuda":
+            raise ExchangeUnavailable("the NCCL exchange needs GPU tensors; use gloo on CPU ranks")
+
+    # ---- the collectives ----------------------------------------------------------------------
+
+    def _all_to_all(self, buf: torch.Tensor) -> torch.Tensor:
+        """Equal-split all-to-all of a [W*C, ...] buffer."""
+        if self.backend is ExchangeBackend.GLOO and buf.is_cuda:
+            def staged(b):
+                host = b.cpu()
+                out = torch.empty_like(host)
+                self.dist.all_to_all_single(out, host, group=self.group)
+                return out.to(b.device)
+            return self.clock.run(staged, buf)
+        out = torch.empty_like(buf)
+        self.clock.run(self.dist.all_to_all_single, out, buf, group=self.group)
+        return out
+
+    # ---- dispatch / combine -------------------------------------------------------------------
+
+    def dispatch(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> Dispatched:
+        """x [T, H] (T <= capacity), topk_ids [T, K], topk_weights [T, K] -> rows this rank computes."""
+        k = topk_ids.shape[1]
+        packed = self._symm is not None
+        plan = plan_dispatch(topk_ids, topk_weights, self.owner, self.local_index, self.sentinel, self.capacity,
+                             packed=packed)
+        rows = self.world * self.capacity
+        layout = _RowLayout(x.shape[1], x.dtype, k)
+        send = self._symm.send(layout) if packed else torch.empty(rows, layout.nbytes, dtype=torch.uint8,
+                                                                  device=x.device)
+        send = send.view(rows, layout.nbytes)
+        if x.shape[0]:
+            torch.index_select(x, 0, plan.send_token, out=layout.x(send))
+        else:
+            layout.x(send).zero_()
+        layout.ids(send).copy_(plan.local_ids)
+        layout.weights(send).copy_(plan.weights)
+        recv_counts = None
+        if packed:
+            recv, recv_counts = self.clock.run(self._symm.dispatch, layout, plan.counts)
+            recv = recv.view(rows, layout.nbytes)
+            valid = torch.arange(rows, device=x.device)[:, None] < recv_counts.sum()
+            ids = torch.where(valid, layout.ids(recv), self._own_sentinel)
+        else:
+            recv = self._all_to_all(send)
+            ids = layout.ids(recv)
+        return Dispatched(layout.x(recv), ids, layout.weights(recv), plan, recv_counts)
+
+    def combine(self, y_rows: torch.Tensor, dispatched: Dispatched) -> torch.Tensor:
+        """y_rows [R, H]: the receiver's weighted expert sums per received row -> [T, H] for this
+        rank's own tokens: each token's rows from every rank it went to, summed in fp32."""
+        from .ops import combine
+        if self._symm is not None:
+            back = self.clock.run(self._symm.combine, y_rows, dispatched.recv_counts)
+        else:
+            back = self._all_to_all(y_rows.contiguous())
+        slot = dispatched.plan.slot
+        tokens = slot.shape[0]
+        if tokens == 0:
+            return y_rows.new_zeros(0, y_rows.shape[1])
+        used = slot >= 0
+        return combine(back, torch.where(used, slot, -1).reshape(-1), used.float().reshape(-1), self.world)
+
+    def run(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, compute) -> torch.Tensor:
+        """The layer composition's token-exchange slot (moe.layer.TokenExchange): dispatch, this rank's experts
+        on the received rows, combine."""
+        got = self.dispatch(x, topk_ids, topk_weights)
+        return self.combine(compute(got.rows, got.local_ids, got.weights), got)
+
+
+@dataclass(frozen=True)
+class _RowLayout:
+    """One dispatched row as bytes: hidden values, then K int32 ids, then K fp32 weights; 16-byte rows."""
+
+    hidden: int
+    dtype: torch.dtype
+    k: int
+
+    @property
+    def x_bytes(self) -> int:
+        return -(-self.hidden * self.dtype.itemsize // 16) * 16
+
+    @property
+    def nbytes(self) -> int:
+        return self.x_bytes + -(-8 * self.k // 16) * 16
+
+    def x(self, buf: torch.Tensor) -> torch.Tensor:
+        return buf[:, :self.hidden * self.dtype.itemsize].view(self.dtype)
+
+    def ids(self, buf: torch.Tensor) -> torch.Tensor:
+        return buf[:, self.x_bytes:self.x_bytes + 4 * self.k].view(torch.int32)
+
+    def weights(self, buf: torch.Tensor) -> torch.Tensor:
+        return buf[:, self.x_bytes + 4 * self.k:self.x_bytes + 8 * self.k].view(torch.float32)
+
+
+class _SymmBuffers:
+    """Symmetric-memory buffers and device-side splits for `all_to_all_vdev` (NVSHMEM).
+
+    Buffers are flat bytes, so splits count bytes whichever unit the op takes for 1-D inputs.
+    They are sized once for the largest row layout seen and reallocated (collectively: every rank
+    sees the same layouts in the same order) when a wider one comes.
+    """
+
+    def __init__(self, world: int, capacity: int, device: torch.device, group):
+        if device.type != "cuda":
+            raise ExchangeUnavailable("symmetric memory needs GPU tensors")
+        # NOTE: NVLink SHARP (NVLS) and multicast objects fail to initialise on the machines this runs on;
+        # plain NVLink peer writes are what the exchange needs.
+        os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
+        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
+        try:
+            import torch.distributed._symmetric_memory as symm_mem
+            if hasattr(symm_mem, "is_nvshmem_available") and not symm_mem.is_nvshmem_available():
+                raise ExchangeUnavailable("torch reports NVSHMEM unavailable")
+            if not hasattr(torch.ops.symm_mem, "all_to_all_vdev"):
+                raise ExchangeUnavailable(f"torch {torch.__version__} has no symm_mem.all_to_all_vdev")
+            symm_mem.set_backend("NVSHMEM")
+            import torch.distributed as dist
+            self.group_name = (group or dist.group.WORLD).group_name
+            symm_mem.enable_symm_mem_for_group(self.group_name)
+        except ExchangeUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to initialise means: use another backend
+            raise ExchangeUnavailable(f"symmetric memory did not initialise: {type(e).__name__}: {e}") from None
+        self.symm_mem, self.world, self.capacity, self.device = symm_mem, world, capacity, device
+        self._nbytes = 0
+        self._splits = self._splits_offsets = None
+
+    def _empty(self, nbytes: int) -> torch.Tensor:
+        t = self.symm_mem.empty(nbytes, dtype=torch.uint8, device=self.device)
+        self.symm_mem.rendezvous(t, self.group_name)
+        return t
+
+    def _ensure(self, row_bytes: int) -> None:
+        nbytes = self.world * self.capacity * row_bytes
+        if nbytes <= self._nbytes:
+            return
+        self._send, self._recv = self._empty(nbytes), self._empty(nbytes)
+        self._nbytes = nbytes
+        if self._splits is None:
+            self._splits = self.symm_mem.empty(self.world, dtype=torch.int64, device=self.device)
+            self._splits_offsets = self.symm_mem.empty(2, self.world, dtype=torch.int64, device=self.device)
+            self.symm_mem.rendezvous(self._splits, self.group_name)
+            self.symm_mem.rendezvous(self._splits_offsets, self.group_name)
+
+    def send(self, layout: _RowLayout) -> torch.Tensor:
+        self._ensure(max(layout.nbytes, layout.hidden * layout.dtype.itemsize))
+        return self._send[:self.world * self.capacity * layout.nbytes]
+
+    def _vdev(self, row_bytes: int, counts: torch.Tensor) -> torch.Tensor:
+        self._splits.copy_(counts * row_bytes)
+        torch.ops.symm_mem.all_to_all_vdev(self._send, self._recv, self._splits, self._splits_offsets,
+                                           self.group_name)
+        return self._splits_offsets[0] // row_bytes
+
+    def dispatch(self, layout: _RowLayout, counts: torch.Tensor):
+        recv_counts = self._vdev(layout.nbytes, counts)
+        return self._recv[:self.world * self.capacity * layout.nbytes].clone(), recv_counts
+
+    def combine(self, y_rows: torch.Tensor, recv_counts: torch.Tensor) -> torch.Tensor:
+        row_bytes = y_rows.shape[1] * y_rows.element_size()
+        n = y_rows.numel() * y_rows.element_size()
+        self._send[:n].copy_(y_rows.contiguous().view(-1).view(torch.uint8))
+        self._vdev(row_bytes, recv_counts)
+        return self._recv[:n].clone().view(y_rows.dtype).view(y_rows.shape)

@@ -1,0 +1,168 @@
+"""Accounting of the runtime's benchmark: what each mode is charged, balancing, chunked prefill, caveats."""
+
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import fresh_seed
+from tensorrt_llm_dwdp.runtime import report
+from tensorrt_llm_dwdp.runtime.executor import Chunk, ContextExecutor, pack
+from tensorrt_llm_dwdp.runtime.schedule import least_loaded
+from tensorrt_llm_dwdp.workload import Request
+
+
+def _it(tokens, start, end, wait=0.0, comm=0.0):
+    return {"tokens": tokens, "start_s": start, "end_s": end, "wait_s": wait, "comm_s": comm}
+
+
+def test_an_idle_rank_is_not_counted_busy():
+    """Rank 1 serves 100 tokens in 1 s, then idles in lockstep for 3 s of zero-token forwards (with their
+    collectives): neither the idle time nor its waiting is charged, only rank 0's and rank 1's real work."""
+    rng = random.Random(fresh_seed())
+    d0, d1 = rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0)
+    ranks = [{"iterations": [_it(300, 0.0, d0, 0.1, 0.05), _it(200, d0, 2 * d0, 0.2, 0.1)], "requests": []},
+             {"iterations": [_it(100, 0.0, d1, 0.3, 0.2)] + [_it(0, d1 + i, d1 + i + 1, 0.9, 0.9) for i in range(3)],
+              "requests": []}]
+    s = report.summarize(ranks)
+    busy = 2 * d0 + d1
+    assert s["tokens_per_s_per_gpu"] == pytest.approx(600 / busy)
+    assert s["wait_fraction"] == pytest.approx(0.6 / busy)
+    assert s["comm_fraction"] == pytest.approx(0.35 / busy)
+    assert s["iterations"] == 3 and s["idle_iterations"] == 3
+
+
+class _Dist:
+    """Records the collectives the executor issues itself (the step's all-reduce)."""
+
+    def __init__(self, log):
+        self.log = log
+        self.ReduceOp = SimpleNamespace(MAX="max")
+
+    def get_backend(self):
+        return "gloo"
+
+    def all_reduce(self, t, op=None):
+        self.log.append("all_reduce")
+
+
+class _Clock:
+    def __init__(self):
+        self.host_s, self.taken = 0.0, 0
+
+    def run(self, fn, *a, **k):
+        return fn(*a, **k)
+
+    def take_device_s(self):
+        self.taken += 1
+        return 0.0
+
+
+def test_dep_warm_up_runs_the_steps_collectives_so_their_first_use_is_untimed(monkeypatch):
+    """Every collective a timed DEP step issues (its all-reduce, then the forward's exchanges) runs in the
+    warm-up, so NCCL/gloo initialisation falls before the timed window; the clock is read after it."""
+    import torch.distributed as dist
+    log = []
+    fake = _Dist(log)
+    monkeypatch.setattr(dist, "get_backend", fake.get_backend)
+    monkeypatch.setattr(dist, "all_reduce", fake.all_reduce)
+    monkeypatch.setattr(dist, "ReduceOp", fake.ReduceOp)
+
+    class Model:
+        c = SimpleNamespace(vocab=50)
+
+        def __call__(self, ids, lens, positions=None):
+            log.append(("forward", ids.numel()))
+
+    clock = _Clock()
+    ex = ContextExecutor(Model(), "dep", 64, torch.device("cpu"), seed=1, clock=clock)
+    steps = random.Random(fresh_seed()).randint(1, 3)
+    ex.warm_up([Request(0, 40), Request(1, 30)], steps)
+    assert log == ["all_reduce", ("forward", 40)] * steps
+    assert clock.taken == 1  # warm-up collectives are dropped from the comm clock
+    log.clear()
+    ex.warm_up([], 1)  # an idle rank joins the same collectives with a zero-token forward
+    assert log == ["all_reduce", ("forward", 0)]
+
+
+def test_dep_needs_a_clock():
+    with pytest.raises(ValueError, match="CommClock"):
+        ContextExecutor(SimpleNamespace(), "dep", 8, torch.device("cpu"), seed=0)
+
+
+def test_least_loaded_assignment_balances_tokens_and_keeps_every_request():
+    rng = random.Random(fresh_seed())
+    world = rng.randint(2, 6)
+    reqs = [Request(i, rng.randint(1, 500), 0.0) for i in range(rng.randint(world, 60))]
+    split = least_loaded(reqs, world)
+    assert sorted(q.id for lst in split for q in lst) == [q.id for q in reqs]
+    loads = [sum(q.isl for q in lst) for lst in split]
+    # greedy largest-first to the least-loaded rank: no rank exceeds another by more than one request
+    assert max(loads) - min(loads) <= max(q.isl for q in reqs)
+    assert split == least_loaded(list(reversed(reqs)), world)  # every rank computes the same split
+    # arrival order is kept within a rank; later arrivals go where the load is least at their time
+    timed = [Request(i, rng.randint(1, 500), i * 0.1) for i in range(20)]
+    for lst in least_loaded(timed, world):
+        assert [q.arrival_s for q in lst] == sorted(q.arrival_s for q in lst)
+
+
+def test_chunked_prefill_splits_the_request_that_does_not_fit():
+    rng = random.Random(fresh_seed())
+    reqs = [Request(i, rng.randint(1, 300)) for i in range(12)]
+    mnt = rng.randint(50, 200)
+    waiting = [Chunk(q, 0, q.isl) for q in reqs]
+    served = {q.id: 0 for q in reqs}
+    while waiting:
+        batch = pack(waiting, mnt, chunked=True)
+        assert 0 < sum(c.n for c in batch) <= mnt
+        assert sum(c.n for c in batch) == mnt or not waiting  # a chunked batch is full unless the queue ran dry
+        for c in batch:
+            assert c.offset == served[c.request.id]  # chunks come in order, back to back
+            served[c.request.id] += c.n
+    assert served == {q.id: q.isl for q in reqs}
+    # without chunking, a request longer than the room waits for the next batch
+    waiting = [Chunk(Request(0, 30), 0, 30), Chunk(Request(1, 50), 0, 50)]
+    assert [c.request.id for c in pack(waiting, 60, chunked=False)] == [0]
+
+
+def test_executor_refuses_an_overlong_request_unless_chunked():
+    ex = ContextExecutor(SimpleNamespace(c=SimpleNamespace(vocab=10)), "local", 16, torch.device("cpu"), seed=0)
+    with pytest.raises(ValueError, match="chunked-prefill"):
+        ex.run([Request(0, 17)], 0.0, 0)
+
+
+def _result(tps, device="cpu"):
+    return {"config": {"isl": "128", "device": device},
+            "modes": {m: {"tokens_per_s_per_gpu": v} for m, v in tps.items()}}
+
+
+def test_like_for_like_warning_and_cpu_caveat():
+    base = random.Random(fresh_seed()).uniform(100, 1000)
+    fair = _result({"local": base, "dwdp": 1.09 * base, "dep": 0.8 * base}, device="cuda:0")
+    assert report.like_for_like_warnings(fair) == [] and report.caveats([fair]) == []
+    unfair = _result({"local": base, "dwdp": 1.2 * base, "dep": 1.15 * base})
+    warnings = report.like_for_like_warnings(unfair)
+    assert len(warnings) == 2 and "dwdp serves 1.20x" in warnings[0] and "dep serves 1.15x" in warnings[1]
+    cav = report.caveats([unfair])
+    assert cav[0] == report.CPU_CAVEAT and len(cav) == 3
+
+
+def test_hooks_metrics_is_a_growing_view_not_a_copy():
+    MPI = pytest.importorskip("mpi4py.MPI")
+    from tensorrt_llm_dwdp import DwdpConfig, DwdpHooks, MoeShape
+    from tensorrt_llm_dwdp.verify.model import ToyMoeModel
+    m = ToyMoeModel(2, 32, 16, 4, 2, "softmax", 1, 1, "float32", fresh_seed())
+    cfg = DwdpConfig(group_size=1, num_experts=4, weight_dtype="float32", memory_backend="cpu_shm")
+    with DwdpHooks.setup(cfg, MoeShape(2, 32, 16, 4), m.load_experts, comm=MPI.COMM_SELF) as hooks:
+        view = hooks.metrics()
+        for step in range(3):
+            hooks.begin_step()
+            for lid in (0, 1):
+                hooks.layer_weights(lid)
+                hooks.layer_done(lid)
+            hooks.end_step()
+            assert hooks.last_step().step == step and len(hooks.metrics()) == step + 1
+        assert len(view) == 3 and [s.step for s in view] == [0, 1, 2]  # the first view grew: nothing copied
+        with pytest.raises(TypeError):
+            view[0] = None  # read-only

@@ -1,0 +1,173 @@
+"""DEP's fixed-capacity token exchange (moe/exchange.py).
+
+The index plan is checked as a property (hypothesis): it never overflows its capacity and every
+(token, rank) pair with an expert on that rank gets exactly one row, carrying the right local ids and
+weights. The whole exchange then runs on W in-process ranks (threads, with torch.distributed's
+all-to-all replaced by an in-memory one) and must match float64 all-local expert math.
+"""
+
+import threading
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import fresh_seed
+from tensorrt_llm_dwdp.moe import moe_experts
+from tensorrt_llm_dwdp.moe.exchange import AllToAllExchange, CommClock, ExchangeBackend, plan_dispatch
+from tensorrt_llm_dwdp.moe import ExpertWeights
+
+
+def _placement(num_experts, world, g):
+    """Random owner per expert (every rank may own any number, including none)."""
+    owner = torch.randint(0, world, (num_experts,), generator=g)
+    local_index = torch.empty(num_experts, dtype=torch.long)
+    num_local = []
+    for r in range(world):
+        mine = (owner == r).nonzero().flatten()
+        local_index[mine] = torch.arange(len(mine))
+        num_local.append(len(mine))
+    return owner, local_index, num_local
+
+
+def _routing(tokens, num_experts, k, g):
+    ids = torch.stack([torch.randperm(num_experts, generator=g)[:k] for _ in range(tokens)]) if tokens else \
+        torch.zeros(0, k, dtype=torch.long)
+    return ids, torch.rand(tokens, k, generator=g) + 0.1
+
+
+@settings(max_examples=150, deadline=None)
+@given(world=st.integers(1, 6), num_experts=st.integers(1, 12), k=st.integers(1, 4), capacity=st.integers(1, 9),
+       fill=st.floats(0, 1), packed=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_plan_never_overflows_and_sends_each_token_rank_row_once(world, num_experts, k, capacity, fill, packed,
+                                                                  seed):
+    k = min(k, num_experts)
+    g = torch.Generator().manual_seed(seed)
+    tokens = round(fill * capacity)
+    owner, local_index, num_local = _placement(num_experts, world, g)
+    ids, weights = _routing(tokens, num_experts, k, g)
+    sentinel = torch.tensor(num_local)
+    plan = plan_dispatch(ids, weights, owner, local_index, sentinel, capacity, packed=packed)
+
+    rows = world * capacity
+    assert plan.local_ids.shape == (rows, k) and plan.weights.shape == (rows, k) and plan.send_token.shape == (rows,)
+    seen = {}
+    for t in range(tokens):
+        for r in range(world):
+            mine = [j for j in range(k) if owner[ids[t, j]] == r]
+            s = int(plan.slot[t, r])
+            if not mine:
+                assert s == -1
+                continue
+            assert 0 <= s < rows and s not in seen
+            seen[s] = (t, r)
+            want_ids = [int(local_index[ids[t, j]]) if j in mine else num_local[r] for j in range(k)]
+            assert plan.local_ids[s].tolist() == want_ids
+            assert torch.equal(plan.weights[s], torch.where(torch.tensor([j in mine for j in range(k)]),
+                                                            weights[t], 0.0))
+            assert int(plan.send_token[s]) == t
+    counts = [sum(1 for (_, r) in seen.values() if r == rr) for rr in range(world)]
+    assert plan.counts.tolist() == counts and max(counts, default=0) <= capacity
+    # each rank's rows lie in its own block: r*C.. (equal split) or after rank r-1's rows (packed)
+    for s, (_, r) in seen.items():
+        lo = sum(counts[:r]) if packed else r * capacity
+        assert lo <= s < lo + counts[r]
+    for s in set(range(rows)) - set(seen):  # unused rows: no expert, no weight
+        r = s // capacity if not packed else None
+        if r is not None:
+            assert plan.local_ids[s].tolist() == [num_local[r]] * k
+        assert float(plan.weights[s].abs().sum()) == 0.0
+
+
+def test_plan_rejects_a_batch_over_capacity():
+    g = torch.Generator().manual_seed(fresh_seed())
+    owner, local_index, num_local = _placement(8, 2, g)
+    ids, w = _routing(5, 8, 2, g)
+    with pytest.raises(ValueError, match="max-num-tokens"):
+        plan_dispatch(ids, w, owner, local_index, torch.tensor(num_local), capacity=4)
+
+
+class _ThreadRanks:
+    """torch.distributed's get_rank / get_world_size / all_to_all_single for W threads of one process."""
+
+    def __init__(self, world):
+        self.world, self.local = world, threading.local()
+        self.barrier, self.box = threading.Barrier(world), [None] * world
+        self.calls = 0
+
+    def get_rank(self, group=None):
+        return self.local.rank
+
+    def get_world_size(self, group=None):
+        return self.world
+
+    def all_to_all_single(self, out, inp, group=None):
+        me, c = self.local.rank, inp.shape[0] // self.world
+        self.box[me] = inp.clone()
+        self.barrier.wait()
+        for r in range(self.world):
+            out[r * c:(r + 1) * c] = self.box[r][me * c:(me + 1) * c]
+        self.barrier.wait()
+        if me == 0:
+            self.calls += 1
+
+
+@pytest.mark.parametrize("world,tokens", [(4, [5, 0, 17, 9]), (3, [1, 12, 12]), (2, [0, 0])])
+def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
+    import torch.distributed as dist
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    num_experts, k, hidden, inter, capacity = 10, 3, 16, 8, 20
+    w13 = torch.randn(num_experts, 2 * inter, hidden, generator=g) / hidden ** 0.5
+    w2 = torch.randn(num_experts, hidden, inter, generator=g) / inter ** 0.5
+    owner, local_index, num_local = _placement(num_experts, world, g)
+    xs = [torch.randn(t, hidden, generator=g) for t in tokens]
+    routes = [_routing(t, num_experts, k, g) for t in tokens]
+    ranks = _ThreadRanks(world)
+    for name in ("get_rank", "get_world_size", "all_to_all_single"):
+        monkeypatch.setattr(dist, name, getattr(ranks, name))
+    outs, errors = [None] * world, []
+
+    def rank_main(r):
+        try:
+            ranks.local.rank = r
+            mine = (owner == r).nonzero().flatten()
+            local = ExpertWeights(w13[mine], w2[mine])
+            ex = AllToAllExchange(owner, local_index, num_local, capacity, ExchangeBackend.GLOO,
+                                  torch.device("cpu"), CommClock(torch.device("cpu")))
+            got = ex.dispatch(xs[r], *routes[r])
+            outs[r] = ex.combine(moe_experts(got.rows, got.local_ids, got.weights, local), got)
+        except BaseException as e:  # surfaced below, after every thread ended
+            errors.append(e)
+            ranks.barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert ranks.calls == 2  # one dispatch, one combine: no count exchange
+    full = ExpertWeights(w13.double(), w2.double())
+    for r in range(world):
+        want = moe_experts(xs[r].double(), routes[r][0], routes[r][1].double(), full)
+        assert outs[r].shape == (tokens[r], hidden)
+        if tokens[r]:
+            # float32 math against float64; rows are sums of at most k expert outputs of O(1)
+            assert torch.allclose(outs[r].double(), want, atol=1e-5, rtol=1e-5), (seed, r)
+            assert want.abs().max() > 0.1
+
+
+def test_sentinel_ids_contribute_nothing():
+    g = torch.Generator().manual_seed(fresh_seed())
+    e, h, i = 5, 8, 4
+    w = ExpertWeights(torch.randn(e, 2 * i, h, generator=g), torch.randn(e, h, i, generator=g))
+    x = torch.randn(6, h, generator=g)
+    ids = torch.randint(0, e, (6, 3), generator=g)
+    wts = torch.rand(6, 3, generator=g)
+    drop = torch.rand(6, 3, generator=g) < 0.5
+    masked = moe_experts(x, torch.where(drop, e, ids), wts, w)
+    want = moe_experts(x, ids, torch.where(drop, 0.0, wts), w)  # the same experts with weight 0
+    assert torch.allclose(masked, want, atol=1e-6)
+    assert torch.equal(moe_experts(x, torch.full_like(ids, e), wts, w), torch.zeros_like(x))

@@ -1,0 +1,41 @@
+"""DEP's exchange on GPUs: ranks sharing one GPU (gloo, staged through the host), and with one GPU per
+rank NCCL and symm_mem (where NVSHMEM initialises). Each run checks its result against all-local math."""
+
+import json
+import os
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = [pytest.mark.gpu, pytest.mark.mpi]
+torch = pytest.importorskip("torch")
+
+
+def _bench(ranks, tmp_path, *extra):
+    import subprocess
+    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    out = tmp_path / "x.json"
+    cmd = mpirun_command(ranks, [os.path.join(ROOT, "benchmarks", "exchange_bench.py"), "--tokens", "512",
+                                 "--hidden", "256", "--experts", "16", "--top-k", "4", "--iters", "3",
+                                 "--json", str(out), *extra])
+    proc = subprocess.run(cmd, env=clean_launch_env(dict(os.environ)), capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text())["results"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_ranks_sharing_one_gpu_stage_through_gloo(tmp_path):
+    res = _bench(min(4, 2 * torch.cuda.device_count() + 1), tmp_path)
+    assert all(r["backend"] == "gloo" and r["ok"] for r in res)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_nccl_and_symm_mem_one_rank_per_gpu(tmp_path):
+    res = _bench(2, tmp_path, "--backends", "nccl,symm_mem")
+    assert all(r["ok"] for r in res if r["backend"] == "nccl") and any(r["backend"] == "nccl" for r in res)
+    for r in res:
+        if r["backend"] == "symm_mem" and "unavailable" not in r:
+            assert r["ok"], r
+        print(r)
