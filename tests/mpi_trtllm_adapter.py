@@ -48,7 +48,7 @@ for step in range(3):
         for mod, inp, out in seen:
             ref = fk.reference_forward(inp.float(), [mod], [fulls[mod.experts.layer_idx]])
             err = max(err, float(((out.float() - ref).abs() / (1 + ref.abs())).max()) if tokens else 0.0)
-pulled = sum(m.bytes_pulled for m in adapter._state.hooks.metrics())
+pulled = sum(m.bytes_pulled for m in adapter.current_hooks().metrics())
 freed = all(p.numel() == 0 for n, p in model.named_parameters() if "w3_w1" in n or "w2_weight" in n)
 adapter.uninstall()  # collective: restores the partition this rank loaded
 restored = all(torch.equal(p, local[n]) for n, p in model.named_parameters())

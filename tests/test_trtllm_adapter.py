@@ -132,7 +132,7 @@ def test_options_that_do_not_match_tensorrt_llms_partition():
     assert e.value.option == "dwdp.group_size" and "moe_expert_parallel_size=1" in str(e.value)
     model, _ = _model(ep_size=2, ep_rank=0)
     with pytest.raises(DwdpConfigError) as e:  # rank 0 would own experts TensorRT-LLM loads on rank 1
-        adapter.attach(fk.Engine(model), _opts(placement="0-5;4-7"), comm=MPI.COMM_SELF)
+        adapter.attach(fk.Engine(model), _opts(placement="0-5;4-7"), comm=fk.TwoRankView(rank=0))
     assert e.value.option == "dwdp.placement"
 
 
@@ -141,7 +141,7 @@ def test_a_failed_setup_leaves_tensorrt_llms_weights_in_place():
     before = _tensors(model)
     with pytest.raises(DwdpConfigError, match="does not divide the world of 1"):  # a group of 2 on one process
         adapter.attach(fk.Engine(model), _opts(), comm=MPI.COMM_SELF, device=torch.device("cpu"))
-    assert _same(before, _tensors(model)) and adapter._state.hooks is None
+    assert _same(before, _tensors(model)) and adapter.current_hooks() is None
 
 
 def test_mode_auto_without_a_prediction_leaves_the_model_alone(capsys):
@@ -189,7 +189,7 @@ def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device
     from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
     fk.write_fake_package(str(tmp_path))
     backend = "cpu_shm" if device == "cpu" else "cuda_ipc"
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.path.join(ROOT, "tests")]),
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, os.path.join(ROOT, "tests")]),
            "TRTLLM_DWDP": f"memory_backend={backend},slice_bytes=4096"}
     cmd = mpirun_command(2, [os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py"), str(fresh_seed()), device], env)
     proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **env), capture_output=True, text=True,

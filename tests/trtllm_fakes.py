@@ -217,3 +217,20 @@ def write_fake_package(root):
         with open(path, "w") as f:
             f.write(textwrap.dedent(text))
     return root
+
+
+class TwoRankView:
+    """Rank `rank` of a two-rank communicator whose ranks loaded TensorRT-LLM's even split of 8 experts;
+    enough for the checks attach() makes before its first real collective."""
+
+    def __init__(self, rank, loaded=((0, 1, 2, 3), (4, 5, 6, 7))):
+        self.rank, self.loaded = rank, loaded
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return len(self.loaded)
+
+    def allgather(self, _mine):
+        return list(self.loaded)
