@@ -37,18 +37,21 @@ def pretrained_config(model) -> Any:
 def sim_model(cfg: Any, name: str = "served model") -> MoEModel:
     """A Hugging Face MoE config (DeepSeek-V3 / Qwen3-MoE style keys) as the performance model sees it.
     Raises KeyError naming the first key it lacks."""
+    def opt(key):
+        return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+
     def get(key, default=None):
-        value = getattr(cfg, key, None) if not isinstance(cfg, dict) else cfg.get(key)
+        value = opt(key)
         if value is None and default is None:
             raise KeyError(key)
         return default if value is None else value
 
     hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
     inter = int(get("moe_intermediate_size"))
-    experts = int(getattr(cfg, "n_routed_experts", None) or get("num_experts"))
-    is_mla = getattr(cfg, "kv_lora_rank", None) is not None
+    experts = int(opt("n_routed_experts") or get("num_experts"))
+    is_mla = opt("kv_lora_rank") is not None
     if is_mla:
-        attn = mla(hidden, heads, getattr(cfg, "q_lora_rank", None), int(get("kv_lora_rank")),
+        attn = mla(hidden, heads, opt("q_lora_rank"), int(get("kv_lora_rank")),
                    int(get("qk_nope_head_dim")), int(get("qk_rope_head_dim")), int(get("v_head_dim")))
     else:
         attn = gqa(hidden, heads, int(get("num_key_value_heads", heads)), int(get("head_dim", hidden // heads)))
