@@ -185,14 +185,20 @@ def test_install_patches_tensorrt_llm_modules_as_they_are_imported(tmp_path, mon
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device):
+@pytest.mark.parametrize("kind,split", [("float32", "even"), ("bfloat16", "uneven"), ("fp8", "even")])
+@pytest.mark.parametrize("device,backend", [("cpu", "cpu_shm"), pytest.param("cuda", "cuda_ipc", marks=pytest.mark.gpu),
+                                            pytest.param("cuda", "cuda_vmm", marks=pytest.mark.gpu)])
+def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device, backend, kind, split):
     from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    if kind == "fp8" and "float8_e4m3fn" not in WEIGHT_DTYPES:
+        pytest.skip("FP8 shards not in this build's DwdpConfig")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
     fk.write_fake_package(str(tmp_path))
-    backend = "cpu_shm" if device == "cpu" else "cuda_ipc"
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, os.path.join(ROOT, "tests")]),
            "TRTLLM_DWDP": f"memory_backend={backend},slice_bytes=4096"}
-    cmd = mpirun_command(2, [os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py"), str(fresh_seed()), device], env)
+    script = os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py")
+    cmd = mpirun_command(2, [script, str(fresh_seed()), device, kind, split], env)
     proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **env), capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
