@@ -1,9 +1,12 @@
 """Run under mpirun with the fake `tensorrt_llm` on PYTHONPATH and TRTLLM_DWDP set: an expert-parallel
-model (each rank loads its half of the experts, as TensorRT-LLM does) attached through the activation
-path must give every rank the full model's output for its own tokens, pulling the other half.
+model (each rank loads its part of the experts, as TensorRT-LLM does) attached through the activation
+path must give every rank the full model's output for its own tokens, pulling the rest; a step that
+fails inside a MoE layer is handed to the executor, and the next step is right again.
 
-argv: seed [device]. On "cuda" the ranks share GPU 0 (CUDA IPC), experts are BF16 and each layer is
-checked against a float32 reference computed from that layer's own input."""
+argv: seed device dtype split. device: cpu | cuda (the ranks share GPU 0). dtype: float32 | bfloat16 |
+fp8 (e4m3 weights with 128x128 fp32 block scales, as DeepSeek-V3 stores them). split: even | uneven
+(7 experts over 2 ranks, ceil/floor as main splits them). Each layer is checked against a float32
+reference computed from that layer's own input and the full (dequantized) experts."""
 
 import sys
 
@@ -14,21 +17,37 @@ import trtllm_fakes as fk
 from tensorrt_llm_dwdp.integrations.trtllm import activate, adapter
 
 seed, world = int(sys.argv[1]), MPI.COMM_WORLD
-device = torch.device(sys.argv[2] if len(sys.argv) > 2 else "cpu")
-dtype, tol = (torch.bfloat16, 5e-2) if device.type == "cuda" else (torch.float32, 1e-5)  # BF16 rounding
+device = torch.device(sys.argv[2])
+kind, split = sys.argv[3], sys.argv[4]
 if device.type == "cuda":
     torch.cuda.set_device(0)
 rank = world.Get_rank()
 assert activate.activate()  # what the .pth does at start-up, where TRTLLM_DWDP is set
 from tensorrt_llm._torch.pyexecutor.model_engine import PyTorchModelEngine  # noqa: E402 - after activation
 
-experts, hidden, inter, layers = 8, 128, 64, 3
-fulls = [fk.full_experts(experts, hidden, inter, seed + layer) for layer in range(layers)]  # same on every rank
-blocks = []
+experts = 7 if split == "uneven" else 8
+hidden, inter, layers = 128, 128, 3
+act = torch.float32 if kind == "float32" else torch.bfloat16
+tol = 1e-5 if kind == "float32" else 5e-2  # BF16 activations (FP8 weights are dequantized exactly in the reference)
+g0 = torch.Generator().manual_seed(seed)
+fulls, blocks = [], []
 for layer in range(layers):
-    moe = fk.CutlassFusedMoE(num_experts=experts, hidden=hidden, inter=inter, layer_idx=layer, ep_size=world.size,
-                             ep_rank=rank, dtype=dtype)
-    moe.load_weights(fulls[layer])  # only this rank's partition
+    kw = dict(num_experts=experts, hidden=hidden, inter=inter, layer_idx=layer, ep_size=world.size, ep_rank=rank)
+    if kind == "fp8":
+        q, scales, dense = {}, {}, {}
+        for name, (rows, cols) in {"w1": (inter, hidden), "w3": (inter, hidden), "w2": (hidden, inter)}.items():
+            s = torch.rand(experts, rows // 128, cols // 128, generator=g0) * 0.01 + 0.002
+            q[name] = (torch.randn(experts, rows, cols, generator=g0) * 0.5).to(torch.float8_e4m3fn)
+            scales[name] = s
+            dense[name] = q[name].float() * s.repeat_interleave(128, 1).repeat_interleave(128, 2)
+        moe = fk.DeepGemmFusedMoE(**kw)
+        moe.load_fp8(q, scales)  # only this rank's partition
+        fulls.append(dense)
+    else:
+        full = fk.full_experts(experts, hidden, inter, seed + layer)
+        moe = fk.CutlassFusedMoE(dtype=act, **kw)
+        moe.load_weights(full)  # only this rank's partition
+        fulls.append(full)
     blocks.append(fk.Block(fk.ConfigurableMoE(moe) if layer % 2 else moe, hidden, seed + 100 + layer))
 model = fk.Decoder(blocks).to(device)
 fulls = [{k: v.to(device) for k, v in f.items()} for f in fulls]
@@ -37,26 +56,36 @@ for b in model.layers:  # record each layer's input and output
     b.register_forward_hook(lambda mod, inp, out: seen.append((mod, inp[0], out)))
 local = {n: p.detach().clone() for n, p in model.named_parameters()}
 engine = PyTorchModelEngine(model_path="unused", model=model)  # attach: collective over both ranks
+executor = fk.PyExecutor(engine)
 g = torch.Generator().manual_seed(seed + 1 + rank)
-err = 0.0
-for step in range(3):
+err, served = 0.0, 0
+for step in range(4):
     tokens = 0 if (rank == 1 and step == 1) else int(torch.randint(1, 9, (1,), generator=g))  # an idle step
-    x = torch.randn(tokens, hidden, generator=g).to(device, dtype)
+    x = torch.randn(tokens, hidden, generator=g).to(device, act)
+    if step == 2 and rank == 0:  # rank 0's step fails in its second MoE layer; rank 1 runs on
+        model.layers[1].experts.routing_method.fail_next = RuntimeError("injected failure")
     seen.clear()
     with torch.no_grad():
-        engine.forward(x)
-        for mod, inp, out in seen:
-            ref = fk.reference_forward(inp.float(), [mod], [fulls[mod.experts.layer_idx]])
-            err = max(err, float(((out.float() - ref).abs() / (1 + ref.abs())).max()) if tokens else 0.0)
-pulled = sum(m.bytes_pulled for m in adapter._state.hooks.metrics())
+        out = executor._forward_step(x)
+    if out is None:
+        continue
+    served += 1
+    for mod, inp, y in seen:
+        ref = fk.reference_forward(inp.float(), [mod], [fulls[mod.experts.layer_idx]])
+        err = max(err, float(((y.float() - ref).abs() / (1 + ref.abs())).max()) if tokens else 0.0)
+failed = [str(e) for e in executor.errors]
+pulled = sum(m.bytes_pulled for m in adapter.current_hooks().metrics())
 freed = all(p.numel() == 0 for n, p in model.named_parameters() if "w3_w1" in n or "w2_weight" in n)
 adapter.uninstall()  # collective: restores the partition this rank loaded
-restored = all(torch.equal(p, local[n]) for n, p in model.named_parameters())
-ok = err < tol and pulled > 0 and freed and restored
-results = world.gather((rank, err, pulled, freed, restored, ok), root=0)
+restored = all(torch.equal(p.view(torch.uint8) if p.dtype == torch.float8_e4m3fn else p,
+                           local[n].view(torch.uint8) if p.dtype == torch.float8_e4m3fn else local[n])
+               for n, p in model.named_parameters())
+want_failed = ["injected failure"] if rank == 0 else []
+ok = err < tol and pulled > 0 and freed and restored and failed == want_failed and served == 4 - len(want_failed)
+results = world.gather((rank, err, pulled, freed, restored, failed, served, ok), root=0)
 if rank == 0:
     for r in results:
-        print(f"rank {r[0]} ({device}, {dtype}): max rel err {r[1]:.1e}, pulled {r[2]} B, "
-              f"module weights freed {r[3]}, restored {r[4]}")
+        print(f"rank {r[0]} ({device}, {kind}, {split}): max rel err {r[1]:.1e}, pulled {r[2]} B, module weights "
+              f"freed {r[3]}, restored {r[4]}, failed steps {r[5]}, steps served {r[6]}")
     print("PASS" if all(r[-1] for r in results) else "FAIL")
 sys.exit(0 if ok else 1)

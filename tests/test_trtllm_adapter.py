@@ -1,6 +1,7 @@
 """The TensorRT-LLM adapter on modules shaped like TensorRT-LLM's (tests/trtllm_fakes.py), on CPU ranks."""
 
 import os
+from types import SimpleNamespace
 import subprocess
 import sys
 
@@ -132,7 +133,7 @@ def test_options_that_do_not_match_tensorrt_llms_partition():
     assert e.value.option == "dwdp.group_size" and "moe_expert_parallel_size=1" in str(e.value)
     model, _ = _model(ep_size=2, ep_rank=0)
     with pytest.raises(DwdpConfigError) as e:  # rank 0 would own experts TensorRT-LLM loads on rank 1
-        adapter.attach(fk.Engine(model), _opts(placement="0-5;4-7"), comm=MPI.COMM_SELF)
+        adapter.attach(fk.Engine(model), _opts(placement="0-5;4-7"), comm=fk.TwoRankView(rank=0))
     assert e.value.option == "dwdp.placement"
 
 
@@ -141,7 +142,7 @@ def test_a_failed_setup_leaves_tensorrt_llms_weights_in_place():
     before = _tensors(model)
     with pytest.raises(DwdpConfigError, match="does not divide the world of 1"):  # a group of 2 on one process
         adapter.attach(fk.Engine(model), _opts(), comm=MPI.COMM_SELF, device=torch.device("cpu"))
-    assert _same(before, _tensors(model)) and adapter._state.hooks is None
+    assert _same(before, _tensors(model)) and adapter.current_hooks() is None
 
 
 def test_mode_auto_without_a_prediction_leaves_the_model_alone(capsys):
@@ -184,14 +185,202 @@ def test_install_patches_tensorrt_llm_modules_as_they_are_imported(tmp_path, mon
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device):
+@pytest.mark.parametrize("kind,split", [("float32", "even"), ("bfloat16", "uneven"), ("fp8", "even")])
+@pytest.mark.parametrize("device,backend", [("cpu", "cpu_shm"), pytest.param("cuda", "cuda_ipc", marks=pytest.mark.gpu),
+                                            pytest.param("cuda", "cuda_vmm", marks=pytest.mark.gpu)])
+def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device, backend, kind, split):
     from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    if kind == "fp8" and "float8_e4m3fn" not in WEIGHT_DTYPES:
+        pytest.skip("FP8 shards not in this build's DwdpConfig")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
     fk.write_fake_package(str(tmp_path))
-    backend = "cpu_shm" if device == "cpu" else "cuda_ipc"
-    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.path.join(ROOT, "tests")]),
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, os.path.join(ROOT, "tests")]),
            "TRTLLM_DWDP": f"memory_backend={backend},slice_bytes=4096"}
-    cmd = mpirun_command(2, [os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py"), str(fresh_seed()), device], env)
+    script = os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py")
+    cmd = mpirun_command(2, [script, str(fresh_seed()), device, kind, split], env)
     proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **env), capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+def _attach(model, **opts):
+    engine = fk.Engine(model)
+    hooks = adapter.attach(engine, _opts(**opts), comm=MPI.COMM_SELF, device=torch.device("cpu"))
+    return engine, hooks
+
+
+def _close(got, model, fulls, x):
+    return torch.allclose(got, fk.reference_forward(x, model.layers, fulls), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", [0, 1])
+def test_a_failed_step_is_closed_and_the_executor_serves_the_next(where):
+    seed = fresh_seed()
+    model, fulls = _model(seed=seed, layers=3)
+    engine, hooks = _attach(model)
+    executor = fk.PyExecutor(engine)
+    g = torch.Generator().manual_seed(seed + 1)
+    model.layers[where].experts.routing_method.fail_next = RuntimeError("injected kernel failure")
+    assert executor._forward_step(torch.randn(4, 16, generator=g)) is None  # swallowed, as TensorRT-LLM does
+    assert [str(e) for e in executor.errors] == ["injected kernel failure"]
+    assert adapter._state.attached.step.state is adapter.StepState.IDLE
+    for tokens in (5, 2):
+        x = torch.randn(tokens, 16, generator=g)
+        assert _close(executor._forward_step(x), model, fulls, x)
+    assert len(hooks.metrics()) == 3 and not executor.errors[1:]
+
+
+def test_a_failed_warm_up_forward_is_closed_and_a_stale_step_is_closed_by_the_next():
+    seed = fresh_seed()
+    model, fulls = _model(seed=seed, layers=3)
+    engine, hooks = _attach(model)
+    g = torch.Generator().manual_seed(seed + 1)
+    model.layers[1].experts.routing_method.fail_next = RuntimeError("warm-up failure")
+    with pytest.raises(RuntimeError, match="warm-up failure"):  # main's DecoderRunner._forward_warmup path
+        engine.warmup(torch.randn(3, 16, generator=g))
+    assert adapter._state.attached.step.state is adapter.StepState.IDLE
+    x = torch.randn(3, 16, generator=g)
+    assert _close(engine.warmup(x), model, fulls, x)  # a warm-up forward is a step of its own
+    # a failure between MoE layers (attention, say) of a warm-up: nothing closes the step at once
+    model.layers[2].register_forward_pre_hook(_fail_once())
+    with pytest.raises(RuntimeError, match="attention failure"):
+        engine.warmup(torch.randn(3, 16, generator=g))
+    assert adapter._state.attached.step.state is adapter.StepState.IMPLICIT
+    x = torch.randn(6, 16, generator=g)
+    assert _close(engine.forward(x), model, fulls, x)  # the next step closes it first
+    assert _close(engine.warmup(x), model, fulls, x)
+    assert len(hooks.metrics()) == 5
+
+
+def _fail_once():
+    left = [1]
+
+    def hook(_mod, _inp):
+        if left.pop() if left else 0:
+            raise RuntimeError("attention failure")
+    return hook
+
+
+def test_moe_forward_arguments_by_position_or_keyword():
+    seed = fresh_seed()
+    model, fulls = _model(seed=seed)
+    _attach(model)
+    moe, gate = model.layers[0].experts, model.layers[0].gate
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 16, generator=g)
+    logits = x @ gate.t()
+    ref = fk.reference_forward(x, model.layers[:1], fulls[:1]) - x
+    adapter._state.attached.step.state = adapter.StepState.ENGINE  # one layer by itself, inside a step
+    adapter._state.attached.hooks.begin_step()
+    got = moe(x, logits, True, torch.float64, [4], None, None, None)  # do_finalize, output_dtype... positionally
+    assert got.dtype == torch.float64 and torch.allclose(got.float(), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="do_finalize=False"):
+        moe(x, logits, False)
+    with pytest.raises(RuntimeError, match="LoRA"):
+        moe(x, logits, lora_params={"layer": 0})
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"activation_type": fk.ActivationType.Geglu}, "activation Geglu"),
+    ({"swiglu_limit_scalar": 7.0}, "swiglu_limit_scalar=7.0"),
+])
+def test_activations_other_than_plain_swiglu_are_refused(change, words):
+    model, _ = _model()
+    for key, value in change.items():
+        setattr(model.layers[1].experts, key, value)
+    with pytest.raises(DwdpConfigError, match=words) as e:
+        _attach(model)
+    assert e.value.option == "model"
+
+
+def test_fp8_with_deepgemms_blackwell_scales_is_refused_without_advising_cutlass():
+    moe = fk.DeepGemmFusedMoE(blackwell=True, num_experts=4, hidden=128, inter=256, layer_idx=0)
+    with pytest.raises(DwdpConfigError) as e:
+        _attach(fk.Decoder([fk.Block(moe, 128, 0)]))
+    msg = str(e.value)
+    assert e.value.option == "quant_config" and "DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm" in msg
+    assert "use CUTLASS" not in msg and "Blackwell serve BF16" in msg
+
+
+def test_triton_fakes_assert_what_tensorrt_llm_asserts():
+    kw = dict(num_experts=8, hidden=16, inter=8, layer_idx=0)
+    with pytest.raises(AssertionError, match="AttentionDP"):  # 1.2: DWDP's setup (attention DP, EP > 1) never builds
+        fk.TritonFusedMoE(version="1.2", ep_size=2, **kw)
+    with pytest.raises(NotImplementedError, match="Hopper"):  # main: off Hopper with EP > 1
+        fk.TritonFusedMoE(version="main", sm=10, ep_size=2, **kw)
+    assert fk.TritonFusedMoE(version="main", sm=9, ep_size=2, ep_rank=1, **kw).initial_local_expert_ids == [4, 5, 6, 7]
+
+
+def test_a_compiled_model_is_refused(tmp_path, monkeypatch):
+    fk.write_fake_package(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        adapter.install(_opts())
+        from tensorrt_llm._torch.pyexecutor.model_engine import PyTorchModelEngine
+        decoder, _ = _model()
+        with pytest.raises(DwdpConfigError) as e:
+            PyTorchModelEngine(model=fk.CausalLM(decoder), torch_compile=True)
+        assert e.value.option == "torch_compile_config" and "null" in str(e.value)
+    finally:
+        for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
+            del sys.modules[name]
+
+
+def test_spawned_mpi_pool_workers_get_the_dwdp_variables(tmp_path, monkeypatch):
+    fk.write_fake_package(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TRTLLM_DWDP", "prefetch_depth=2")
+    monkeypatch.setenv("TRTLLM_DWDP_OPTIONS", str(tmp_path / "opts.yaml"))
+    try:
+        adapter.install(_opts())
+        from tensorrt_llm.llmapi import mpi_session
+        mpi_session.MpiPoolSession(n_workers=2)
+        started = mpi_session.STARTED[-1]
+        assert started["env"] == {"TRTLLM_DWDP": "prefetch_depth=2", "TRTLLM_DWDP_OPTIONS": str(tmp_path / "opts.yaml")}
+        assert started["max_workers"] == 2 and started["path"] == sys.path
+        adapter.uninstall()
+        mpi_session.MpiPoolSession(n_workers=2)
+        assert "env" not in mpi_session.STARTED[-1]
+    finally:
+        for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
+            del sys.modules[name]
+
+
+def test_attach_says_why_dwdp_stays_off(capsys):
+    model, _ = _model()
+    _attach(model)
+    other, _ = _model()
+    assert adapter.attach(fk.Engine(other), _opts(), comm=MPI.COMM_SELF) is None
+    assert "already attached" in capsys.readouterr().err
+    adapter.uninstall()
+    dense = fk.Decoder([])
+    assert adapter.attach(fk.Engine(dense), _opts(), comm=MPI.COMM_SELF) is None
+    assert "no MoE layers" in capsys.readouterr().err
+    unnumbered, _ = _model()
+    for b in unnumbered.layers:
+        b.experts.layer_idx = None
+    with pytest.raises(DwdpConfigError, match="no layer_idx"):
+        adapter.attach(fk.Engine(unnumbered), _opts(), comm=MPI.COMM_SELF)
+
+
+def test_mode_auto_decides_from_the_models_own_config(capsys):
+    from tensorrt_llm_dwdp.integrations.trtllm import predict
+    from tensorrt_llm_dwdp.sim.models import get_model
+    decoder, _ = _model()
+    ds = get_model("deepseek-v3")  # the served model's config, as TensorRT-LLM holds it (no path, no hub id)
+    cfg = dict(hidden_size=ds.hidden, num_attention_heads=128, moe_intermediate_size=ds.moe_inter,
+               n_routed_experts=ds.experts, num_experts_per_tok=ds.top_k, num_hidden_layers=ds.layers,
+               first_k_dense_replace=ds.dense_layers, intermediate_size=ds.dense_inter, n_shared_experts=ds.shared,
+               kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+               vocab_size=ds.vocab)
+    engine = fk.Engine(fk.CausalLM(decoder, SimpleNamespace(**cfg)))
+    engine.max_num_tokens = 256
+    engine.model_path = "deepseek-ai/DeepSeek-V3"  # a hub id: not read
+    options = _opts(mode="auto", machine="h200")
+    config = options.config(num_experts=ds.experts, group_size=4, weight_dtype="float8_e4m3fn")
+    for tokens in (256, 32768):
+        engine.max_num_tokens = tokens
+        want = predict.predict(predict.sim_model(cfg), predict.Workload(4, str(tokens), tokens), "auto", "h200", True)
+        assert adapter._wanted(engine, options, config, "float8_e4m3fn") == (want.mode == "dwdp")
+        assert f"mode auto chose {want.mode.upper()}: {want.reason}" in capsys.readouterr().err

@@ -112,8 +112,10 @@ def test_launch_rewrites_options_file(tmp_path, form):
     copy = launch.argv[-1].split("=", 1)[-1]
     assert copy != path and launch.env[ENV_FILE] == os.path.abspath(path)
     filtered = yaml.safe_load(open(copy))
-    assert filtered == {"enable_attention_dp": True, "cuda_graph_config": None}  # no dwdp key left
+    assert filtered == {"enable_attention_dp": True, "cuda_graph_config": None,  # no dwdp key left
+                        "torch_compile_config": None}
     assert any("cuda_graph_config: null" in n for n in launch.notes)
+    assert any("torch_compile_config: null" in n for n in launch.notes)
     os.remove(copy)
 
 
@@ -122,6 +124,10 @@ def test_launch_refuses_cuda_graphs_and_missing_section(tmp_path):
     with pytest.raises(DwdpConfigError) as e:
         prepare(["trtllm-serve", "m", "--config", path], {})
     assert e.value.option == "cuda_graph_config" and "null" in str(e.value)
+    compiled = _yaml(tmp_path, {"torch_compile_config": {"enable_fullgraph": True}, "dwdp": {}}, "compiled.yaml")
+    with pytest.raises(DwdpConfigError) as e:
+        prepare(["trtllm-serve", "m", "--config", compiled], {})
+    assert e.value.option == "torch_compile_config" and "null" in str(e.value)
     plain = _yaml(tmp_path, {"max_num_tokens": 8}, "plain.yaml")
     with pytest.raises(DwdpConfigError, match="has no dwdp: section"):
         prepare(["trtllm-serve", "m", "--config", plain], {})
@@ -156,6 +162,23 @@ def test_launch_disaggregated_worker_context_ranks_only(tmp_path, rank, ctx):
     else:
         assert ENV_FILE not in launch.env and ENV_INLINE not in launch.env
     os.remove(copy)
+
+
+def test_launch_disaggregated_top_level_graphs_move_to_generation_and_cp_is_not_a_rank_factor(tmp_path):
+    doc = yaml.safe_load(open(_disagg(tmp_path)))
+    doc["cuda_graph_config"] = {"max_batch_size": 16}  # top level: TensorRT-LLM refuses it with a server's null
+    del doc["context_servers"]["cuda_graph_config"]
+    doc["context_servers"]["context_parallel_size"] = 2  # 1.2 does not count it: 2 x 4 context ranks, not 16
+    path = _yaml(tmp_path, doc, "top-graphs.yaml")
+    launch = prepare(["trtllm-serve", "disaggregated_mpi_worker", "-c", path], {"PMI_RANK": "8", ENV_INLINE: "1"})
+    copy = yaml.safe_load(open(launch.argv[-1]))
+    assert "cuda_graph_config" not in copy
+    assert copy["generation_servers"]["cuda_graph_config"] == {"max_batch_size": 16}
+    assert copy["context_servers"]["cuda_graph_config"] is None and copy["context_servers"]["torch_compile_config"] is None
+    assert ENV_FILE not in launch.env  # rank 8 is a generation server
+    doc["generation_servers"]["cuda_graph_config"] = None
+    with pytest.raises(DwdpConfigError, match="top level and under generation_servers"):
+        prepare(["trtllm-serve", "disaggregated_mpi_worker", "-c", _yaml(tmp_path, doc, "both.yaml")], {"PMI_RANK": "0"})
 
 
 def test_launch_disaggregated_errors(tmp_path):

@@ -30,6 +30,19 @@ def test_interfaces_the_adapter_patches_exist():
     assert dict(BaseLlmArgs.model_config).get("extra") == "forbid"  # why the dwdp: section must not reach it
 
 
+def test_interfaces_the_adapter_reads_exist():
+    import inspect
+
+    from tensorrt_llm.llmapi import mpi_session
+    from tensorrt_llm._torch.modules.fused_moe import CutlassFusedMoE
+
+    # the pool workers get the DWDP variables through this name (MpiPoolSession._start_mpi_pool)
+    assert hasattr(mpi_session, "MPIPoolExecutor")
+    assert "MPIPoolExecutor" in inspect.getsource(mpi_session.MpiPoolSession._start_mpi_pool)
+    params = inspect.signature(CutlassFusedMoE.forward).parameters  # read by name, positional or keyword
+    assert list(params)[1:3] == ["x", "router_logits"] and "do_finalize" in params
+
+
 def test_the_options_file_key_is_dropped_before_llm_args(capsys):
     from tensorrt_llm.llmapi import llm_args, llm_utils
 

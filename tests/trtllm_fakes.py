@@ -7,11 +7,23 @@ package with the module paths the adapter patches.
 
 import os
 import textwrap
+from enum import IntEnum
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class ActivationType(IntEnum):
+    """TensorRT-LLM's ActivationType (tensorrt_llm/_torch/utils.py); the adapter reads it by name."""
+
+    Gelu = 0
+    Relu = 1
+    Silu = 2
+    Swiglu = 3
+    Geglu = 4
+    SwigluBias = 5
 
 
 class RenormalizeRouting(nn.Module):
@@ -20,8 +32,12 @@ class RenormalizeRouting(nn.Module):
     def __init__(self, top_k):
         super().__init__()
         self.top_k = top_k
+        self.fail_next = None  # an exception the next call raises: a step failing inside a MoE layer
 
     def apply(self, router_logits):
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
         vals, ids = torch.topk(router_logits.float(), self.top_k, dim=-1)
         return ids.to(torch.int32), torch.softmax(vals, dim=-1)
 
@@ -38,19 +54,24 @@ class _FusedMoE(nn.Module):
     """Common part: an expert-parallel partition of the experts, TensorRT-LLM's MoE attributes."""
 
     def __init__(self, *, num_experts, hidden, inter, layer_idx, ep_size=1, ep_rank=0, top_k=2, use_dp=True,
-                 dtype=torch.float32):
+                 dtype=torch.float32, activation_type=ActivationType.Swiglu, swiglu_limit_scalar=None):
         super().__init__()
         self.routing_method = RenormalizeRouting(top_k)
         self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden, inter
         self.intermediate_size_per_partition = inter
         self.layer_idx, self.ep_size, self.ep_rank, self.tp_size, self.use_dp = layer_idx, ep_size, ep_rank, 1, use_dp
-        self.expert_size_per_partition = n = num_experts // ep_size
-        self.initial_local_expert_ids = list(range(ep_rank * n, (ep_rank + 1) * n))
+        # main splits experts ceil/floor where ep_size does not divide them (the first ranks get one more)
+        base, extra = divmod(num_experts, ep_size)
+        start = ep_rank * base + min(ep_rank, extra)
+        self.expert_size_per_partition = n = base + (ep_rank < extra)
+        self.initial_local_expert_ids = list(range(start, start + n))
         self.layer_load_balancer, self.bias, self.swiglu_alpha = None, False, None
+        self.activation_type, self.swiglu_limit_scalar = activation_type, swiglu_limit_scalar
         self.dtype = dtype
 
-    def forward(self, x, router_logits, *, do_finalize=True, output_dtype=None, all_rank_num_tokens=None,
-                use_dp_padding=None):
+    # main's MoE.forward: everything after router_logits positional-or-keyword
+    def forward(self, x, router_logits, do_finalize=True, output_dtype=None, all_rank_num_tokens=None,
+                use_dp_padding=None, lora_params=None, input_ids=None, **kwargs):
         raise RuntimeError("TensorRT-LLM's own MoE path ran: the adapter did not take this layer")
 
 
@@ -69,12 +90,31 @@ class CutlassFusedMoE(_FusedMoE):
         self.w2_weight.data.copy_(full["w2"][ids].to(self.dtype))
 
 
-class DeepGemmFusedMoE(CutlassFusedMoE):
-    """FP8 block scales: w3_w1_weight_scaling_factor [n, 2I/128, H/128] (w3 first), w2 [n, H/128, I/128]."""
+class DeepSeekFP8BlockScalesFusedMoEMethod:
+    """Hopper: 128x128 fp32 block scales as loaded."""
 
-    def __init__(self, **kw):
+
+class DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm(DeepSeekFP8BlockScalesFusedMoEMethod):
+    """Blackwell (selected by CUTLASS too): scales resmoothed to UE8M0, four exponents packed per int32."""
+
+
+class DeepGemmFusedMoE(CutlassFusedMoE):
+    """FP8 block scales: w3_w1_weight_scaling_factor [n, 2I/128, H/128] (w3 first), w2 [n, H/128, I/128].
+    blackwell=True: the scales as DeepGEMM's Blackwell method leaves them, int32 [n, rows, ceil(cols/512)]
+    (one UE8M0 exponent per 128 columns, per weight row, four per int32)."""
+
+    def __init__(self, blackwell=False, **kw):
         super().__init__(dtype=torch.float8_e4m3fn, **kw)
         n, h, i = self.expert_size_per_partition, self.hidden_size // 128, self.intermediate_size // 128
+        self.quant_method = (DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm if blackwell
+                             else DeepSeekFP8BlockScalesFusedMoEMethod)()
+        if blackwell:
+            hh, ii = self.hidden_size, self.intermediate_size
+            self.w3_w1_weight_scaling_factor = nn.Parameter(torch.zeros(n, 2 * ii, -(-h // 4), dtype=torch.int32),
+                                                            requires_grad=False)
+            self.w2_weight_scaling_factor = nn.Parameter(torch.zeros(n, hh, -(-i // 4), dtype=torch.int32),
+                                                         requires_grad=False)
+            return
         self.w3_w1_weight_scaling_factor = nn.Parameter(torch.empty(n, 2 * i, h), requires_grad=False)
         self.w2_weight_scaling_factor = nn.Parameter(torch.empty(n, h, i), requires_grad=False)
 
@@ -88,10 +128,20 @@ class DeepGemmFusedMoE(CutlassFusedMoE):
 
 
 class TritonFusedMoE(_FusedMoE):
-    """w3_w1_weight [n, H, 2I], columns gate, up, gate, up...; w2_weight [n, I, H] (fused_moe_triton.py)."""
+    """w3_w1_weight [n, H, 2I], columns gate, up, gate, up...; w2_weight [n, I, H] (fused_moe_triton.py).
 
-    def __init__(self, **kw):
+    version "1.2" asserts what 1.2's __init__ asserts (no attention DP, no expert parallelism); "main"
+    raises as main does off Hopper (sm != 9) with ep_size > 1 and asserts Renormalize routing."""
+
+    def __init__(self, version="main", sm=9, **kw):
         super().__init__(**kw)
+        assert isinstance(self.routing_method, RenormalizeRouting), \
+            "routing_method must be an instance of RenormalizeMoeRoutingMethod for TritonFusedMoE"
+        if version == "1.2":
+            assert not self.use_dp, "AttentionDP is not supported in TritonFusedMoE."
+            assert self.ep_size == 1, " TritonFusedMoE does not support expert parallelism (ep_size > 1)."
+        elif sm != 9 and self.ep_size > 1:
+            raise NotImplementedError("TritonFusedMoE is only supported on Hopper with EP size > 1.")
         n, h, i = self.expert_size_per_partition, self.hidden_size, self.intermediate_size
         self.w3_w1_weight = nn.Parameter(torch.empty(n, h, 2 * i, dtype=self.dtype), requires_grad=False)
         self.w2_weight = nn.Parameter(torch.empty(n, i, h, dtype=self.dtype), requires_grad=False)
@@ -168,7 +218,8 @@ def reference_forward(x, blocks, fulls):
 
 
 class Engine:
-    """PyTorchModelEngine stand-in: holds .model; forward runs one step."""
+    """PyTorchModelEngine stand-in: holds .model; forward runs one step. warmup() runs the model the way
+    main's DecoderRunner._forward_warmup does: the model's forward, not engine.forward."""
 
     def __init__(self, model):
         self.model = model
@@ -176,13 +227,79 @@ class Engine:
     def forward(self, x):
         return self.model(x)
 
+    def warmup(self, x):
+        return self.model(x)
+
+
+class CausalLM(nn.Module):
+    """DecoderModelForCausalLM stand-in: the decoder at .model (what TensorRT-LLM compiles), the Hugging
+    Face config at .model_config.pretrained_config and .config."""
+
+    def __init__(self, decoder, pretrained_config=None):
+        super().__init__()
+        self.model = decoder
+        self.config = pretrained_config if pretrained_config is not None else decoder.config
+        self.model_config = SimpleNamespace(pretrained_config=self.config)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class PyExecutor:
+    """PyExecutor._forward_step as 1.2 and main have it: an exception is handed to _handle_errors, which
+    fails the step's requests, and the executor serves the next step."""
+
+    def __init__(self, engine):
+        self.engine, self.errors = engine, []
+
+    def _handle_errors(self, error):
+        self.errors.append(error)
+
+    def _forward_step(self, x):
+        try:
+            return self.engine.forward(x)
+        except Exception as e:  # noqa: BLE001 - what the executor does
+            self._handle_errors(e)
+            return None
+
 
 FAKE_FILES = {
     "tensorrt_llm/__init__.py": '__version__ = "0.0.0+fake"\n',
     "tensorrt_llm/_utils.py": """
+        _comm = None
+
+
         def mpi_comm():
+            # an Intracomm subclass, as set_mpi_comm installs one in the disaggregated worker
+            global _comm
             from mpi4py import MPI
-            return MPI.COMM_WORLD
+
+            class Comm(MPI.Intracomm):
+                pass
+
+            if _comm is None:
+                _comm = Comm(MPI.COMM_WORLD)
+            return _comm
+    """,
+    "tensorrt_llm/llmapi/mpi_session.py": """
+        import sys
+
+        STARTED = []
+
+
+        class MPIPoolExecutor:  # records what mpi4py.futures.MPIPoolExecutor would be given
+            def __init__(self, max_workers=None, **kwargs):
+                STARTED.append(dict(kwargs, max_workers=max_workers))
+
+
+        class MpiPoolSession:
+            def __init__(self, n_workers):
+                self.n_workers, self.mpi_pool = n_workers, None
+                self._start_mpi_pool()
+
+            def _start_mpi_pool(self):
+                assert not self.mpi_pool, 'MPI session already started'
+                self.mpi_pool = MPIPoolExecutor(max_workers=self.n_workers, path=sys.path)
     """,
     "tensorrt_llm/llmapi/__init__.py": "",
     "tensorrt_llm/llmapi/llm_args.py": """
@@ -198,10 +315,17 @@ FAKE_FILES = {
     "tensorrt_llm/_torch/__init__.py": "",
     "tensorrt_llm/_torch/pyexecutor/__init__.py": "",
     "tensorrt_llm/_torch/pyexecutor/model_engine.py": """
+        import torch
+
+
         class PyTorchModelEngine:
-            def __init__(self, *, model_path=None, llm_args=None, model=None, is_draft_model=False):
+            def __init__(self, *, model_path=None, llm_args=None, model=None, is_draft_model=False,
+                         torch_compile=False):
                 self.model, self.model_path, self.llm_args = model, model_path, llm_args
                 self.is_draft_model = is_draft_model
+                self._torch_compile_enabled = torch_compile
+                if torch_compile:  # as TensorRT-LLM does inside __init__, before anyone attaches
+                    self.model.model = torch.compile(self.model.model, backend="eager")
 
             def forward(self, x):
                 return self.model(x)
@@ -217,3 +341,20 @@ def write_fake_package(root):
         with open(path, "w") as f:
             f.write(textwrap.dedent(text))
     return root
+
+
+class TwoRankView:
+    """Rank `rank` of a two-rank communicator whose ranks loaded TensorRT-LLM's even split of 8 experts;
+    enough for the checks attach() makes before its first real collective."""
+
+    def __init__(self, rank, loaded=((0, 1, 2, 3), (4, 5, 6, 7))):
+        self.rank, self.loaded = rank, loaded
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return len(self.loaded)
+
+    def allgather(self, _mine):
+        return list(self.loaded)

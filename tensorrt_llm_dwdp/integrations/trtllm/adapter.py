@@ -9,11 +9,20 @@ experts for its own tokens, pulling the others' from its peers; the MoE all-to-a
 TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
     wrapped; after it returns the model is attached, collectively over the instance's ranks.
-  * engine.forward: PyExecutor._forward_step and the warm-up call self.model_engine.forward; set
-    per instance to bracket each step with begin_step / end_step.
-  * MoE module forward(x, router_logits, *, do_finalize, output_dtype, all_rank_num_tokens,
-    use_dp_padding, ...): replaced per instance; routing_method.apply(router_logits) ->
-    (token_selected_experts int32 [T, K], token_final_scales fp32 [T, K]).
+  * engine.forward: PyExecutor._forward_step calls self.model_engine.forward and, on an exception,
+    calls _handle_errors and serves the next step; set per instance to bracket each step with
+    begin_step / end_step, and to close a failed step before the exception leaves it. A model forward
+    outside engine.forward (main: DecoderRunner._forward_warmup; autotuner passes) is a step opened by
+    the first MoE layer and closed by the last, or by the failing one.
+  * MoE module forward(x, router_logits, do_finalize, output_dtype, ... , lora_params, input_ids):
+    positional-or-keyword, read through the module's own signature; replaced per instance;
+    routing_method.apply(router_logits) -> (token_selected_experts int32 [T, K], token_final_scales
+    fp32 [T, K]).
+  * engine._torch_compile_enabled and torch.compile's OptimizedModule in the model: TensorRT-LLM
+    compiles `model.model` inside __init__, before attach; such a model is refused.
+  * llmapi.mpi_session.MPIPoolExecutor (as MpiPoolSession._start_mpi_pool calls it, 1.2 and main):
+    wrapped to pass TRTLLM_DWDP / TRTLLM_DWDP_OPTIONS to the spawned workers, which the pool does not
+    do by itself.
   * llmapi.llm_args / llm_utils.update_llm_args_with_extra_dict(llm_args, extra, ...): wrapped to
     drop the `dwdp` key before LlmArgs (extra="forbid") sees it.
   * _utils.mpi_comm(): the instance's communicator (set_mpi_comm in the disaggregated worker).
@@ -24,8 +33,12 @@ from __future__ import annotations
 
 import atexit
 import functools
+import inspect
+import os
 import sys
-from typing import Callable, List, Optional
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -33,26 +46,56 @@ from ...config import DwdpConfigError
 from ...hooks import DwdpHooks, MoeShape
 from ...moe import expert_compute
 from ...placement import placement_from_config
+from . import predict
 from .activate import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
-from .layouts import module_weight_loader, restore_module_tensor, split_to_module, stage_to_host
-from .options import SECTION, TrtllmDwdpOptions
+from .layouts import StagedTensor, module_weight_loader, restore_module_tensor, split_to_module, stage_to_host
+from .options import ENV_FILE, ENV_INLINE, SECTION, TrtllmDwdpOptions
 
 UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
                  "Enable exactly one: `dwdp_config` for that case; the `dwdp:` section (tensorrt_llm_dwdp) for BF16 "
-                 "or FP8 block-scaled experts on the CUTLASS, DEEPGEMM or TRITON backends, Hopper or Blackwell")
+                 "experts on the CUTLASS or DEEPGEMM backends (TRITON on Hopper, main only), or FP8 block-scaled "
+                 "experts on Hopper")
+# LlmArgs' own default of max_num_tokens, for an engine that does not say.
+DEFAULT_MAX_NUM_TOKENS = 8192
 
 
+class StepState(Enum):
+    IDLE = "idle"
+    ENGINE = "engine"  # inside engine.forward
+    IMPLICIT = "implicit"  # a model forward outside engine.forward, opened by its first MoE layer
+
+
+@dataclass
+class _Step:
+    """Where this rank is in the hooks' step protocol."""
+
+    state: StepState = StepState.IDLE
+    next: int = 0  # ordinal of the MoE layer that runs next
+    holding: Optional[int] = None  # layer index whose weights were taken and not yet released
+
+
+@dataclass(frozen=True)
+class _Staged:
+    layer: MoeLayer
+    tensor: StagedTensor
+
+
+@dataclass
+class _Attached:
+    hooks: DwdpHooks
+    layers: List[MoeLayer]
+    engine: Any
+    staged: List[_Staged]
+    step: _Step = field(default_factory=_Step)
+
+
+@dataclass
 class _State:
-    def __init__(self):
-        self.options: Optional[TrtllmDwdpOptions] = None
-        self.hooks: Optional[DwdpHooks] = None
-        self.layers: List[MoeLayer] = []
-        self.engine = None
-        self.freed: List[tuple] = []
-        self.undo: List[Callable[[], None]] = []
-        self.exit_registered = False
-        self.step: Optional[str] = None  # "engine": inside engine.forward; "implicit": opened by a MoE layer
+    options: Optional[TrtllmDwdpOptions] = None
+    attached: Optional[_Attached] = None
+    undo: List[Callable[[], None]] = field(default_factory=list)
+    exit_registered: bool = False
 
 
 _state = _State()
@@ -71,6 +114,7 @@ def install(options: TrtllmDwdpOptions) -> None:
                                                  f"{getattr(m, '__version__', '?')} (options: {options.source})"))
     for name in ("tensorrt_llm.llmapi.llm_args", "tensorrt_llm.llmapi.llm_utils"):
         when_imported(name, _strip_dwdp_key)
+    when_imported("tensorrt_llm.llmapi.mpi_session", _pass_env_to_workers)
     when_imported("tensorrt_llm._torch.pyexecutor.model_engine", _patch_engine)
     if not _state.exit_registered:
         _state.exit_registered = True
@@ -104,11 +148,31 @@ def _strip_dwdp_key(module) -> None:
     _set(module, "update_llm_args_with_extra_dict", update)
 
 
+def _pass_env_to_workers(module) -> None:
+    """MpiPoolSession spawns its workers (MPI_Comm_spawn) without this process's environment, so
+    their .pth hook would not see the DWDP variables, and the launcher has already taken the
+    `dwdp:` key out of the options file: hand the variables to the pool."""
+    pool = getattr(module, "MPIPoolExecutor", None)
+    if pool is None:
+        _log("warning: this TensorRT-LLM's mpi_session has no MPIPoolExecutor; spawned workers may not get DWDP")
+        return
+
+    @functools.wraps(pool)
+    def executor(*args, **kwargs):
+        env = dict(kwargs.pop("env", None) or {})
+        for var in (ENV_FILE, ENV_INLINE):
+            if var in os.environ:
+                env.setdefault(var, os.environ[var])
+        return pool(*args, env=env, **kwargs)
+
+    _set(module, "MPIPoolExecutor", executor)
+
+
 def _patch_engine(module) -> None:
     cls = getattr(module, "PyTorchModelEngine", None)
     if cls is None:
-        _log("warning: this TensorRT-LLM has no PyTorchModelEngine; DWDP is not attached")
-        return
+        raise DwdpConfigError(SECTION, "enabled", "this TensorRT-LLM has no PyTorchModelEngine to attach DWDP to",
+                              "use TensorRT-LLM 1.2.x or main with the PyTorch backend, or remove the dwdp: section")
     init = cls.__init__
 
     @functools.wraps(init)
@@ -119,79 +183,109 @@ def _patch_engine(module) -> None:
     _set(cls, "__init__", __init__)
 
 
+def _compiled(engine) -> bool:
+    return bool(getattr(engine, "_torch_compile_enabled", False)) or any(
+        type(m).__name__ == "OptimizedModule" for m in engine.model.modules())
+
+
 def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_module_weights: bool = True):
     """Move a loaded model's MoE layers onto DWDP. Collective over the instance's ranks (comm,
-    default tensorrt_llm._utils.mpi_comm()). Returns the hooks, or None where DWDP stays off."""
-    if getattr(engine, "is_draft_model", False) or _state.hooks is not None:
+    default tensorrt_llm._utils.mpi_comm()). Returns the hooks, or None where DWDP stays off (said
+    on stderr)."""
+    if getattr(engine, "is_draft_model", False):
+        _log("draft model: its MoE layers keep TensorRT-LLM's path")
+        return None
+    if _state.attached is not None:
+        _log("warning: DWDP is already attached to a model in this process; this one keeps TensorRT-LLM's path")
         return None
     model = engine.model
     limit = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     layers = [describe(*t) for t in find_moe_layers(model, limit)]
     if not layers:
         routed = [m for m in model.modules() if hasattr(m, "routing_method")
-                  and isinstance(getattr(m, "layer_idx", None), int) and (limit is None or m.layer_idx < limit)]
+                  and (limit is None or not isinstance(getattr(m, "layer_idx", None), int) or m.layer_idx < limit)]
+        if any(getattr(m, "layer_idx", None) is None for m in routed):
+            raise DwdpConfigError("model", type(routed[0]).__name__, "its MoE modules have no layer_idx, which DWDP "
+                                  "needs to order its pulls", "serve this model without DWDP")
         if routed:  # MoE layers whose experts are not where this adapter reads them
             raise DwdpConfigError("moe_config.backend", type(routed[0]).__name__, "its experts are not in a "
-                                  "w3_w1_weight tensor DWDP reads", "use CUTLASS, DEEPGEMM (Hopper) or TRITON")
+                                  "w3_w1_weight tensor DWDP reads", "use CUTLASS or DEEPGEMM")
+        _log("warning: no MoE layers in this model; DWDP is off")
         return None
+    if _compiled(engine):
+        raise DwdpConfigError("torch_compile_config", "enabled", "TensorRT-LLM compiled the model before DWDP "
+                              "attached, so Dynamo would trace DWDP's MoE layers and hooks",
+                              "set torch_compile_config: null on DWDP servers (trtllm-dwdp launch does)")
     first = layers[0]
     m = first.module
-    kinds = {(x.layout, x.weight_dtype, x.module.num_experts, tuple(x.holder.w3_w1_weight.shape)) for x in layers}
+    kinds = {(x.layout, x.weight_dtype, x.module.num_experts, tuple(x.holder.w3_w1_weight.shape), x.local_ids)
+             for x in layers}
     if len(kinds) > 1:
-        raise DwdpConfigError("model", "mixed MoE layers", f"layers differ in backend, dtype or shape: {kinds}",
-                              "serve this model without DWDP")
+        raise DwdpConfigError("model", "mixed MoE layers", f"layers differ in backend, dtype, shape or expert "
+                              f"partition: {sorted(str(k[:4]) for k in kinds)}", "serve this model without DWDP")
     ep_size, ep_rank = getattr(m, "ep_size", 1), getattr(m, "ep_rank", 0)
     config = options.config(num_experts=m.num_experts, group_size=ep_size, weight_dtype=first.weight_dtype)
     if config.group_size != ep_size:
         raise DwdpConfigError("dwdp.group_size", config.group_size, f"TensorRT-LLM spreads the experts over "
                               f"moe_expert_parallel_size={ep_size} ranks", f"set group_size: {ep_size} or leave it out")
-    per_rank = len(first.local_ids)
-    placement = placement_from_config(config)
-    for r, owned in enumerate(placement.ranks):
-        if not set(owned) <= set(range(r * per_rank, (r + 1) * per_rank)):
-            raise DwdpConfigError("dwdp.placement", options.fields.get("placement", "derived"), f"rank {r} would "
-                                  f"own experts TensorRT-LLM loads on other ranks ({list(owned)[:6]}...)",
-                                  "leave placement and experts_per_rank out")
-    if not _wanted(engine, options, config, first.weight_dtype):
-        return None
     comm = comm if comm is not None else _trtllm_comm()
     if comm.Get_rank() % config.group_size != ep_rank:
         raise DwdpConfigError("dwdp.group_size", config.group_size, f"communicator rank {comm.Get_rank()} is not "
                               f"expert-parallel rank {ep_rank}", "run one DWDP group per TensorRT-LLM instance")
+    config = _placement_as_loaded(config, options, comm, first.local_ids)
+    if not _wanted(engine, options, config, first.weight_dtype):
+        return None
     inter = getattr(m, "intermediate_size_per_partition", m.intermediate_size)
     shape = MoeShape(len(layers), m.hidden_size, inter, m.num_experts, tuple(x.layer_idx for x in layers))
     loader = module_weight_loader([x.holder for x in layers], first.layout, [x.local_ids for x in layers])
     device = device if device is not None else first.holder.w3_w1_weight.device
     # NOTE: the shard is allocated whole before it is filled; staging the module's copy in host memory
     # first keeps the device from holding the local experts twice.
-    staged = [(x, *rec) for x in layers for rec in stage_to_host(x.holder)] if free_module_weights else []
+    staged = [_Staged(x, t) for x in layers for t in stage_to_host(x.holder)] if free_module_weights else []
     try:
         hooks = DwdpHooks.setup(config, shape, loader, comm=comm, device=device)
     except BaseException:
-        for _, _, p, _, _, dev in staged:
-            p.data = p.data.to(dev)
+        for rec in staged:
+            rec.tensor.back_to_device()
         raise
     for rec in staged:
-        rec[2].data = rec[2].data.new_empty(0)
-    _state.hooks, _state.layers, _state.engine, _state.freed = hooks, layers, engine, staged
+        rec.tensor.drop()
+    _state.attached = _Attached(hooks, layers, engine, staged)
     for layer in layers:
-        layer.module.forward = functools.partial(_moe_forward, layer.module, hooks)
-    engine.forward = _bracket(engine.forward, hooks)
+        orig = layer.module.forward
+        layer.module.forward = functools.partial(_moe_forward, layer.module, inspect.signature(orig))
+    engine.forward = _bracket(engine.forward)
     _log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
-         f"{hooks.local_experts[0]}..{hooks.local_experts[-1]}, {first.weight_dtype}, {first.layout} layout")
+         f"{hooks.local_experts[0]}..{hooks.local_experts[-1]}, {first.weight_dtype}, {first.layout.value} layout")
     return hooks
+
+
+def _placement_as_loaded(config, options: TrtllmDwdpOptions, comm, local_ids) -> Any:
+    """DWDP's placement is the partition TensorRT-LLM loaded (even or not: 1.2 splits evenly, main
+    also ceil/floor); a placement the user gave must keep every rank within what it loaded."""
+    config.resolved_num_groups(comm.Get_size())  # raises before the collective below, which needs whole groups
+    g = config.group_size
+    first = comm.Get_rank() // g * g
+    loaded = [tuple(ids) for ids in comm.allgather(tuple(local_ids))][first: first + g]
+    if "placement" not in options.fields and "experts_per_rank" not in options.fields:
+        return replace(config, placement=tuple(loaded))
+    for r, owned in enumerate(placement_from_config(config).ranks):
+        if not set(owned) <= set(loaded[r]):
+            raise DwdpConfigError("dwdp.placement", options.fields.get("placement", "derived"), f"rank {r} would "
+                                  f"own experts TensorRT-LLM loads on other ranks ({list(owned)[:6]}...)",
+                                  "leave placement and experts_per_rank out")
+    return config
 
 
 def _wanted(engine, options: TrtllmDwdpOptions, config, weight_dtype: str) -> bool:
     """mode auto: the performance model decides; mode dwdp: on, with its warning if it cannot pay."""
     try:
-        from ...runtime.auto import choose
-        from ...runtime.checkpoint import config_from_hf
         args = getattr(engine, "llm_args", None)
-        path = str(getattr(engine, "model_path", None) or getattr(args, "model", ""))
-        tokens = int(getattr(engine, "max_num_tokens", None) or getattr(args, "max_num_tokens", None) or 8192)
-        d = choose(config_from_hf(path), config.group_size, options.isl or str(tokens), tokens, options.mode,
-                   options.machine, "fp8" if weight_dtype.startswith("float8") else "bf16")
+        tokens = int(getattr(engine, "max_num_tokens", None) or getattr(args, "max_num_tokens", None)
+                     or DEFAULT_MAX_NUM_TOKENS)
+        model = predict.sim_model(predict.pretrained_config(engine.model))
+        work = predict.Workload(config.group_size, options.isl or str(tokens), tokens)
+        d = predict.predict(model, work, options.mode, options.machine, weight_dtype.startswith("float8"))
     except Exception as e:  # noqa: BLE001 - no prediction must not stop a deployment asking for DWDP
         _log(f"no performance prediction ({type(e).__name__}: {e})" +
              ("; mode auto leaves DWDP off" if options.mode == "auto" else ""))
@@ -213,66 +307,165 @@ def _trtllm_comm():
         return MPI.COMM_WORLD
 
 
-def _moe_forward(module, hooks: DwdpHooks, x, router_logits, *args, do_finalize: bool = True, output_dtype=None,
-                 **kwargs):
+# ---- the step protocol, kept whole when a step fails --------------------------------------------
+
+def _open(state: StepState) -> None:
+    a = _state.attached
+    if a.step.state is not StepState.IDLE:
+        _log(f"closing a step left open by a failure ({a.step.state.value}, {a.step.next} of {len(a.layers)} "
+             "MoE layers ran)")
+        _abort()
+    a.hooks.begin_step()
+    a.step = _Step(state)
+
+
+def _close() -> None:
+    a = _state.attached
+    ran, total = a.step.next, len(a.layers)
+    if ran == total:
+        try:
+            a.hooks.end_step()
+        finally:
+            a.step = _Step()
+        return
+    _abort()  # the pulls land and the slots are free again either way
+    if ran:  # none ran: nothing was read (a forward without MoE work); some ran: the host skipped layers
+        raise RuntimeError(f"the model forward ran {ran} of {total} DWDP MoE layers; DWDP needs every MoE layer "
+                           "of the model in each forward, in order")
+
+
+def _abort() -> None:
+    """Close the open step: release the layer in hand, take and release the layers that did not run
+    (waiting for their pulls, so every slot is free again), end the step."""
+    a = _state.attached
+    step, a.step = a.step, _Step()
+    hooks = a.hooks
+    if step.holding is not None:
+        hooks.layer_done(step.holding)
+        step.next += 1
+    for layer in a.layers[step.next:]:
+        hooks.layer_weights(layer.layer_idx)
+        hooks.layer_done(layer.layer_idx)
+    hooks.end_step()
+
+
+def _abort_after(error: BaseException) -> None:
+    try:
+        _abort()
+    except Exception as e:  # noqa: BLE001 - the step's own error is the one to report
+        _log(f"could not close the failed step ({type(e).__name__}: {e}); DWDP steps may fail from here "
+             f"(the step failed with {type(error).__name__}: {error})")
+
+
+def _bracket(forward):
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        _open(StepState.ENGINE)
+        try:
+            out = forward(*args, **kwargs)
+        except BaseException as e:
+            _abort_after(e)
+            raise
+        _close()
+        return out
+    return run
+
+
+@dataclass(frozen=True)
+class _MoeCall:
+    """A MoE forward's arguments by name, however TensorRT-LLM passed them."""
+
+    x: Any
+    router_logits: torch.Tensor
+    do_finalize: bool
+    output_dtype: Optional[torch.dtype]
+    lora_params: Any
+
+    @classmethod
+    def bind(cls, sig: inspect.Signature, args, kwargs) -> "_MoeCall":
+        bound = sig.bind(*args, **kwargs)
+        named: Dict[str, Any] = {}
+        for name, value in bound.arguments.items():
+            kind = sig.parameters[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                named.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                if value:
+                    raise RuntimeError(f"DWDP MoE layer: {len(value)} positional arguments past router_logits that "
+                                       "this TensorRT-LLM's MoE forward does not name; pass them by keyword")
+            else:
+                named[name] = value
+        return cls(named["x"], named["router_logits"], named.get("do_finalize", True), named.get("output_dtype"),
+                   named.get("lora_params"))
+
+
+def _moe_forward(module, sig: inspect.Signature, *args, **kwargs):
     """The MoE layer through DWDP: route, wait for this layer's pull, experts in place, release."""
-    if not do_finalize:
+    call = _MoeCall.bind(sig, args, kwargs)
+    x = call.x
+    if not call.do_finalize:
         raise RuntimeError("DWDP MoE layers always finalize; do_finalize=False (TRTLLM-Gen fusion) is unsupported")
+    if call.lora_params is not None:
+        raise RuntimeError("DWDP MoE layers do not apply LoRA to routed experts; serve LoRA without DWDP")
     if not torch.is_tensor(x):
         raise RuntimeError(f"DWDP MoE layers take unquantized activations, got {type(x).__name__}")
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         raise DwdpConfigError("cuda_graph_config", "enabled", "DWDP MoE layers wait on prefetch events and are "
                               "not captured in CUDA graphs", "set cuda_graph_config: null on DWDP servers")
-    if _state.step is None:  # a model forward outside engine.forward (a warm-up or autotuner pass): a step of its own
-        hooks.begin_step()
-        _state.step = "implicit"
-    ids, scales = module.routing_method.apply(router_logits)
-    weights = hooks.layer_weights(module.layer_idx)
-    y = expert_compute(x, ids.long(), scales, weights)
-    hooks.layer_done(module.layer_idx)
-    if _state.step == "implicit" and module.layer_idx == _state.layers[-1].layer_idx:
-        hooks.end_step()
-        _state.step = None
-    return y if output_dtype is None else y.to(output_dtype)
+    a = _state.attached
+    if a.step.state is StepState.IDLE or (a.step.state is StepState.IMPLICIT and module.layer_idx == a.layers[0].layer_idx):
+        _open(StepState.IMPLICIT)  # a forward outside engine.forward (warm-up, autotuner): a step of its own
+    step, hooks = a.step, a.hooks
+    try:
+        ids, scales = module.routing_method.apply(call.router_logits)
+        weights = hooks.layer_weights(module.layer_idx)
+        step.holding = module.layer_idx
+        y = expert_compute(x, ids.long(), scales, weights)
+        hooks.layer_done(module.layer_idx)
+        step.holding, step.next = None, step.next + 1
+    except BaseException as e:
+        if step.state is StepState.IMPLICIT:  # nobody above closes it
+            _abort_after(e)
+        raise
+    if step.state is StepState.IMPLICIT and step.next == len(a.layers):
+        _close()
+    return y if call.output_dtype is None else y.to(call.output_dtype)
 
 
-def _bracket(forward, hooks: DwdpHooks):
-    @functools.wraps(forward)
-    def run(*args, **kwargs):
-        hooks.begin_step()
-        _state.step = "engine"
-        out = forward(*args, **kwargs)
-        hooks.end_step()
-        _state.step = None
-        return out
-    return run
-
-
-def _restore_freed(hooks: DwdpHooks) -> None:
+def _restore_freed(a: _Attached) -> None:
     """Copy each module's experts back from the shard, in TensorRT-LLM's layout and strides."""
+    hooks = a.hooks
     hooks.begin_step()
-    for layer in _state.layers:
+    for layer in a.layers:
         back = split_to_module(hooks.layer_weights(layer.layer_idx), layer.layout, layer.local_ids)
-        for rec in (r for r in _state.freed if r[0] is layer):
-            restore_module_tensor(rec[1:], back)
+        for rec in (r for r in a.staged if r.layer is layer):
+            restore_module_tensor(rec.tensor, back)
         hooks.layer_done(layer.layer_idx)
     hooks.end_step()
 
 
 def detach() -> None:
     """Give the attached model its weights and TensorRT-LLM's forward back; close the hooks (collective)."""
-    hooks, _state.hooks = _state.hooks, None
-    if hooks is None:
+    a, _state.attached = _state.attached, None
+    if a is None:
         return
     try:
-        if _state.freed:
-            _restore_freed(hooks)
-        for layer in _state.layers:
+        if a.step.state is not StepState.IDLE:
+            _state.attached = a
+            _abort_after(RuntimeError("detached inside a step"))
+            _state.attached = None
+        if a.staged:
+            _restore_freed(a)
+        for layer in a.layers:
             vars(layer.module).pop("forward", None)
-        vars(_state.engine).pop("forward", None)
+        vars(a.engine).pop("forward", None)
     finally:
-        _state.layers, _state.freed, _state.engine, _state.step = [], [], None, None
-        hooks.close()
+        a.hooks.close()
+
+
+def current_hooks() -> Optional[DwdpHooks]:
+    """The hooks of the model attached in this process, if any."""
+    return _state.attached.hooks if _state.attached is not None else None
 
 
 def uninstall() -> None:
@@ -285,8 +478,8 @@ def uninstall() -> None:
 
 
 def _close_at_exit() -> None:
-    hooks, _state.hooks = _state.hooks, None
+    a, _state.attached = _state.attached, None
     try:
-        hooks is not None and hooks.close(timeout_s=60.0)
+        a is not None and a.hooks.close(timeout_s=60.0)
     except Exception as e:  # noqa: BLE001 - exiting anyway
         _log(f"closing DWDP at exit: {type(e).__name__}: {e}")

@@ -4,8 +4,10 @@ DWDP can serve them (a DwdpConfigError naming the option to change where it cann
 TensorRT-LLM attributes read (MoE interface and ConfigurableMoE, 1.2 line and main): layer_idx,
 routing_method, num_experts, hidden_size, intermediate_size(_per_partition), ep_size, ep_rank,
 tp_size, use_dp, initial_local_expert_ids, layer_load_balancer, apply_router_weight_on_input,
-bias, swiglu_alpha/beta/limit, enable_dwdp (main: upstream's own DWDP), and ConfigurableMoE.backend,
-the module that holds the tensors named in layouts.py.
+bias, swiglu_alpha/beta/limit, activation_type (ActivationType; read by name, Swiglu only) and
+swiglu_limit_scalar (main: Gemma4 and gpt-oss), quant_method (its class name tells DeepGEMM's FP8
+method, which CUTLASS also selects on Blackwell), enable_dwdp (main: upstream's own DWDP), and
+ConfigurableMoE.backend, the module that holds the tensors named in layouts.py.
 """
 
 from __future__ import annotations
@@ -16,11 +18,16 @@ from typing import Any, List, Optional, Tuple
 import torch
 
 from ...config import DwdpConfigError
+from .layouts import Layout
 
 # Backend class -> the layout its tensors are in (layouts.py), None where DWDP cannot read them. The
 # holder's most specific class in this table decides: CuteDslFusedMoE subclasses CutlassFusedMoE at 1.2.
-BACKENDS = {"CutlassFusedMoE": "w3_w1", "DeepGemmFusedMoE": "w3_w1", "WideEPMoE": "w3_w1", "TritonFusedMoE": "triton",
-            "CuteDslFusedMoE": None, "TRTLLMGenFusedMoE": None, "DenseGEMMFusedMoE": None, "VanillaMoE": None}
+BACKENDS = {"CutlassFusedMoE": Layout.W3_W1, "DeepGemmFusedMoE": Layout.W3_W1, "WideEPMoE": Layout.W3_W1,
+            "TritonFusedMoE": Layout.TRITON, "CuteDslFusedMoE": None, "TRTLLMGenFusedMoE": None,
+            "DenseGEMMFusedMoE": None, "VanillaMoE": None}
+# FP8 block-scale methods whose scales are resmoothed to UE8M0 and packed for DeepGEMM's kernels.
+DEEPGEMM_FP8_METHODS = ("DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm",)
+SWIGLU = "Swiglu"
 _FLOAT_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
@@ -31,7 +38,7 @@ class MoeLayer:
     layer_idx: int
     module: Any
     holder: Any
-    layout: str
+    layout: Layout
     weight_dtype: str
     local_ids: Tuple[int, ...]
 
@@ -81,21 +88,35 @@ def describe(layer_idx: int, m, holder) -> MoeLayer:
             getattr(holder, a, None) is not None for a in ("swiglu_alpha", "swiglu_beta", "swiglu_limit")):
         raise DwdpConfigError("model", where, "expert biases, router weights on the input or a SwiGLU variant "
                               "are not in DWDP's expert math (plain SwiGLU)", "serve this model without DWDP")
+    for owner in (m, holder):
+        act = getattr(owner, "activation_type", None)
+        if act is not None and getattr(act, "name", None) != SWIGLU:
+            raise DwdpConfigError("model", where, f"its experts use activation {getattr(act, 'name', act)}; DWDP's "
+                                  "expert math is SwiGLU", "serve this model without DWDP")
+        if getattr(owner, "swiglu_limit_scalar", None) is not None:
+            raise DwdpConfigError("model", where, f"its SwiGLU is clamped (swiglu_limit_scalar="
+                                  f"{owner.swiglu_limit_scalar}); DWDP's expert math is plain SwiGLU",
+                                  "serve this model without DWDP")
     w = holder.w3_w1_weight
     n, hidden, inter = w.shape[0], m.hidden_size, getattr(m, "intermediate_size_per_partition", m.intermediate_size)
-    want = (2 * inter, hidden) if layout == "w3_w1" else (hidden, 2 * inter)
+    want = (2 * inter, hidden) if layout is Layout.W3_W1 else (hidden, 2 * inter)
     if tuple(w.shape[1:]) != want:
         raise DwdpConfigError("model", where, f"w3_w1_weight is {tuple(w.shape)}, expected [n, {want[0]}, {want[1]}]",
                               "check the model's hidden and intermediate sizes")
     scale = getattr(holder, "w3_w1_weight_scaling_factor", None)
     if w.dtype in _FLOAT_DTYPES and scale is None:
         dtype = _FLOAT_DTYPES[w.dtype]
-    elif w.dtype == torch.float8_e4m3fn and scale is not None and layout == "w3_w1":
+    elif w.dtype == torch.float8_e4m3fn and scale is not None and layout is Layout.W3_W1:
         blocks = (n, 2 * -(-inter // 128), -(-hidden // 128))
-        if tuple(scale.shape) != blocks or scale.dtype != torch.float32:
-            raise DwdpConfigError("moe_config.backend", type(holder).__name__, f"{where}: FP8 scales are "
-                                  f"{tuple(scale.shape)} {scale.dtype}, not 128x128 fp32 blocks {blocks} (DeepGEMM on "
-                                  "Blackwell resmooths and packs them)", "use moe_config.backend: CUTLASS")
+        method = type(getattr(holder, "quant_method", None)).__name__
+        if method in DEEPGEMM_FP8_METHODS or tuple(scale.shape) != blocks or scale.dtype != torch.float32:
+            # NOTE: on Blackwell TensorRT-LLM picks DeepGEMM's FP8 method in the CUTLASS backend too, so
+            # no backend choice keeps the 128x128 fp32 scales there.
+            raise DwdpConfigError("quant_config", "FP8 block scales", f"{where}: {method} holds the scales as "
+                                  f"{tuple(scale.shape)} {scale.dtype} (resmoothed to UE8M0 and packed for DeepGEMM, "
+                                  f"which every backend uses on Blackwell), not the 128x128 fp32 blocks {blocks} "
+                                  "DWDP serves", "on Blackwell serve BF16 experts, or NVFP4 with dwdp_config "
+                                  "(CUTEDSL); FP8 block-scaled experts are served on Hopper")
         dtype = "float8_e4m3fn"
     else:
         raise DwdpConfigError("quant_config", str(w.dtype), f"{where}: DWDP serves BF16/FP16 experts and FP8 "

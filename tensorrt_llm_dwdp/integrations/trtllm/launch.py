@@ -63,15 +63,39 @@ def _write_yaml(doc, tag: str) -> str:
     return path
 
 
-def _no_cuda_graphs(server: dict, where: str, notes: List[str]) -> dict:
-    """DWDP MoE layers are not captured in CUDA graphs: require cuda_graph_config: null."""
-    if "cuda_graph_config" not in server:
-        notes.append(f"{where}: added cuda_graph_config: null (DWDP MoE layers are not captured in CUDA graphs)")
-        return dict(server, cuda_graph_config=None)
-    if server["cuda_graph_config"] is not None:
-        raise DwdpConfigError("cuda_graph_config", server["cuda_graph_config"], f"{where} enables CUDA graphs, "
-                              "which DWDP MoE layers cannot be captured in", "set cuda_graph_config: null")
+# Options DWDP servers must have off: DWDP MoE layers wait on prefetch events (no CUDA graph capture),
+# and TensorRT-LLM compiles the model before DWDP attaches (Dynamo would trace its hooks).
+OFF_KEYS = {"cuda_graph_config": "DWDP MoE layers are not captured in CUDA graphs",
+            "torch_compile_config": "DWDP MoE layers are not traced by torch.compile"}
+
+
+def _serving_overrides(server: dict, where: str, notes: List[str]) -> dict:
+    """Require OFF_KEYS null in a DWDP server's options (added where absent)."""
+    for key, why in OFF_KEYS.items():
+        if key not in server:
+            notes.append(f"{where}: added {key}: null ({why})")
+            server = dict(server, **{key: None})
+        elif server[key] is not None:
+            raise DwdpConfigError(key, server[key], f"{where} enables it, but {why}", f"set {key}: null")
     return server
+
+
+def _move_to_generation(doc: dict, notes: List[str]) -> dict:
+    """TensorRT-LLM's disaggregated config refuses a key set both at the top level and under a server
+    ("specified both"); a top-level OFF_KEYS value moves to generation_servers, so context_servers can
+    set it null."""
+    gen = dict(doc.get("generation_servers") or {})
+    moved = [k for k in OFF_KEYS if doc.get(k) is not None]
+    for key in moved:
+        if key in gen:
+            raise DwdpConfigError(key, doc[key], "is set at the top level and under generation_servers",
+                                  f"keep one {key}, under generation_servers")
+        gen[key] = doc[key]
+        notes.append(f"moved the top-level {key} under generation_servers (context servers run DWDP)")
+    if not moved:
+        return doc
+    out = {k: v for k, v in doc.items() if k not in moved}
+    return dict(out, generation_servers=gen)
 
 
 def _disagg(argv: List[str], hit: Tuple[int, str], env: Dict[str, str], notes: List[str]) -> None:
@@ -90,9 +114,12 @@ def _disagg(argv: List[str], hit: Tuple[int, str], env: Dict[str, str], notes: L
         raise DwdpConfigError(SECTION, None, f"{path} has no dwdp: section under context_servers",
                               "add `dwdp: {}` (defaults) under context_servers")
     parse_section(section, f"{path} context_servers")
-    ctx = _no_cuda_graphs(ctx, "context_servers", notes)
+    doc = _move_to_generation(doc, notes)
+    ctx = _serving_overrides(ctx, "context_servers", notes)
     size = 1
-    for key in ("tensor_parallel_size", "pipeline_parallel_size", "context_parallel_size"):
+    # NOTE: 1.2's disaggregated worker sizes an instance as tensor x pipeline parallel; it does not
+    # count context_parallel_size.
+    for key in ("tensor_parallel_size", "pipeline_parallel_size"):
         size *= int(ctx.get(key, doc.get(key, 1)))
     ctx_ranks = int(ctx.get("num_instances", 1)) * size
     argv[index] = _swap(argv[index], path, _write_yaml(dict(doc, context_servers=ctx), "disagg"))
@@ -125,7 +152,7 @@ def prepare(command: Sequence[str], environ: Mapping[str, str]) -> Launch:
         rest, section, has = strip_section(doc)
         if has:
             parse_section(section, hit[1])
-            argv[hit[0]] = _swap(argv[hit[0]], hit[1], _write_yaml(_no_cuda_graphs(rest, hit[1], notes), "options"))
+            argv[hit[0]] = _swap(argv[hit[0]], hit[1], _write_yaml(_serving_overrides(rest, hit[1], notes), "options"))
             env[ENV_FILE] = os.path.abspath(hit[1])
         elif ENV_INLINE not in env and ENV_FILE not in env:
             where = hit[1] if hit else "the command (no --extra_llm_api_options / --config)"

@@ -29,18 +29,29 @@ Checkpoint tensors as TensorRT-LLM's MoE load_weights receives them (MoEWeightLo
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-LAYOUTS = ("w3_w1", "triton")
+
+class Layout(str, Enum):
+    """How a TensorRT-LLM MoE backend stores its experts (see the module docstring)."""
+
+    W3_W1 = "w3_w1"
+    TRITON = "triton"
+
+
 FP8_BLOCK = 128
 TRTLLM_NAMES = ("w3_w1_weight", "w2_weight", "w3_w1_weight_scaling_factor", "w2_weight_scaling_factor")
 
 
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: unknown. Fix: one of {', '.join(LAYOUTS)}")
+def _check_layout(layout: Union[str, Layout]) -> Layout:
+    try:
+        return Layout(layout)
+    except ValueError:
+        raise ValueError(f"layout {layout!r}: unknown. Fix: one of {', '.join(x.value for x in Layout)}") from None
 
 
 def _halves(t: torch.Tensor, dim: int):
@@ -52,8 +63,7 @@ def _halves(t: torch.Tensor, dim: int):
 def to_shard(layout: str, w3_w1: torch.Tensor, w2: torch.Tensor, w3_w1_scale: Optional[torch.Tensor] = None,
              w2_scale: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """TensorRT-LLM tensors of n experts -> {"w13", "w2"[, "w13_scale", "w2_scale"]} (new tensors)."""
-    _check_layout(layout)
-    if layout == "w3_w1":
+    if _check_layout(layout) is Layout.W3_W1:
         up, gate = _halves(w3_w1, 1)
         out = {"w13": torch.cat([gate, up], dim=1), "w2": w2.contiguous()}
     else:
@@ -73,10 +83,10 @@ def to_shard(layout: str, w3_w1: torch.Tensor, w2: torch.Tensor, w3_w1_scale: Op
 
 def from_shard(layout: str, shard: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Our {"w13", "w2"[, scales]} of n experts -> TensorRT-LLM's tensors (TRTLLM_NAMES keys)."""
-    _check_layout(layout)
+    layout = _check_layout(layout)
     w13, w2 = shard["w13"], shard["w2"]
     gate, up = _halves(w13, 1)
-    if layout == "w3_w1":
+    if layout is Layout.W3_W1:
         out = {"w3_w1_weight": torch.cat([up, gate], dim=1), "w2_weight": w2.contiguous()}
     else:
         n, i, h = gate.shape
@@ -138,13 +148,32 @@ def module_weight_loader(holders: Sequence, layout: str, local_ids: Sequence[Seq
     return load
 
 
-def stage_to_host(holder) -> list:
-    """Move a module's expert tensors to host memory in place; (name, param, shape, stride, device) each."""
+@dataclass(frozen=True)
+class StagedTensor:
+    """A module parameter moved to host memory, with what restoring it on its device needs."""
+
+    name: str
+    param: torch.nn.Parameter
+    shape: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    device: torch.device
+
+    def back_to_device(self) -> None:
+        """Undo the staging: the host copy back on the device (a failed setup)."""
+        self.param.data = self.param.data.to(self.device)
+
+    def drop(self) -> None:
+        """Free the host copy: the shard holds these experts now."""
+        self.param.data = self.param.data.new_empty(0)
+
+
+def stage_to_host(holder) -> List[StagedTensor]:
+    """Move a module's expert tensors to host memory in place."""
     recs = []
     for name in TRTLLM_NAMES:
         p = getattr(holder, name, None)
         if p is not None:
-            recs.append((name, p, tuple(p.shape), p.stride(), p.device))
+            recs.append(StagedTensor(name, p, tuple(p.shape), p.stride(), p.device))
             p.data = p.data.to("cpu")
     return recs
 
@@ -156,9 +185,8 @@ def split_to_module(weights, layout: str, expert_ids: Sequence[int]) -> Dict[str
     return from_shard(layout, {n: getattr(weights, n)[idx] for n in names})
 
 
-def restore_module_tensor(rec, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Give a staged parameter (a stage_to_host record) its values back, on its device, with its strides."""
-    name, p, shape, stride, device = rec
-    buf = torch.empty_strided(shape, stride, dtype=p.dtype, device=device)
-    buf.copy_(tensors[name])
-    p.data = buf
+def restore_module_tensor(rec: StagedTensor, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Give a staged parameter its values back, on its device, with its strides."""
+    buf = torch.empty_strided(rec.shape, rec.stride, dtype=rec.param.dtype, device=rec.device)
+    buf.copy_(tensors[rec.name])
+    rec.param.data = buf
