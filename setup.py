@@ -122,9 +122,12 @@ class BuildExtWithCuda(build_ext):
         ext.library_dirs = [str(pkg_dir), *ext.library_dirs]
         super().build_extension(ext)
         self.build_plugin(ext, nvcc, pkg_dir)
-        if self.inplace:  # NOTE: setuptools copies only the extension itself back to the source tree
-            for lib in pkg_dir.glob("libdwdp_*.so"):
-                shutil.copy2(lib, ROOT / "tensorrt_llm_dwdp" / lib.name)
+
+    def copy_extensions_to_source(self):
+        """In-place and editable builds: setuptools copies only `_C` back to the package; its libraries too."""
+        super().copy_extensions_to_source()
+        for lib in (Path(self.build_lib) / "tensorrt_llm_dwdp").glob("libdwdp_*.so"):
+            shutil.copy2(lib, ROOT / "tensorrt_llm_dwdp" / lib.name)
 
     def build_plugin(self, ext, nvcc, pkg_dir):
         if ext.trt_include is None:

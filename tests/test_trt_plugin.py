@@ -32,8 +32,12 @@ def _trt_include():
 
 
 def _cuda_home():
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env) and (Path(os.environ[env]) / "include" / "cuda_runtime_api.h").exists():
+            return Path(os.environ[env])
     nvcc = shutil.which("nvcc")
-    return Path(nvcc).resolve().parent.parent if nvcc else Path("/usr/local/cuda")
+    home = Path(nvcc).resolve().parent.parent if nvcc else None
+    return home if home and (home / "include" / "cuda_runtime_api.h").exists() else Path("/usr/local/cuda")
 
 
 @pytest.fixture(scope="module")
