@@ -22,6 +22,7 @@ import torch
 def main() -> int:
     from mpi4py import MPI
     from tensorrt_llm_dwdp.moe.exchange import AllToAllExchange, CommClock, ExchangeBackend, ExchangeUnavailable
+    from tensorrt_llm_dwdp.placement import even_placement
     from tensorrt_llm_dwdp.runtime.dep import init_torch_distributed, shutdown_torch_distributed
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -41,9 +42,14 @@ def main() -> int:
         torch.cuda.set_device(device)
     dtype = torch.bfloat16 if cuda else torch.float32
     stage = init_torch_distributed(comm, device)
-    per = args.experts // world
-    owner = torch.arange(args.experts) // per
-    local_index = torch.arange(args.experts) % per
+    placement = even_placement(args.experts, world)  # what DEP uses; uneven when experts do not divide
+    owner = torch.empty(args.experts, dtype=torch.long)
+    local_index = torch.empty(args.experts, dtype=torch.long)
+    for r, mine in enumerate(placement.ranks):
+        owner[list(mine)] = r
+        local_index[list(mine)] = torch.arange(len(mine))
+    num_local = [len(m) for m in placement.ranks]
+    per = num_local[rank]
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(args.tokens, args.hidden, generator=g).to(device, dtype)
     ids = torch.stack([torch.randperm(args.experts, generator=g)[:args.top_k] for _ in range(args.tokens)]).to(device)
@@ -53,7 +59,7 @@ def main() -> int:
     for name in names:
         clock = CommClock(device)
         try:
-            ex = AllToAllExchange(owner, local_index, [per] * world, args.tokens, ExchangeBackend(name), device, clock)
+            ex = AllToAllExchange(owner, local_index, num_local, args.tokens, ExchangeBackend(name), device, clock)
         except ExchangeUnavailable as e:
             out.append({"backend": name, "rank": rank, "unavailable": str(e)})
             continue

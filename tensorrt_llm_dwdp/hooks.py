@@ -169,6 +169,8 @@ class DwdpHooks:
                     backend.check_reachable(h, r)
                 owned.peers[r] = [backend.open(h) for h in exports[r].handles]
             _replicate(replicated, local, group)
+            if backend.device.type == "cuda":  # the loader's temporaries must not hold memory the slots need
+                torch.cuda.empty_cache()
             group.barrier(setup_timeout_s, "setup (handle exchange)")
             backend.exports_done()
             for p in owned.shard:

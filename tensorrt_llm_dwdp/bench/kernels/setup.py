@@ -62,10 +62,15 @@ def expert_loader(shape: str, dtype: str, seed: int = 0):
     def load(layer, experts):
         out = {}
         for name, shape, std in (("w13", (2 * inter, hidden), hidden ** -0.5), ("w2", (hidden, inter), inter ** -0.5)):
-            made = [one(layer, e, name, shape, std) for e in experts]  # one expert at a time: bounded temporaries
-            out[name] = torch.stack([w for w, _ in made])
+            out[name] = torch.empty(len(experts), *shape, device="cuda",
+                                    dtype=torch.float8_e4m3fn if fp8 else torch.bfloat16)
             if fp8:
-                out[name + "_scale"] = torch.stack([s for _, s in made])
+                out[name + "_scale"] = torch.empty(len(experts), shape[0] // 128, shape[1] // 128, device="cuda")
+            for i, e in enumerate(experts):  # one expert at a time: bounded temporaries
+                w, s = one(layer, e, name, shape, std)
+                out[name][i] = w
+                if fp8:
+                    out[name + "_scale"][i] = s
         return out
     return load
 
