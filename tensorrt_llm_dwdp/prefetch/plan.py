@@ -9,6 +9,7 @@ so ranks of a group do not all hit the same owner's copy engines at once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -33,8 +34,9 @@ class LayerCopyPlan:
     layer: int
     slices: Tuple[CopySlice, ...]
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
+        """Computed once: the hooks read it on every layer (hundreds of slices in a DeepSeek-V3 pull)."""
         return sum(s.nbytes for s in self.slices)
 
     def bytes_per_source(self) -> Dict[int, int]:

@@ -29,7 +29,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--shapes", default="deepseek-v3,qwen3-30b-a3b", help="comma list of deepseek-v3, qwen3-30b-a3b")
     p.add_argument("--tokens", default="2048,8192,16384,32768", help="tokens per rank, comma list")
     p.add_argument("--dtypes", default="bfloat16,float8_e4m3fn", help="expert weight dtypes, comma list")
-    p.add_argument("--routing", default="balanced,skewed", help="balanced and/or skewed (hot experts), comma list")
+    p.add_argument("--routing", default="balanced,skewed",
+                   help="comma list of balanced (uniform random), exact (equal rows per expert), skewed (hot experts)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--slice-mib", type=float, default=32.0, help="pull slice size (MiB) of the overlap section")
     p.add_argument("--ranks", type=int, default=2, help="processes (one measures, the others are its peers)")
@@ -38,7 +39,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     from .setup import SHAPES
     for option, values, allowed in (("--shapes", args.shapes, SHAPES), ("--sections", args.sections, SECTIONS),
                                     ("--dtypes", args.dtypes, ("bfloat16", "float8_e4m3fn")),
-                                    ("--routing", args.routing, ("balanced", "skewed"))):
+                                    ("--routing", args.routing, ("balanced", "exact", "skewed"))):
         bad = [v for v in values.split(",") if v not in allowed]
         if bad:
             p.error(f"{option}: unknown {bad}; use a comma list of {', '.join(allowed)}")

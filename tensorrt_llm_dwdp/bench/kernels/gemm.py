@@ -62,7 +62,7 @@ def run(hooks, shape: str, dtype: str, tokens_list: List[int], routings: List[st
     for routed in routings:
         for tokens in tokens_list:
             x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
-            ids, wts = routing(tokens, experts, k, routed == "skewed", gen)
+            ids, wts = routing(tokens, experts, k, routed, gen)
             kernel = select(x, comp).kernel
             flops = mlp_flops(tokens, shape)
             t_comp = bench_ms(gemms(x, ids, comp, kernel))

@@ -17,7 +17,7 @@ def run(hooks, shape: str, dtype: str, tokens: int, steps: int = 5) -> Dict:
     hidden, _, experts, k = SHAPES[shape]
     gen = torch.Generator(device="cuda").manual_seed(2)
     x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
-    ids, wts = routing(tokens, experts, k, False, gen)
+    ids, wts = routing(tokens, experts, k, "balanced", gen)
     lids = hooks.shape.ids
     assert len(lids) == 3 and hooks.config.prefetch_depth == 2
     with_pull, layer1 = [], None

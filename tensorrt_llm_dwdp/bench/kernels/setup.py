@@ -88,11 +88,15 @@ def setup_hooks(shape: str, dtype: str, layers: int, comm, slice_bytes: int = 32
     return DwdpHooks.setup(config, MoeShape(layers, hidden, inter, experts), expert_loader(shape, dtype), comm=comm)
 
 
-def routing(tokens: int, experts: int, k: int, skewed: bool, gen: torch.Generator):
-    """top-k ids [T, k] and weights [T, k]. skewed: expert popularity log-normal (sigma 1), so the hottest
+def routing(tokens: int, experts: int, k: int, kind: str, gen: torch.Generator):
+    """top-k ids [T, k] and weights [T, k]. balanced: uniform random top-k (expert loads vary by chance);
+    exact: every expert gets tokens*k/experts rows; skewed: expert popularity log-normal (sigma 1), so the hottest
     experts get several times the mean load, as measured routers without load balancing show."""
+    if kind == "exact":
+        ids = (torch.arange(tokens * k, device="cuda") % experts).view(tokens, k)
+        return ids, torch.rand(tokens, k, device="cuda", generator=gen)
     scores = torch.rand(tokens, experts, device="cuda", generator=gen)
-    if skewed:
+    if kind == "skewed":
         pop = torch.randn(experts, device="cuda", generator=gen).exp()
         scores = scores.log() / pop  # Gumbel-style: higher popularity, more often in the top k
     return scores.topk(k, dim=-1).indices, torch.rand(tokens, k, device="cuda", generator=gen)
