@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Optional
+from contextlib import contextmanager
+from typing import Callable, Mapping, Optional
+
+from .config import DwdpConfigError
 
 EXIT_USAGE = 2
 
@@ -64,3 +67,15 @@ def check_output_path(option: str, path: Optional[str], directory: bool = False)
         raise UsageError(f"{option} {path}: is a folder. Fix: name a file, e.g. {os.path.join(path, 'bench.json')}.")
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path}: {probe} is not a writable folder. Fix: choose a path you can write.")
+
+
+@contextmanager
+def options_named(flags: Mapping[str, str]):
+    """Re-raise a DwdpConfigError on a field the command sets from a flag so the line names the flag too
+    (`--depth: prefetch_depth=1: ...`)."""
+    try:
+        yield
+    except DwdpConfigError as e:
+        if e.option not in flags:
+            raise
+        raise UsageError(f"{flags[e.option]}: {e}") from None

@@ -26,9 +26,13 @@ from ..config import DwdpConfig, parse_placement
 from ..hooks import DwdpHooks, MoeShape
 from ..layout import swiglu_expert_specs
 from ..memory.base import check_backend_available
-from ..usage import Parser, UsageError, check_output_path, positive
+from ..usage import Parser, UsageError, check_output_path, options_named, positive
 from .model import ToyMoeModel, make_router
 
+# DwdpConfig fields the job sets from its flags
+VERIFY_FLAGS = {"group_size": "--group-size", "num_experts": "--num-experts", "experts_per_rank": "--experts-per-rank",
+                "placement": "--placement", "prefetch_depth": "--depth", "slice_bytes": "--slice-bytes",
+                "weight_dtype": "--dtype", "memory_backend": "--backend", "pull_issue": "--pull-issue"}
 TOLERANCE = {"cpu": 2e-5, "cuda": 1e-4}  # ||out - ref|| / ||ref||, float32 math vs float64
 
 
@@ -93,14 +97,15 @@ def plan(args: argparse.Namespace, world_size: int) -> VerifyPlan:
     if args.experts_per_rank is not None and args.placement != "redundant":
         raise UsageError(f"--experts-per-rank {args.experts_per_rank}: only --placement redundant uses it. "
                          "Fix: add --placement redundant, or drop --experts-per-rank.")
-    check_backend_available(args.backend)
-    config = DwdpConfig(
-        group_size=args.group_size or world_size, num_experts=args.num_experts,
-        experts_per_rank=args.experts_per_rank if args.placement == "redundant" else None,
-        placement=None if args.placement in ("even", "redundant") else parse_placement(args.placement),
-        prefetch_depth=args.depth, slice_bytes=args.slice_bytes, weight_dtype=args.dtype,
-        memory_backend=args.backend, pull_issue=args.pull_issue)
-    config.resolved_num_groups(world_size)
+    with options_named(VERIFY_FLAGS):
+        check_backend_available(args.backend)
+        config = DwdpConfig(
+            group_size=args.group_size or world_size, num_experts=args.num_experts,
+            experts_per_rank=args.experts_per_rank if args.placement == "redundant" else None,
+            placement=None if args.placement in ("even", "redundant") else parse_placement(args.placement),
+            prefetch_depth=args.depth, slice_bytes=args.slice_bytes, weight_dtype=args.dtype,
+            memory_backend=args.backend, pull_issue=args.pull_issue)
+        config.resolved_num_groups(world_size)
     for option in ("--zero-rank", "--stall-rank", "--die-rank"):
         rank = getattr(args, option[2:].replace("-", "_"))
         if rank is not None and not 0 <= rank < world_size:
