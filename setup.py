@@ -83,13 +83,23 @@ class BuildExtWithCuda(build_ext):
                 cmds.append([nvcc, "-std=c++17", "-O3", "-Xcompiler", "-fPIC", "--expt-relaxed-constexpr",
                              *src_archs, *defines, *[f"-I{d}" for d in ext.include_dirs], "-c", src, "-o", str(obj)])
                 ext.extra_objects.append(str(obj))
-            # NOTE: the CUTLASS kernels take about a minute each; compile them side by side.
+            # NOTE: the CUTLASS kernels take about a minute each; compile them side by side, saying which is
+            # running and which is done, so a long build is not a silent one (pip shows it with -v).
+            import time
             from concurrent.futures import ThreadPoolExecutor
             jobs = int(os.environ.get("DWDP_BUILD_JOBS", os.cpu_count() or 1))
+            t0 = time.monotonic()
+
+            def compile_one(numbered):
+                i, cmd = numbered
+                name = Path(cmd[cmd.index("-c") + 1]).name
+                print(f"[{i}/{len(cmds)}] nvcc {name} ...", flush=True)
+                print(" ".join(cmd), flush=True)
+                subprocess.check_call(cmd)
+                print(f"[{i}/{len(cmds)}] nvcc {name} done ({time.monotonic() - t0:.0f} s)", flush=True)
+
             with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-                for cmd in cmds:
-                    print(" ".join(cmd))
-                list(pool.map(subprocess.check_call, cmds))
+                list(pool.map(compile_one, enumerate(cmds, 1)))
         super().build_extension(ext)
 
 

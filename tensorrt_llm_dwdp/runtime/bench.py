@@ -57,7 +57,10 @@ def _cvs(args, isl: IslDist) -> List[float]:
     except ValueError:
         raise UsageError(f"--cv-sweep {args.cv_sweep!r}: not a comma list of numbers. Fix: e.g. --cv-sweep 0,0.2,0.4.")
     for cv in cvs:
-        IslDist("normal" if isl.kind == "fixed" and cv > 0 else isl.kind, isl.mean, cv)  # the workload's own check
+        try:
+            _spec(isl, cv)  # the workload's own check
+        except ValueError as e:
+            raise UsageError(f"--cv-sweep {args.cv_sweep}: {e}") from None
     return cvs
 
 
@@ -104,6 +107,7 @@ def _main(argv: Optional[List[str]]) -> int:
     if results[0].get("note"):
         print(f"NOTE: {results[0]['note']}")
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(results if len(results) > 1 else results[0], f, indent=1)
     if args.plot_dir:
