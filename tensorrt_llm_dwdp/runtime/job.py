@@ -122,7 +122,9 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
             raise UsageError(str(e).replace("--machine", "--sim-machine")) from None
     check_output_path("--json", args.json)
     if world_size is not None and ("dwdp" in modes or "auto" in modes):
-        dwdp_config(args, cfg, world_size, "float32").resolved_num_groups(world_size)
+        # the weight dtype changes no rule checked here (group layout, depth, slice, backend)
+        with options_named(JOB_FLAGS):
+            dwdp_config(args, cfg, world_size, "float32").resolved_num_groups(world_size)
         from .auto import choose
         for mode in ("auto", "dwdp"):
             if mode in modes:
