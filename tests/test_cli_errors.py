@@ -149,6 +149,17 @@ def test_bench_checkpoint_truncated_file(tmp_path):
     assert "model.safetensors" in line
 
 
+def test_bench_kernels_bad_input():
+    one_line_error("bench", "kernels", "--sections", "a,z", names="--sections")
+    one_line_error("bench", "kernels", "--tokens", "4096,lots", names="--tokens")
+    one_line_error("bench", "kernels", "--shapes", "llama", names="--shapes")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the kernels run on a GPU machine")
+def test_bench_kernels_on_a_cpu_machine():
+    one_line_error("bench", "kernels", names="CUDA GPU")
+
+
 def test_sim_bad_input():
     one_line_error("sim", "--slice-mib", "-1", names="--slice-mib")
     one_line_error("sim", "--ranks", "many", names="--ranks")

@@ -23,7 +23,6 @@ expert and the first 128x128 tile for comparison. Prints tables, writes JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from typing import Dict, List, Optional
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from ..moe import SplitExpertWeights, WeightSegment, ops
 from ..moe.grouped import grouped_moe_experts
+from ..usage import Parser, UsageError, check_output_path, one_line_errors
 
 SHAPES = {  # hidden, expert intermediate, experts, top-k
     "deepseek-v3": (7168, 2048, 256, 8),
@@ -485,7 +485,21 @@ def _table(rows: List[Dict], cols: List[str]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="trtllm-dwdp bench kernels", description=__doc__.split("\n")[0])
+    return one_line_errors("trtllm-dwdp bench kernels", _main, argv)
+
+
+def _numbers(option: str, text: str, kind, example: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise UsageError(f"{option} {text!r}: not a comma list of positive numbers. Fix: e.g. {option} {example}.")
+    return values
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    p = Parser(prog="trtllm-dwdp bench kernels", description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="deepseek-v3,qwen3-30b-a3b")
     p.add_argument("--tokens", default="2048,4096,8192,16384", help="tokens per rank")
     p.add_argument("--json", default=None)
@@ -508,18 +522,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error(f"--sources: unknown {sorted(bad)}; use pinned_host, device, nvlink")
     if "nvlink" in sources and torch.cuda.device_count() < 2:
         p.error(f"--sources nvlink needs at least 2 GPUs; {torch.cuda.device_count()} visible")
-    slice_sizes = [int(float(m) * 2**20) for m in args.slice_mib.split(",")]
+    slice_sizes = [int(m * 2**20) for m in _numbers("--slice-mib", args.slice_mib, float, "2,32")]
+    tokens = _numbers("--tokens", args.tokens, int, "4096,16384")
+    shapes = args.shapes.split(",")
+    bad = [s for s in shapes if s not in SHAPES]
+    if bad:
+        p.error(f"--shapes: unknown {bad}; use a comma list of {', '.join(SHAPES)}")
+    check_output_path("--json", args.json)
     if not torch.cuda.is_available():
-        print("bench kernels needs a CUDA GPU; none is visible")
-        return 2
+        raise UsageError("no CUDA GPU is visible and the kernels run on one. Fix: run it on a GPU machine "
+                         "(trtllm-dwdp doctor lists the GPUs).")
     dev = torch.cuda.get_device_name()
     print(f"device: {dev} ({torch.cuda.device_count()} visible), torch {torch.__version__}")
     peaks = measure_peaks()
     print(f"measured peaks: bf16 {peaks['bf16_tflops']:.0f} TFLOP/s, fp8 {peaks['fp8_tflops']:.0f} TFLOP/s, "
           f"HBM {peaks['hbm_gbps']:.0f} GB/s "
           f"(read+write), pinned host->device {peaks['h2d_gbps']:.1f} GB/s")
-    shapes = args.shapes.split(",")
-    tokens = [int(t) for t in args.tokens.split(",")]
     gemm, overlap, fp8, issue = [], [], [], []
     if "a" in sections:
         for s in shapes:
