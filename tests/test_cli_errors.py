@@ -243,6 +243,17 @@ def job():
 sys.exit(run_or_abort(job))
 """
 
+WARNS_THEN_SUCCEEDS = """
+from mpi4py import MPI
+r = MPI.COMM_WORLD.Get_rank()
+if r == 0:
+    print("-" * 74, flush=True)
+    print("WARNING: a harmless MPI notice", flush=True)
+    print("-" * 74, flush=True)
+MPI.COMM_WORLD.Barrier()
+print(f"rank {r} done", flush=True)
+"""
+
 SLEEPS = """
 import time
 from mpi4py import MPI
@@ -285,3 +296,12 @@ def test_a_timeout_stops_every_rank_in_one_line(tmp_path):
     assert len(err) == 1 and "--timeout 8" in err[0], proc.stderr
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "job.py")], capture_output=True, text=True).stdout
     assert left == "", f"ranks still running: {left}"
+
+
+@pytest.mark.mpi
+def test_a_banner_in_a_successful_run_is_still_shown(tmp_path):
+    pytest.importorskip("mpi4py")
+    proc = _launcher(tmp_path, WARNS_THEN_SUCCEEDS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "harmless MPI notice" in proc.stdout and "rank 0 done" in proc.stdout and "rank 1 done" in proc.stdout
+    assert proc.stderr == "" and glob.glob(str(tmp_path / "test-job-*.log")) == []
