@@ -19,7 +19,7 @@ import torch
 
 from ..bootstrap import run_or_abort
 from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, DwdpConfig
-from ..usage import Parser, UsageError, check_output_path, options_named, positive
+from ..usage import Parser, UsageError, check_output_path, fail, options_named, positive
 from ..workload import load_trace, make_requests, parse_isl
 from . import report
 from .apply import apply_dwdp
@@ -247,7 +247,11 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_or_abort(run, parse_args(argv))
+    try:  # each rank checks again (the launcher did already): a bad option is one line, not a traceback
+        args = parse_args(argv)
+    except ValueError as e:
+        return fail("python -m tensorrt_llm_dwdp.runtime.job", e)
+    return run_or_abort(run, args)
 
 
 if __name__ == "__main__":

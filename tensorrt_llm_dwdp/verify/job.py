@@ -26,9 +26,10 @@ from ..config import DwdpConfig, parse_placement
 from ..hooks import DwdpHooks, MoeShape
 from ..layout import swiglu_expert_specs
 from ..memory.base import check_backend_available
-from ..usage import Parser, UsageError, check_output_path, options_named, positive
+from ..usage import Parser, UsageError, check_output_path, fail, options_named, positive
 from .model import ToyMoeModel, make_router
 
+PROG = "python -m tensorrt_llm_dwdp.verify"
 # DwdpConfig fields the job sets from its flags
 VERIFY_FLAGS = {"group_size": "--group-size", "num_experts": "--num-experts", "experts_per_rank": "--experts-per-rank",
                 "placement": "--placement", "prefetch_depth": "--depth", "slice_bytes": "--slice-bytes",
@@ -36,7 +37,7 @@ VERIFY_FLAGS = {"group_size": "--group-size", "num_experts": "--num-experts", "e
 TOLERANCE = {"cpu": 2e-5, "cuda": 1e-4}  # ||out - ref|| / ||ref||, float32 math vs float64
 
 
-def parse_args(argv: Optional[List[str]] = None, prog: str = "python -m tensorrt_llm_dwdp.verify") -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None, prog: str = PROG) -> argparse.Namespace:
     p = Parser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="auto", choices=["auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric"])
     p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: world size)")
@@ -145,7 +146,10 @@ def run(args: argparse.Namespace) -> int:
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
-    checked = plan(args, size)
+    try:
+        checked = plan(args, size)
+    except ValueError as e:  # the same on every rank: rank 0 says it, all stop
+        return fail(PROG, e) if rank == 0 else 2
     config, shape = checked.config, checked.shape
     if args.backend.startswith("cuda") or (args.backend == "auto" and torch.cuda.is_available()):
         device = torch.device("cuda", rank % torch.cuda.device_count())
@@ -251,7 +255,11 @@ def _ranges(ids: List[int]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_or_abort(run, parse_args(argv))
+    try:  # each rank checks again (the launcher did already): a bad option is one line, not a traceback
+        args = parse_args(argv)
+    except ValueError as e:
+        return fail(PROG, e)
+    return run_or_abort(run, args)
 
 
 if __name__ == "__main__":
