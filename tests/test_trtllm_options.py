@@ -177,7 +177,7 @@ def test_cli_launch_dry_run_and_exit_codes(tmp_path):
                                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     ok = run("--dry-run", "--", "trtllm-serve", "m", "--config", path)
     assert ok.returncode == 0 and f"{ENV_FILE}={path}" in ok.stdout, ok.stderr
-    os.remove(ok.stdout.split()[3])  # the filtered copy
+    assert not os.path.exists(ok.stdout.split()[3])  # a dry run leaves no filtered copy behind
     helped = run("--help")
     assert helped.returncode == 0 and "disaggregated_mpi_worker" in helped.stdout
     bad = run("--", "trtllm-serve", "m", "--config", _yaml(tmp_path, {"dwdp": {"grup_size": 2}}, "bad.yaml"))
