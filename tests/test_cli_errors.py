@@ -305,3 +305,30 @@ def test_a_banner_in_a_successful_run_is_still_shown(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "harmless MPI notice" in proc.stdout and "rank 0 done" in proc.stdout and "rank 1 done" in proc.stdout
     assert proc.stderr == "" and glob.glob(str(tmp_path / "test-job-*.log")) == []
+
+
+def test_dwdp_beyond_the_machine_warns_in_the_runtime_options_words():
+    """Mode dwdp runs on a world the performance model cannot judge (16 CPU ranks): a warning, not a failure."""
+    from tensorrt_llm_dwdp.runtime import preset
+    from tensorrt_llm_dwdp.runtime.auto import choose
+    d = choose(preset("tiny"), 16, "normal:128:0.2", 512, requested="dwdp", machine="h200")
+    assert d.mode == "dwdp" and d.speedup is None and "--sim-machine" in d.warning
+    with pytest.raises(ValueError, match="--sim-machine"):
+        choose(preset("tiny"), 16, "normal:128:0.2", 512, requested="auto", machine="h200")
+
+
+@pytest.mark.mpi
+def test_bench_header_and_table_name_the_checkpoint_and_the_trace(tmp_path):
+    """With --checkpoint and --trace, progress and table name them (not the default preset and ISL), and
+    --json into a folder that does not exist yet is written."""
+    pytest.importorskip("mpi4py")
+    trace = tmp_path / "reqs.jsonl"
+    trace.write_text("".join(f'{{"isl": {n}}}\n' for n in (40, 17, 64, 23)))
+    out = tmp_path / "new" / "b.json"
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2", "--modes", "local",
+                           "--checkpoint", str(_checkpoint(tmp_path)), "--trace", str(trace), "--warmup", "0",
+                           "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "checkpoint" in proc.stdout and "preset tiny" not in proc.stdout, proc.stdout
+    assert "trace reqs.jsonl" in proc.stdout.split("TPS/GPU")[-1] and "normal:128" not in proc.stdout, proc.stdout
+    assert json.loads(out.read_text())["modes"]["local"]["tokens_per_s_per_gpu"] > 0
