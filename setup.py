@@ -97,11 +97,22 @@ class BuildExtWithCuda(build_ext):
             else:
                 cmds.append(["g++", "-std=c++17", "-O2", "-fPIC", "-Wno-deprecated-declarations", *defines, *includes,
                              "-c", src, "-o", str(obj)])
+        # NOTE: the CUTLASS kernels take minutes each; compile side by side, saying which is running and which is
+        # done, so a long build is not a silent one (pip shows it with -v).
+        import time
         jobs = int(os.environ.get("DWDP_BUILD_JOBS", os.cpu_count() or 1))
+        t0 = time.monotonic()
+
+        def compile_one(numbered):
+            i, cmd = numbered
+            name = Path(cmd[cmd.index("-c") + 1]).name
+            print(f"[{i}/{len(cmds)}] {cmd[0].rsplit('/', 1)[-1]} {name} ...", flush=True)
+            print(" ".join(cmd), flush=True)
+            subprocess.check_call(cmd)
+            print(f"[{i}/{len(cmds)}] {name} done ({time.monotonic() - t0:.0f} s)", flush=True)
+
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            for cmd in cmds:
-                print(" ".join(cmd))
-            list(pool.map(subprocess.check_call, cmds))
+            list(pool.map(compile_one, enumerate(cmds, 1)))
         return objs
 
     def link_shared(self, objs, out, libdirs, libs):

@@ -1,6 +1,8 @@
 """The host hook API in a dozen lines: how a serving engine drives DWDP.
 
     mpirun -n 2 --oversubscribe python examples/hooks_minimal.py
+
+(as root, Open MPI also needs --allow-run-as-root; `trtllm-dwdp verify` adds it itself.)
 """
 
 import torch

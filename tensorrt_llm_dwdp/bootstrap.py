@@ -91,14 +91,27 @@ def mpi_library_version() -> str:
     return out.stdout.strip().replace("\x00", "")
 
 
+# A rank's error is one line after this marker; the launcher (launch.run_ranks) shows the first one.
+ERROR_MARKER = "trtllm-dwdp rank error:"
+
+
+def error_line(rank: int, exc: BaseException) -> str:
+    """`ERROR_MARKER rank R: <message>` on one line; a bad value (ValueError) needs no type name."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    if not isinstance(exc, ValueError):
+        text = f"{type(exc).__name__}: {text}"
+    return f"{ERROR_MARKER} rank {rank}: {text}"
+
+
 def run_or_abort(fn, *args) -> int:
-    """Run an MPI job's main; on any exception print it and abort the whole job, since the
-    other ranks may be waiting in a collective this rank will never reach."""
+    """Run an MPI job's main; on any exception print the traceback and one marker line, then abort
+    the whole job, since the other ranks may be waiting in a collective this rank will never reach."""
     try:
         return fn(*args)
-    except BaseException:
+    except BaseException as e:
         import traceback
         traceback.print_exc()
-        sys.stderr.flush()
-        _mpi().COMM_WORLD.Abort(1)
+        comm = _mpi().COMM_WORLD
+        print(error_line(comm.Get_rank(), e), file=sys.stderr, flush=True)
+        comm.Abort(1)
         raise

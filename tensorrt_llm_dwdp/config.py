@@ -23,6 +23,7 @@ class DwdpConfigError(ValueError):
 
     def __init__(self, option: str, value, problem: str, fix: str):
         self.option, self.value = option, value
+        self.problem, self.fix = problem, fix
         super().__init__(f"{option}={value!r}: {problem}. Fix: {fix}.")
 
 
@@ -70,32 +71,11 @@ class DwdpConfig:
         self._validate()
 
     def _validate(self):
-        _positive_int("group_size", self.group_size, "use the number of NVLink peers that share the experts, e.g. 4 or 8")
-        _positive_int("num_experts", self.num_experts, "use the model's number of routed experts")
-        if self.num_groups is not None:
-            _positive_int("num_groups", self.num_groups, "use world_size // group_size, or leave it unset")
-        if not isinstance(self.prefetch_depth, int) or self.prefetch_depth < 2:
-            raise DwdpConfigError(
-                "prefetch_depth", self.prefetch_depth,
-                "DWDP needs at least two slots so one layer computes while the next is pulled",
-                "set prefetch_depth=2 (ping-pong) or more")
-        if not isinstance(self.slice_bytes, int) or self.slice_bytes < 4096:
-            raise DwdpConfigError("slice_bytes", self.slice_bytes, "a copy slice must be at least 4 KiB",
-                                  f"use the default {DEFAULT_SLICE_BYTES} (32 MiB), or 8 MiB and up")
-        if self.weight_dtype not in WEIGHT_DTYPES:
-            raise DwdpConfigError("weight_dtype", self.weight_dtype, "unsupported weight dtype",
-                                  f"use one of {', '.join(WEIGHT_DTYPES)}")
-        if self.memory_backend not in MEMORY_BACKENDS:
-            raise DwdpConfigError("memory_backend", self.memory_backend, "unknown memory backend",
-                                  f"use one of {', '.join(MEMORY_BACKENDS)}")
-        if self.pull_issue not in PULL_ISSUE_MODES:
-            raise DwdpConfigError("pull_issue", self.pull_issue, "unknown way to issue pulls",
-                                  f"use one of {', '.join(PULL_ISSUE_MODES)}")
+        check_fields({f: getattr(self, f) for f in _FIELD_RULES})
         if self.placement is not None:
             self._validate_placement()
             return
         if self.experts_per_rank is not None:
-            _positive_int("experts_per_rank", self.experts_per_rank, "use at least ceil(num_experts / group_size)")
             need = math.ceil(self.num_experts / self.group_size)
             if self.experts_per_rank > self.num_experts:
                 raise DwdpConfigError(
@@ -169,9 +149,68 @@ class DwdpConfig:
                 "or free memory (e.g. a smaller KV cache)")
 
 
+def _check_depth(value) -> None:
+    if not _is_int(value):
+        raise DwdpConfigError("prefetch_depth", value, "must be an integer", "set prefetch_depth=2 (ping-pong) or more")
+    if value < 2:
+        raise DwdpConfigError("prefetch_depth", value,
+                              "DWDP needs at least two slots so one layer computes while the next is pulled",
+                              "set prefetch_depth=2 (ping-pong) or more")
+
+
+def _check_slice(value) -> None:
+    if not _is_int(value):
+        raise DwdpConfigError("slice_bytes", value, "must be an integer number of bytes",
+                              f"write it as an integer, e.g. {DEFAULT_SLICE_BYTES} (32 MiB)")
+    if value < 4096:
+        raise DwdpConfigError("slice_bytes", value, "a copy slice must be at least 4 KiB",
+                              f"use the default {DEFAULT_SLICE_BYTES} (32 MiB), or 8 MiB and up")
+
+
+def _choice(option: str, choices, problem: str):
+    def check(value):
+        if value not in choices:
+            raise DwdpConfigError(option, value, problem, f"use one of {', '.join(choices)}")
+    return check
+
+
+# Rules that need no other field; DwdpConfig applies them all, and a host that knows only some fields
+# before the model is loaded (the launch wrapper) applies them to those.
+_FIELD_RULES = {
+    "group_size": lambda v: _positive_int("group_size", v, "use the number of NVLink peers that share the experts, "
+                                                           "e.g. 4 or 8"),
+    "num_experts": lambda v: _positive_int("num_experts", v, "use the model's number of routed experts"),
+    "num_groups": lambda v: _positive_int("num_groups", v, "use world_size // group_size, or leave it unset"),
+    "experts_per_rank": lambda v: _positive_int("experts_per_rank", v, "use at least ceil(num_experts / group_size)"),
+    "num_prefetch_experts": lambda v: _nonnegative_int("num_prefetch_experts", v,
+                                                       "use num_experts - experts_per_rank, or leave it unset"),
+    "prefetch_depth": _check_depth,
+    "slice_bytes": _check_slice,
+    "weight_dtype": _choice("weight_dtype", WEIGHT_DTYPES, "unsupported weight dtype"),
+    "memory_backend": _choice("memory_backend", MEMORY_BACKENDS, "unknown memory backend"),
+    "pull_issue": _choice("pull_issue", PULL_ISSUE_MODES, "unknown way to issue pulls"),
+}
+
+
+def check_fields(values) -> None:
+    """Apply the single-field rules of DwdpConfig to the fields in `values` (None means unset)."""
+    for name, value in values.items():
+        if name in _FIELD_RULES and value is not None:
+            _FIELD_RULES[name](value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive_int(option: str, value, fix: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not _is_int(value) or value < 1:
         raise DwdpConfigError(option, value, "must be a positive integer", fix)
+
+
+def _nonnegative_int(option: str, value, fix: str) -> None:
+    if not _is_int(value) or value < 0:
+        raise DwdpConfigError(option, value, "must be an integer >= 0", fix)
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
@@ -185,7 +224,15 @@ def parse_placement(text: str) -> Tuple[Tuple[int, ...], ...]:
         ids = []
         for item in filter(None, (s.strip() for s in part.split(","))):
             lo, _, hi = item.partition("-")
-            ids.extend(range(int(lo), int(hi or lo) + 1))
+            try:
+                first, last = int(lo), int(hi or lo)
+            except ValueError:
+                raise DwdpConfigError("placement", text, f"{item!r} is not an expert id or a range such as 0-7",
+                                      'write ranks separated by ";" and ids or ranges by ",", e.g. "0-7;8-15"') from None
+            if last < first:
+                raise DwdpConfigError("placement", text, f"the range {item!r} runs backwards",
+                                      f"write {last}-{first}")
+            ids.extend(range(first, last + 1))
         ranks.append(tuple(ids))
     return tuple(ranks)
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from functools import lru_cache
 from typing import List, Optional
+
+from .bootstrap import ERROR_MARKER
 
 
 @lru_cache(maxsize=None)
@@ -60,11 +65,93 @@ def clean_launch_env(env: dict) -> dict:
     return {k: v for k, v in env.items() if not k.startswith(_RUNTIME_PREFIXES)}
 
 
+# Lines that start the noise of a failed job (a traceback, a rank's marker, Open MPI's abort banner):
+# from the first one on, output goes to the log only.
+_NOISE_STARTS = ("Traceback (most recent call last):", ERROR_MARKER, "-" * 40, "prterun ", "mpirun ",
+                 "MPI_ABORT was invoked")
+
+
+def _is_noise(line: str) -> bool:
+    return line.lstrip().startswith(_NOISE_STARTS) or ERROR_MARKER in line
+
+
+def first_rank_error(log_path: str) -> Optional[str]:
+    """The first rank's one-line error in a job's log (what follows ERROR_MARKER), or None."""
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            if ERROR_MARKER in line:
+                return line.split(ERROR_MARKER, 1)[1].strip()
+    return None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End mpirun and every rank: they share the process group the launcher started them in."""
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def run_ranks(num_ranks: int, argv: List[str], timeout_s: Optional[float] = None,
-              env: Optional[dict] = None) -> int:
-    """Run argv on num_ranks ranks, streaming their output; returns the exit code."""
-    extra = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+              env: Optional[dict] = None, prog: str = "trtllm-dwdp") -> int:
+    """Run argv on num_ranks ranks and return the exit code.
+
+    Progress lines stream to stdout. Everything the ranks print also goes to a log file, kept
+    when the job fails: the user then sees one line, the first rank's error and the log's path,
+    instead of a traceback per rank and Open MPI's abort banner. A time-out ends every rank."""
+    extra = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     extra.update(env or {})
     full_env = dict(clean_launch_env(dict(os.environ)), **extra)
     cmd = mpirun_command(num_ranks, argv, extra)
-    return subprocess.run(cmd, env=full_env, timeout=timeout_s).returncode
+    fd, log_path = tempfile.mkstemp(prefix=f"{prog.replace(' ', '-')}-", suffix=".log")
+    with os.fdopen(fd, "w") as log:
+        proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", start_new_session=True)
+
+        held = []  # what followed the first noise line: shown at the end if the job still succeeded
+
+        def pump():
+            streaming = True
+            for line in proc.stdout:
+                log.write(line)
+                streaming = streaming and not _is_noise(line)
+                if streaming:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                else:
+                    held.append(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            rc = proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            reader.join(10)
+            print(f"{prog}: error: --timeout {timeout_s:g}: the ranks did not finish within {timeout_s:g} s and "
+                  f"were all stopped. Fix: raise --timeout (their output so far: {log_path})",
+                  file=sys.stderr, flush=True)
+            return 124
+        except KeyboardInterrupt:
+            _stop(proc)
+            reader.join(10)
+            print(f"{prog}: interrupted; every rank was stopped (their output: {log_path})", file=sys.stderr,
+                  flush=True)
+            return 130
+        reader.join()
+    if rc == 0:
+        sys.stdout.write("".join(held))  # an MPI warning banner, say: not an error after all
+        sys.stdout.flush()
+        os.unlink(log_path)
+        return 0
+    error = first_rank_error(log_path)
+    if error is None:
+        error = f"the ranks exited with code {rc}"
+    print(f"{prog}: error: {error} (every rank's output: {log_path})", file=sys.stderr, flush=True)
+    return rc

@@ -68,9 +68,12 @@ def test_config_from_options_and_model_facts():
     assert opts.mode == "auto" and opts.isl == "normal:8192:0.2"
     with pytest.raises(DwdpConfigError, match="the model has 64"):
         parse_section({"num_experts": 32}).config(num_experts=64, group_size=8, weight_dtype="bfloat16")
-    with pytest.raises(DwdpConfigError) as e:  # DwdpConfig's own checks still apply
-        parse_section({"prefetch_depth": 1}).config(num_experts=64, group_size=8, weight_dtype="bfloat16")
-    assert e.value.option == "prefetch_depth"
+    with pytest.raises(DwdpConfigError) as e:  # DwdpConfig's own value checks, before the model is known
+        parse_section({"prefetch_depth": 1})
+    assert e.value.option == "dwdp.prefetch_depth"
+    with pytest.raises(DwdpConfigError) as e:  # and those that need the model, once it is
+        parse_section({"experts_per_rank": 3}).config(num_experts=64, group_size=8, weight_dtype="bfloat16")
+    assert e.value.option == "experts_per_rank"
 
 
 def test_load_options_from_env_and_file(tmp_path):
@@ -197,7 +200,7 @@ def test_cli_launch_dry_run_and_exit_codes(tmp_path):
                                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     ok = run("--dry-run", "--", "trtllm-serve", "m", "--config", path)
     assert ok.returncode == 0 and f"{ENV_FILE}={path}" in ok.stdout, ok.stderr
-    os.remove(ok.stdout.split()[3])  # the filtered copy
+    assert not os.path.exists(ok.stdout.split()[3])  # a dry run leaves no filtered copy behind
     helped = run("--help")
     assert helped.returncode == 0 and "disaggregated_mpi_worker" in helped.stdout
     bad = run("--", "trtllm-serve", "m", "--config", _yaml(tmp_path, {"dwdp": {"grup_size": 2}}, "bad.yaml"))

@@ -28,6 +28,20 @@ class DeepSeekV3Routing:
     routed_scaling_factor: float = 1.0
     renormalize: bool = True
 
+    def check(self, num_experts: int) -> None:
+        """ValueError naming the option when this routing cannot pick top_k of num_experts."""
+        _check_top_k(self.top_k, num_experts)
+        if self.n_group < 1 or num_experts % self.n_group:
+            raise ValueError(f"n_group={self.n_group}: must divide num_experts={num_experts}. "
+                             f"Fix: a divisor of {num_experts}, e.g. 1.")
+        if not 1 <= self.topk_group <= self.n_group:
+            raise ValueError(f"topk_group={self.topk_group}: must lie in [1, n_group={self.n_group}]. "
+                             f"Fix: e.g. topk_group={max(1, self.n_group // 2)}.")
+        reach = self.topk_group * (num_experts // self.n_group)
+        if self.top_k > reach:
+            raise ValueError(f"top_k={self.top_k}: the {self.topk_group} of {self.n_group} expert groups kept "
+                             f"hold only {reach} experts. Fix: top_k <= {reach}, or raise topk_group.")
+
     def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor) -> RoutingResult:
         num_tokens, num_experts = logits.shape
         if num_experts % self.n_group:
@@ -55,9 +69,18 @@ class SoftmaxTopKRouting:
     top_k: int
     renormalize: bool = True
 
+    def check(self, num_experts: int) -> None:
+        _check_top_k(self.top_k, num_experts)
+
     def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor = None) -> RoutingResult:
         probs = torch.softmax(logits.float(), dim=-1)
         weights, ids = probs.topk(self.top_k, dim=-1)
         if self.renormalize:
             weights = weights / weights.sum(-1, keepdim=True)
         return RoutingResult(ids, weights.float())
+
+
+def _check_top_k(top_k: int, num_experts: int) -> None:
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"top_k={top_k}: must lie in [1, num_experts={num_experts}]. "
+                         f"Fix: top_k <= {num_experts}.")

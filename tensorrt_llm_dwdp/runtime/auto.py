@@ -36,6 +36,15 @@ def target_machine(name: Optional[str]) -> str:
 
 def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",
            machine: Optional[str] = None, precision: str = "bf16") -> AutoDecision:
-    scn = Scenario(get_machine(target_machine(machine)), sim_model(c), get_precision(precision), ranks,
-                   parse_isl(isl), max_num_tokens)
+    name = target_machine(machine)
+    try:
+        scn = Scenario(get_machine(name), sim_model(c), get_precision(precision), ranks, parse_isl(isl),
+                       max_num_tokens)
+    except ValueError as e:
+        # The model's limits (an NVLink domain's GPUs, say) are in its own options' words: say ours.
+        why = str(e).replace("--machine", "--sim-machine")
+        if requested == "auto":
+            raise ValueError(f"--modes auto: the performance model cannot judge this run on {name}: {why}") from None
+        return AutoDecision(requested, f"no prediction on {name}", None, None, None,
+                            warning=f"the performance model cannot judge this run on {name}: {why}")
     return decide(scn, "context", requested)

@@ -13,41 +13,100 @@ import tempfile
 from typing import List, Optional
 
 from ..launch import run_ranks
+from ..usage import UsageError, check_output_path, one_line_errors, positive
 from ..workload import IslDist, parse_isl
 from . import report
-from .job import parse_args as job_args
+from .job import build_parser, model_name, validate, workload_name
+
+PROG = "trtllm-dwdp bench"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The job's parser with bench's own options added to its groups: --help shows every option."""
+    p = build_parser(PROG)
+    p.description = __doc__.split("\n")[0]
+    groups = {g.title: g for g in p._action_groups}
+    groups["modes"].add_argument("--ranks", type=int, default=4, help="MPI ranks (default 4)")
+    groups["workload"].add_argument("--cv-sweep", default=None,
+                                    help="comma list of ISL CVs, e.g. 0,0.2,0.4 (one run each)")
+    groups["output"].add_argument("--plot-dir", default=None, help="write timeline.png (and speedup_vs_cv.png) here")
+    groups["output"].add_argument("--timeout", type=float, default=None,
+                                  help="seconds per run before every rank is stopped")
+    return p
+
+
+def job_argv(args: argparse.Namespace) -> List[str]:
+    """The options the job itself takes, as given (bench's own and --json left out)."""
+    out = []
+    for action in build_parser()._actions:
+        if not action.option_strings or action.dest in ("help", "json"):
+            continue
+        value = getattr(args, action.dest)
+        if value is not None and value != action.default:
+            out += [action.option_strings[0], str(value)]
+    return out
+
+
+def _cvs(args, isl: IslDist) -> List[float]:
+    if not args.cv_sweep:
+        return [isl.cv]
+    if args.trace:
+        raise UsageError("--cv-sweep with --trace: a trace fixes every ISL. Fix: drop one of them.")
+    try:
+        cvs = [float(c) for c in args.cv_sweep.split(",")]
+    except ValueError:
+        raise UsageError(f"--cv-sweep {args.cv_sweep!r}: not a comma list of numbers. Fix: e.g. --cv-sweep 0,0.2,0.4.")
+    for cv in cvs:
+        try:
+            _spec(isl, cv)  # the workload's own check
+        except ValueError as e:
+            raise UsageError(f"--cv-sweep {args.cv_sweep}: {e}") from None
+    return cvs
+
+
+def _spec(isl: IslDist, cv: float) -> str:
+    return str(IslDist("normal" if isl.kind == "fixed" and cv > 0 else isl.kind, isl.mean, cv))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="trtllm-dwdp bench", description=__doc__.split("\n")[0])
-    p.add_argument("--ranks", type=int, default=4)
-    p.add_argument("--cv-sweep", default=None, help="comma list of ISL CVs, e.g. 0,0.2,0.4 (one run each)")
-    p.add_argument("--json", default=None, help="write all results here")
-    p.add_argument("--plot-dir", default=None, help="write timeline.png (and speedup_vs_cv.png) here")
-    p.add_argument("--timeout", type=float, default=None)
-    args, rest = p.parse_known_args(argv)
-    base = job_args(rest)  # validate before launching anything
-    isl = parse_isl(base.isl)
-    cvs = [float(c) for c in args.cv_sweep.split(",")] if args.cv_sweep else [isl.cv]
+    return one_line_errors(PROG, _main, argv)
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    args = parser().parse_args(argv)
+    positive("--ranks", args.ranks, "e.g. --ranks 4")
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be > 0 seconds. Fix: e.g. --timeout 600, or leave it out.")
+    validate(args, args.ranks)  # everything the ranks would reject, before any of them starts
+    check_output_path("--plot-dir", args.plot_dir, directory=True)
+    isl = parse_isl(args.isl)
+    cvs = _cvs(args, isl)
+    base = job_argv(args)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for cv in cvs:
-            spec = str(IslDist("normal" if isl.kind == "fixed" and cv > 0 else isl.kind, isl.mean, cv))
+            spec = _spec(isl, cv)
             out = os.path.join(tmp, f"cv{cv}.json")
-            job = [a for a in rest]
-            job += ["--isl", spec, "--json", out]
-            print(f"== bench: {args.ranks} ranks, ISL {spec}", flush=True)
-            rc = run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.runtime.job", *job], timeout_s=args.timeout)
+            job = list(base)
+            if not args.trace:
+                job += ["--isl", spec]
+            job += ["--json", out]
+            work = workload_name(args) if args.trace else f"ISL {spec}"
+            print(f"== bench: {args.ranks} ranks, {model_name(args)}, {work}", flush=True)
+            rc = run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.runtime.job", *job], timeout_s=args.timeout,
+                           prog=PROG)
             if rc != 0:
-                print(f"bench: the run for ISL {spec} failed (exit {rc})")
                 return rc
             with open(out) as f:
                 res = json.load(f)
             res["cv"] = cv
             results.append(res)
     print()
-    print(report.table(results))  # ends with the caveats: CPU ranks or a shared GPU, like-for-like warnings
+    label = workload_name(args) if args.trace else None  # the table's ISL column names the trace instead
+    # the table ends with the caveats: CPU ranks or a shared GPU, like-for-like warnings
+    print(report.table([dict(r, config=dict(r["config"], isl=label)) for r in results] if label else results))
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(results if len(results) > 1 else results[0], f, indent=1)
     if args.plot_dir:

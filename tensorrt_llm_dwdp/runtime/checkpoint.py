@@ -18,13 +18,53 @@ from typing import Dict, Iterator, Tuple
 import torch
 
 from ..moe.ops import dequantize_blocks
-from .config import ModelConfig
+from .config import ModelConfig, cut
 from .model import Decoder
 
 
+class CheckpointError(ValueError):
+    """A checkpoint directory cannot be read as a supported model; the message names the file."""
+
+
 def config_from_hf(path: str, name: str = "checkpoint") -> ModelConfig:
-    with open(os.path.join(path, "config.json")) as f:
-        h = json.load(f)
+    """The ModelConfig of `path`/config.json; CheckpointError naming the file and the key at fault."""
+    file = os.path.join(path, "config.json")
+    try:
+        with open(file) as f:
+            h = json.load(f)
+    except OSError as e:
+        raise CheckpointError(f"--checkpoint {path}: cannot read {file} ({e.strerror}). "
+                              "Fix: pass a Hugging Face checkpoint directory (config.json + *.safetensors).") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"--checkpoint {path}: {file} is not valid JSON ({e}). Fix: repair or re-download it.") from None
+    try:
+        return _config(h, name)
+    except KeyError as e:
+        raise CheckpointError(f"--checkpoint {path}: {file} has no {e.args[0]!r}. Fix: use the config.json of a "
+                              "DeepSeek-V2/V3 or Qwen3-MoE checkpoint.") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"--checkpoint {path}: {file} does not describe a supported MoE model ({e}). "
+                              "Fix: use a DeepSeek-V2/V3 or Qwen3-MoE checkpoint.") from None
+
+
+def safetensors_files(path: str):
+    """The checkpoint's *.safetensors files, each with a readable header (which also proves the file is
+    as long as the header says: a truncated download fails here, with its name, before any rank starts)."""
+    from safetensors import safe_open
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        raise CheckpointError(f"--checkpoint {path}: no *.safetensors files. Fix: download the weights too.")
+    for fname in files:
+        try:
+            with safe_open(fname, framework="pt"):
+                pass
+        except Exception as e:  # safetensors raises its own SafetensorError (not a ValueError)
+            raise CheckpointError(f"--checkpoint {path}: {fname} cannot be read ({e}). "
+                                  "Fix: re-download that file (it may be truncated).") from None
+    return files
+
+
+def _config(h: dict, name: str) -> ModelConfig:
     mla = "kv_lora_rank" in h
     topk_method = h.get("topk_method", "")
     return ModelConfig(
@@ -105,12 +145,8 @@ def load_hf(path: str, device=None, dtype: torch.dtype = torch.bfloat16, num_lay
     experts stay e4m3 with their scales as stored; other FP8 weights are dequantized into `dtype`."""
     from safetensors import safe_open
     c = config_from_hf(path)
-    if num_layers is not None:
-        from dataclasses import replace
-        c = replace(c, layers=num_layers, first_k_dense=min(c.first_k_dense, num_layers - 1))
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-    if not files:
-        raise FileNotFoundError(f"{path}: no *.safetensors files")
+    c = cut(c, num_layers)
+    files = safetensors_files(path)
     keys = {}
     for fname in files:
         with safe_open(fname, framework="pt") as f:

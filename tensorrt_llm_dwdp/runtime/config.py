@@ -70,12 +70,21 @@ PRESETS = {name: ModelConfig(name, **preset_kwargs(name)) for name in RUNTIME_PR
 def preset(name: str, num_layers: Optional[int] = None, vocab: Optional[int] = None) -> ModelConfig:
     """A preset, optionally cut to `num_layers` (dense layers kept first) and a smaller vocab."""
     if name not in PRESETS:
-        raise ValueError(f"--preset {name!r}: unknown; use one of {', '.join(PRESETS)}")
-    cfg = PRESETS[name]
+        raise ValueError(f"--preset {name!r}: unknown. Fix: use one of {', '.join(PRESETS)}.")
+    return cut(PRESETS[name], num_layers, vocab)
+
+
+def cut(cfg: ModelConfig, num_layers: Optional[int] = None, vocab: Optional[int] = None) -> ModelConfig:
+    """cfg with `num_layers` decoder layers (dense ones first, at least one MoE layer) and a smaller vocab."""
     if num_layers is not None:
         if num_layers < 1:
-            raise ValueError(f"num_layers={num_layers} must be >= 1")
+            raise ValueError(f"--layers {num_layers}: must be >= 1. Fix: e.g. --layers {min(cfg.layers, 4)}, "
+                             "or leave it out for all layers.")
+        if num_layers > cfg.layers:
+            raise ValueError(f"--layers {num_layers}: {cfg.name} has {cfg.layers} layers. Fix: --layers <= {cfg.layers}.")
         cfg = replace(cfg, layers=num_layers, first_k_dense=min(cfg.first_k_dense, num_layers - 1))
     if vocab is not None:
+        if vocab < 1:
+            raise ValueError(f"--vocab {vocab}: must be >= 1. Fix: e.g. --vocab 1024, or leave it out.")
         cfg = replace(cfg, vocab=vocab)
     return cfg

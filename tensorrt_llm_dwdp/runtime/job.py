@@ -21,11 +21,12 @@ from typing import List, Optional
 import torch
 
 from ..bootstrap import run_or_abort
-from ..config import DEFAULT_SLICE_BYTES, DwdpConfig
+from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, DwdpConfig
+from ..usage import Parser, UsageError, check_output_path, fail, options_named, positive
 from ..workload import load_trace, make_requests, parse_isl
 from . import report
 from .apply import apply_dwdp
-from .config import preset
+from .config import PRESETS, ModelConfig, cut, preset
 from ..moe.exchange import CommClock
 from .dep import apply_dep, exchange_backend, init_torch_distributed, shutdown_torch_distributed
 from .executor import ContextExecutor
@@ -33,53 +34,134 @@ from .model import Decoder
 from .schedule import least_loaded
 
 MODES = ("local", "dwdp", "dep", "auto")
+# DwdpConfig fields the job sets from its flags
+JOB_FLAGS = {"group_size": "--group-size", "prefetch_depth": "--depth", "slice_bytes": "--slice-mib",
+             "memory_backend": "--backend"}
+
+
+def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parser:
+    """The job's options in groups (model, workload, modes, output); `trtllm-dwdp bench` adds its own to them."""
+    p = Parser(prog=prog, description=__doc__.split("\n")[0])
+    g = p.add_argument_group("model")
+    g.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)} (default tiny)")
+    g.add_argument("--checkpoint", default=None, help="Hugging Face checkpoint directory (config.json + "
+                   "*.safetensors) of a DeepSeek-V2/V3 or Qwen3-MoE model; overrides --preset")
+    g.add_argument("--layers", type=int, default=None, help="keep this many decoder layers of the model")
+    g.add_argument("--vocab", type=int, default=None, help="shrink the vocabulary (embedding and LM head)")
+    g.add_argument("--weight-dtype", default="bfloat16", choices=["bfloat16", "float8_e4m3fn"],
+                   help="routed experts in every mode: bfloat16, or float8_e4m3fn with DeepSeek-V3 128x128 block "
+                        "scales (random presets are quantized per block; hidden and moe_inter multiples of 128)")
+    g = p.add_argument_group("workload")
+    g.add_argument("--isl", default="normal:128:0.2", help="8192, or normal|lognormal|uniform:MEAN:CV")
+    g.add_argument("--requests", type=int, default=24, help="requests per rank (the shared stream has ranks x this)")
+    g.add_argument("--balance", default="least-loaded", choices=("least-loaded", "per-rank"),
+                   help="least-loaded: one shared stream, each request to the rank with the fewest tokens "
+                        "(attention-DP balancing); per-rank: each rank its own stream")
+    g.add_argument("--chunked-prefill", action="store_true",
+                   help="split a request longer than the room left in a batch across iterations (every mode)")
+    g.add_argument("--request-rate", type=float, default=None, help="requests/s per rank (default: closed loop)")
+    g.add_argument("--trace", default=None, help="JSONL trace (--balance per-rank: rank r takes lines r, r+N, ...; replaces --isl, "
+                   "--requests and --request-rate)")
+    g.add_argument("--max-num-tokens", type=int, default=512, help="token budget per rank per iteration")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("modes")
+    g.add_argument("--modes", default="dwdp,dep,local", help=f"comma list of {', '.join(MODES)}")
+    g.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: all ranks)")
+    g.add_argument("--depth", type=int, default=2, help="DWDP prefetch slots")
+    g.add_argument("--slice-mib", type=float, default=DEFAULT_SLICE_BYTES / 2**20,
+                   help="DWDP pull slice size, MiB (default: DwdpConfig's)")
+    g.add_argument("--backend", default="auto", help=f"DWDP memory backend: {', '.join(MEMORY_BACKENDS)}")
+    g.add_argument("--dep-exchange", default="auto", choices=("auto", "nccl", "symm_mem"),
+                   help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks and "
+                        "ranks sharing a GPU use gloo")
+    g.add_argument("--warmup", type=int, default=1,
+                   help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
+    g.add_argument("--sim-machine", default=None,
+                   help="machine profile that mode auto predicts for (default: this GPU's, else h200)")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", default=None, help="write the results here")
+    return p
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tensorrt_llm_dwdp.runtime.job", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--checkpoint", default=None, help="Hugging Face checkpoint directory (config.json + "
-                   "*.safetensors) of a DeepSeek-V2/V3 or Qwen3-MoE model; overrides --preset")
-    p.add_argument("--layers", type=int, default=None, help="keep this many decoder layers of the preset")
-    p.add_argument("--vocab", type=int, default=None, help="shrink the vocabulary (embedding and LM head)")
-    p.add_argument("--modes", default="dwdp,dep,local")
-    p.add_argument("--isl", default="normal:128:0.2", help="8192, or normal|lognormal|uniform:MEAN:CV")
-    p.add_argument("--requests", type=int, default=24, help="requests per rank (the shared stream has ranks x this)")
-    p.add_argument("--balance", default="least-loaded", choices=("least-loaded", "per-rank"),
-                   help="least-loaded: one shared stream, each request to the rank with the fewest tokens "
-                        "(attention-DP balancing); per-rank: each rank its own stream")
-    p.add_argument("--chunked-prefill", action="store_true",
-                   help="split a request longer than the room left in a batch across iterations (every mode)")
-    p.add_argument("--dep-exchange", default="auto", choices=("auto", "nccl", "symm_mem"),
-                   help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks and "
-                        "ranks sharing a GPU use gloo")
-    p.add_argument("--request-rate", type=float, default=None, help="requests/s per rank (default: closed loop)")
-    p.add_argument("--trace", default=None, help="JSONL trace (--balance per-rank: rank r takes lines r, r+N, ...)")
-    p.add_argument("--max-num-tokens", type=int, default=512)
-    p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: all ranks)")
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--slice-mib", type=float, default=DEFAULT_SLICE_BYTES / 2**20,
-                   help="DWDP pull slice size, MiB (default: DwdpConfig's)")
-    p.add_argument("--backend", default="auto", help="DWDP memory backend")
-    p.add_argument("--weight-dtype", default="bfloat16", choices=["bfloat16", "float8_e4m3fn"],
-                   help="routed experts in every mode: bfloat16, or float8_e4m3fn with DeepSeek-V3 128x128 block scales "
-                        "(random presets are quantized per block; needs hidden and moe_inter multiples of 128)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=1,
-                   help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
-    p.add_argument("--sim-machine", default=None,
-                   help="machine profile that mode auto predicts for (default: this GPU's, else h200)")
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    bad = [m for m in args.modes.split(",") if m not in MODES]
-    if bad:
-        p.error(f"--modes: unknown {bad}; use a comma list of {', '.join(MODES)}")
-    parse_isl(args.isl)
-    cfg = preset(args.preset, args.layers)
-    if args.weight_dtype == "float8_e4m3fn" and not args.checkpoint and (cfg.hidden % 128 or cfg.moe_inter % 128):
-        p.error(f"--weight-dtype float8_e4m3fn: preset {args.preset!r} has hidden {cfg.hidden} and moe_inter "
-                f"{cfg.moe_inter}, not both multiples of the 128x128 scale block; use a larger preset or bfloat16")
+    args = build_parser().parse_args(argv)
+    validate(args)
     return args
+
+
+def model_config(args) -> ModelConfig:
+    """The model the ranks will build (from the preset or the checkpoint's config.json), cut to --layers."""
+    if args.checkpoint:
+        from .checkpoint import config_from_hf
+        return cut(config_from_hf(args.checkpoint), args.layers, args.vocab)
+    return preset(args.preset, args.layers, args.vocab)
+
+
+def model_name(args) -> str:
+    return f"checkpoint {args.checkpoint}" if args.checkpoint else f"preset {args.preset}"
+
+
+def workload_name(args) -> str:
+    return f"trace {os.path.basename(args.trace)}" if args.trace else f"ISL {args.isl}"
+
+
+def validate(args, world_size: Optional[int] = None) -> ModelConfig:
+    """Every check of the options that needs no memory, with the library's rules (model shapes, workload,
+    DwdpConfig, the performance model of mode auto). `trtllm-dwdp bench` runs it with the world size before
+    mpirun starts; each rank runs it again. Raises ValueError naming the option."""
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise UsageError(f"--modes {args.modes!r}: unknown {bad}. Fix: a comma list of {', '.join(MODES)}.")
+    cfg = model_config(args)
+    if args.weight_dtype == "float8_e4m3fn" and (cfg.hidden % 128 or cfg.moe_inter % 128):
+        raise UsageError(f"--weight-dtype float8_e4m3fn: {model_name(args)} has hidden {cfg.hidden} and moe_inter "
+                         f"{cfg.moe_inter}, not both multiples of the 128x128 scale block. Fix: a larger model, or "
+                         "--weight-dtype bfloat16.")
+    if args.checkpoint:
+        from .checkpoint import safetensors_files
+        safetensors_files(args.checkpoint)
+    parse_isl(args.isl)
+    if args.trace:
+        if not load_trace(args.trace):
+            raise UsageError(f"--trace {args.trace}: holds no requests. Fix: one JSON object per line.")
+    else:
+        positive("--requests", args.requests, "e.g. --requests 24")
+        if args.request_rate is not None and not args.request_rate > 0:
+            raise UsageError(f"--request-rate {args.request_rate:g}: must be > 0 requests/s. "
+                             "Fix: leave it out for a closed loop.")
+    positive("--max-num-tokens", args.max_num_tokens, "e.g. --max-num-tokens 8192")
+    positive("--warmup", args.warmup, "e.g. --warmup 1, or 0 to time the first step", allow_zero=True)
+    if not args.slice_mib > 0:
+        raise UsageError(f"--slice-mib {args.slice_mib:g}: must be > 0. Fix: e.g. --slice-mib 32.")
+    if args.sim_machine is not None:
+        from ..sim.machines import get_machine
+        try:
+            get_machine(args.sim_machine)
+        except ValueError as e:
+            raise UsageError(str(e).replace("--machine", "--sim-machine")) from None
+    check_output_path("--json", args.json)
+    if world_size is not None and ("dwdp" in modes or "auto" in modes):
+        # the weight dtype changes no rule checked here (group layout, depth, slice, backend)
+        with options_named(JOB_FLAGS):
+            dwdp_config(args, cfg, world_size, "float32").resolved_num_groups(world_size)
+        from .auto import choose
+        for mode in ("auto", "dwdp"):
+            if mode in modes:
+                choose(cfg, world_size, args.isl, args.max_num_tokens, requested=mode, machine=args.sim_machine)
+    return cfg
+
+
+def dwdp_config(args, cfg: ModelConfig, world_size: int, weight_dtype: str) -> DwdpConfig:
+    """The DwdpConfig mode dwdp runs with."""
+    if args.backend != "auto":
+        from ..memory.base import check_backend_available
+        with options_named(JOB_FLAGS):
+            check_backend_available(args.backend)
+    with options_named(JOB_FLAGS):
+        return DwdpConfig(group_size=args.group_size or world_size, num_experts=cfg.num_experts,
+                          prefetch_depth=args.depth, slice_bytes=int(round(args.slice_mib * 2**20)),
+                          weight_dtype=weight_dtype, memory_backend=args.backend)
 
 
 def request_seeds(args, world: int) -> List[int]:
@@ -112,11 +194,8 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
                               weight_dtype=args.weight_dtype)
     hooks, clock, exchange = None, None, None
     if mode == "dwdp":
-        dcfg = DwdpConfig(group_size=args.group_size or comm.Get_size(), num_experts=cfg.num_experts,
-                          prefetch_depth=args.depth, slice_bytes=int(args.slice_mib * 2**20),
-                          weight_dtype=args.weight_dtype if args.weight_dtype == "float8_e4m3fn"
-                          else str(dtype).replace("torch.", ""),
-                          memory_backend=args.backend)
+        dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if args.weight_dtype == "float8_e4m3fn"
+                           else str(dtype).replace("torch.", ""))
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
     elif mode == "dep":
         clock = CommClock(device)
@@ -162,11 +241,7 @@ def run(args) -> int:
     for mode in args.modes.split(","):
         if mode in ("auto", "dwdp"):
             from .auto import choose
-            if args.checkpoint:
-                from .checkpoint import config_from_hf
-                cfg = config_from_hf(args.checkpoint)
-            else:
-                cfg = preset(args.preset, args.layers, args.vocab)
+            cfg = model_config(args)
             d = choose(cfg, comm.Get_size(), args.isl, args.max_num_tokens, requested=mode,
                        machine=args.sim_machine)
             decisions[mode] = {"mode": d.mode, "reason": d.reason, "speedup": d.speedup,
@@ -182,7 +257,7 @@ def run(args) -> int:
             continue
         done.add(mode)
         if rank == 0:
-            print(f"mode {mode}: {comm.Get_size()} ranks, preset {args.preset}, ISL {args.isl}, "
+            print(f"mode {mode}: {comm.Get_size()} ranks, {model_name(args)}, {workload_name(args)}, "
                   f"max_num_tokens {args.max_num_tokens}", flush=True)
         ranks = comm.gather(run_mode(mode, args, comm, device, dtype), root=0)
         # Like for like: the next mode starts as this one did, without its process group's threads or its
@@ -214,7 +289,11 @@ def run(args) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_or_abort(run, parse_args(argv))
+    try:  # each rank checks again (the launcher did already): a bad option is one line, not a traceback
+        args = parse_args(argv)
+    except ValueError as e:
+        return fail("python -m tensorrt_llm_dwdp.runtime.job", e)
+    return run_or_abort(run, args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import List, Optional
 
 from ..config import DEFAULT_SLICE_BYTES
+from ..usage import Parser
 from .analysis import crossover, layer_budget
 from .calibrate import apply_calibration, load_calibration
 from .costs import A2A_KINDS, Breakdown
@@ -33,7 +34,7 @@ CATEGORIES = (("attention", "attention"), ("grouped GEMM", "grouped"), ("dense G
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trtllm-dwdp sim", description=__doc__.split("\n")[0])
+    p = Parser(prog="trtllm-dwdp sim", description=__doc__.split("\n")[0])
     p.add_argument("--machine", default="gb200", help=f"one of {', '.join(MACHINES)} (default gb200)")
     p.add_argument("--model", default="deepseek-r1", help=f"one of {', '.join(MODELS)} (default deepseek-r1)")
     p.add_argument("--layers", type=int, default=None, help="keep this many decoder layers, dense ones first "
@@ -80,11 +81,11 @@ def scenario_from_args(args: argparse.Namespace):
     prec = args.precision or ("nvfp4" if machine.supports("nvfp4") else "fp8")
     eff = Efficiency.roofline() if args.roofline else Efficiency()
     notes = ()
+    if not args.slice_mib > 0:
+        raise ValueError(f"--slice-mib {args.slice_mib:g}: must be > 0. Fix: pass the DWDP slice size in MiB.")
     if args.calibration:
         if args.roofline:
             raise ValueError("--calibration with --roofline: the roofline uses datasheet peaks. Fix: drop one.")
-        if args.slice_mib <= 0:
-            raise ValueError(f"--slice-mib {args.slice_mib:g}: must be > 0. Fix: pass the DWDP slice size in MiB.")
         slice_mib = None if args.no_slicing else args.slice_mib
         cal = apply_calibration(machine, model, eff, load_calibration(args.calibration, slice_mib))
         eff, notes = cal.efficiency, cal.notes
@@ -172,8 +173,8 @@ def run(args: argparse.Namespace, out=None) -> dict:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
         run(args)
     except ValueError as e:
         print(f"trtllm-dwdp sim: error: {e}", file=sys.stderr)

@@ -12,12 +12,12 @@ steady state; a short run's last, partly filled iteration is in the measurement 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from typing import Dict, List, Optional
 
+from ..usage import Parser
 from .calibrate import apply_calibration, load_calibration
 from .engine import simulate
 from .machines import Efficiency, get_machine
@@ -62,8 +62,9 @@ def scenario_for(run: dict, machine: str, efficiency: Efficiency, iterations: Op
         raise ValueError(f"{run.get('source')}: a checkpoint run; compare knows only presets "
                          f"({', '.join(PRESET_MODELS)}). Fix: compare preset runs.")
     if c["preset"] not in PRESET_MODELS:
-        raise ValueError(f"{run.get('source')}: preset {c['preset']!r} has no simulator model. "
-                         f"Fix: use one of {', '.join(PRESET_MODELS)}.")
+        raise ValueError(f"{run.get('source')}: preset {c['preset']!r} has no simulator model (the simulator "
+                         f"predicts GPU-sized models only). Fix: compare runs of --preset "
+                         f"{', '.join(PRESET_MODELS)}.")
     ranks = int(c["ranks"])
     if iterations is None:
         iterations = max(_iterations_per_rank(m, ranks) for m in run["modes"].values())
@@ -129,14 +130,14 @@ def table(rows: List[dict]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="trtllm-dwdp sim compare", description=__doc__.split("\n")[0])
+    p = Parser(prog="trtllm-dwdp sim compare", description=__doc__.split("\n")[0])
     p.add_argument("bench_json", nargs="+", help="`trtllm-dwdp bench --json` files")
     p.add_argument("--machine", default="h200", help="machine profile of the GPUs the runs used (default h200)")
     p.add_argument("--calibration", default=None, metavar="PATH[,PATH]",
                    help="bench kernels and/or link bench JSON, as for `trtllm-dwdp sim`")
     p.add_argument("--json", default=None, metavar="PATH")
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         rows, notes = compare(load_runs(args.bench_json), args.machine, args.calibration)
     except ValueError as e:
         print(f"trtllm-dwdp sim compare: error: {e}", file=sys.stderr)

@@ -16,20 +16,29 @@ import json
 import os
 import sys
 import time
-from typing import List, Optional
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 
 from ..bootstrap import run_or_abort
 from ..config import DwdpConfig, parse_placement
 from ..hooks import DwdpHooks, MoeShape
-from .model import ToyMoeModel
+from ..layout import swiglu_expert_specs
+from ..memory.base import check_backend_available
+from ..usage import Parser, UsageError, check_output_path, fail, options_named, positive
+from .model import ToyMoeModel, make_router
 
+PROG = "python -m tensorrt_llm_dwdp.verify"
+# DwdpConfig fields the job sets from its flags
+VERIFY_FLAGS = {"group_size": "--group-size", "num_experts": "--num-experts", "experts_per_rank": "--experts-per-rank",
+                "placement": "--placement", "prefetch_depth": "--depth", "slice_bytes": "--slice-bytes",
+                "weight_dtype": "--dtype", "memory_backend": "--backend", "pull_issue": "--pull-issue"}
 TOLERANCE = {"cpu": 2e-5, "cuda": 1e-4}  # ||out - ref|| / ||ref||, float32 math vs float64
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tensorrt_llm_dwdp.verify", description=__doc__.split("\n")[0])
+def parse_args(argv: Optional[List[str]] = None, prog: str = PROG) -> argparse.Namespace:
+    p = Parser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="auto", choices=["auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric"])
     p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: world size)")
     p.add_argument("--placement", default="even",
@@ -66,12 +75,69 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class VerifyPlan:
+    """What the job's options resolve to on a world of `world_size` ranks."""
+
+    config: DwdpConfig
+    shape: MoeShape
+    token_counts: Optional[Tuple[int, ...]]  # None: random per step
+
+
+def plan(args: argparse.Namespace, world_size: int) -> VerifyPlan:
+    """Check every option against the library's own rules, touching no memory: the launcher runs
+    this before mpirun starts, and every rank again. Raises ValueError naming the option."""
+    positive("--steps", args.steps, "run at least one step (with 0 the check compares nothing)")
+    positive("--max-tokens", args.max_tokens, "e.g. --max-tokens 24")
+    shape = MoeShape(args.layers, args.hidden, args.inter, args.num_experts)
+    swiglu_expert_specs(args.hidden, args.inter, args.dtype)  # FP8 block shapes
+    make_router(args.routing, args.top_k, args.n_group, args.topk_group).check(args.num_experts)
+    if args.placement == "redundant" and args.experts_per_rank is None:
+        raise UsageError("--placement redundant: needs --experts-per-rank. Fix: e.g. --experts-per-rank "
+                         f"{-(-args.num_experts // max(1, world_size)) + 1}.")
+    if args.experts_per_rank is not None and args.placement != "redundant":
+        raise UsageError(f"--experts-per-rank {args.experts_per_rank}: only --placement redundant uses it. "
+                         "Fix: add --placement redundant, or drop --experts-per-rank.")
+    with options_named(VERIFY_FLAGS):
+        check_backend_available(args.backend)
+        config = DwdpConfig(
+            group_size=args.group_size or world_size, num_experts=args.num_experts,
+            experts_per_rank=args.experts_per_rank if args.placement == "redundant" else None,
+            placement=None if args.placement in ("even", "redundant") else parse_placement(args.placement),
+            prefetch_depth=args.depth, slice_bytes=args.slice_bytes, weight_dtype=args.dtype,
+            memory_backend=args.backend, pull_issue=args.pull_issue)
+        config.resolved_num_groups(world_size)
+    for option in ("--zero-rank", "--stall-rank", "--die-rank"):
+        rank = getattr(args, option[2:].replace("-", "_"))
+        if rank is not None and not 0 <= rank < world_size:
+            raise UsageError(f"{option} {rank}: there are ranks 0..{world_size - 1} only. "
+                             f"Fix: a rank below {world_size}, or more ranks.")
+    for option in ("--stall-rank", "--die-rank"):
+        if getattr(args, option[2:].replace("-", "_")) is not None and args.steps < 2:
+            raise UsageError(f"{option}: acts in step 1, but --steps is {args.steps}. Fix: --steps 2 or more.")
+    if args.stall_seconds < 0:
+        raise UsageError(f"--stall-seconds {args.stall_seconds:g}: must be >= 0. Fix: e.g. --stall-seconds 3.")
+    if args.tolerance is not None and not args.tolerance > 0:
+        raise UsageError(f"--tolerance {args.tolerance:g}: must be > 0. Fix: e.g. --tolerance 1e-4.")
+    counts = None
+    if args.tokens != "random":
+        try:
+            counts = tuple(int(t) for t in args.tokens.split(","))
+        except ValueError:
+            counts = ()
+        if not counts or min(counts) < 0:
+            raise UsageError(f"--tokens {args.tokens!r}: not 'random' or a comma list of token counts >= 0. "
+                             "Fix: e.g. --tokens 5,40,0,17.")
+    check_output_path("--json", args.json)
+    return VerifyPlan(config, shape, counts)
+
+
 def _tokens(args, rank: int, step: int, gen: torch.Generator) -> int:
     if rank == args.zero_rank:
         return 0
     if args.tokens == "random":
         return int(torch.randint(1, args.max_tokens + 1, (1,), generator=gen))
-    counts = [int(t) for t in args.tokens.split(",")]
+    counts = [int(t) for t in args.tokens.split(",")]  # checked by plan()
     return counts[rank % len(counts)]
 
 
@@ -80,21 +146,18 @@ def run(args: argparse.Namespace) -> int:
 
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
-    group_size = args.group_size or size
+    try:
+        checked = plan(args, size)
+    except ValueError as e:  # the same on every rank: rank 0 says it, all stop
+        return fail(PROG, e) if rank == 0 else 2
+    config, shape = checked.config, checked.shape
     if args.backend.startswith("cuda") or (args.backend == "auto" and torch.cuda.is_available()):
         device = torch.device("cuda", rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    config = DwdpConfig(
-        group_size=group_size, num_experts=args.num_experts,
-        experts_per_rank=args.experts_per_rank if args.placement == "redundant" else None,
-        placement=None if args.placement in ("even", "redundant") else parse_placement(args.placement),
-        prefetch_depth=args.depth, slice_bytes=args.slice_bytes, weight_dtype=args.dtype,
-        memory_backend=args.backend, pull_issue=args.pull_issue)
     model = ToyMoeModel(args.layers, args.hidden, args.inter, args.num_experts, args.top_k, args.routing,
                         args.n_group, args.topk_group, args.dtype, args.seed)
-    shape = MoeShape(args.layers, args.hidden, args.inter, args.num_experts)
     tol = args.tolerance if args.tolerance is not None else TOLERANCE[device.type]
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank + 1)
     errors, step_ends, stall = [], [], None
@@ -192,7 +255,11 @@ def _ranges(ids: List[int]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return run_or_abort(run, parse_args(argv))
+    try:  # each rank checks again (the launcher did already): a bad option is one line, not a traceback
+        args = parse_args(argv)
+    except ValueError as e:
+        return fail(PROG, e)
+    return run_or_abort(run, args)
 
 
 if __name__ == "__main__":

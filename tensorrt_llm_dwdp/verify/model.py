@@ -18,6 +18,16 @@ from ..moe.layer import DwdpWeights, RoutedExperts
 from . import reference as ref
 
 
+ROUTED_SCALING = 2.5
+
+
+def make_router(routing: str, top_k: int, n_group: int, topk_group: int):
+    """The toy model's router ("deepseek" grouped sigmoid or "softmax"); `.check(E)` validates it."""
+    if routing == "deepseek":
+        return DeepSeekV3Routing(top_k, n_group, topk_group, ROUTED_SCALING)
+    return SoftmaxTopKRouting(top_k, renormalize=True)
+
+
 @dataclass
 class ToyMoeModel:
     num_layers: int
@@ -32,6 +42,7 @@ class ToyMoeModel:
     seed: int
 
     def __post_init__(self):
+        self.router().check(self.num_experts)
         g = torch.Generator().manual_seed(self.seed)
         L, E, H, I = self.num_layers, self.num_experts, self.hidden, self.inter
         fp8 = self.weight_dtype == "float8_e4m3fn"
@@ -48,7 +59,7 @@ class ToyMoeModel:
             (self.w13, s13), (self.w2, s2) = ops.quantize_weight_blocks(self.w13), ops.quantize_weight_blocks(self.w2)
             self.scales = {"w13_scale": s13, "w2_scale": s2}
         self.ref_w13, self.ref_w2 = (self._exact(self.w13, "w13_scale"), self._exact(self.w2, "w2_scale"))
-        self.scaling = 2.5
+        self.scaling = ROUTED_SCALING
 
     def _exact(self, w: torch.Tensor, scale: str) -> torch.Tensor:
         if scale not in self.scales:
@@ -57,9 +68,7 @@ class ToyMoeModel:
         return w.double() * s
 
     def router(self):
-        if self.routing == "deepseek":
-            return DeepSeekV3Routing(self.top_k, self.n_group, self.topk_group, self.scaling)
-        return SoftmaxTopKRouting(self.top_k, renormalize=True)
+        return make_router(self.routing, self.top_k, self.n_group, self.topk_group)
 
     def load_experts(self, layer: int, experts):
         idx = torch.tensor(list(experts), dtype=torch.long)

@@ -15,17 +15,20 @@ the shards it pulls from.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import List, Optional
 
 from ...launch import run_ranks
+from ...usage import Parser, UsageError, check_output_path, one_line_errors, positive
+
+PROG = "trtllm-dwdp bench kernels"
 
 SECTIONS = ("gemm", "overlap", "hooks")
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="trtllm-dwdp bench kernels", description=__doc__.split("\n")[0])
+def parse_args(argv: Optional[List[str]] = None):
+    """Every option checked here, in the launching process (UsageError: one line naming the option)."""
+    p = Parser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="deepseek-v3,qwen3-30b-a3b", help="comma list of deepseek-v3, qwen3-30b-a3b")
     p.add_argument("--tokens", default="2048,8192,16384,32768", help="tokens per rank, comma list")
     p.add_argument("--dtypes", default="bfloat16,float8_e4m3fn", help="expert weight dtypes, comma list")
@@ -42,15 +45,32 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                                     ("--routing", args.routing, ("balanced", "exact", "skewed"))):
         bad = [v for v in values.split(",") if v not in allowed]
         if bad:
-            p.error(f"{option}: unknown {bad}; use a comma list of {', '.join(allowed)}")
+            raise UsageError(f"{option} {values}: unknown {bad}. Fix: a comma list of {', '.join(allowed)}.")
+    for t in args.tokens.split(","):
+        try:
+            positive("--tokens", float(t), "a comma list of token counts, e.g. 2048,8192")
+        except ValueError:
+            raise UsageError(f"--tokens {args.tokens}: {t!r} is not a token count. Fix: e.g. --tokens 2048,8192.") from None
+    if not args.slice_mib > 0:
+        raise UsageError(f"--slice-mib {args.slice_mib:g}: must be > 0. Fix: e.g. --slice-mib 32.")
     if args.ranks < 2:
-        p.error(f"--ranks {args.ranks}: at least 2 (one measures, a peer holds the experts it pulls)")
+        raise UsageError(f"--ranks {args.ranks}: one rank measures and at least one peer holds the experts it pulls. "
+                         "Fix: --ranks 2 or more.")
+    check_output_path("--json", args.json)
     return args
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
-    return run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.bench.kernels.job", *(argv or [])])
+    return one_line_errors(PROG, _main, argv)
+
+
+def _main(argv: Optional[List[str]]) -> int:
+    parse_args(argv)
+    import torch
+    if not torch.cuda.is_available():
+        raise UsageError("no CUDA GPU is visible: bench kernels measures the GPU data path. "
+                         "Fix: run it on a GPU machine (trtllm-dwdp sim models one you lack).")
+    return run_ranks(parse_args(argv).ranks, ["-m", "tensorrt_llm_dwdp.bench.kernels.job", *(argv or [])], prog=PROG)
 
 
 def write_json(path: str, out: dict) -> None:

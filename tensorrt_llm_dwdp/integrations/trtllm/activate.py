@@ -119,9 +119,17 @@ def startup() -> None:
     if _started or (ENV_INLINE not in os.environ and ENV_FILE not in os.environ):
         return  # NOTE: site-packages may be on sys.path twice (lib and lib64), so the .pth can run twice
     _started = True
+    if _own_cli(getattr(sys, "orig_argv", ())):
+        return  # `trtllm-dwdp launch` checks the options and reports them in one line itself
     try:
         activate()
     except Exception as e:  # noqa: BLE001 - start-up must survive anything
         msg = f"TensorRT-LLM activation hook failed, DWDP is not installed: {type(e).__name__}: {e}"
         print(f"tensorrt_llm_dwdp: {msg}", file=sys.stderr, flush=True)
         when_imported("tensorrt_llm", _raise_later(RuntimeError(msg)))
+
+
+def _own_cli(argv) -> bool:
+    """Whether this interpreter runs the trtllm-dwdp command (which never imports TensorRT-LLM)."""
+    import os
+    return any(os.path.basename(a) == "trtllm-dwdp" or a == "tensorrt_llm_dwdp.cli" for a in list(argv)[:3])

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...config import DwdpConfigError
+from ...usage import fail
 from .options import ENV_FILE, ENV_INLINE, SECTION, load_options, parse_section, read_yaml, strip_section
 
 OPTION_FLAGS = ("--extra_llm_api_options", "--config")
 DISAGG_WORKER = "disaggregated_mpi_worker"
 DISAGG_FLAGS = ("-c", "--config_file")
+PROG = "trtllm-dwdp launch"
 RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
 
 
@@ -33,6 +35,7 @@ class Launch:
     argv: List[str]
     env: Dict[str, str]
     notes: Tuple[str, ...]
+    written: Tuple[str, ...] = ()  # the option copies prepare() wrote (a dry run removes them)
 
 
 def find_flag(argv: Sequence[str], flags: Sequence[str]) -> Optional[Tuple[int, str]]:
@@ -55,9 +58,10 @@ def world_rank(environ: Mapping[str, str]) -> int:
                           f"(none of {', '.join(RANK_VARS)} is set)", "start it with mpirun or srun")
 
 
-def _write_yaml(doc, tag: str) -> str:
+def _write_yaml(doc, tag: str, written: List[str]) -> str:
     import yaml
     fd, path = tempfile.mkstemp(prefix=f"trtllm-dwdp-{tag}-", suffix=".yaml")
+    written.append(path)
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
     return path
@@ -98,7 +102,7 @@ def _move_to_generation(doc: dict, notes: List[str]) -> dict:
     return dict(out, generation_servers=gen)
 
 
-def _disagg(argv: List[str], hit: Tuple[int, str], env: Dict[str, str], notes: List[str]) -> None:
+def _disagg(argv: List[str], hit: Tuple[int, str], env: Dict[str, str], notes: List[str], written: List[str]) -> None:
     index, path = hit
     rank = world_rank(env)
     doc = read_yaml(path)
@@ -122,9 +126,9 @@ def _disagg(argv: List[str], hit: Tuple[int, str], env: Dict[str, str], notes: L
     for key in ("tensor_parallel_size", "pipeline_parallel_size"):
         size *= int(ctx.get(key, doc.get(key, 1)))
     ctx_ranks = int(ctx.get("num_instances", 1)) * size
-    argv[index] = _swap(argv[index], path, _write_yaml(dict(doc, context_servers=ctx), "disagg"))
+    argv[index] = _swap(argv[index], path, _write_yaml(dict(doc, context_servers=ctx), "disagg", written))
     if rank < ctx_ranks:
-        env[ENV_FILE] = _write_yaml({SECTION: section}, f"rank{rank}")
+        env[ENV_FILE] = _write_yaml({SECTION: section}, f"rank{rank}", written)
         notes.append(f"rank {rank}: context server, DWDP on")
     else:
         env.pop(ENV_FILE, None)
@@ -138,30 +142,43 @@ def _swap(arg: str, old: str, new: str) -> str:
 
 def prepare(command: Sequence[str], environ: Mapping[str, str]) -> Launch:
     """The command and environment to exec; writes the filtered option copies. Raises DwdpConfigError."""
-    argv, env, notes = list(command), dict(environ), []
+    argv, env, notes, written = list(command), dict(environ), [], []
     if not argv:
         raise DwdpConfigError("launch", "", "no command given", "write: trtllm-dwdp launch -- <command ...>")
     if DISAGG_WORKER in argv:
         hit = find_flag(argv[argv.index(DISAGG_WORKER):], DISAGG_FLAGS)
         if hit is None:
             raise DwdpConfigError("launch", DISAGG_WORKER, "has no -c/--config_file", "pass the disaggregated YAML")
-        _disagg(argv, (hit[0] + argv.index(DISAGG_WORKER), hit[1]), env, notes)
+        _disagg(argv, (hit[0] + argv.index(DISAGG_WORKER), hit[1]), env, notes, written)
     else:
         hit = find_flag(argv, OPTION_FLAGS)
         doc = read_yaml(hit[1]) if hit else None
         rest, section, has = strip_section(doc)
         if has:
             parse_section(section, hit[1])
-            argv[hit[0]] = _swap(argv[hit[0]], hit[1], _write_yaml(_serving_overrides(rest, hit[1], notes), "options"))
+            argv[hit[0]] = _swap(argv[hit[0]], hit[1], _write_yaml(_serving_overrides(rest, hit[1], notes), "options",
+                                                                   written))
             env[ENV_FILE] = os.path.abspath(hit[1])
         elif ENV_INLINE not in env and ENV_FILE not in env:
             where = hit[1] if hit else "the command (no --extra_llm_api_options / --config)"
             raise DwdpConfigError(SECTION, None, f"{where} has no dwdp: section and {ENV_INLINE} is unset",
                                   f"add `dwdp: {{}}` to the options file, or set {ENV_INLINE}=1")
-    options = load_options(env)  # every rank fails here, before launch, on a bad option
+    try:
+        options = load_options(env)  # every rank fails here, before launch, on a bad option
+    except DwdpConfigError:
+        _remove(written)
+        raise
     if options is not None and not options.enable:
         notes.append("dwdp.enable is false: TensorRT-LLM runs without DWDP")
-    return Launch(argv, env, tuple(notes))
+    return Launch(argv, env, tuple(notes), tuple(written))
+
+
+def _remove(paths: Sequence[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def main(args: Optional[List[str]] = None) -> int:
@@ -171,19 +188,23 @@ def main(args: Optional[List[str]] = None) -> int:
         return 0
     dry = "--dry-run" in args[: args.index("--")] if "--" in args else "--dry-run" in args
     command = args[args.index("--") + 1:] if "--" in args else [a for a in args if a != "--dry-run"]
+    own = [a for a in args[: args.index("--")] if a != "--dry-run"] if "--" in args else []
+    if own:
+        return fail(PROG, f"unrecognized option {own[0]!r} before '--'. Fix: only --dry-run goes there; "
+                          "the command follows '--'.")
     try:
         launch = prepare(command, os.environ)
     except DwdpConfigError as e:
-        print(f"trtllm-dwdp launch: {e}", file=sys.stderr)
-        return 2
+        return fail(PROG, e)
     for note in launch.notes:
-        print(f"trtllm-dwdp launch: {note}", file=sys.stderr)
+        print(f"{PROG}: {note}", file=sys.stderr)
     if dry:
+        _remove(launch.written)  # nothing runs: the copies it would read go too
         print(" ".join(launch.argv))
         print(f"{ENV_FILE}={launch.env.get(ENV_FILE, '')}")
         return 0
     try:
         os.execvpe(launch.argv[0], launch.argv, launch.env)
     except OSError as e:
-        print(f"trtllm-dwdp launch: cannot run {launch.argv[0]!r}: {e.strerror}", file=sys.stderr)
+        print(f"{PROG}: error: cannot run {launch.argv[0]!r}: {e.strerror}", file=sys.stderr)
         return 127

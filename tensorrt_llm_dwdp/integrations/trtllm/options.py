@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ...config import MEMORY_BACKENDS, PULL_ISSUE_MODES, DwdpConfig, DwdpConfigError, parse_placement
+from ...config import MEMORY_BACKENDS, PULL_ISSUE_MODES, DwdpConfig, DwdpConfigError, check_fields, parse_placement
 
 ENV_INLINE = "TRTLLM_DWDP"
 ENV_FILE = "TRTLLM_DWDP_OPTIONS"
@@ -41,7 +41,7 @@ _CHOICES = {"memory_backend": MEMORY_BACKENDS, "pull_issue": PULL_ISSUE_MODES, "
 _STR_KEYS = ("weight_dtype", "isl", "machine")
 _KEYS = ("enable", "placement", *_INT_KEYS, *_CHOICES, *_STR_KEYS)
 _ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no", "")
-_SIZE = re.compile(r"^\s*(\d+)\s*(b|kib|mib|gib|kb|mb|gb)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(-?\d+)\s*(b|kib|mib|gib|kb|mb|gb)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 1000, "mb": 10**6, "gb": 10**9}
 
 
@@ -82,7 +82,7 @@ def _coerce(key: str, value, source: str):
         raise _bad(key, value, "must be true or false", "write enable: true or enable: false", source)
     if key in _INT_KEYS:
         if isinstance(value, str):
-            m = _SIZE.match(value) if key == "slice_bytes" else re.match(r"^\s*(\d+)\s*$", value)
+            m = _SIZE.match(value) if key == "slice_bytes" else re.match(r"^\s*(-?\d+)\s*$", value)
             if m:
                 return int(m.group(1)) * (_UNITS[(m.group(2) or "").lower() or None] if key == "slice_bytes" else 1)
         elif isinstance(value, int) and not isinstance(value, bool):
@@ -119,6 +119,17 @@ def parse_section(section, source: str = "") -> TrtllmDwdpOptions:
             raise _bad(str(key), value, "is not a DWDP option", hint, source)
         values[key] = _coerce(key, value, source)
     adapter = {k: values.pop(k) for k in ("enable", "mode", "isl", "machine") if k in values}
+    try:  # values too, not only names and types: the same rules DwdpConfig applies once the model is known
+        check_fields(values)
+    except DwdpConfigError as e:
+        raise _bad(e.option, e.value, e.problem, e.fix, source) from None
+    if "isl" in adapter:
+        from ...workload import parse_isl
+        try:
+            parse_isl(adapter["isl"])
+        except ValueError:
+            raise _bad("isl", adapter["isl"], "is not a workload the performance model understands",
+                       "a fixed length such as 8192, or KIND:MEAN:CV such as normal:8192:0.2", source) from None
     return TrtllmDwdpOptions(fields=values, source=source, **adapter)
 
 
