@@ -89,17 +89,22 @@ class CompositePlan:
     missing: Tuple[int, ...]
 
 
-def plan_composite(config: DwdpConfig, shape: MoeShape, rank: int, granularity: int,
-                   duplicate_shard: bool = False) -> CompositePlan:
-    """Placement, composite layout and memory of group rank `rank`; raises DwdpConfigError on bad input."""
+def check_shape(config: DwdpConfig, shape: MoeShape):
+    """The expert tensor specs of this model under this config; DwdpConfigError where they do not fit."""
     if shape.num_experts != config.num_experts:
         raise DwdpConfigError("num_experts", config.num_experts,
                               f"the model's MoE layers have {shape.num_experts} experts",
                               f"set num_experts={shape.num_experts}")
     try:
-        specs = swiglu_expert_specs(shape.hidden_size, shape.intermediate_size, config.weight_dtype)
+        return swiglu_expert_specs(shape.hidden_size, shape.intermediate_size, config.weight_dtype)
     except ValueError as e:
         raise DwdpConfigError("weight_dtype", config.weight_dtype, str(e), "use bfloat16 expert weights for this model")
+
+
+def plan_composite(config: DwdpConfig, shape: MoeShape, rank: int, granularity: int,
+                   duplicate_shard: bool = False) -> CompositePlan:
+    """Placement, composite layout and memory of group rank `rank`; raises DwdpConfigError on bad input."""
+    specs = check_shape(config, shape)
     placement = placement_from_config(config)
     bounds = set()
     for r in range(placement.group_size):
@@ -138,8 +143,7 @@ class DwdpHooks:
               setup_timeout_s: float = 300.0) -> "DwdpHooks":
         """Validate, allocate and fill this rank's shard, exchange handles once, map the composite views and
         build the copy plans. Collective over the world communicator `comm` (MPI.COMM_WORLD by default)."""
-        if shape.num_experts != config.num_experts:  # before any rank starts talking
-            plan_composite(config, shape, 0, 1)
+        check_shape(config, shape)  # before any rank starts talking
         group = DwdpGroup.create(config, comm)
         owned = _Owned()
         engine = None

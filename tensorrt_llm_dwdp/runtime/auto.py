@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 
 from ..sim.auto import AutoDecision, decide
-from ..sim.machines import MACHINES, get_machine
+from ..sim.machines import get_machine
+from ..sim.machines import target_machine as sim_target
 from ..sim.models import MoEModel, get_precision, moe_model
 from ..sim.scenario import Scenario
 from ..workload import parse_isl
@@ -24,14 +25,7 @@ def sim_model(c: ModelConfig) -> MoEModel:
 
 def target_machine(name: Optional[str]) -> str:
     """--sim-machine, else the profile whose device name matches this GPU, else h200."""
-    if name:
-        return get_machine(name).name
-    if torch.cuda.is_available():
-        dev = torch.cuda.get_device_name()
-        for key, m in MACHINES.items():
-            if m.device_match and m.device_match in dev:
-                return key
-    return "h200"
+    return sim_target(name, torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 
 def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",

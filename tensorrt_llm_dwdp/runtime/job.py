@@ -197,6 +197,8 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if args.weight_dtype == "float8_e4m3fn"
                            else str(dtype).replace("torch.", ""))
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
+        if comm.Get_rank() == 0:  # what the composite layout costs, padding included
+            print(f"  [dwdp] rank 0 memory: {hooks.plan.memory.describe()}", flush=True)
     elif mode == "dep":
         clock = CommClock(device)
         stage = init_torch_distributed(comm, device)

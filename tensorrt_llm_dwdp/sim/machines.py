@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 PRECISIONS = ("bf16", "fp8", "nvfp4")
 
@@ -239,3 +239,14 @@ def check_precision(machine: Machine, precision: str, option: str = "--precision
         raise ValueError(f"{option} {precision}: {machine.name} has no {precision} tensor cores. "
                          f"Fix: use {ok} on {machine.name}, or --machine b200/gb200 for nvfp4.")
 
+
+
+def target_machine(name: Optional[str], device_name: Optional[str] = None) -> str:
+    """The profile a run predicts for: `name` when given, else the one whose device name matches the GPU this
+    process sees (`device_name`, e.g. torch.cuda.get_device_name()), else h200."""
+    if name:
+        return get_machine(name).name
+    for key, m in MACHINES.items():
+        if device_name and m.device_match and m.device_match in device_name:
+            return key
+    return "h200"

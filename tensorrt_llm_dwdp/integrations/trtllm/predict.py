@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ...sim.auto import AutoDecision, decide
-from ...sim.machines import MACHINES, get_machine
+from ...sim.machines import get_machine
+from ...sim.machines import target_machine as sim_target
 from ...sim.models import MoEModel, get_precision, gqa, mla
 from ...sim.scenario import Scenario
 from ...workload import parse_isl
@@ -63,15 +64,8 @@ def sim_model(cfg: Any, name: str = "served model") -> MoEModel:
 
 def target_machine(name: Optional[str]) -> str:
     """dwdp.machine, else the profile whose device name matches this GPU, else h200."""
-    if name:
-        return get_machine(name).name
     import torch
-    if torch.cuda.is_available():
-        dev = torch.cuda.get_device_name()
-        for key, m in MACHINES.items():
-            if m.device_match and m.device_match in dev:
-                return key
-    return "h200"
+    return sim_target(name, torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 
 def predict(model: MoEModel, work: Workload, requested: str, machine: Optional[str], fp8: bool) -> AutoDecision:
