@@ -6,7 +6,10 @@ fails inside a MoE layer is handed to the executor, and the next step is right a
 argv: seed device dtype split. device: cpu | cuda (the ranks share GPU 0). dtype: float32 | bfloat16 |
 fp8 (e4m3 weights with 128x128 fp32 block scales, as DeepSeek-V3 stores them). split: even | uneven
 (7 experts over 2 ranks, ceil/floor as main splits them). Each layer is checked against a float32
-reference computed from that layer's own input and the full (dequantized) experts."""
+reference computed from that layer's own input and the full (dequantized) experts, and the whole step
+against the full model: the same fake modules built all-local on one rank (ep_size 1) with every expert
+loaded, running their own forward. The DWDP model's modules must run their own kernels (kernel_calls)
+while believing every expert local, and get their partition back at uninstall."""
 
 import sys
 
@@ -30,9 +33,10 @@ hidden, inter, layers = 128, 128, 3
 act = torch.float32 if kind == "float32" else torch.bfloat16
 tol = 1e-5 if kind == "float32" else 5e-2  # BF16 activations (FP8 weights are dequantized exactly in the reference)
 g0 = torch.Generator().manual_seed(seed)
-fulls, blocks = [], []
+fulls, blocks, whole = [], [], []
 for layer in range(layers):
     kw = dict(num_experts=experts, hidden=hidden, inter=inter, layer_idx=layer, ep_size=world.size, ep_rank=rank)
+    one = dict(kw, ep_size=1, ep_rank=0)
     if kind == "fp8":
         q, scales, dense = {}, {}, {}
         for name, (rows, cols) in {"w1": (inter, hidden), "w3": (inter, hidden), "w2": (hidden, inter)}.items():
@@ -42,14 +46,22 @@ for layer in range(layers):
             dense[name] = q[name].float() * s.repeat_interleave(128, 1).repeat_interleave(128, 2)
         moe = fk.DeepGemmFusedMoE(**kw)
         moe.load_fp8(q, scales)  # only this rank's partition
+        ref_moe = fk.DeepGemmFusedMoE(**one)
+        ref_moe.load_fp8(q, scales)
         fulls.append(dense)
     else:
         full = fk.full_experts(experts, hidden, inter, seed + layer)
         moe = fk.CutlassFusedMoE(dtype=act, **kw)
         moe.load_weights(full)  # only this rank's partition
+        ref_moe = fk.CutlassFusedMoE(dtype=act, **one)
+        ref_moe.load_weights(full)
         fulls.append(full)
     blocks.append(fk.Block(fk.ConfigurableMoE(moe) if layer % 2 else moe, hidden, seed + 100 + layer))
+    whole.append(fk.Block(ref_moe, hidden, seed + 100 + layer))
 model = fk.Decoder(blocks).to(device)
+full_model = fk.Decoder(whole).to(device)  # the full model: all experts local, one rank
+holders = [b.experts.backend if hasattr(b.experts, "backend") else b.experts for b in model.layers]
+partition = [{n: getattr(h, n) for n in adapter.PARTITION} for h in holders]
 fulls = [{k: v.to(device) for k, v in f.items()} for f in fulls]
 seen = []
 for b in model.layers:  # record each layer's input and output
@@ -57,8 +69,10 @@ for b in model.layers:  # record each layer's input and output
 local = {n: p.detach().clone() for n, p in model.named_parameters()}
 engine = PyTorchModelEngine(model_path="unused", model=model)  # attach: collective over both ranks
 executor = fk.PyExecutor(engine)
+# the module's own copy is gone until the first step points it at the composite tensors
+freed = all(p.numel() == 0 for n, p in model.named_parameters() if "w3_w1" in n or "w2_weight" in n)
 g = torch.Generator().manual_seed(seed + 1 + rank)
-err, served = 0.0, 0
+err, err_full, served, all_local = 0.0, 0.0, 0, True
 for step in range(4):
     tokens = 0 if (rank == 1 and step == 1) else int(torch.randint(1, 9, (1,), generator=g))  # an idle step
     x = torch.randn(tokens, hidden, generator=g).to(device, act)
@@ -70,22 +84,33 @@ for step in range(4):
     if out is None:
         continue
     served += 1
+    all_local &= all(h.ep_size == 1 and h.expert_size_per_partition == experts == h.w3_w1_weight.shape[0]
+                     and h.initial_local_expert_ids == list(range(experts)) and h.parallel_size == 1 for h in holders)
+    with torch.no_grad():
+        want = full_model(x)
+    if tokens:
+        err_full = max(err_full, float(((out.float() - want.float()).abs() / (1 + want.float().abs())).max()))
     for mod, inp, y in seen:
         ref = fk.reference_forward(inp.float(), [mod], [fulls[mod.experts.layer_idx]])
         err = max(err, float(((y.float() - ref).abs() / (1 + ref.abs())).max()) if tokens else 0.0)
 failed = [str(e) for e in executor.errors]
 pulled = sum(m.bytes_pulled for m in adapter.current_hooks().metrics())
-freed = all(p.numel() == 0 for n, p in model.named_parameters() if "w3_w1" in n or "w2_weight" in n)
+kernels = [h.kernel_calls for h in holders]
 adapter.uninstall()  # collective: restores the partition this rank loaded
 restored = all(torch.equal(p.view(torch.uint8) if p.dtype == torch.float8_e4m3fn else p,
                            local[n].view(torch.uint8) if p.dtype == torch.float8_e4m3fn else local[n])
                for n, p in model.named_parameters())
+restored &= [{n: getattr(h, n) for n in adapter.PARTITION} for h in holders] == partition
 want_failed = ["injected failure"] if rank == 0 else []
-ok = err < tol and pulled > 0 and freed and restored and failed == want_failed and served == 4 - len(want_failed)
-results = world.gather((rank, err, pulled, freed, restored, failed, served, ok), root=0)
+# the failing step ran layer 0's kernel before layer 1's routing raised
+want_kernels = [served + (1 if rank == 0 and i == 0 else 0) for i in range(layers)]
+ok = (err < tol and err_full < tol and pulled > 0 and freed and restored and all_local and kernels == want_kernels
+      and failed == want_failed and served == 4 - len(want_failed))
+results = world.gather((rank, err, err_full, pulled, freed, restored, all_local, kernels, failed, served, ok), root=0)
 if rank == 0:
     for r in results:
-        print(f"rank {r[0]} ({device}, {kind}, {split}): max rel err {r[1]:.1e}, pulled {r[2]} B, module weights "
-              f"freed {r[3]}, restored {r[4]}, failed steps {r[5]}, steps served {r[6]}")
+        print(f"rank {r[0]} ({device}, {kind}, {split}): max rel err {r[1]:.1e} (vs the full model {r[2]:.1e}), "
+              f"pulled {r[3]} B, module weights freed {r[4]}, restored {r[5]}, all local while served {r[6]}, "
+              f"module kernels ran {r[7]}, failed steps {r[8]}, steps served {r[9]}")
     print("PASS" if all(r[-1] for r in results) else "FAIL")
 sys.exit(0 if ok else 1)

@@ -56,8 +56,7 @@ def test_find_moe_layers_counts_a_wrapper_once_and_skips_mtp():
     assert len(find_moe_layers(model)) == 4  # without the layer count, MTP counts too
 
 
-@pytest.mark.parametrize("cls,wrap", [(fk.CutlassFusedMoE, False), (fk.CutlassFusedMoE, True),
-                                      (fk.TritonFusedMoE, False)])
+@pytest.mark.parametrize("cls,wrap", [(fk.CutlassFusedMoE, False), (fk.CutlassFusedMoE, True)])
 def test_attach_runs_the_model_through_the_hooks_and_uninstall_restores_it(cls, wrap):
     seed = fresh_seed()
     model, fulls = _model(cls, seed, wrap=wrap)
@@ -70,9 +69,12 @@ def test_attach_runs_the_model_through_the_hooks_and_uninstall_restores_it(cls, 
     g = torch.Generator().manual_seed(seed + 7)
     for tokens in (5, 0, 3):  # a step may carry no tokens
         x = torch.randn(tokens, 16, generator=g)
+        calls = [h.kernel_calls for h in holders]
         with torch.no_grad():
             got = engine.forward(x)
         assert torch.allclose(got, fk.reference_forward(x, model.layers, fulls), rtol=1e-5, atol=1e-5)
+        assert [h.kernel_calls for h in holders] == [c + 1 for c in calls]  # the modules' own kernels ran
+        assert all(h.w3_w1_weight.shape[0] == h.expert_size_per_partition == 8 for h in holders)
     assert len(hooks.metrics()) == 3  # one step per engine.forward
     with torch.no_grad():  # a forward outside engine.forward (TensorRT-LLM's warm-up) is a step of its own
         got = model(x)
@@ -81,6 +83,21 @@ def test_attach_runs_the_model_through_the_hooks_and_uninstall_restores_it(cls, 
     adapter.uninstall()
     assert _same(before, _tensors(model))  # values and TensorRT-LLM's strides
     assert "forward" not in vars(engine) and all("forward" not in vars(b.experts) for b in model.layers)
+
+
+def test_exchanges_chosen_at_construction_are_refused():
+    model, _ = _model(wrap=True)
+    model.layers[1].experts.comm = object()  # main: ConfigurableMoE's communication strategy
+    with pytest.raises(DwdpConfigError, match="token exchange") as e:
+        _attach(model)
+    assert e.value.option == "moe_config.backend"
+    model, _ = _model()
+    model.layers[0].experts.enable_alltoall = True
+    with pytest.raises(DwdpConfigError, match="all-to-all"):
+        _attach(model)
+    model, _ = _model(fk.TritonFusedMoE)  # its kernels read [E, H, 2I] interleaved, not the composite tensors
+    with pytest.raises(DwdpConfigError, match="TritonFusedMoE"):
+        _attach(model)
 
 
 @pytest.mark.skipif("float8_e4m3fn" not in WEIGHT_DTYPES, reason="FP8 shards not in this build's DwdpConfig")
@@ -228,7 +245,7 @@ def test_a_failed_step_is_closed_and_the_executor_serves_the_next(where):
     for tokens in (5, 2):
         x = torch.randn(tokens, 16, generator=g)
         assert _close(executor._forward_step(x), model, fulls, x)
-    assert len(hooks.metrics()) == 3 and not executor.errors[1:]
+    assert len(hooks.metrics()) == 2 and not executor.errors[1:]  # the good steps; an aborted one has none
 
 
 def test_a_failed_warm_up_forward_is_closed_and_a_stale_step_is_closed_by_the_next():
@@ -250,7 +267,7 @@ def test_a_failed_warm_up_forward_is_closed_and_a_stale_step_is_closed_by_the_ne
     x = torch.randn(6, 16, generator=g)
     assert _close(engine.forward(x), model, fulls, x)  # the next step closes it first
     assert _close(engine.warmup(x), model, fulls, x)
-    assert len(hooks.metrics()) == 5
+    assert len(hooks.metrics()) == 3  # the good steps
 
 
 def _fail_once():
@@ -262,7 +279,7 @@ def _fail_once():
     return hook
 
 
-def test_moe_forward_arguments_by_position_or_keyword():
+def test_moe_forward_arguments_reach_the_modules_own_forward_untouched():
     seed = fresh_seed()
     model, fulls = _model(seed=seed)
     _attach(model)
@@ -275,10 +292,7 @@ def test_moe_forward_arguments_by_position_or_keyword():
     adapter._state.attached.hooks.begin_step()
     got = moe(x, logits, True, torch.float64, [4], None, None, None)  # do_finalize, output_dtype... positionally
     assert got.dtype == torch.float64 and torch.allclose(got.float(), ref, rtol=1e-5, atol=1e-5)
-    with pytest.raises(RuntimeError, match="do_finalize=False"):
-        moe(x, logits, False)
-    with pytest.raises(RuntimeError, match="LoRA"):
-        moe(x, logits, lora_params={"layer": 0})
+    assert moe.kernel_calls == 1
 
 
 @pytest.mark.parametrize("change,words", [

@@ -50,6 +50,14 @@ def full_experts(num_experts, hidden, inter, seed, dtype=torch.float32):
             "w2": mk(num_experts, hidden, inter)}
 
 
+def _dequant(w, scale, s):
+    """A weight as float32; FP8 e4m3 with 128x128 fp32 block scales [.., rows/128, cols/128] dequantized."""
+    if scale is None:
+        return w.float()
+    blocks = scale[s].float().repeat_interleave(128, 0).repeat_interleave(128, 1)
+    return w.float() * blocks[: w.shape[0], : w.shape[1]]
+
+
 class _FusedMoE(nn.Module):
     """Common part: an expert-parallel partition of the experts, TensorRT-LLM's MoE attributes."""
 
@@ -68,11 +76,47 @@ class _FusedMoE(nn.Module):
         self.layer_load_balancer, self.bias, self.swiglu_alpha = None, False, None
         self.activation_type, self.swiglu_limit_scalar = activation_type, swiglu_limit_scalar
         self.dtype = dtype
+        # what CutlassFusedMoE.__init__ derives from the partition (1.2): the slots this rank computes, and
+        # parallel_size (mapping.tp_size: the attention-DP world), which turns on allgather / reducescatter
+        self.num_slots, self.slot_start, self.slot_end = num_experts, start, start + n
+        self.initial_global_assignments = list(range(num_experts))
+        self.parallel_size = ep_size
+        self.kernel_calls = 0  # grouped GEMMs this module ran over its own weight tensors
 
     # main's MoE.forward: everything after router_logits positional-or-keyword
     def forward(self, x, router_logits, do_finalize=True, output_dtype=None, all_rank_num_tokens=None,
                 use_dp_padding=None, lora_params=None, input_ids=None, **kwargs):
-        raise RuntimeError("TensorRT-LLM's own MoE path ran: the adapter did not take this layer")
+        """TensorRT-LLM's forward_chunk in small: route, the attention-DP exchange where parallel_size > 1,
+        the fused MoE kernel over this module's slots."""
+        assert do_finalize, "CutlassFusedMoE does not support do_finalize=False"
+        ids, scales = self.routing_method.apply(router_logits)
+        assert ids.dtype == torch.int32 and scales.dtype == torch.float32
+        if self.use_dp and self.parallel_size > 1:
+            raise RuntimeError(f"expert-parallel exchange ran: allgather over {self.parallel_size} ranks "
+                               "(no communicator in this stand-in)")
+        y = self.fused_moe(x, ids, scales)
+        return y.to(output_dtype if output_dtype is not None else x.dtype)
+
+    def fused_moe(self, x, ids, scales):
+        """The grouped GEMM: each token's experts that fall in this rank's slots [slot_start, slot_end),
+        read from this module's own tensors at slot (expert - slot_start); other experts contribute nothing."""
+        assert self.w3_w1_weight.shape[0] == self.expert_size_per_partition == self.slot_end - self.slot_start
+        self.kernel_calls += 1
+        y = torch.zeros(x.shape[0], self.hidden_size, dtype=torch.float32, device=x.device)
+        xf = x.float()
+        for s in range(self.expert_size_per_partition):
+            rows, k = torch.nonzero(ids.long() == self.slot_start + s, as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            gate, up, down = self.expert_mats(s)
+            h = F.silu(xf[rows] @ gate.t()) * (xf[rows] @ up.t())
+            y.index_add_(0, rows, scales[rows, k, None] * (h @ down.t()))
+        return y
+
+    def expert_mats(self, s):
+        """(gate [I, H], up [I, H], down [H, I]) of slot s, float32, from this module's tensors."""
+        up, gate = _dequant(self.w3_w1_weight[s], getattr(self, "w3_w1_weight_scaling_factor", None), s).chunk(2)
+        return gate, up, _dequant(self.w2_weight[s], getattr(self, "w2_weight_scaling_factor", None), s)
 
 
 class CutlassFusedMoE(_FusedMoE):
@@ -156,6 +200,10 @@ class TritonFusedMoE(_FusedMoE):
         # TensorRT-LLM re-strides the weights so that stride(-2) == 1 (update_weight_stride)
         self.w3_w1_weight.data = self.w3_w1_weight.data.transpose(1, 2).contiguous().transpose(1, 2)
 
+    def expert_mats(self, s):
+        w = self.w3_w1_weight[s].float()
+        return w[:, 0::2].t(), w[:, 1::2].t(), self.w2_weight[s].float().t()
+
 
 class ConfigurableMoE(nn.Module):
     """Wrapper whose .backend holds the tensors; mirrors layer_idx and the partition onto it."""
@@ -168,9 +216,16 @@ class ConfigurableMoE(nn.Module):
                      "initial_local_expert_ids", "layer_load_balancer"):
             setattr(self, name, getattr(backend, name))
         self.enable_dwdp = False
+        # main: the token exchange strategy (communication_factory), chosen once at construction; None here
+        # stands for "no exchange" (ep_size 1); set it to stand for one (AllGatherReduceScatter, NVLink...)
+        self.comm = None
 
-    def forward(self, x, router_logits, **kw):
-        raise RuntimeError("TensorRT-LLM's own MoE path ran: the adapter did not take this layer")
+    def forward(self, x, router_logits, do_finalize=True, output_dtype=None, all_rank_num_tokens=None,
+                use_dp_padding=None, lora_params=None, input_ids=None, **kwargs):
+        if self.comm is not None:
+            raise RuntimeError("expert-parallel exchange ran: the wrapper's communication strategy")
+        return self.backend.forward(x, router_logits, do_finalize, output_dtype, all_rank_num_tokens,
+                                    use_dp_padding, lora_params, input_ids, **kwargs)
 
 
 class TRTLLMGenFusedMoE(CutlassFusedMoE):

@@ -1,10 +1,34 @@
 """TensorRT-LLM PyTorch backend -> DwdpHooks. Thin: placement, memory, pulls and expert math live
 below the hook API; this file finds the MoE layers (discover.py), fills the shards from their
-weights (layouts.py) and routes their forward through the hooks.
+weights (layouts.py) and points the modules at the hooks' composite tensors.
 
 One TensorRT-LLM instance with attention DP and moe_expert_parallel_size = G is one DWDP group: the
 experts TensorRT-LLM loads on expert-parallel rank r are rank r's shard, and every rank computes all
 experts for its own tokens, pulling the others' from its peers; the MoE all-to-all is gone.
+
+The MoE modules keep their own forward and kernels (CUTLASS fused MoE, DeepGEMM). DWDP changes
+  * where their expert tensors live: before each MoE layer runs, w3_w1_weight, w2_weight and the FP8
+    w3_w1_weight_scaling_factor / w2_weight_scaling_factor (Parameter .data) become the hooks' composite
+    [E, ...] tensors of this step (scales replicated), in TensorRT-LLM's own layout: the shard is filled
+    with the tensors as stored (MoeShape.w13_order = UP_GATE), so nothing is converted per step;
+  * what they believe they hold: every expert local, no expert-parallel exchange (table below);
+  * and each MoE layer is bracketed: layer_weights(l) (the current stream waits for layer l's pull) before
+    the module's forward, layer_done(l) after it returns (its kernels are enqueued). The wait sits before
+    routing too: the forward is the module's own, so there is no later point to hook.
+
+Attributes set on the MoE module and, under main's ConfigurableMoE, on its backend (read in
+CutlassFusedMoE.__init__ / forward_chunk / reducescatter_or_allreduce at 1.2 and in
+MoE/ConfigurableMoE at main; only those the module has are set, all restored by detach):
+  ep_size 1, ep_rank 0           passed to the fused_moe op (1.2, main): slots of this rank = all E
+  expert_size_per_partition E    1.2, main: slot count the kernels and load_weights use
+  num_slots E, slot_start 0, slot_end E, initial_global_assignments 0..E-1, initial_local_expert_ids
+                                 0..E-1: 1.2, main (EPLB bookkeeping read by the module)
+  parallel_size 1                1.2: with use_dp, > 1 runs allgather before and reducescatter after
+                                 the kernel (forward_chunk, reducescatter_or_allreduce)
+Refused (DwdpConfigError) where this cannot be made safe: main's ConfigurableMoE holding a token exchange
+strategy (`comm`, chosen once at construction from the mapping); a backend with enable_alltoall; the
+TRITON backend (its weights are [E, H, 2I] with gate/up columns interleaved, not the composite layout);
+composite tensors with a padded expert stride (the fused kernels assume contiguous experts).
 
 TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
@@ -14,10 +38,7 @@ TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
     begin_step / end_step, and to close a failed step before the exception leaves it. A model forward
     outside engine.forward (main: DecoderRunner._forward_warmup; autotuner passes) is a step opened by
     the first MoE layer and closed by the last, or by the failing one.
-  * MoE module forward(x, router_logits, do_finalize, output_dtype, ... , lora_params, input_ids):
-    positional-or-keyword, read through the module's own signature; replaced per instance;
-    routing_method.apply(router_logits) -> (token_selected_experts int32 [T, K], token_final_scales
-    fp32 [T, K]).
+  * MoE module forward: wrapped per instance (arguments passed through untouched), never replaced.
   * engine._torch_compile_enabled and torch.compile's OptimizedModule in the model: TensorRT-LLM
     compiles `model.model` inside __init__, before attach; such a model is refused.
   * llmapi.mpi_session.MPIPoolExecutor (as MpiPoolSession._start_mpi_pool calls it, 1.2 and main):
@@ -33,7 +54,6 @@ from __future__ import annotations
 
 import atexit
 import functools
-import inspect
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -44,12 +64,13 @@ import torch
 
 from ...config import DwdpConfigError
 from ...hooks import DwdpHooks, MoeShape
-from ...moe import expert_compute
+from ...layout import W13Order
 from ...placement import placement_from_config
 from . import predict
 from .activate import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
-from .layouts import StagedTensor, module_weight_loader, restore_module_tensor, split_to_module, stage_to_host
+from .layouts import (TRTLLM_NAMES, StagedTensor, restore_module_tensor, stage_to_host, stored_rows,
+                      stored_weight_loader)
 from .options import ENV_FILE, ENV_INLINE, SECTION, TrtllmDwdpOptions
 
 UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
@@ -81,12 +102,21 @@ class _Staged:
     tensor: StagedTensor
 
 
+# What an all-local MoE module holds (see the module docstring), as a function of E.
+PARTITION = {"ep_size": lambda e: 1, "ep_rank": lambda e: 0, "expert_size_per_partition": lambda e: e,
+             "num_slots": lambda e: e, "slot_start": lambda e: 0, "slot_end": lambda e: e,
+             "initial_global_assignments": lambda e: list(range(e)),
+             "initial_local_expert_ids": lambda e: list(range(e)), "parallel_size": lambda e: 1}
+
+
 @dataclass
 class _Attached:
     hooks: DwdpHooks
     layers: List[MoeLayer]
     engine: Any
     staged: List[_Staged]
+    kept: Dict[int, Dict[str, torch.Tensor]]  # layer_idx -> the module's own tensors, where not freed
+    partition: List[Callable[[], None]] = field(default_factory=list)  # puts the modules' partition back
     step: _Step = field(default_factory=_Step)
 
 
@@ -236,12 +266,14 @@ def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_modu
     if not _wanted(engine, options, config, first.weight_dtype):
         return None
     inter = getattr(m, "intermediate_size_per_partition", m.intermediate_size)
-    shape = MoeShape(len(layers), m.hidden_size, inter, m.num_experts, tuple(x.layer_idx for x in layers))
-    loader = module_weight_loader([x.holder for x in layers], first.layout, [x.local_ids for x in layers])
+    shape = MoeShape(len(layers), m.hidden_size, inter, m.num_experts, tuple(x.layer_idx for x in layers),
+                     w13_order=W13Order.UP_GATE)
+    loader = stored_weight_loader([x.holder for x in layers], [x.local_ids for x in layers])
     device = device if device is not None else first.holder.w3_w1_weight.device
     # NOTE: the shard is allocated whole before it is filled; staging the module's copy in host memory
     # first keeps the device from holding the local experts twice.
     staged = [_Staged(x, t) for x in layers for t in stage_to_host(x.holder)] if free_module_weights else []
+    kept = {} if free_module_weights else {x.layer_idx: _param_data(x.holder) for x in layers}
     try:
         hooks = DwdpHooks.setup(config, shape, loader, comm=comm, device=device)
     except BaseException:
@@ -250,14 +282,23 @@ def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_modu
         raise
     for rec in staged:
         rec.tensor.drop()
-    _state.attached = _Attached(hooks, layers, engine, staged)
+    _state.attached = _Attached(hooks, layers, engine, staged, kept)
     for layer in layers:
-        orig = layer.module.forward
-        layer.module.forward = functools.partial(_moe_forward, layer.module, inspect.signature(orig))
+        for owner in {id(layer.module): layer.module, id(layer.holder): layer.holder}.values():
+            for name, value in PARTITION.items():
+                if hasattr(owner, name):
+                    _state.attached.partition.append(functools.partial(setattr, owner, name, getattr(owner, name)))
+                    setattr(owner, name, value(m.num_experts))
+        layer.module.forward = functools.partial(_moe_forward, layer, layer.module.forward)
     engine.forward = _bracket(engine.forward)
     _log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
-         f"{hooks.local_experts[0]}..{hooks.local_experts[-1]}, {first.weight_dtype}, {first.layout.value} layout")
+         f"{hooks.local_experts[0]}..{hooks.local_experts[-1]}, {first.weight_dtype}, {first.layout.value} layout, "
+         f"{type(first.holder).__name__}'s own kernels")
     return hooks
+
+
+def _param_data(holder) -> Dict[str, torch.Tensor]:
+    return {n: getattr(holder, n).data for n in TRTLLM_NAMES if getattr(holder, n, None) is not None}
 
 
 def _placement_as_loaded(config, options: TrtllmDwdpOptions, comm, local_ids) -> Any:
@@ -335,18 +376,10 @@ def _close() -> None:
 
 
 def _abort() -> None:
-    """Close the open step: release the layer in hand, take and release the layers that did not run
-    (waiting for their pulls, so every slot is free again), end the step."""
+    """Close the open step: the hooks free the layer in hand and let every pull in flight land."""
     a = _state.attached
-    step, a.step = a.step, _Step()
-    hooks = a.hooks
-    if step.holding is not None:
-        hooks.layer_done(step.holding)
-        step.next += 1
-    for layer in a.layers[step.next:]:
-        hooks.layer_weights(layer.layer_idx)
-        hooks.layer_done(layer.layer_idx)
-    hooks.end_step()
+    a.step = _Step()
+    a.hooks.abort_step()
 
 
 def _abort_after(error: BaseException) -> None:
@@ -371,57 +404,35 @@ def _bracket(forward):
     return run
 
 
-@dataclass(frozen=True)
-class _MoeCall:
-    """A MoE forward's arguments by name, however TensorRT-LLM passed them."""
-
-    x: Any
-    router_logits: torch.Tensor
-    do_finalize: bool
-    output_dtype: Optional[torch.dtype]
-    lora_params: Any
-
-    @classmethod
-    def bind(cls, sig: inspect.Signature, args, kwargs) -> "_MoeCall":
-        bound = sig.bind(*args, **kwargs)
-        named: Dict[str, Any] = {}
-        for name, value in bound.arguments.items():
-            kind = sig.parameters[name].kind
-            if kind is inspect.Parameter.VAR_KEYWORD:
-                named.update(value)
-            elif kind is inspect.Parameter.VAR_POSITIONAL:
-                if value:
-                    raise RuntimeError(f"DWDP MoE layer: {len(value)} positional arguments past router_logits that "
-                                       "this TensorRT-LLM's MoE forward does not name; pass them by keyword")
-            else:
-                named[name] = value
-        return cls(named["x"], named["router_logits"], named.get("do_finalize", True), named.get("output_dtype"),
-                   named.get("lora_params"))
+def _point(holder, weights) -> None:
+    """The module's expert tensors become this step's composite tensors (the Parameter objects stay)."""
+    for name, t in (("w3_w1_weight", weights.w13), ("w2_weight", weights.w2),
+                    ("w3_w1_weight_scaling_factor", weights.w13_scale), ("w2_weight_scaling_factor", weights.w2_scale)):
+        if t is None:
+            continue
+        if not t.is_contiguous():
+            raise RuntimeError(f"DWDP composite {name} has strides {t.stride()} for shape {tuple(t.shape)}: "
+                               "TensorRT-LLM's fused MoE kernels read contiguous experts")
+        getattr(holder, name).data = t
 
 
-def _moe_forward(module, sig: inspect.Signature, *args, **kwargs):
-    """The MoE layer through DWDP: route, wait for this layer's pull, experts in place, release."""
-    call = _MoeCall.bind(sig, args, kwargs)
-    x = call.x
-    if not call.do_finalize:
-        raise RuntimeError("DWDP MoE layers always finalize; do_finalize=False (TRTLLM-Gen fusion) is unsupported")
-    if call.lora_params is not None:
-        raise RuntimeError("DWDP MoE layers do not apply LoRA to routed experts; serve LoRA without DWDP")
-    if not torch.is_tensor(x):
-        raise RuntimeError(f"DWDP MoE layers take unquantized activations, got {type(x).__name__}")
-    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+def _moe_forward(layer: MoeLayer, forward, *args, **kwargs):
+    """The module's own forward, bracketed: this layer's composite weights in place (the current stream
+    waits for its pull) before, layer_done after its kernels are enqueued."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         raise DwdpConfigError("cuda_graph_config", "enabled", "DWDP MoE layers wait on prefetch events and are "
                               "not captured in CUDA graphs", "set cuda_graph_config: null on DWDP servers")
     a = _state.attached
-    if a.step.state is StepState.IDLE or (a.step.state is StepState.IMPLICIT and module.layer_idx == a.layers[0].layer_idx):
+    idx = layer.layer_idx
+    if a.step.state is StepState.IDLE or (a.step.state is StepState.IMPLICIT and idx == a.layers[0].layer_idx):
         _open(StepState.IMPLICIT)  # a forward outside engine.forward (warm-up, autotuner): a step of its own
     step, hooks = a.step, a.hooks
     try:
-        ids, scales = module.routing_method.apply(call.router_logits)
-        weights = hooks.layer_weights(module.layer_idx)
-        step.holding = module.layer_idx
-        y = expert_compute(x, ids.long(), scales, weights)
-        hooks.layer_done(module.layer_idx)
+        weights = hooks.layer_weights(idx)
+        step.holding = idx
+        _point(layer.holder, weights)
+        y = forward(*args, **kwargs)
+        hooks.layer_done(idx)
         step.holding, step.next = None, step.next + 1
     except BaseException as e:
         if step.state is StepState.IMPLICIT:  # nobody above closes it
@@ -429,7 +440,7 @@ def _moe_forward(module, sig: inspect.Signature, *args, **kwargs):
         raise
     if step.state is StepState.IMPLICIT and step.next == len(a.layers):
         _close()
-    return y if call.output_dtype is None else y.to(call.output_dtype)
+    return y
 
 
 def _restore_freed(a: _Attached) -> None:
@@ -437,7 +448,7 @@ def _restore_freed(a: _Attached) -> None:
     hooks = a.hooks
     hooks.begin_step()
     for layer in a.layers:
-        back = split_to_module(hooks.layer_weights(layer.layer_idx), layer.layout, layer.local_ids)
+        back = stored_rows(hooks.layer_weights(layer.layer_idx), layer.local_ids)
         for rec in (r for r in a.staged if r.layer is layer):
             restore_module_tensor(rec.tensor, back)
         hooks.layer_done(layer.layer_idx)
@@ -457,7 +468,11 @@ def detach() -> None:
         if a.staged:
             _restore_freed(a)
         for layer in a.layers:
+            for name, data in a.kept.get(layer.layer_idx, {}).items():
+                getattr(layer.holder, name).data = data
             vars(layer.module).pop("forward", None)
+        for undo in reversed(a.partition):
+            undo()
         vars(a.engine).pop("forward", None)
     finally:
         a.hooks.close()

@@ -3,7 +3,8 @@ DWDP can serve them (a DwdpConfigError naming the option to change where it cann
 
 TensorRT-LLM attributes read (MoE interface and ConfigurableMoE, 1.2 line and main): layer_idx,
 routing_method, num_experts, hidden_size, intermediate_size(_per_partition), ep_size, ep_rank,
-tp_size, use_dp, initial_local_expert_ids, layer_load_balancer, apply_router_weight_on_input,
+tp_size, use_dp, initial_local_expert_ids, layer_load_balancer, comm (main's ConfigurableMoE token exchange),
+enable_alltoall, apply_router_weight_on_input,
 bias, swiglu_alpha/beta/limit, activation_type (ActivationType; read by name, Swiglu only) and
 swiglu_limit_scalar (main: Gemma4 and gpt-oss), quant_method (its class name tells DeepGEMM's FP8
 method, which CUTLASS also selects on Blackwell), enable_dwdp (main: upstream's own DWDP), and
@@ -20,10 +21,11 @@ import torch
 from ...config import DwdpConfigError
 from .layouts import Layout
 
-# Backend class -> the layout its tensors are in (layouts.py), None where DWDP cannot read them. The
-# holder's most specific class in this table decides: CuteDslFusedMoE subclasses CutlassFusedMoE at 1.2.
+# Backend class -> the layout its tensors are in (layouts.py), None where its own kernels cannot read DWDP's
+# composite [E, 2I, H] tensors (TRITON: [E, H, 2I], gate/up columns interleaved). The holder's most specific
+# class in this table decides: CuteDslFusedMoE subclasses CutlassFusedMoE at 1.2.
 BACKENDS = {"CutlassFusedMoE": Layout.W3_W1, "DeepGemmFusedMoE": Layout.W3_W1, "WideEPMoE": Layout.W3_W1,
-            "TritonFusedMoE": Layout.TRITON, "CuteDslFusedMoE": None, "TRTLLMGenFusedMoE": None,
+            "TritonFusedMoE": None, "CuteDslFusedMoE": None, "TRTLLMGenFusedMoE": None,
             "DenseGEMMFusedMoE": None, "VanillaMoE": None}
 # FP8 block-scale methods whose scales are resmoothed to UE8M0 and packed for DeepGEMM's kernels.
 DEEPGEMM_FP8_METHODS = ("DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm",)
@@ -73,7 +75,15 @@ def describe(layer_idx: int, m, holder) -> MoeLayer:
     if layout is None:
         raise DwdpConfigError("moe_config.backend", type(holder).__name__,
                               f"{where}: this backend keeps experts in a layout DWDP does not read",
-                              "use CUTLASS, DEEPGEMM (Hopper) or TRITON; for NVFP4 on CUTEDSL use dwdp_config")
+                              "use CUTLASS or DEEPGEMM (Hopper); for NVFP4 on CUTEDSL use dwdp_config")
+    if getattr(m, "comm", None) is not None:
+        raise DwdpConfigError("moe_config.backend", type(m).__name__, f"{where}: its token exchange "
+                              f"({type(m.comm).__name__}) was chosen at construction; DWDP cannot turn it off "
+                              "safely", "serve this model without DWDP on this TensorRT-LLM")
+    if getattr(holder, "enable_alltoall", False):
+        raise DwdpConfigError("moe_config.backend", type(holder).__name__, f"{where}: it runs an expert-parallel "
+                              "all-to-all chosen at construction; DWDP cannot turn it off safely",
+                              "disable the MoE all-to-all (TRTLLM_FORCE_ALLTOALL_METHOD unset) or serve without DWDP")
     if getattr(m, "layer_load_balancer", None) is not None:
         raise DwdpConfigError("moe_config.load_balancer", "set", f"{where}: EPLB moves experts at run time, "
                               "DWDP shards are fixed at start", "remove moe_config.load_balancer")

@@ -148,6 +148,32 @@ def module_weight_loader(holders: Sequence, layout: str, local_ids: Sequence[Seq
     return load
 
 
+SHARD_NAMES = dict(zip(TRTLLM_NAMES, ("w13", "w2", "w13_scale", "w2_scale")))
+
+
+def stored_weight_loader(holders: Sequence, local_ids: Sequence[Sequence[int]]):
+    """A hooks.WeightLoader handing the "w3_w1" layout's tensors as stored (w13 rows up first: the shard is
+    declared W13Order.UP_GATE), so the composite tensors are what TensorRT-LLM's own kernels read."""
+    index = [{e: i for i, e in enumerate(ids)} for ids in local_ids]
+
+    def load(moe_layer: int, expert_ids: Sequence[int]) -> Dict[str, torch.Tensor]:
+        missing = [e for e in expert_ids if e not in index[moe_layer]]
+        if missing:
+            raise ValueError(f"MoE layer {moe_layer}: experts {missing[:8]} are not loaded on this rank "
+                             f"(it holds {list(local_ids[moe_layer])[:8]}...)")
+        rows = torch.tensor([index[moe_layer][e] for e in expert_ids], dtype=torch.long)
+        return {SHARD_NAMES[n]: t for n, t in module_tensors(holders[moe_layer], rows).items()}
+
+    return load
+
+
+def stored_rows(weights, expert_ids: Sequence[int]) -> Dict[str, torch.Tensor]:
+    """TensorRT-LLM's tensors (TRTLLM_NAMES keys) of `expert_ids`, read from composite ExpertWeights that hold
+    them as stored (stored_weight_loader)."""
+    idx = list(expert_ids)
+    return {n: getattr(weights, s)[idx] for n, s in SHARD_NAMES.items() if getattr(weights, s) is not None}
+
+
 @dataclass(frozen=True)
 class StagedTensor:
     """A module parameter moved to host memory, with what restoring it on its device needs."""
