@@ -7,15 +7,12 @@ On a GPU the enqueue runs on a DWDP context whose every expert is pulled through
 """
 
 import ctypes
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = ROOT / "tensorrt_llm_dwdp" / "libdwdp_trt_plugin.so"
+import trt_harness
+from trt_harness import PLUGIN, fields as _fields
+
 # layer_index, num_experts, hidden_size, intermediate_size, top_k, routing, dtype, context_id
 CASES = {
     "bf16-renormalize": [0, 8, 256, 128, 2, 1, 0, 7],
@@ -24,43 +21,12 @@ CASES = {
 }
 
 
-def _trt_include():
-    dirs = [Path(os.environ["TENSORRT_ROOT"]) / "include"] if os.environ.get("TENSORRT_ROOT") else []
-    dirs += [ROOT / ".trt" / "include", Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include/aarch64-linux-gnu"),
-             Path("/usr/local/tensorrt/include")]
-    return next((d for d in dirs if (d / "NvInferRuntime.h").exists()), None)
-
-
-def _cuda_home():
-    for env in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(env) and (Path(os.environ[env]) / "include" / "cuda_runtime_api.h").exists():
-            return Path(os.environ[env])
-    nvcc = shutil.which("nvcc")
-    home = Path(nvcc).resolve().parent.parent if nvcc else None
-    return home if home and (home / "include" / "cuda_runtime_api.h").exists() else Path("/usr/local/cuda")
-
-
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    inc = _trt_include()
-    if inc is None:
-        pytest.skip("no TensorRT headers (set TENSORRT_ROOT or put them in .trt/include)")
-    if not PLUGIN.exists():
-        pytest.skip("libdwdp_trt_plugin.so is not built (setup.py builds it where TensorRT headers are found)")
-    cuda = _cuda_home()
-    lib = next((d for d in (cuda / "lib64", cuda / "targets/x86_64-linux/lib") if (d / "libcudart.so").exists()), None)
-    out = tmp_path_factory.mktemp("harness") / "libharness.so"
-    subprocess.run(["g++", "-std=c++17", "-shared", "-fPIC", "-Wno-deprecated-declarations", f"-I{inc}",
-                    f"-I{cuda / 'include'}", str(ROOT / "tests" / "cpp" / "plugin_harness.cpp"), "-o", str(out),
-                    f"-L{lib}", "-lcudart", "-ldl", f"-Wl,-rpath,{lib}"], check=True)
-    h = ctypes.CDLL(str(out))
-    h.harness_error.restype = ctypes.c_char_p
-    h.harness_workspace.restype = ctypes.c_int64
-    return h
-
-
-def _fields(values):
-    return (ctypes.c_int32 * 8)(*values)
+    why = trt_harness.missing()
+    if why:
+        pytest.skip(why)
+    return trt_harness.load(trt_harness.build(tmp_path_factory.mktemp("harness") / "libharness.so"))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -146,3 +112,53 @@ def test_enqueue_matches_float64_reference_bf16(harness, routing):
     finally:
         ctx.synchronize()
         _C.unregister_context(ctx_id)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("backend", ["cuda_vmm", "cuda_ipc"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8_e4m3fn"])
+def test_plugin_on_a_context_from_real_shards(tmp_path, ranks, backend, dtype):
+    """2 and 4 processes sharing a GPU: DwdpHooks over real shards -> register_plugin_context -> DwdpMoe enqueued
+    through the IPluginV3 calls for every layer of 3 steps (each routing mode), against float64 (mpi_trt_plugin.py)."""
+    import os
+    import subprocess
+
+    from conftest import fresh_seed
+    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+
+    why = trt_harness.missing()
+    if why:
+        pytest.skip(why)
+    so = trt_harness.build(tmp_path / "libharness.so")
+    root = str(trt_harness.ROOT)
+    extra = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
+                                                                    if p)}
+    cmd = mpirun_command(ranks, [os.path.join(root, "tests", "mpi_trt_plugin.py"), str(so), backend, dtype,
+                                 str(fresh_seed())], extra)
+    proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **extra), capture_output=True, text=True,
+                          timeout=300, cwd=root)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_plugin_context_refuses_cpu_hooks_with_a_sentence():
+    """The plugin reads CUDA memory: hooks over CPU shared memory are refused before anything is registered."""
+    import torch
+    from mpi4py import MPI
+
+    from conftest import fresh_seed
+    from tensorrt_llm_dwdp import DwdpConfig, DwdpConfigError, DwdpHooks, MoeShape
+    from tensorrt_llm_dwdp.integrations.trt_plugin import register_plugin_context
+
+    g = torch.Generator().manual_seed(fresh_seed())
+    w = {"w13": torch.randn(4, 32, 16, generator=g), "w2": torch.randn(4, 16, 16, generator=g)}
+    cfg = DwdpConfig(group_size=1, num_experts=4, weight_dtype="float32", memory_backend="cpu_shm")
+    with DwdpHooks.setup(cfg, MoeShape(2, 16, 16, 4), lambda l, ex: {k: v[list(ex)] for k, v in w.items()},
+                         comm=MPI.COMM_SELF) as hooks:
+        with pytest.raises(DwdpConfigError, match="memory_backend=.cpu_shm.*cuda_vmm"):
+            register_plugin_context(hooks, 3)
+        hooks.begin_step()  # the Python prefetcher still owns the slots
+        for layer in range(2):
+            assert torch.equal(hooks.layer_weights(layer).w2, w["w2"])
+            hooks.layer_done(layer)
+        hooks.end_step()

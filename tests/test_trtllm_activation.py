@@ -83,3 +83,25 @@ def test_the_installed_pth_is_the_repositorys():
     if not installed:
         pytest.skip("this environment did not install the package with pip (no .pth in site-packages)")
     assert open(installed[0]).read() == open(PTH).read()
+
+
+def test_the_hook_adds_the_build_flag_and_patches_the_engine_runners(tmp_path):
+    """trtllm-build's parser and ModelRunner / ModelRunnerCpp.from_dir, as 1.2.x names them, in a fresh process."""
+    fake = tmp_path / "fake" / "tensorrt_llm"
+    (fake / "commands").mkdir(parents=True)
+    (fake / "runtime").mkdir()
+    (fake / "commands" / "__init__.py").write_text("")
+    (fake / "commands" / "build.py").write_text(
+        "import argparse\n\ndef parse_arguments():\n    p = argparse.ArgumentParser()\n"
+        "    p.add_argument('--output_dir')\n    return p\n")
+    (fake / "runtime" / "__init__.py").write_text("")
+    for mod, cls in (("model_runner", "ModelRunner"), ("model_runner_cpp", "ModelRunnerCpp")):
+        (fake / "runtime" / f"{mod}.py").write_text(
+            f"class {cls}:\n    @classmethod\n    def from_dir(cls, engine_dir, *, rank=0):\n        return cls\n")
+    code = ("import tensorrt_llm.commands.build as b, tensorrt_llm.runtime.model_runner as m, "
+            "tensorrt_llm.runtime.model_runner_cpp as c; "
+            "print(b.parse_arguments().parse_args([]).dwdp_group_size, "
+            "m.ModelRunner.from_dir.__func__._dwdp_wrapped, c.ModelRunnerCpp.from_dir.__func__._dwdp_wrapped, "
+            "m.ModelRunner.from_dir('nowhere') is m.ModelRunner)")
+    proc = _start(tmp_path, code, {"TRTLLM_DWDP": "1"})
+    assert proc.returncode == 0 and "0 True True True" in proc.stdout, proc.stdout + proc.stderr

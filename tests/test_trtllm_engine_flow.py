@@ -116,3 +116,102 @@ def test_build_flag():
     assert ef.options_from_args(parser.parse_args(["--dwdp_group_size", "4"])).group_size == 4
     with pytest.raises(DwdpConfigError, match="--dwdp_group_size=-2"):
         ef.options_from_args(parser.parse_args(["--dwdp_group_size", "-2"]))
+
+
+# ---- trtllm-build and the engine runners (tensorrt_llm.commands.build, tensorrt_llm.runtime) -------------------
+
+def _build_module():
+    """tensorrt_llm.commands.build's shape: parse_arguments() returns the parser main() parses."""
+    def parse_arguments():
+        p = argparse.ArgumentParser()
+        p.add_argument("--checkpoint_dir", default=None)
+        p.add_argument("--output_dir", default="engine_outputs")
+        p.add_argument("--workers", type=int, default=1)
+        return p
+    return SimpleNamespace(parse_arguments=parse_arguments)
+
+
+def test_build_command_gets_the_flag_and_switches_the_layer_on(tmp_path):
+    import json
+
+    module, loaded = _build_module(), []
+    cls = type("MoE", (MixtureOfExperts,), {})
+    ef.patch_build_command(module, load_plugin=loaded.append, moe_class=cls)
+    ef.patch_build_command(module, load_plugin=loaded.append, moe_class=cls)  # idempotent
+    out = tmp_path / "engine"
+    plain = module.parse_arguments().parse_args(["--output_dir", str(out)])
+    assert plain.dwdp_group_size == 0 and not loaded and not hasattr(cls.forward_experts, "_dwdp_wrapped")
+    assert not (out / ef.ENGINE_MARKER).exists()
+    args = module.parse_arguments().parse_args(["--dwdp_group_size", "4", "--output_dir", str(out),
+                                                "--checkpoint_dir", str(tmp_path / "ckpt")])
+    assert args.dwdp_group_size == 4 and loaded == [ef.plugin_library_path()]
+    assert cls.forward_experts._dwdp_wrapped
+    marker = json.loads((out / ef.ENGINE_MARKER).read_text())
+    assert marker == {"group_size": 4, "context_id": 0, "dtype": "BF16", "checkpoint_dir": str(tmp_path / "ckpt")}
+    with pytest.raises(DwdpConfigError, match="--workers=3"):
+        module.parse_arguments().parse_args(["--dwdp_group_size", "2", "--workers", "3"])
+
+
+class ModelRunner:
+    """tensorrt_llm.runtime.ModelRunner's entry: a classmethod that deserialises the engine."""
+
+    opened = []
+
+    @classmethod
+    def from_dir(cls, engine_dir, *, rank=0, **kwargs):
+        cls.opened.append((str(engine_dir), rank))
+        return cls()
+
+
+def test_runner_sets_the_context_up_before_deserialising(tmp_path):
+    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+
+    events = []
+    runner = type("Runner", (ModelRunner,), {"opened": events})
+    er.patch_runner_class(runner, setup=lambda m: events.append(("setup", m)))
+    er.patch_runner_class(runner, setup=lambda m: events.append(("twice", m)))  # idempotent
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert isinstance(runner.from_dir(str(plain), rank=1), runner)
+    assert events == [(str(plain), 1)]
+    dwdp = tmp_path / "dwdp"
+    dwdp.mkdir()
+    (dwdp / ef.ENGINE_MARKER).write_text('{"group_size": 2, "context_id": 9, "dtype": "FP8_BLOCK", '
+                                         '"checkpoint_dir": "/ckpt"}')
+    runner.from_dir(str(dwdp), rank=0)
+    assert events[1] == ("setup", er.EngineMarker(str(dwdp), 2, 9, ef.ExpertDtype.FP8_BLOCK, "/ckpt"))
+    assert events[2] == (str(dwdp), 0)  # the engine is opened after the context exists
+
+
+def test_checkpoint_loader_reads_experts_gate_rows_first(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from conftest import fresh_seed
+    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I = 6, 32, 16
+    gate, up, w2 = torch.randn(E, I, H, generator=g), torch.randn(E, I, H, generator=g), torch.randn(E, H, I, generator=g)
+    save_file({"transformer.layers.1.mlp.fc.weight": torch.cat([up, gate], 1),  # TensorRT-LLM's w3 then w1
+               "transformer.layers.1.mlp.proj.weight": w2}, str(tmp_path / "rank0.safetensors"))
+    got = er.checkpoint_loader(str(tmp_path))(1, [4, 1])
+    assert torch.equal(got["w13"], torch.cat([gate[[4, 1]], up[[4, 1]]], 1)) and torch.equal(got["w2"], w2[[4, 1]])
+    with pytest.raises(DwdpConfigError, match="rank0.safetensors"):
+        er.checkpoint_loader(str(tmp_path / "none"))
+
+
+def test_moe_shape_from_the_engine_config(tmp_path):
+    import json
+
+    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+
+    cfg = {"pretrained_config": {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 512,
+                                 "moe": {"num_experts": 8, "top_k": 2}}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    s = er.moe_shape_of(str(tmp_path))
+    assert (s.num_layers, s.hidden_size, s.intermediate_size, s.num_experts) == (4, 256, 512, 8)
+    cfg["pretrained_config"]["moe"] = {"num_experts": 0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DwdpConfigError, match="no MoE experts"):
+        er.moe_shape_of(str(tmp_path))

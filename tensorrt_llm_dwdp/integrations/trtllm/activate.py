@@ -109,7 +109,18 @@ def activate(environ: Optional[Mapping[str, str]] = None) -> bool:
         return False
     from .adapter import install
     install(options)
+    install_engine_flow()
     return True
+
+
+def install_engine_flow() -> None:
+    """The TensorRT engine flow: trtllm-build gets --dwdp_group_size, and the engine runners set the DWDP context
+    up before deserialising an engine built with it."""
+    from . import engine_flow, engine_runtime
+
+    when_imported("tensorrt_llm.commands.build", engine_flow.patch_build_command)
+    for name in ("tensorrt_llm.runtime.model_runner", "tensorrt_llm.runtime.model_runner_cpp"):
+        when_imported(name, engine_runtime.patch_runtime_module)
 
 
 def startup() -> None:

@@ -167,3 +167,63 @@ def plugin_library_path() -> str:
     from pathlib import Path
     return str(Path(__file__).resolve().parents[2] / PLUGIN_LIBRARY)
 
+
+
+# Written next to the engine by a DWDP build: what the runtime needs to set the context up before deserialising.
+ENGINE_MARKER = "dwdp_engine.json"
+
+
+def patch_build_command(module, *, load_plugin=None, moe_class=None) -> None:
+    """trtllm-build (tensorrt_llm.commands.build, 1.2.x): `parse_arguments()` returns the argparse parser that
+    `main()` parses. Wrapped so the parser has --dwdp_group_size and, when the flag asks for DWDP, parsing loads
+    the plugin library, switches every MixtureOfExperts layer to DwdpMoe and records ENGINE_MARKER in
+    --output_dir (group size, context id, the checkpoint the shards come from). load_plugin / moe_class default
+    to TensorRT's registry and tensorrt_llm.layers.moe.MixtureOfExperts; tests pass fakes."""
+    original = module.parse_arguments
+    if getattr(original, "_dwdp_wrapped", False):
+        return
+
+    def parse_arguments(*args, **kwargs):
+        parser = original(*args, **kwargs)
+        add_build_flag(parser)
+        parse = parser.parse_args
+
+        def parse_args(*a, **kw):
+            parsed = parse(*a, **kw)
+            options = options_from_args(parsed)
+            if options is not None:
+                switch_on(options, parsed, load_plugin=load_plugin, moe_class=moe_class)
+            return parsed
+
+        parser.parse_args = parse_args
+        return parser
+
+    parse_arguments._dwdp_wrapped = True
+    module.parse_arguments = parse_arguments
+
+
+def switch_on(options: EngineFlowOptions, args, *, load_plugin=None, moe_class=None) -> None:
+    """Make this build emit DwdpMoe: refuse what the plugin cannot do, load the library, patch the MoE class."""
+    import json
+    import os
+
+    if int(getattr(args, "workers", 1) or 1) > 1:
+        raise DwdpConfigError("--workers", args.workers, "DWDP engines are built in the process that parsed "
+                              f"{BUILD_FLAG} (worker processes would build TensorRT-LLM's MoE plugin)",
+                              "build with --workers 1")
+    (load_plugin or load_plugin_library)(plugin_library_path())
+    if moe_class is None:
+        from tensorrt_llm.layers.moe import MixtureOfExperts as moe_class
+    patch_moe_class(moe_class, options)
+    out = getattr(args, "output_dir", None) or "."
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, ENGINE_MARKER), "w") as f:
+        json.dump({"group_size": options.group_size, "context_id": options.context_id,
+                   "dtype": options.dtype.name, "checkpoint_dir": os.path.abspath(args.checkpoint_dir)
+                   if getattr(args, "checkpoint_dir", None) else None}, f, indent=1)
+
+
+def load_plugin_library(path: str) -> None:
+    """Registers DwdpMoe's creator with TensorRT's plugin registry (the library's getCreators entry)."""
+    import tensorrt as trt
+    trt.get_plugin_registry().load_library(path)

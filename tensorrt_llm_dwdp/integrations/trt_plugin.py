@@ -1,0 +1,168 @@
+"""Hand a rank's DWDP state to the TensorRT plugin: a C++ DwdpContext built from DwdpHooks' real shards.
+
+DwdpHooks.setup does the collective part (handles exchanged over mpi4py, shards filled, composite views mapped,
+copy plans built). `register_plugin_context(hooks, context_id)` then copies what the plugin needs into a C++
+DwdpContext and registers it in the core library's registry, where DwdpMoe's enqueue finds it by `context_id`:
+
+  * per (MoE layer ordinal, slot): the composite views' addresses and expert strides, i.e. exactly
+    hooks' ExpertWeights (w13 [E, 2I, H] gate rows first, w2 [E, H, I], FP8 block scales);
+  * per layer: the copy plan, the same (source address, offset, bytes) slices the Python CudaCopyEngine issues;
+  * per slot: the base its pulls write through (every layer's view of slot s maps the same slot pieces at the
+    same offsets, so one base per slot reaches them all);
+  * the slot count (the config's prefetch_depth).
+
+One owner of the pull state. While the plugin context is registered, the C++ slot ring owns the slots: the
+engine's MoE layers acquire and release them (a step opens at layer 0 and closes after the last layer), and the
+Python prefetcher is fenced off: hooks.begin_step / layer_weights / layer_done raise instead of pulling into
+slots the plugin is reading. `close()` drains the C++ copy stream, unregisters the context and hands the ring back
+to Python (whose slot bookkeeping then restarts from empty slots). Close it before `hooks.close()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ..config import DwdpConfigError
+from .trtllm.engine_flow import ExpertDtype
+
+# DwdpConfig.pull_issue -> the C++ IssueMode (cpp/include/dwdp/context.h).
+_ISSUE_MODE = {"graph": 0, "batched": 1, "per_slice": 2}
+# The C++ StepMode kImplicit: an engine makes no per-step host call, so the first and last MoE layers bracket a step.
+_STEP_IMPLICIT = 1
+
+
+class PluginOwnsPullsError(RuntimeError):
+    """The Python hooks were asked to pull while the TensorRT plugin's context owns the slot ring."""
+
+
+class _Fenced:
+    """Stands in for hooks.prefetcher while the plugin owns the ring: any use is a clear error."""
+
+    def __init__(self, context_id: int):
+        self.context_id = context_id
+
+    def __getattr__(self, name):
+        def refuse(*_args, **_kw):
+            raise PluginOwnsPullsError(
+                f"DWDP context {self.context_id} is registered for the TensorRT plugin, which owns the prefetch "
+                f"slots; the Python hooks cannot {name}() until PluginContext.close()")
+        return refuse
+
+
+@dataclass
+class PluginContext:
+    """A registered C++ DwdpContext and the hooks whose memory it points into (kept alive until close)."""
+
+    context_id: int
+    dtype: ExpertDtype
+    num_layers: int
+    num_slots: int
+    native: object  # _C.DwdpContext
+    hooks: object
+    _prefetcher: object
+    closed: bool = False
+
+    @property
+    def pulls_issued(self) -> int:
+        return self.native.pulls_issued
+
+    def close(self) -> None:
+        """Drain the plugin's pulls, unregister the context and give the slot ring back to the Python hooks.
+        Call it once the engine's work on its stream has finished (the plugin's reads of the slots)."""
+        if self.closed:
+            return
+        self.closed = True
+        from .. import _C
+        try:
+            self.native.synchronize()
+        finally:
+            _C.unregister_context(self.context_id)
+            self.native = None
+            self.hooks.prefetcher = _fresh_prefetcher(self._prefetcher)
+
+    def __enter__(self) -> "PluginContext":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+def _fresh_prefetcher(old):
+    """The Python prefetcher again, with empty slots: the plugin's pulls left them holding unknown layers."""
+    return type(old)(old.engine, old.plans, old.num_slots)
+
+
+def expert_dtype_of(weights) -> ExpertDtype:
+    import torch
+    if weights.w13.dtype == torch.bfloat16:
+        return ExpertDtype.BF16
+    if weights.is_fp8 and weights.w13_scale is not None and weights.w2_scale is not None:
+        return ExpertDtype.FP8_BLOCK
+    raise DwdpConfigError("weight_dtype", str(weights.w13.dtype),
+                          "the DwdpMoe plugin reads bfloat16 or block-scaled float8_e4m3fn experts",
+                          "set weight_dtype to bfloat16 or float8_e4m3fn")
+
+
+def expert_pointers(weights):
+    """_C.ExpertPointers of one ExpertWeights (addresses; strides in elements of each tensor's dtype)."""
+    from .. import _C
+
+    def addr(t):
+        return 0 if t is None else t.data_ptr()
+
+    def stride(t):
+        return 0 if t is None else t.stride(0)
+
+    return _C.ExpertPointers(weights.w13.data_ptr(), weights.w2.data_ptr(), addr(weights.w13_scale),
+                             addr(weights.w2_scale), stride(weights.w13), stride(weights.w2),
+                             stride(weights.w13_scale), stride(weights.w2_scale))
+
+
+def copy_slices(hooks) -> List[List[tuple]]:
+    """Per MoE layer ordinal, the (source address, slot offset, bytes) slices of its pull: the same ranges the
+    Python CudaCopyEngine issues (peer shard piece + offset -> composite region offset)."""
+    peers = {r: [p.tensor for p in pieces] for r, pieces in hooks._owned.peers.items()}
+    return [[(peers[s.source][s.piece].data_ptr() + s.src_offset, s.dst_offset, s.nbytes) for s in plan.slices]
+            for plan in hooks._plans]
+
+
+def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = None) -> PluginContext:
+    """Build this rank's C++ DwdpContext from `hooks` (after DwdpHooks.setup, GPU backends) and register it under
+    `context_id` (the plugin's context_id field). Not collective. Raises DwdpConfigError on hooks the plugin
+    cannot serve, PluginOwnsPullsError if Python has a step open."""
+    from .. import _C
+    from ..layout import W13Order
+
+    if isinstance(hooks.prefetcher, _Fenced):
+        raise PluginOwnsPullsError(f"these hooks are already registered as DWDP context "
+                                   f"{hooks.prefetcher.context_id}")
+    if hooks.backend.device.type != "cuda":
+        raise DwdpConfigError("memory_backend", hooks.config.memory_backend,
+                              "the TensorRT plugin runs on GPUs and reads CUDA memory",
+                              "use memory_backend=cuda_vmm or cuda_ipc")
+    if hooks.shape.w13_order is not W13Order.GATE_UP:
+        raise DwdpConfigError("MoeShape.w13_order", hooks.shape.w13_order.name,
+                              "the DwdpMoe plugin reads w13 with gate rows first",
+                              "set up the hooks with w13_order=W13Order.GATE_UP")
+    if hooks.prefetcher._in_step:
+        raise PluginOwnsPullsError("the Python hooks have a step open: end_step() before handing the slots to "
+                                   "the plugin")
+    hooks.engine.synchronize()  # pulls Python issued earlier land before the C++ ring reuses their slots
+    L, D = hooks.shape.num_layers, hooks.config.prefetch_depth
+    first = hooks._weights[(0, 0)]
+    dtype = expert_dtype_of(first)
+    views = [expert_pointers(hooks._weights[(layer, slot)]) for layer in range(L) for slot in range(D)]
+    slot_bases = [hooks.engine._dst[(0, slot)] for slot in range(D)]
+    mode = _ISSUE_MODE[issue_mode or hooks.config.pull_issue]
+    with _device(hooks.backend.device):  # the copy stream and events belong to the hooks' device
+        native = _C.DwdpContext(first.num_experts, D, views, copy_slices(hooks), slot_bases, mode, _STEP_IMPLICIT)
+    _C.register_context(context_id, native)
+    ctx = PluginContext(context_id, dtype, L, D, native, hooks, hooks.prefetcher)
+    hooks.prefetcher = _Fenced(context_id)
+    return ctx
+
+
+def _device(device):
+    import torch
+    return torch.cuda.device(device)
