@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import fresh_seed
-from tensorrt_llm_dwdp.integrations.trtllm.layouts import (checkpoint_to_shard, from_shard, module_weight_loader,
+from tensorrt_llm_dwdp.integrations.trtllm.layouts import (checkpoint_to_shard, from_shard, stored_weight_loader,
                                                            to_shard)
 from tensorrt_llm_dwdp.layout import swiglu_expert_specs
 from tensorrt_llm_dwdp.moe import ExpertWeights, moe_experts
@@ -112,17 +112,16 @@ def test_converted_weights_compute_what_tensorrt_llm_computes():
     assert (got.double() - want).norm() / want.norm() < 1e-5
 
 
-def test_module_loader_reads_local_rows_and_rejects_foreign_experts():
+def test_module_loader_reads_local_rows_as_stored_and_rejects_foreign_experts():
     g = torch.Generator().manual_seed(fresh_seed())
 
     class Holder:
         w3_w1_weight = torch.randn(3, 8, 4, generator=g)
         w2_weight = torch.randn(3, 4, 4, generator=g)
 
-    load = module_weight_loader([Holder], "w3_w1", [(6, 7, 8)])  # EP rank 2 of 3 experts each
-    got = load(0, [8, 6])
-    want = to_shard("w3_w1", Holder.w3_w1_weight[[2, 0]], Holder.w2_weight[[2, 0]])
-    assert all(torch.equal(got[k], want[k]) for k in want)
+    load = stored_weight_loader([Holder], [(6, 7, 8)])  # EP rank 2 of 3 experts each
+    got = load(0, [8, 6])  # TensorRT-LLM's tensors as stored (up rows first): the shard is declared UP_GATE
+    assert torch.equal(got["w13"], Holder.w3_w1_weight[[2, 0]]) and torch.equal(got["w2"], Holder.w2_weight[[2, 0]])
     with pytest.raises(ValueError, match="not loaded on this rank"):
         load(0, [5])
 

@@ -126,28 +126,6 @@ def module_tensors(holder, rows: Optional[torch.Tensor] = None) -> Dict[str, tor
     return out
 
 
-def module_weight_loader(holders: Sequence, layout: str, local_ids: Sequence[Sequence[int]]):
-    """A hooks.WeightLoader reading the MoE modules' own tensors.
-
-    holders[m] holds MoE layer m's tensors for the experts local_ids[m] (row i = local_ids[m][i]),
-    as TensorRT-LLM loaded them for this expert-parallel rank.
-    """
-    _check_layout(layout)
-    index = [{e: i for i, e in enumerate(ids)} for ids in local_ids]
-
-    def load(moe_layer: int, expert_ids: Sequence[int]) -> Dict[str, torch.Tensor]:
-        missing = [e for e in expert_ids if e not in index[moe_layer]]
-        if missing:
-            raise ValueError(f"MoE layer {moe_layer}: experts {missing[:8]} are not loaded on this rank "
-                             f"(it holds {list(local_ids[moe_layer])[:8]}...)")
-        rows = torch.tensor([index[moe_layer][e] for e in expert_ids], dtype=torch.long)
-        t = module_tensors(holders[moe_layer], rows)
-        return to_shard(layout, t["w3_w1_weight"], t["w2_weight"], t.get("w3_w1_weight_scaling_factor"),
-                        t.get("w2_weight_scaling_factor"))
-
-    return load
-
-
 SHARD_NAMES = dict(zip(TRTLLM_NAMES, ("w13", "w2", "w13_scale", "w2_scale")))
 
 
@@ -202,13 +180,6 @@ def stage_to_host(holder) -> List[StagedTensor]:
             recs.append(StagedTensor(name, p, tuple(p.shape), p.stride(), p.device))
             p.data = p.data.to("cpu")
     return recs
-
-
-def split_to_module(weights, layout: str, expert_ids: Sequence[int]) -> Dict[str, torch.Tensor]:
-    """TensorRT-LLM's tensors of `expert_ids`, read from a layer's ExpertWeights (composite tensors)."""
-    idx = list(expert_ids)
-    names = [n for n in ("w13", "w2", "w13_scale", "w2_scale") if getattr(weights, n) is not None]
-    return from_shard(layout, {n: getattr(weights, n)[idx] for n in names})
 
 
 def restore_module_tensor(rec: StagedTensor, tensors: Mapping[str, torch.Tensor]) -> None:
