@@ -3,7 +3,8 @@
 #   build    the extension (CUTLASS kernels where the nvidia-cutlass package is installed)
 #   link     peer-link bandwidth: one peer, all pulling at once, slice sizes (benchmarks/link_bench.py)
 #   profile  where one step's GPU time goes, on GPU 0 (benchmarks/profile_step.py)
-#   kernels  `bench kernels` (b, c): the expert MLP on GPU 0 alone vs while every GPU pulls over NVLink
+#   kernels  `bench kernels`, one rank per GPU: rank 0's expert MLP alone vs while its next layer is pulled from
+#            the other GPUs over NVLink, composite vs ordinary GEMMs, and the hook calls' host time
 #   bench    `trtllm-dwdp bench` DWDP vs DEP per preset, max_num_tokens and ISL CV (32 MiB slices)
 #   slices   the same with 2 MiB slices (not in the default STEPS)
 #   sim      `trtllm-dwdp sim compare`: predicted vs measured, default and calibrated from link + kernels
@@ -42,8 +43,8 @@ if has profile; then
   done
 fi
 if has kernels; then
-  echo "== bench kernels (b, c) on GPU 0, every GPU pulling over NVLink"
-  trtllm-dwdp bench kernels --sections b,c --sources nvlink,pinned_host --slice-mib 2,32 --tokens 8192,16384 \
+  echo "== bench kernels, one rank per GPU, pulls over NVLink"
+  trtllm-dwdp bench kernels --ranks "$n" --sections gemm,overlap,hooks --tokens 8192,16384 \
     --json "$out/kernels_nvlink.json" || rc=1
 fi
 bench() {  # preset mnt slice_mib json_suffix: one `trtllm-dwdp bench` over the CVs
