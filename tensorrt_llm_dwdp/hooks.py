@@ -117,6 +117,18 @@ def plan_composite(config: DwdpConfig, shape: MoeShape, rank: int, granularity: 
     return CompositePlan(placement, layout, mem, local, missing)
 
 
+@dataclass(frozen=True)
+class RingSpec:
+    """What another driver of this rank's slot ring needs (the TensorRT plugin's C++ context): per (layer ordinal,
+    slot) the layer's composite experts; per layer ordinal its pull as (source address, offset, bytes) slices into
+    a slot; per slot the address those offsets are taken from (the slot's pieces seen through layer 0's view: every
+    layer's view maps them at the same offsets)."""
+
+    views: Mapping[Tuple[int, int], ExpertWeights]
+    slices: Tuple[Tuple[Tuple[int, int, int], ...], ...]
+    slot_bases: Tuple[int, ...]
+
+
 class DwdpHooks:
     """One rank's DWDP state: its shard pieces, peers' mapped pieces, slot pieces, composite views, prefetcher."""
 
@@ -264,6 +276,19 @@ class DwdpHooks:
     def last_step(self) -> StepMetrics:
         """Metrics of the latest finished step."""
         return self.metrics()[-1]
+
+    def ring_spec(self) -> RingSpec:
+        """The slot ring's pointers and copy plans, for a native driver (see RingSpec); GPU backends."""
+        peers = {r: [p.tensor for p in ps] for r, ps in self._owned.peers.items()}
+        slices = tuple(tuple((peers[s.source][s.piece].data_ptr() + s.src_offset, s.dst_offset, s.nbytes)
+                             for s in plan.slices) for plan in self._plans)
+        bases = tuple(self._weights[(0, s)].w13.data_ptr() - self.plan.layout.offsets[0]
+                      for s in range(self.config.prefetch_depth))
+        return RingSpec(dict(self._weights), slices, bases)
+
+    @property
+    def in_step(self) -> bool:
+        return self.prefetcher.in_step
 
     @property
     def local_experts(self) -> Tuple[int, ...]:

@@ -119,14 +119,6 @@ def expert_pointers(weights):
                              stride(weights.w13_scale), stride(weights.w2_scale))
 
 
-def copy_slices(hooks) -> List[List[tuple]]:
-    """Per MoE layer ordinal, the (source address, slot offset, bytes) slices of its pull: the same ranges the
-    Python CudaCopyEngine issues (peer shard piece + offset -> composite region offset)."""
-    peers = {r: [p.tensor for p in pieces] for r, pieces in hooks._owned.peers.items()}
-    return [[(peers[s.source][s.piece].data_ptr() + s.src_offset, s.dst_offset, s.nbytes) for s in plan.slices]
-            for plan in hooks._plans]
-
-
 def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = None) -> PluginContext:
     """Build this rank's C++ DwdpContext from `hooks` (after DwdpHooks.setup, GPU backends) and register it under
     `context_id` (the plugin's context_id field). Not collective. Raises DwdpConfigError on hooks the plugin
@@ -145,18 +137,19 @@ def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = 
         raise DwdpConfigError("MoeShape.w13_order", hooks.shape.w13_order.name,
                               "the DwdpMoe plugin reads w13 with gate rows first",
                               "set up the hooks with w13_order=W13Order.GATE_UP")
-    if hooks.prefetcher._in_step:
+    if hooks.in_step:
         raise PluginOwnsPullsError("the Python hooks have a step open: end_step() before handing the slots to "
                                    "the plugin")
     hooks.engine.synchronize()  # pulls Python issued earlier land before the C++ ring reuses their slots
     L, D = hooks.shape.num_layers, hooks.config.prefetch_depth
-    first = hooks._weights[(0, 0)]
+    ring = hooks.ring_spec()
+    first = ring.views[(0, 0)]
     dtype = expert_dtype_of(first)
-    views = [expert_pointers(hooks._weights[(layer, slot)]) for layer in range(L) for slot in range(D)]
-    slot_bases = [hooks.engine._dst[(0, slot)] for slot in range(D)]
+    views = [expert_pointers(ring.views[(layer, slot)]) for layer in range(L) for slot in range(D)]
     mode = _ISSUE_MODE[issue_mode or hooks.config.pull_issue]
     with _device(hooks.backend.device):  # the copy stream and events belong to the hooks' device
-        native = _C.DwdpContext(first.num_experts, D, views, copy_slices(hooks), slot_bases, mode, _STEP_IMPLICIT)
+        native = _C.DwdpContext(first.num_experts, D, views, [list(s) for s in ring.slices], list(ring.slot_bases),
+                                mode, _STEP_IMPLICIT)
     _C.register_context(context_id, native)
     ctx = PluginContext(context_id, dtype, L, D, native, hooks, hooks.prefetcher)
     hooks.prefetcher = _Fenced(context_id)

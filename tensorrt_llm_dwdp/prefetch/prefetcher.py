@@ -41,6 +41,10 @@ class Prefetcher:
         self._in_step = False
         self._unread: Set[int] = set()  # layers pulled but not yet acquired
 
+    @property
+    def in_step(self) -> bool:
+        return self._in_step
+
     def _issue(self, layer: int, slot: int) -> None:
         self.engine.issue(self.plans[layer], slot)
         self.slot_of[layer] = slot
