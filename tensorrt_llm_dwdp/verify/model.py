@@ -86,7 +86,9 @@ class ToyMoeModel:
             logits = h @ self.gate[layer].to(dev).t()
             r = route(logits, self.bias[layer].to(dev))
             shared = SharedExpert(self.shared_w13[layer].to(dev), self.shared_w2[layer].to(dev))
-            x = x + experts.routed(h, r.topk_ids, r.topk_weights, layer) + _shared(h, shared)
+            # NOTE: (routed + shared) first, as the reference sums them: the other association moves x by an ulp,
+            # enough to flip a near-tie in a later layer's float32 routing against the float64 reference.
+            x = x + (experts.routed(h, r.topk_ids, r.topk_weights, layer) + _shared(h, shared))
             if after_layer is not None:
                 after_layer(layer)
         hooks.end_step()
