@@ -1,5 +1,5 @@
-"""Same as `trtllm-dwdp bench kernels`: split-weight expert MLP vs contiguous vs dense, copy overlap,
-pull issue time. Needs a CUDA GPU.
+"""Same as `trtllm-dwdp bench kernels`: expert GEMMs on DWDP's composite tensors vs an ordinary allocation vs
+dense cuBLAS, the MLP with the next layer's pull in flight, the hook calls' host time. Needs a CUDA GPU.
 
     python examples/bench_kernels.py --shapes qwen3-30b-a3b --tokens 4096,16384 --json kernels.json
 """

@@ -1,4 +1,4 @@
-"""Routing and split-weight experts against the independent float64 per-token reference."""
+"""Routing and the plain-torch experts against the independent float64 per-token reference."""
 
 import pytest
 import torch

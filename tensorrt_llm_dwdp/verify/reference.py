@@ -1,4 +1,4 @@
-"""An independent float64 reference: per-token loops, no sorting, no split weights.
+"""An independent float64 reference: per-token loops, no sorting, no composite views.
 
 Written separately from `moe/` on purpose, so a bug there cannot hide in both.
 """
