@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 
@@ -106,14 +106,17 @@ def expert_compute(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.
     return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
 
 
-_ARANGE: Dict[Tuple[torch.device, int], torch.Tensor] = {}
+_ARANGE: Dict[torch.device, torch.Tensor] = {}
 
 
 def _arange(n: int, device) -> torch.Tensor:
-    key = (device, n)
-    if key not in _ARANGE:
-        _ARANGE[key] = torch.arange(n, device=device)
-    return _ARANGE[key]
+    """0..n-1 as a view of one per-device tensor grown to the largest n seen: token counts change every step,
+    and one cached tensor per count would grow without bound."""
+    device = torch.device(device)
+    have = _ARANGE.get(device)
+    if have is None or have.numel() < n:
+        have = _ARANGE[device] = torch.arange(max(n, 2 * (0 if have is None else have.numel())), device=device)
+    return have[:n]
 
 
 @dataclass(frozen=True)
