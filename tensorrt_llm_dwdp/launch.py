@@ -111,43 +111,53 @@ def run_ranks(num_ranks: int, argv: List[str], timeout_s: Optional[float] = None
     cmd = mpirun_command(num_ranks, argv, extra)
     fd, log_path = tempfile.mkstemp(prefix=f"{prog.replace(' ', '-')}-", suffix=".log")
     with os.fdopen(fd, "w") as log:
-        proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Two pipes: mpirun forwards the ranks' stdout and stderr separately, and the order between
+        # them is not kept, so one rank's traceback must not hide another rank's progress.
+        proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 errors="replace", start_new_session=True)
+        lock = threading.Lock()
+        held = {sys.stdout: [], sys.stderr: []}  # shown at the end if the job still succeeded
 
-        held = []  # what followed the first noise line: shown at the end if the job still succeeded
+        def pump(pipe, out, stream):
+            for line in pipe:
+                with lock:
+                    log.write(line)
+                    stream = stream and not _is_noise(line)
+                    if stream:
+                        out.write(line)
+                        out.flush()
+                    else:
+                        held[out].append(line)
 
-        def pump():
-            streaming = True
-            for line in proc.stdout:
-                log.write(line)
-                streaming = streaming and not _is_noise(line)
-                if streaming:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                else:
-                    held.append(line)
-
-        reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
+        # Each stream is shown until its first noise line (a traceback, an MPI banner); the rest
+        # goes to the log and is shown only if the job succeeds after all.
+        readers = [threading.Thread(target=pump, args=(pipe, out, True), daemon=True)
+                   for pipe, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+        for reader in readers:
+            reader.start()
         try:
             rc = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             _stop(proc)
-            reader.join(10)
+            for reader in readers:
+                reader.join(10)
             print(f"{prog}: error: --timeout {timeout_s:g}: the ranks did not finish within {timeout_s:g} s and "
                   f"were all stopped. Fix: raise --timeout (their output so far: {log_path})",
                   file=sys.stderr, flush=True)
             return 124
         except KeyboardInterrupt:
             _stop(proc)
-            reader.join(10)
+            for reader in readers:
+                reader.join(10)
             print(f"{prog}: interrupted; every rank was stopped (their output: {log_path})", file=sys.stderr,
                   flush=True)
             return 130
-        reader.join()
+        for reader in readers:
+            reader.join()
     if rc == 0:
-        sys.stdout.write("".join(held))  # an MPI warning banner, say: not an error after all
-        sys.stdout.flush()
+        for out, lines in held.items():  # an MPI warning banner, say: not an error after all
+            out.write("".join(lines))
+            out.flush()
         os.unlink(log_path)
         return 0
     error = first_rank_error(log_path)
