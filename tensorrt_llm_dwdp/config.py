@@ -108,6 +108,9 @@ class DwdpConfig:
             raise DwdpConfigError("placement", p, f"it lists {len(p)} ranks but group_size is {self.group_size}",
                                   "give one list of expert ids per rank of the group")
         for r, experts in enumerate(p):
+            if not experts:
+                raise DwdpConfigError("placement", p, f"rank {r} lists no experts",
+                                      "give every rank of the group part of the experts (drop a trailing ';')")
             bad = [e for e in experts if not 0 <= e < self.num_experts]
             if bad:
                 raise DwdpConfigError("placement", p, f"rank {r} lists expert ids {bad} outside [0, {self.num_experts})",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections.abc
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -27,7 +28,7 @@ import torch
 
 from .bootstrap import DwdpGroup, PeerLostError
 from .config import DwdpConfig, DwdpConfigError
-from .layout import CompositeLayout, MemoryPlan, W13Order, memory_plan, runs, stacked_views, swiglu_expert_specs
+from .layout import ALIGN, CompositeLayout, MemoryPlan, W13Order, memory_plan, runs, stacked_views, swiglu_expert_specs
 from .memory import SharedHandle, get_backend
 from .metrics import LayerMetrics, StepMetrics
 from .moe.weights import ExpertWeights
@@ -58,12 +59,16 @@ class MoeShape:
 
     def __post_init__(self):
         for name in ("num_layers", "hidden_size", "intermediate_size", "num_experts"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"MoeShape.{name}={getattr(self, name)!r} must be a positive integer")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DwdpConfigError(f"MoeShape.{name}", value, "it must be a positive integer",
+                                      f"pass the model's {name.replace('_', ' ')} as an int >= 1")
         if self.layer_ids is not None:
             object.__setattr__(self, "layer_ids", tuple(int(i) for i in self.layer_ids))
             if len(self.layer_ids) != self.num_layers or len(set(self.layer_ids)) != self.num_layers:
-                raise ValueError(f"MoeShape.layer_ids must list {self.num_layers} distinct layer indices")
+                raise DwdpConfigError("MoeShape.layer_ids", self.layer_ids, f"it must list {self.num_layers} "
+                                      "distinct layer indices, one per MoE layer",
+                                      "give the model's index of each MoE layer once, or leave layer_ids out")
 
     @property
     def ids(self) -> Tuple[int, ...]:
@@ -102,8 +107,9 @@ def check_shape(config: DwdpConfig, shape: MoeShape):
 
 
 def plan_composite(config: DwdpConfig, shape: MoeShape, rank: int, granularity: int,
-                   duplicate_shard: bool = False) -> CompositePlan:
-    """Placement, composite layout and memory of group rank `rank`; raises DwdpConfigError on bad input."""
+                   duplicate_shard: bool = False, contiguous: bool = False) -> CompositePlan:
+    """Placement, composite layout and memory of group rank `rank`; raises DwdpConfigError on bad input.
+    contiguous: the host's kernels assume each expert right after the previous one (no padded stride)."""
     specs = check_shape(config, shape)
     placement = placement_from_config(config)
     bounds = set()
@@ -112,9 +118,29 @@ def plan_composite(config: DwdpConfig, shape: MoeShape, rank: int, granularity: 
             for first, count in runs(ids):
                 bounds.update((first, first + count))
     layout = CompositeLayout.build(specs, shape.num_experts, granularity, sorted(bounds))
+    if contiguous and layout.padding_bytes_per_expert:
+        _refuse_padding(config, shape, specs, granularity, bounds)
     local, missing = placement.local_experts(rank), placement.missing_experts(rank)
     mem = memory_plan(layout, shape.num_layers, local, missing, config.prefetch_depth, duplicate_shard)
     return CompositePlan(placement, layout, mem, local, missing)
+
+
+def _refuse_padding(config: DwdpConfig, shape: MoeShape, specs, granularity: int, bounds) -> None:
+    sizes = ", ".join(f"{s.name} {s.nbytes} B" for s in specs.pooled)
+    unit = 1
+    for s in specs.pooled:  # runs of `unit` experts fill whole granules of every pooled tensor
+        k = granularity // math.gcd(granularity, s.nbytes)
+        unit = unit * k // math.gcd(unit, k)
+    off = sorted(b for b in bounds if 0 < b < shape.num_experts and b % unit)
+    if not off:
+        raise DwdpConfigError("weight_dtype", config.weight_dtype, f"the expert tensors ({sizes}) are not multiples "
+                              f"of {ALIGN} bytes, so experts need a padded stride the host's kernels cannot read",
+                              "serve this model without DWDP")
+    where = config.placement if config.placement is not None else f"even over {config.group_size} ranks"
+    raise DwdpConfigError("placement", where, f"it splits the {shape.num_experts} experts at {off}, where the expert "
+                          f"tensors ({sizes}) do not end on the {granularity}-byte mapping granularity, and the host's "
+                          "kernels cannot read a padded expert stride",
+                          f"split the experts at multiples of {unit} (a group size or explicit placement to match)")
 
 
 @dataclass(frozen=True)
@@ -152,7 +178,7 @@ class DwdpHooks:
     @classmethod
     def setup(cls, config: DwdpConfig, shape: MoeShape, load_weights: WeightLoader, comm=None,
               device: Optional[torch.device] = None, measure_waits: bool = True,
-              setup_timeout_s: float = 300.0) -> "DwdpHooks":
+              setup_timeout_s: float = 300.0, contiguous: bool = False) -> "DwdpHooks":
         """Validate, allocate and fill this rank's shard, exchange handles once, map the composite views and
         build the copy plans. Collective over the world communicator `comm` (MPI.COMM_WORLD by default)."""
         check_shape(config, shape)  # before any rank starts talking
@@ -163,7 +189,7 @@ class DwdpHooks:
             backend = get_backend(config.memory_backend, device)
             owned.backend = backend
             plan = plan_composite(config, shape, group.rank, backend.granularity,
-                                  duplicate_shard=not backend.composes_exports)
+                                  duplicate_shard=not backend.composes_exports, contiguous=contiguous)
             config.check_memory(plan.memory.total, backend.free_bytes(), where=str(backend.device),
                                 detail=plan.memory.describe())
             layout, local, missing = plan.layout, plan.local, plan.missing

@@ -53,6 +53,7 @@ def test_placement_errors():
     assert "lists 1 ranks" in str(_err(group_size=2, num_experts=4, placement=((0, 1, 2, 3),)))
     assert "outside" in str(_err(group_size=2, num_experts=4, placement=((0, 1), (2, 7))))
     assert "twice" in str(_err(group_size=2, num_experts=4, placement=((0, 1, 1), (2, 3))))
+    assert "rank 1 lists no experts" in str(_err(group_size=2, num_experts=4, placement=((0, 1, 2, 3), ())))
 
 
 @pytest.mark.parametrize("depth", [0, 1])
@@ -79,3 +80,12 @@ def test_buffers_that_do_not_fit():
 
 def test_parse_placement():
     assert parse_placement("0-2,7;3-6") == ((0, 1, 2, 7), (3, 4, 5, 6))
+
+
+@pytest.mark.parametrize("args,option", [((0, 64, 32, 8), "MoeShape.num_layers"), ((2, 64, True, 8),
+                                         "MoeShape.intermediate_size"), ((2, 64, 32, 8, (3, 3)), "MoeShape.layer_ids")])
+def test_moe_shape_errors_name_the_field_and_the_fix(args, option):
+    from tensorrt_llm_dwdp.hooks import MoeShape
+    with pytest.raises(DwdpConfigError, match="Fix:") as e:
+        MoeShape(*args)
+    assert e.value.option == option

@@ -81,6 +81,34 @@ def test_stride_pads_only_where_boundaries_need_it():
     assert odd.stride("w2") == 4 << 20 and odd.padding_bytes_per_expert == (4 << 20) - 2048 * 768 * 2
 
 
+def test_a_host_that_needs_contiguous_experts_is_refused_a_padded_stride_before_allocating():
+    """plan_composite(contiguous=True), as the TensorRT-LLM adapter asks: the odd split above is refused, naming the
+    boundary and the run length that would fit; the even split and DeepSeek-V3's experts plan with no padding."""
+    from tensorrt_llm_dwdp.config import DwdpConfig, DwdpConfigError
+    from tensorrt_llm_dwdp.hooks import MoeShape, plan_composite
+    gran = 2 << 20
+    qwen = MoeShape(2, 2048, 768, 128, (0, 1))
+    odd = DwdpConfig(num_experts=128, group_size=2, placement=(tuple(range(0, 65)), tuple(range(65, 128))))
+    with pytest.raises(DwdpConfigError, match=r"at \[65\].*multiples of 2 ") as e:
+        plan_composite(odd, qwen, 0, gran, contiguous=True)
+    assert "\n" not in str(e.value)
+    assert plan_composite(odd, qwen, 0, gran).memory.padding_bytes > 0  # kernels of ours read the padded stride
+    even = plan_composite(DwdpConfig(num_experts=128, group_size=2), qwen, 1, gran, contiguous=True)
+    assert even.layout.padding_bytes_per_expert == 0 and even.memory.padding_bytes == 0
+    ds = plan_composite(DwdpConfig(num_experts=256, group_size=8), MoeShape(1, 7168, 2048, 256, (3,)), 5, gran,
+                        contiguous=True)
+    assert ds.memory.padding_bytes == 0
+
+
+def test_cpu_ranks_rehearse_a_gpu_granularity(monkeypatch):
+    from tensorrt_llm_dwdp.config import DwdpConfigError
+    from tensorrt_llm_dwdp.memory import get_backend
+    monkeypatch.setenv("DWDP_SHM_GRANULARITY", str(2 << 20))
+    assert get_backend("cpu_shm").granularity == 2 << 20
+    monkeypatch.setenv("DWDP_SHM_GRANULARITY", "1000")
+    with pytest.raises(DwdpConfigError, match="DWDP_SHM_GRANULARITY"):
+        get_backend("cpu_shm")
+
 def test_round_robin_interleaves_and_staggers():
     p = even_placement(8, 4)  # 2 experts per rank, 16 KiB per w13
     layout = _layout(p, 64, 64, "float32")

@@ -3,7 +3,8 @@
 The owner creates and sizes the file; peers map it by name. The name is unlinked as soon as every peer
 has mapped it, so a crash later leaks nothing. Composite views are a reserved (PROT_NONE) range with each
 piece's file mapped over it at a fixed address, the CPU twin of cuMemMap: the same piece planning and the
-same mapping logic as on GPUs, at the page granularity.
+same mapping logic as on GPUs, at the page granularity. DWDP_SHM_GRANULARITY=<bytes> (a multiple of the page,
+2097152 for an H200) lays pieces out as a GPU would, so CPU ranks rehearse a GPU deployment's padding and refusals.
 """
 
 from __future__ import annotations
@@ -112,12 +113,26 @@ class CpuComposite(Composite):
             self.base = None
 
 
+def _granularity() -> int:
+    text = os.environ.get("DWDP_SHM_GRANULARITY", "")
+    if not text:
+        return mmap.PAGESIZE
+    try:
+        g = int(text)
+    except ValueError:
+        g = 0
+    if g <= 0 or g % mmap.PAGESIZE:
+        from ..config import DwdpConfigError
+        raise DwdpConfigError("DWDP_SHM_GRANULARITY", text, f"it must be a positive multiple of the "
+                              f"{mmap.PAGESIZE}-byte page", "unset it, or use 2097152 to lay pieces out as an H200 does")
+    return g
+
+
 class CpuShmBackend(MemoryBackend):
     kind = "cpu_shm"
-    granularity = mmap.PAGESIZE
-
     def __init__(self):
         self.device = torch.device("cpu")
+        self.granularity = _granularity()
 
     def allocate(self, nbytes: int) -> LocalShard:
         return CpuShmLocal(nbytes)
