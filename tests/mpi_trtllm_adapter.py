@@ -11,6 +11,7 @@ against the full model: the same fake modules built all-local on one rank (ep_si
 loaded, running their own forward. The DWDP model's modules must run their own kernels (kernel_calls)
 while believing every expert local, and get their partition back at uninstall."""
 
+import os
 import sys
 
 import torch
@@ -29,9 +30,11 @@ assert activate.activate()  # what the .pth does at start-up, where TRTLLM_DWDP 
 from tensorrt_llm._torch.pyexecutor.model_engine import PyTorchModelEngine  # noqa: E402 - after activation
 
 experts = 7 if split == "uneven" else 8
-# NOTE: on GPUs pieces map at 2 MiB; with runs starting at expert 4 an expert's stride must be a multiple of 512 KiB
-# to need no padding, which TensorRT-LLM's fused kernels cannot read (1024 x 1024: w2 takes 1 MiB even in FP8).
-hidden, inter, layers = (1024, 1024, 3) if device.type == "cuda" else (128, 128, 3)
+# NOTE: on GPUs (and CPU ranks with DWDP_SHM_GRANULARITY=2 MiB) pieces map at 2 MiB; with runs starting at expert 4
+# an expert must take a multiple of 512 KiB to need no padding, which TensorRT-LLM's fused kernels cannot read
+# (1024 x 1024: w2 takes 1 MiB even in FP8).
+gpu_layout = device.type == "cuda" or int(os.environ.get("DWDP_SHM_GRANULARITY", "0")) >= 2 << 20
+hidden, inter, layers = (1024, 1024, 3) if gpu_layout else (128, 128, 3)
 act = torch.float32 if kind == "float32" else torch.bfloat16
 tol = 1e-5 if kind == "float32" else 5e-2  # BF16 activations (FP8 weights are dequantized exactly in the reference)
 g0 = torch.Generator().manual_seed(seed)
@@ -58,11 +61,11 @@ for layer in range(layers):
         ref_moe = fk.CutlassFusedMoE(dtype=act, **one)
         ref_moe.load_weights(full)
         fulls.append(full)
-    blocks.append(fk.Block(fk.ConfigurableMoE(moe) if layer % 2 else moe, hidden, seed + 100 + layer))
+    blocks.append(fk.Block(moe, hidden, seed + 100 + layer))  # ConfigurableMoE under attention DP is refused
     whole.append(fk.Block(ref_moe, hidden, seed + 100 + layer))
 model = fk.Decoder(blocks).to(device)
 full_model = fk.Decoder(whole).to(device)  # the full model: all experts local, one rank
-holders = [b.experts.backend if hasattr(b.experts, "backend") else b.experts for b in model.layers]
+holders = [b.experts for b in model.layers]
 partition = [{n: getattr(h, n) for n in adapter.PARTITION} for h in holders]
 fulls = [{k: v.to(device) for k, v in f.items()} for f in fulls]
 seen = []

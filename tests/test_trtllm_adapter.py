@@ -12,7 +12,7 @@ import trtllm_fakes as fk
 from conftest import fresh_seed
 from tensorrt_llm_dwdp.config import WEIGHT_DTYPES, DwdpConfigError
 from tensorrt_llm_dwdp.integrations.trtllm import adapter
-from tensorrt_llm_dwdp.integrations.trtllm.discover import find_moe_layers
+from tensorrt_llm_dwdp.integrations.trtllm.discover import describe, find_moe_layers
 from tensorrt_llm_dwdp.integrations.trtllm.options import parse_section
 
 MPI = pytest.importorskip("mpi4py.MPI")
@@ -86,11 +86,16 @@ def test_attach_runs_the_model_through_the_hooks_and_uninstall_restores_it(cls, 
 
 
 def test_exchanges_chosen_at_construction_are_refused():
-    model, _ = _model(wrap=True)
-    model.layers[1].experts.comm = object()  # main: ConfigurableMoE's communication strategy
-    with pytest.raises(DwdpConfigError, match="token exchange") as e:
-        _attach(model)
+    # ConfigurableMoE under attention DP over 2 expert-parallel ranks builds its exchange at construction
+    wrapped = fk.ConfigurableMoE(fk.CutlassFusedMoE(num_experts=8, hidden=16, inter=8, layer_idx=0, ep_size=2))
+    assert isinstance(wrapped.comm, fk.AllGatherReduceScatter)
+    with pytest.raises(DwdpConfigError, match="token exchange.*built at construction.*dwdp_config") as e:
+        describe(0, wrapped, wrapped.backend)
     assert e.value.option == "moe_config.backend"
+    model, _ = _model()
+    model.layers[1].experts.cluster_size = 2  # moe_cluster_parallel_size
+    with pytest.raises(DwdpConfigError, match="moe_cluster_parallel_size"):
+        _attach(model)
     model, _ = _model()
     model.layers[0].experts.enable_alltoall = True
     with pytest.raises(DwdpConfigError, match="all-to-all"):
@@ -203,9 +208,11 @@ def test_install_patches_tensorrt_llm_modules_as_they_are_imported(tmp_path, mon
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind,split", [("float32", "even"), ("bfloat16", "uneven"), ("fp8", "even")])
-@pytest.mark.parametrize("device,backend", [("cpu", "cpu_shm"), pytest.param("cuda", "cuda_ipc", marks=pytest.mark.gpu),
+@pytest.mark.parametrize("device,backend", [("cpu", "cpu_shm"), ("cpu", "cpu_shm@2MiB"),
+                                            pytest.param("cuda", "cuda_ipc", marks=pytest.mark.gpu),
                                             pytest.param("cuda", "cuda_vmm", marks=pytest.mark.gpu)])
 def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device, backend, kind, split):
+    """cpu_shm@2MiB: CPU ranks laying pieces out at an H200's mapping granularity, at the GPU cases' shapes."""
     from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
     if kind == "fp8" and "float8_e4m3fn" not in WEIGHT_DTYPES:
         pytest.skip("FP8 shards not in this build's DwdpConfig")
@@ -213,7 +220,9 @@ def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device
         pytest.skip("needs a CUDA GPU")
     fk.write_fake_package(str(tmp_path))
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT, os.path.join(ROOT, "tests")]),
-           "TRTLLM_DWDP": f"memory_backend={backend},slice_bytes=4096"}
+           "TRTLLM_DWDP": f"memory_backend={backend.split('@')[0]},slice_bytes=4096"}
+    if backend.endswith("@2MiB"):
+        env["DWDP_SHM_GRANULARITY"] = str(2 << 20)
     script = os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py")
     cmd = mpirun_command(2, [script, str(fresh_seed()), device, kind, split], env)
     proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **env), capture_output=True, text=True,

@@ -1,5 +1,6 @@
 """The adapter against a real TensorRT-LLM: runs where `tensorrt_llm` imports (the container of
-docker/Dockerfile.trtllm), skips elsewhere. Checks the interfaces and layouts the adapter relies on."""
+docker/Dockerfile.trtllm), skips elsewhere. Checks the interfaces and layouts the adapter relies on, and that
+a real CutlassFusedMoE runs its own kernel on DWDP's composite tensors."""
 
 import pytest
 import torch
@@ -77,3 +78,47 @@ def test_cutlass_module_weights_read_back_as_the_checkpoint():
     ours = to_shard("w3_w1", moe.w3_w1_weight.detach().cpu(), moe.w2_weight.detach().cpu())
     want = checkpoint_to_shard(ckpt, range(e))
     assert torch.equal(ours["w13"], want["w13"]) and torch.equal(ours["w2"], want["w2"])
+
+
+def _cutlass_moe(e, h, i, layer_idx=0):
+    from tensorrt_llm._torch.model_config import ModelConfig
+    from tensorrt_llm._torch.modules.fused_moe import CutlassFusedMoE, RenormalizeMoeRoutingMethod
+
+    return CutlassFusedMoE(routing_method=RenormalizeMoeRoutingMethod(top_k=2), num_experts=e, hidden_size=h,
+                           intermediate_size=i, dtype=torch.bfloat16, model_config=ModelConfig(),
+                           layer_idx=layer_idx).cuda()
+
+
+@gpu
+def test_the_modules_own_kernel_runs_on_the_composite_tensors():
+    """One rank (a group of 1): after attach, the module's Parameters are the hooks' composite tensors, its own
+    forward (TensorRT-LLM's fused MoE op) runs on them, and it gives what it gave on its own weights."""
+    from types import SimpleNamespace
+
+    from mpi4py import MPI
+
+    from conftest import fresh_seed
+
+    e, h, i = 8, 256, 256
+    g = torch.Generator().manual_seed(fresh_seed())
+    moe = _cutlass_moe(e, h, i)
+    shapes = {"w1": (i, h), "w3": (i, h), "w2": (h, i)}
+    moe.load_weights([{f"{x}.{w}.weight": (torch.randn(*shapes[w], generator=g) / h ** 0.5).bfloat16()
+                       for x in range(e) for w in shapes}])
+    x = torch.randn(37, h, generator=g).bfloat16().cuda()
+    logits = torch.randn(37, e, generator=g).cuda()
+    with torch.no_grad():
+        before = moe.forward(x, logits)
+    model = torch.nn.ModuleDict({"experts": moe})
+    engine = SimpleNamespace(model=model, forward=lambda *a, **k: None)
+    hooks = adapter.attach(engine, parse_section({"mode": "dwdp"}), comm=MPI.COMM_SELF)
+    assert hooks is not None
+    with torch.no_grad():
+        after = moe.forward(x, logits)  # a forward outside engine.forward: a step of its own
+        hooks.begin_step()
+        composite = hooks.layer_weights(0)
+        assert moe.w3_w1_weight.data_ptr() == composite.w13.data_ptr()
+        assert moe.w2_weight.data_ptr() == composite.w2.data_ptr()
+        hooks.layer_done(0)
+        hooks.end_step()
+    assert torch.allclose(after.float(), before.float(), rtol=1e-2, atol=1e-2), (after - before).abs().max()

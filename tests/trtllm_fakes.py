@@ -205,6 +205,10 @@ class TritonFusedMoE(_FusedMoE):
         return w[:, 0::2].t(), w[:, 1::2].t(), self.w2_weight[s].float().t()
 
 
+class AllGatherReduceScatter:
+    """main's fallback exchange strategy (communication/allgather_reducescatter.py)."""
+
+
 class ConfigurableMoE(nn.Module):
     """Wrapper whose .backend holds the tensors; mirrors layer_idx and the partition onto it."""
 
@@ -216,9 +220,9 @@ class ConfigurableMoE(nn.Module):
                      "initial_local_expert_ids", "layer_load_balancer"):
             setattr(self, name, getattr(backend, name))
         self.enable_dwdp = False
-        # main: the token exchange strategy (communication_factory), chosen once at construction; None here
-        # stands for "no exchange" (ep_size 1); set it to stand for one (AllGatherReduceScatter, NVLink...)
-        self.comm = None
+        # The token exchange strategy, built once at construction: CommunicationFactory returns None only
+        # without attention DP or with one DP rank, else at least AllGatherReduceScatter.
+        self.comm = AllGatherReduceScatter() if backend.use_dp and backend.ep_size > 1 else None
 
     def forward(self, x, router_logits, do_finalize=True, output_dtype=None, all_rank_num_tokens=None,
                 use_dp_padding=None, lora_params=None, input_ids=None, **kwargs):

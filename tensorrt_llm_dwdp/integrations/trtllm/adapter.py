@@ -28,7 +28,8 @@ MoE/ConfigurableMoE at main; only those the module has are set, all restored by 
 Refused (DwdpConfigError) where this cannot be made safe: main's ConfigurableMoE holding a token exchange
 strategy (`comm`, chosen once at construction from the mapping); a backend with enable_alltoall; the
 TRITON backend (its weights are [E, H, 2I] with gate/up columns interleaved, not the composite layout);
-composite tensors with a padded expert stride (the fused kernels assume contiguous experts).
+a partition whose boundaries would pad the expert stride (the fused kernels assume contiguous experts;
+refused at setup, before anything is allocated).
 
 TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
@@ -75,8 +76,8 @@ from .options import ENV_FILE, ENV_INLINE, SECTION, TrtllmDwdpOptions
 
 UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
                  "Enable exactly one: `dwdp_config` for that case; the `dwdp:` section (tensorrt_llm_dwdp) for BF16 "
-                 "experts on the CUTLASS or DEEPGEMM backends (TRITON on Hopper, main only), or FP8 block-scaled "
-                 "experts on Hopper")
+                 "experts, or FP8 block-scaled experts on Hopper, on the CUTLASS backend of TensorRT-LLM 1.2.x "
+                 "(a ConfigurableMoE layer under attention DP, which main always builds, is refused)")
 # LlmArgs' own default of max_num_tokens, for an engine that does not say.
 DEFAULT_MAX_NUM_TOKENS = 8192
 
@@ -239,7 +240,7 @@ def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_modu
                                   "needs to order its pulls", "serve this model without DWDP")
         if routed:  # MoE layers whose experts are not where this adapter reads them
             raise DwdpConfigError("moe_config.backend", type(routed[0]).__name__, "its experts are not in a "
-                                  "w3_w1_weight tensor DWDP reads", "use CUTLASS or DEEPGEMM")
+                                  "w3_w1_weight tensor DWDP reads", "use CUTLASS")
         _log("warning: no MoE layers in this model; DWDP is off")
         return None
     if _compiled(engine):
@@ -275,7 +276,7 @@ def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_modu
     staged = [_Staged(x, t) for x in layers for t in stage_to_host(x.holder)] if free_module_weights else []
     kept = {} if free_module_weights else {x.layer_idx: _param_data(x.holder) for x in layers}
     try:
-        hooks = DwdpHooks.setup(config, shape, loader, comm=comm, device=device)
+        hooks = DwdpHooks.setup(config, shape, loader, comm=comm, device=device, contiguous=True)
     except BaseException:
         for rec in staged:
             rec.tensor.back_to_device()
@@ -408,12 +409,8 @@ def _point(holder, weights) -> None:
     """The module's expert tensors become this step's composite tensors (the Parameter objects stay)."""
     for name, t in (("w3_w1_weight", weights.w13), ("w2_weight", weights.w2),
                     ("w3_w1_weight_scaling_factor", weights.w13_scale), ("w2_weight_scaling_factor", weights.w2_scale)):
-        if t is None:
-            continue
-        if not t.is_contiguous():
-            raise RuntimeError(f"DWDP composite {name} has strides {t.stride()} for shape {tuple(t.shape)}: "
-                               "TensorRT-LLM's fused MoE kernels read contiguous experts")
-        getattr(holder, name).data = t
+        if t is not None:  # contiguous: setup refused any placement that would pad the expert stride
+            getattr(holder, name).data = t
 
 
 def _moe_forward(layer: MoeLayer, forward, *args, **kwargs):

@@ -8,7 +8,7 @@ Ours (layout.swiglu_expert_specs), per expert, stacked over n experts:
 TensorRT-LLM, PyTorch backend, tensors of one MoE module (read from
 tensorrt_llm/_torch/modules/fused_moe/quantization.py and fused_moe_triton.py, at the 1.2 line
 and at main, 1.3 cycle; the names and shapes are the same in both):
-  layout "w3_w1"  CutlassFusedMoE (Hopper and Blackwell), DeepGemmFusedMoE on Hopper, WideEPMoE;
+  layout "w3_w1"  CutlassFusedMoE (Hopper and Blackwell), DeepGemmFusedMoE (SM100/103 only), WideEPMoE;
       UnquantizedFusedMoEMethod and DeepSeekFP8BlockScalesFusedMoEMethod:
       w3_w1_weight [n, 2I, H] with the up (w3) rows FIRST, then gate (w1);  w2_weight [n, H, I];
       FP8: w3_w1_weight_scaling_factor [n, 2*ceil(I/128), ceil(H/128)] fp32, w3 block rows
