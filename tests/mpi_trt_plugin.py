@@ -45,7 +45,9 @@ def act_fp8(a: torch.Tensor) -> torch.Tensor:
 
 
 def reference(layer, x, ids, weights):
-    """float64 SwiGLU experts on the loaded weights; an id equal to E contributes nothing."""
+    """float64 SwiGLU experts on the loaded weights; an id equal to E contributes nothing. FP8 follows the kernels'
+    data path: the first GEMM's output is stored in BF16 before SwiGLU and its 1x128 quantization (computed in
+    float64 and quantized, a value near an FP8 rounding boundary would land one FP8 step away from the kernel's)."""
     w13, w2 = dense[layer]["w13"], dense[layer]["w2"]
     xs = act_fp8(x) if fp8 else x.double()
     out = torch.zeros(T, H, dtype=torch.float64)
@@ -54,6 +56,8 @@ def reference(layer, x, ids, weights):
         if len(rows) == 0:
             continue
         h = xs[rows] @ w13[e].T
+        if fp8:
+            h = h.bfloat16().double()
         a = torch.nn.functional.silu(h[:, :I]) * h[:, I:]
         if fp8:
             a = act_fp8(a)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from tensorrt_llm_dwdp.config import DwdpConfigError
+from tensorrt_llm_dwdp.hooks import MoeShape
 from tensorrt_llm_dwdp.integrations.trtllm import engine_flow as ef
 
 
@@ -195,10 +196,16 @@ def test_checkpoint_loader_reads_experts_gate_rows_first(tmp_path):
     gate, up, w2 = torch.randn(E, I, H, generator=g), torch.randn(E, I, H, generator=g), torch.randn(E, H, I, generator=g)
     save_file({"transformer.layers.1.mlp.fc.weight": torch.cat([up, gate], 1),  # TensorRT-LLM's w3 then w1
                "transformer.layers.1.mlp.proj.weight": w2}, str(tmp_path / "rank0.safetensors"))
-    got = er.checkpoint_loader(str(tmp_path))(1, [4, 1])
+    shape = MoeShape(2, H, I, E)
+    got = er.checkpoint_loader(str(tmp_path), shape)(1, [4, 1])
     assert torch.equal(got["w13"], torch.cat([gate[[4, 1]], up[[4, 1]]], 1)) and torch.equal(got["w2"], w2[[4, 1]])
     with pytest.raises(DwdpConfigError, match="rank0.safetensors"):
-        er.checkpoint_loader(str(tmp_path / "none"))
+        er.checkpoint_loader(str(tmp_path / "none"), shape)
+    # converted with expert parallelism: rank0.safetensors holds only the first rank's 3 experts
+    save_file({"transformer.layers.1.mlp.fc.weight": torch.cat([up, gate], 1)[:3],
+               "transformer.layers.1.mlp.proj.weight": w2[:3]}, str(tmp_path / "rank0.safetensors"))
+    with pytest.raises(DwdpConfigError, match="moe_ep_size=1"):
+        er.checkpoint_loader(str(tmp_path), shape)(1, [1])
 
 
 def test_moe_shape_from_the_engine_config(tmp_path):

@@ -15,10 +15,13 @@ import atexit
 import json
 import os
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 from ...config import DwdpConfigError
 from .engine_flow import ENGINE_MARKER, ExpertDtype, plugin_library_path
+
+if TYPE_CHECKING:
+    from ...hooks import MoeShape
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,10 @@ def moe_shape_of(engine_dir: str):
     return MoeShape(int(pc["num_hidden_layers"]), int(pc["hidden_size"]), inter, experts)
 
 
-def checkpoint_loader(checkpoint_dir: str, rank_file: str = "rank0.safetensors"):
+def checkpoint_loader(checkpoint_dir: str, shape: MoeShape, rank_file: str = "rank0.safetensors"):
     """WeightLoader over a TensorRT-LLM checkpoint: layer l's `transformer.layers.{l}.mlp.fc.weight` [E, 2I, H]
-    (up rows first, as TensorRT-LLM's converters concatenate w3 then w1) and `mlp.proj.weight` [E, H, I].
-    Returns gate rows first, the plugin's order. Reads only the requested experts."""
+    (up rows first: TensorRT-LLM's converters concatenate w3 then w1, e.g. models/llama/convert.py) and
+    `mlp.proj.weight` [E, H, I]. Returns gate rows first, the plugin's order. Reads only the requested experts."""
     import torch
     from safetensors import safe_open
 
@@ -104,11 +107,18 @@ def checkpoint_loader(checkpoint_dir: str, rank_file: str = "rank0.safetensors")
     if not os.path.exists(path):
         raise DwdpConfigError("checkpoint_dir", checkpoint_dir, f"it has no {rank_file}",
                               "build from a TensorRT-LLM checkpoint with moe_tp_size=1 and moe_ep_size=1")
+    E, H, I = shape.num_experts, shape.hidden_size, shape.intermediate_size
 
     def load(layer: int, experts: Sequence[int]) -> Mapping[str, "torch.Tensor"]:
         with safe_open(path, framework="pt") as f:
             fc = f.get_slice(f"transformer.layers.{layer}.mlp.fc.weight")
             proj = f.get_slice(f"transformer.layers.{layer}.mlp.proj.weight")
+            got = (tuple(fc.get_shape()), tuple(proj.get_shape()))
+            if got != ((E, 2 * I, H), (E, H, I)):
+                # a converter run with moe_ep_size / moe_tp_size > 1 stores only this rank's part
+                raise DwdpConfigError("checkpoint_dir", checkpoint_dir, f"layer {layer}'s experts are {got[0]} and "
+                                      f"{got[1]} in {rank_file}, not all {E} experts ({E}, {2 * I}, {H}) and "
+                                      f"({E}, {H}, {I})", "convert the checkpoint with moe_tp_size=1 and moe_ep_size=1")
             w13 = torch.stack([fc[e] for e in experts])
             w2 = torch.stack([proj[e] for e in experts])
         up, gate = w13.chunk(2, dim=1)
@@ -143,7 +153,7 @@ def setup_engine_context(marker: EngineMarker, comm=None) -> None:
     else:
         from ...config import DwdpConfig
         config = DwdpConfig(group_size=marker.group_size, num_experts=shape.num_experts, weight_dtype=dtype)
-    hooks = DwdpHooks.setup(config, shape, checkpoint_loader(marker.checkpoint_dir), comm=comm,
+    hooks = DwdpHooks.setup(config, shape, checkpoint_loader(marker.checkpoint_dir, shape), comm=comm,
                             device=torch.device("cuda", torch.cuda.current_device()))
     try:
         _runtime.context = register_plugin_context(hooks, marker.context_id)
