@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -75,12 +76,23 @@ def _is_noise(line: str) -> bool:
     return line.lstrip().startswith(_NOISE_STARTS) or ERROR_MARKER in line
 
 
+# Open MPI's banner when a rank exits non-zero: "Process name: [prterun-host-123@1,2]" ... "Exit code: 3".
+_EXITED_RANK = re.compile(r"Process name:\s*\[[^\]]*,(\d+)\]")
+_EXIT_CODE = re.compile(r"Exit code:\s*(-?\d+)")
+
+
 def first_rank_error(log_path: str) -> Optional[str]:
-    """The first rank's one-line error in a job's log (what follows ERROR_MARKER), or None."""
+    """The first rank's one-line error in a job's log (what follows ERROR_MARKER); else which rank exited
+    first, where the MPI runtime names it (a rank that died without a word); else None."""
     with open(log_path, errors="replace") as f:
-        for line in f:
-            if ERROR_MARKER in line:
-                return line.split(ERROR_MARKER, 1)[1].strip()
+        text = f.read()
+    for line in text.splitlines():
+        if ERROR_MARKER in line:
+            return line.split(ERROR_MARKER, 1)[1].strip()
+    rank, code = _EXITED_RANK.search(text), _EXIT_CODE.search(text)
+    if rank:
+        how = f"with code {code.group(1)}" if code else "abnormally"
+        return f"rank {rank.group(1)} exited {how} without reporting an error, and the others were stopped"
     return None
 
 

@@ -22,7 +22,12 @@ class UsageError(ValueError):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but an error raises UsageError (the caller prints one line) instead of usage + exit."""
+    """argparse, but an error raises UsageError (the caller prints one line) instead of usage + exit, and
+    option names are matched whole (an abbreviation would silently change meaning as options are added)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UsageError(f"{message}. Fix: see {self.prog} --help.")

@@ -43,6 +43,7 @@ def one_line_error(*args, names, env=None, cwd=ROOT):
 
 VERIFY = {
     "backwards placement range": (["--placement", "7-0;0-15"], "--placement"),
+    "empty rank in a placement": (["--placement", "0-15;"], "rank 1 lists no experts"),
     "no steps": (["--steps", "0"], "--steps"),
     "top-k above the experts": (["--top-k", "20"], "top_k"),
     "top-k beyond the kept groups": (["--top-k", "9"], "top_k"),
@@ -58,6 +59,7 @@ VERIFY = {
     "token list": (["--tokens", "3,x"], "--tokens"),
     "unknown choice": (["--routing", "nonsense"], "--routing"),
     "unknown option": (["--num-expertz", "8"], "--num-expertz"),
+    "abbreviated option": (["--step", "2"], "--step"),
     "unwritable json": (["--json", "/etc/hostname/r.json"], "--json"),
 }
 
@@ -93,6 +95,7 @@ BENCH = {
     "unknown sim machine": (["--sim-machine", "h900"], "--sim-machine"),
     "no requests": (["--requests", "0"], "--requests"),
     "unknown option": (["--isl-cv", "0.2"], "--isl-cv"),
+    "abbreviated option": (["--warm", "0"], "--warm"),
     "unwritable json": (["--json", "/etc/hostname/b.json"], "--json"),
     "unwritable plot dir": (["--plot-dir", "/etc/hostname/plots"], "--plot-dir"),
 }
@@ -254,6 +257,14 @@ MPI.COMM_WORLD.Barrier()
 print(f"rank {r} done", flush=True)
 """
 
+DIES = """
+import os
+from mpi4py import MPI
+if MPI.COMM_WORLD.Get_rank() == 1:
+    os._exit(3)  # no traceback, no error line
+MPI.COMM_WORLD.Barrier()
+"""
+
 SLEEPS = """
 import time
 from mpi4py import MPI
@@ -285,6 +296,15 @@ def test_a_rank_error_is_one_line_with_the_log_path(tmp_path):
     text = open(log[0]).read()
     assert "Traceback" in text and "rank 0: step 1/2" in text  # the full output is kept
     assert "step 1/2" in proc.stdout  # progress before the failure still streamed
+
+
+@pytest.mark.mpi
+def test_a_rank_that_dies_silently_is_named(tmp_path):
+    pytest.importorskip("mpi4py")
+    proc = _launcher(tmp_path, DIES)
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "rank 1 exited with code 3" in err[0], proc.stderr
 
 
 @pytest.mark.mpi
