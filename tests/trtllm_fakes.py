@@ -143,7 +143,8 @@ class DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm(DeepSeekFP8BlockScalesFusedMo
 
 
 class DeepGemmFusedMoE(CutlassFusedMoE):
-    """FP8 block scales: w3_w1_weight_scaling_factor [n, 2I/128, H/128] (w3 first), w2 [n, H/128, I/128].
+    """FP8 block scales as CutlassFusedMoE holds them on Hopper (DeepSeekFP8BlockScalesFusedMoEMethod; the real
+    DeepGemmFusedMoE is SM100+): w3_w1_weight_scaling_factor [n, 2I/128, H/128] (w3 first), w2 [n, H/128, I/128].
     blackwell=True: the scales as DeepGEMM's Blackwell method leaves them, int32 [n, rows, ceil(cols/512)]
     (one UE8M0 exponent per 128 columns, per weight row, four per int32)."""
 
