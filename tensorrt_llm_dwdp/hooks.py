@@ -137,10 +137,12 @@ def _refuse_padding(config: DwdpConfig, shape: MoeShape, specs, granularity: int
                               f"of {ALIGN} bytes, so experts need a padded stride the host's kernels cannot read",
                               "serve this model without DWDP")
     where = config.placement if config.placement is not None else f"even over {config.group_size} ranks"
+    fix = (f"split the experts at multiples of {unit} (a group size or explicit placement to match)"
+           if unit < shape.num_experts else "serve this model without DWDP: its experts are too small to split "
+           f"on the {granularity}-byte granularity")
     raise DwdpConfigError("placement", where, f"it splits the {shape.num_experts} experts at {off}, where the expert "
                           f"tensors ({sizes}) do not end on the {granularity}-byte mapping granularity, and the host's "
-                          "kernels cannot read a padded expert stride",
-                          f"split the experts at multiples of {unit} (a group size or explicit placement to match)")
+                          "kernels cannot read a padded expert stride", fix)
 
 
 @dataclass(frozen=True)

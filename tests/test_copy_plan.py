@@ -155,3 +155,38 @@ def test_native_plan_graph_launch_copies_current_source():
         src.random_(0, 256, generator=g)  # the next launch must see the new contents
     with pytest.raises(RuntimeError):
         plan.launch(src.data_ptr(), stream.cuda_stream)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from([(7168, 2048), (2048, 768), (1024, 1024), (4096, 1536), (256, 128)]),
+       st.sampled_from(["bfloat16", "float8_e4m3fn"]), st.integers(2, 8), st.data())
+def test_the_split_a_padding_refusal_names_plans_without_padding(dims, dtype, group_size, data):
+    """contiguous=True refuses exactly the placements that pad; splitting at the run length its message names
+    then plans with no padding, as the message promises."""
+    import re
+
+    from tensorrt_llm_dwdp.config import DwdpConfig, DwdpConfigError
+    from tensorrt_llm_dwdp.hooks import MoeShape, plan_composite
+    hidden, inter = dims
+    gran = 2 << 20
+    experts = data.draw(st.integers(group_size, 64))
+    cuts = sorted(data.draw(st.sets(st.integers(1, experts - 1), min_size=group_size - 1, max_size=group_size - 1)))
+    bounds = [0, *cuts, experts]
+    cfg = DwdpConfig(num_experts=experts, group_size=group_size, weight_dtype=dtype,
+                     placement=tuple(tuple(range(a, b)) for a, b in zip(bounds, bounds[1:])))
+    shape = MoeShape(1, hidden, inter, experts)
+    padded = plan_composite(cfg, shape, 0, gran).layout.padding_bytes_per_expert > 0
+    try:
+        plan_composite(cfg, shape, 0, gran, contiguous=True)
+        assert not padded
+        return
+    except DwdpConfigError as e:
+        assert padded and "\n" not in str(e)
+        if "too small to split" in str(e):
+            return
+        unit = int(re.search(r"multiples of (\d+)", str(e)).group(1))
+        assert unit < experts
+    runs_ = -(-experts // unit)  # split at multiples of `unit`, over as many ranks as that gives
+    fixed = DwdpConfig(num_experts=experts, group_size=runs_, weight_dtype=dtype,
+                       placement=tuple(tuple(range(a, min(a + unit, experts))) for a in range(0, experts, unit)))
+    assert plan_composite(fixed, shape, 0, gran, contiguous=True).memory.padding_bytes == 0
