@@ -150,13 +150,16 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
     assert not errors, errors
     assert ranks.calls == 2  # one dispatch, one combine: no count exchange
     full = ExpertWeights(w13.double(), w2.double())
+    peak = 0.0
     for r in range(world):
         want = moe_experts(xs[r].double(), routes[r][0], routes[r][1].double(), full)
         assert outs[r].shape == (tokens[r], hidden)
         if tokens[r]:
             # float32 math against float64; rows are sums of at most k expert outputs of O(1)
             assert torch.allclose(outs[r].double(), want, atol=1e-5, rtol=1e-5), (seed, r)
-            assert want.abs().max() > 0.1
+            peak = max(peak, float(want.abs().max()))
+    # not a comparison of near-zeros: over all ranks' tokens (one token alone may stay below 0.1)
+    assert peak > 0.1 or not sum(tokens)
 
 
 def test_sentinel_ids_contribute_nothing():
