@@ -3,10 +3,18 @@
 #   test   the GPU tests and the multi-rank CUDA VMM / CUDA IPC checks (BF16 and FP8, 2 and 4 ranks);
 #   bench  `trtllm-dwdp bench kernels` (BENCH_ARGS), its JSON and table under OUT_DIR.
 # Usage: bash benchmarks/gpu_core_check.sh test|bench|all [OUT_DIR]
+# OUT_DIR defaults to out/gpu_check (ignored by git): results are copied into benchmarks/results by hand,
+# with their date and device, once they are recorded in BENCHMARKS.md.
 # Env: TESTS (pytest targets for `test`, default: the GPU-marked tests of the whole suite), BENCH_ARGS.
 set -uo pipefail
 what=${1:-all}
-out=${2:-benchmarks/results}
+out=${2:-out/gpu_check}
+case "$what" in test|bench|all) ;; *) echo "gpu_core_check.sh: unknown step '$what'. Fix: test, bench or all." >&2; exit 2 ;; esac
+# Before the build (minutes of CUDA compiles): a machine without a GPU can run none of this.
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "gpu_core_check.sh: no NVIDIA GPU visible (nvidia-smi -L failed); nothing was built or run. Fix: run it on a GPU machine." >&2
+  exit 2
+fi
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 DWDP_CUDA_ARCHS=${DWDP_CUDA_ARCHS:-90a}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

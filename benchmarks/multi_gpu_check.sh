@@ -16,7 +16,11 @@
 #      holds its expert shard, 11.3 GB per MoE layer on 2 GPUs, plus DWDP's two slots of one layer),
 #      BUDGET_S (stop starting benches after this many seconds, 0 = no limit).
 set -uo pipefail
-out=${1:-benchmarks/results}
+out=${1:-out/multi_gpu_check}  # ignored by git; copy results into benchmarks/results once recorded
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "multi_gpu_check.sh: no NVIDIA GPU visible (nvidia-smi -L failed); nothing was built or run. Fix: run it on a host with several GPUs." >&2
+  exit 2
+fi
 mkdir -p "$out"
 # NVLink multicast stays off: the measurement is about copy-engine pulls and NCCL all-to-all.
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1

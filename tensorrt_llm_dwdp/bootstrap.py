@@ -16,6 +16,11 @@ from typing import Any, List, Optional
 from .config import DwdpConfig
 
 
+# Set by the launcher for the ranks it starts: names what they leave in shared folders, so it can remove
+# what ranks it had to kill left behind.
+JOB_ENV = "DWDP_JOB"
+
+
 class PeerLostError(RuntimeError):
     """A peer of the DWDP group did not reach a setup or shutdown point in time."""
 

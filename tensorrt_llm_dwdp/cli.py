@@ -9,16 +9,21 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from .usage import Parser, UsageError, fail, one_line_errors, positive
+from .usage import Parser, UsageError, fail, one_line_errors
 
 
 def _verify(args, rest: List[str]) -> int:
-    from .launch import run_ranks
+    from .launch import check_ranks, run_ranks
     from .verify.job import parse_args, plan
-    positive("--ranks", args.ranks, "e.g. --ranks 4")
+    check_ranks(args.ranks)
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be > 0 seconds. Fix: e.g. --timeout 300, or leave it out.")
     plan(parse_args(rest, prog="trtllm-dwdp verify"), args.ranks)  # the ranks' own checks, before any of them starts
+    if args.dry_run:
+        from .launch import mpirun_command
+        print(" ".join(mpirun_command(args.ranks, ["-m", "tensorrt_llm_dwdp.verify", *rest])))
+        print("every option checked; nothing was run")
+        return 0
     return run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.verify", *rest], timeout_s=args.timeout,
                      prog="trtllm-dwdp verify")
 
@@ -36,6 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    "(see python -m tensorrt_llm_dwdp.verify --help).")
     v.add_argument("--ranks", type=int, default=4)
     v.add_argument("--timeout", type=float, default=None, help="seconds before every rank is stopped")
+    v.add_argument("--dry-run", action="store_true", help="check every option, print the command, and exit")
     sub.add_parser("bench", help="DWDP vs DEP on N ranks (`bench kernels`: the GPU data path)", add_help=False)
     sub.add_parser("sim", help="performance model: DWDP vs DEP TPS/GPU, speedup and crossover (CPU only; "
                                "`sim compare`: against bench results)",

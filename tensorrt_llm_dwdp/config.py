@@ -159,14 +159,17 @@ def _check_depth(value) -> None:
         raise DwdpConfigError("prefetch_depth", value,
                               "DWDP needs at least two slots so one layer computes while the next is pulled",
                               "set prefetch_depth=2 (ping-pong) or more")
+    if value > MAX_DEPTH:
+        raise DwdpConfigError("prefetch_depth", value, f"is more than {MAX_DEPTH} slots",
+                              "set prefetch_depth=2 (ping-pong); more slots only help with uneven layers")
 
 
 def _check_slice(value) -> None:
     if not _is_int(value):
         raise DwdpConfigError("slice_bytes", value, "must be an integer number of bytes",
                               f"write it as an integer, e.g. {DEFAULT_SLICE_BYTES} (32 MiB)")
-    if value < 4096:
-        raise DwdpConfigError("slice_bytes", value, "a copy slice must be at least 4 KiB",
+    if not 4096 <= value <= MAX_SLICE_BYTES:
+        raise DwdpConfigError("slice_bytes", value, "a copy slice must be 4 KiB to 1 GiB",
                               f"use the default {DEFAULT_SLICE_BYTES} (32 MiB), or 8 MiB and up")
 
 
@@ -181,9 +184,10 @@ def _choice(option: str, choices, problem: str):
 # before the model is loaded (the launch wrapper) applies them to those.
 _FIELD_RULES = {
     "group_size": lambda v: _positive_int("group_size", v, "use the number of NVLink peers that share the experts, "
-                                                           "e.g. 4 or 8"),
+                                                           "e.g. 4 or 8", MAX_GROUP),
     "num_experts": lambda v: _positive_int("num_experts", v, "use the model's number of routed experts"),
-    "num_groups": lambda v: _positive_int("num_groups", v, "use world_size // group_size, or leave it unset"),
+    "num_groups": lambda v: _positive_int("num_groups", v, "use world_size // group_size, or leave it unset",
+                                          MAX_GROUP),
     "experts_per_rank": lambda v: _positive_int("experts_per_rank", v, "use at least ceil(num_experts / group_size)"),
     "num_prefetch_experts": lambda v: _nonnegative_int("num_prefetch_experts", v,
                                                        "use num_experts - experts_per_rank, or leave it unset"),
@@ -206,14 +210,24 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive_int(option: str, value, fix: str) -> None:
+# Upper bounds that no deployment reaches (an NVLink domain holds 72 GPUs; models have at most a few hundred
+# experts per layer): a larger value is a typo, refused before it sizes anything.
+MAX_GROUP = 1024
+MAX_EXPERTS = 1 << 16
+MAX_DEPTH = 64
+MAX_SLICE_BYTES = 1 << 30
+
+
+def _positive_int(option: str, value, fix: str, most: int = MAX_EXPERTS) -> None:
     if not _is_int(value) or value < 1:
         raise DwdpConfigError(option, value, "must be a positive integer", fix)
+    if value > most:
+        raise DwdpConfigError(option, value, f"is more than {most}", fix)
 
 
 def _nonnegative_int(option: str, value, fix: str) -> None:
-    if not _is_int(value) or value < 0:
-        raise DwdpConfigError(option, value, "must be an integer >= 0", fix)
+    if not _is_int(value) or not 0 <= value <= MAX_EXPERTS:
+        raise DwdpConfigError(option, value, f"must be an integer in [0, {MAX_EXPERTS}]", fix)
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:
@@ -222,10 +236,16 @@ def _largest_divisor_at_most(n: int, k: int) -> int:
 
 def parse_placement(text: str) -> Tuple[Tuple[int, ...], ...]:
     """Parse "0-3,8;4-7;..." (ranks separated by ';', ranges by ',') into expert id tuples."""
+    if not text.strip():
+        raise DwdpConfigError("placement", text, "is empty", 'write one list per rank, e.g. "0-7;8-15", or leave it unset')
     ranks = []
     for part in text.split(";"):
         ids = []
-        for item in filter(None, (s.strip() for s in part.split(","))):
+        items = [s.strip() for s in part.split(",")]
+        if len(items) > 1 and not all(items):
+            raise DwdpConfigError("placement", text, f"{part.strip()!r} has an empty item between commas",
+                                  'write ids or ranges separated by single commas, e.g. "0-3,8;4-7"')
+        for item in filter(None, items):
             lo, _, hi = item.partition("-")
             try:
                 first, last = int(lo), int(hi or lo)

@@ -7,10 +7,11 @@ validation inside `one_line_errors`, so a wrong option reads the same whichever 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from contextlib import contextmanager
-from typing import Callable, Mapping, Optional
+from typing import IO, Callable, Mapping, Optional
 
 from .config import DwdpConfigError
 
@@ -21,13 +22,27 @@ class UsageError(ValueError):
     """A command-line option is invalid; the message names the option, the value and the fix."""
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a float that is neither NaN nor infinite (NaN passes every `x > 0` check and loops
+    or allocates without bound downstream)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+finite_float.__name__ = "finite number"  # argparse names the type in its message: "invalid finite number value"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but an error raises UsageError (the caller prints one line) instead of usage + exit, and
-    option names are matched whole (an abbreviation would silently change meaning as options are added)."""
+    """argparse, but an error raises UsageError (the caller prints one line) instead of usage + exit, option
+    names are matched whole (an abbreviation would silently change meaning as options are added), and a
+    float option takes finite numbers only."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.register("type", float, finite_float)
 
     def error(self, message: str):
         raise UsageError(f"{message}. Fix: see {self.prog} --help.")
@@ -58,20 +73,36 @@ def positive(option: str, value, fix: str, allow_zero: bool = False) -> None:
         raise UsageError(f"{option} {value}: must be an integer >= {low}. Fix: {fix}.")
 
 
-def check_output_path(option: str, path: Optional[str], directory: bool = False) -> None:
-    """Fail before the run, not after it, when an output cannot be written where the user asked."""
-    if not path:
+def check_output_path(option: str, path: Optional[str], directory: bool = False, suffix: str = ".json") -> None:
+    """Fail before the run, not after it, when an output cannot be written where the user asked. Folders
+    that do not exist yet are fine (`open_output` / `make_output_dir` create them): their nearest existing
+    parent must be a writable folder."""
+    if path is None:
         return
-    target = path if directory else (os.path.dirname(os.path.abspath(path)) or ".")
-    probe = target
-    while not os.path.exists(probe):  # a folder to be created: its nearest existing parent must be writable
+    if not path.strip():
+        raise UsageError(f"{option} {path!r}: is empty. Fix: name a {'folder' if directory else 'file'}, or leave "
+                         f"{option} out.")
+    if "\0" in path:
+        raise UsageError(f"{option} {path!r}: holds a NUL character. Fix: name a file you can write.")
+    full = os.path.abspath(path)  # NOTE: a relative path walks up to '', which never exists: loop on the absolute one
+    probe = full if directory else os.path.dirname(full)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
-    if directory and os.path.exists(path) and not os.path.isdir(path):
+    if directory and os.path.exists(full) and not os.path.isdir(full):
         raise UsageError(f"{option} {path}: is a file, not a folder. Fix: name a folder.")
-    if not directory and os.path.isdir(path):
-        raise UsageError(f"{option} {path}: is a folder. Fix: name a file, e.g. {os.path.join(path, 'bench.json')}.")
+    if not directory and (os.path.isdir(full) or path.endswith(os.sep)):
+        raise UsageError(f"{option} {path}: is a folder. Fix: name a file in it, e.g. "
+                         f"{os.path.join(path, 'out' + suffix)}.")
     if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {path}: {probe} is not a writable folder. Fix: choose a path you can write.")
+    if not directory and os.path.exists(full) and not os.access(full, os.W_OK):
+        raise UsageError(f"{option} {path}: the file is not writable. Fix: choose a path you can write.")
+
+
+def open_output(path: str, mode: str = "w") -> IO:
+    """Open an output file that `check_output_path` accepted, creating its folders."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return open(path, mode)
 
 
 @contextmanager

@@ -13,6 +13,10 @@ from typing import List, Optional
 import numpy as np
 
 ISL_KINDS = ("fixed", "normal", "lognormal", "uniform")
+# Bounds that keep a mistyped value from sampling or packing without end. 16M tokens is far beyond any
+# context window served today; a CV of 10 is a lognormal whose p99 is ~40x its mean.
+MAX_ISL = 1 << 24
+MAX_CV = 10.0
 
 
 @dataclass(frozen=True)
@@ -31,10 +35,10 @@ class IslDist:
     def __post_init__(self):
         if self.kind not in ISL_KINDS:
             raise ValueError(f"--isl kind {self.kind!r}: unknown. Fix: use one of {', '.join(ISL_KINDS)}.")
-        if not self.mean >= 1:
-            raise ValueError(f"--isl mean {self.mean}: must be >= 1 token. Fix: e.g. --isl 8192.")
-        if self.cv < 0 or (self.kind == "uniform" and self.cv > 1 / math.sqrt(3)):
-            raise ValueError(f"--isl cv {self.cv}: out of range. Fix: 0 <= cv (<= 0.577 for uniform).")
+        if not 1 <= self.mean <= MAX_ISL:
+            raise ValueError(f"--isl mean {self.mean:g}: must be 1 to {MAX_ISL} tokens. Fix: e.g. --isl 8192.")
+        if not 0 <= self.cv <= MAX_CV or (self.kind == "uniform" and self.cv > 1 / math.sqrt(3)):
+            raise ValueError(f"--isl cv {self.cv:g}: out of range. Fix: 0 <= cv <= {MAX_CV:g} (<= 0.577 for uniform).")
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """n ISLs (int64, >= 1)."""
@@ -49,7 +53,7 @@ class IslDist:
         else:
             h = math.sqrt(3) * cv * m
             x = rng.uniform(m - h, m + h, n)
-        return np.maximum(np.rint(x), 1).astype(np.int64)
+        return np.clip(np.rint(x), 1, MAX_ISL).astype(np.int64)
 
     def __str__(self) -> str:
         if self.kind == "fixed" or self.cv == 0:
@@ -85,7 +89,7 @@ def make_requests(isl: IslDist, num: int, seed: int, rate: Optional[float] = Non
     """`num` requests with ISLs from `isl`; Poisson arrivals at `rate` requests/s, or all at t=0."""
     if num < 0:
         raise ValueError(f"--requests {num}: must be >= 0")
-    if rate is not None and not rate > 0:
+    if rate is not None and not 0 < rate < math.inf:
         raise ValueError(f"--request-rate {rate}: must be > 0 requests/s, or omit it for a closed loop")
     rng = np.random.default_rng(seed)
     isls = isl.sample(rng, num)
@@ -95,17 +99,28 @@ def make_requests(isl: IslDist, num: int, seed: int, rate: Optional[float] = Non
 
 def load_trace(path: str) -> List[Request]:
     """JSONL, one request per line: {"isl": int, "arrival_s": float (optional)}."""
+    try:
+        f = open(path, errors="replace")
+    except OSError as e:
+        raise ValueError(f"--trace {path}: cannot be read ({e.strerror}). Fix: name a JSONL file, one request "
+                         "per line.") from None
     out = []
-    with open(path) as f:
+    with f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                out.append(Request(len(out), int(rec["isl"]), float(rec.get("arrival_s", 0.0))))
-            except (ValueError, KeyError, TypeError) as e:
+                isl, arrival = rec["isl"], rec.get("arrival_s", 0.0)
+                if isinstance(isl, bool) or not isinstance(isl, (int, float)) or isl != int(isl):
+                    raise ValueError(f"isl {isl!r} is not an integer")
+                if isinstance(arrival, bool) or not isinstance(arrival, (int, float)) or not 0 <= arrival < math.inf:
+                    raise ValueError(f"arrival_s {arrival!r} is not a time >= 0 in seconds")
+                out.append(Request(len(out), int(isl), float(arrival)))
+            except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
                 raise ValueError(f"--trace {path}:{lineno}: {e}. Fix: one JSON object per line with an "
                                  "integer 'isl' and an optional 'arrival_s'") from None
-            if out[-1].isl < 1:
-                raise ValueError(f"--trace {path}:{lineno}: isl must be >= 1")
+            if not 1 <= out[-1].isl <= MAX_ISL:
+                raise ValueError(f"--trace {path}:{lineno}: isl {out[-1].isl} is outside 1..{MAX_ISL}. "
+                                 "Fix: correct that line.")
     return out

@@ -16,6 +16,8 @@ import uuid
 
 import torch
 
+from ..bootstrap import JOB_ENV
+
 from .base import Composite, LocalShard, MemoryBackend, PeerShard, SharedHandle, SharedMemoryError, hostname
 
 _SHM_DIR = "/dev/shm"
@@ -24,8 +26,14 @@ _PROT_NONE = 0
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 
 
-def _shm_dir() -> str:
+def shm_dir() -> str:
     return _SHM_DIR if os.path.isdir(_SHM_DIR) else os.environ.get("TMPDIR", "/tmp")
+
+
+def piece_prefix(job: str = "") -> str:
+    """File-name prefix of exported pieces: `dwdp-<job>-` under a launcher (which removes what ranks it had to
+    kill left behind), else `dwdp-`."""
+    return f"dwdp-{job}-" if job else "dwdp-"
 
 
 def _map(path: str, nbytes: int) -> torch.Tensor:
@@ -54,7 +62,8 @@ class CpuShmLocal(LocalShard):
     def __init__(self, nbytes: int, exported: bool = True):
         self.nbytes = nbytes
         if exported:
-            self.path = os.path.join(_shm_dir(), f"dwdp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+            self.path = os.path.join(shm_dir(), f"{piece_prefix(os.environ.get(JOB_ENV, ''))}"
+                                                  f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
             self.fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
             self.handle = SharedHandle("cpu_shm", nbytes, self.path.encode(), hostname(), -1, os.getpid())
         else:
@@ -147,5 +156,5 @@ class CpuShmBackend(MemoryBackend):
         return CpuComposite(nbytes, pieces)
 
     def free_bytes(self) -> int:
-        st = os.statvfs(_shm_dir())
+        st = os.statvfs(shm_dir())
         return st.f_bavail * st.f_frsize

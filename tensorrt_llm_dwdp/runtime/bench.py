@@ -12,10 +12,11 @@ import os
 import tempfile
 from typing import List, Optional
 
-from ..launch import run_ranks
-from ..usage import UsageError, check_output_path, one_line_errors, positive
+from ..launch import check_ranks, mpirun_command, run_ranks
+from ..usage import UsageError, check_output_path, one_line_errors, open_output
 from ..workload import IslDist, parse_isl
 from . import report
+from .capacity import rank_needs_for
 from .job import build_parser, model_name, validate, workload_name
 
 PROG = "trtllm-dwdp bench"
@@ -32,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     groups["output"].add_argument("--plot-dir", default=None, help="write timeline.png (and speedup_vs_cv.png) here")
     groups["output"].add_argument("--timeout", type=float, default=None,
                                   help="seconds per run before every rank is stopped")
+    groups["output"].add_argument("--dry-run", action="store_true",
+                                  help="check every option, print what would run and what each rank needs, and exit")
     return p
 
 
@@ -42,8 +45,10 @@ def job_argv(args: argparse.Namespace) -> List[str]:
         if not action.option_strings or action.dest in ("help", "json"):
             continue
         value = getattr(args, action.dest)
-        if value is not None and value != action.default:
-            out += [action.option_strings[0], str(value)]
+        if value is None or value == action.default:
+            continue
+        # a flag (store_true) is passed as itself, with no value after it
+        out += [action.option_strings[0]] if action.nargs == 0 else [action.option_strings[0], str(value)]
     return out
 
 
@@ -74,14 +79,28 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _main(argv: Optional[List[str]]) -> int:
     args = parser().parse_args(argv)
-    positive("--ranks", args.ranks, "e.g. --ranks 4")
+    check_ranks(args.ranks)
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be > 0 seconds. Fix: e.g. --timeout 600, or leave it out.")
-    validate(args, args.ranks)  # everything the ranks would reject, before any of them starts
     check_output_path("--plot-dir", args.plot_dir, directory=True)
+    if args.plot_dir:
+        from . import plots
+        plots.check_available("--plot-dir")
     isl = parse_isl(args.isl)
     cvs = _cvs(args, isl)
+    for cv in cvs:  # everything the ranks would reject, before any of them starts
+        args_cv = argparse.Namespace(**dict(vars(args), isl=_spec(isl, cv))) if not args.trace else args
+        cfg = validate(args_cv, args.ranks)
     base = job_argv(args)
+    if args.dry_run:
+        modes = [m for m in args.modes.split(",") if m and m != "auto"] or ["local"]
+        needs = rank_needs_for(cfg, args, modes)
+        for cv in cvs:
+            job = base + ([] if args.trace else ["--isl", _spec(isl, cv)])
+            print(" ".join(mpirun_command(args.ranks, ["-m", "tensorrt_llm_dwdp.runtime.job", *job])))
+        print(f"each rank: ~{needs.total / 2**30:.2f} GiB at its peak ({needs.weight_bytes / 2**30:.2f} weights, "
+              f"{needs.activation_bytes / 2**30:.2f} activations); nothing was run")
+        return 0
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for cv in cvs:
@@ -100,14 +119,14 @@ def _main(argv: Optional[List[str]]) -> int:
             with open(out) as f:
                 res = json.load(f)
             res["cv"] = cv
+            res["config"]["json"] = args.json  # the user's path, not the temporary one the ranks wrote
             results.append(res)
     print()
     label = workload_name(args) if args.trace else None  # the table's ISL column names the trace instead
     # the table ends with the caveats: CPU ranks or a shared GPU, like-for-like warnings
     print(report.table([dict(r, config=dict(r["config"], isl=label)) for r in results] if label else results))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
+        with open_output(args.json) as f:
             json.dump(results if len(results) > 1 else results[0], f, indent=1)
     if args.plot_dir:
         from . import plots

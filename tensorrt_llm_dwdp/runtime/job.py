@@ -23,9 +23,10 @@ import torch
 from ..bootstrap import run_or_abort
 from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, DwdpConfig
 from ..usage import Parser, UsageError, check_output_path, fail, options_named, positive
-from ..workload import load_trace, make_requests, parse_isl
+from ..workload import MAX_ISL, load_trace, make_requests, parse_isl
 from . import report
 from .apply import apply_dwdp
+from .capacity import check_fits
 from .config import PRESETS, ModelConfig, cut, preset
 from ..moe.exchange import CommClock
 from .dep import apply_dep, exchange_backend, init_torch_distributed, shutdown_torch_distributed
@@ -34,6 +35,8 @@ from .model import Decoder
 from .schedule import least_loaded
 
 MODES = ("local", "dwdp", "dep", "auto")
+MAX_REQUESTS = 100_000  # per rank: the shared stream is held on every rank
+MAX_WARMUP = 100
 # DwdpConfig fields the job sets from its flags
 JOB_FLAGS = {"group_size": "--group-size", "prefetch_depth": "--depth", "slice_bytes": "--slice-mib",
              "memory_backend": "--backend"}
@@ -132,8 +135,15 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
                              "Fix: leave it out for a closed loop.")
     positive("--max-num-tokens", args.max_num_tokens, "e.g. --max-num-tokens 8192")
     positive("--warmup", args.warmup, "e.g. --warmup 1, or 0 to time the first step", allow_zero=True)
-    if not args.slice_mib > 0:
-        raise UsageError(f"--slice-mib {args.slice_mib:g}: must be > 0. Fix: e.g. --slice-mib 32.")
+    positive("--seed", args.seed, "e.g. --seed 0", allow_zero=True)
+    for option, value, most in (("--requests", args.requests, MAX_REQUESTS), ("--warmup", args.warmup, MAX_WARMUP),
+                                ("--max-num-tokens", args.max_num_tokens, MAX_ISL), ("--depth", args.depth, 64),
+                                ("--vocab", args.vocab or 0, 1 << 22), ("--layers", args.layers or 0, 1024),
+                                ("--seed", args.seed, 2**32 - 1)):
+        if value > most:
+            raise UsageError(f"{option} {value}: at most {most}. Fix: {option} {most} or less.")
+    if not 0 < args.slice_mib <= 1 << 16:
+        raise UsageError(f"--slice-mib {args.slice_mib:g}: must be > 0 and at most {1 << 16}. Fix: e.g. --slice-mib 32.")
     if args.sim_machine is not None:
         from ..sim.machines import get_machine
         try:
@@ -141,6 +151,9 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
         except ValueError as e:
             raise UsageError(str(e).replace("--machine", "--sim-machine")) from None
     check_output_path("--json", args.json)
+    if world_size is not None:
+        check_requests_fit(args, world_size)
+        check_fits(cfg, args, [m for m in modes if m != "auto"] or ["local"], world_size)
     if world_size is not None and ("dwdp" in modes or "auto" in modes):
         # the weight dtype changes no rule checked here (group layout, depth, slice, backend)
         with options_named(JOB_FLAGS):
@@ -150,6 +163,18 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
             if mode in modes:
                 choose(cfg, world_size, args.isl, args.max_num_tokens, requested=mode, machine=args.sim_machine)
     return cfg
+
+
+def check_requests_fit(args, world: int) -> None:
+    """Without chunked prefill every request must fit one iteration: find the longest one the ranks would get
+    (the same seeded stream they draw), before they start."""
+    if args.chunked_prefill:
+        return
+    longest = max((r.isl for rank in range(world) for r in _requests(args, rank, world)), default=0)
+    if longest > args.max_num_tokens:
+        source = f"--trace {args.trace}" if args.trace else f"--isl {args.isl}"
+        raise UsageError(f"--max-num-tokens {args.max_num_tokens}: {source} makes a request of {longest} tokens, which "
+                         f"no iteration can hold. Fix: --max-num-tokens {longest} or more, or --chunked-prefill.")
 
 
 def dwdp_config(args, cfg: ModelConfig, world_size: int, weight_dtype: str) -> DwdpConfig:

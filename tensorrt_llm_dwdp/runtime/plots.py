@@ -11,6 +11,14 @@ from . import report
 COLORS = {"dwdp": "tab:blue", "dep": "tab:orange", "local": "tab:green"}
 
 
+def check_available(option: str) -> None:
+    """Before a run, not after it: the plots need matplotlib."""
+    import importlib.util
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError(f"{option}: plots need matplotlib, which is not installed. Fix: pip install matplotlib, "
+                         f"or leave {option} out.")
+
+
 def _caveat(fig, results: List[dict]) -> None:
     lines = report.caveats(results)
     if lines:
@@ -34,24 +42,30 @@ def timeline(result: dict, path: str) -> None:
     rows = [(mode, r) for mode, m in result["modes"].items() for r in m["ranks"]]
     margin = _margin([result])
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.8 + margin))
+    drawn = set()  # the legend lists what the plot shows, nothing else
     for y, (mode, r) in enumerate(rows):
         color = COLORS.get(mode, "tab:purple")
         for it in r["iterations"]:
             dur = it["end_s"] - it["start_s"]
             if it["tokens"] == 0:
                 ax.broken_barh([(it["start_s"], dur)], (y - 0.35, 0.7), color="lightgrey")
+                drawn.add("idle")
                 continue
             wait = min(it["wait_s"], dur)
             ax.broken_barh([(it["start_s"], dur - wait)], (y - 0.35, 0.7), color=color)
+            drawn.add(mode)
             if wait > 0:
                 ax.broken_barh([(it["end_s"] - wait, wait)], (y - 0.35, 0.7), facecolor="white",
                                edgecolor=color, hatch="///")
+                drawn.add("wait")
     ax.set_yticks(range(len(rows)), [f"{m} rank {r['rank']}" for m, r in rows])
     ax.set_xlabel("seconds since start")
     ax.set_title(f"per-rank timeline, ISL {result['config']['isl']}, {result['config']['ranks']} ranks")
-    handles = [Patch(color=COLORS.get(m, "tab:purple"), label=f"{m}: computing") for m in result["modes"]]
-    handles += [Patch(facecolor="white", edgecolor="black", hatch="///", label="waiting (pulls / collectives)"),
-                Patch(color="lightgrey", label="zero-token forward (not charged)")]
+    handles = [Patch(color=COLORS.get(m, "tab:purple"), label=f"{m}: computing") for m in result["modes"] if m in drawn]
+    if "wait" in drawn:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="///", label="waiting (pulls / collectives)"))
+    if "idle" in drawn:
+        handles.append(Patch(color="lightgrey", label="zero-token forward (not charged)"))
     ax.legend(handles=handles, fontsize=7, loc="upper right")
     fig.tight_layout(rect=(0, margin / fig.get_figheight(), 1, 1))
     _caveat(fig, [result])

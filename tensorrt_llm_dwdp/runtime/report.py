@@ -86,9 +86,9 @@ def caveats(results: List[dict]) -> List[str]:
 
 
 def table(results: List[dict]) -> str:
-    """One row per (run, mode), then the caveats."""
+    """One row per (run, mode), then the caveats. DWDP/DEP: DWDP's TPS/GPU over DEP's, on the dwdp row."""
     head = (f"{'ISL':>18} {'mode':>6} {'TPS/GPU':>10} {'TTFT p50 s':>11} {'TTFT p90 s':>11} {'wait':>7} "
-            f"{'comm':>7} {'speedup':>8}")
+            f"{'comm':>7} {'DWDP/DEP':>9}")
     lines = [head]
     for res in results:
         for mode, s in res["modes"].items():
@@ -96,5 +96,5 @@ def table(results: List[dict]) -> str:
                 res["speedup_dwdp_over_dep"] else ""
             lines.append(f"{res['config']['isl']:>18} {mode:>6} {s['tokens_per_s_per_gpu']:>10.1f} "
                          f"{s['ttft_p50_s']:>11.3f} {s['ttft_p90_s']:>11.3f} {s['wait_fraction']:>7.1%} "
-                         f"{s.get('comm_fraction', 0.0):>7.1%} {sp:>8}")
+                         f"{s.get('comm_fraction', 0.0):>7.1%} {sp:>9}")
     return "\n".join(lines + caveats(results))

@@ -111,7 +111,10 @@ def _read(path: str) -> dict:
     except FileNotFoundError:
         raise ValueError(f"--calibration {path}: no such file. Fix: run `trtllm-dwdp bench kernels --json {path}` "
                          f"on a GPU first.") from None
-    except json.JSONDecodeError as e:
+    except OSError as e:
+        raise ValueError(f"--calibration {path}: cannot be read ({e.strerror}). Fix: pass bench kernels' --json "
+                         "output.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"--calibration {path}: not JSON ({e}). Fix: pass bench kernels' --json output.") from None
 
 

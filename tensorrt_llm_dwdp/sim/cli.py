@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict
 from typing import List, Optional
 
 from ..config import DEFAULT_SLICE_BYTES
-from ..usage import Parser
+from ..usage import Parser, UsageError, check_output_path, fail, open_output
 from .analysis import crossover, layer_budget
 from .calibrate import apply_calibration, load_calibration
 from .costs import A2A_KINDS, Breakdown
@@ -24,6 +25,8 @@ from .models import MODELS, get_model, get_precision, model_summary
 from .scenario import DepModel, PullStreams, Scenario
 from .workload import parse_isl
 
+MAX_ITERATIONS = 4096
+DEFAULT_PLOT = "sim_explain.png"
 EXPLAIN_TOKENS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 
 # (label, Breakdown field) in the order the table prints them
@@ -34,7 +37,7 @@ CATEGORIES = (("attention", "attention"), ("grouped GEMM", "grouped"), ("dense G
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="trtllm-dwdp sim", description=__doc__.split("\n")[0])
+    p = Parser(prog="trtllm-dwdp sim", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--machine", default="gb200", help=f"one of {', '.join(MACHINES)} (default gb200)")
     p.add_argument("--model", default="deepseek-r1", help=f"one of {', '.join(MODELS)} (default deepseek-r1)")
     p.add_argument("--layers", type=int, default=None, help="keep this many decoder layers, dense ones first "
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON from `trtllm-dwdp bench kernels --json` and/or `benchmarks/link_bench.py --json`")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON")
     p.add_argument("--explain", action="store_true", help="print the per-layer budget and write a plot")
-    p.add_argument("--plot", default="sim_explain.png", metavar="PATH", help="PNG written by --explain")
+    p.add_argument("--plot", default=None, metavar="PATH", help=f"PNG written by --explain (default {DEFAULT_PLOT})")
     return p
 
 
@@ -81,8 +84,9 @@ def scenario_from_args(args: argparse.Namespace):
     prec = args.precision or ("nvfp4" if machine.supports("nvfp4") else "fp8")
     eff = Efficiency.roofline() if args.roofline else Efficiency()
     notes = ()
-    if not args.slice_mib > 0:
-        raise ValueError(f"--slice-mib {args.slice_mib:g}: must be > 0. Fix: pass the DWDP slice size in MiB.")
+    if not 1 / 1024 <= args.slice_mib <= 1024:
+        raise ValueError(f"--slice-mib {args.slice_mib:g}: must be 1/1024 to 1024 MiB. Fix: pass the DWDP slice size "
+                         "in MiB, e.g. 32.")
     if args.calibration:
         if args.roofline:
             raise ValueError("--calibration with --roofline: the roofline uses datasheet peaks. Fix: drop one.")
@@ -161,24 +165,48 @@ def run(args: argparse.Namespace, out=None) -> dict:
         result["budget"] = [asdict(b) for b in budgets]
         try:
             from .plot import explain_plot
-            explain_plot(args.plot, scn, budgets, res, cross)
-            pr(f"plot written to {args.plot}")
-            result["plot"] = args.plot
+            plot = args.plot or DEFAULT_PLOT
+            os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
+            explain_plot(plot, scn, budgets, res, cross)
+            pr(f"plot written to {plot}")
+            result["plot"] = plot
         except ImportError:
             pr("WARNING: no plot: matplotlib is not installed (pip install matplotlib)")
     if args.json:
-        with open(args.json, "w") as f:
+        with open_output(args.json) as f:
             json.dump(result, f, indent=1)
     return result
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What the scenario does not check itself: bounds that keep the model's loops finite, and the outputs."""
+    for option, value, low, high in (("--iterations", args.iterations, 1, MAX_ITERATIONS), ("--seed", args.seed, 0, 2**32 - 1),
+                                     ("--slots", args.slots, 2, 64)):
+        if not low <= value <= high:
+            raise UsageError(f"{option} {value}: must be {low} to {high}. Fix: e.g. {option} {low if option != '--iterations' else 16}.")
+    for option, value in (("--routing-skew", args.routing_skew), ("--jitter", args.jitter)):
+        if value is not None and not 0 <= value <= 10:
+            raise UsageError(f"{option} {value:g}: must be 0 to 10. Fix: e.g. {option} 0.2, or leave it out.")
+    for option, value in (("--precision", args.precision), ("--calibration", args.calibration)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{option} {value!r}: is empty. Fix: leave {option} out for the default.")
+    check_output_path("--json", args.json)
+    if args.plot is not None and not args.explain:
+        raise UsageError(f"--plot {args.plot}: only --explain writes a plot. Fix: add --explain, or drop --plot.")
+    if args.explain:
+        args.plot = args.plot or DEFAULT_PLOT
+        check_output_path("--plot", args.plot, suffix=".png")
+        if not os.path.splitext(args.plot)[1]:
+            raise UsageError(f"--plot {args.plot}: has no file type. Fix: e.g. --plot {args.plot}.png.")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+        check_args(args)
         run(args)
-    except ValueError as e:
-        print(f"trtllm-dwdp sim: error: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:
+        return fail("trtllm-dwdp sim", e)
     return 0
 
 

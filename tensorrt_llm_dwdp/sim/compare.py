@@ -17,7 +17,7 @@ import math
 import sys
 from typing import Dict, List, Optional
 
-from ..usage import Parser
+from ..usage import Parser, check_output_path, open_output
 from .calibrate import apply_calibration, load_calibration
 from .engine import simulate
 from .machines import Efficiency, get_machine
@@ -79,33 +79,42 @@ def compare(runs: List[dict], machine: str, calibration: Optional[str] = None):
     calibrated from the link-bench row of each run's slice size (runs from before --slice-mib used 2 MiB)."""
     rows, notes, cals = [], {}, {}
     for run in runs:
-        default = scenario_for(run, machine, Efficiency())
-        c, m = run["config"], run["modes"]
-        row = {"preset": c["preset"], "layers": c.get("layers"), "ranks": default.ranks, "isl": c["isl"],
-               "max_num_tokens": default.max_num_tokens, "iterations": default.iterations}
-        for mode in ("dwdp", "dep"):
-            row[f"{mode}_measured"] = m[mode]["tokens_per_s_per_gpu"] if mode in m else float("nan")
-        row["speedup_measured"] = row["dwdp_measured"] / row["dep_measured"]
-        row["dep_wait_measured"] = m["dep"].get("wait_fraction", float("nan")) if "dep" in m else float("nan")
-        row["slice_mib"] = float(c.get("slice_mib", 2.0))
-        variants = [("default", default)]
-        if calibration:
-            if row["slice_mib"] not in cals:  # the files are read once per slice size
-                cals[row["slice_mib"]] = load_calibration(calibration, row["slice_mib"])
-            cal = cals[row["slice_mib"]]
-            applied = apply_calibration(default.machine, default.model, Efficiency(), cal)
-            notes.update({n: None for n in applied.notes})
-            variants.append(("calibrated", scenario_for(run, machine, applied.efficiency, default.iterations)))
-        for name, scn in variants:
-            res = simulate(scn)
-            row[f"dwdp_{name}"] = res.dwdp.tps_per_gpu
-            row[f"dep_{name}"] = res.dep.tps_per_gpu
-            row[f"speedup_{name}"] = res.speedup
-            row[f"dep_wait_{name}"] = res.dep.wait_frac + res.dep.comm_frac
-            row[f"dwdp_{name}_over_measured"] = res.dwdp.tps_per_gpu / row["dwdp_measured"]
-            row[f"dep_{name}_over_measured"] = res.dep.tps_per_gpu / row["dep_measured"]
-        rows.append(row)
+        try:
+            _compare_run(run, machine, calibration, rows, notes, cals)
+        except (KeyError, TypeError, AttributeError, ZeroDivisionError, OverflowError) as e:
+            raise ValueError(f"{run.get('source')}: not a complete `trtllm-dwdp bench --json` run ({type(e).__name__}: "
+                             f"{e}). Fix: pass the JSON that bench wrote, unedited.") from None
     return rows, list(notes)
+
+
+def _compare_run(run: dict, machine: str, calibration: Optional[str], rows: List[dict], notes: dict, cals: dict):
+    """One run's row appended to `rows` (notes and calibrations shared across runs)."""
+    default = scenario_for(run, machine, Efficiency())
+    c, m = run["config"], run["modes"]
+    row = {"preset": c["preset"], "layers": c.get("layers"), "ranks": default.ranks, "isl": c["isl"],
+           "max_num_tokens": default.max_num_tokens, "iterations": default.iterations}
+    for mode in ("dwdp", "dep"):
+        row[f"{mode}_measured"] = m[mode]["tokens_per_s_per_gpu"] if mode in m else float("nan")
+    row["speedup_measured"] = row["dwdp_measured"] / row["dep_measured"]
+    row["dep_wait_measured"] = m["dep"].get("wait_fraction", float("nan")) if "dep" in m else float("nan")
+    row["slice_mib"] = float(c.get("slice_mib", 2.0))
+    variants = [("default", default)]
+    if calibration:
+        if row["slice_mib"] not in cals:  # the files are read once per slice size
+            cals[row["slice_mib"]] = load_calibration(calibration, row["slice_mib"])
+        cal = cals[row["slice_mib"]]
+        applied = apply_calibration(default.machine, default.model, Efficiency(), cal)
+        notes.update({n: None for n in applied.notes})
+        variants.append(("calibrated", scenario_for(run, machine, applied.efficiency, default.iterations)))
+    for name, scn in variants:
+        res = simulate(scn)
+        row[f"dwdp_{name}"] = res.dwdp.tps_per_gpu
+        row[f"dep_{name}"] = res.dep.tps_per_gpu
+        row[f"speedup_{name}"] = res.speedup
+        row[f"dep_wait_{name}"] = res.dep.wait_frac + res.dep.comm_frac
+        row[f"dwdp_{name}_over_measured"] = res.dwdp.tps_per_gpu / row["dwdp_measured"]
+        row[f"dep_{name}_over_measured"] = res.dep.tps_per_gpu / row["dep_measured"]
+    rows.append(row)
 
 
 def table(rows: List[dict]) -> str:
@@ -129,17 +138,22 @@ def table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> Parser:
     p = Parser(prog="trtllm-dwdp sim compare", description=__doc__.split("\n")[0])
     p.add_argument("bench_json", nargs="+", help="`trtllm-dwdp bench --json` files")
     p.add_argument("--machine", default="h200", help="machine profile of the GPUs the runs used (default h200)")
     p.add_argument("--calibration", default=None, metavar="PATH[,PATH]",
                    help="bench kernels and/or link bench JSON, as for `trtllm-dwdp sim`")
     p.add_argument("--json", default=None, metavar="PATH")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     try:
-        args = p.parse_args(argv)
+        args = build_parser().parse_args(argv)
+        check_output_path("--json", args.json)
         rows, notes = compare(load_runs(args.bench_json), args.machine, args.calibration)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"trtllm-dwdp sim compare: error: {e}", file=sys.stderr)
         return 2
     for n in notes:
@@ -148,7 +162,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("TPS/GPU measured, then predicted; wait = DEP's time in collectives and barriers; x = DWDP/DEP; "
           "pred/meas = predicted speedup / measured speedup")
     if args.json:
-        with open(args.json, "w") as f:
+        with open_output(args.json) as f:
             json.dump({"machine": args.machine, "calibration": args.calibration, "notes": notes, "rows": rows}, f,
                       indent=1)
     return 0

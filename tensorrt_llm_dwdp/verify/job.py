@@ -26,7 +26,7 @@ from ..config import DwdpConfig, parse_placement
 from ..hooks import DwdpHooks, MoeShape
 from ..layout import swiglu_expert_specs
 from ..memory.base import check_backend_available
-from ..usage import Parser, UsageError, check_output_path, fail, options_named, positive
+from ..usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
 from .model import ToyMoeModel, make_router
 
 PROG = "python -m tensorrt_llm_dwdp.verify"
@@ -37,7 +37,7 @@ VERIFY_FLAGS = {"group_size": "--group-size", "num_experts": "--num-experts", "e
 TOLERANCE = {"cpu": 2e-5, "cuda": 1e-4}  # ||out - ref|| / ||ref||, float32 math vs float64
 
 
-def parse_args(argv: Optional[List[str]] = None, prog: str = PROG) -> argparse.Namespace:
+def build_parser(prog: str = PROG) -> Parser:
     p = Parser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--backend", default="auto", choices=["auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric"])
     p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: world size)")
@@ -72,7 +72,11 @@ def parse_args(argv: Optional[List[str]] = None, prog: str = PROG) -> argparse.N
     p.add_argument("--tolerance", type=float, default=None,
                    help="relative L2 bound (default: 2e-5 on CPU, 1e-4 on GPU)")
     p.add_argument("--json", default=None, help="rank 0 writes the results here")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None, prog: str = PROG) -> argparse.Namespace:
+    return build_parser(prog).parse_args(argv)
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,19 @@ def plan(args: argparse.Namespace, world_size: int) -> VerifyPlan:
     this before mpirun starts, and every rank again. Raises ValueError naming the option."""
     positive("--steps", args.steps, "run at least one step (with 0 the check compares nothing)")
     positive("--max-tokens", args.max_tokens, "e.g. --max-tokens 24")
+    for option, most in (("--num-experts", 4096), ("--hidden", 1 << 16), ("--inter", 1 << 16), ("--layers", 1024),
+                         ("--top-k", 4096), ("--n-group", 4096), ("--topk-group", 4096)):
+        value = getattr(args, option[2:].replace("-", "_"))
+        positive(option, value, f"e.g. {option} {build_parser().get_default(option[2:].replace('-', '_'))}")
+        if value > most:
+            raise UsageError(f"{option} {value}: at most {most} in this check. Fix: {option} {most} or less.")
     shape = MoeShape(args.layers, args.hidden, args.inter, args.num_experts)
     swiglu_expert_specs(args.hidden, args.inter, args.dtype)  # FP8 block shapes
-    make_router(args.routing, args.top_k, args.n_group, args.topk_group).check(args.num_experts)
+    try:
+        make_router(args.routing, args.top_k, args.n_group, args.topk_group).check(args.num_experts)
+    except ValueError as e:  # the router's own words name its fields: say which flags set them
+        raise UsageError(f"--top-k {args.top_k}, --n-group {args.n_group}, --topk-group {args.topk_group} with "
+                         f"--num-experts {args.num_experts}: {e}") from None
     if args.placement == "redundant" and args.experts_per_rank is None:
         raise UsageError("--placement redundant: needs --experts-per-rank. Fix: e.g. --experts-per-rank "
                          f"{-(-args.num_experts // max(1, world_size)) + 1}.")
@@ -237,7 +251,7 @@ def report(args, results, tol: float, size: int) -> int:
                   f"completed meanwhile: {done_during}; {'ok' if not late else f'FAIL: ranks {late} were held up'}")
     print("PASS" if ok else "FAIL")
     if args.json:
-        with open(args.json, "w") as f:
+        with open_output(args.json) as f:
             json.dump({"args": vars(args), "tolerance": tol, "ok": ok, "ranks": results,
                        "independence": independence}, f, indent=1)
     return 0 if ok else 1

@@ -18,16 +18,16 @@ from __future__ import annotations
 import json
 from typing import List, Optional
 
-from ...launch import run_ranks
-from ...usage import Parser, UsageError, check_output_path, one_line_errors, positive
+from ...launch import check_ranks, run_ranks
+from ...usage import Parser, UsageError, check_output_path, one_line_errors, open_output, positive
 
 PROG = "trtllm-dwdp bench kernels"
 
 SECTIONS = ("gemm", "overlap", "hooks")
+MAX_TOKENS = 1 << 20  # per rank: beyond any serving engine's token budget
 
 
-def parse_args(argv: Optional[List[str]] = None):
-    """Every option checked here, in the launching process (UsageError: one line naming the option)."""
+def build_parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="deepseek-v3,qwen3-30b-a3b", help="comma list of deepseek-v3, qwen3-30b-a3b")
     p.add_argument("--tokens", default="2048,8192,16384,32768", help="tokens per rank, comma list")
@@ -38,7 +38,12 @@ def parse_args(argv: Optional[List[str]] = None):
     p.add_argument("--slice-mib", type=float, default=32.0, help="pull slice size (MiB) of the overlap section")
     p.add_argument("--ranks", type=int, default=2, help="processes (one measures, the others are its peers)")
     p.add_argument("--json", default=None, help="write every row here")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None):
+    """Every option checked here, in the launching process (UsageError: one line naming the option)."""
+    args = build_parser().parse_args(argv)
     from .setup import SHAPES
     for option, values, allowed in (("--shapes", args.shapes, SHAPES), ("--sections", args.sections, SECTIONS),
                                     ("--dtypes", args.dtypes, ("bfloat16", "float8_e4m3fn")),
@@ -51,11 +56,15 @@ def parse_args(argv: Optional[List[str]] = None):
             positive("--tokens", float(t), "a comma list of token counts, e.g. 2048,8192")
         except ValueError:
             raise UsageError(f"--tokens {args.tokens}: {t!r} is not a token count. Fix: e.g. --tokens 2048,8192.") from None
-    if not args.slice_mib > 0:
-        raise UsageError(f"--slice-mib {args.slice_mib:g}: must be > 0. Fix: e.g. --slice-mib 32.")
+        if float(t) > MAX_TOKENS:
+            raise UsageError(f"--tokens {args.tokens}: {t} is more than {MAX_TOKENS} tokens per rank. "
+                             f"Fix: e.g. --tokens 2048,8192,32768.")
+    if not 1 / 1024 <= args.slice_mib <= 1024:
+        raise UsageError(f"--slice-mib {args.slice_mib:g}: must be 1/1024 to 1024 MiB. Fix: e.g. --slice-mib 32.")
     if args.ranks < 2:
         raise UsageError(f"--ranks {args.ranks}: one rank measures and at least one peer holds the experts it pulls. "
                          "Fix: --ranks 2 or more.")
+    check_ranks(args.ranks)
     check_output_path("--json", args.json)
     return args
 
@@ -74,5 +83,5 @@ def _main(argv: Optional[List[str]]) -> int:
 
 
 def write_json(path: str, out: dict) -> None:
-    with open(path, "w") as f:
+    with open_output(path) as f:
         json.dump(out, f, indent=1)

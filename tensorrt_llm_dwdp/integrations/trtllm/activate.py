@@ -88,8 +88,11 @@ def clear_hooks() -> None:
             sys.meta_path.remove(_FINDER)
 
 
-def _raise_later(error: Exception) -> Callable:
+def _raise_later(error: Exception, say: Optional[str] = None) -> Callable:
+    """A post-import callback that fails the import with `error`, after one line on stderr (`say`)."""
     def fail(_module):
+        if say:
+            print(say, file=sys.stderr, flush=True)
         raise error
     return fail
 
@@ -102,8 +105,9 @@ def activate(environ: Optional[Mapping[str, str]] = None) -> bool:
     try:
         options = load_options(environ)
     except DwdpConfigError as e:
-        print(f"tensorrt_llm_dwdp: DWDP options rejected: {e}", file=sys.stderr, flush=True)
-        when_imported("tensorrt_llm", _raise_later(e))
+        # Said where it matters, once: `import tensorrt_llm` fails with it. Every other Python process of the
+        # shell (pip, a test runner) starts as if DWDP had not been asked for.
+        when_imported("tensorrt_llm", _raise_later(e, f"tensorrt_llm_dwdp: DWDP options rejected: {e}"))
         return False
     if options is None or not options.enable:
         return False

@@ -50,6 +50,14 @@ def find_flag(argv: Sequence[str], flags: Sequence[str]) -> Optional[Tuple[int, 
     return hit
 
 
+def _flag_name(argv: Sequence[str], index: int, flags: Sequence[str]) -> str:
+    """The flag that gave argv[index] (`--config path` or `--config=path`)."""
+    name = argv[index].partition("=")[0]
+    if name in flags:
+        return name
+    return argv[index - 1] if index and argv[index - 1] in flags else flags[0]
+
+
 def world_rank(environ: Mapping[str, str]) -> int:
     for var in RANK_VARS:
         if environ.get(var, "").isdigit():
@@ -105,7 +113,7 @@ def _move_to_generation(doc: dict, notes: List[str]) -> dict:
 def _disagg(argv: List[str], hit: Tuple[int, str], env: Dict[str, str], notes: List[str], written: List[str]) -> None:
     index, path = hit
     rank = world_rank(env)
-    doc = read_yaml(path)
+    doc = read_yaml(path, argv[index - 1] if index and argv[index - 1] in DISAGG_FLAGS else DISAGG_FLAGS[0])
     if not isinstance(doc, dict):
         raise DwdpConfigError(DISAGG_FLAGS[0], path, "is not a disaggregated-serving YAML mapping", "check the file")
     ctx, gen = dict(doc.get("context_servers") or {}), doc.get("generation_servers") or {}
@@ -152,7 +160,7 @@ def prepare(command: Sequence[str], environ: Mapping[str, str]) -> Launch:
         _disagg(argv, (hit[0] + argv.index(DISAGG_WORKER), hit[1]), env, notes, written)
     else:
         hit = find_flag(argv, OPTION_FLAGS)
-        doc = read_yaml(hit[1]) if hit else None
+        doc = read_yaml(hit[1], _flag_name(argv, hit[0], OPTION_FLAGS)) if hit else None
         rest, section, has = strip_section(doc)
         if has:
             parse_section(section, hit[1])
@@ -199,9 +207,15 @@ def main(args: Optional[List[str]] = None) -> int:
     for note in launch.notes:
         print(f"{PROG}: {note}", file=sys.stderr)
     if dry:
-        _remove(launch.written)  # nothing runs: the copies it would read go too
-        print(" ".join(launch.argv))
-        print(f"{ENV_FILE}={launch.env.get(ENV_FILE, '')}")
+        _remove(launch.written)  # nothing runs: the copies it would read go too, and are not named as files
+        shown = {path: f"<{os.path.basename(path).rsplit('-', 1)[0]} copy, written at launch>" for path in launch.written}
+
+        def show(text: str) -> str:
+            for path, label in shown.items():
+                text = text.replace(path, label)
+            return text
+        print(" ".join(show(a) for a in launch.argv))
+        print(f"{ENV_FILE}={show(launch.env.get(ENV_FILE, ''))}")
         return 0
     try:
         os.execvpe(launch.argv[0], launch.argv, launch.env)

@@ -123,6 +123,11 @@ def parse_section(section, source: str = "") -> TrtllmDwdpOptions:
         check_fields(values)
     except DwdpConfigError as e:
         raise _bad(e.option, e.value, e.problem, e.fix, source) from None
+    if "machine" in adapter:
+        from ...sim.machines import MACHINES
+        if adapter["machine"] not in MACHINES:
+            raise _bad("machine", adapter["machine"], "is not a machine profile of the performance model",
+                       f"use one of {', '.join(MACHINES)}, or leave it unset (the GPU's own)", source)
     if "isl" in adapter:
         from ...workload import parse_isl
         try:
@@ -155,7 +160,7 @@ def parse_inline(text: str) -> Dict[str, Any]:
     return out
 
 
-def read_yaml(path: str):
+def read_yaml(path: str, option: str = ENV_FILE):
     try:
         import yaml
     except ImportError as e:  # pragma: no cover - pyyaml is a dependency
@@ -164,10 +169,10 @@ def read_yaml(path: str):
         with open(path) as f:
             return yaml.safe_load(f)
     except OSError as e:
-        raise DwdpConfigError(ENV_FILE, path, f"cannot be read ({e.strerror})",
+        raise DwdpConfigError(option, path, f"cannot be read ({e.strerror})",
                               "point it at the options YAML") from None
     except yaml.YAMLError as e:
-        raise DwdpConfigError(ENV_FILE, path, f"is not valid YAML ({str(e).splitlines()[0]})",
+        raise DwdpConfigError(option, path, f"is not valid YAML ({str(e).splitlines()[0]})",
                               "fix the YAML syntax") from None
 
 
