@@ -16,14 +16,18 @@ from torch import nn
 
 
 class ActivationType(IntEnum):
-    """TensorRT-LLM's ActivationType (tensorrt_llm/_torch/utils.py); the adapter reads it by name."""
+    """TensorRT-LLM's ActivationType (_torch/utils.py, the CUTLASS MoE kernels' C++ enum in Python). The MoE
+    modules do not keep it: MoE.__init__ stores int(activation_type) (see tests/contracts)."""
 
-    Gelu = 0
-    Relu = 1
-    Silu = 2
-    Swiglu = 3
-    Geglu = 4
-    SwigluBias = 5
+    InvalidType = 0
+    Identity = 1
+    Gelu = 2
+    Relu = 3
+    Silu = 4
+    Swiglu = 5
+    Geglu = 6
+    SwigluBias = 7
+    Relu2 = 8
 
 
 class RenormalizeRouting(nn.Module):
@@ -74,7 +78,7 @@ class _FusedMoE(nn.Module):
         self.expert_size_per_partition = n = base + (ep_rank < extra)
         self.initial_local_expert_ids = list(range(start, start + n))
         self.layer_load_balancer, self.bias, self.swiglu_alpha = None, False, None
-        self.activation_type, self.swiglu_limit_scalar = activation_type, swiglu_limit_scalar
+        self.activation_type, self.swiglu_limit_scalar = int(activation_type), swiglu_limit_scalar
         self.dtype = dtype
         # what CutlassFusedMoE.__init__ derives from the partition (1.2): the slots this rank computes, and
         # parallel_size (mapping.tp_size: the attention-DP world), which turns on allgather / reducescatter

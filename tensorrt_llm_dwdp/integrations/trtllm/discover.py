@@ -6,7 +6,7 @@ routing_method, num_experts, hidden_size, intermediate_size(_per_partition), ep_
 tp_size, cluster_size, use_dp, initial_local_expert_ids, layer_load_balancer, comm (ConfigurableMoE's token
 exchange: built in __init__ whenever attention DP spans > 1 rank, so a wrapped layer is refused),
 enable_alltoall, apply_router_weight_on_input,
-bias, swiglu_alpha/beta/limit, activation_type (ActivationType; read by name, Swiglu only) and
+bias, swiglu_alpha/beta/limit, activation_type (a plain int: MoE.__init__ stores int(activation_type); Swiglu only) and
 swiglu_limit_scalar (main: Gemma4 and gpt-oss), quant_method (its class name tells DeepGEMM's FP8
 method, which CUTLASS also selects on Blackwell), enable_dwdp (main: upstream's own DWDP), and
 ConfigurableMoE.backend, the module that holds the tensors named in layouts.py.
@@ -30,7 +30,10 @@ BACKENDS = {"CutlassFusedMoE": Layout.W3_W1, "DeepGemmFusedMoE": Layout.W3_W1, "
             "DenseGEMMFusedMoE": None, "VanillaMoE": None}
 # FP8 block-scale methods whose scales are resmoothed to UE8M0 and packed for DeepGEMM's kernels.
 DEEPGEMM_FP8_METHODS = ("DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm",)
-SWIGLU = "Swiglu"
+# ActivationType's values (TensorRT-LLM's _torch ActivationType mirrors the CUTLASS MoE kernels' C++ enum, whose
+# order the kernels depend on). MoE.__init__ keeps int(activation_type), so the adapter reads the number.
+ACTIVATIONS = ("InvalidType", "Identity", "Gelu", "Relu", "Silu", "Swiglu", "Geglu", "SwigluBias", "Relu2")
+SWIGLU = ACTIVATIONS.index("Swiglu")
 _FLOAT_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
@@ -110,8 +113,9 @@ def describe(layer_idx: int, m, holder) -> MoeLayer:
                               "are not in DWDP's expert math (plain SwiGLU)", "serve this model without DWDP")
     for owner in (m, holder):
         act = getattr(owner, "activation_type", None)
-        if act is not None and getattr(act, "name", None) != SWIGLU:
-            raise DwdpConfigError("model", where, f"its experts use activation {getattr(act, 'name', act)}; DWDP's "
+        if act is not None and int(act) != SWIGLU:
+            name = ACTIVATIONS[int(act)] if 0 <= int(act) < len(ACTIVATIONS) else f"#{int(act)}"
+            raise DwdpConfigError("model", where, f"its experts use activation {name}; DWDP's "
                                   "expert math is SwiGLU", "serve this model without DWDP")
         if getattr(owner, "swiglu_limit_scalar", None) is not None:
             raise DwdpConfigError("model", where, f"its SwiGLU is clamped (swiglu_limit_scalar="
