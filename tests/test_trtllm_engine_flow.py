@@ -9,7 +9,7 @@ import pytest
 from tensorrt_llm_dwdp.config import DwdpConfigError
 from tensorrt_llm_dwdp.hooks import MoeShape
 from tensorrt_llm_dwdp.integrations.trtllm import engine_flow as ef
-from trtllm_engine_fakes import FakeNetwork, FakeTrt, MixtureOfExperts, SideStreamIDType
+from trtllm_engine_fakes import BaseWorker, FakeNetwork, FakeTrt, MixtureOfExperts, SideStreamIDType
 
 
 def _patched(trt, nets):
@@ -148,6 +148,30 @@ def test_runner_sets_the_context_up_before_deserialising(tmp_path):
     runner.from_dir(str(dwdp), rank=0)
     assert events[1] == ("setup", er.EngineMarker(str(dwdp), 2, 9, ef.ExpertDtype.FP8_BLOCK, "/ckpt"))
     assert events[2] == (str(dwdp), 0)  # the engine is opened after the context exists
+
+
+def test_llm_api_workers_set_the_context_up_before_the_executor_opens_the_engine(tmp_path):
+    """LLM(backend="tensorrt") and trtllm-serve open engines in BaseWorker.setup_engine, not through the runners."""
+    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+
+    events = []
+    worker = type("Worker", (BaseWorker,), {"setup_engine": BaseWorker.setup_engine})
+    er.patch_worker_module(SimpleNamespace(BaseWorker=worker))  # what the activation hook does on import
+    assert worker.setup_engine._dwdp_wrapped
+    plain, dwdp = tmp_path / "plain", tmp_path / "dwdp"
+    plain.mkdir()
+    dwdp.mkdir()
+    (dwdp / ef.ENGINE_MARKER).write_text('{"group_size": 2, "context_id": 3, "dtype": "BF16", "checkpoint_dir": "/c"}')
+    recorded = type("Recorded", (BaseWorker,), {})
+    er.patch_worker_class(recorded, setup=lambda m: events.append(("setup", m)))
+    er.patch_worker_class(recorded, setup=lambda m: events.append(("twice", m)))  # idempotent
+    recorded(str(plain), opened=events).setup_engine()
+    assert events == [("executor", str(plain))]
+    recorded([str(plain), dwdp], rank=1, opened=events).setup_engine()  # one engine per rank, a PathLike
+    assert events[1] == ("setup", er.EngineMarker(str(dwdp), 2, 3, ef.ExpertDtype.BF16, "/c"))
+    assert events[2] == ("executor", dwdp)  # the executor is built after the context exists
+    recorded(SimpleNamespace(engine=b"serialised"), opened=events).setup_engine()  # in memory: no marker to read
+    assert len(events) == 4 and events[3][0] == "executor"
 
 
 def test_checkpoint_loader_reads_experts_gate_rows_first(tmp_path):

@@ -99,3 +99,20 @@ class FakeNetwork:
     def add_plugin_v3(self, inputs, shape_inputs, plugin):
         self.layers.append((inputs, plugin))
         return SimpleNamespace(get_output=lambda i: ("out", plugin.name))
+
+
+class BaseWorker:
+    """executor/base_worker.py BaseWorker: the LLM API's worker (LLM(backend="tensorrt"), trtllm-serve). setup_engine
+    picks this rank's engine from a list, then builds the executor: for the TensorRT backend
+    tllm.Executor(self._engine, ModelType.DECODER_ONLY, executor_config), which deserialises the engine."""
+
+    def __init__(self, engine, rank=0, llm_args=None, opened=None):
+        self._engine, self.rank, self.llm_args = engine, rank, llm_args
+        self.opened = opened if opened is not None else []
+        self.engine = None
+
+    def setup_engine(self):
+        if isinstance(self._engine, list):
+            self._engine = self._engine[self.rank]
+        self.opened.append(("executor", self._engine))
+        self.engine = ("Executor", self._engine)
