@@ -438,6 +438,8 @@ def test_configurable_moe_is_built_without_an_exchange_under_dwdp(tmp_path, monk
         engine.is_draft_model = True  # DWDP stays off for this model: the exchange comes back
         assert adapter.attach(engine, _opts(), comm=MPI.COMM_SELF) is None
         assert isinstance(served.comm, fk.AllGatherReduceScatter)
+        if version == "main":  # its forward scheduler is built from the exchange, so it is built again
+            assert served.scheduler.comm is served.comm
         adapter.uninstall()
         assert isinstance(fk.ConfigurableMoE(version, **kw).comm, fk.AllGatherReduceScatter)  # the class is back
     finally:

@@ -3,10 +3,11 @@ upstream has had, built along upstream's construction path:
 
 * "1.2": __init__ creates the backend (create_moe_backend(..., without_comm=True)), mirrors the partition onto it,
   then `self.comm = self._create_comm_strategy_auto()`; calculate_num_chunks sums every rank's tokens.
-* "main" (the composite-view DWDP version): __init__ declares `comm = None`, `enable_dwdp = False`; the backend is
-  bound in create_weights(), then _register_dwdp() and _install_backend_dependents(), which sets
-  `self.comm = self._create_comm_strategy_auto()` (None for a DWDP layer); calculate_num_chunks counts the padded
-  dispatch with a comm, max(all_rank_num_tokens) for a DWDP layer, and asserts one rank's list otherwise.
+* "main" (the composite-view DWDP version, _torch/moe/fused_moe/configurable_moe.py): __init__ builds and syncs the
+  backend (_create_and_sync_backend), registers upstream's own DWDP layers (enable_dwdp), sets
+  `self.comm = self._create_comm_strategy_auto()` (None for a DWDP layer), and last builds the forward scheduler,
+  which reads comm (create_moe_scheduler(self)); calculate_num_chunks counts the padded dispatch with a comm,
+  max(all_rank_num_tokens) for a DWDP layer, and asserts one rank's list otherwise.
 
 The facts and their sources are in tests/contracts/*.json; tests/test_trtllm_contracts.py checks this file.
 """
@@ -31,6 +32,17 @@ def create_strategy(moe):
     return AllGatherReduceScatter() if moe.use_dp and moe.ep_size > 1 else None
 
 
+class Scheduler:
+    """main's forward scheduler (moe_scheduler.py): built last in __init__, it keeps the exchange it was built with."""
+
+    def __init__(self, moe):
+        self.comm = moe.comm
+
+
+def create_moe_scheduler(moe):
+    return Scheduler(moe)
+
+
 class ConfigurableMoE(nn.Module):
     """Wrapper whose .backend holds the tensors. backend_kw are the fake backend's arguments (fk._FusedMoE)."""
 
@@ -48,30 +60,18 @@ class ConfigurableMoE(nn.Module):
         self.moe_max_num_tokens = 1 << 20  # max_num_tokens * dp_size by default: one chunk here
         self.dwdp_manager = None  # get_global_dwdp_manager(): upstream's own DWDP is off
         self.enable_dwdp = False
-        if version == "1.2":
-            self._bind_backend()
-            self.comm = self._create_comm_strategy_auto()
-        else:
-            self.comm = None
-            self.create_weights()  # upstream binds from __post_init__ / create_weights; the stand-in at once
+        self._bind_backend()
+        if version == "main":
+            self.enable_dwdp = self.dwdp_manager is not None  # upstream: CuteDSL NVFP4 layers only; never here
+        self.comm = self._create_comm_strategy_auto()
+        if version == "main":
+            self.scheduler = create_moe_scheduler(self)
 
     def _bind_backend(self):
         self.backend = self._backend_cls(**self._backend_kw)  # layer_idx=None upstream, then the sync below
         self.backend.routing_method = self.routing_method  # create_moe_backend(routing_method=routing_method, ...)
         for name in SYNC_ATTRS:
             setattr(self.backend, name, getattr(self, name))
-
-    def create_weights(self):
-        self._bind_backend()
-        self._register_dwdp()
-        self._install_backend_dependents()
-
-    def _register_dwdp(self):
-        if self.dwdp_manager is not None:  # upstream: CuteDSL NVFP4 layers only; never in these stand-ins
-            self.enable_dwdp = True
-
-    def _install_backend_dependents(self):
-        self.comm = self._create_comm_strategy_auto()
 
     def _create_comm_strategy_auto(self):
         if self.version == "main" and self.enable_dwdp:
@@ -95,6 +95,8 @@ class ConfigurableMoE(nn.Module):
                 use_dp_padding=None, lora_params=None, input_ids=None, **kwargs):
         counts = all_rank_num_tokens if all_rank_num_tokens is not None else [x.shape[0]]
         assert self.calculate_num_chunks(counts) <= 1, "the stand-in runs one chunk"
+        if self.version == "main" and self.scheduler.comm is not self.comm:
+            raise RuntimeError("the scheduler was built with another exchange than the wrapper's")
         if self.comm is not None:
             raise RuntimeError(f"expert-parallel exchange ran: the wrapper's {type(self.comm).__name__}")
         return self.backend.forward(x, router_logits, do_finalize, output_dtype, all_rank_num_tokens,

@@ -1,9 +1,9 @@
 """TensorRT-LLM's ConfigurableMoE under DWDP: built without a token exchange, chunked by this rank's own tokens.
 
-ConfigurableMoE chooses its exchange strategy once, in `_create_comm_strategy_auto()`: the 1.2 line calls it at the
-end of __init__, main from `_install_backend_dependents()` once the backend is bound. Main's composite-view DWDP
-gets None there for its own layers (the backend reads its weight Parameters, whose .data DWDP swaps, so no exchange
-is needed). With the `dwdp:` section on, the adapter is installed before any model is built, and the wrapped method
+ConfigurableMoE chooses its exchange strategy once, in `_create_comm_strategy_auto()`, called from __init__ once
+the backend is built (1.2 line and main; newer main from `_install_backend_dependents()` when the backend is bound),
+and main builds its forward scheduler from it right after. Main's composite-view DWDP gets None there for its own
+layers (the backend reads its weight Parameters, whose .data DWDP swaps, so no exchange is needed). With the `dwdp:` section on, the adapter is installed before any model is built, and the wrapped method
 answers None the same way for every layer DWDP can serve; the layer then counts chunks by this rank's tokens (main's
 DWDP branch of calculate_num_chunks), and attach() makes its partition all-local. Where DWDP stays off after all
 (mode auto, a draft model, a second model), `restore_exchange` builds the strategy TensorRT-LLM would have built.
@@ -12,6 +12,7 @@ DWDP branch of calculate_num_chunks), and attach() makes its partition all-local
 from __future__ import annotations
 
 import functools
+import sys
 import weakref
 from typing import Callable, Optional
 
@@ -62,10 +63,13 @@ def restore_exchange(model) -> int:
         _rebuilding.add(id(m))
         try:
             rebuild = getattr(m, "_install_backend_dependents", None)
-            if rebuild is not None:  # main: the scheduler built there reads comm, so the whole step runs again
+            if rebuild is not None:  # newer main: exchange, validation and scheduler in one step
                 rebuild()
             else:
                 m.comm = type(m)._create_comm_strategy_auto._dwdp_original(m)
+                scheduler = getattr(sys.modules.get(type(m).__module__), "create_moe_scheduler", None)
+                if scheduler is not None and hasattr(m, "scheduler"):  # main: built from comm, so built again
+                    m.scheduler = scheduler(m)
         finally:
             _rebuilding.discard(id(m))
         _skipped.discard(m)
