@@ -72,6 +72,7 @@ class _FusedMoE(nn.Module):
         self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden, inter
         self.intermediate_size_per_partition = inter
         self.layer_idx, self.ep_size, self.ep_rank, self.tp_size, self.use_dp = layer_idx, ep_size, ep_rank, 1, use_dp
+        self.cluster_size = 1  # mapping.moe_cluster_size
         # main splits experts ceil/floor where ep_size does not divide them (the first ranks get one more)
         base, extra = divmod(num_experts, ep_size)
         start = ep_rank * base + min(ep_rank, extra)

@@ -58,11 +58,10 @@ class ConfigurableMoE(nn.Module):
             setattr(self, name, getattr(wrapper, name))
         self._backend_cls, self._backend_kw = backend_cls or fk.CutlassFusedMoE, backend_kw
         self.moe_max_num_tokens = 1 << 20  # max_num_tokens * dp_size by default: one chunk here
-        self.dwdp_manager = None  # get_global_dwdp_manager(): upstream's own DWDP is off
-        self.enable_dwdp = False
         self._bind_backend()
         if version == "main":
-            self.enable_dwdp = self.dwdp_manager is not None  # upstream: CuteDSL NVFP4 layers only; never here
+            self.dwdp_manager = None  # get_global_dwdp_manager(): upstream's own DWDP is off
+            self.enable_dwdp = False  # upstream: True for CuteDSL NVFP4 layers under dwdp_config only
         self.comm = self._create_comm_strategy_auto()
         if version == "main":
             self.scheduler = create_moe_scheduler(self)
