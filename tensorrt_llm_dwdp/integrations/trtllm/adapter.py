@@ -25,13 +25,15 @@ MoE/ConfigurableMoE at main; only those the module has are set, all restored by 
                                  0..E-1: 1.2, main (EPLB bookkeeping read by the module)
   parallel_size 1                1.2: with use_dp, > 1 runs allgather before and reducescatter after
                                  the kernel (forward_chunk, reducescatter_or_allreduce)
-Refused (DwdpConfigError) where this cannot be made safe: main's ConfigurableMoE holding a token exchange
-strategy (`comm`, chosen once at construction from the mapping); a backend with enable_alltoall; the
+ConfigurableMoE (the 1.2 line's default, main's only wrapper) is built without a token exchange for the layers
+DWDP serves (configurable.py), as upstream's own DWDP does on main. Refused (DwdpConfigError) where this cannot be
+made safe: a ConfigurableMoE whose exchange was built before the adapter was installed; a backend with
+enable_alltoall; the
 TRITON backend (its weights are [E, H, 2I] with gate/up columns interleaved, not the composite layout);
 a partition whose boundaries would pad the expert stride (the fused kernels assume contiguous experts;
 refused at setup, before anything is allocated).
 
-TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
+TensorRT-LLM interfaces touched (read at the 1.2 line and at main; tests/contracts has the files and commits):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
     wrapped; after it returns the model is attached, collectively over the instance's ranks.
   * engine.forward: PyExecutor._forward_step calls self.model_engine.forward and, on an exception,
@@ -48,6 +50,7 @@ TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
   * llmapi.llm_args / llm_utils.update_llm_args_with_extra_dict(llm_args, extra, ...): wrapped to
     drop the `dwdp` key before LlmArgs (extra="forbid") sees it.
   * _utils.mpi_comm(): the instance's communicator (set_mpi_comm in the disaggregated worker).
+  * ConfigurableMoE._create_comm_strategy_auto (configurable_moe.py, both package paths): wrapped (configurable.py).
   * main only: llm_args.DwdpConfig (`dwdp_config`), upstream's own DWDP; detected and named.
 """
 
