@@ -148,6 +148,10 @@ def test_runner_sets_the_context_up_before_deserialising(tmp_path):
     runner.from_dir(str(dwdp), rank=0)
     assert events[1] == ("setup", er.EngineMarker(str(dwdp), 2, 9, ef.ExpertDtype.FP8_BLOCK, "/ckpt"))
     assert events[2] == (str(dwdp), 0)  # the engine is opened after the context exists
+    with pytest.raises(DwdpConfigError, match="cuda_graph_mode=True") as e:  # ModelRunnerCpp's CUDA-graph mode
+        runner.from_dir(str(dwdp), rank=0, cuda_graph_mode=True)
+    assert "cuda_graph_mode=False" in str(e.value) and len(events) == 3  # before any setup
+    runner.from_dir(str(plain), rank=0, cuda_graph_mode=True)  # not a DWDP engine: TensorRT-LLM's business
 
 
 def test_llm_api_workers_set_the_context_up_before_the_executor_opens_the_engine(tmp_path):

@@ -70,6 +70,11 @@ def patch_runner_class(runner_cls, setup: Optional[Callable[[EngineMarker], None
     def from_dir(cls, engine_dir, *args, **kwargs):
         marker = EngineMarker.read(engine_dir)
         if marker is not None:
+            if kwargs.get("cuda_graph_mode"):
+                # NOTE: the plugin refuses capture too; this says so before the context and engine are set up.
+                raise DwdpConfigError("cuda_graph_mode", True, "DWDP MoE layers cannot be replayed from a CUDA graph "
+                                      "(a replay would reuse the capture's prefetch slots and pulls)",
+                                      "pass cuda_graph_mode=False (run.py: leave out --cuda_graph_mode)")
             (setup or setup_engine_context)(marker)
         return original(cls, engine_dir, *args, **kwargs)
 
