@@ -40,8 +40,8 @@ class ExpertDtype(enum.IntEnum):
     FP8_BLOCK = 1
 
 
-# hidden_act values whose experts are gated (w1 and w3, SwiGLU): `is_gated_activation` in TensorRT-LLM's
-# functional.py; "silu" builds a non-gated expert (fc [E, I, H]), which DWDP's expert math is not.
+# The one hidden_act whose experts are DWDP's SwiGLU: layers/moe.py sizes fc as 2I only where
+# is_gated_activation(hidden_act) (swiglu, geglu); "silu" builds a non-gated expert (fc out = I).
 GATED_SWIGLU = "swiglu"
 
 
@@ -63,12 +63,11 @@ class PluginFields:
 
 
 def fields_for(moe, layer_index: int, context_id: int, dtype: ExpertDtype = ExpertDtype.BF16) -> PluginFields:
-    """Fields for a TensorRT-LLM MixtureOfExperts module (its attributes as 1.2.x names them)."""
+    """Fields for a TensorRT-LLM MixtureOfExperts module (attributes as layers/moe.py sets them; tests/contracts)."""
     if getattr(moe.mapping, "has_moe_tp", lambda: False)() or getattr(moe.mapping, "has_moe_ep", lambda: False)():
         raise DwdpConfigError("moe_tp_size/moe_ep_size", (moe.mapping.moe_tp_size, moe.mapping.moe_ep_size),
                               "DWDP runs every MoE layer whole on each rank", "build with moe_tp_size=1 moe_ep_size=1")
     if moe.hidden_act != GATED_SWIGLU:
-        # NOTE: "silu" is not SwiGLU there: TensorRT-LLM maps it to a non-gated expert (fc out = I, not 2I).
         raise DwdpConfigError("hidden_act", moe.hidden_act, "the DWDP plugin computes gated SwiGLU experts "
                               "(hidden_act swiglu) only", "build this model without --dwdp_group_size")
     return PluginFields(layer_index, moe.num_experts, moe.hidden_size, moe.expert_inter_size, moe.moe_config.top_k,
