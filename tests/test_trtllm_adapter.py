@@ -314,6 +314,8 @@ def test_moe_forward_arguments_reach_the_modules_own_forward_untouched():
 @pytest.mark.parametrize("change,words", [
     ({"activation_type": int(fk.ActivationType.Geglu)}, "activation Geglu"),  # a plain int, as MoE.__init__ keeps it
     ({"swiglu_limit_scalar": 7.0}, "swiglu_limit_scalar=7.0"),
+    ({"activation": fk.SwigluActivation(clamp=7.0)}, r"SwigluActivation\(clamp=7.0\)"),  # newer main's carrier
+    ({"activation": fk.SimpleActivation(int(fk.ActivationType.Silu))}, "SimpleActivation"),
 ])
 def test_activations_other_than_plain_swiglu_are_refused(change, words):
     model, _ = _model()
@@ -322,6 +324,14 @@ def test_activations_other_than_plain_swiglu_are_refused(change, words):
     with pytest.raises(DwdpConfigError, match=words) as e:
         _attach(model)
     assert e.value.option == "model"
+
+
+def test_plain_swiglu_carriers_of_newer_main_are_served():
+    model, _ = _model()
+    for b in model.layers:
+        b.experts.activation = fk.SwigluActivation()
+    engine, hooks = _attach(model)
+    assert hooks is not None
 
 
 def test_fp8_with_deepgemms_blackwell_scales_is_refused_without_advising_cutlass():

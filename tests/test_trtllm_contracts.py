@@ -187,6 +187,13 @@ def check_setup_quant_scales(value):
     assert _sig(fk.DeepSeekFP8BlockScalesFusedMoEMethod.setup_quant_scales) == value
 
 
+def check_swiglu_carrier(value):
+    """Newer main's SwigluActivation: one constant, clamp, default None (plain SwiGLU): what the stand-in has."""
+    import dataclasses
+    assert {k: v["default"] for k, v in value.items() if not v["annotation"].startswith("ClassVar")} == {"clamp": "None"}
+    assert [(f.name, f.default) for f in dataclasses.fields(fk.SwigluActivation)] == [("clamp", None)]
+
+
 def check_setup_engine(value):
     assert _sig(ef.BaseWorker.setup_engine) == value
 
@@ -208,7 +215,10 @@ CHECKS = {
     "quant.setup_quant_scales.signature": check_setup_quant_scales,
     "base_worker.setup_engine.signature": check_setup_engine,
     "base_worker.init.attributes": check_worker_attributes,
+    "moe_activation.swiglu.fields": check_swiglu_carrier,
 }
+# facts of files a release does not have
+ABSENT = {("1.2", "moe_activation.swiglu.fields"): "activation carriers came to main after the 1.2 line"}
 BY_RELEASE = {"configurable_moe.init.attributes": check_configurable_attributes,
               "configurable_moe.comm_strategy.none_when": check_comm_none_when}
 WHOLE = {"configurable_moe.calculate_num_chunks.branches": check_chunks,
@@ -225,6 +235,9 @@ def test_every_fact_has_its_source_and_a_check(release):
     contract = _contract(release)
     assert contract["release"] == release
     for fid, fact in contract["facts"].items():
+        if (release, fid) in ABSENT:
+            assert "missing" in fact, f"{fid}: found in {release}; check the stand-in against it"
+            continue
         assert "missing" not in fact, f"{fid}: {fact['missing']}"
         assert fact["file"] and fact["commit"], fid
         assert fid in CHECKS or fid in BY_RELEASE or fid in WHOLE or fid in NOT_MIMICKED, \
@@ -234,6 +247,8 @@ def test_every_fact_has_its_source_and_a_check(release):
 @pytest.mark.parametrize("release", RELEASES)
 @pytest.mark.parametrize("fid", sorted(set(CHECKS) | set(BY_RELEASE)))
 def test_stand_ins_match_the_contract(release, fid):
+    if (release, fid) in ABSENT:
+        pytest.skip(ABSENT[(release, fid)])
     value = _contract(release)["facts"][fid]["value"]
     if fid in CHECKS:
         CHECKS[fid](value)

@@ -7,7 +7,9 @@ package with the module paths the adapter patches.
 
 import os
 import textwrap
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Optional
 from types import SimpleNamespace
 
 import torch
@@ -28,6 +30,20 @@ class ActivationType(IntEnum):
     Geglu = 6
     SwigluBias = 7
     Relu2 = 8
+
+
+@dataclass(frozen=True, eq=False)
+class SwigluActivation:
+    """Newer main's activation carrier (fused_moe/activation.py): plain SwiGLU, or clamped."""
+
+    clamp: Optional[float] = None
+
+
+@dataclass(frozen=True, eq=False)
+class SimpleActivation:
+    """Newer main's carrier for kinds without constants (Silu, Geglu, Relu2...)."""
+
+    kind: int
 
 
 class RenormalizeRouting(nn.Module):

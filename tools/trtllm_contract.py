@@ -13,7 +13,7 @@ what changed upstream. Fact kinds: signature (parameter names, kinds, order), in
 attribute: int(...), a call, a list, None...), enum (member values), env_default (the default of an environment
 variable read with os.environ.get / os.getenv), none_returns (conditions under which a function returns None),
 branches (the if/elif tests of a function, in order), call_args (the arguments of a call, as written),
-assignments (a local's value, as written).
+assignments (a local's value, as written), class_fields (a dataclass's annotated fields and defaults).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class Fact:
     names: tuple = ()  # attributes / locals / callee, per kind
 
 
-INTERFACE, CONFIGURABLE, CREATE, QUANT = (_in_fused(n) for n in (
-    "interface.py", "configurable_moe.py", "create_moe.py", "quantization.py"))
+INTERFACE, CONFIGURABLE, CREATE, QUANT, ACTIVATION = (_in_fused(n) for n in (
+    "interface.py", "configurable_moe.py", "create_moe.py", "quantization.py", "activation.py"))
 LAYERS_MOE = ("tensorrt_llm/layers/moe.py",)
 BASE_WORKER = ("tensorrt_llm/executor/base_worker.py",)
 
@@ -78,6 +78,7 @@ FACTS = (
     Fact("quant.setup_quant_scales.signature", "signature", QUANT, "FusedMoEMethodBase.setup_quant_scales"),
     Fact("base_worker.setup_engine.signature", "signature", BASE_WORKER, "BaseWorker.setup_engine"),
     Fact("base_worker.init.attributes", "init_attributes", BASE_WORKER, "BaseWorker", ("_engine", "rank", "llm_args")),
+    Fact("moe_activation.swiglu.fields", "class_fields", ACTIVATION, "SwigluActivation"),  # main: activation objects
 )
 
 
@@ -186,6 +187,12 @@ def assignments(fn: ast.AST, names: Sequence[str]) -> Dict[str, List[str]]:
     return out
 
 
+def class_fields(cls: ast.ClassDef) -> Dict[str, Dict[str, object]]:
+    return {n.target.id: {"annotation": ast.unparse(n.annotation),
+                          "default": ast.unparse(n.value) if n.value is not None else None}
+            for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+
+
 def extract(fact: Fact, node: ast.AST):
     if fact.kind == "signature":
         return signature(node)
@@ -203,6 +210,8 @@ def extract(fact: Fact, node: ast.AST):
         return call_args(node, fact.names[0])
     if fact.kind == "assignments":
         return assignments(node, fact.names)
+    if fact.kind == "class_fields":
+        return class_fields(node)
     raise ValueError(f"unknown fact kind {fact.kind}")
 
 

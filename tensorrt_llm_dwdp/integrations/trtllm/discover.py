@@ -7,7 +7,7 @@ tp_size, cluster_size, use_dp, initial_local_expert_ids, layer_load_balancer, co
 exchange, chosen at construction; configurable.py leaves it out for DWDP layers, one still set is refused),
 enable_alltoall, apply_router_weight_on_input,
 bias, swiglu_alpha/beta/limit, activation_type (a plain int: MoE.__init__ stores int(activation_type); Swiglu only) and
-swiglu_limit_scalar (main: Gemma4 and gpt-oss), quant_method (its class name tells DeepGEMM's FP8
+swiglu_limit_scalar (main: Gemma4 and gpt-oss), activation (newer main: SwigluActivation(clamp=None) only), quant_method (its class name tells DeepGEMM's FP8
 method, which CUTLASS also selects on Blackwell), enable_dwdp (main: upstream's own DWDP), and
 ConfigurableMoE.backend, the module that holds the tensors named in layouts.py.
 """
@@ -115,6 +115,12 @@ def describe(layer_idx: int, m, holder) -> MoeLayer:
             name = ACTIVATIONS[int(act)] if 0 <= int(act) < len(ACTIVATIONS) else f"#{int(act)}"
             raise DwdpConfigError("model", where, f"its experts use activation {name}; DWDP's "
                                   "expert math is SwiGLU", "serve this model without DWDP")
+        kind = getattr(owner, "activation", None)  # newer main: a MoEActivation object (fused_moe/activation.py)
+        if kind is not None and (type(kind).__name__ != "SwigluActivation" or getattr(kind, "clamp", None) is not None):
+            clamp = getattr(kind, "clamp", None)
+            raise DwdpConfigError("model", where, f"its experts use {type(kind).__name__}"
+                                  f"{f'(clamp={clamp})' if clamp is not None else ''}; DWDP's expert math is plain "
+                                  "SwiGLU", "serve this model without DWDP")
         if getattr(owner, "swiglu_limit_scalar", None) is not None:
             raise DwdpConfigError("model", where, f"its SwiGLU is clamped (swiglu_limit_scalar="
                                   f"{owner.swiglu_limit_scalar}); DWDP's expert math is plain SwiGLU",
