@@ -213,7 +213,7 @@ def test_install_patches_tensorrt_llm_modules_as_they_are_imported(tmp_path, mon
 @pytest.mark.mpi
 @pytest.mark.parametrize("kind,split,wrap", [("float32", "even", "none"), ("bfloat16", "uneven", "none"),
                                              ("fp8", "even", "none"), ("float32", "even", "main"),
-                                             ("bfloat16", "uneven", "1.2"), ("fp8", "even", "main")])
+                                             ("bfloat16", "even", "1.2"), ("fp8", "even", "main")])
 @pytest.mark.parametrize("device,backend", [("cpu", "cpu_shm"), ("cpu", "cpu_shm@2MiB"),
                                             pytest.param("cuda", "cuda_ipc", marks=pytest.mark.gpu),
                                             pytest.param("cuda", "cuda_vmm", marks=pytest.mark.gpu)])

@@ -49,6 +49,8 @@ class ConfigurableMoE(nn.Module):
     def __init__(self, version="main", backend_cls=None, **backend_kw):
         super().__init__()
         assert version in ("1.2", "main")
+        if version == "1.2":  # interface.py, 1.2 line: without EPLB the experts split evenly or not at all
+            assert backend_kw["num_experts"] % backend_kw.get("ep_size", 1) == 0
         self.version = version
         wrapper = (backend_cls or fk.CutlassFusedMoE)(**backend_kw)  # MoE.__init__'s attributes, as the wrapper's own
         for name in ("routing_method", "num_experts", "hidden_size", "intermediate_size",
