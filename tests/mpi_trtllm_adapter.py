@@ -3,7 +3,8 @@ model (each rank loads its part of the experts, as TensorRT-LLM does) attached t
 path must give every rank the full model's output for its own tokens, pulling the rest; a step that
 fails inside a MoE layer is handed to the executor, and the next step is right again.
 
-argv: seed device dtype split. device: cpu | cuda (the ranks share GPU 0). dtype: float32 | bfloat16 |
+argv: seed device dtype split [wrap]. wrap: none | 1.2 | main: each layer a ConfigurableMoE of that shape built
+along its construction path after the adapter was installed (so without a token exchange). device: cpu | cuda (the ranks share GPU 0). dtype: float32 | bfloat16 |
 fp8 (e4m3 weights with 128x128 fp32 block scales, as DeepSeek-V3 stores them). split: even | uneven
 (7 experts over 2 ranks, ceil/floor as main splits them). Each layer is checked against a float32
 reference computed from that layer's own input and the full (dequantized) experts, and the whole step
@@ -23,11 +24,13 @@ from tensorrt_llm_dwdp.integrations.trtllm import activate, adapter
 seed, world = int(sys.argv[1]), MPI.COMM_WORLD
 device = torch.device(sys.argv[2])
 kind, split = sys.argv[3], sys.argv[4]
+wrap = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "none" else None
 if device.type == "cuda":
     torch.cuda.set_device(0)
 rank = world.Get_rank()
 assert activate.activate()  # what the .pth does at start-up, where TRTLLM_DWDP is set
 from tensorrt_llm._torch.pyexecutor.model_engine import PyTorchModelEngine  # noqa: E402 - after activation
+import tensorrt_llm._torch.modules.fused_moe.configurable_moe  # noqa: E402,F401 - patched as TensorRT-LLM imports it
 
 experts = 7 if split == "uneven" else 8
 # NOTE: on GPUs (and CPU ranks with DWDP_SHM_GRANULARITY=2 MiB) pieces map at 2 MiB; with runs starting at expert 4
@@ -49,23 +52,28 @@ for layer in range(layers):
             q[name] = (torch.randn(experts, rows, cols, generator=g0) * 0.5).to(torch.float8_e4m3fn)
             scales[name] = s
             dense[name] = q[name].float() * s.repeat_interleave(128, 1).repeat_interleave(128, 2)
-        moe = fk.DeepGemmFusedMoE(**kw)
-        moe.load_fp8(q, scales)  # only this rank's partition
+        moe = fk.ConfigurableMoE(wrap, backend_cls=fk.DeepGemmFusedMoE, **kw) if wrap else fk.DeepGemmFusedMoE(**kw)
+        (moe.backend if wrap else moe).load_fp8(q, scales)  # only this rank's partition
         ref_moe = fk.DeepGemmFusedMoE(**one)
         ref_moe.load_fp8(q, scales)
         fulls.append(dense)
     else:
         full = fk.full_experts(experts, hidden, inter, seed + layer)
-        moe = fk.CutlassFusedMoE(dtype=act, **kw)
-        moe.load_weights(full)  # only this rank's partition
+        moe = (fk.ConfigurableMoE(wrap, backend_cls=fk.CutlassFusedMoE, dtype=act, **kw) if wrap
+               else fk.CutlassFusedMoE(dtype=act, **kw))
+        (moe.backend if wrap else moe).load_weights(full)  # only this rank's partition
         ref_moe = fk.CutlassFusedMoE(dtype=act, **one)
         ref_moe.load_weights(full)
         fulls.append(full)
-    blocks.append(fk.Block(moe, hidden, seed + 100 + layer))  # ConfigurableMoE under attention DP is refused
+    blocks.append(fk.Block(moe, hidden, seed + 100 + layer))
     whole.append(fk.Block(ref_moe, hidden, seed + 100 + layer))
 model = fk.Decoder(blocks).to(device)
 full_model = fk.Decoder(whole).to(device)  # the full model: all experts local, one rank
-holders = [b.experts for b in model.layers]
+holders = [b.experts.backend if wrap else b.experts for b in model.layers]
+wrappers = [b.experts for b in model.layers] if wrap else []
+for h in holders + [b.experts for b in full_model.layers]:  # the scale arguments follow the move to the device
+    if hasattr(getattr(h, "quant_method", None), "setup_quant_scales"):
+        h.quant_method.setup_quant_scales(h)
 partition = [{n: getattr(h, n) for n in adapter.PARTITION} for h in holders]
 fulls = [{k: v.to(device) for k, v in f.items()} for f in fulls]
 seen = []
@@ -91,6 +99,7 @@ for step in range(4):
     served += 1
     all_local &= all(h.ep_size == 1 and h.expert_size_per_partition == experts == h.w3_w1_weight.shape[0]
                      and h.initial_local_expert_ids == list(range(experts)) and h.parallel_size == 1 for h in holders)
+    all_local &= all(w.comm is None and w.ep_size == 1 for w in wrappers)
     with torch.no_grad():
         want = full_model(x)
     if tokens:
@@ -114,7 +123,7 @@ ok = (err < tol and err_full < tol and pulled > 0 and freed and restored and all
 results = world.gather((rank, err, err_full, pulled, freed, restored, all_local, kernels, failed, served, ok), root=0)
 if rank == 0:
     for r in results:
-        print(f"rank {r[0]} ({device}, {kind}, {split}): max rel err {r[1]:.1e} (vs the full model {r[2]:.1e}), "
+        print(f"rank {r[0]} ({device}, {kind}, {split}, ConfigurableMoE {wrap or 'none'}): max rel err {r[1]:.1e} (vs the full model {r[2]:.1e}), "
               f"pulled {r[3]} B, module weights freed {r[4]}, restored {r[5]}, all local while served {r[6]}, "
               f"module kernels ran {r[7]}, failed steps {r[8]}, steps served {r[9]}")
     print("PASS" if all(r[-1] for r in results) else "FAIL")

@@ -162,3 +162,16 @@ def test_plugin_context_refuses_cpu_hooks_with_a_sentence():
             assert torch.equal(hooks.layer_weights(layer).w2, w["w2"])
             hooks.layer_done(layer)
         hooks.end_step()
+
+
+@pytest.mark.gpu
+def test_enqueue_under_cuda_graph_capture_is_refused_with_the_option_that_turns_graphs_off(harness):
+    """ModelRunnerCpp's cuda_graph_mode captures enqueue; a replay would repeat the capture's slots and pulls."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    rc = harness.harness_enqueue_captured(str(PLUGIN).encode(), _fields(CASES["bf16-renormalize"]), ctypes.c_int64(4),
+                                          ctypes.c_void_p(stream.cuda_stream))
+    msg = harness.harness_error().decode()
+    assert rc != 0 and "CUDA graph" in msg and "cuda_graph_mode" in msg, msg
+    assert "layer 0" in msg  # which layer refused

@@ -86,7 +86,8 @@ def test_the_installed_pth_is_the_repositorys():
 
 
 def test_the_hook_adds_the_build_flag_and_patches_the_engine_runners(tmp_path):
-    """trtllm-build's parser and ModelRunner / ModelRunnerCpp.from_dir, as 1.2.x names them, in a fresh process."""
+    """trtllm-build's parser, ModelRunner / ModelRunnerCpp.from_dir and the LLM API worker's setup_engine, as
+    TensorRT-LLM names them, in a fresh process."""
     fake = tmp_path / "fake" / "tensorrt_llm"
     (fake / "commands").mkdir(parents=True)
     (fake / "runtime").mkdir()
@@ -98,10 +99,13 @@ def test_the_hook_adds_the_build_flag_and_patches_the_engine_runners(tmp_path):
     for mod, cls in (("model_runner", "ModelRunner"), ("model_runner_cpp", "ModelRunnerCpp")):
         (fake / "runtime" / f"{mod}.py").write_text(
             f"class {cls}:\n    @classmethod\n    def from_dir(cls, engine_dir, *, rank=0):\n        return cls\n")
+    (fake / "executor").mkdir()
+    (fake / "executor" / "__init__.py").write_text("")
+    (fake / "executor" / "base_worker.py").write_text("class BaseWorker:\n    def setup_engine(self):\n        pass\n")
     code = ("import tensorrt_llm.commands.build as b, tensorrt_llm.runtime.model_runner as m, "
-            "tensorrt_llm.runtime.model_runner_cpp as c; "
+            "tensorrt_llm.runtime.model_runner_cpp as c, tensorrt_llm.executor.base_worker as w; "
             "print(b.parse_arguments().parse_args([]).dwdp_group_size, "
             "m.ModelRunner.from_dir.__func__._dwdp_wrapped, c.ModelRunnerCpp.from_dir.__func__._dwdp_wrapped, "
-            "m.ModelRunner.from_dir('nowhere') is m.ModelRunner)")
+            "m.ModelRunner.from_dir('nowhere') is m.ModelRunner, w.BaseWorker.setup_engine._dwdp_wrapped)")
     proc = _start(tmp_path, code, {"TRTLLM_DWDP": "1"})
-    assert proc.returncode == 0 and "0 True True True" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "0 True True True True" in proc.stdout, proc.stdout + proc.stderr

@@ -25,13 +25,15 @@ def _uninstall():
     adapter.uninstall()
 
 
-def _model(cls=fk.CutlassFusedMoE, seed=0, layers=2, experts=8, hidden=16, inter=8, wrap=False, **kw):
+def _model(cls=fk.CutlassFusedMoE, seed=0, layers=2, experts=8, hidden=16, inter=8, wrap=None, **kw):
+    """wrap: None, or "1.2" / "main": each layer a ConfigurableMoE of that shape, built its way, around cls."""
     fulls = [fk.full_experts(experts, hidden, inter, seed + layer) for layer in range(layers + 1)]
     moes = []
     for layer in range(layers + 1):  # the last one plays DeepSeek's MTP layer (layer_idx == num_hidden_layers)
-        moe = cls(num_experts=experts, hidden=hidden, inter=inter, layer_idx=layer, **kw)
-        moe.load_weights(fulls[layer])
-        moes.append(fk.ConfigurableMoE(moe) if wrap else moe)
+        kw_layer = dict(num_experts=experts, hidden=hidden, inter=inter, layer_idx=layer, **kw)
+        moe = fk.ConfigurableMoE(wrap, backend_cls=cls, **kw_layer) if wrap else cls(**kw_layer)
+        (moe.backend if wrap else moe).load_weights(fulls[layer])
+        moes.append(moe)
     blocks = [fk.Block(m, hidden, seed + 100 + i) for i, m in enumerate(moes)]
     return fk.Decoder(blocks[:-1], mtp=blocks[-1]), fulls[:-1]
 
@@ -49,14 +51,15 @@ def _same(a, b):
 
 
 def test_find_moe_layers_counts_a_wrapper_once_and_skips_mtp():
-    model, _ = _model(wrap=True, layers=3)
+    model, _ = _model(wrap="main", layers=3)
     found = find_moe_layers(model, model.config.num_hidden_layers)
     assert [t[0] for t in found] == [0, 1, 2]
     assert all(isinstance(m, fk.ConfigurableMoE) and h is m.backend for _, m, h in found)
     assert len(find_moe_layers(model)) == 4  # without the layer count, MTP counts too
 
 
-@pytest.mark.parametrize("cls,wrap", [(fk.CutlassFusedMoE, False), (fk.CutlassFusedMoE, True)])
+@pytest.mark.parametrize("cls,wrap", [(fk.CutlassFusedMoE, None), (fk.CutlassFusedMoE, "1.2"),
+                                      (fk.CutlassFusedMoE, "main")])
 def test_attach_runs_the_model_through_the_hooks_and_uninstall_restores_it(cls, wrap):
     seed = fresh_seed()
     model, fulls = _model(cls, seed, wrap=wrap)
@@ -85,11 +88,12 @@ def test_attach_runs_the_model_through_the_hooks_and_uninstall_restores_it(cls, 
     assert "forward" not in vars(engine) and all("forward" not in vars(b.experts) for b in model.layers)
 
 
-def test_exchanges_chosen_at_construction_are_refused():
-    # ConfigurableMoE under attention DP over 2 expert-parallel ranks builds its exchange at construction
-    wrapped = fk.ConfigurableMoE(fk.CutlassFusedMoE(num_experts=8, hidden=16, inter=8, layer_idx=0, ep_size=2))
+@pytest.mark.parametrize("version", ["1.2", "main"])
+def test_exchanges_chosen_at_construction_are_refused(version):
+    # ConfigurableMoE under attention DP over 2 expert-parallel ranks, built before the adapter was installed
+    wrapped = fk.ConfigurableMoE(version, num_experts=8, hidden=16, inter=8, layer_idx=0, ep_size=2)
     assert isinstance(wrapped.comm, fk.AllGatherReduceScatter)
-    with pytest.raises(DwdpConfigError, match="token exchange.*built at construction.*dwdp_config") as e:
+    with pytest.raises(DwdpConfigError, match="token exchange.*before DWDP was installed.*TRTLLM_DWDP") as e:
         describe(0, wrapped, wrapped.backend)
     assert e.value.option == "moe_config.backend"
     model, _ = _model()
@@ -142,7 +146,7 @@ def test_setups_dwdp_cannot_serve_are_named():
     _raises("moe_tensor_parallel_size", tp_size=2)
     assert "true" in _raises("enable_attention_dp", model={"ep_size": 2}, use_dp=False)
     _raises("model", bias=True)
-    m, _ = _model(wrap=True)
+    m, _ = _model(wrap="main")
     m.layers[1].experts.enable_dwdp = True  # TensorRT-LLM's own DWDP on this layer
     with pytest.raises(DwdpConfigError, match="enable one DWDP"):
         adapter.attach(fk.Engine(m), _opts(), comm=MPI.COMM_SELF)
@@ -207,12 +211,15 @@ def test_install_patches_tensorrt_llm_modules_as_they_are_imported(tmp_path, mon
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("kind,split", [("float32", "even"), ("bfloat16", "uneven"), ("fp8", "even")])
+@pytest.mark.parametrize("kind,split,wrap", [("float32", "even", "none"), ("bfloat16", "uneven", "none"),
+                                             ("fp8", "even", "none"), ("float32", "even", "main"),
+                                             ("bfloat16", "even", "1.2"), ("fp8", "even", "main")])
 @pytest.mark.parametrize("device,backend", [("cpu", "cpu_shm"), ("cpu", "cpu_shm@2MiB"),
                                             pytest.param("cuda", "cuda_ipc", marks=pytest.mark.gpu),
                                             pytest.param("cuda", "cuda_vmm", marks=pytest.mark.gpu)])
-def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device, backend, kind, split):
-    """cpu_shm@2MiB: CPU ranks laying pieces out at an H200's mapping granularity, at the GPU cases' shapes."""
+def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device, backend, kind, split, wrap):
+    """cpu_shm@2MiB: CPU ranks laying pieces out at an H200's mapping granularity, at the GPU cases' shapes.
+    wrap: the layers are ConfigurableMoE stand-ins of the 1.2 line or main, built along their construction path."""
     from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
     if kind == "fp8" and "float8_e4m3fn" not in WEIGHT_DTYPES:
         pytest.skip("FP8 shards not in this build's DwdpConfig")
@@ -224,7 +231,7 @@ def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device
     if backend.endswith("@2MiB"):
         env["DWDP_SHM_GRANULARITY"] = str(2 << 20)
     script = os.path.join(ROOT, "tests", "mpi_trtllm_adapter.py")
-    cmd = mpirun_command(2, [script, str(fresh_seed()), device, kind, split], env)
+    cmd = mpirun_command(2, [script, str(fresh_seed()), device, kind, split, wrap], env)
     proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **env), capture_output=True, text=True,
                           timeout=300, cwd=ROOT)
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
@@ -305,8 +312,10 @@ def test_moe_forward_arguments_reach_the_modules_own_forward_untouched():
 
 
 @pytest.mark.parametrize("change,words", [
-    ({"activation_type": fk.ActivationType.Geglu}, "activation Geglu"),
+    ({"activation_type": int(fk.ActivationType.Geglu)}, "activation Geglu"),  # a plain int, as MoE.__init__ keeps it
     ({"swiglu_limit_scalar": 7.0}, "swiglu_limit_scalar=7.0"),
+    ({"activation": fk.SwigluActivation(clamp=7.0)}, r"SwigluActivation\(clamp=7.0\)"),  # newer main's carrier
+    ({"activation": fk.SimpleActivation(int(fk.ActivationType.Silu))}, "SimpleActivation"),
 ])
 def test_activations_other_than_plain_swiglu_are_refused(change, words):
     model, _ = _model()
@@ -315,6 +324,14 @@ def test_activations_other_than_plain_swiglu_are_refused(change, words):
     with pytest.raises(DwdpConfigError, match=words) as e:
         _attach(model)
     assert e.value.option == "model"
+
+
+def test_plain_swiglu_carriers_of_newer_main_are_served():
+    model, _ = _model()
+    for b in model.layers:
+        b.experts.activation = fk.SwigluActivation()
+    engine, hooks = _attach(model)
+    assert hooks is not None
 
 
 def test_fp8_with_deepgemms_blackwell_scales_is_refused_without_advising_cutlass():
@@ -407,3 +424,55 @@ def test_mode_auto_decides_from_the_models_own_config(capsys):
         want = predict.predict(predict.sim_model(cfg), predict.Workload(4, str(tokens), tokens), "auto", "h200", True)
         assert adapter._wanted(engine, options, config, "float8_e4m3fn") == (want.mode == "dwdp")
         assert f"mode auto chose {want.mode.upper()}: {want.reason}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version", ["1.2", "main"])
+def test_configurable_moe_is_built_without_an_exchange_under_dwdp(tmp_path, monkeypatch, version):
+    """As upstream's own DWDP does on main: with the adapter installed, ConfigurableMoE's construction path gets no
+    exchange strategy for a layer DWDP serves; where DWDP then stays off, the layer gets TensorRT-LLM's back."""
+    fk.write_fake_package(str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kw = dict(num_experts=8, hidden=16, inter=8, layer_idx=0, ep_size=2)
+    try:
+        adapter.install(_opts())
+        import tensorrt_llm._torch.modules.fused_moe.configurable_moe  # noqa: F401 - patched as it is imported
+        served = fk.ConfigurableMoE(version, **kw)
+        assert served.comm is None
+        eplb = fk.ConfigurableMoE(version, **dict(kw, layer_idx=1))
+        eplb.layer_load_balancer = object()  # not servable: a load balancer is wired in at construction upstream
+        eplb.backend.layer_load_balancer = eplb.layer_load_balancer
+        eplb.comm = eplb._create_comm_strategy_auto()
+        assert isinstance(eplb.comm, fk.AllGatherReduceScatter)
+        model = fk.Decoder([fk.Block(served, 16, 0)])
+        engine = fk.Engine(model)
+        engine.is_draft_model = True  # DWDP stays off for this model: the exchange comes back
+        assert adapter.attach(engine, _opts(), comm=MPI.COMM_SELF) is None
+        assert isinstance(served.comm, fk.AllGatherReduceScatter)
+        if version == "main":  # its forward scheduler is built from the exchange, so it is built again
+            assert served.scheduler.comm is served.comm
+        adapter.uninstall()
+        assert isinstance(fk.ConfigurableMoE(version, **kw).comm, fk.AllGatherReduceScatter)  # the class is back
+    finally:
+        for name in [n for n in sys.modules if n == "tensorrt_llm" or n.startswith("tensorrt_llm.")]:
+            del sys.modules[name]
+
+
+def test_fp8_scales_are_set_up_again_for_the_composite_tensors():
+    """The quant method's scale arguments follow the swapped Parameters (setup_quant_scales after the swap)."""
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    e, h, i = 4, 128, 128
+    q, scales, dense = {}, {}, {}
+    for name, (rows, cols) in {"w1": (i, h), "w3": (i, h), "w2": (h, i)}.items():
+        s = torch.rand(e, rows // 128, cols // 128, generator=g) * 0.01 + 0.002
+        q[name] = (torch.randn(e, rows, cols, generator=g) * 0.5).to(torch.float8_e4m3fn)
+        scales[name] = s
+        dense[name] = q[name].float() * s.repeat_interleave(128, 1).repeat_interleave(128, 2)
+    moe = fk.DeepGemmFusedMoE(num_experts=e, hidden=h, inter=i, layer_idx=0)
+    moe.load_fp8(q, scales)
+    model = fk.Decoder([fk.Block(moe, h, seed + 1)])
+    engine = fk.Engine(model)
+    adapter.attach(engine, _opts(), comm=MPI.COMM_SELF, device=torch.device("cpu"))  # frees the module's copy
+    x = torch.randn(3, h, generator=g)
+    assert torch.allclose(engine.forward(x), fk.reference_forward(x, model.layers, [dense]), rtol=1e-4, atol=1e-4)
+    assert moe.quant_scales[0].data_ptr() == moe.w3_w1_weight_scaling_factor.data_ptr()

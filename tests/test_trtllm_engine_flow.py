@@ -1,4 +1,5 @@
-"""Engine-flow registration on fakes shaped like TensorRT-LLM 1.2.x's MixtureOfExperts and TensorRT's Python API."""
+"""Engine-flow registration on stand-ins of TensorRT-LLM's MixtureOfExperts (built through its own forward) and
+TensorRT's Python API."""
 
 import argparse
 from types import SimpleNamespace
@@ -8,60 +9,7 @@ import pytest
 from tensorrt_llm_dwdp.config import DwdpConfigError
 from tensorrt_llm_dwdp.hooks import MoeShape
 from tensorrt_llm_dwdp.integrations.trtllm import engine_flow as ef
-
-
-class FakeTrt:
-    """The slice of TensorRT's Python API that emit_plugin uses; records what was created."""
-
-    class PluginFieldType:
-        INT32 = "int32"
-
-    class TensorRTPhase:
-        BUILD = "build"
-
-    def __init__(self, registered=True):
-        self.created = []
-        self.registered = registered
-
-    def PluginField(self, name, data, kind):  # noqa: N802 - TensorRT's spelling
-        return (name, int(data[0]), kind)
-
-    def PluginFieldCollection(self, fields):  # noqa: N802
-        return list(fields)
-
-    def get_plugin_registry(self):
-        trt = self
-
-        class Creator:
-            def create_plugin(self, name, fields, phase):
-                trt.created.append((name, fields, phase))
-                return SimpleNamespace(name=name)
-
-        return SimpleNamespace(get_creator=lambda n, v, ns: Creator() if trt.registered and
-                               (n, v, ns) == ("DwdpMoe", "1", "dwdp") else None)
-
-
-class FakeNetwork:
-    def __init__(self):
-        self.layers = []
-
-    def add_plugin_v3(self, inputs, shape_inputs, plugin):
-        self.layers.append((inputs, plugin))
-        return SimpleNamespace(get_output=lambda i: ("out", plugin.name))
-
-
-class MixtureOfExperts:
-    """TensorRT-LLM 1.2.x layers/moe.py attributes the patch reads."""
-
-    def __init__(self, num_experts=8, top_k=2, hidden=256, inter=128, mode=1, ep=1):
-        self.num_experts, self.top_k, self.hidden_size, self.expert_inter_size = num_experts, top_k, hidden, inter
-        self.hidden_act = "swiglu"
-        self.moe_config = SimpleNamespace(normalization_mode=mode)
-        self.mapping = SimpleNamespace(moe_tp_size=1, moe_ep_size=ep, has_moe_tp=lambda: False,
-                                       has_moe_ep=lambda: ep > 1)
-
-    def forward_experts(self, hidden_states, routing, finished, lora_layer_params, reduce_fusion_params):
-        raise RuntimeError("TensorRT-LLM's MoE plugin was emitted")
+from trtllm_engine_fakes import BaseWorker, FakeNetwork, FakeTrt, MixtureOfExperts, SideStreamIDType
 
 
 def _patched(trt, nets):
@@ -74,32 +22,50 @@ def _patched(trt, nets):
 def test_each_layer_emits_the_plugin_in_build_order():
     trt, nets = FakeTrt(), {0: FakeNetwork(), 1: FakeNetwork()}
     cls = _patched(trt, nets)
-    layers = [cls(num_experts=8, top_k=2, mode=m) for m in (1, 0, 1)]
+    layers = [cls(num_experts=8, top_k=2, mode=m) for m in (1, 0, 4)]
     for m in layers:
         m.net = 0
-        assert m.forward_experts("x", "logits", None, None, None)[0] == "out"
+        assert m.forward("x")[0] == "out"  # upstream's forward routes, then calls forward_experts
     other = cls()
     other.net = 1  # a second engine built in the same process numbers its layers from 0 again
-    other.forward_experts("x", "logits", None, None, None)
+    other.forward("x")
     got = [{n: v for n, v, _ in fields} for _, fields, _ in trt.created]
     assert [g["layer_index"] for g in got] == [0, 1, 2, 0]
-    assert [g["routing"] for g in got] == [1, 0, 1, 1]
+    # routing stays TensorRT-LLM's (any normalization mode): the plugin takes its ids and scales
+    assert all(g["routing"] == int(ef.Routing.PRECOMPUTED) for g in got)
     assert all(g["context_id"] == 5 and g["num_experts"] == 8 and g["top_k"] == 2 and g["hidden_size"] == 256
                and g["intermediate_size"] == 128 and g["dtype"] == 0 for g in got)
-    assert [inputs for inputs, _ in nets[0].layers] == [["x", "logits"]] * 3
+    assert [inputs for inputs, _ in nets[0].layers] == [
+        ["x", f"ids({m})", f"scales({m})"] for m in ("RENORMALIZE", "NONE", "DEVICE_LIMITED_RENORM")]
 
 
 def test_unsupported_models_are_refused_with_a_sentence():
     trt, nets = FakeTrt(), {0: FakeNetwork()}
     cls = _patched(trt, nets)
-    sparse = cls(mode=2)
-    sparse.net = 0
-    with pytest.raises(DwdpConfigError, match="normalization_mode=2"):
-        sparse.forward_experts("x", "logits", None, None, None)
     ep = cls(ep=2)
     ep.net = 0
     with pytest.raises(DwdpConfigError, match="moe_ep_size"):
-        ep.forward_experts("x", "logits", None, None, None)
+        ep.forward("x")
+    for act in ("silu", "gelu"):  # silu is a non-gated expert upstream (fc out = I), not SwiGLU
+        m = cls(hidden_act=act)
+        m.net = 0
+        with pytest.raises(DwdpConfigError, match=f"hidden_act='{act}'"):
+            m.forward("x")
+    assert not trt.created
+
+
+def test_a_side_stream_and_lora_are_refused():
+    trt, nets = FakeTrt(), {0: FakeNetwork()}
+    m = _patched(trt, nets)()
+    m.net = 0
+    with pytest.raises(DwdpConfigError, match="side stream"):
+        m.forward("x", side_stream_id=SideStreamIDType.moe)
+    with pytest.raises(DwdpConfigError, match="LoRA"):
+        m.forward("x", lora_layer_params="lora")
+    m.static_routing = True
+    with pytest.raises(DwdpConfigError, match="statically"):
+        m.forward("x", static_routing_input="ids")
+    assert not trt.created
 
 
 def test_missing_plugin_library_is_named():
@@ -107,7 +73,7 @@ def test_missing_plugin_library_is_named():
     m = _patched(trt, nets)()
     m.net = 0
     with pytest.raises(RuntimeError, match="libdwdp_trt_plugin.so"):
-        m.forward_experts("x", "logits", None, None, None)
+        m.forward("x")
 
 
 def test_build_flag():
@@ -182,6 +148,34 @@ def test_runner_sets_the_context_up_before_deserialising(tmp_path):
     runner.from_dir(str(dwdp), rank=0)
     assert events[1] == ("setup", er.EngineMarker(str(dwdp), 2, 9, ef.ExpertDtype.FP8_BLOCK, "/ckpt"))
     assert events[2] == (str(dwdp), 0)  # the engine is opened after the context exists
+    with pytest.raises(DwdpConfigError, match="cuda_graph_mode=True") as e:  # ModelRunnerCpp's CUDA-graph mode
+        runner.from_dir(str(dwdp), rank=0, cuda_graph_mode=True)
+    assert "cuda_graph_mode=False" in str(e.value) and len(events) == 3  # before any setup
+    runner.from_dir(str(plain), rank=0, cuda_graph_mode=True)  # not a DWDP engine: TensorRT-LLM's business
+
+
+def test_llm_api_workers_set_the_context_up_before_the_executor_opens_the_engine(tmp_path):
+    """LLM(backend="tensorrt") and trtllm-serve open engines in BaseWorker.setup_engine, not through the runners."""
+    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+
+    events = []
+    worker = type("Worker", (BaseWorker,), {"setup_engine": BaseWorker.setup_engine})
+    er.patch_worker_module(SimpleNamespace(BaseWorker=worker))  # what the activation hook does on import
+    assert worker.setup_engine._dwdp_wrapped
+    plain, dwdp = tmp_path / "plain", tmp_path / "dwdp"
+    plain.mkdir()
+    dwdp.mkdir()
+    (dwdp / ef.ENGINE_MARKER).write_text('{"group_size": 2, "context_id": 3, "dtype": "BF16", "checkpoint_dir": "/c"}')
+    recorded = type("Recorded", (BaseWorker,), {})
+    er.patch_worker_class(recorded, setup=lambda m: events.append(("setup", m)))
+    er.patch_worker_class(recorded, setup=lambda m: events.append(("twice", m)))  # idempotent
+    recorded(str(plain), opened=events).setup_engine()
+    assert events == [("executor", str(plain))]
+    recorded([str(plain), dwdp], rank=1, opened=events).setup_engine()  # one engine per rank, a PathLike
+    assert events[1] == ("setup", er.EngineMarker(str(dwdp), 2, 3, ef.ExpertDtype.BF16, "/c"))
+    assert events[2] == ("executor", dwdp)  # the executor is built after the context exists
+    recorded(SimpleNamespace(engine=b"serialised"), opened=events).setup_engine()  # in memory: no marker to read
+    assert len(events) == 4 and events[3][0] == "executor"
 
 
 def test_checkpoint_loader_reads_experts_gate_rows_first(tmp_path):

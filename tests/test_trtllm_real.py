@@ -122,3 +122,22 @@ def test_the_modules_own_kernel_runs_on_the_composite_tensors():
         hooks.layer_done(0)
         hooks.end_step()
     assert torch.allclose(after.float(), before.float(), rtol=1e-2, atol=1e-2), (after - before).abs().max()
+
+
+def test_the_installed_tensorrt_llm_matches_its_contract():
+    """The contract script run on the installed package's own files: against the committed contract of its release
+    (1.2.x -> trtllm-1.2.json, anything newer -> trtllm-main.json), every difference printed. The stand-ins the CPU
+    tests use are checked against those contracts (tests/test_trtllm_contracts.py)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "tools"))
+    import trtllm_contract as tc
+
+    release = "1.2" if trtllm.__version__.startswith("1.2") else "main"
+    committed = json.loads((root / "tests" / "contracts" / f"trtllm-{release}.json").read_text())
+    installed = tc.read_tree(Path(trtllm.__file__).resolve().parent.parent, release)
+    changed = tc.differences(committed, installed)
+    assert not changed, f"TensorRT-LLM {trtllm.__version__} differs from trtllm-{release}.json:\n" + "\n".join(changed)

@@ -7,7 +7,9 @@ package with the module paths the adapter patches.
 
 import os
 import textwrap
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Optional
 from types import SimpleNamespace
 
 import torch
@@ -16,14 +18,32 @@ from torch import nn
 
 
 class ActivationType(IntEnum):
-    """TensorRT-LLM's ActivationType (tensorrt_llm/_torch/utils.py); the adapter reads it by name."""
+    """TensorRT-LLM's ActivationType (_torch/utils.py, the CUTLASS MoE kernels' C++ enum in Python). The MoE
+    modules do not keep it: MoE.__init__ stores int(activation_type) (see tests/contracts)."""
 
-    Gelu = 0
-    Relu = 1
-    Silu = 2
-    Swiglu = 3
-    Geglu = 4
-    SwigluBias = 5
+    InvalidType = 0
+    Identity = 1
+    Gelu = 2
+    Relu = 3
+    Silu = 4
+    Swiglu = 5
+    Geglu = 6
+    SwigluBias = 7
+    Relu2 = 8
+
+
+@dataclass(frozen=True, eq=False)
+class SwigluActivation:
+    """Newer main's activation carrier (fused_moe/activation.py): plain SwiGLU, or clamped."""
+
+    clamp: Optional[float] = None
+
+
+@dataclass(frozen=True, eq=False)
+class SimpleActivation:
+    """Newer main's carrier for kinds without constants (Silu, Geglu, Relu2...)."""
+
+    kind: int
 
 
 class RenormalizeRouting(nn.Module):
@@ -68,13 +88,14 @@ class _FusedMoE(nn.Module):
         self.num_experts, self.hidden_size, self.intermediate_size = num_experts, hidden, inter
         self.intermediate_size_per_partition = inter
         self.layer_idx, self.ep_size, self.ep_rank, self.tp_size, self.use_dp = layer_idx, ep_size, ep_rank, 1, use_dp
+        self.cluster_size = 1  # mapping.moe_cluster_size
         # main splits experts ceil/floor where ep_size does not divide them (the first ranks get one more)
         base, extra = divmod(num_experts, ep_size)
         start = ep_rank * base + min(ep_rank, extra)
         self.expert_size_per_partition = n = base + (ep_rank < extra)
         self.initial_local_expert_ids = list(range(start, start + n))
         self.layer_load_balancer, self.bias, self.swiglu_alpha = None, False, None
-        self.activation_type, self.swiglu_limit_scalar = activation_type, swiglu_limit_scalar
+        self.activation_type, self.swiglu_limit_scalar = int(activation_type), swiglu_limit_scalar
         self.dtype = dtype
         # what CutlassFusedMoE.__init__ derives from the partition (1.2): the slots this rank computes, and
         # parallel_size (mapping.tp_size: the attention-DP world), which turns on allgather / reducescatter
@@ -114,9 +135,11 @@ class _FusedMoE(nn.Module):
         return y
 
     def expert_mats(self, s):
-        """(gate [I, H], up [I, H], down [H, I]) of slot s, float32, from this module's tensors."""
-        up, gate = _dequant(self.w3_w1_weight[s], getattr(self, "w3_w1_weight_scaling_factor", None), s).chunk(2)
-        return gate, up, _dequant(self.w2_weight[s], getattr(self, "w2_weight_scaling_factor", None), s)
+        """(gate [I, H], up [I, H], down [H, I]) of slot s, float32, from this module's tensors; FP8 block scales
+        from quant_scales, what the quant method set up (the kernels' scale arguments)."""
+        w13_scale, w2_scale = getattr(self, "quant_scales", None) or (None, None)
+        up, gate = _dequant(self.w3_w1_weight[s], w13_scale, s).chunk(2)
+        return gate, up, _dequant(self.w2_weight[s], w2_scale, s)
 
 
 class CutlassFusedMoE(_FusedMoE):
@@ -135,7 +158,12 @@ class CutlassFusedMoE(_FusedMoE):
 
 
 class DeepSeekFP8BlockScalesFusedMoEMethod:
-    """Hopper: 128x128 fp32 block scales as loaded."""
+    """Hopper: 128x128 fp32 block scales as loaded. setup_quant_scales(module) is FusedMoEMethodBase's hook
+    (quantization.py), rerun after loading "as the tensors may have been modified"; the stand-in keeps the tensors
+    as they were then, so a scale Parameter whose .data changed without a rerun is read stale."""
+
+    def setup_quant_scales(self, module):
+        module.quant_scales = (module.w3_w1_weight_scaling_factor.data, module.w2_weight_scaling_factor.data)
 
 
 class DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm(DeepSeekFP8BlockScalesFusedMoEMethod):
@@ -170,6 +198,7 @@ class DeepGemmFusedMoE(CutlassFusedMoE):
         self.w2_weight.data.copy_(q["w2"][ids])
         self.w3_w1_weight_scaling_factor.data.copy_(torch.cat([scales["w3"][ids], scales["w1"][ids]], dim=1))
         self.w2_weight_scaling_factor.data.copy_(scales["w2"][ids])
+        self.quant_method.setup_quant_scales(self)  # post_load_weights
 
 
 class TritonFusedMoE(_FusedMoE):
@@ -206,46 +235,24 @@ class TritonFusedMoE(_FusedMoE):
         return w[:, 0::2].t(), w[:, 1::2].t(), self.w2_weight[s].float().t()
 
 
-class AllGatherReduceScatter:
-    """main's fallback exchange strategy (communication/allgather_reducescatter.py)."""
-
-
-class ConfigurableMoE(nn.Module):
-    """Wrapper whose .backend holds the tensors; mirrors layer_idx and the partition onto it."""
-
-    def __init__(self, backend):
-        super().__init__()
-        self.backend = backend
-        for name in ("routing_method", "num_experts", "hidden_size", "intermediate_size",
-                     "intermediate_size_per_partition", "layer_idx", "ep_size", "ep_rank", "tp_size", "use_dp",
-                     "initial_local_expert_ids", "layer_load_balancer"):
-            setattr(self, name, getattr(backend, name))
-        self.enable_dwdp = False
-        # The token exchange strategy, built once at construction: CommunicationFactory returns None only
-        # without attention DP or with one DP rank, else at least AllGatherReduceScatter.
-        self.comm = AllGatherReduceScatter() if backend.use_dp and backend.ep_size > 1 else None
-
-    def forward(self, x, router_logits, do_finalize=True, output_dtype=None, all_rank_num_tokens=None,
-                use_dp_padding=None, lora_params=None, input_ids=None, **kwargs):
-        if self.comm is not None:
-            raise RuntimeError("expert-parallel exchange ran: the wrapper's communication strategy")
-        return self.backend.forward(x, router_logits, do_finalize, output_dtype, all_rank_num_tokens,
-                                    use_dp_padding, lora_params, input_ids, **kwargs)
-
-
 class TRTLLMGenFusedMoE(CutlassFusedMoE):
     """A backend whose weights are shuffled for its kernels: the adapter must refuse it."""
 
 
 class Block(nn.Module):
+    """A decoder block's MoE call as TensorRT-LLM's models make it: under attention DP all_rank_num_tokens has one
+    entry per DP rank (the stand-in repeats this rank's count: only the length and this rank's entry matter here)."""
+
     def __init__(self, experts, hidden, seed):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.gate = nn.Parameter(torch.randn(experts.num_experts, hidden, generator=g), requires_grad=False)
         self.experts = experts
+        self.dp_size = experts.ep_size if experts.use_dp else 1
 
     def forward(self, x):
-        return x + self.experts(x, x.float() @ self.gate.t(), output_dtype=x.dtype, all_rank_num_tokens=[len(x)])
+        return x + self.experts(x, x.float() @ self.gate.t(), output_dtype=x.dtype,
+                                all_rank_num_tokens=[len(x)] * self.dp_size)
 
 
 class Decoder(nn.Module):
@@ -373,6 +380,10 @@ FAKE_FILES = {
     """,
     "tensorrt_llm/llmapi/llm_utils.py": "from .llm_args import update_llm_args_with_extra_dict  # noqa: F401\n",
     "tensorrt_llm/_torch/__init__.py": "",
+    "tensorrt_llm/_torch/modules/__init__.py": "",
+    "tensorrt_llm/_torch/modules/fused_moe/__init__.py": "",
+    # the stand-in class itself, so a patch of the module's class reaches the modules the tests build
+    "tensorrt_llm/_torch/modules/fused_moe/configurable_moe.py": "from trtllm_fakes_configurable import ConfigurableMoE  # noqa: F401\n",
     "tensorrt_llm/_torch/pyexecutor/__init__.py": "",
     "tensorrt_llm/_torch/pyexecutor/model_engine.py": """
         import torch
@@ -418,3 +429,6 @@ class TwoRankView:
 
     def allgather(self, _mine):
         return list(self.loaded)
+
+
+from trtllm_fakes_configurable import AllGatherReduceScatter, ConfigurableMoE  # noqa: E402,F401 - re-exported

@@ -202,6 +202,13 @@ int32_t DwdpMoePlugin::enqueue(const nvinfer1::PluginTensorDesc* inputDesc, cons
     return -1;
   };
   try {
+    // NOTE: enqueue does host work on every call (takes this layer's slot, releases it, which issues the next pull).
+    // A CUDA graph replay repeats the captured slot pointers and pulls instead, so a layer could read another
+    // layer's experts without any error: refuse capture before anything is enqueued.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    const cudaError_t query = cudaStreamGetCaptureInfo(stream, &capture);
+    if (query != cudaSuccess) return fail(std::string("stream capture query: ") + cudaGetErrorString(query));
+    if (capture != cudaStreamCaptureStatusNone) return fail(kCaptureRefusal);
     auto ctx = find_context(params_.context_id);
     if (!ctx)
       return fail("no DWDP context " + std::to_string(params_.context_id) +

@@ -15,6 +15,13 @@ namespace dwdp::trt {
 constexpr char kPluginName[] = "DwdpMoe";
 constexpr char kPluginVersion[] = "1";
 constexpr char kPluginNamespace[] = "dwdp";
+// enqueue's one error for a stream under CUDA graph capture; names the options that turn graphs off.
+constexpr char kCaptureRefusal[] =
+    "the stream is being captured into a CUDA graph, and DWDP MoE layers cannot be replayed from one (a replay "
+    "would reuse the capture's prefetch slots and pulls). Fix: run the engine without CUDA graphs: "
+    "cuda_graph_mode=False in ModelRunnerCpp.from_dir / ModelRunner.from_dir (examples' run.py: leave out "
+    "--cuda_graph_mode), and for LLM(backend=\"tensorrt\") / trtllm-serve: extended_runtime_perf_knob_config "
+    "with cuda_graph_mode false";
 
 // The plugin's fields, all INT32 scalars, in serialisation order.
 struct MoePluginParams {

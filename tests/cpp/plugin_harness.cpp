@@ -254,3 +254,58 @@ extern "C" int harness_enqueue(const char* lib, const int32_t* values, int64_t t
   cudaFree(ws);
   return rc;
 }
+
+namespace {
+
+// TensorRT's logger, as the plugin finds it through setLoggerFinder: keeps the last message in g_error.
+class LastMessage : public ILogger {
+ public:
+  void log(Severity, AsciiChar const* msg) noexcept override { g_error = msg; }
+};
+
+class Finder : public ILoggerFinder {
+ public:
+  ILogger* findLogger() override { return &logger; }
+  LastMessage logger;
+};
+
+Finder g_finder;
+
+}  // namespace
+
+// enqueue while `stream` is being captured into a CUDA graph (what a runner's CUDA-graph mode does); the plugin's
+// log goes to harness_error. Returns enqueue's status; inputs may be null (a refusal touches none).
+extern "C" int harness_enqueue_captured(const char* lib, const int32_t* values, int64_t tokens, void* stream) {
+  IPluginCreatorV3One* c = load_creator(lib);
+  if (!c) return -100;
+  void* h = dlopen(lib, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD);
+  auto set_finder = reinterpret_cast<void (*)(ILoggerFinder*)>(h ? dlsym(h, "setLoggerFinder") : nullptr);
+  if (!set_finder) return fail("setLoggerFinder"), -104;
+  set_finder(&g_finder);
+  std::vector<PluginField> f;
+  for (int i = 0; i < 8; ++i) f.emplace_back(kNames[i], &values[i], PluginFieldType::kINT32, 1);
+  PluginFieldCollection fc{8, f.data()};
+  std::unique_ptr<IPluginV3> made(c->createPlugin("dwdp_moe", &fc, TensorRTPhase::kRUNTIME));
+  if (!made) return fail("createPlugin"), -101;
+  auto* rt = static_cast<IPluginV3OneRuntime*>(made->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  const bool pre = values[5] == 2;
+  const int nin = pre ? 3 : 2;
+  std::vector<DynamicPluginTensorDesc> io = {desc({tokens, values[2]}, DataType::kBF16),
+                                             desc({tokens, pre ? values[4] : values[1]},
+                                                  pre ? DataType::kINT32 : DataType::kFLOAT)};
+  if (pre) io.push_back(desc({tokens, values[4]}, DataType::kFLOAT));
+  io.push_back(desc({tokens, values[2]}, DataType::kBF16));
+  PluginTensorDesc pin[3], pout = io[nin].desc;
+  for (int i = 0; i < nin; ++i) pin[i] = io[i].desc;
+  const void* ins[3] = {nullptr, nullptr, nullptr};
+  void* outs[1] = {nullptr};
+  auto s = static_cast<cudaStream_t>(stream);
+  if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return fail("begin capture"), -105;
+  const int rc = rt->enqueue(pin, &pout, ins, outs, nullptr, s);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(s, &graph);
+  if (graph) cudaGraphDestroy(graph);
+  set_finder(nullptr);
+  if (end != cudaSuccess && rc == 0) return fail(std::string("end capture: ") + cudaGetErrorString(end)), -106;
+  return rc;
+}

@@ -118,13 +118,15 @@ def activate(environ: Optional[Mapping[str, str]] = None) -> bool:
 
 
 def install_engine_flow() -> None:
-    """The TensorRT engine flow: trtllm-build gets --dwdp_group_size, and the engine runners set the DWDP context
+    """The TensorRT engine flow: trtllm-build gets --dwdp_group_size, and the engine runners (ModelRunner,
+    ModelRunnerCpp, and the LLM API's workers behind LLM(backend="tensorrt") and trtllm-serve) set the DWDP context
     up before deserialising an engine built with it."""
     from . import engine_flow, engine_runtime
 
     when_imported("tensorrt_llm.commands.build", engine_flow.patch_build_command)
     for name in ("tensorrt_llm.runtime.model_runner", "tensorrt_llm.runtime.model_runner_cpp"):
         when_imported(name, engine_runtime.patch_runtime_module)
+    when_imported("tensorrt_llm.executor.base_worker", engine_runtime.patch_worker_module)
 
 
 def startup() -> None:

@@ -25,13 +25,15 @@ MoE/ConfigurableMoE at main; only those the module has are set, all restored by 
                                  0..E-1: 1.2, main (EPLB bookkeeping read by the module)
   parallel_size 1                1.2: with use_dp, > 1 runs allgather before and reducescatter after
                                  the kernel (forward_chunk, reducescatter_or_allreduce)
-Refused (DwdpConfigError) where this cannot be made safe: main's ConfigurableMoE holding a token exchange
-strategy (`comm`, chosen once at construction from the mapping); a backend with enable_alltoall; the
+ConfigurableMoE (the 1.2 line's default, main's only wrapper) is built without a token exchange for the layers
+DWDP serves (configurable.py), as upstream's own DWDP does on main. Refused (DwdpConfigError) where this cannot be
+made safe: a ConfigurableMoE whose exchange was built before the adapter was installed; a backend with
+enable_alltoall; the
 TRITON backend (its weights are [E, H, 2I] with gate/up columns interleaved, not the composite layout);
 a partition whose boundaries would pad the expert stride (the fused kernels assume contiguous experts;
 refused at setup, before anything is allocated).
 
-TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
+TensorRT-LLM interfaces touched (read at the 1.2 line and at main; tests/contracts has the files and commits):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
     wrapped; after it returns the model is attached, collectively over the instance's ranks.
   * engine.forward: PyExecutor._forward_step calls self.model_engine.forward and, on an exception,
@@ -48,6 +50,7 @@ TensorRT-LLM interfaces touched (read at the 1.2 line and at main, 1.3 cycle):
   * llmapi.llm_args / llm_utils.update_llm_args_with_extra_dict(llm_args, extra, ...): wrapped to
     drop the `dwdp` key before LlmArgs (extra="forbid") sees it.
   * _utils.mpi_comm(): the instance's communicator (set_mpi_comm in the disaggregated worker).
+  * ConfigurableMoE._create_comm_strategy_auto (configurable_moe.py, both package paths): wrapped (configurable.py).
   * main only: llm_args.DwdpConfig (`dwdp_config`), upstream's own DWDP; detected and named.
 """
 
@@ -67,7 +70,7 @@ from ...config import DwdpConfigError
 from ...hooks import DwdpHooks, MoeShape
 from ...layout import W13Order
 from ...placement import placement_from_config
-from . import predict
+from . import configurable, predict
 from .activate import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
 from .layouts import (TRTLLM_NAMES, StagedTensor, restore_module_tensor, stage_to_host, stored_rows,
@@ -76,8 +79,7 @@ from .options import ENV_FILE, ENV_INLINE, SECTION, TrtllmDwdpOptions
 
 UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
                  "Enable exactly one: `dwdp_config` for that case; the `dwdp:` section (tensorrt_llm_dwdp) for BF16 "
-                 "experts, or FP8 block-scaled experts on Hopper, on the CUTLASS backend of TensorRT-LLM 1.2.x "
-                 "(a ConfigurableMoE layer under attention DP, which main always builds, is refused)")
+                 "experts, or FP8 block-scaled experts on Hopper, on the CUTLASS backend")
 # LlmArgs' own default of max_num_tokens, for an engine that does not say.
 DEFAULT_MAX_NUM_TOKENS = 8192
 
@@ -147,6 +149,8 @@ def install(options: TrtllmDwdpOptions) -> None:
         when_imported(name, _strip_dwdp_key)
     when_imported("tensorrt_llm.llmapi.mpi_session", _pass_env_to_workers)
     when_imported("tensorrt_llm._torch.pyexecutor.model_engine", _patch_engine)
+    for name in configurable.MODULES:  # before any model is built: ConfigurableMoE picks its exchange then
+        when_imported(name, lambda m: configurable.patch_class(m, _set))
     if not _state.exit_registered:
         _state.exit_registered = True
         atexit.register(_close_at_exit)
@@ -222,7 +226,14 @@ def _compiled(engine) -> bool:
 def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_module_weights: bool = True):
     """Move a loaded model's MoE layers onto DWDP. Collective over the instance's ranks (comm,
     default tensorrt_llm._utils.mpi_comm()). Returns the hooks, or None where DWDP stays off (said
-    on stderr)."""
+    on stderr); then ConfigurableMoE layers get the token exchange their construction left out."""
+    hooks = _attach(engine, options, comm, device, free_module_weights)
+    if hooks is None and configurable.restore_exchange(engine.model):
+        _log("DWDP is off for this model: its ConfigurableMoE layers got their token exchange back")
+    return hooks
+
+
+def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weights: bool):
     if getattr(engine, "is_draft_model", False):
         _log("draft model: its MoE layers keep TensorRT-LLM's path")
         return None
@@ -290,6 +301,9 @@ def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_modu
                 if hasattr(owner, name):
                     _state.attached.partition.append(functools.partial(setattr, owner, name, getattr(owner, name)))
                     setattr(owner, name, value(m.num_experts))
+        undo = configurable.chunk_by_own_tokens(layer.module) if configurable.skipped(layer.module) else None
+        if undo is not None:
+            _state.attached.partition.append(undo)
         layer.module.forward = functools.partial(_moe_forward, layer, layer.module.forward)
     engine.forward = _bracket(engine.forward)
     _log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
@@ -406,11 +420,17 @@ def _bracket(forward):
 
 
 def _point(holder, weights) -> None:
-    """The module's expert tensors become this step's composite tensors (the Parameter objects stay)."""
+    """The module's expert tensors become this step's composite tensors (the Parameter objects stay), and the
+    quant method rebuilds what it derived from them (FusedMoEMethodBase.setup_quant_scales(module), which
+    TensorRT-LLM reruns after loading "as the tensors may have been modified")."""
     for name, t in (("w3_w1_weight", weights.w13), ("w2_weight", weights.w2),
                     ("w3_w1_weight_scaling_factor", weights.w13_scale), ("w2_weight_scaling_factor", weights.w2_scale)):
         if t is not None:  # contiguous: setup refused any placement that would pad the expert stride
             getattr(holder, name).data = t
+    if weights.w13_scale is not None:
+        method = getattr(holder, "quant_method", None)
+        if hasattr(method, "setup_quant_scales"):
+            method.setup_quant_scales(holder)
 
 
 def _moe_forward(layer: MoeLayer, forward, *args, **kwargs):

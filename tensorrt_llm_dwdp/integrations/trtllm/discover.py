@@ -4,10 +4,10 @@ DWDP can serve them (a DwdpConfigError naming the option to change where it cann
 TensorRT-LLM attributes read (MoE interface and ConfigurableMoE, 1.2 line and main): layer_idx,
 routing_method, num_experts, hidden_size, intermediate_size(_per_partition), ep_size, ep_rank,
 tp_size, cluster_size, use_dp, initial_local_expert_ids, layer_load_balancer, comm (ConfigurableMoE's token
-exchange: built in __init__ whenever attention DP spans > 1 rank, so a wrapped layer is refused),
+exchange, chosen at construction; configurable.py leaves it out for DWDP layers, one still set is refused),
 enable_alltoall, apply_router_weight_on_input,
-bias, swiglu_alpha/beta/limit, activation_type (ActivationType; read by name, Swiglu only) and
-swiglu_limit_scalar (main: Gemma4 and gpt-oss), quant_method (its class name tells DeepGEMM's FP8
+bias, swiglu_alpha/beta/limit, activation_type (a plain int: MoE.__init__ stores int(activation_type); Swiglu only) and
+swiglu_limit_scalar (main: Gemma4 and gpt-oss), activation (newer main: SwigluActivation(clamp=None) only), quant_method (its class name tells DeepGEMM's FP8
 method, which CUTLASS also selects on Blackwell), enable_dwdp (main: upstream's own DWDP), and
 ConfigurableMoE.backend, the module that holds the tensors named in layouts.py.
 """
@@ -30,7 +30,10 @@ BACKENDS = {"CutlassFusedMoE": Layout.W3_W1, "DeepGemmFusedMoE": Layout.W3_W1, "
             "DenseGEMMFusedMoE": None, "VanillaMoE": None}
 # FP8 block-scale methods whose scales are resmoothed to UE8M0 and packed for DeepGEMM's kernels.
 DEEPGEMM_FP8_METHODS = ("DeepSeekFP8BlockScalesFusedMoEMethodDeepGemm",)
-SWIGLU = "Swiglu"
+# ActivationType's values (TensorRT-LLM's _torch ActivationType mirrors the CUTLASS MoE kernels' C++ enum, whose
+# order the kernels depend on). MoE.__init__ keeps int(activation_type), so the adapter reads the number.
+ACTIVATIONS = ("InvalidType", "Identity", "Gelu", "Relu", "Silu", "Swiglu", "Geglu", "SwigluBias", "Relu2")
+SWIGLU = ACTIVATIONS.index("Swiglu")
 _FLOAT_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
@@ -77,22 +80,20 @@ def describe(layer_idx: int, m, holder) -> MoeLayer:
         raise DwdpConfigError("moe_config.backend", type(holder).__name__,
                               f"{where}: this backend keeps experts in a layout DWDP does not read",
                               "use CUTLASS; for NVFP4 on CUTEDSL use dwdp_config")
+    if getattr(m, "layer_load_balancer", None) is not None:
+        raise DwdpConfigError("moe_config.load_balancer", "set", f"{where}: EPLB moves experts at run time, "
+                              "DWDP shards are fixed at start", "remove moe_config.load_balancer")
     if getattr(m, "comm", None) is not None:
-        # NOTE: ConfigurableMoE builds its exchange in __init__ whenever attention DP spans > 1 rank, and its
-        # scheduler chunks by every rank's token count while one is set; main wraps every CUTLASS/DeepGEMM layer
-        # in it (the ENABLE_CONFIGURABLE_MOE opt-out is gone), so main is not served by this adapter.
+        # NOTE: ConfigurableMoE picks its exchange once, at construction (1.2: end of __init__; main: when the backend
+        # is bound). The adapter leaves it out for DWDP layers only when it is installed before the model is built.
         raise DwdpConfigError("moe_config.backend", type(m).__name__, f"{where}: its token exchange "
-                              f"({type(m.comm).__name__}) was built at construction, as ConfigurableMoE does under "
-                              "attention DP; DWDP cannot turn it off safely",
-                              "serve with TensorRT-LLM 1.2.x without ENABLE_CONFIGURABLE_MOE=1, or on main use "
-                              "TensorRT-LLM's own dwdp_config")
+                              f"({type(m.comm).__name__}) was built with the model, before DWDP was installed",
+                              "start the server with TRTLLM_DWDP or TRTLLM_DWDP_OPTIONS set (trtllm-dwdp launch "
+                              "does), so the adapter is installed before TensorRT-LLM builds the model")
     if getattr(holder, "enable_alltoall", False):
         raise DwdpConfigError("moe_config.backend", type(holder).__name__, f"{where}: it runs an expert-parallel "
                               "all-to-all chosen at construction; DWDP cannot turn it off safely",
                               "disable the MoE all-to-all (TRTLLM_FORCE_ALLTOALL_METHOD unset) or serve without DWDP")
-    if getattr(m, "layer_load_balancer", None) is not None:
-        raise DwdpConfigError("moe_config.load_balancer", "set", f"{where}: EPLB moves experts at run time, "
-                              "DWDP shards are fixed at start", "remove moe_config.load_balancer")
     if getattr(holder, "cluster_size", 1) != 1:
         raise DwdpConfigError("moe_cluster_parallel_size", holder.cluster_size, "the fused MoE op splits experts "
                               "over the cluster ranks, and DWDP serves every expert whole on each rank",
@@ -110,9 +111,16 @@ def describe(layer_idx: int, m, holder) -> MoeLayer:
                               "are not in DWDP's expert math (plain SwiGLU)", "serve this model without DWDP")
     for owner in (m, holder):
         act = getattr(owner, "activation_type", None)
-        if act is not None and getattr(act, "name", None) != SWIGLU:
-            raise DwdpConfigError("model", where, f"its experts use activation {getattr(act, 'name', act)}; DWDP's "
+        if act is not None and int(act) != SWIGLU:
+            name = ACTIVATIONS[int(act)] if 0 <= int(act) < len(ACTIVATIONS) else f"#{int(act)}"
+            raise DwdpConfigError("model", where, f"its experts use activation {name}; DWDP's "
                                   "expert math is SwiGLU", "serve this model without DWDP")
+        kind = getattr(owner, "activation", None)  # newer main: a MoEActivation object (fused_moe/activation.py)
+        if kind is not None and (type(kind).__name__ != "SwigluActivation" or getattr(kind, "clamp", None) is not None):
+            clamp = getattr(kind, "clamp", None)
+            raise DwdpConfigError("model", where, f"its experts use {type(kind).__name__}"
+                                  f"{f'(clamp={clamp})' if clamp is not None else ''}; DWDP's expert math is plain "
+                                  "SwiGLU", "serve this model without DWDP")
         if getattr(owner, "swiglu_limit_scalar", None) is not None:
             raise DwdpConfigError("model", where, f"its SwiGLU is clamped (swiglu_limit_scalar="
                                   f"{owner.swiglu_limit_scalar}); DWDP's expert math is plain SwiGLU",

@@ -1,11 +1,14 @@
 """TensorRT engine flow: emit the DwdpMoe plugin in place of TensorRT-LLM's MixtureOfExperts plugin.
 
-TensorRT-LLM 1.2.x's engine-flow MoE (`tensorrt_llm/layers/moe.py`, MixtureOfExperts: Mixtral, Qwen-MoE,
-Arctic, DBRX...) computes fp32 router logits with its own `router` and passes them to its plugin with
-`MoeConfig.normalization_mode`; `forward_experts(hidden_states, routing, ...)` is the one place that emits
-it. `patch_moe_class` wraps that method so each MoE layer, in build order, emits DwdpMoe (inputs: hidden
-states and the router logits) while `--dwdp_group_size` asks for DWDP. The experts then come from the DWDP
-context the runtime registers under `context_id` before the engine is deserialised, not from the engine.
+TensorRT-LLM's engine-flow MoE (`tensorrt_llm/layers/moe.py`, MixtureOfExperts: Mixtral, Qwen-MoE, Arctic,
+DBRX...) routes inside the network: `forward(hidden_states, lora_layer_params, all_reduce_params,
+last_local_layer_residual, side_stream_id, static_routing_input)` turns the fp32 router logits into top-k
+expert ids (INT32) and scales (FP32) per `MoeConfig.normalization_mode`, then calls
+`forward_experts(hidden_states, token_selected_experts, token_final_scales, lora_layer_params, side_stream_id)`,
+the one place that emits the expert plugin. `patch_moe_class` wraps that method so each MoE layer, in build
+order, emits DwdpMoe with precomputed routing (hidden states, ids, scales) while `--dwdp_group_size` asks for
+DWDP; routing stays TensorRT-LLM's. The experts then come from the DWDP context the runtime registers under
+`context_id` before the engine is deserialised, not from the engine.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ class ExpertDtype(enum.IntEnum):
     FP8_BLOCK = 1
 
 
-# TensorRT-LLM's MoeConfig.ExpertScaleNormalizationMode values -> the plugin's routing.
-_NORMALIZATION = {0: Routing.SOFTMAX_TOPK, 1: Routing.RENORMALIZE}
+# The one hidden_act whose experts are DWDP's SwiGLU: layers/moe.py sizes fc as 2I only where
+# is_gated_activation(hidden_act) (swiglu, geglu); "silu" builds a non-gated expert (fc out = I).
+GATED_SWIGLU = "swiglu"
 
 
 @dataclass(frozen=True)
@@ -58,30 +62,23 @@ class PluginFields:
         return {k: int(getattr(self, k)) for k in self.__dataclass_fields__}
 
 
-def routing_of(normalization_mode: int) -> Routing:
-    if int(normalization_mode) not in _NORMALIZATION:
-        raise DwdpConfigError("MoeConfig.normalization_mode", int(normalization_mode),
-                              "the DWDP plugin implements NONE (softmax top-k) and RENORMALIZE routing only",
-                              "build this model without --dwdp_group_size")
-    return _NORMALIZATION[int(normalization_mode)]
-
-
 def fields_for(moe, layer_index: int, context_id: int, dtype: ExpertDtype = ExpertDtype.BF16) -> PluginFields:
-    """Fields for a TensorRT-LLM MixtureOfExperts module (its attributes as 1.2.x names them)."""
+    """Fields for a TensorRT-LLM MixtureOfExperts module (attributes as layers/moe.py sets them; tests/contracts)."""
     if getattr(moe.mapping, "has_moe_tp", lambda: False)() or getattr(moe.mapping, "has_moe_ep", lambda: False)():
         raise DwdpConfigError("moe_tp_size/moe_ep_size", (moe.mapping.moe_tp_size, moe.mapping.moe_ep_size),
                               "DWDP runs every MoE layer whole on each rank", "build with moe_tp_size=1 moe_ep_size=1")
-    if getattr(moe, "hidden_act", "swiglu") not in ("swiglu", "silu"):
-        raise DwdpConfigError("hidden_act", moe.hidden_act, "the DWDP plugin computes SwiGLU experts only",
-                              "build this model without --dwdp_group_size")
-    return PluginFields(layer_index, moe.num_experts, moe.hidden_size, moe.expert_inter_size, moe.top_k,
-                        routing_of(moe.moe_config.normalization_mode), dtype, context_id)
+    if moe.hidden_act != GATED_SWIGLU:
+        raise DwdpConfigError("hidden_act", moe.hidden_act, "the DWDP plugin computes gated SwiGLU experts "
+                              "(hidden_act swiglu) only", "build this model without --dwdp_group_size")
+    return PluginFields(layer_index, moe.num_experts, moe.hidden_size, moe.expert_inter_size, moe.moe_config.top_k,
+                        Routing.PRECOMPUTED, dtype, context_id)
 
 
 def emit_plugin(trt, network, hidden_states, routing, fields: PluginFields):
     """Adds one DwdpMoe layer to `network` (a trt.INetworkDefinition); returns its output ITensor.
 
-    hidden_states [T, H] (or [B, S, H]) bf16 and routing [.., E] fp32 logits are TensorRT ITensors."""
+    hidden_states [T, H] (or [B, S, H]) bf16; routing: ([.., K] int32 expert ids, [.., K] fp32 scales) for
+    Routing.PRECOMPUTED, else one [.., E] fp32 logits tensor. All are TensorRT ITensors."""
     import numpy as np
 
     creator = trt.get_plugin_registry().get_creator(PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE)
@@ -92,7 +89,8 @@ def emit_plugin(trt, network, hidden_states, routing, fields: PluginFields):
                                                      trt.PluginFieldType.INT32)
                                      for name, value in fields.as_dict().items()])
     plugin = creator.create_plugin(f"dwdp_moe_{fields.layer_index}", pfc, trt.TensorRTPhase.BUILD)
-    layer = network.add_plugin_v3([hidden_states, routing], [], plugin)
+    inputs = [hidden_states, *routing] if isinstance(routing, (tuple, list)) else [hidden_states, routing]
+    layer = network.add_plugin_v3(inputs, [], plugin)
     return layer.get_output(0)
 
 
@@ -115,10 +113,19 @@ def patch_moe_class(moe_cls, options: EngineFlowOptions, *, trt=None, network_of
         return
     counters: Dict[int, Any] = {}
 
-    def forward_experts(self, hidden_states, routing, finished, lora_layer_params, reduce_fusion_params):
-        if finished is not None or lora_layer_params is not None:
-            raise DwdpConfigError(BUILD_FLAG, options.group_size, "the DWDP plugin has no finished mask or LoRA input",
+    def forward_experts(self, hidden_states, token_selected_experts, token_final_scales, lora_layer_params,
+                        side_stream_id):
+        if lora_layer_params is not None:
+            raise DwdpConfigError(BUILD_FLAG, options.group_size, "the DWDP plugin has no LoRA input",
                                   "build without LoRA or without --dwdp_group_size")
+        if getattr(side_stream_id, "name", "disable") != "disable":
+            # NOTE: with a side stream upstream's forward unpacks (output, sync tensors) from this call.
+            raise DwdpConfigError(BUILD_FLAG, options.group_size, f"the MoE runs on a side stream "
+                                  f"({side_stream_id}), which the DWDP plugin does not support",
+                                  "build without the MoE side stream or without --dwdp_group_size")
+        if token_final_scales is None:  # static routing: upstream passes no scales
+            raise DwdpConfigError(BUILD_FLAG, options.group_size, "this MoE routes statically (no top-k "
+                                  "scales)", "build this model without --dwdp_group_size")
         _trt = trt
         if _trt is None:
             import tensorrt as _trt
@@ -129,12 +136,21 @@ def patch_moe_class(moe_cls, options: EngineFlowOptions, *, trt=None, network_of
             net = network_of(self)
         layer = next(counters.setdefault(id(net), itertools.count()))
         fields = fields_for(self, layer, options.context_id, options.dtype)
-        out = emit_plugin(_trt, net, _raw(hidden_states), _raw(routing), fields)
+        ids = _as_int32(_trt, net, _raw(token_selected_experts))
+        out = emit_plugin(_trt, net, _raw(hidden_states), (ids, _raw(token_final_scales)), fields)
         return _wrap(out, hidden_states)
 
     forward_experts._dwdp_wrapped = True
     forward_experts._dwdp_original = original
     moe_cls.forward_experts = forward_experts
+
+
+def _as_int32(trt, net, ids):
+    """TensorRT's topk returns INT32 indices; a cast layer only where another type arrives."""
+    dtype = getattr(ids, "dtype", None)
+    if dtype is None or dtype == trt.int32:
+        return ids
+    return net.add_cast(ids, trt.int32).get_output(0)
 
 
 def _raw(t):

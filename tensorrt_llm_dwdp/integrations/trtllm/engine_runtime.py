@@ -1,12 +1,17 @@
 """TensorRT engine flow, runtime side: set up and register the DWDP context before an engine is deserialised.
 
-TensorRT-LLM 1.2.x opens engines through `tensorrt_llm.runtime.ModelRunner.from_dir(engine_dir, *, rank, ...)`
-(Python session) and `tensorrt_llm.runtime.ModelRunnerCpp.from_dir(engine_dir, *, rank, ...)` (the C++
-executor); both are classmethods that deserialise the engine inside. `patch_runner_class` wraps `from_dir`: where
-the engine directory holds the marker a DWDP build wrote (engine_flow.ENGINE_MARKER), it first loads the plugin
-library (so TensorRT finds DwdpMoe's creator), then sets up DwdpHooks over the group (collective, mpi4py) with the
-shards read from the build's checkpoint, and registers the C++ context under the engine's context id. Engines
-without the marker open unchanged. The context lives until `close_engine_context()` (also at interpreter exit).
+TensorRT-LLM opens engines in two ways:
+* `tensorrt_llm.runtime.ModelRunner.from_dir(engine_dir, *, rank, ...)` (Python session) and
+  `ModelRunnerCpp.from_dir(engine_dir, *, rank, ...)` (the C++ executor): classmethods that deserialise the engine
+  inside; `patch_runner_class` wraps `from_dir`.
+* `LLM(model=engine_dir, backend="tensorrt")` and `trtllm-serve` on an engine directory: each MPI worker's
+  `tensorrt_llm.executor.base_worker.BaseWorker.setup_engine(self)` builds `tllm.Executor(self._engine, ...)` from
+  `self._engine` (a path, or one per rank in a list indexed by self.rank); `patch_worker_class` wraps it.
+Where the engine directory holds the marker a DWDP build wrote (engine_flow.ENGINE_MARKER), the wrapper first loads
+the plugin library (so TensorRT finds DwdpMoe's creator), then sets up DwdpHooks over the group (collective,
+mpi4py) with the shards read from the build's checkpoint, and registers the C++ context under the engine's context
+id. Engines without the marker, and engines handed over in memory, open unchanged. The context lives until
+`close_engine_context()` (also at interpreter exit).
 """
 
 from __future__ import annotations
@@ -65,12 +70,46 @@ def patch_runner_class(runner_cls, setup: Optional[Callable[[EngineMarker], None
     def from_dir(cls, engine_dir, *args, **kwargs):
         marker = EngineMarker.read(engine_dir)
         if marker is not None:
+            if kwargs.get("cuda_graph_mode"):
+                # NOTE: the plugin refuses capture too; this says so before the context and engine are set up.
+                raise DwdpConfigError("cuda_graph_mode", True, "DWDP MoE layers cannot be replayed from a CUDA graph "
+                                      "(a replay would reuse the capture's prefetch slots and pulls)",
+                                      "pass cuda_graph_mode=False (run.py: leave out --cuda_graph_mode)")
             (setup or setup_engine_context)(marker)
         return original(cls, engine_dir, *args, **kwargs)
 
     from_dir._dwdp_wrapped = True
     from_dir._dwdp_original = original
     runner_cls.from_dir = classmethod(from_dir)
+
+
+def patch_worker_class(worker_cls, setup: Optional[Callable[[EngineMarker], None]] = None) -> None:
+    """Wrap worker_cls.setup_engine so a DWDP engine's context exists before the executor deserialises it.
+    setup(marker) defaults to setup_engine_context; tests pass a recorder."""
+    original = worker_cls.setup_engine
+    if getattr(original, "_dwdp_wrapped", False):
+        return
+
+    def setup_engine(self, *args, **kwargs):
+        engine = getattr(self, "_engine", None)
+        if isinstance(engine, (list, tuple)):
+            engine = engine[self.rank]
+        if isinstance(engine, (str, os.PathLike)):
+            marker = EngineMarker.read(os.fspath(engine))
+            if marker is not None:
+                (setup or setup_engine_context)(marker)
+        return original(self, *args, **kwargs)
+
+    setup_engine._dwdp_wrapped = True
+    setup_engine._dwdp_original = original
+    worker_cls.setup_engine = setup_engine
+
+
+def patch_worker_module(module) -> None:
+    """For tensorrt_llm.executor.base_worker (BaseWorker: the LLM API's and trtllm-serve's workers)."""
+    cls = getattr(module, "BaseWorker", None)
+    if cls is not None and "setup_engine" in cls.__dict__:
+        patch_worker_class(cls)
 
 
 def patch_runtime_module(module) -> None:
