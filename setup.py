@@ -4,6 +4,11 @@ libdwdp_core.so (kernels, copy plans, the DWDP context registry; CUDA runtime on
 linked by both the `_C` extension and, where TensorRT headers are found, the TensorRT plugin library
 libdwdp_trt_plugin.so; all three sit in the package folder (rpath $ORIGIN). Set DWDP_BUILD_EXT=0 to skip it, or
 DWDP_BUILD_EXT=1 to make a missing toolkit an error instead of a skip.
+
+The CUTLASS grouped GEMMs take minutes each to compile and run only on Hopper or Blackwell: by default they are
+built only where such a GPU is visible (nvidia-smi), and with DWDP_GPU_KERNELS=1 anywhere (an image built on a
+machine without the GPU it will run on); DWDP_GPU_KERNELS=0 leaves them out. Without them the library still
+links and loads (the entry points report cudaErrorNotSupported). The build ends with one line saying what it built.
 """
 
 import os
@@ -50,6 +55,36 @@ def find_cutlass_includes():
     src = Path(cutlass_library.__file__).resolve().parent / "source"
     dirs = [src / "include", src / "tools" / "util" / "include"]
     return [str(d) for d in dirs] if (dirs[0] / "cutlass" / "cutlass.h").exists() else []
+
+
+def visible_gpu_arch():
+    """The highest compute capability among the visible GPUs (e.g. 9.0), or None where nvidia-smi shows none."""
+    import subprocess
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=30).stdout
+        caps = [float(x) for x in out.split()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return max(caps) if caps else None
+
+
+def gpu_kernels_wanted():
+    """(build the CUTLASS kernels?, why), from DWDP_GPU_KERNELS and the visible GPUs."""
+    want = os.environ.get("DWDP_GPU_KERNELS", "auto").lower()
+    if want in ("1", "true", "yes"):
+        return True, "DWDP_GPU_KERNELS=1"
+    if want in ("0", "false", "no"):
+        return False, "DWDP_GPU_KERNELS=0"
+    arch = visible_gpu_arch()
+    if arch is None:
+        return False, "no GPU visible here (DWDP_GPU_KERNELS=1 builds them anyway)"
+    if arch < 9.0:
+        return False, f"the visible GPU is sm_{arch * 10:.0f}; the kernels need Hopper (sm_90) or newer"
+    return True, f"a sm_{arch * 10:.0f} GPU is visible"
 
 
 def cuda_archs(nvcc):
@@ -132,7 +167,9 @@ class BuildExtWithCuda(build_ext):
         self.link_shared(core_objs, pkg_dir / "libdwdp_core.so", [ext.cuda_lib], ["cudart"])
         ext.library_dirs = [str(pkg_dir), *ext.library_dirs]
         super().build_extension(ext)
-        self.build_plugin(ext, nvcc, pkg_dir)
+        plugin = self.build_plugin(ext, nvcc, pkg_dir)
+        print(f"tensorrt_llm_dwdp: built the C++ core and extension; CUTLASS grouped GEMMs: {ext.kernels_note}; "
+              f"TensorRT plugin: {plugin}", file=sys.stderr, flush=True)
 
     def copy_extensions_to_source(self):
         """In-place and editable builds: setuptools copies only `_C` back to the package; its libraries too."""
@@ -142,15 +179,15 @@ class BuildExtWithCuda(build_ext):
 
     def build_plugin(self, ext, nvcc, pkg_dir):
         if ext.trt_include is None:
-            print("tensorrt_llm_dwdp: no TensorRT headers (TENSORRT_ROOT, .trt/include, /usr/include/x86_64-linux-gnu, "
-                  "/usr/local/tensorrt/include); the TensorRT plugin is not built", file=sys.stderr)
-            return
+            return ("not built (no TensorRT headers in TENSORRT_ROOT, .trt/include, /usr/include/x86_64-linux-gnu, "
+                    "/usr/local/tensorrt/include)")
         ext.include_dirs = [*ext.include_dirs, str(ext.trt_include), str(ROOT / "cpp" / "plugin")]
         plug_dir = Path(self.build_temp) / "dwdp_plugin"
         plug_dir.mkdir(parents=True, exist_ok=True)
         plug_objs = self.compile_objects(ext, sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "plugin").glob("*.cpp")),
                                          plug_dir, nvcc)
         self.link_shared(plug_objs, pkg_dir / "libdwdp_trt_plugin.so", [pkg_dir, ext.cuda_lib], ["dwdp_core", "cudart"])
+        return f"built against {ext.trt_include}"
 
 
 def extensions():
@@ -168,9 +205,16 @@ def extensions():
     from pybind11.setup_helpers import Pybind11Extension
 
     cutlass_includes = find_cutlass_includes()
+    kernels, why = gpu_kernels_wanted()
+    if kernels and not cutlass_includes:
+        kernels, why = False, "no CUTLASS headers (pip install nvidia-cutlass)"
+    if not kernels:
+        cutlass_includes = []
 
     core = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cpp"))
-    core += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cu"))
+    # NOTE: without the kernels, the *_sm90.cu files compile to nothing; leave them out rather than run nvcc on them
+    core += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "src").glob("*.cu")
+                   if kernels or not p.name.endswith("_sm90.cu"))
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "cpp" / "bindings").glob("*.cpp"))
     ext = Pybind11Extension(
         "tensorrt_llm_dwdp._C",
@@ -184,6 +228,7 @@ def extensions():
         extra_compile_args=["-O2"],
     )
     ext.core_sources, ext.cuda_lib = core, str(libdir)
+    ext.kernels_note = ("built (" + why + ")") if kernels else ("not built: " + why)
     ext.trt_include = find_tensorrt_include()
     ext.cuda_home = str(home)
     return [ext]

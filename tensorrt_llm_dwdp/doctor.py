@@ -14,7 +14,9 @@ def _extension() -> str:
     except ImportError as e:
         return f"not built ({e}); pulls are issued through cuda.bindings"
     v = _C.cuda_runtime_version()
-    return f"built ({_C.__file__}), CUDA runtime {v // 1000}.{v % 1000 // 10}"
+    # the CUTLASS grouped GEMMs are bound only where they were compiled (a GPU was visible, or asked for)
+    kernels = "with" if hasattr(_C, "grouped_gemm_bf16") else "without"
+    return f"built ({_C.__file__}), CUDA runtime {v // 1000}.{v % 1000 // 10}, {kernels} the Hopper grouped GEMMs"
 
 
 def _cuda_bindings() -> str:
