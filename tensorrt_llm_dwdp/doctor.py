@@ -21,8 +21,8 @@ def _extension() -> str:
 
 def _cuda_bindings() -> str:
     try:
-        from .memory.cuda_ipc import _cudart
-        rt = _cudart()
+        from .memory.cuda_common import cudart
+        rt = cudart()
     except ImportError as e:
         return f"unavailable ({e})"
     err, ver = rt.cudaRuntimeGetVersion()

@@ -33,7 +33,7 @@ from .memory import SharedHandle, get_backend
 from .metrics import LayerMetrics, StepMetrics
 from .moe.weights import ExpertWeights
 from .placement import Placement, fetch_plan, placement_from_config
-from .prefetch.plan import build_layer_plan
+from .prefetch.plan import LayerCopyPlan, build_layer_plan
 from .prefetch.prefetcher import Prefetcher
 
 # (MoE layer ordinal, expert ids) -> {"w13": [n, 2I, H], "w2": [n, H, I], and for FP8 "w13_scale", "w2_scale"}
@@ -305,6 +305,35 @@ class DwdpHooks:
         """Metrics of the latest finished step."""
         return self.metrics()[-1]
 
+    # ---- lending the slot ring to a native driver (the TensorRT plugin) ---------------------------------------
+
+    @property
+    def ring_lent(self) -> bool:
+        return isinstance(self.prefetcher, _LentRing)
+
+    def lend_ring(self, borrower: str) -> RingSpec:
+        """Hand the slot ring (views, pull slices, slot bases) to a native driver, named `borrower` in errors: until
+        `return_ring()`, a hook call that would pull raises RingLentError instead of racing the borrower."""
+        if self.ring_lent:
+            raise RingLentError(f"the slot ring is already lent to {self.prefetcher.borrower}")
+        if self.in_step:
+            raise RingLentError("the Python hooks have a step open: end_step() before lending the slot ring")
+        self.engine.synchronize()  # pulls issued here land before the borrower reuses their slots
+        spec = self.ring_spec()
+        self.prefetcher = _LentRing(borrower, self.prefetcher)
+        return spec
+
+    def return_ring(self) -> None:
+        """Take the ring back with empty slots (the borrower's pulls left them holding layers Python did not
+        track). Call it once the borrower's work on the slots has finished."""
+        if self.ring_lent:
+            own = self.prefetcher.own
+            self.prefetcher = Prefetcher(own.engine, own.plans, own.num_slots)
+
+    def layer_plan(self, layer_idx: int) -> LayerCopyPlan:
+        """The copy plan that fills a slot with MoE layer `layer_idx`'s missing experts (its `nbytes`, its slices)."""
+        return self._plans[self._layer(layer_idx)]
+
     def ring_spec(self) -> RingSpec:
         """The slot ring's pointers and copy plans, for a native driver (see RingSpec); GPU backends."""
         peers = {r: [p.tensor for p in ps] for r, ps in self._owned.peers.items()}
@@ -316,7 +345,7 @@ class DwdpHooks:
 
     @property
     def in_step(self) -> bool:
-        return self.prefetcher.in_step
+        return not self.ring_lent and self.prefetcher.in_step
 
     @property
     def local_experts(self) -> Tuple[int, ...]:
@@ -432,6 +461,23 @@ def _replicate(replicated: List[Dict[str, torch.Tensor]], local: Sequence[int], 
         for rep, t in zip(replicated, theirs):
             for k, v in t.items():
                 rep[k][list(ids)] = v.to(rep[k].device)
+
+
+class RingLentError(RuntimeError):
+    """A hook call would pull while the slot ring is lent to a native driver (DwdpHooks.lend_ring)."""
+
+
+class _LentRing:
+    """Stands in for the prefetcher while the ring is lent: any use is a clear error."""
+
+    def __init__(self, borrower: str, own: Prefetcher):
+        self.borrower, self.own = borrower, own
+
+    def __getattr__(self, name):
+        def refuse(*_args, **_kw):
+            raise RingLentError(f"{self.borrower} owns the prefetch slots; the Python hooks cannot {name}() until "
+                                "it gives them back")
+        return refuse
 
 
 class _StepsView(collections.abc.Sequence):

@@ -14,7 +14,8 @@ from mpi4py import MPI
 
 import trt_harness
 from tensorrt_llm_dwdp import DwdpConfig, DwdpHooks, MoeShape
-from tensorrt_llm_dwdp.integrations.trt_plugin import PluginOwnsPullsError, register_plugin_context
+from tensorrt_llm_dwdp.hooks import RingLentError
+from tensorrt_llm_dwdp.integrations.trt_plugin import register_plugin_context
 from tensorrt_llm_dwdp.integrations.trtllm.engine_flow import ExpertDtype, Routing
 from tensorrt_llm_dwdp.moe import ops
 
@@ -79,7 +80,7 @@ with DwdpHooks.setup(cfg, MoeShape(L, H, I, E), lambda l, ex: {k: v[list(ex)] fo
         try:
             hooks.begin_step()
             raise AssertionError("the Python prefetcher pulled while the plugin owns the slots")
-        except PluginOwnsPullsError:
+        except RingLentError:
             pass
         stream = torch.cuda.Stream(dev)
         for step in range(STEPS):

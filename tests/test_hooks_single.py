@@ -117,3 +117,34 @@ def test_fp8_shard_carries_block_scales():
         hooks.end_step()
     with pytest.raises(DwdpConfigError, match="multiples of 128"):
         DwdpHooks.setup(cfg, MoeShape(layers, 96, I, E), load, comm=MPI.COMM_SELF)
+
+
+def test_a_lent_slot_ring_refuses_python_pulls_and_comes_back_empty():
+    """lend_ring hands the ring to a native driver (the TensorRT plugin): meanwhile every pulling hook call is one
+    clear error; return_ring gives the hooks a fresh ring that serves the same weights again."""
+    from tensorrt_llm_dwdp.hooks import RingLentError
+    m = _model()
+    cfg = DwdpConfig(group_size=1, num_experts=8, weight_dtype="float32", memory_backend="cpu_shm")
+    with DwdpHooks.setup(cfg, MoeShape(3, 32, 16, 8), m.load_experts, comm=MPI.COMM_SELF) as hooks:
+        hooks.begin_step()
+        with pytest.raises(RingLentError, match="step open"):
+            hooks.lend_ring("a test driver")
+        for layer in range(3):
+            hooks.layer_weights(layer)
+            hooks.layer_done(layer)
+        hooks.end_step()
+        spec = hooks.lend_ring("a test driver")
+        assert hooks.ring_lent and not hooks.in_step and len(spec.slices) == 3
+        assert hooks.layer_plan(1).nbytes == sum(s[2] for s in spec.slices[1])
+        with pytest.raises(RingLentError, match="a test driver owns the prefetch slots"):
+            hooks.begin_step()
+        with pytest.raises(RingLentError, match="already lent to a test driver"):
+            hooks.lend_ring("another")
+        hooks.return_ring()
+        assert not hooks.ring_lent
+        hooks.begin_step()
+        for layer in range(3):
+            w = hooks.layer_weights(layer)
+            assert torch.equal(w.w13, m.w13[layer])
+            hooks.layer_done(layer)
+        hooks.end_step()

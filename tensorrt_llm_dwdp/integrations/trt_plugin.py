@@ -33,21 +33,7 @@ _STEP_IMPLICIT = 1
 
 
 class PluginOwnsPullsError(RuntimeError):
-    """The Python hooks were asked to pull while the TensorRT plugin's context owns the slot ring."""
-
-
-class _Fenced:
-    """Stands in for hooks.prefetcher while the plugin owns the ring: any use is a clear error."""
-
-    def __init__(self, context_id: int):
-        self.context_id = context_id
-
-    def __getattr__(self, name):
-        def refuse(*_args, **_kw):
-            raise PluginOwnsPullsError(
-                f"DWDP context {self.context_id} is registered for the TensorRT plugin, which owns the prefetch "
-                f"slots; the Python hooks cannot {name}() until PluginContext.close()")
-        return refuse
+    """These hooks cannot be handed to the plugin now: already registered, or a Python step is open."""
 
 
 @dataclass
@@ -59,8 +45,7 @@ class PluginContext:
     num_layers: int
     num_slots: int
     native: object  # _C.DwdpContext
-    hooks: object
-    _prefetcher: object
+    hooks: object  # DwdpHooks whose slot ring is lent to this context until close()
     closed: bool = False
 
     @property
@@ -79,18 +64,13 @@ class PluginContext:
         finally:
             _C.unregister_context(self.context_id)
             self.native = None
-            self.hooks.prefetcher = _fresh_prefetcher(self._prefetcher)
+            self.hooks.return_ring()
 
     def __enter__(self) -> "PluginContext":
         return self
 
     def __exit__(self, *_exc) -> None:
         self.close()
-
-
-def _fresh_prefetcher(old):
-    """The Python prefetcher again, with empty slots: the plugin's pulls left them holding unknown layers."""
-    return type(old)(old.engine, old.plans, old.num_slots)
 
 
 def expert_dtype_of(weights) -> ExpertDtype:
@@ -126,9 +106,8 @@ def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = 
     from .. import _C
     from ..layout import W13Order
 
-    if isinstance(hooks.prefetcher, _Fenced):
-        raise PluginOwnsPullsError(f"these hooks are already registered as DWDP context "
-                                   f"{hooks.prefetcher.context_id}")
+    if hooks.ring_lent:
+        raise PluginOwnsPullsError(f"these hooks' slot ring is already lent: {hooks.prefetcher.borrower}")
     if hooks.backend.device.type != "cuda":
         raise DwdpConfigError("memory_backend", hooks.config.memory_backend,
                               "the TensorRT plugin runs on GPUs and reads CUDA memory",
@@ -140,20 +119,21 @@ def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = 
     if hooks.in_step:
         raise PluginOwnsPullsError("the Python hooks have a step open: end_step() before handing the slots to "
                                    "the plugin")
-    hooks.engine.synchronize()  # pulls Python issued earlier land before the C++ ring reuses their slots
     L, D = hooks.shape.num_layers, hooks.config.prefetch_depth
-    ring = hooks.ring_spec()
-    first = ring.views[(0, 0)]
-    dtype = expert_dtype_of(first)
-    views = [expert_pointers(ring.views[(layer, slot)]) for layer in range(L) for slot in range(D)]
-    mode = _ISSUE_MODE[issue_mode or hooks.config.pull_issue]
-    with _device(hooks.backend.device):  # the copy stream and events belong to the hooks' device
-        native = _C.DwdpContext(first.num_experts, D, views, [list(s) for s in ring.slices], list(ring.slot_bases),
-                                mode, _STEP_IMPLICIT)
-    _C.register_context(context_id, native)
-    ctx = PluginContext(context_id, dtype, L, D, native, hooks, hooks.prefetcher)
-    hooks.prefetcher = _Fenced(context_id)
-    return ctx
+    ring = hooks.lend_ring(f"DWDP context {context_id} (the TensorRT plugin)")
+    try:
+        first = ring.views[(0, 0)]
+        dtype = expert_dtype_of(first)
+        views = [expert_pointers(ring.views[(layer, slot)]) for layer in range(L) for slot in range(D)]
+        mode = _ISSUE_MODE[issue_mode or hooks.config.pull_issue]
+        with _device(hooks.backend.device):  # the copy stream and events belong to the hooks' device
+            native = _C.DwdpContext(first.num_experts, D, views, [list(s) for s in ring.slices],
+                                    list(ring.slot_bases), mode, _STEP_IMPLICIT)
+        _C.register_context(context_id, native)
+    except BaseException:
+        hooks.return_ring()
+        raise
+    return PluginContext(context_id, dtype, L, D, native, hooks)
 
 
 def _device(device):

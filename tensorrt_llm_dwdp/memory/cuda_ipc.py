@@ -13,39 +13,10 @@ from typing import Optional
 
 import torch
 
-from .base import LocalShard, MemoryBackend, PeerShard, SharedHandle, SharedMemoryError, hostname
+from .base import LocalShard, PeerShard, SharedHandle, SharedMemoryError, hostname
+from .cuda_common import CudaBackend, as_cuda_tensor, check, cudart
 
 IPC_HANDLE_BYTES = 64
-
-
-def _cudart():
-    try:
-        from cuda.bindings import runtime
-    except ImportError:  # cuda-python < 12.6 names the module cuda.cudart
-        from cuda import cudart as runtime
-    return runtime
-
-
-def _check(result, what: str):
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    rt = _cudart()
-    if err != rt.cudaError_t.cudaSuccess:
-        _, name = rt.cudaGetErrorName(err)
-        raise SharedMemoryError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}")
-    return rest[0] if len(rest) == 1 else tuple(rest)
-
-
-def _as_cuda_tensor(ptr: int, nbytes: int, device: int, owner) -> torch.Tensor:
-    """A uint8 tensor over raw device memory; `owner` is kept alive by the tensor."""
-
-    class _Span:
-        __cuda_array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (ptr, False),
-                                    "version": 3, "strides": None}
-
-    span = _Span()
-    span.owner = owner
-    with torch.cuda.device(device):
-        return torch.as_tensor(span, device=f"cuda:{device}")
 
 
 def handle_to_bytes(handle) -> bytes:
@@ -55,7 +26,7 @@ def handle_to_bytes(handle) -> bytes:
 def handle_from_bytes(payload: bytes):
     if len(payload) != IPC_HANDLE_BYTES:
         raise SharedMemoryError(f"CUDA IPC handle must be {IPC_HANDLE_BYTES} bytes, got {len(payload)}")
-    h = _cudart().cudaIpcMemHandle_t()
+    h = cudart().cudaIpcMemHandle_t()
     ctypes.memmove(h.getPtr(), payload, IPC_HANDLE_BYTES)
     return h
 
@@ -77,60 +48,32 @@ class _Mapping:
 
 class CudaIpcLocal(_Mapping, LocalShard):
     def __init__(self, nbytes: int, device: int):
-        rt = _cudart()
-        _check(rt.cudaSetDevice(device), "cudaSetDevice")
-        self.ptr = _check(rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes})")
+        rt = cudart()
+        check(rt.cudaSetDevice(device), "cudaSetDevice")
+        self.ptr = check(rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes})")
         self.device = device
-        handle = _check(rt.cudaIpcGetMemHandle(self.ptr), "cudaIpcGetMemHandle")
+        handle = check(rt.cudaIpcGetMemHandle(self.ptr), "cudaIpcGetMemHandle")
         self.handle = SharedHandle("cuda_ipc", nbytes, handle_to_bytes(handle), hostname(), device, os.getpid())
-        self.tensor = _as_cuda_tensor(int(self.ptr), nbytes, device, self)
+        self.tensor = as_cuda_tensor(int(self.ptr), nbytes, device, self)
 
     @staticmethod
     def _release(ptr) -> None:
-        _check(_cudart().cudaFree(ptr), "cudaFree")
+        check(cudart().cudaFree(ptr), "cudaFree")
 
 
 class CudaIpcPeer(_Mapping, PeerShard):
     def __init__(self, handle: SharedHandle, device: int):
-        rt = _cudart()
-        _check(rt.cudaSetDevice(device), "cudaSetDevice")
-        self.ptr = _check(rt.cudaIpcOpenMemHandle(handle_from_bytes(handle.payload),
+        rt = cudart()
+        check(rt.cudaSetDevice(device), "cudaSetDevice")
+        self.ptr = check(rt.cudaIpcOpenMemHandle(handle_from_bytes(handle.payload),
                                                   rt.cudaIpcMemLazyEnablePeerAccess),
                           f"cudaIpcOpenMemHandle (peer pid {handle.pid}, device {handle.device})")
         self.handle, self.device = handle, device
-        self.tensor = _as_cuda_tensor(int(self.ptr), handle.nbytes, device, self)
+        self.tensor = as_cuda_tensor(int(self.ptr), handle.nbytes, device, self)
 
     @staticmethod
     def _release(ptr) -> None:
-        _check(_cudart().cudaIpcCloseMemHandle(ptr), "cudaIpcCloseMemHandle")
-
-
-class CudaBackend(MemoryBackend):
-    """What every device-memory backend shares: the device, free memory, peer reachability."""
-
-    kind = "cuda"
-
-    def __init__(self, device: Optional[torch.device] = None):
-        if not torch.cuda.is_available():
-            raise SharedMemoryError(f"memory_backend='{self.kind}' needs a CUDA GPU; none is visible "
-                                    "(use memory_backend='cpu_shm' for CPU ranks)")
-        index = torch.cuda.current_device() if device is None else torch.device(device).index
-        self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
-
-    def free_bytes(self) -> int:
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return free
-
-    def check_reachable(self, handle: SharedHandle, peer_rank: int) -> None:
-        super().check_reachable(handle, peer_rank)
-        if handle.device != self.device.index:
-            ok = _check(_cudart().cudaDeviceCanAccessPeer(self.device.index, handle.device),
-                        "cudaDeviceCanAccessPeer")
-            if not ok:
-                raise SharedMemoryError(
-                    f"GPU {self.device.index} cannot access GPU {handle.device} of peer rank {peer_rank} "
-                    "(no NVLink/P2P path): a DWDP group must lie within one NVLink domain; "
-                    "choose group_size and the rank-to-GPU mapping so that a group's GPUs are peers")
+        check(cudart().cudaIpcCloseMemHandle(ptr), "cudaIpcCloseMemHandle")
 
 
 class CudaIpcBackend(CudaBackend):
@@ -142,7 +85,7 @@ class CudaIpcBackend(CudaBackend):
 
     def __init__(self, device: Optional[torch.device] = None):
         super().__init__(device)
-        from .cuda_vmm import CudaVmmBackend
+        from .cuda_vmm import CudaVmmBackend  # NOTE: composing goes through VMM; cuda_vmm imports nothing of this file
         self._vmm = CudaVmmBackend(self.device)
         self.granularity = self._vmm.granularity
         self._twins = {}

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 
 from .base import Composite, LocalShard, PeerShard, SharedHandle, SharedMemoryError, hostname
-from .cuda_ipc import CudaBackend, _as_cuda_tensor
+from .cuda_common import CudaBackend, as_cuda_tensor
 
 
 def _driver():
@@ -174,7 +174,7 @@ class CudaVmmLocal(LocalShard):
             payload = b"fabric:" + bytes(exported.data) if export == "fabric" else server.add(int(exported))
             self.handle = SharedHandle("cuda_fabric" if export == "fabric" else "cuda_vmm", nbytes, payload,
                                        hostname(), device, os.getpid())
-        self.tensor = _as_cuda_tensor(self._mapped.ptr, nbytes, device, self)
+        self.tensor = as_cuda_tensor(self._mapped.ptr, nbytes, device, self)
 
     def close(self) -> None:
         if self._mapped is not None:
@@ -210,7 +210,7 @@ class CudaVmmPeer(PeerShard):
                         "cuMemImportFromShareableHandle(fabric)")
         self.handle, self.device, self._alloc = handle, device, alloc
         self._mapped = _map(alloc, _alloc_size(alloc, handle.nbytes), device)
-        self.tensor = _as_cuda_tensor(self._mapped.ptr, handle.nbytes, device, self)
+        self.tensor = as_cuda_tensor(self._mapped.ptr, handle.nbytes, device, self)
 
     def close(self) -> None:
         if self._mapped is not None:
@@ -248,7 +248,7 @@ class VmmComposite(Composite):
         except BaseException:
             self._unmap_all()
             raise
-        self.tensor = _as_cuda_tensor(self.ptr, nbytes, device, self)
+        self.tensor = as_cuda_tensor(self.ptr, nbytes, device, self)
 
     def _unmap_all(self) -> None:
         drv = _driver()

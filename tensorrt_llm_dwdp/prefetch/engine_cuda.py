@@ -32,8 +32,8 @@ class _PyIssuer:
     """Fallback issuer through cuda.bindings; same semantics as the C++ CopyPlan."""
 
     def __init__(self, triples):
-        from ..memory.cuda_ipc import _check, _cudart
-        self._rt, self._check, self.triples = _cudart(), _check, list(triples)
+        from ..memory.cuda_common import check, cudart
+        self._rt, self._check, self.triples = cudart(), check, list(triples)
 
     def issue(self, dst_base: int, stream: int, batched: bool = False) -> None:
         rt, kind = self._rt, self._rt.cudaMemcpyKind.cudaMemcpyDefault

@@ -180,7 +180,7 @@ def check_requests_fit(args, world: int) -> None:
 def dwdp_config(args, cfg: ModelConfig, world_size: int, weight_dtype: str) -> DwdpConfig:
     """The DwdpConfig mode dwdp runs with."""
     if args.backend != "auto":
-        from ..memory.base import check_backend_available
+        from ..memory import check_backend_available
         with options_named(JOB_FLAGS):
             check_backend_available(args.backend)
     with options_named(JOB_FLAGS):

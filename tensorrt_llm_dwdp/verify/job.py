@@ -25,7 +25,7 @@ from ..bootstrap import run_or_abort
 from ..config import DwdpConfig, parse_placement
 from ..hooks import DwdpHooks, MoeShape
 from ..layout import swiglu_expert_specs
-from ..memory.base import check_backend_available
+from ..memory import check_backend_available
 from ..usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
 from .model import ToyMoeModel, make_router
 

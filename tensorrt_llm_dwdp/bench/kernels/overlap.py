@@ -39,7 +39,7 @@ def run(hooks, shape: str, dtype: str, tokens: int, steps: int = 5) -> Dict:
     hooks.engine.synchronize()
     with_ms = sorted(a.elapsed_time(b) for a, b in with_pull)[len(with_pull) // 2]
     alone_ms = bench_ms(lambda: expert_compute(x, ids, wts, layer1))
-    plan = hooks._plans[2]
+    plan = hooks.layer_plan(hooks.shape.ids[2])
     pull_ms = bench_ms(lambda: _pull(hooks, plan))
     peers_elsewhere = torch.cuda.device_count() > 1  # ranks on their own GPUs: the pull crosses NVLink
     return {"shape": shape, "dtype": dtype, "tokens": tokens, "source": "nvlink" if peers_elsewhere else "same_gpu",
