@@ -1,5 +1,5 @@
 """The DWDP vs DEP performance model: physics against hand counts, and validation against
-DESIGN.md §2's public figures (each with its tolerance and, where there is one, the gap)."""
+docs/DESIGN.md §2's public figures (each with its tolerance and, where there is one, the gap)."""
 
 import itertools
 import json
@@ -45,7 +45,7 @@ def test_machine_figures_are_the_datasheets_dense_per_gpu():
 
 
 def test_expert_bytes_match_design():
-    # DESIGN.md §2: DeepSeek-R1 in FP8 is 11.3 GB of experts per layer (FP32 128x128 block scales).
+    # docs/DESIGN.md §2: DeepSeek-R1 in FP8 is 11.3 GB of experts per layer (FP32 128x128 block scales).
     assert FP8.expert_bytes(R1) * 256 == pytest.approx(256 * R1_EXPERT * (1 + 4 / 128 ** 2))
     assert FP8.expert_bytes(R1) * 256 / 1e9 == pytest.approx(11.3, abs=0.05)
     assert NVFP4.expert_bytes(R1) == pytest.approx(R1_EXPERT * (0.5 + 1 / 16))  # E2M1 + an E4M3 per 16
@@ -53,7 +53,7 @@ def test_expert_bytes_match_design():
 
 
 def test_hopper_pull_matches_design():
-    # DESIGN.md §2: DWDP8 on Hopper pulls ~9.9 GB per layer, ~26 ms at ~380 GB/s measured.
+    # docs/DESIGN.md §2: DWDP8 on Hopper pulls ~9.9 GB per layer, ~26 ms at ~380 GB/s measured.
     s = scn(H200, prec=FP8, ranks=8)
     pull = 224 * R1_EXPERT * (1 + 4 / 128 ** 2)
     assert s.fetch_bytes(3) == pytest.approx(pull)
@@ -104,7 +104,7 @@ def test_fair_share_when_ranks_pull_from_one_source():
     assert mixed[1] == mixed[2] == pytest.approx(mixed[0])
 
 
-# ---- validation against DESIGN.md §2 ------------------------------------------------------
+# ---- validation against docs/DESIGN.md §2 ------------------------------------------------------
 
 PUBLISHED = {1024: (0.19, 0.10), 8192: (0.62, 0.73), 16384: (1.52, 1.27), 32768: (4.77, 1.17)}
 
@@ -139,7 +139,7 @@ def test_batch1_roofline_prefetch_is_bytes_over_nvlink5():
 
 
 def test_dep_sync_loss_at_20pct_cv():
-    """DESIGN.md §2: DEP loses ~10-12% to synchronisation at a 20% CV of ISL (8K).
+    """docs/DESIGN.md §2: DEP loses ~10-12% to synchronisation at a 20% CV of ISL (8K).
 
     Upstream does not state its packing; the loss depends on it (this model: ~18% with one
     request per iteration, ~14% at max_num_tokens = 2x the mean ISL, ~9% at 3x, ~4% with
@@ -157,7 +157,7 @@ def test_dep_sync_loss_at_20pct_cv():
 
 
 def test_hopper_needs_twice_the_window_and_small_models_fit_better():
-    """DESIGN.md §2: on Hopper the window must be about twice as long (in time) as on GB200 for
+    """docs/DESIGN.md §2: on Hopper the window must be about twice as long (in time) as on GB200 for
     the same model; smaller MoE models fit the window far better (cross over earlier)."""
     h200, gb200 = scn(H200, prec=FP8, ranks=8, isl="16384"), scn(GB200, prec=FP8, ranks=8, isl="16384")
     x_h200, x_gb200 = crossover(h200).tokens, crossover(gb200).tokens

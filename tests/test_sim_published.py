@@ -1,6 +1,6 @@
 """The simulator against the public DWDP figures (DeepSeek-R1, NVFP4, GB200, DWDP4 vs DEP4).
 
-Sources: TensorRT-LLM tech blog 19 (DWDP) and arXiv 2604.01621, as summarised in DESIGN.md §2.
+Sources: TensorRT-LLM tech blog 19 (DWDP) and arXiv 2604.01621, as summarised in docs/DESIGN.md §2.
 Targets: a published per-category share within 20% (relative), a published speedup within 10%.
 The published runs' max_num_tokens is not stated; 16384 (2x the 8K ISL) is assumed throughout.
 """

@@ -111,7 +111,7 @@ class Roofline:
 
 def roofline_batch1(machine: Machine, model: MoEModel, prec: Precision, ranks: int, isl: int,
                     count_scales: bool = True, a2a: str = "per-expert") -> Roofline:
-    """DESIGN.md §2's batch-1 roofline: datasheet peaks (Efficiency.roofline()), no latency,
+    """docs/DESIGN.md §2's batch-1 roofline: datasheet peaks (Efficiency.roofline()), no latency,
     all-to-all counted per expert as upstream does (a2a="per-rank" for DeepEP-style kernels).
     T_DWDP = max(T_compute, T_prefetch); T_DEP = local + E/N experts + all-to-all."""
     eff = Efficiency.roofline()

@@ -245,7 +245,7 @@ def remote_copies(model: MoEModel, ranks: int, a2a: str = "per-rank") -> float:
     """Copies of one token a DEP layer sends to other ranks (expected, uniform routing).
 
     per-expert: one per routed expert on another rank, top_k * (N-1)/N. This is what upstream's
-        batch-1 roofline counts (DESIGN.md §2's T_DEP/T_DWDP reproduce only this way).
+        batch-1 roofline counts (docs/DESIGN.md §2's T_DEP/T_DWDP reproduce only this way).
     per-rank: one per other rank holding at least one of the token's experts, as DeepEP and
         wide-EP all-to-all kernels send (combine reduces on the expert rank first):
         (N-1) * (1 - C(E - E/N, k) / C(E, k)).

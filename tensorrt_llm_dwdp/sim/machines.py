@@ -79,11 +79,11 @@ class Efficiency:
     """Fractions of datasheet rates reached in practice, and overlap side effects.
 
     mma: achieved dense GEMM rate / datasheet peak, applied to every precision. Default 0.79:
-        783 of 989.5 TFLOP/s BF16 on one H100 (DESIGN.md §6). CALIBRATED to peaks.bf16_tflops.
+        783 of 989.5 TFLOP/s BF16 on one H100 (docs/DESIGN.md §6). CALIBRATED to peaks.bf16_tflops.
     hbm: achieved / datasheet HBM bandwidth. Default 1.0 (uncalibrated: datasheet).
         CALIBRATED to peaks.hbm_gbps (a device-to-device copy, read + write bytes).
     link: achieved / datasheet NVLink per direction, for DWDP pulls and DEP all-to-all alike.
-        Default 380/450 = 0.844 measured on Hopper (DESIGN.md §2; 373/450 with 32 MiB slices on
+        Default 380/450 = 0.844 measured on Hopper (docs/DESIGN.md §2; 373/450 with 32 MiB slices on
         2 H200s, BENCHMARKS.md); applied to NVLink5 as an assumption. CALIBRATED to a link-bench
         JSON's all-pull rate of the simulated slicing (peaks.h2d_gbps is a PCIe rate and is
         reported, never applied).
@@ -92,7 +92,7 @@ class Efficiency:
         that precision's default curve. Empty: the defaults below. CALIBRATED to gemm[].split_ms.
     grouped_precision: the precision `grouped` was measured in (bench kernels measures BF16).
     pull_slowdown: fractional slowdown of compute while a LONG pull runs on the copy engines.
-        Default 0.05: the DWDP work reports about 5% for long overlaps (DESIGN.md §2: ~4%, GB200;
+        Default 0.05: the DWDP work reports about 5% for long overlaps (docs/DESIGN.md §2: ~4%, GB200;
         2.7-4.7% measured on 2 H200s with 32 MiB slices). CALIBRATED to the mean of
         overlap[].slowdown, the NVLink rows of the simulated slice size where a multi-GPU run
         measured them.
@@ -103,7 +103,7 @@ class Efficiency:
         "short" ends is not published). Not calibrated.
     elementwise: achieved / datasheet HBM bandwidth of elementwise kernels (norms, RoPE,
         activation, routing, permute, quantize, residual adds), which move bytes and do no GEMM.
-        Default 4.2/4.8: a device copy on one H200 (DESIGN.md §6), the best an elementwise kernel
+        Default 4.2/4.8: a device copy on one H200 (docs/DESIGN.md §6), the best an elementwise kernel
         does. CALIBRATED with hbm (same measurement).
     routing_skew: Zipf exponent of expert popularity within one MoE layer (expert of rank i in
         popularity gets a share proportional to 1/i^s; which expert is hot is drawn per layer).
@@ -198,9 +198,9 @@ def _scaled(shape, anchor_rows: float, level: float) -> Tuple[Tuple[float, float
 # DeepSeek-V3 shapes, grouped GEMMs alone in their best tile: BF16 single_gemm_of_roofline 0.877 / 0.569 / 0.620 /
 # 0.684 and FP8 gemm_split_of_roofline 0.738 / 0.557 / 0.549 / 0.615 at 64 / 256 / 512 / 1024 rows per expert.
 # Level, at 512 rows per expert (16K tokens x top-8 over 256 experts):
-#   bf16: torch._grouped_mm on H200, w13 711 and w2 664 TFLOP/s (DESIGN.md §6) = 695 TFLOP/s over both,
+#   bf16: torch._grouped_mm on H200, w13 711 and w2 664 TFLOP/s (docs/DESIGN.md §6) = 695 TFLOP/s over both,
 #         0.89 of the default dense rate (989.5 x mma);
-#   fp8:  our block-scaled kernels on H200, 9.3 + 5.3 ms (DESIGN.md §6) = 790 TFLOP/s, 0.50 of 1979 x mma;
+#   fp8:  our block-scaled kernels on H200, 9.3 + 5.3 ms (docs/DESIGN.md §6) = 790 TFLOP/s, 0.50 of 1979 x mma;
 #   nvfp4: the DWDP tech blog's context-only breakdown puts the GB200 grouped GEMM at about 35% of the NVFP4
 #         dense peak, 0.44 of 10000 x mma (the FP8 shape is borrowed: no NVFP4 sweep of ours exists).
 _BF16_SHAPE = ((64.0, 0.877), (256.0, 0.569), (512.0, 0.620), (1024.0, 0.684))
