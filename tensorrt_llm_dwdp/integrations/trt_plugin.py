@@ -103,7 +103,6 @@ def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = 
     """Build this rank's C++ DwdpContext from `hooks` (after DwdpHooks.setup, GPU backends) and register it under
     `context_id` (the plugin's context_id field). Not collective. Raises DwdpConfigError on hooks the plugin
     cannot serve, PluginOwnsPullsError if Python has a step open."""
-    from .. import _C
     from ..layout import W13Order
 
     if hooks.ring_lent:
@@ -119,6 +118,7 @@ def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = 
     if hooks.in_step:
         raise PluginOwnsPullsError("the Python hooks have a step open: end_step() before handing the slots to "
                                    "the plugin")
+    from .. import _C  # after the checks: a CPU-only install refuses CPU hooks in the same words
     L, D = hooks.shape.num_layers, hooks.config.prefetch_depth
     ring = hooks.lend_ring(f"DWDP context {context_id} (the TensorRT plugin)")
     try:

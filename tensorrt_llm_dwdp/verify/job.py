@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..bootstrap import run_or_abort
-from ..config import DwdpConfig, parse_placement
+from ..config import MEMORY_BACKENDS, PULL_ISSUE_MODES, WEIGHT_DTYPES, DwdpConfig, parse_placement
 from ..hooks import DwdpHooks, MoeShape
 from ..layout import swiglu_expert_specs
 from ..memory import check_backend_available
@@ -39,7 +39,7 @@ TOLERANCE = {"cpu": 2e-5, "cuda": 1e-4}  # ||out - ref|| / ||ref||, float32 math
 
 def build_parser(prog: str = PROG) -> Parser:
     p = Parser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric"])
+    p.add_argument("--backend", default="auto", choices=MEMORY_BACKENDS)
     p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: world size)")
     p.add_argument("--placement", default="even",
                    help="'even' (uneven when experts do not divide), 'redundant', or explicit '0-3;4-7;...'")
@@ -53,10 +53,10 @@ def build_parser(prog: str = PROG) -> Parser:
     p.add_argument("--n-group", type=int, default=4)
     p.add_argument("--topk-group", type=int, default=2)
     p.add_argument("--depth", type=int, default=2, help="prefetch slots")
-    p.add_argument("--pull-issue", default="graph", choices=["graph", "batched", "per_slice"],
+    p.add_argument("--pull-issue", default="graph", choices=PULL_ISSUE_MODES,
                    help="how GPU ranks issue a layer's pull")
     p.add_argument("--slice-bytes", type=int, default=4096)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float8_e4m3fn"],
+    p.add_argument("--dtype", default="float32", choices=WEIGHT_DTYPES,
                    help="expert weight dtype; float8_e4m3fn adds 128x128 block scales (--hidden and --inter "
                         "multiples of 128)")
     p.add_argument("--steps", type=int, default=3)
