@@ -1,6 +1,6 @@
 """Top-k routing of tokens to experts (plain torch).
 
-Both functions return a RoutingResult: topk_ids [T, K] int64 and topk_weights [T, K] float32.
+Every router returns a RoutingResult: topk_ids [T, K] int64 and topk_weights [T, K] float32.
 """
 
 from __future__ import annotations
@@ -77,6 +77,37 @@ class SoftmaxTopKRouting:
         weights, ids = probs.topk(self.top_k, dim=-1)
         if self.renormalize:
             weights = weights / weights.sum(-1, keepdim=True)
+        return RoutingResult(ids, weights.float())
+
+
+@dataclass(frozen=True)
+class DeepSeekV2Routing:
+    """DeepSeek-V2 (topk_method greedy / group_limited_greedy): softmax scores; with n_group > 1 only the
+    `topk_group` groups of highest max score compete; top-k of the scores. As DeepSeek-V2's own MoEGate:
+    weights renormalised when `renormalize` and top_k > 1, otherwise scaled by routed_scaling_factor."""
+
+    top_k: int
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    renormalize: bool = False
+
+    def check(self, num_experts: int) -> None:
+        DeepSeekV3Routing(self.top_k, self.n_group, self.topk_group).check(num_experts)
+
+    def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor = None) -> RoutingResult:
+        num_tokens, num_experts = logits.shape
+        scores = torch.softmax(logits.float(), dim=-1)
+        if self.n_group > 1:
+            grouped = scores.view(num_tokens, self.n_group, num_experts // self.n_group)
+            keep = grouped.amax(-1).topk(self.topk_group, dim=-1).indices
+            mask = torch.zeros(num_tokens, self.n_group, dtype=torch.bool, device=logits.device).scatter_(1, keep, True)
+            scores = scores.masked_fill(~mask.unsqueeze(-1).expand_as(grouped).reshape(num_tokens, num_experts), 0.0)
+        weights, ids = scores.topk(self.top_k, dim=-1)
+        if self.renormalize and self.top_k > 1:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        else:
+            weights = weights * self.routed_scaling_factor
         return RoutingResult(ids, weights.float())
 
 
