@@ -30,23 +30,22 @@ _YARN_KEYS = {"rope_type", "type", "rope_theta", "factor", "original_max_positio
 class _Keys:
     """Typed reads of one config.json; each failure is a CheckpointError naming the key and its value."""
 
-    def __init__(self, h: Dict[str, Any], where: str):
-        self.h, self.where = h, where
+    def __init__(self, h: Dict[str, Any], where: str, prefix: str = ""):
+        self.h, self.where, self.prefix = h, where, prefix  # prefix: "rope_parameters." for a nested object
 
     def refuse(self, key: str, value, problem: str, fix: str) -> CheckpointError:
-        return CheckpointError(f"{self.where}: {key}={value!r}: {problem}. Fix: {fix}.")
+        return CheckpointError(f"{self.where}: {self.prefix}{key}={value!r}: {problem}. Fix: {fix}.")
 
-    def get(self, key: str, default=_MISSING, table=None):
-        table = self.h if table is None else table
-        if key not in table:
+    def get(self, key: str, default=_MISSING):
+        if key not in self.h:
             if default is _MISSING:
-                raise CheckpointError(f"{self.where}: no {key!r}. Fix: use the config.json written with the "
-                                      "checkpoint (a DeepSeek-V2/V3/R1 or Qwen3-MoE model).")
+                raise CheckpointError(f"{self.where}: no {self.prefix + key!r}. Fix: use the config.json written "
+                                      "with the checkpoint (a DeepSeek-V2/V3/R1 or Qwen3-MoE model).")
             return default
-        return table[key]
+        return self.h[key]
 
-    def int(self, key: str, default=_MISSING, minimum: int = 1, table=None) -> int:
-        v = self.get(key, default, table)
+    def int(self, key: str, default=_MISSING, minimum: int = 1) -> int:
+        v = self.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.refuse(key, v, "must be an integer", f"set {key} to an integer >= {minimum}")
         if v < minimum:
@@ -56,8 +55,8 @@ class _Keys:
     def optional_int(self, key: str, default=None, minimum: int = 1) -> Any:
         return None if self.get(key, default) is None else self.int(key, default, minimum)
 
-    def float(self, key: str, default=_MISSING, table=None, positive: bool = True) -> float:
-        v = self.get(key, default, table)
+    def float(self, key: str, default=_MISSING, positive: bool = True) -> float:
+        v = self.get(key, default)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (positive and v <= 0):
             raise self.refuse(key, v, "must be a positive number" if positive else "must be a number",
                               f"set {key} to a number")
@@ -120,29 +119,27 @@ def _rope(k: _Keys, family: str) -> Tuple[float, Any]:
     rope = params if params is not None else (legacy or {})
     if not isinstance(rope, dict):
         raise k.refuse(key, rope, "must be an object", f"set {key} as the model's own config writes it")
-    theta = k.float("rope_theta", k.h.get("rope_theta", 10000.0), table=rope)
+    r = _Keys(rope, k.where, f"{key}.")
+    theta = r.float("rope_theta", k.float("rope_theta", 10000.0))
     kind = rope.get("rope_type", rope.get("type", "default"))
     if rope.get("partial_rotary_factor", 1.0) != 1.0:
-        raise k.refuse(f"{key}.partial_rotary_factor", rope["partial_rotary_factor"], "the decoder rotates whole "
+        raise r.refuse("partial_rotary_factor", rope["partial_rotary_factor"], "the decoder rotates whole "
                        "rotary dims", "a checkpoint without partial_rotary_factor")
     if kind == "default":
         return theta, None
     if kind != "yarn" or family == "qwen3_moe":
         ok = "default or yarn" if family != "qwen3_moe" else "default"
-        raise k.refuse(f"{key}.rope_type", kind, f"{FAMILIES[family]} is implemented with rope type {ok} only",
-                       f"a checkpoint with rope type {ok}")
+        raise r.refuse("rope_type" if "rope_type" in rope else "type", kind,
+                       f"{FAMILIES[family]} is implemented with rope type {ok} only", f"a checkpoint with rope type {ok}")
     extra = sorted(set(rope) - _YARN_KEYS)
     if extra:
-        raise k.refuse(f"{key}.{extra[0]}", rope[extra[0]], "not a YaRN key of DeepSeek's code",
+        raise r.refuse(extra[0], rope[extra[0]], "not a YaRN key of DeepSeek's code",
                        "leave it out (the attention factor follows from factor, mscale and mscale_all_dim)")
     if rope.get("truncate", True) is not True:
-        raise k.refuse(f"{key}.truncate", rope["truncate"], "DeepSeek's YaRN rounds the correction range",
-                       "leave truncate out")
-    yarn = Yarn(factor=k.float("factor", table=rope),
-                original_max_position_embeddings=k.int("original_max_position_embeddings", table=rope),
-                beta_fast=k.float("beta_fast", 32.0, table=rope), beta_slow=k.float("beta_slow", 1.0, table=rope),
-                mscale=k.float("mscale", 1.0, table=rope, positive=False),
-                mscale_all_dim=k.float("mscale_all_dim", 0.0, table=rope, positive=False))
+        raise r.refuse("truncate", rope["truncate"], "DeepSeek's YaRN rounds the correction range", "leave truncate out")
+    yarn = Yarn(factor=r.float("factor"), original_max_position_embeddings=r.int("original_max_position_embeddings"),
+                beta_fast=r.float("beta_fast", 32.0), beta_slow=r.float("beta_slow", 1.0),
+                mscale=r.float("mscale", 1.0, positive=False), mscale_all_dim=r.float("mscale_all_dim", 0.0, positive=False))
     return theta, yarn
 
 
@@ -160,11 +157,7 @@ def _deepseek(k: _Keys, family: str, common: dict) -> ModelConfig:
     if not v3 and not interleave:
         raise k.refuse("rope_interleave", False, "DeepSeek-V2's code always rotates interleaved pairs",
                        "leave rope_interleave out")
-    heads = common["heads"]
-    kv_heads = k.optional_int("num_key_value_heads", heads)
-    if kv_heads not in (None, heads):
-        raise k.refuse("num_key_value_heads", kv_heads, f"MLA decompresses k and v for all {heads} heads",
-                       f"set it to num_attention_heads ({heads}) or leave it out")
+    # num_key_value_heads is not read: DeepSeek's MLA decompresses k and v for every head
     experts = k.one_of("n_routed_experts", "num_local_experts", "num_experts")
     grouped = method != "greedy"
     n_group = (k.optional_int("n_group") or 1) if grouped else 1
