@@ -99,3 +99,65 @@ def test_fp8_checkpoint_keeps_expert_scales_and_dequantizes_the_rest(tmp_path):
     ids = torch.randint(0, cfg.vocab, (13,))
     with torch.no_grad():
         assert torch.equal(loaded(ids, [6, 7]), src(ids, [6, 7]))
+
+
+def test_dense_layers_between_moe_layers(tmp_path):
+    """Qwen3-MoE: mlp_only_layers and decoder_sparse_step make dense layers between MoE layers; the round trip
+    keeps them, and the cost model counts them wherever they sit."""
+    from tensorrt_llm_dwdp.runtime.auto import sim_model
+    hf = dict(QWEN_CFG, num_hidden_layers=6, decoder_sparse_step=2, mlp_only_layers=[3])
+    cfg = config_from_hf_dict(tmp_path, hf)
+    assert cfg.moe_layer_ids == (1, 5) and sim_model(cfg).moe_layers == 2
+    src = Decoder.build(cfg, fresh_seed())
+    path = str(tmp_path / "ckpt")
+    save_hf(src, path, hf)
+    loaded = load_hf(path, dtype=torch.float32)
+    assert [b.layer_idx for b in loaded.moe_blocks()] == [1, 5]
+    ids = torch.randint(0, cfg.vocab, (9,))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, [1, 8]), src(ids, [1, 8]))
+    assert load_hf(path, dtype=torch.float32, num_layers=3).c.moe_layer_ids == (1,)
+    with pytest.raises(ValueError, match="--layers 1"):
+        load_hf(path, dtype=torch.float32, num_layers=1)
+
+
+REFUSED = {  # key: (value, where it goes) -- each refused in one line naming the key and its value
+    "model_type": ("mixtral", DEEPSEEK_CFG),
+    "vocab_size": (None, DEEPSEEK_CFG),
+    "hidden_size": (64.0, QWEN_CFG),
+    "num_experts_per_tok": (True, QWEN_CFG),
+    "scoring_func": ("softmax", DEEPSEEK_CFG),
+    "topk_method": ("greedy", DEEPSEEK_CFG),
+    "moe_layer_freq": (2, DEEPSEEK_CFG),
+    "rope_scaling": ({"type": "linear", "factor": 4.0}, DEEPSEEK_CFG),
+    "rope_parameters": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                         "rope_theta": 1e6}, QWEN_CFG),
+    "hidden_act": ("gelu", QWEN_CFG),
+    "tie_word_embeddings": (True, QWEN_CFG),
+    "attention_bias": (True, DEEPSEEK_CFG),
+    "use_sliding_window": (True, QWEN_CFG),
+    "mlp_only_layers": ([0, 7], QWEN_CFG),
+    "quantization_config": ({"quant_method": "fp8", "weight_block_size": [64, 64]}, DEEPSEEK_CFG),
+}
+
+
+@pytest.mark.parametrize("key", sorted(REFUSED))
+def test_unsupported_configs_are_refused_naming_key_and_value(tmp_path, key):
+    from tensorrt_llm_dwdp.runtime.checkpoint import CheckpointError
+    value, base = REFUSED[key]
+    with pytest.raises(CheckpointError) as e:
+        config_from_hf_dict(tmp_path, dict(base, **{key: value}))
+    line = str(e.value)
+    assert "\n" not in line and "config.json" in line and "Fix:" in line, line
+    assert f"{key}=" in line or f"{key}." in line, line
+
+
+def test_yarn_extra_keys_and_both_rope_fields_are_refused(tmp_path):
+    from tensorrt_llm_dwdp.runtime.checkpoint import CheckpointError
+    yarn = {"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "mscale": 1.0,
+            "mscale_all_dim": 1.0}
+    assert config_from_hf_dict(tmp_path, dict(DEEPSEEK_CFG, rope_scaling=yarn)).yarn.factor == 40.0
+    with pytest.raises(CheckpointError, match=r"rope_scaling\.attention_factor=1\.5"):
+        config_from_hf_dict(tmp_path, dict(DEEPSEEK_CFG, rope_scaling=dict(yarn, attention_factor=1.5)))
+    with pytest.raises(CheckpointError, match="rope_scaling="):
+        config_from_hf_dict(tmp_path, dict(DEEPSEEK_CFG, rope_scaling=yarn, rope_parameters={"rope_type": "default"}))
