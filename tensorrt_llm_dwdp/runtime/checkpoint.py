@@ -1,9 +1,9 @@
 """Load (and write) Hugging Face safetensors checkpoints of DeepSeek-V2/V3/R1 and Qwen3-MoE models.
 
 Reads `config.json` into a ModelConfig (hf_config: the Hub's format and transformers 5's) and maps the
-checkpoint's tensor names onto the compact decoder: per-expert gate/up/down projections become the stacked w13 [E, 2I, H] and w2 [E, H, I],
-dense and shared-expert MLPs become w13/w2 pairs; FP8 experts keep their weight_scale_inv block scales
-(w13_scale, w2_scale). Every checkpoint tensor must be used and every model parameter filled, or loading
+checkpoint's tensor names onto the compact decoder: per-expert gate/up/down projections become the stacked
+w13 [E, 2I, H] and w2 [E, H, I], dense and shared-expert MLPs become w13/w2 pairs; FP8 experts keep their
+weight_scale_inv block scales (w13_scale, w2_scale). Every checkpoint tensor must be used and every model parameter filled, or loading
 fails with the names at fault.
 """
 

@@ -42,7 +42,8 @@ class Yarn:
     def correction_range(self, dim: int, base: float) -> Tuple[int, int]:
         """The rotary dims (of dim/2) below which frequencies are kept and above which they are interpolated."""
         def at(rotations):
-            return dim * math.log(self.original_max_position_embeddings / (rotations * 2 * math.pi)) / (2 * math.log(base))
+            turns = self.original_max_position_embeddings / (rotations * 2 * math.pi)
+            return dim * math.log(turns) / (2 * math.log(base))
         return max(math.floor(at(self.beta_fast)), 0), min(math.ceil(at(self.beta_slow)), dim - 1)
 
 

@@ -95,7 +95,8 @@ def parse_config(h: Dict[str, Any], where: str, name: str = "checkpoint") -> Mod
     family = k.get("model_type")
     if family not in FAMILIES:
         supported = ", ".join(f"{t} ({n})" for t, n in FAMILIES.items())
-        raise k.refuse("model_type", family, "not a model family the decoder implements", f"use a {supported} checkpoint")
+        raise k.refuse("model_type", family, "not a model family the decoder implements",
+                       f"use a {supported} checkpoint")
     k.expect("hidden_act", ("silu",), "silu", "the decoder's MLPs are SwiGLU")
     for flag in ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window"):
         if k.bool(flag, False):
@@ -130,16 +131,19 @@ def _rope(k: _Keys, family: str) -> Tuple[float, Any]:
     if kind != "yarn" or family == "qwen3_moe":
         ok = "default or yarn" if family != "qwen3_moe" else "default"
         raise r.refuse("rope_type" if "rope_type" in rope else "type", kind,
-                       f"{FAMILIES[family]} is implemented with rope type {ok} only", f"a checkpoint with rope type {ok}")
+                       f"{FAMILIES[family]} is implemented with rope type {ok} only",
+                       f"a checkpoint with rope type {ok}")
     extra = sorted(set(rope) - _YARN_KEYS)
     if extra:
         raise r.refuse(extra[0], rope[extra[0]], "not a YaRN key of DeepSeek's code",
                        "leave it out (the attention factor follows from factor, mscale and mscale_all_dim)")
     if rope.get("truncate", True) is not True:
-        raise r.refuse("truncate", rope["truncate"], "DeepSeek's YaRN rounds the correction range", "leave truncate out")
+        raise r.refuse("truncate", rope["truncate"], "DeepSeek's YaRN rounds the correction range",
+                       "leave truncate out")
     yarn = Yarn(factor=r.float("factor"), original_max_position_embeddings=r.int("original_max_position_embeddings"),
                 beta_fast=r.float("beta_fast", 32.0), beta_slow=r.float("beta_slow", 1.0),
-                mscale=r.float("mscale", 1.0, positive=False), mscale_all_dim=r.float("mscale_all_dim", 0.0, positive=False))
+                mscale=r.float("mscale", 1.0, positive=False),
+                mscale_all_dim=r.float("mscale_all_dim", 0.0, positive=False))
     return theta, yarn
 
 
@@ -163,12 +167,12 @@ def _deepseek(k: _Keys, family: str, common: dict) -> ModelConfig:
     n_group = (k.optional_int("n_group") or 1) if grouped else 1
     topk_group = (k.optional_int("topk_group") or 1) if grouped else 1
     if experts % n_group or not 1 <= topk_group <= n_group:
-        raise k.refuse("n_group", n_group, f"must divide n_routed_experts={experts} and be >= topk_group={topk_group}",
-                       "use the checkpoint's own n_group and topk_group")
+        raise k.refuse("n_group", n_group, f"must divide n_routed_experts={experts} and be >= "
+                       f"topk_group={topk_group}", "use the checkpoint's own n_group and topk_group")
     top_k = common["top_k"]
     if top_k > topk_group * (experts // n_group):
-        raise k.refuse("num_experts_per_tok", top_k, f"the {topk_group} kept groups hold {topk_group * experts // n_group}"
-                       " experts", "use the checkpoint's own num_experts_per_tok")
+        raise k.refuse("num_experts_per_tok", top_k, f"the {topk_group} kept groups hold "
+                       f"{topk_group * experts // n_group} experts", "use the checkpoint's own num_experts_per_tok")
     rope_dim = k.int("qk_rope_head_dim")
     if rope_dim % 2:
         raise k.refuse("qk_rope_head_dim", rope_dim, "rotary dims come in pairs", "an even qk_rope_head_dim")
@@ -181,7 +185,8 @@ def _deepseek(k: _Keys, family: str, common: dict) -> ModelConfig:
     return ModelConfig(
         **common, first_k_dense=first_k_dense,
         dense_inter=k.int("intermediate_size") if first_k_dense else k.int("intermediate_size", 0, minimum=0),
-        num_experts=experts, shared_inter=(k.optional_int("n_shared_experts", 0, minimum=0) or 0) * common["moe_inter"],
+        num_experts=experts,
+        shared_inter=(k.optional_int("n_shared_experts", 0, minimum=0) or 0) * common["moe_inter"],
         attention="mla", routing="deepseek" if v3 else "deepseek_v2", n_group=n_group, topk_group=topk_group,
         routed_scaling=k.float("routed_scaling_factor", 1.0),
         # DeepSeek's gates renormalise only when top_k > 1 (transformers' do regardless)
@@ -192,11 +197,13 @@ def _deepseek(k: _Keys, family: str, common: dict) -> ModelConfig:
 
 
 def _check_quantization(k: _Keys) -> None:
+    """FP8 as DeepSeek-V3 (and Qwen3's FP8 releases) store it: e4m3 weights, weight_scale_inv per 128x128 block.
+    The decoder computes with the dequantized weights in the activation dtype."""
     q = k.h.get("quantization_config")
     if q is None:
         return
-    if not isinstance(q, dict) or q.get("quant_method") != "fp8" or list(q.get("weight_block_size", [128, 128])) != [128, 128] \
-            or q.get("fmt", "e4m3") != "e4m3" or q.get("activation_scheme", "dynamic") != "dynamic":
+    if not isinstance(q, dict) or q.get("quant_method") != "fp8" or q.get("fmt", "e4m3") != "e4m3" \
+            or list(q.get("weight_block_size", [128, 128])) != [128, 128]:
         raise k.refuse("quantization_config", q, "the decoder reads FP8 e4m3 weights with 128x128 block scales only",
                        "a BF16 checkpoint or DeepSeek-V3's FP8 format")
 
@@ -224,6 +231,7 @@ def _qwen3_moe(k: _Keys, common: dict) -> ModelConfig:
     if common["top_k"] > experts:
         raise k.refuse("num_experts_per_tok", common["top_k"], f"exceeds num_experts={experts}",
                        "use the checkpoint's own num_experts_per_tok")
+    _check_quantization(k)
     theta, _ = _rope(k, "qwen3_moe")
     return ModelConfig(
         **common, first_k_dense=0, mlp_only_layers=dense,
