@@ -161,3 +161,66 @@ def test_yarn_extra_keys_and_both_rope_fields_are_refused(tmp_path):
         config_from_hf_dict(tmp_path, dict(DEEPSEEK_CFG, rope_scaling=dict(yarn, attention_factor=1.5)))
     with pytest.raises(CheckpointError, match="rope_scaling="):
         config_from_hf_dict(tmp_path, dict(DEEPSEEK_CFG, rope_scaling=yarn, rope_parameters={"rope_type": "default"}))
+
+
+# The published config.json files (huggingface.co/<repo>/config.json, the Hub's format), keys as published.
+PUBLISHED = {
+    "deepseek-v3": {
+        "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "aux_loss_alpha": 0.001, "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1, "first_k_dense_replace": 3,
+        "hidden_act": "silu", "hidden_size": 7168, "initializer_range": 0.02, "intermediate_size": 18432,
+        "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v3",
+        "moe_intermediate_size": 2048, "moe_layer_freq": 1, "n_group": 8, "n_routed_experts": 256,
+        "n_shared_experts": 1, "norm_topk_prob": True, "num_attention_heads": 128, "num_experts_per_tok": 8,
+        "num_hidden_layers": 61, "num_key_value_heads": 128, "num_nextn_predict_layers": 1, "pretraining_tp": 1,
+        "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64,
+        "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                "weight_block_size": [128, 128]},
+        "rms_norm_eps": 1e-06, "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                                                "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                                                "type": "yarn"},
+        "rope_theta": 10000, "routed_scaling_factor": 2.5, "scoring_func": "sigmoid", "seq_aux": True,
+        "tie_word_embeddings": False, "topk_group": 4, "topk_method": "noaux_tc", "torch_dtype": "bfloat16",
+        "transformers_version": "4.33.1", "use_cache": True, "v_head_dim": 128, "vocab_size": 129280},
+    "deepseek-v2-lite": {
+        "architectures": ["DeepseekV2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "aux_loss_alpha": 0.001, "bos_token_id": 100000, "eos_token_id": 100001, "first_k_dense_replace": 1,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 10944,
+        "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v2",
+        "moe_intermediate_size": 1408, "moe_layer_freq": 1, "n_group": 1, "n_routed_experts": 64,
+        "n_shared_experts": 2, "norm_topk_prob": False, "num_attention_heads": 16, "num_experts_per_tok": 6,
+        "num_hidden_layers": 27, "num_key_value_heads": 16, "pretraining_tp": 1, "q_lora_rank": None,
+        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06,
+        "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707,
+                         "original_max_position_embeddings": 4096, "type": "yarn"},
+        "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax", "seq_aux": True,
+        "tie_word_embeddings": False, "topk_group": 1, "topk_method": "greedy", "torch_dtype": "bfloat16",
+        "transformers_version": "4.33.1", "use_cache": True, "v_head_dim": 128, "vocab_size": 102400},
+    "qwen3-30b-a3b": {
+        "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 128,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 6144,
+        "max_position_embeddings": 40960, "max_window_layers": 48, "mlp_only_layers": [], "model_type": "qwen3_moe",
+        "moe_intermediate_size": 768, "norm_topk_prob": True, "num_attention_heads": 32, "num_experts": 128,
+        "num_experts_per_tok": 8, "num_hidden_layers": 48, "num_key_value_heads": 4, "output_router_logits": False,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+        "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936},
+}
+SHAPES = ("vocab", "hidden", "layers", "first_k_dense", "dense_inter", "num_experts", "top_k", "moe_inter",
+          "shared_inter", "attention", "heads", "n_group", "topk_group", "routed_scaling", "kv_heads", "head_dim",
+          "q_lora_rank", "kv_lora_rank", "qk_nope_dim", "qk_rope_dim", "v_head_dim", "rope_theta")
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_configs_are_read_with_the_presets_shapes(tmp_path, name):
+    """The published checkpoints' config.json files parse, with the shapes of the preset of the same name and
+    each family's rope and routing (YaRN and interleaved pairs for DeepSeek, V2-Lite's greedy softmax)."""
+    from tensorrt_llm_dwdp.runtime.config import PRESETS
+    c, p = config_from_hf_dict(tmp_path, PUBLISHED[name]), PRESETS.get(name) or preset("deepseek-v3-layers")
+    assert {f: getattr(c, f) for f in SHAPES} == {f: getattr(p, f) for f in SHAPES}
+    if name.startswith("deepseek"):
+        assert c.rope_interleave and c.yarn.factor == 40 and c.yarn.original_max_position_embeddings == 4096
+        assert c.yarn.rotary_scale == 1.0 and c.yarn.softmax_scale > 1.0  # mscale == mscale_all_dim
+    assert c.routing == {"deepseek-v3": "deepseek", "deepseek-v2-lite": "deepseek_v2"}.get(name, "softmax")
+    assert c.renormalize == (name != "deepseek-v2-lite")

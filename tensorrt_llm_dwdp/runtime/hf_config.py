@@ -184,7 +184,7 @@ def _deepseek(k: _Keys, family: str, common: dict) -> ModelConfig:
     theta, yarn = _rope(k, family)
     return ModelConfig(
         **common, first_k_dense=first_k_dense,
-        dense_inter=k.int("intermediate_size") if first_k_dense else k.int("intermediate_size", 0, minimum=0),
+        dense_inter=k.int("intermediate_size") if first_k_dense else 0,  # read only where a dense layer uses it
         num_experts=experts,
         shared_inter=(k.optional_int("n_shared_experts", 0, minimum=0) or 0) * common["moe_inter"],
         attention="mla", routing="deepseek" if v3 else "deepseek_v2", n_group=n_group, topk_group=topk_group,
@@ -235,7 +235,7 @@ def _qwen3_moe(k: _Keys, common: dict) -> ModelConfig:
     theta, _ = _rope(k, "qwen3_moe")
     return ModelConfig(
         **common, first_k_dense=0, mlp_only_layers=dense,
-        dense_inter=k.int("intermediate_size") if dense else k.int("intermediate_size", 0, minimum=0),
+        dense_inter=k.int("intermediate_size") if dense else 0,
         num_experts=experts, shared_inter=0, attention="gqa", routing="softmax",
         renormalize=k.bool("norm_topk_prob", False), kv_heads=kv_heads, head_dim=head_dim, qk_norm=True,
         rope_theta=theta)
