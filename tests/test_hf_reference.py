@@ -15,6 +15,9 @@ the cases stay where both agree:
 - DeepSeek-V2/V3 with top_k 1: transformers renormalises, DeepSeek's code does not (no case uses top_k 1).
 - YaRN: with only one of mscale / mscale_all_dim set, transformers' cos/sin factor differs from DeepSeek's
   mscale(factor, mscale) / mscale(factor, mscale_all_dim); the cases set both, to values that differ.
+- noaux_tc: experts outside the kept groups are masked with -inf by transformers, DeepSeek's inference code and
+  the decoder; the modeling_deepseek.py published with the DeepSeek-V3 weights masks them with 0.0, which picks
+  a masked expert only where a kept one's biased score is negative (the decoder keeps -inf).
 """
 
 import json
