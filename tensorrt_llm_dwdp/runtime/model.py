@@ -10,6 +10,7 @@ causal within each sequence.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -34,9 +35,10 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
+@functools.lru_cache(maxsize=None)
 def inv_freq(c: ModelConfig, dim: int, device=None) -> torch.Tensor:
     """The rotary frequencies [dim/2] fp32 of c (YaRN-rescaled when c.yarn is set), computed as the models'
-    reference code does."""
+    reference code does; made once per config and device (read-only)."""
     pos = c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
     if c.yarn is None:
         return 1.0 / pos
