@@ -175,3 +175,25 @@ def test_fp8_checkpoint_against_the_dequantized_reference(tmp_path):
                                                                    attn_implementation="eager").eval()
     assert load_hf(str(fp8), dtype=torch.float32).moe_blocks()[0].w13.dtype == torch.float8_e4m3fn
     assert compare(reference, str(fp8), seed) <= TOLERANCE
+
+
+def test_deepseek_v2_norm_topk_prob_follows_deepseeks_gate():
+    """With norm_topk_prob, DeepSeek-V2's own MoEGate renormalises the top-k weights and leaves out
+    routed_scaling_factor; transformers' router ignores norm_topk_prob. Same experts either way: the decoder's
+    weights are transformers' divided by their sum (its scale cancels)."""
+    from tensorrt_llm_dwdp.moe import DeepSeekV2Routing
+    from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2TopkRouter
+    config = transformers.DeepseekV2Config(**dict(_DS, topk_method="group_limited_greedy", n_group=4, topk_group=2,
+                                                  routed_scaling_factor=3.0, norm_topk_prob=True))
+    g = torch.Generator().manual_seed(fresh_seed())
+    hf = DeepseekV2TopkRouter(config)
+    with torch.no_grad():
+        hf.weight.normal_(0.0, 1.0, generator=g)
+        x = torch.randn(64, config.hidden_size, generator=g)
+        _, want_w, want_ids = hf(x)
+    got = DeepSeekV2Routing(3, 4, 2, 3.0, renormalize=True)(x @ hf.weight.t(), None)
+    want_ids, order = want_ids.sort(-1)
+    got_ids, got_order = got.topk_ids.sort(-1)
+    assert torch.equal(got_ids, want_ids)
+    want = want_w.gather(1, order)
+    torch.testing.assert_close(got.topk_weights.gather(1, got_order), want / want.sum(-1, keepdim=True))
