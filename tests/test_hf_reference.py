@@ -22,11 +22,13 @@ the cases stay where both agree:
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import fresh_seed
+from conftest import ROOT, fresh_seed
 
 transformers = pytest.importorskip("transformers", reason="transformers (a test-only dependency) is not installed")
 pytest.importorskip("safetensors")
@@ -197,3 +199,19 @@ def test_deepseek_v2_norm_topk_prob_follows_deepseeks_gate():
     assert torch.equal(got_ids, want_ids)
     want = want_w.gather(1, order)
     torch.testing.assert_close(got.topk_weights.gather(1, got_order), want / want.sum(-1, keepdim=True))
+
+
+@pytest.mark.mpi
+def test_bench_runs_dwdp_and_dep_on_a_checkpoint_written_by_transformers(tmp_path):
+    """`trtllm-dwdp bench --checkpoint` reads what transformers wrote (here with a dense layer between MoE layers)
+    as load_hf does, and DWDP and DEP run on it."""
+    path = tmp_path / "qwen3"
+    build_reference("Qwen3Moe", dict(CASES["qwen3_moe-mlp_only_layers"][1], num_hidden_layers=3, mlp_only_layers=[1]),
+                    fresh_seed()).save_pretrained(str(path))
+    out = tmp_path / "b.json"
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2", "--modes", "dwdp,dep",
+                           "--checkpoint", str(path), "--isl", "16", "--requests", "2", "--warmup", "0",
+                           "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    modes = json.loads(out.read_text())["modes"]
+    assert modes["dwdp"]["tokens_per_s_per_gpu"] > 0 and modes["dep"]["tokens_per_s_per_gpu"] > 0
