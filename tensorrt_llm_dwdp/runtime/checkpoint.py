@@ -18,7 +18,7 @@ from typing import Dict, Iterator, Tuple
 import torch
 
 from ..moe.ops import dequantize_blocks
-from .config import ModelConfig, cut
+from .config import ModelConfig, Routing, cut
 from .hf_config import CheckpointError, parse_config
 from .model import Decoder
 
@@ -85,7 +85,7 @@ def hf_tensors(model: Decoder) -> Iterator[Tuple[str, torch.Tensor]]:
             yield from _swiglu(f"{p}.mlp", ffn.w13, ffn.w2)
             continue
         yield f"{p}.mlp.gate.weight", ffn.gate
-        if c.routing == "deepseek":
+        if c.routing is Routing.DEEPSEEK_V3:
             yield f"{p}.mlp.gate.e_score_correction_bias", ffn.bias
         for e in range(c.num_experts):
             yield from _swiglu(f"{p}.mlp.experts.{e}", ffn.w13[e], ffn.w2[e])

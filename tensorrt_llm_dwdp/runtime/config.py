@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Optional, Tuple
 
 from ..presets import preset_kwargs
@@ -47,7 +48,12 @@ class Yarn:
         return max(math.floor(at(self.beta_fast)), 0), min(math.ceil(at(self.beta_slow)), dim - 1)
 
 
-ROUTINGS = ("deepseek", "deepseek_v2", "softmax")
+class Routing(str, Enum):
+    """How a MoE block picks its experts (ModelConfig.routing; presets give the value)."""
+
+    DEEPSEEK_V3 = "deepseek"  # noaux_tc: sigmoid + correction bias, groups by their two best biased scores
+    DEEPSEEK_V2 = "deepseek_v2"  # greedy / group_limited_greedy over softmax scores
+    SOFTMAX = "softmax"  # Qwen / Mixtral
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class ModelConfig:
     shared_inter: int
     attention: str
     heads: int
-    routing: str = "deepseek"
+    routing: Routing = Routing.DEEPSEEK_V3
     n_group: int = 1
     topk_group: int = 1
     routed_scaling: float = 1.0
@@ -100,8 +106,9 @@ class ModelConfig:
     def __post_init__(self):
         if self.attention not in ("mla", "gqa"):
             raise ValueError(f"attention={self.attention!r}: use 'mla' or 'gqa'")
-        if self.routing not in ROUTINGS:
-            raise ValueError(f"routing={self.routing!r}: use one of {', '.join(ROUTINGS)}")
+        if self.routing not in {r.value for r in Routing}:
+            raise ValueError(f"routing={self.routing!r}: use one of {', '.join(r.value for r in Routing)}")
+        object.__setattr__(self, "routing", Routing(self.routing))
         if not 0 <= self.first_k_dense <= self.layers:
             raise ValueError(f"first_k_dense={self.first_k_dense} must lie in [0, layers={self.layers}]")
         if self.num_experts % self.n_group:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from .config import ModelConfig, Yarn
+from .config import ModelConfig, Routing, Yarn
 
 
 class CheckpointError(ValueError):
@@ -187,7 +187,8 @@ def _deepseek(k: _Keys, family: str, common: dict) -> ModelConfig:
         dense_inter=k.int("intermediate_size") if first_k_dense else 0,  # read only where a dense layer uses it
         num_experts=experts,
         shared_inter=(k.optional_int("n_shared_experts", 0, minimum=0) or 0) * common["moe_inter"],
-        attention="mla", routing="deepseek" if v3 else "deepseek_v2", n_group=n_group, topk_group=topk_group,
+        attention="mla", routing=Routing.DEEPSEEK_V3 if v3 else Routing.DEEPSEEK_V2, n_group=n_group,
+        topk_group=topk_group,
         routed_scaling=k.float("routed_scaling_factor", 1.0),
         # DeepSeek's gates renormalise only when top_k > 1 (transformers' do regardless)
         renormalize=k.bool("norm_topk_prob", v3) and top_k > 1,
@@ -236,6 +237,6 @@ def _qwen3_moe(k: _Keys, common: dict) -> ModelConfig:
     return ModelConfig(
         **common, first_k_dense=0, mlp_only_layers=dense,
         dense_inter=k.int("intermediate_size") if dense else 0,
-        num_experts=experts, shared_inter=0, attention="gqa", routing="softmax",
+        num_experts=experts, shared_inter=0, attention="gqa", routing=Routing.SOFTMAX,
         renormalize=k.bool("norm_topk_prob", False), kv_heads=kv_heads, head_dim=head_dim, qk_norm=True,
         rope_theta=theta)

@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..moe import DeepSeekV2Routing, DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, swiglu
 from ..moe.layer import LocalWeights, RoutedExperts
 from ..moe.ops import quantize_weight_blocks
-from .config import ModelConfig
+from .config import ModelConfig, Routing
 
 
 class RMSNorm(nn.Module):
@@ -171,9 +171,9 @@ def expert_normal_(stack: torch.Tensor, seed: int, layer_idx: int, which: int, e
 
 
 def router(c: ModelConfig):
-    if c.routing == "deepseek":
+    if c.routing is Routing.DEEPSEEK_V3:
         return DeepSeekV3Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
-    if c.routing == "deepseek_v2":
+    if c.routing is Routing.DEEPSEEK_V2:
         return DeepSeekV2Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
     return SoftmaxTopKRouting(c.top_k, c.renormalize)
 
