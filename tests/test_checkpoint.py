@@ -11,14 +11,15 @@ from tensorrt_llm_dwdp.runtime.checkpoint import config_from_hf, load_hf, save_h
 
 pytest.importorskip("safetensors")
 
-DEEPSEEK_CFG = {"model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3, "first_k_dense_replace": 1,
-                "intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4,
+DEEPSEEK_CFG = {"model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3,
+                "first_k_dense_replace": 1, "intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4,
                 "moe_intermediate_size": 32, "n_shared_experts": 1, "num_attention_heads": 4, "topk_method": "noaux_tc",
                 "n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5, "norm_topk_prob": True, "q_lora_rank": 48,
                 "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
                 "rope_theta": 10000.0, "rms_norm_eps": 1e-6}
-QWEN_CFG = {"model_type": "qwen3_moe", "vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 96, "num_experts": 8,
-            "num_experts_per_tok": 2, "moe_intermediate_size": 32, "num_attention_heads": 4,
+QWEN_CFG = {"model_type": "qwen3_moe", "vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2,
+            "intermediate_size": 96, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+            "num_attention_heads": 4,
             "num_key_value_heads": 2, "head_dim": 16, "norm_topk_prob": True, "rope_theta": 1e6,
             "rms_norm_eps": 1e-6}
 

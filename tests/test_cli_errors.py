@@ -125,8 +125,9 @@ def _checkpoint(tmp_path, drop_key=None, truncate=False, **set_keys):
     """A small DeepSeek-architecture checkpoint (the tiny preset's shapes) with real tensor names."""
     from tensorrt_llm_dwdp.runtime import Decoder, preset
     from tensorrt_llm_dwdp.runtime.checkpoint import save_hf
-    hf = {"model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3, "first_k_dense_replace": 1,
-          "intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 32,
+    hf = {"model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3,
+          "first_k_dense_replace": 1, "intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4,
+          "moe_intermediate_size": 32,
           "n_shared_experts": 1, "num_attention_heads": 4, "topk_method": "noaux_tc", "n_group": 4, "topk_group": 2,
           "routed_scaling_factor": 2.5, "norm_topk_prob": True, "q_lora_rank": 48, "kv_lora_rank": 32,
           "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}

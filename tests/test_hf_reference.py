@@ -41,9 +41,9 @@ SEQ_LENS = [7, 1, 12, 4]
 YARN = {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 64, "beta_fast": 32.0,
         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.8, "rope_theta": 10000.0}
 _DS = dict(vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
-           first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8, num_experts_per_tok=3,
-           n_shared_experts=1, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=16, v_head_dim=8,
-           rms_norm_eps=1e-5, max_position_embeddings=2560)
+           first_k_dense_replace=1, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
+           num_experts_per_tok=3, n_shared_experts=1, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=16,
+           v_head_dim=8, rms_norm_eps=1e-5, max_position_embeddings=2560)
 CASES = {
     "qwen3_moe-mlp_only_layers": ("Qwen3Moe", dict(
         vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=4,
@@ -209,9 +209,9 @@ def test_bench_runs_dwdp_and_dep_on_a_checkpoint_written_by_transformers(tmp_pat
     build_reference("Qwen3Moe", dict(CASES["qwen3_moe-mlp_only_layers"][1], num_hidden_layers=3, mlp_only_layers=[1]),
                     fresh_seed()).save_pretrained(str(path))
     out = tmp_path / "b.json"
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2", "--modes", "dwdp,dep",
-                           "--checkpoint", str(path), "--isl", "16", "--requests", "2", "--warmup", "0",
-                           "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2",
+                           "--modes", "dwdp,dep", "--checkpoint", str(path), "--isl", "16", "--requests", "2",
+                           "--warmup", "0", "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     modes = json.loads(out.read_text())["modes"]
     assert modes["dwdp"]["tokens_per_s_per_gpu"] > 0 and modes["dep"]["tokens_per_s_per_gpu"] > 0

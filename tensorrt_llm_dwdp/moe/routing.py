@@ -30,17 +30,7 @@ class DeepSeekV3Routing:
 
     def check(self, num_experts: int) -> None:
         """ValueError naming the option when this routing cannot pick top_k of num_experts."""
-        _check_top_k(self.top_k, num_experts)
-        if self.n_group < 1 or num_experts % self.n_group:
-            raise ValueError(f"n_group={self.n_group}: must divide num_experts={num_experts}. "
-                             f"Fix: a divisor of {num_experts}, e.g. 1.")
-        if not 1 <= self.topk_group <= self.n_group:
-            raise ValueError(f"topk_group={self.topk_group}: must lie in [1, n_group={self.n_group}]. "
-                             f"Fix: e.g. topk_group={max(1, self.n_group // 2)}.")
-        reach = self.topk_group * (num_experts // self.n_group)
-        if self.top_k > reach:
-            raise ValueError(f"top_k={self.top_k}: the {self.topk_group} of {self.n_group} expert groups kept "
-                             f"hold only {reach} experts. Fix: top_k <= {reach}, or raise topk_group.")
+        _check_groups(self.top_k, self.n_group, self.topk_group, num_experts)
 
     def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor) -> RoutingResult:
         num_tokens, num_experts = logits.shape
@@ -93,7 +83,7 @@ class DeepSeekV2Routing:
     renormalize: bool = False
 
     def check(self, num_experts: int) -> None:
-        DeepSeekV3Routing(self.top_k, self.n_group, self.topk_group).check(num_experts)
+        _check_groups(self.top_k, self.n_group, self.topk_group, num_experts)
 
     def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor = None) -> RoutingResult:
         num_tokens, num_experts = logits.shape
@@ -109,6 +99,20 @@ class DeepSeekV2Routing:
         else:
             weights = weights * self.routed_scaling_factor
         return RoutingResult(ids, weights.float())
+
+
+def _check_groups(top_k: int, n_group: int, topk_group: int, num_experts: int) -> None:
+    _check_top_k(top_k, num_experts)
+    if n_group < 1 or num_experts % n_group:
+        raise ValueError(f"n_group={n_group}: must divide num_experts={num_experts}. "
+                         f"Fix: a divisor of {num_experts}, e.g. 1.")
+    if not 1 <= topk_group <= n_group:
+        raise ValueError(f"topk_group={topk_group}: must lie in [1, n_group={n_group}]. "
+                         f"Fix: e.g. topk_group={max(1, n_group // 2)}.")
+    reach = topk_group * (num_experts // n_group)
+    if top_k > reach:
+        raise ValueError(f"top_k={top_k}: the {topk_group} of {n_group} expert groups kept "
+                         f"hold only {reach} experts. Fix: top_k <= {reach}, or raise topk_group.")
 
 
 def _check_top_k(top_k: int, num_experts: int) -> None:
