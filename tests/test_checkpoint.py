@@ -132,7 +132,7 @@ REFUSED = {  # key: (value, where it goes) -- each refused in one line naming th
     "moe_layer_freq": (2, DEEPSEEK_CFG),
     "rope_scaling": ({"type": "linear", "factor": 4.0}, DEEPSEEK_CFG),
     "rope_parameters": ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
-                         "rope_theta": 1e6}, QWEN_CFG),
+                         "mscale_all_dim": 1.0}, QWEN_CFG),
     "hidden_act": ("gelu", QWEN_CFG),
     "tie_word_embeddings": (True, QWEN_CFG),
     "attention_bias": (True, DEEPSEEK_CFG),

@@ -54,6 +54,11 @@ CASES = {
         vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=8, num_experts_per_tok=2,
         norm_topk_prob=False, decoder_sparse_step=2, rms_norm_eps=1e-6)),
+    "qwen3_moe-yarn": ("Qwen3Moe", dict(
+        vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=True, rms_norm_eps=1e-6, max_position_embeddings=256, rope_parameters={
+            "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64, "rope_theta": 10000.0})),
     "deepseek_v2-group_limited_greedy": ("DeepseekV2", dict(
         _DS, topk_method="group_limited_greedy", n_group=4, topk_group=2, routed_scaling_factor=1.5,
         norm_topk_prob=False, q_lora_rank=None)),

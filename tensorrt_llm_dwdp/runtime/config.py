@@ -17,7 +17,7 @@ def yarn_mscale(factor: float, mscale: float) -> float:
 
 @dataclass(frozen=True)
 class Yarn:
-    """YaRN rope scaling as DeepSeek-V2/V3 configs give it (`rope_scaling` of type "yarn").
+    """YaRN rope scaling as DeepSeek-V2/V3 (and Qwen3-MoE) configs give it (`rope_scaling` of type "yarn").
 
     Follows DeepSeek's own DeepseekV2YarnRotaryEmbedding: frequencies ramp from interpolated (divided by
     `factor`) to extrapolated between the dims that make `beta_slow` and `beta_fast` rotations over

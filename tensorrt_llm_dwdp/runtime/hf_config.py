@@ -128,17 +128,19 @@ def _rope(k: _Keys, family: str) -> Tuple[float, Any]:
                        "rotary dims", "a checkpoint without partial_rotary_factor")
     if kind == "default":
         return theta, None
-    if kind != "yarn" or family == "qwen3_moe":
-        ok = "default or yarn" if family != "qwen3_moe" else "default"
+    if kind != "yarn":
         raise r.refuse("rope_type" if "rope_type" in rope else "type", kind,
-                       f"{FAMILIES[family]} is implemented with rope type {ok} only",
-                       f"a checkpoint with rope type {ok}")
-    extra = sorted(set(rope) - _YARN_KEYS)
+                       f"{FAMILIES[family]} is implemented with rope type default or yarn only",
+                       "a checkpoint with rope type default or yarn")
+    # Qwen3-MoE's code (transformers') scales cos/sin by mscale(factor) and leaves the softmax alone: DeepSeek's
+    # YaRN with mscale 1 and no mscale_all_dim, so those two keys are DeepSeek's only.
+    keys = _YARN_KEYS - ({"mscale", "mscale_all_dim"} if family == "qwen3_moe" else set())
+    extra = sorted(set(rope) - keys)
     if extra:
-        raise r.refuse(extra[0], rope[extra[0]], "not a YaRN key of DeepSeek's code",
-                       "leave it out (the attention factor follows from factor, mscale and mscale_all_dim)")
+        raise r.refuse(extra[0], rope[extra[0]], f"not a YaRN key of {FAMILIES[family]}'s code",
+                       "leave it out (the attention factor follows from the other keys)")
     if rope.get("truncate", True) is not True:
-        raise r.refuse("truncate", rope["truncate"], "DeepSeek's YaRN rounds the correction range",
+        raise r.refuse("truncate", rope["truncate"], "the models' YaRN rounds the correction range",
                        "leave truncate out")
     yarn = Yarn(factor=r.float("factor"), original_max_position_embeddings=r.int("original_max_position_embeddings"),
                 beta_fast=r.float("beta_fast", 32.0), beta_slow=r.float("beta_slow", 1.0),
@@ -233,10 +235,10 @@ def _qwen3_moe(k: _Keys, common: dict) -> ModelConfig:
         raise k.refuse("num_experts_per_tok", common["top_k"], f"exceeds num_experts={experts}",
                        "use the checkpoint's own num_experts_per_tok")
     _check_quantization(k)
-    theta, _ = _rope(k, "qwen3_moe")
+    theta, yarn = _rope(k, "qwen3_moe")
     return ModelConfig(
         **common, first_k_dense=0, mlp_only_layers=dense,
         dense_inter=k.int("intermediate_size") if dense else 0,
         num_experts=experts, shared_inter=0, attention="gqa", routing=Routing.SOFTMAX,
         renormalize=k.bool("norm_topk_prob", False), kv_heads=kv_heads, head_dim=head_dim, qk_norm=True,
-        rope_theta=theta)
+        rope_theta=theta, yarn=yarn)

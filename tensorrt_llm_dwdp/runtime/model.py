@@ -143,8 +143,8 @@ class GqaAttention(nn.Module):
         v = self.v_proj(x).view(t, c.kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        freqs = inv_freq(c, c.head_dim, x.device)
-        q, k = rope(q, positions, freqs, c.rope_interleave), rope(k, positions, freqs, c.rope_interleave)
+        freqs, mscale = inv_freq(c, c.head_dim, x.device), c.yarn.rotary_scale if c.yarn else 1.0
+        q, k = (rope(t, positions, freqs, c.rope_interleave, mscale) for t in (q, k))
         rep = c.heads // c.kv_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         return self.o_proj(causal_attention(q, k, v, seq_lens, 1.0 / math.sqrt(c.head_dim)))
