@@ -1,10 +1,13 @@
 """Run under mpirun: local, DWDP and DEP give the same logits for the same requests on every rank.
 
+With argument `dense-between-moe` the model has a dense layer between MoE layers (MoE layers 1, 2, 4, as
+Qwen3-MoE's mlp_only_layers make them), which DWDP and DEP must index by the model's layer.
 Rank 1 has no tokens (it runs DEP's zero-token forward); the others have different batches. DEP
 runs the fixed-capacity exchange (moe/exchange.py) over gloo; its collectives must have run
 (the clock saw them) for the comparison to mean anything.
 """
 
+import dataclasses
 import sys
 
 import torch
@@ -12,6 +15,7 @@ from mpi4py import MPI
 
 from tensorrt_llm_dwdp import DwdpConfig
 from tensorrt_llm_dwdp.runtime import Decoder, apply_dwdp, preset
+from tensorrt_llm_dwdp.runtime.config import Yarn
 from tensorrt_llm_dwdp.moe.exchange import CommClock, ExchangeBackend
 from tensorrt_llm_dwdp.runtime.dep import apply_dep, init_torch_distributed, shutdown_torch_distributed
 
@@ -19,6 +23,10 @@ seed = int(sys.argv[1])
 world = MPI.COMM_WORLD
 rank = world.rank
 cfg = preset("tiny")
+if sys.argv[2:] == ["dense-between-moe"]:
+    cfg = dataclasses.replace(cfg, layers=5, mlp_only_layers=(3,), rope_interleave=True,
+                              yarn=Yarn(40.0, 64, mscale=1.0, mscale_all_dim=0.8))
+    assert cfg.moe_layer_ids == (1, 2, 4)
 g = torch.Generator().manual_seed(seed + 1 + rank)
 lens = [] if rank == 1 else [int(n) for n in torch.randint(1, 20, (1 + rank % 3,), generator=g)]
 ids = torch.randint(0, cfg.vocab, (sum(lens),), generator=g)

@@ -121,20 +121,21 @@ def test_bench_trace_with_cv_sweep(tmp_path):
     one_line_error("bench", "--trace", str(trace), names="--trace")
 
 
-def _checkpoint(tmp_path, drop_key=None, truncate=False):
+def _checkpoint(tmp_path, drop_key=None, truncate=False, **set_keys):
     """A small DeepSeek-architecture checkpoint (the tiny preset's shapes) with real tensor names."""
     from tensorrt_llm_dwdp.runtime import Decoder, preset
     from tensorrt_llm_dwdp.runtime.checkpoint import save_hf
-    hf = {"vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3, "first_k_dense_replace": 1,
-          "intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4, "moe_intermediate_size": 32,
+    hf = {"model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3,
+          "first_k_dense_replace": 1, "intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4,
+          "moe_intermediate_size": 32,
           "n_shared_experts": 1, "num_attention_heads": 4, "topk_method": "noaux_tc", "n_group": 4, "topk_group": 2,
           "routed_scaling_factor": 2.5, "norm_topk_prob": True, "q_lora_rank": 48, "kv_lora_rank": 32,
           "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}
     path = tmp_path / "ckpt"
     save_hf(Decoder.build(preset("tiny"), int.from_bytes(os.urandom(2), "little")), str(path), hf)
-    if drop_key:
-        del hf[drop_key]
-        (path / "config.json").write_text(json.dumps(hf))
+    if drop_key or set_keys:
+        hf.pop(drop_key, None)
+        (path / "config.json").write_text(json.dumps(dict(hf, **set_keys)))
     if truncate:
         f = path / "model.safetensors"
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
@@ -145,6 +146,15 @@ def test_bench_checkpoint_missing_key(tmp_path):
     line = one_line_error("bench", "--checkpoint", str(_checkpoint(tmp_path, drop_key="num_experts_per_tok")),
                           names="--checkpoint")
     assert "num_experts_per_tok" in line and "config.json" in line
+
+
+@pytest.mark.parametrize("key,value", [("vocab_size", None), ("hidden_size", 64.0), ("model_type", "mixtral"),
+                                       ("rope_scaling", {"type": "linear", "factor": 4.0}),
+                                       ("scoring_func", "softmax")])
+def test_bench_checkpoint_unsupported_config(tmp_path, key, value):
+    """A config.json the decoder does not compute is refused before any rank starts, naming key and value."""
+    line = one_line_error("bench", "--checkpoint", str(_checkpoint(tmp_path, **{key: value})), names="--checkpoint")
+    assert key in line and (repr(value) in line or "linear" in line), line
 
 
 def test_bench_checkpoint_truncated_file(tmp_path):

@@ -82,9 +82,9 @@ def test_presets_and_errors():
         dataclasses.replace(preset("tiny"), n_group=3)
 
 
-def _mpi_script(name, ranks=4):
+def _mpi_script(name, *args, ranks=4):
     from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
-    cmd = mpirun_command(ranks, [os.path.join(ROOT, "tests", name), str(fresh_seed())], {"OMP_NUM_THREADS": "1"})
+    cmd = mpirun_command(ranks, [os.path.join(ROOT, "tests", name), str(fresh_seed()), *args], {"OMP_NUM_THREADS": "1"})
     return subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
 
@@ -96,7 +96,8 @@ def test_apply_dwdp_matches_the_local_model_on_four_ranks():
 
 
 @pytest.mark.mpi
-def test_local_dwdp_and_dep_agree_with_an_idle_rank():
-    proc = _mpi_script("mpi_modes_equal.py")
+@pytest.mark.parametrize("model", [[], ["dense-between-moe"]], ids=["tiny", "dense-between-moe"])
+def test_local_dwdp_and_dep_agree_with_an_idle_rank(model):
+    proc = _mpi_script("mpi_modes_equal.py", *model)
     assert proc.returncode == 0 and "modes agree" in proc.stdout, proc.stdout + proc.stderr
     assert "rank 1: 0 sequences" in proc.stdout

@@ -1,6 +1,6 @@
 """Top-k routing of tokens to experts (plain torch).
 
-Both functions return a RoutingResult: topk_ids [T, K] int64 and topk_weights [T, K] float32.
+Every router returns a RoutingResult: topk_ids [T, K] int64 and topk_weights [T, K] float32.
 """
 
 from __future__ import annotations
@@ -30,17 +30,7 @@ class DeepSeekV3Routing:
 
     def check(self, num_experts: int) -> None:
         """ValueError naming the option when this routing cannot pick top_k of num_experts."""
-        _check_top_k(self.top_k, num_experts)
-        if self.n_group < 1 or num_experts % self.n_group:
-            raise ValueError(f"n_group={self.n_group}: must divide num_experts={num_experts}. "
-                             f"Fix: a divisor of {num_experts}, e.g. 1.")
-        if not 1 <= self.topk_group <= self.n_group:
-            raise ValueError(f"topk_group={self.topk_group}: must lie in [1, n_group={self.n_group}]. "
-                             f"Fix: e.g. topk_group={max(1, self.n_group // 2)}.")
-        reach = self.topk_group * (num_experts // self.n_group)
-        if self.top_k > reach:
-            raise ValueError(f"top_k={self.top_k}: the {self.topk_group} of {self.n_group} expert groups kept "
-                             f"hold only {reach} experts. Fix: top_k <= {reach}, or raise topk_group.")
+        _check_groups(self.top_k, self.n_group, self.topk_group, num_experts)
 
     def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor) -> RoutingResult:
         num_tokens, num_experts = logits.shape
@@ -78,6 +68,51 @@ class SoftmaxTopKRouting:
         if self.renormalize:
             weights = weights / weights.sum(-1, keepdim=True)
         return RoutingResult(ids, weights.float())
+
+
+@dataclass(frozen=True)
+class DeepSeekV2Routing:
+    """DeepSeek-V2 (topk_method greedy / group_limited_greedy): softmax scores; with n_group > 1 only the
+    `topk_group` groups of highest max score compete; top-k of the scores. As DeepSeek-V2's own MoEGate:
+    weights renormalised when `renormalize` and top_k > 1, otherwise scaled by routed_scaling_factor."""
+
+    top_k: int
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    renormalize: bool = False
+
+    def check(self, num_experts: int) -> None:
+        _check_groups(self.top_k, self.n_group, self.topk_group, num_experts)
+
+    def __call__(self, logits: torch.Tensor, correction_bias: torch.Tensor = None) -> RoutingResult:
+        num_tokens, num_experts = logits.shape
+        scores = torch.softmax(logits.float(), dim=-1)
+        if self.n_group > 1:
+            grouped = scores.view(num_tokens, self.n_group, num_experts // self.n_group)
+            keep = grouped.amax(-1).topk(self.topk_group, dim=-1).indices
+            mask = torch.zeros(num_tokens, self.n_group, dtype=torch.bool, device=logits.device).scatter_(1, keep, True)
+            scores = scores.masked_fill(~mask.unsqueeze(-1).expand_as(grouped).reshape(num_tokens, num_experts), 0.0)
+        weights, ids = scores.topk(self.top_k, dim=-1)
+        if self.renormalize and self.top_k > 1:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        else:
+            weights = weights * self.routed_scaling_factor
+        return RoutingResult(ids, weights.float())
+
+
+def _check_groups(top_k: int, n_group: int, topk_group: int, num_experts: int) -> None:
+    _check_top_k(top_k, num_experts)
+    if n_group < 1 or num_experts % n_group:
+        raise ValueError(f"n_group={n_group}: must divide num_experts={num_experts}. "
+                         f"Fix: a divisor of {num_experts}, e.g. 1.")
+    if not 1 <= topk_group <= n_group:
+        raise ValueError(f"topk_group={topk_group}: must lie in [1, n_group={n_group}]. "
+                         f"Fix: e.g. topk_group={max(1, n_group // 2)}.")
+    reach = topk_group * (num_experts // n_group)
+    if top_k > reach:
+        raise ValueError(f"top_k={top_k}: the {topk_group} of {n_group} expert groups kept "
+                         f"hold only {reach} experts. Fix: top_k <= {reach}, or raise topk_group.")
 
 
 def _check_top_k(top_k: int, num_experts: int) -> None:

@@ -20,6 +20,7 @@ from .config import ModelConfig
 def sim_model(c: ModelConfig) -> MoEModel:
     """The runtime's model shapes as the performance model sees them."""
     kw = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "name"}
+    kw["first_k_dense"] = c.layers - len(c.moe_layer_ids)  # the cost model counts dense layers, wherever they sit
     return moe_model(c.name, "runtime model config", **kw)
 
 

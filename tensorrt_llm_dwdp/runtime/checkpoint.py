@@ -1,9 +1,9 @@
-"""Load (and write) Hugging Face safetensors checkpoints of DeepSeek-V2/V3 and Qwen3-MoE models.
+"""Load (and write) Hugging Face safetensors checkpoints of DeepSeek-V2/V3/R1 and Qwen3-MoE models.
 
-Reads `config.json` into a ModelConfig and maps the checkpoint's tensor names onto the compact
-decoder: per-expert gate/up/down projections become the stacked w13 [E, 2I, H] and w2 [E, H, I],
-dense and shared-expert MLPs become w13/w2 pairs; FP8 experts keep their weight_scale_inv block scales
-(w13_scale, w2_scale). Every checkpoint tensor must be used and every model parameter filled, or loading
+Reads `config.json` into a ModelConfig (hf_config: the Hub's format and transformers 5's) and maps the
+checkpoint's tensor names onto the compact decoder: per-expert gate/up/down projections become the stacked
+w13 [E, 2I, H] and w2 [E, H, I], dense and shared-expert MLPs become w13/w2 pairs; FP8 experts keep their
+weight_scale_inv block scales (w13_scale, w2_scale). Every checkpoint tensor must be used and every model parameter filled, or loading
 fails with the names at fault.
 """
 
@@ -18,12 +18,11 @@ from typing import Dict, Iterator, Tuple
 import torch
 
 from ..moe.ops import dequantize_blocks
-from .config import ModelConfig, cut
+from .config import ModelConfig, Routing, cut
+from .hf_config import CheckpointError, parse_config
 from .model import Decoder
 
-
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be read as a supported model; the message names the file."""
+__all__ = ["CheckpointError", "config_from_hf", "hf_tensors", "load_hf", "safetensors_files", "save_hf"]
 
 
 def config_from_hf(path: str, name: str = "checkpoint") -> ModelConfig:
@@ -37,14 +36,14 @@ def config_from_hf(path: str, name: str = "checkpoint") -> ModelConfig:
                               "Fix: pass a Hugging Face checkpoint directory (config.json + *.safetensors).") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"--checkpoint {path}: {file} is not valid JSON ({e}). Fix: repair or re-download it.") from None
+    # ModelConfig's own checks (shapes that do not fit together) raise ValueError; say which file
     try:
-        return _config(h, name)
-    except KeyError as e:
-        raise CheckpointError(f"--checkpoint {path}: {file} has no {e.args[0]!r}. Fix: use the config.json of a "
-                              "DeepSeek-V2/V3 or Qwen3-MoE checkpoint.") from None
+        return parse_config(h, f"--checkpoint {path}: {file}", name)
+    except CheckpointError:
+        raise
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"--checkpoint {path}: {file} does not describe a supported MoE model ({e}). "
-                              "Fix: use a DeepSeek-V2/V3 or Qwen3-MoE checkpoint.") from None
+                              "Fix: use a DeepSeek-V2/V3/R1 or Qwen3-MoE checkpoint.") from None
 
 
 def safetensors_files(path: str):
@@ -62,28 +61,6 @@ def safetensors_files(path: str):
             raise CheckpointError(f"--checkpoint {path}: {fname} cannot be read ({e}). "
                                   "Fix: re-download that file (it may be truncated).") from None
     return files
-
-
-def _config(h: dict, name: str) -> ModelConfig:
-    mla = "kv_lora_rank" in h
-    topk_method = h.get("topk_method", "")
-    return ModelConfig(
-        name=name, vocab=h["vocab_size"], hidden=h["hidden_size"], layers=h["num_hidden_layers"],
-        first_k_dense=h.get("first_k_dense_replace", 0), dense_inter=h.get("intermediate_size", 0),
-        num_experts=h.get("n_routed_experts", h.get("num_experts")), top_k=h["num_experts_per_tok"],
-        moe_inter=h["moe_intermediate_size"],
-        shared_inter=h.get("n_shared_experts", 0) * h["moe_intermediate_size"] if mla else 0,
-        attention="mla" if mla else "gqa", heads=h["num_attention_heads"],
-        routing="deepseek" if topk_method == "noaux_tc" else "softmax",
-        n_group=h.get("n_group", 1) if topk_method == "noaux_tc" else 1,
-        topk_group=h.get("topk_group", 1) if topk_method == "noaux_tc" else 1,
-        routed_scaling=h.get("routed_scaling_factor", 1.0), renormalize=h.get("norm_topk_prob", True),
-        kv_heads=h.get("num_key_value_heads", 0) if not mla else 0,
-        head_dim=h.get("head_dim", h["hidden_size"] // h["num_attention_heads"]) if not mla else 0,
-        qk_norm=not mla, q_lora_rank=h.get("q_lora_rank") if mla else None,
-        kv_lora_rank=h.get("kv_lora_rank", 0), qk_nope_dim=h.get("qk_nope_head_dim", 0),
-        qk_rope_dim=h.get("qk_rope_head_dim", 0), v_head_dim=h.get("v_head_dim", 0),
-        rope_theta=h.get("rope_theta", 10000.0), rms_eps=h.get("rms_norm_eps", 1e-6))
 
 
 _ATTN = {"q_proj": "q_proj", "q_a": "q_a_proj", "q_a_norm": "q_a_layernorm", "q_b": "q_b_proj",
@@ -104,11 +81,11 @@ def hf_tensors(model: Decoder) -> Iterator[Tuple[str, torch.Tensor]]:
         for mod_name, module in layer.attn.named_children():
             yield f"{p}.self_attn.{_ATTN[mod_name]}.weight", module.weight
         ffn = layer.ffn
-        if i < c.first_k_dense:
+        if not c.is_moe(i):
             yield from _swiglu(f"{p}.mlp", ffn.w13, ffn.w2)
             continue
         yield f"{p}.mlp.gate.weight", ffn.gate
-        if c.routing == "deepseek":
+        if c.routing is Routing.DEEPSEEK_V3:
             yield f"{p}.mlp.gate.e_score_correction_bias", ffn.bias
         for e in range(c.num_experts):
             yield from _swiglu(f"{p}.mlp.experts.{e}", ffn.w13[e], ffn.w2[e])

@@ -10,6 +10,7 @@ causal within each sequence.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -18,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..moe import DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, swiglu
+from ..moe import DeepSeekV2Routing, DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, swiglu
 from ..moe.layer import LocalWeights, RoutedExperts
 from ..moe.ops import quantize_weight_blocks
-from .config import ModelConfig
+from .config import ModelConfig, Routing
 
 
 class RMSNorm(nn.Module):
@@ -34,14 +35,31 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding over the last dim of x [T, heads, d] (halves rotated, NeoX style)."""
-    d = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
-    ang = positions.float()[:, None] * inv[None]
-    cos, sin = ang.cos()[:, None, :], ang.sin()[:, None, :]
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+@functools.lru_cache(maxsize=None)
+def inv_freq(c: ModelConfig, dim: int, device=None) -> torch.Tensor:
+    """The rotary frequencies [dim/2] fp32 of c (YaRN-rescaled when c.yarn is set), computed as the models'
+    reference code does; made once per config and device (read-only)."""
+    pos = c.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
+    if c.yarn is None:
+        return 1.0 / pos
+    low, high = c.yarn.correction_range(dim, c.rope_theta)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=device) - low) /
+            (high - low if high != low else 0.001)).clamp(0, 1)
+    return (1.0 / (c.yarn.factor * pos)) * ramp + (1.0 / pos) * (1 - ramp)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, interleaved: bool = False,
+         scale: float = 1.0) -> torch.Tensor:
+    """Rotary embedding over the last dim of x [T, heads, d] with `freqs` [d/2]; cos and sin scaled by `scale`.
+
+    Halves rotated (NeoX style), or with `interleaved` pairs (x0, x1), (x2, x3), ... each rotated by one
+    frequency, as DeepSeek stores q_pe and k_pe. NOTE: the interleaved result comes out de-interleaved (evens,
+    then odds), as DeepSeek's code returns it; q and k are permuted alike, so q.k is unchanged."""
+    ang = positions.float()[:, None] * freqs[None]
+    cos, sin = (ang.cos() * scale)[:, None, :], (ang.sin() * scale)[:, None, :]
+    xf = x.float()
+    x1, x2 = (xf[..., 0::2], xf[..., 1::2]) if interleaved else xf.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -66,6 +84,11 @@ def causal_attention(q, k, v, seq_lens: Sequence[int], scale: float) -> torch.Te
     return torch.cat(outs) if outs else q.new_zeros(0, q.shape[1] * dv)
 
 
+# NOTE: DeepSeek's code (and transformers') builds q_a_layernorm and kv_a_layernorm with RMSNorm's default
+# eps, not the config's rms_norm_eps.
+LORA_NORM_EPS = 1e-6
+
+
 class MlaAttention(nn.Module):
     """DeepSeek MLA, computed in prefill as multi-head attention over decompressed k/v."""
 
@@ -77,10 +100,10 @@ class MlaAttention(nn.Module):
             self.q_proj = nn.Linear(c.hidden, c.heads * qk, bias=False)
         else:
             self.q_a = nn.Linear(c.hidden, c.q_lora_rank, bias=False)
-            self.q_a_norm = RMSNorm(c.q_lora_rank, c.rms_eps)
+            self.q_a_norm = RMSNorm(c.q_lora_rank, LORA_NORM_EPS)
             self.q_b = nn.Linear(c.q_lora_rank, c.heads * qk, bias=False)
         self.kv_a = nn.Linear(c.hidden, c.kv_lora_rank + c.qk_rope_dim, bias=False)
-        self.kv_a_norm = RMSNorm(c.kv_lora_rank, c.rms_eps)
+        self.kv_a_norm = RMSNorm(c.kv_lora_rank, LORA_NORM_EPS)
         self.kv_b = nn.Linear(c.kv_lora_rank, c.heads * (c.qk_nope_dim + c.v_head_dim), bias=False)
         self.o_proj = nn.Linear(c.heads * c.v_head_dim, c.hidden, bias=False)
 
@@ -92,11 +115,13 @@ class MlaAttention(nn.Module):
         ckv, k_rope = self.kv_a(x).split([c.kv_lora_rank, c.qk_rope_dim], dim=-1)
         kv = self.kv_b(self.kv_a_norm(ckv)).view(t, c.heads, c.qk_nope_dim + c.v_head_dim)
         k_nope, v = kv.split([c.qk_nope_dim, c.v_head_dim], dim=-1)
-        q_rope = rope(q_rope, positions, c.rope_theta)
-        k_rope = rope(k_rope.view(t, 1, c.qk_rope_dim), positions, c.rope_theta).expand(t, c.heads, c.qk_rope_dim)
+        freqs = inv_freq(c, c.qk_rope_dim, x.device)
+        mscale = c.yarn.rotary_scale if c.yarn else 1.0
+        q_rope = rope(q_rope, positions, freqs, c.rope_interleave, mscale)
+        k_rope = rope(k_rope.view(t, 1, c.qk_rope_dim), positions, freqs, c.rope_interleave, mscale)
         q = torch.cat([q_nope, q_rope], dim=-1)
-        k = torch.cat([k_nope, k_rope], dim=-1)
-        scale = 1.0 / math.sqrt(c.qk_nope_dim + c.qk_rope_dim)
+        k = torch.cat([k_nope, k_rope.expand(t, c.heads, c.qk_rope_dim)], dim=-1)
+        scale = (c.yarn.softmax_scale if c.yarn else 1.0) / math.sqrt(c.qk_nope_dim + c.qk_rope_dim)
         return self.o_proj(causal_attention(q, k, v, seq_lens, scale))
 
 
@@ -118,7 +143,8 @@ class GqaAttention(nn.Module):
         v = self.v_proj(x).view(t, c.kv_heads, c.head_dim)
         if c.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+        freqs, mscale = inv_freq(c, c.head_dim, x.device), c.yarn.rotary_scale if c.yarn else 1.0
+        q, k = (rope(t, positions, freqs, c.rope_interleave, mscale) for t in (q, k))
         rep = c.heads // c.kv_heads
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         return self.o_proj(causal_attention(q, k, v, seq_lens, 1.0 / math.sqrt(c.head_dim)))
@@ -144,6 +170,14 @@ def expert_normal_(stack: torch.Tensor, seed: int, layer_idx: int, which: int, e
             stack[i].normal_(0.0, 1.0 / math.sqrt(stack.shape[-1]), generator=g)
 
 
+def router(c: ModelConfig):
+    if c.routing is Routing.DEEPSEEK_V3:
+        return DeepSeekV3Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
+    if c.routing is Routing.DEEPSEEK_V2:
+        return DeepSeekV2Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
+    return SoftmaxTopKRouting(c.top_k, c.renormalize)
+
+
 class MoEBlock(nn.Module):
     """Router + routed experts + shared expert. The routed part goes through `self.experts` (a
     RoutedExperts: `routed(x, topk_ids, topk_weights, layer_idx) -> [T, H]`): all local, DWDP, or expert
@@ -161,8 +195,7 @@ class MoEBlock(nn.Module):
         self.w13_scale = self.w2_scale = None  # FP8: [E, 2I/128, H/128], [E, H/128, I/128] fp32
         self.lazy = None  # (seed, dtype, device) where the expert stacks are made per expert on demand
         self.weight_dtype = "bfloat16"  # or "float8_e4m3fn": experts quantized per 128x128 block
-        self.route = (DeepSeekV3Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
-                      if c.routing == "deepseek" else SoftmaxTopKRouting(c.top_k, c.renormalize))
+        self.route = router(c)
 
     def expert_tensors(self, experts: Sequence[int]) -> Dict[str, torch.Tensor]:
         """w13, w2 (and w13_scale, w2_scale for FP8) of `experts`, stacked in that order: rows of the stacks, or,
@@ -214,7 +247,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.attn_norm, self.ffn_norm = RMSNorm(c.hidden, c.rms_eps), RMSNorm(c.hidden, c.rms_eps)
         self.attn = MlaAttention(c) if c.attention == "mla" else GqaAttention(c)
-        self.ffn = DenseMLP(c.hidden, c.dense_inter) if layer_idx < c.first_k_dense else MoEBlock(c, layer_idx)
+        self.ffn = MoEBlock(c, layer_idx) if c.is_moe(layer_idx) else DenseMLP(c.hidden, c.dense_inter)
 
     def forward(self, x, positions, seq_lens):
         x = x + self.attn(self.attn_norm(x), positions, seq_lens)
