@@ -68,13 +68,31 @@ ISSUE_CASES = {
     "missing trace": (["bench", "--trace", "missing.jsonl"], "--trace"),
     "explain plot is a folder": (["sim", "--explain", "--plot", "{tmp}"], "--plot"),
     "launch missing config": (["launch", "--dry-run", "--", "trtllm-serve", "m", "--config", "missing.yaml"], "--config"),
+    "checkpoint with a null vocab_size": (["bench", "--checkpoint", "{ckpt_null_vocab}"], "vocab_size"),
+    "checkpoint with a float hidden_size": (["bench", "--checkpoint", "{ckpt_float_hidden}"], "hidden_size"),
 }
+
+
+def _config_only_checkpoint(tmp_path, name, **change):
+    """A DeepSeek-V3 config.json (the tiny preset's shapes) with `change` applied, and no weights: the launcher
+    must refuse the config before it looks for them."""
+    hf = {"model_type": "deepseek_v3", "vocab_size": 512, "hidden_size": 64, "num_hidden_layers": 3,
+          "first_k_dense_replace": 1, "intermediate_size": 128, "n_routed_experts": 16, "num_experts_per_tok": 4,
+          "moe_intermediate_size": 32, "n_shared_experts": 1, "num_attention_heads": 4, "topk_method": "noaux_tc",
+          "n_group": 4, "topk_group": 2, "routed_scaling_factor": 2.5, "norm_topk_prob": True, "q_lora_rank": 48,
+          "kv_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16}
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(dict(hf, **change)))
+    return str(path)
 
 
 @pytest.mark.parametrize("case", sorted(ISSUE_CASES))
 def test_a_case_of_the_trial_answers_in_one_line(case, tmp_path):
     args, names = ISSUE_CASES[case]
-    subs = {"tmp": str(tmp_path), "trace_huge": _trace(tmp_path, '{"isl": 1e12}\n')}
+    subs = {"tmp": str(tmp_path), "trace_huge": _trace(tmp_path, '{"isl": 1e12}\n'),
+            "ckpt_null_vocab": _config_only_checkpoint(tmp_path, "null_vocab", vocab_size=None),
+            "ckpt_float_hidden": _config_only_checkpoint(tmp_path, "float_hidden", hidden_size=64.0)}
     proc, seconds = cli(*[a.format(**subs) for a in args], cwd=tmp_path)
     assert_one_line(proc, seconds, names)
 
