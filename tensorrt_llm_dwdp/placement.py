@@ -50,10 +50,6 @@ class Placement:
     def owners(self, expert: int) -> Tuple[int, ...]:
         return tuple(r for r, experts in enumerate(self.ranks) if expert in experts)
 
-    def index_in_rank(self, rank: int) -> Dict[int, int]:
-        """Expert id -> its row in rank's local shard."""
-        return {e: i for i, e in enumerate(self.ranks[rank])}
-
     @property
     def max_missing(self) -> int:
         """Experts the largest prefetch slot must hold."""

@@ -49,11 +49,6 @@ class ExpertWeights:
         scale = getattr(self, name + "_scale")
         return w if scale is None else dequantize_blocks(w, scale[expert])
 
-    def gate_up(self, h: torch.Tensor):
-        """Split h [..., 2I] (x @ w13^T) into (gate, up) by this layer's row order."""
-        a, b = h.chunk(2, dim=-1)
-        return (a, b) if self.w13_order is W13Order.GATE_UP else (b, a)
-
     @classmethod
     def from_tensors(cls, tensors, w13_order: W13Order = W13Order.GATE_UP) -> "ExpertWeights":
         """From a mapping with w13, w2 (and w13_scale, w2_scale for FP8)."""

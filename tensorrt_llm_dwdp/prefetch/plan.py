@@ -39,12 +39,6 @@ class LayerCopyPlan:
         """Computed once: the hooks read it on every layer (hundreds of slices in a DeepSeek-V3 pull)."""
         return sum(s.nbytes for s in self.slices)
 
-    def bytes_per_source(self) -> Dict[int, int]:
-        out: Dict[int, int] = {}
-        for s in self.slices:
-            out[s.source] = out.get(s.source, 0) + s.nbytes
-        return out
-
 
 def shard_piece_index(layout: CompositeLayout, local: Sequence[int], layer: int, tensor: str, expert: int) -> Tuple[int, int]:
     """(index in the owner's shard piece list, byte offset in that piece) of `expert`'s tensor `tensor` in MoE

@@ -2,7 +2,7 @@
 the JSON of `benchmarks/link_bench.py --json PATH` on a multi-GPU host. `--calibration` takes one
 path or a comma list; each file is recognised by its keys.
 
-What is read from bench kernels (bench/kernels.py's keys) and what it replaces in Efficiency:
+What is read from bench kernels (the keys of bench/kernels/) and what it replaces in Efficiency:
   peaks.bf16_tflops  -> mma = measured / datasheet BF16 peak of --machine (all precisions)
   peaks.hbm_gbps     -> hbm = measured / datasheet HBM bandwidth (a copy: read + write bytes)
   gemm[]             -> grouped: per BF16 balanced row, roofline(shape, tokens) at the measured peaks /
@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 from .machines import MACHINES, Efficiency, Machine
 from .models import MoEModel
 
-# bench/kernels.py's SHAPES names -> (hidden, expert inter, experts, top-k)
+# bench/kernels/setup.py's SHAPES names -> (hidden, expert inter, experts, top-k)
 BENCH_SHAPES: Dict[str, Tuple[int, int, int, int]] = {
     "deepseek-v3": (7168, 2048, 256, 8),
     "qwen3-30b-a3b": (2048, 768, 128, 8),

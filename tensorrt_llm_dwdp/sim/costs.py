@@ -74,12 +74,6 @@ def gemm_s(flops: float, nbytes: float, rate_flops: float, rates: Rates) -> floa
     return max(flops / rate_flops, nbytes / rates.hbm)
 
 
-def attention_s(model: MoEModel, prec: Precision, rates: Rates, chunks: Sequence[Chunk]) -> float:
-    """Attention of one layer for a batch of chunks (projections + core), seconds."""
-    b = attention_parts(model, prec, rates, chunks)
-    return b.dense + b.attention
-
-
 def attention_parts(model: MoEModel, prec: Precision, rates: Rates, chunks: Sequence[Chunk]) -> Breakdown:
     """Attention of one layer for a batch of chunks: q/k/v/o projections (dense precision,
     weights read once; `dense`) plus core attention in BF16 (QK^T and PV: 2 * heads * (qk + v)
