@@ -8,9 +8,46 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional, Tuple
 
-WEIGHT_DTYPES = ("bfloat16", "float16", "float32", "float8_e4m3fn")
+
+class WeightDtype(str, Enum):
+    """The dtype of expert weights, and what it implies. A member equals its string ("float8_e4m3fn"), so
+    options, JSON and torch's dtype names read as before."""
+
+    BF16 = "bfloat16"
+    FP16 = "float16"
+    FP32 = "float32"
+    FP8 = "float8_e4m3fn"  # DeepSeek-V3 block-scaled: 128x128 weight scales travel with each expert
+
+    @property
+    def is_fp8(self) -> bool:
+        return self is WeightDtype.FP8
+
+    @property
+    def itemsize(self) -> int:
+        return {"bfloat16": 2, "float16": 2, "float32": 4, "float8_e4m3fn": 1}[self.value]
+
+    @property
+    def sim_precision(self) -> str:
+        """The performance model's precision for these experts."""
+        return "fp8" if self.is_fp8 else "bf16"
+
+    def torch_dtype(self):
+        import torch  # NOTE: here, not at import: the launcher and the simulator run without torch
+        return getattr(torch, self.value)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def is_fp8(dtype) -> bool:
+    """Whether a weight dtype name (or WeightDtype) is the block-scaled FP8 one."""
+    return str(dtype) == WeightDtype.FP8.value
+
+
+WEIGHT_DTYPES = tuple(d.value for d in WeightDtype)
 MEMORY_BACKENDS = ("auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric")
 PULL_ISSUE_MODES = ("graph", "batched", "per_slice")
 # NOTE: 32 MiB, measured on 2 H200s over NVLink: with every GPU pulling, 2 MiB slices kept 75% of the link and

@@ -20,9 +20,11 @@ import math
 from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
 
+from .config import WeightDtype, is_fp8
+
 ALIGN = 256  # smallest expert stride unit: keeps every expert 16-byte aligned for TMA and vector loads
 
-_ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "float8_e4m3fn": 1}
+_ITEMSIZE = {**{d.value: d.itemsize for d in WeightDtype}, "float64": 8}
 
 FP8_BLOCK = 128  # DeepSeek-V3 weight scale block: 128 x 128
 
@@ -78,7 +80,7 @@ def swiglu_expert_specs(hidden_size: int, intermediate_size: int, dtype: str) ->
     weight_scale_inv: w13_scale [2I/128, H/128], w2_scale [H/128, I/128]."""
     pooled = (ExpertTensorSpec("w13", (2 * intermediate_size, hidden_size), dtype),
               ExpertTensorSpec("w2", (hidden_size, intermediate_size), dtype))
-    if dtype != "float8_e4m3fn":
+    if not is_fp8(dtype):
         return ExpertSpecs(pooled)
     if hidden_size % FP8_BLOCK or intermediate_size % FP8_BLOCK:
         raise ValueError(f"FP8 block-scaled experts need hidden ({hidden_size}) and intermediate "

@@ -6,14 +6,13 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Optional
 
-import torch
-
 from ..sim.auto import AutoDecision, decide
 from ..sim.machines import get_machine
 from ..sim.machines import target_machine as sim_target
 from ..sim.models import MoEModel, get_precision, moe_model
 from ..sim.scenario import Scenario
 from ..workload import parse_isl
+from .capacity import gpu_names
 from .config import ModelConfig
 
 
@@ -25,8 +24,10 @@ def sim_model(c: ModelConfig) -> MoEModel:
 
 
 def target_machine(name: Optional[str]) -> str:
-    """--sim-machine, else the profile whose device name matches this GPU, else h200."""
-    return sim_target(name, torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    """--sim-machine, else the profile whose device name matches this GPU, else h200. The GPU's name comes from
+    nvidia-smi, so the launcher (no CUDA, no torch) and its ranks decide alike."""
+    names = gpu_names()
+    return sim_target(name, names[0] if names else None)
 
 
 def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",

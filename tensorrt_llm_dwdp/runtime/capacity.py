@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .config import ModelConfig
 
@@ -93,22 +93,37 @@ def host_available_bytes() -> Optional[int]:
     return None
 
 
-def gpu_memory_bytes() -> Optional[Sequence[int]]:
-    """Each visible GPU's total memory, from nvidia-smi (the launcher does not initialise CUDA), else None."""
+def _visible_gpus(field: str) -> Optional[List[str]]:
+    """One nvidia-smi query field for each GPU this process may use (CUDA_VISIBLE_DEVICES applied), or None where
+    nvidia-smi is absent or shows none. The launcher initialises no CUDA, so it asks nvidia-smi."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"], capture_output=True,
+        out = subprocess.run([smi, f"--query-gpu={field}", "--format=csv,noheader,nounits"], capture_output=True,
                              text=True, timeout=20).stdout
-        sizes = [int(float(x)) * (1 << 20) for x in out.split()]
-    except (OSError, subprocess.SubprocessError, ValueError):
+    except (OSError, subprocess.SubprocessError):
         return None
+    rows = [line.strip() for line in out.splitlines() if line.strip()]
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip():
-        keep = [int(i) for i in visible.split(",") if i.strip().isdigit() and int(i) < len(sizes)]
-        sizes = [sizes[i] for i in keep] if keep else sizes
-    return sizes or None
+        keep = [int(i) for i in visible.split(",") if i.strip().isdigit() and int(i) < len(rows)]
+        rows = [rows[i] for i in keep] if keep else rows
+    return rows or None
+
+
+def gpu_memory_bytes() -> Optional[Sequence[int]]:
+    """Each visible GPU's total memory, or None."""
+    rows = _visible_gpus("memory.total")
+    try:
+        return [int(float(x)) * (1 << 20) for x in rows] if rows else None
+    except ValueError:
+        return None
+
+
+def gpu_names() -> Optional[Sequence[str]]:
+    """Each visible GPU's name (e.g. "NVIDIA H200"), or None."""
+    return _visible_gpus("name")
 
 
 def rank_needs_for(c: ModelConfig, args, modes: Sequence[str], gpus: Optional[Sequence[int]] = None) -> RankNeeds:

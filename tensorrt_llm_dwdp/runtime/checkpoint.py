@@ -17,6 +17,7 @@ from typing import Dict, Iterator, Tuple
 
 import torch
 
+from ..config import WeightDtype
 from ..moe.ops import dequantize_blocks
 from .config import ModelConfig, Routing, cut
 from .hf_config import CheckpointError, parse_config
@@ -129,7 +130,7 @@ def load_hf(path: str, device=None, dtype: torch.dtype = torch.bfloat16, num_lay
         with safe_open(fname, framework="pt") as f:
             keys.update((k, fname) for k in f.keys())
     fp8 = any(_FP8_EXPERT.search(k) for k in keys)
-    model = Decoder.build(c, seed=0, device=device, dtype=dtype, weight_dtype="float8_e4m3fn" if fp8 else "bfloat16")
+    model = Decoder.build(c, seed=0, device=device, dtype=dtype, weight_dtype=(WeightDtype.FP8 if fp8 else WeightDtype.BF16).value)
     want = dict(hf_tensors(model))
     filled, unused = set(), []
 

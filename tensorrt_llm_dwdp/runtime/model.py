@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..config import WeightDtype, is_fp8
+
 from ..moe import DeepSeekV2Routing, DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, swiglu
 from ..moe.layer import LocalWeights, RoutedExperts
 from ..moe.ops import quantize_weight_blocks
@@ -194,7 +196,7 @@ class MoEBlock(nn.Module):
         self.experts = None  # set by Decoder.finish() or apply_dwdp
         self.w13_scale = self.w2_scale = None  # FP8: [E, 2I/128, H/128], [E, H/128, I/128] fp32
         self.lazy = None  # (seed, dtype, device) where the expert stacks are made per expert on demand
-        self.weight_dtype = "bfloat16"  # or "float8_e4m3fn": experts quantized per 128x128 block
+        self.weight_dtype = WeightDtype.BF16.value  # or FP8: experts quantized per 128x128 block
         self.route = router(c)
 
     def expert_tensors(self, experts: Sequence[int]) -> Dict[str, torch.Tensor]:
@@ -213,14 +215,14 @@ class MoEBlock(nn.Module):
         w2 = torch.empty(n, c.hidden, c.moe_inter, dtype=dtype, device=device)
         expert_normal_(w13, seed, self.layer_idx, 0, experts)
         expert_normal_(w2, seed, self.layer_idx, 1, experts)
-        if self.weight_dtype != "float8_e4m3fn":
+        if not is_fp8(self.weight_dtype):
             return {"w13": w13, "w2": w2}
         (q13, s13), (q2, s2) = quantize_weight_blocks(w13), quantize_weight_blocks(w2)
         return {"w13": q13, "w2": q2, "w13_scale": s13, "w2_scale": s2}
 
     def quantize_experts(self) -> None:
         """Replace the (made) expert stacks by e4m3 with 128x128 block scales, as DeepSeek-V3 checkpoints store them."""
-        self.weight_dtype = "float8_e4m3fn"
+        self.weight_dtype = WeightDtype.FP8.value
         if self.lazy is not None:
             return
         (q13, s13), (q2, s2) = quantize_weight_blocks(self.w13.detach()), quantize_weight_blocks(self.w2.detach())
@@ -288,7 +290,7 @@ class Decoder(nn.Module):
             for b in model.moe_blocks():
                 b.lazy = (seed, dtype, device)
         model.init_random(seed)
-        if weight_dtype == "float8_e4m3fn":
+        if is_fp8(weight_dtype):
             for b in model.moe_blocks():
                 b.quantize_experts()
         return model.finish()

@@ -12,6 +12,8 @@ from typing import Callable, Optional
 
 import torch
 
+from ..config import is_fp8
+
 from ..layout import torch_dtype
 from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, ops
 from ..moe.layer import DwdpWeights, RoutedExperts
@@ -45,7 +47,7 @@ class ToyMoeModel:
         self.router().check(self.num_experts)
         g = torch.Generator().manual_seed(self.seed)
         L, E, H, I = self.num_layers, self.num_experts, self.hidden, self.inter
-        fp8 = self.weight_dtype == "float8_e4m3fn"
+        fp8 = is_fp8(self.weight_dtype)
         wd = torch.float32 if fp8 else torch_dtype(self.weight_dtype)
         # Stored in the shard dtype; the reference upcasts the same rounded values.
         self.w13 = (torch.randn(L, E, 2 * I, H, generator=g) / H ** 0.5).to(wd)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import List, Optional
 
+from ...config import WeightDtype
 from ...launch import check_ranks, run_ranks
 from ...usage import Parser, UsageError, check_output_path, one_line_errors, open_output, positive
 
@@ -46,7 +47,7 @@ def parse_args(argv: Optional[List[str]] = None):
     args = build_parser().parse_args(argv)
     from .setup import SHAPES
     for option, values, allowed in (("--shapes", args.shapes, SHAPES), ("--sections", args.sections, SECTIONS),
-                                    ("--dtypes", args.dtypes, ("bfloat16", "float8_e4m3fn")),
+                                    ("--dtypes", args.dtypes, (WeightDtype.BF16.value, WeightDtype.FP8.value)),
                                     ("--routing", args.routing, ("balanced", "exact", "skewed"))):
         bad = [v for v in values.split(",") if v not in allowed]
         if bad:

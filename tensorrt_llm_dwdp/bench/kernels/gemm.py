@@ -6,6 +6,8 @@ from typing import Dict, List
 
 import torch
 
+from ...config import WeightDtype, is_fp8
+
 from ...moe import ExpertKernel, ExpertWeights, expert_compute, ops, select
 from ...moe.kernels import sort_by_expert
 from .setup import SHAPES, bench_ms, mlp_flops, routing
@@ -51,7 +53,7 @@ def dense(tokens: int, shape: str, fp8: bool):
 
 def run(hooks, shape: str, dtype: str, tokens_list: List[int], routings: List[str], peaks: Dict) -> List[Dict]:
     hidden, _, experts, k = SHAPES[shape]
-    fp8 = dtype == "float8_e4m3fn"
+    fp8 = is_fp8(dtype)
     peak = peaks["fp8_tflops" if fp8 else "bf16_tflops"]
     hooks.begin_step()
     comp = hooks.layer_weights(hooks.shape.ids[0])
@@ -89,7 +91,7 @@ def run(hooks, shape: str, dtype: str, tokens_list: List[int], routings: List[st
 
 def fp8_over_bf16(rows: List[Dict]) -> List[Dict]:
     """FP8 MLP speed over the BF16 MLP at the same shape, routing and tokens (rows of one run)."""
-    bf16 = {(r["shape"], r["routing"], r["tokens"]): r["mlp_ms"] for r in rows if r["dtype"] == "bfloat16"}
+    bf16 = {(r["shape"], r["routing"], r["tokens"]): r["mlp_ms"] for r in rows if r["dtype"] == WeightDtype.BF16}
     return [{"shape": r["shape"], "routing": r["routing"], "tokens": r["tokens"],
              "fp8_mlp_over_bf16": bf16[(r["shape"], r["routing"], r["tokens"])] / r["mlp_ms"]}
-            for r in rows if r["dtype"] == "float8_e4m3fn" and (r["shape"], r["routing"], r["tokens"]) in bf16]
+            for r in rows if is_fp8(r["dtype"]) and (r["shape"], r["routing"], r["tokens"]) in bf16]

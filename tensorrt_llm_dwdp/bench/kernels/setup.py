@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-from ...config import DwdpConfig
+from ...config import DwdpConfig, is_fp8
 from ...hooks import DwdpHooks, MoeShape
 from ...moe import ops
 
@@ -52,7 +52,7 @@ def expert_loader(shape: str, dtype: str, seed: int = 0):
     """(layer, experts) -> seeded random experts, the same on every rank; FP8 quantized per 128x128 block."""
     hidden, inter, _, _ = SHAPES[shape]
 
-    fp8 = dtype == "float8_e4m3fn"
+    fp8 = is_fp8(dtype)
 
     def one(layer, e, name, shape, std):
         g = torch.Generator(device="cuda").manual_seed(((seed * 1_000_003 + layer) * 4 + len(name)) * 65_537 + int(e))

@@ -19,7 +19,7 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 
-from ...config import DwdpConfigError
+from ...config import DwdpConfigError, WeightDtype
 from .layouts import Layout
 
 # Backend class -> the layout its tensors are in (layouts.py), None where its own kernels cannot read DWDP's
@@ -145,7 +145,7 @@ def describe(layer_idx: int, m, holder) -> MoeLayer:
                                   f"which every backend uses on Blackwell), not the 128x128 fp32 blocks {blocks} "
                                   "DWDP serves", "on Blackwell serve BF16 experts, or NVFP4 with dwdp_config "
                                   "(CUTEDSL); FP8 block-scaled experts are served on Hopper")
-        dtype = "float8_e4m3fn"
+        dtype = WeightDtype.FP8.value
     else:
         raise DwdpConfigError("quant_config", str(w.dtype), f"{where}: DWDP serves BF16/FP16 experts and FP8 "
                               "experts with 128x128 block scales", "use one of those checkpoints")

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
-from ...config import DwdpConfigError
+from ...config import DwdpConfigError, WeightDtype
 from .engine_flow import ENGINE_MARKER, ExpertDtype, plugin_library_path
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ def setup_engine_context(marker: EngineMarker, comm=None) -> None:
     load_plugin_library(plugin_library_path())
     options = load_options()
     shape = moe_shape_of(marker.engine_dir)
-    dtype = "float8_e4m3fn" if marker.dtype is ExpertDtype.FP8_BLOCK else "bfloat16"
+    dtype = (WeightDtype.FP8 if marker.dtype is ExpertDtype.FP8_BLOCK else WeightDtype.BF16).value
     if options is not None:
         config = options.config(num_experts=shape.num_experts, group_size=marker.group_size, weight_dtype=dtype)
     else:
