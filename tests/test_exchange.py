@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import fresh_seed
+from tensorrt_llm_dwdp.moe import experts as experts_module
 from tensorrt_llm_dwdp.moe import moe_experts
 from tensorrt_llm_dwdp.moe.exchange import AllToAllExchange, CommClock, ExchangeBackend, plan_dispatch
 from tensorrt_llm_dwdp.moe import ExpertWeights
@@ -128,6 +129,15 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
     for name in ("get_rank", "get_world_size", "all_to_all_single"):
         monkeypatch.setattr(dist, name, getattr(ranks, name))
     outs, errors = [None] * world, []
+    handed, computed = [0] * world, [0] * world  # rows given to the expert step; rows its experts ran on
+    real_swiglu = experts_module.swiglu
+
+    def counting_swiglu(x, *a, **kw):
+        if hasattr(ranks.local, "rank"):  # a rank thread (the reference below runs on the main thread)
+            computed[ranks.local.rank] += x.shape[0]
+        return real_swiglu(x, *a, **kw)
+
+    monkeypatch.setattr(experts_module, "swiglu", counting_swiglu)
 
     def rank_main(r):
         try:
@@ -137,7 +147,10 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
             ex = AllToAllExchange(owner, local_index, num_local, capacity, ExchangeBackend.GLOO,
                                   torch.device("cpu"), CommClock(torch.device("cpu")))
             got = ex.dispatch(xs[r], *routes[r])
-            outs[r] = ex.combine(moe_experts(got.rows, got.local_ids, got.weights, local), got)
+            handed[r] = got.row_index.numel()
+            assert int(got.num_rows) == handed[r]
+            y = moe_experts(got.rows, got.local_ids, got.weights, local, rows=got.row_index)
+            outs[r] = ex.combine(y, got)
         except BaseException as e:  # surfaced below, after every thread ended
             errors.append(e)
             ranks.barrier.abort()
@@ -149,6 +162,13 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
         t.join(60)
     assert not errors, errors
     assert ranks.calls == 2  # one dispatch, one combine: no count exchange
+    # the expert step runs on the rows received and nothing else: counted from the routing, independently
+    for r in range(world):
+        on_r = [owner[routes[s][0]] == r for s in range(world)]  # [T_s, k] each sender's slots on rank r
+        rows_in = sum(int(m.any(1).sum()) for m in on_r if m.numel())
+        slots_in = sum(int(m.sum()) for m in on_r)
+        assert handed[r] == rows_in and computed[r] == slots_in, (seed, r, handed[r], rows_in, computed[r], slots_in)
+    assert sum(handed) < world * world * capacity or not sum(tokens)  # not the fixed capacity's W x C per rank
     full = ExpertWeights(w13.double(), w2.double())
     peak = 0.0
     for r in range(world):
@@ -160,6 +180,8 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
             peak = max(peak, float(want.abs().max()))
     # not a comparison of near-zeros: over all ranks' tokens (one token alone may stay below 0.1)
     assert peak > 0.1 or not sum(tokens)
+    print(f"rows handed to the expert step {handed}, expert rows computed {computed}, "
+          f"fixed capacity {world * capacity} rows x {k} slots per rank")
 
 
 def test_sentinel_ids_contribute_nothing():

@@ -10,6 +10,13 @@ A token reaches a rank at most once, so `capacity` (= max_num_tokens) rows per p
 overflow: equal-split collectives need no count exchange and no host synchronisation, and the
 step can be captured in a CUDA graph. The index work (`plan_dispatch`) is pure tensor math.
 
+The receiver hands its expert step the received rows only (`compact_received`: occupancy from the ids,
+a stable sort of it, no hidden row moved): the step reads them in place from the receive buffer and,
+on CPU ranks, computes exactly the received (row, expert) pairs. NOTE: on GPUs the shapes stay the
+receive buffer's (no host sync); the grouped GEMMs stop at the device-side expert ends, but the
+permute and SwiGLU kernels still run the static bound: stopping them at a device-side count is
+kernel work not done yet.
+
 Backends (`ExchangeBackend`):
   * NCCL: `all_to_all_single` of fixed-capacity blocks, one rank per GPU. The layout of DeepEP's
     low-latency mode (a fixed per-peer buffer of num_max_dispatch_tokens_per_rank rows, no count
@@ -103,15 +110,36 @@ def plan_dispatch(topk_ids: torch.Tensor, topk_weights: torch.Tensor, owner: tor
 
 @dataclass(frozen=True)
 class Dispatched:
-    """What a rank received: rows [R, H] (R = world * capacity), their local expert ids [R, K] int32
-    (== num_local_experts for "not on this rank", also in unused rows), their weights [R, K] fp32.
+    """What a rank received, compacted: the expert step reads only the M received rows.
+
+    rows [R, H]: the receive buffer's hidden values (R = world * capacity), a strided view read in place;
+    row_index [M] int64: the receive rows the expert step computes, received rows first (in peer order);
+    local_ids [M, K] int32 / weights [M, K] fp32: their local expert ids (== num_local_experts for "not on
+    this rank") and routing weights; num_rows: a device scalar, how many rows were received.
+    M == num_rows on CPU ranks (reading a CPU tensor is no device sync); on GPUs M stays R (no host sync:
+    shapes fixed, capturable) and rows past num_rows carry no expert.
     `plan` and `recv_counts` (vdev only) are what combine needs to send the results back."""
 
     rows: torch.Tensor
+    row_index: torch.Tensor
     local_ids: torch.Tensor
     weights: torch.Tensor
+    num_rows: torch.Tensor
     plan: DispatchPlan
     recv_counts: Optional[torch.Tensor] = None
+
+
+def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor):
+    """Received rows first: (row_index [M] int64, local_ids [M, K] int32, num_rows device scalar).
+
+    ids [R, K] the receive buffer's local expert ids; occupied [R] bool the rows a peer filled. A stable sort
+    of the occupancy keeps peer order; M as in `Dispatched`. Index work only (R ints), no hidden row moves."""
+    num_rows = occupied.sum()
+    order = torch.argsort((~occupied).to(torch.uint8), stable=True)
+    if not ids.is_cuda:
+        order = order[:int(num_rows)]
+    local_ids = torch.where(occupied[order, None], ids.index_select(0, order), sentinel).to(torch.int32)
+    return order, local_ids, num_rows
 
 
 class CommClock:
@@ -219,21 +247,26 @@ class AllToAllExchange:
         if packed:
             recv, recv_counts = self.clock.run(self._symm.dispatch, layout, plan.counts)
             recv = recv.view(rows, layout.nbytes)
-            valid = torch.arange(rows, device=x.device)[:, None] < recv_counts.sum()
-            ids = torch.where(valid, layout.ids(recv), self._own_sentinel)
+            occupied = torch.arange(rows, device=x.device) < recv_counts.sum()  # packed from row 0
         else:
             recv = self._all_to_all(send)
-            ids = layout.ids(recv)
-        return Dispatched(layout.x(recv), ids, layout.weights(recv), plan, recv_counts)
+            # a peer's block holds its rows first and "no expert" rows after them
+            occupied = (layout.ids(recv) < self._own_sentinel).any(1)
+        row_index, ids, num_rows = compact_received(layout.ids(recv), self._own_sentinel, occupied)
+        weights = layout.weights(recv).index_select(0, row_index)
+        return Dispatched(layout.x(recv), row_index, ids, weights, num_rows, plan, recv_counts)
 
-    def combine(self, y_rows: torch.Tensor, dispatched: Dispatched) -> torch.Tensor:
-        """y_rows [R, H]: the receiver's weighted expert sums per received row -> [T, H] for this
-        rank's own tokens: each token's rows from every rank it went to, summed in fp32."""
+    def combine(self, y: torch.Tensor, dispatched: Dispatched) -> torch.Tensor:
+        """y [M, H]: the receiver's weighted expert sums of the rows it computed (dispatched.row_index) -> [T, H]
+        for this rank's own tokens: each token's rows from every rank it went to, summed in fp32."""
         from .ops import combine
+        # back into receive order; rows nobody sent stay unwritten: their senders never read them
+        y_rows = y.new_empty(self.world * self.capacity, y.shape[1])
+        y_rows.index_copy_(0, dispatched.row_index, y)
         if self._symm is not None:
             back = self.clock.run(self._symm.combine, y_rows, dispatched.recv_counts)
         else:
-            back = self._all_to_all(y_rows.contiguous())
+            back = self._all_to_all(y_rows)
         slot = dispatched.plan.slot
         tokens = slot.shape[0]
         if tokens == 0:
@@ -245,7 +278,7 @@ class AllToAllExchange:
         """The layer composition's token-exchange slot (moe.layer.TokenExchange): dispatch, this rank's experts
         on the received rows, combine."""
         got = self.dispatch(x, topk_ids, topk_weights)
-        return self.combine(compute(got.rows, got.local_ids, got.weights), got)
+        return self.combine(compute(got.rows, got.local_ids, got.weights, got.row_index), got)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ import torch
 from .kernels import ExpertKernel, expert_compute
 from .weights import ExpertWeights
 
-# (x [R, H], topk_ids [R, k], topk_weights [R, k]) -> [R, H]: the experts of the weight source on rows
-ComputeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (x [R, H], topk_ids [M, k], topk_weights [M, k], rows [M] or None) -> [M, H]: the experts of the weight source
+# on x[rows] (all of x when rows is None; x may be a strided view, read in place)
+ComputeFn = Callable[..., torch.Tensor]
 
 
 class WeightSource(Protocol):
@@ -78,6 +79,7 @@ class RoutedExperts:
                layer_idx: int) -> torch.Tensor:
         weights = self.source.acquire(layer_idx)
         y = self.exchange.run(x, topk_ids, topk_weights,
-                              lambda xs, ids, wts: expert_compute(xs, ids, wts, weights, kernel=self.kernel))
+                              lambda xs, ids, wts, rows=None: expert_compute(xs, ids, wts, weights,
+                                                                             kernel=self.kernel, rows=rows))
         self.source.release(layer_idx)
         return y

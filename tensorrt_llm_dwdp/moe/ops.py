@@ -50,8 +50,9 @@ def combine(y: torch.Tensor, row: torch.Tensor, weight: torch.Tensor, k: int) ->
                                out.data_ptr(), torch.cuda.current_stream(y.device).cuda_stream)
         return out
     keep = row >= 0
-    rows = y.index_select(0, torch.where(keep, row, 0)).float() * torch.where(keep, weight.float(), 0.0)[:, None]
-    out.copy_(rows.view(tokens, k, -1).sum(1))
+    rows = y.index_select(0, torch.where(keep, row, 0)).float() * weight.float()[:, None]
+    # where, not a zero weight: a skipped row may point at a row nobody wrote (NaN * 0 is NaN)
+    out.copy_(torch.where(keep[:, None], rows, 0.0).view(tokens, k, -1).sum(1))
     return out
 
 
