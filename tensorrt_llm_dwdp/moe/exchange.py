@@ -116,8 +116,8 @@ class Dispatched:
     row_index [M] int64: the receive rows the expert step computes, received rows first (in peer order);
     local_ids [M, K] int32 / weights [M, K] fp32: their local expert ids (== num_local_experts for "not on
     this rank") and routing weights; num_rows: a device scalar, how many rows were received.
-    M == num_rows on CPU ranks (reading a CPU tensor is no device sync); on GPUs M stays R (no host sync:
-    shapes fixed, capturable) and rows past num_rows carry no expert.
+    M == num_rows on CPU ranks (reading a CPU tensor is no device sync); on GPUs M stays R, in receive order
+    (no host sync: shapes fixed, capturable), and rows nobody sent carry no expert.
     `plan` and `recv_counts` (vdev only) are what combine needs to send the results back."""
 
     rows: torch.Tensor
@@ -135,9 +135,10 @@ def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor):
     ids [R, K] the receive buffer's local expert ids; occupied [R] bool the rows a peer filled. A stable sort
     of the occupancy keeps peer order; M as in `Dispatched`. Index work only (R ints), no hidden row moves."""
     num_rows = occupied.sum()
-    order = torch.argsort((~occupied).to(torch.uint8), stable=True)
-    if not ids.is_cuda:
-        order = order[:int(num_rows)]
+    if ids.is_cuda:  # static shapes: every row, in receive order (unoccupied ones masked to "no expert")
+        order = torch.arange(ids.shape[0], device=ids.device)
+    else:
+        order = torch.argsort((~occupied).to(torch.uint8), stable=True)[:int(num_rows)]
     local_ids = torch.where(occupied[order, None], ids.index_select(0, order), sentinel).to(torch.int32)
     return order, local_ids, num_rows
 
@@ -260,13 +261,14 @@ class AllToAllExchange:
         """y [M, H]: the receiver's weighted expert sums of the rows it computed (dispatched.row_index) -> [T, H]
         for this rank's own tokens: each token's rows from every rank it went to, summed in fp32."""
         from .ops import combine
-        # back into receive order; rows nobody sent stay unwritten: their senders never read them
-        y_rows = y.new_empty(self.world * self.capacity, y.shape[1])
-        y_rows.index_copy_(0, dispatched.row_index, y)
+        y_rows = y
+        if not y.is_cuda:  # back into receive order; rows nobody sent stay unwritten: their senders never read them
+            y_rows = y.new_empty(self.world * self.capacity, y.shape[1])
+            y_rows.index_copy_(0, dispatched.row_index, y)
         if self._symm is not None:
             back = self.clock.run(self._symm.combine, y_rows, dispatched.recv_counts)
         else:
-            back = self._all_to_all(y_rows)
+            back = self._all_to_all(y_rows.contiguous())
         slot = dispatched.plan.slot
         tokens = slot.shape[0]
         if tokens == 0:
