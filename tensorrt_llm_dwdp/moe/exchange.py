@@ -34,7 +34,7 @@ import enum
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -281,6 +281,38 @@ class AllToAllExchange:
         on the received rows, combine."""
         got = self.dispatch(x, topk_ids, topk_weights)
         return self.combine(compute(got.rows, got.local_ids, got.weights, got.row_index), got)
+
+
+class ReplicaRouting:
+    """EPLB: each token's expert to one of its replicas (flat slot ids, rank = slot // slots per rank).
+
+    replicas: expert -> its slot ids. Token t of this rank takes replica (t + rank) mod count, so an expert's
+    tokens split evenly over its replicas, and ranks with few tokens do not all pick the first one. Device-side
+    table lookups: no host sync."""
+
+    def __init__(self, replicas: Dict[int, Sequence[int]], rank: int, device: torch.device):
+        num_experts = len(replicas)
+        width = max(len(v) for v in replicas.values())
+        self.table = torch.tensor([[replicas[e][i % len(replicas[e])] for i in range(width)]
+                                   for e in range(num_experts)], dtype=torch.long, device=device)
+        self.count = torch.tensor([len(replicas[e]) for e in range(num_experts)], dtype=torch.long, device=device)
+        self.rank = rank
+
+    def __call__(self, topk_ids: torch.Tensor) -> torch.Tensor:
+        """topk_ids [T, K] global expert ids -> [T, K] slot ids."""
+        t = torch.arange(topk_ids.shape[0], device=topk_ids.device)[:, None] + self.rank
+        return self.table[topk_ids, t % self.count[topk_ids]]
+
+
+class ReplicatedExchange:
+    """A token exchange over replica slots (EPLB): global expert ids become slot ids, then `exchange` (built with
+    one "expert" per slot) dispatches, computes and combines as plain DEP does."""
+
+    def __init__(self, exchange: "AllToAllExchange", routing: ReplicaRouting):
+        self.exchange, self.routing = exchange, routing
+
+    def run(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, compute) -> torch.Tensor:
+        return self.exchange.run(x, self.routing(topk_ids), topk_weights, compute)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class IterationRecord:
     bytes_pulled: int = 0  # DWDP: expert bytes this iteration's layers consumed from peers
     comm_s: float = 0.0  # exposed communication, device-timed on GPUs: DEP collectives, DWDP pull stalls
     # (including the pull still in flight that the end-of-step sync waits for)
+    expert_rows: int = 0  # (row, expert) pairs this rank's experts computed, over the step's MoE layers
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class ContextExecutor:
         self.model, self.mode, self.max_num_tokens, self.device = model, mode, max_num_tokens, device
         self.hooks, self.clock, self.seed, self.chunked = hooks, clock, seed, chunked_prefill
         self._tail_s = 0.0  # the last step's exposed end-of-step wait (see _sync_step)
+        self._rows = 0  # the last step's expert rows (see _expert_rows)
 
     def _tokens(self, req: Request) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + req.id)
@@ -180,7 +182,17 @@ class ContextExecutor:
         if self.hooks is not None:
             self.hooks.end_step()
         self._tail_s = self._sync_step()
+        self._rows = self._expert_rows()
         return len(ids)
+
+    def _expert_rows(self) -> int:
+        """The step's expert rows from the MoE blocks' counters (read after the sync), which it resets."""
+        rows = 0
+        for b in getattr(self.model, "moe_blocks", lambda: [])():
+            if b.experts is not None and b.experts.expert_rows is not None:
+                rows += int(b.experts.expert_rows)
+                b.experts.reset_counters()
+        return rows
 
     def _sync_step(self) -> float:
         """End of step on a GPU: the compute stream first, then the device. What the second wait takes is
@@ -206,4 +218,4 @@ class ContextExecutor:
             comm = wait + self._tail_s  # stalls inside the step, and the pull the step's end waited for
         elif self.mode == "dep":
             wait, comm = self.clock.host_s - host_mark, self.clock.take_device_s()
-        return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm)
+        return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm, self._rows)

@@ -29,7 +29,7 @@ from .apply import apply_dwdp
 from .capacity import check_fits
 from .config import PRESETS, ModelConfig, cut, preset
 from ..moe.exchange import CommClock
-from .dep import apply_dep, exchange_backend, init_torch_distributed, shutdown_torch_distributed
+from .dep import apply_dep, apply_eplb, exchange_backend, init_torch_distributed, shutdown_torch_distributed
 from .executor import ContextExecutor
 from .model import Decoder
 from .schedule import least_loaded
@@ -77,6 +77,9 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
     g.add_argument("--dep-exchange", default="auto", choices=("auto", "nccl", "symm_mem"),
                    help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks and "
                         "ranks sharing a GPU use gloo")
+    g.add_argument("--eplb", type=int, default=0, metavar="N",
+                   help="also run DEP with EPLB (mode dep+eplb): N redundant expert slots per rank, filled with "
+                        "replicas of the experts the warm-up measured hottest (default 0: off)")
     g.add_argument("--warmup", type=int, default=1,
                    help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
     g.add_argument("--sim-machine", default=None,
@@ -136,8 +139,9 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
     positive("--max-num-tokens", args.max_num_tokens, "e.g. --max-num-tokens 8192")
     positive("--warmup", args.warmup, "e.g. --warmup 1, or 0 to time the first step", allow_zero=True)
     positive("--seed", args.seed, "e.g. --seed 0", allow_zero=True)
+    positive("--eplb", args.eplb, "e.g. --eplb 1, or 0 for plain DEP only", allow_zero=True)
     for option, value, most in (("--requests", args.requests, MAX_REQUESTS), ("--warmup", args.warmup, MAX_WARMUP),
-                                ("--max-num-tokens", args.max_num_tokens, MAX_ISL), ("--depth", args.depth, 64),
+                                ("--max-num-tokens", args.max_num_tokens, MAX_ISL), ("--depth", args.depth, 64), ("--eplb", args.eplb, 1 << 16),
                                 ("--vocab", args.vocab or 0, 1 << 22), ("--layers", args.layers or 0, 1024),
                                 ("--seed", args.seed, 2**32 - 1)):
         if value > most:
@@ -151,9 +155,19 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
         except ValueError as e:
             raise UsageError(str(e).replace("--machine", "--sim-machine")) from None
     check_output_path("--json", args.json)
+    if args.eplb and args.warmup < 1:
+        raise UsageError(f"--eplb {args.eplb}: places replicas from the load the warm-up measures, and --warmup is 0. "
+                         "Fix: --warmup 1 or more, or leave --eplb out.")
+    if world_size is not None and args.eplb:
+        most = cfg.num_experts - -(-cfg.num_experts // world_size)
+        if args.eplb > most:
+            raise UsageError(f"--eplb {args.eplb}: {world_size} ranks hold {-(-cfg.num_experts // world_size)} of "
+                             f"{cfg.num_experts} experts each, so at most {most} more slots can hold distinct "
+                             f"replicas. Fix: --eplb {max(most, 0)} or less.")
     if world_size is not None:
         check_requests_fit(args, world_size)
-        check_fits(cfg, args, [m for m in modes if m != "auto"] or ["local"], world_size)
+        check_fits(cfg, args, [m for m in modes if m != "auto"] + (["dep+eplb"] if args.eplb else []) or ["local"],
+                   world_size)
     if world_size is not None and ("dwdp" in modes or "auto" in modes):
         # the weight dtype changes no rule checked here (group layout, depth, slice, backend)
         with options_named(JOB_FLAGS):
@@ -215,7 +229,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     else:
         cfg = preset(args.preset, args.layers, args.vocab)
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
-        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep"),
+        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep", "dep+eplb"),
                               weight_dtype=args.weight_dtype)
     hooks, clock, exchange = None, None, None
     if mode == "dwdp":
@@ -224,15 +238,18 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
         if comm.Get_rank() == 0:  # what the composite layout costs, padding included
             print(f"  [dwdp] rank 0 memory: {hooks.plan.memory.describe()}", flush=True)
-    elif mode == "dep":
+    elif mode in ("dep", "dep+eplb"):
         clock = CommClock(device)
         stage = init_torch_distributed(comm, device)
         exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
-                             backend=exchange_backend(device, stage, args.dep_exchange))
+                             backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != "dep")
+        if mode == "dep+eplb":  # plain DEP through the warm-up, which measures the load EPLB places from
+            for b in model.moe_blocks():
+                b.experts.count_load(cfg.num_experts, device)
     rank, world = comm.Get_rank(), comm.Get_size()
     requests = _requests(args, rank, world)
-    executor = ContextExecutor(model, mode, args.max_num_tokens, device, args.seed, hooks=hooks, clock=clock,
-                               chunked_prefill=args.chunked_prefill)
+    executor = ContextExecutor(model, "dep" if mode == "dep+eplb" else mode, args.max_num_tokens, device, args.seed,
+                               hooks=hooks, clock=clock, chunked_prefill=args.chunked_prefill)
     shown = [0.0]
 
     def progress(done, total):
@@ -241,6 +258,11 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
             print(f"  [{mode}] rank 0: {done}/{total} requests", flush=True)
 
     executor.warm_up(requests, args.warmup)
+    eplb = None
+    if mode == "dep+eplb":
+        eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
+                          backend=exchange_backend(device, stage, args.dep_exchange))
+        executor.warm_up(requests, 1)  # the replicas' first step, untimed as the warm-up's were
     comm.Barrier()
     t0 = comm.bcast(time.time() + 0.05, root=0)
     while time.time() < t0:
@@ -248,9 +270,17 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     result = executor.run(requests, t0, rank, progress)
     if hooks is not None:
         hooks.close()
-    return {"rank": rank, "device": str(device), "exchange": exchange and exchange.value,
+    return {"rank": rank, "device": str(device), "exchange": exchange and exchange.value, "eplb": eplb,
             "iterations": [vars(i) for i in result.iterations],
             "requests": [dict(vars(q), ttft_s=q.ttft_s) for q in result.requests]}
+
+
+def run_order(args) -> List[str]:
+    """The modes in the order they run: --modes, with dep+eplb right after dep (or last) when --eplb is on."""
+    order = [m for m in args.modes.split(",") if m]
+    if args.eplb:
+        order.insert(order.index("dep") + 1 if "dep" in order else len(order), "dep+eplb")
+    return order
 
 
 def run(args) -> int:
@@ -265,7 +295,7 @@ def run(args) -> int:
     else:
         device, dtype = torch.device("cpu"), torch.float32
     modes, decisions, done = {}, {}, set()  # `done` on every rank: `modes` fills on rank 0 only
-    for mode in args.modes.split(","):
+    for mode in run_order(args):
         if mode in ("auto", "dwdp"):
             from .auto import choose
             cfg = model_config(args)
@@ -289,7 +319,7 @@ def run(args) -> int:
         ranks = comm.gather(run_mode(mode, args, comm, device, dtype), root=0)
         # Like for like: the next mode starts as this one did, without its process group's threads or its
         # model's memory still around (a mode that ran after DEP used to share the cores with gloo's group).
-        if mode == "dep":
+        if mode in ("dep", "dep+eplb"):
             shutdown_torch_distributed()
         gc.collect()
         if device.type == "cuda":

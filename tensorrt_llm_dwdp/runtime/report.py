@@ -7,7 +7,7 @@ from typing import Dict, List
 
 import numpy as np
 
-SHARDED_MODES = ("dwdp", "dep")
+SHARDED_MODES = ("dwdp", "dep", "dep+eplb")
 # A sharded mode does the same work as `local` plus communication; beyond this it is not like for like.
 LIKE_FOR_LIKE_MARGIN = 1.10
 # ...and below this fraction of local's TPS/GPU its communication (or a difference in work) dominates the run:
@@ -35,6 +35,10 @@ def summarize(ranks: List[dict]) -> Dict[str, float]:
     including waiting for the slowest rank; DWDP: compute stalled on pulls, and the pull still in flight
     at the end-of-step sync); host timers on CPU ranks.
     bytes_pulled_per_step: DWDP's expert bytes pulled per token-carrying iteration (mean over ranks' steps).
+    expert_load_imbalance: the busiest rank's expert rows ((row, expert) pairs its experts computed, over
+    every iteration of the run, a DEP rank's zero-token ones included: it computes what others send it)
+    over the mean. DEP's group waits for its busiest rank at every layer; local and DWDP ranks compute
+    their own tokens, so theirs is the token imbalance the batching left.
     """
     work = [it for r in ranks for it in r["iterations"] if it["tokens"] > 0]
     tokens = sum(it["tokens"] for it in work)
@@ -45,6 +49,7 @@ def summarize(ranks: List[dict]) -> Dict[str, float]:
     comm = sum(it.get("comm_s", 0.0) for it in work)
     pulled = sum(it.get("bytes_pulled", 0) for it in work)
     ttft = np.array([q["done_s"] - q["arrival_s"] for r in ranks for q in r["requests"]])
+    rows = [sum(it.get("expert_rows", 0) for it in r["iterations"]) for r in ranks]
     return {
         "tokens": tokens,
         "tokens_per_s_per_gpu": tokens / wall if wall > 0 else 0.0,
@@ -59,6 +64,8 @@ def summarize(ranks: List[dict]) -> Dict[str, float]:
         "bytes_pulled": pulled,
         "bytes_pulled_per_step": pulled / len(work) if work else 0.0,
         "steps_without_pull": sum(1 for it in work if not it.get("bytes_pulled", 0)),
+        "expert_rows": sum(rows),
+        "expert_load_imbalance": max(rows) * len(rows) / sum(rows) if sum(rows) else 1.0,
     }
 
 
@@ -121,17 +128,19 @@ def _mib(mode: str, s: dict) -> str:
 
 def table(results: List[dict]) -> str:
     """One row per (run, mode), then the caveats. TPS/GPU: tokens / (W x wall time of the timed window); busy:
-    tokens over summed busy time. MiB/step: DWDP's bytes pulled per step. DWDP/DEP: DWDP's TPS/GPU over DEP's,
+    tokens over summed busy time. imbal: the busiest rank's expert rows over the mean. MiB/step: DWDP's bytes
+    pulled per step. DWDP/DEP: DWDP's TPS/GPU over DEP's,
     on the dwdp row."""
-    head = (f"{'ISL':>18} {'mode':>6} {'TPS/GPU':>10} {'busy TPS':>10} {'TTFT p50 s':>11} {'TTFT p90 s':>11} "
-            f"{'wait':>7} {'comm':>7} {'MiB/step':>9} {'DWDP/DEP':>9}")
+    head = (f"{'ISL':>18} {'mode':>8} {'TPS/GPU':>10} {'busy TPS':>10} {'TTFT p50 s':>11} {'TTFT p90 s':>11} "
+            f"{'wait':>7} {'comm':>7} {'imbal':>6} {'MiB/step':>9} {'DWDP/DEP':>9}")
     lines = [head]
     for res in results:
         for mode, s in res["modes"].items():
             sp = f"{res['speedup_dwdp_over_dep']:.3f}" if mode == "dwdp" and res["speedup_dwdp_over_dep"] == \
                 res["speedup_dwdp_over_dep"] else ""
-            lines.append(f"{res['config']['isl']:>18} {mode:>6} {s['tokens_per_s_per_gpu']:>10.1f} "
+            lines.append(f"{res['config']['isl']:>18} {mode:>8} {s['tokens_per_s_per_gpu']:>10.1f} "
                          f"{s.get('busy_tokens_per_s_per_gpu', 0.0):>10.1f} "
                          f"{s['ttft_p50_s']:>11.3f} {s['ttft_p90_s']:>11.3f} {s['wait_fraction']:>7.1%} "
-                         f"{s.get('comm_fraction', 0.0):>7.1%} {_mib(mode, s):>9} {sp:>9}")
+                         f"{s.get('comm_fraction', 0.0):>7.1%} {s.get('expert_load_imbalance', 1.0):>6.2f} "
+                         f"{_mib(mode, s):>9} {sp:>9}")
     return "\n".join(lines + caveats(results))
