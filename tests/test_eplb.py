@@ -48,3 +48,23 @@ def test_a_hot_expert_gets_replicas_and_the_imbalance_falls():
 def test_bad_input_is_one_clear_error(load, world, slots, what):
     with pytest.raises(ValueError, match=what):
         eplb_placement(load, world, slots)
+
+
+def test_replica_routing_sends_each_token_to_one_replica_and_splits_evenly():
+    import torch
+    from tensorrt_llm_dwdp.moe.exchange import ReplicaRouting
+    rng = random.Random(fresh_seed())
+    world, per = 3, 3
+    load = [rng.uniform(0.5, 1.0) for _ in range(world * per)]
+    load[rng.randrange(world * per)] = 10.0
+    p = eplb_placement(load, world, per + 2)
+    reps = p.replicas()
+    tokens = rng.randint(30, 90)
+    ids = torch.stack([torch.randperm(world * per)[:2] for _ in range(tokens)])
+    slot_of = {s: e for e, ss in reps.items() for s in ss}
+    for rank in range(world):
+        got = ReplicaRouting(reps, rank, torch.device("cpu"))(ids)
+        assert all(slot_of[int(s)] == int(e) for s, e in zip(got.flatten(), ids.flatten()))  # a replica of its expert
+        for e, ss in reps.items():
+            hits = [int((got == s).sum()) for s in ss]
+            assert max(hits) - min(hits) <= 1, (e, hits)  # round robin over the replicas

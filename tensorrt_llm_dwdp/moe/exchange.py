@@ -286,9 +286,9 @@ class AllToAllExchange:
 class ReplicaRouting:
     """EPLB: each token's expert to one of its replicas (flat slot ids, rank = slot // slots per rank).
 
-    replicas: expert -> its slot ids. Token t of this rank takes replica (t + rank) mod count, so an expert's
-    tokens split evenly over its replicas, and ranks with few tokens do not all pick the first one. Device-side
-    table lookups: no host sync."""
+    replicas: expert -> its slot ids. The i-th of this rank's tokens routed to an expert takes replica
+    (i + rank) mod count: an expert's tokens split evenly over its replicas (within one), and ranks with few
+    tokens do not all pick the first one. Device-side sort and lookups: no host sync."""
 
     def __init__(self, replicas: Dict[int, Sequence[int]], rank: int, device: torch.device):
         num_experts = len(replicas)
@@ -300,8 +300,12 @@ class ReplicaRouting:
 
     def __call__(self, topk_ids: torch.Tensor) -> torch.Tensor:
         """topk_ids [T, K] global expert ids -> [T, K] slot ids."""
-        t = torch.arange(topk_ids.shape[0], device=topk_ids.device)[:, None] + self.rank
-        return self.table[topk_ids, t % self.count[topk_ids]]
+        flat = topk_ids.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        first = torch.searchsorted(flat[order], flat[order])  # where each expert's run starts in sorted order
+        nth = torch.empty_like(flat)
+        nth[order] = torch.arange(flat.numel(), device=flat.device) - first  # i: earlier tokens of the same expert
+        return self.table[topk_ids, ((nth + self.rank) % self.count[flat]).view_as(topk_ids)]
 
 
 class ReplicatedExchange:
