@@ -1,8 +1,9 @@
 """Run under mpirun: local, DWDP, DEP and DEP+EPLB give the same logits for the same requests on every rank.
 
 Rank 1 has no tokens (it runs DEP's zero-token forward); the others have different batches. DEP
-runs the fixed-capacity exchange (moe/exchange.py) over gloo; its collectives must have run
-(the clock saw them) for the comparison to mean anything.
+runs over gloo with split sizes (occupied rows only, CPU ranks' default) and with the fixed-capacity
+exchange (moe/exchange.py); their collectives must have run (the clocks saw them) for the comparison
+to mean anything.
 """
 
 import sys
@@ -36,7 +37,13 @@ with torch.no_grad():
     clock = CommClock(torch.device("cpu"))
     backend = apply_dep(m, clock, max_num_tokens=64, stage_on_host=init_torch_distributed(world, torch.device("cpu")))
     dep = m(ids, lens)
-    exchanged = backend is ExchangeBackend.GLOO and clock.host_s > 0
+    exchanged = backend is ExchangeBackend.GLOO_SPLITS and clock.host_s > 0
+    # the fixed-capacity exchange, the named fallback
+    m = Decoder.build(cfg, seed, lazy_experts=True)
+    fixed_clock = CommClock(torch.device("cpu"))
+    fixed_backend = apply_dep(m, fixed_clock, max_num_tokens=64, backend=ExchangeBackend.GLOO)
+    dep_fixed = m(ids, lens)
+    exchanged = exchanged and fixed_backend is ExchangeBackend.GLOO and fixed_clock.host_s > 0
     # DEP+EPLB: plain DEP measures the load for one step, then one redundant slot per rank holds a replica
     m = Decoder.build(cfg, seed, lazy_experts=True)
     apply_dep(m, clock, max_num_tokens=64, keep_experts=True)
@@ -53,12 +60,12 @@ def maxdiff(a, b):
     return float((a - b).abs().max()) if a.numel() else 0.0
 
 
-errs = (maxdiff(dwdp, local), maxdiff(dep, local), maxdiff(dep_eplb, local))
+errs = (maxdiff(dwdp, local), maxdiff(dep, local), maxdiff(dep_fixed, local), maxdiff(dep_eplb, local))
 ok = exchanged and replicated and max(errs) <= TOL and \
-    dwdp.shape == dep.shape == dep_eplb.shape == local.shape == (len(lens), cfg.vocab)
+    dwdp.shape == dep.shape == dep_fixed.shape == dep_eplb.shape == local.shape == (len(lens), cfg.vocab)
 for r, e, o, n in world.gather((rank, errs, ok, len(lens)), root=0) or []:
     print(f"rank {r}: {n} sequences, max |dwdp - local| {e[0]:.2e}, max |dep - local| {e[1]:.2e}, "
-          f"max |dep+eplb - local| {e[2]:.2e}, {'ok' if o else 'FAIL'}")
+          f"max |dep fixed capacity - local| {e[2]:.2e}, max |dep+eplb - local| {e[3]:.2e}, {'ok' if o else 'FAIL'}")
 if rank == 0:
     print("modes agree within", TOL)
 sys.exit(0 if ok else 1)

@@ -1,5 +1,6 @@
-"""EPLB's placement (eplb.py) as properties: every expert has a replica, every rank the same number of slots, a
-rank never holds one expert twice, and the busiest rank carries no more than plain DEP's contiguous placement."""
+"""EPLB's placement (eplb.py) as properties: every expert has an active replica, every rank the same number of
+slots, a rank never holds one expert twice, and the busiest rank carries no more than plain DEP's contiguous
+placement."""
 
 import random
 
@@ -23,7 +24,8 @@ def test_placement_properties(world, per, extra, data):
     assert all(len(set(s)) == len(s) for s in p.slots)  # no expert twice on a rank
     reps = p.replicas()
     assert all(len(reps[e]) >= 1 for e in range(num_experts))
-    assert sorted(x for r in reps.values() for x in r) == list(range(world * (per + extra)))
+    # every slot holds an active replica or a spare copy (one that takes no tokens)
+    assert sorted([x for r in reps.values() for x in r] + list(p.spare)) == list(range(world * (per + extra)))
     plain = contiguous_slots(num_experts, world).rank_loads(load)
     got = p.rank_loads(load)
     assert sum(got) == pytest.approx(sum(load))  # replicas split an expert's load, they do not add to it

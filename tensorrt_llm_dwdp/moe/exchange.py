@@ -23,6 +23,8 @@ Backends (`ExchangeBackend`):
     exchange), moved by NCCL instead of IBGDA/NVLink stores; it moves the whole capacity.
   * GLOO: the same protocol over gloo for CPU ranks, and for ranks sharing one GPU (NCCL refuses
     that), staging through host memory. A correctness path: it stands for no fast exchange.
+  * GLOO_SPLITS: gloo with split sizes, CPU ranks' default: the W row counts go first (W integers), then
+    only occupied rows move. On CPU tensors the counts are host values, so no device is synchronised.
   * SYMM_MEM: torch symmetric memory's `all_to_all_vdev` (NVSHMEM), with splits that stay on the
     device: only occupied rows move. Stands for DeepEP normal mode / TensorRT-LLM's
     NVLinkOneSided all-to-all (one-sided writes into peers' registered buffers, device-side counts).
@@ -42,7 +44,32 @@ import torch
 class ExchangeBackend(enum.Enum):
     NCCL = "nccl"
     GLOO = "gloo"
+    GLOO_SPLITS = "gloo_splits"
     SYMM_MEM = "symm_mem"
+
+    @property
+    def occupied_only(self) -> bool:
+        """Moves only occupied rows (else the fixed capacity: (W-1) x C rows each way per rank)."""
+        return self in (ExchangeBackend.GLOO_SPLITS, ExchangeBackend.SYMM_MEM)
+
+
+class Traffic:
+    """Bytes a rank's exchanges sent to other ranks, and the least they could have sent: one row per (token,
+    destination rank) out (hidden values, local ids, weights) and one hidden row back. Attributed to the
+    sender of the tokens (a row's round trip), so the ranks' sums are the group's totals. Device scalars,
+    accumulated without a host sync; `take` reads and resets them."""
+
+    def __init__(self):
+        self._moved = self._min = 0
+
+    def add(self, moved, minimum) -> None:
+        self._moved, self._min = self._moved + moved, self._min + minimum
+
+    def take(self):
+        """(moved, minimum) bytes since the last call, as ints."""
+        out = int(self._moved), int(self._min)
+        self._moved = self._min = 0
+        return out
 
 
 class ExchangeUnavailable(RuntimeError):
@@ -192,10 +219,13 @@ class AllToAllExchange:
     """
 
     def __init__(self, owner: torch.Tensor, local_index: torch.Tensor, num_local: List[int], capacity: int,
-                 backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None):
+                 backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None,
+                 traffic: Optional[Traffic] = None):
         import torch.distributed as dist
         self.dist, self.group = dist, group
         self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        self.traffic = traffic if traffic is not None else Traffic()
         self.device = torch.device(device)
         if len(num_local) != self.world:
             raise ValueError(f"num_local lists {len(num_local)} ranks, the group has {self.world}")
@@ -209,6 +239,8 @@ class AllToAllExchange:
             self._symm = _SymmBuffers(self.world, self.capacity, self.device, group)
         elif backend is ExchangeBackend.NCCL and self.device.type != "cuda":
             raise ExchangeUnavailable("the NCCL exchange needs GPU tensors; use gloo on CPU ranks")
+        elif backend is ExchangeBackend.GLOO_SPLITS and self.device.type != "cpu":
+            raise ExchangeUnavailable("gloo with split sizes reads the row counts on the host: CPU tensors only")
 
     # ---- the collectives ----------------------------------------------------------------------
 
@@ -225,18 +257,35 @@ class AllToAllExchange:
         self.clock.run(self.dist.all_to_all_single, out, buf, group=self.group)
         return out
 
+    def _split_all_to_all(self, buf: torch.Tensor, send: List[int], recv: List[int]) -> torch.Tensor:
+        """All-to-all of the first sum(send) rows of buf, send[r] of them to rank r; returns [sum(recv), ...]."""
+        out = buf.new_empty(sum(recv), *buf.shape[1:])
+        self.clock.run(self.dist.all_to_all_single, out, buf[:sum(send)], output_split_sizes=recv,
+                       input_split_sizes=send, group=self.group)
+        return out
+
+    def _count(self, counts: torch.Tensor, layout: "_RowLayout") -> None:
+        """Traffic of one dispatch and its combine (see Traffic), counts [W] this rank's rows per destination."""
+        out_row = layout.hidden * layout.dtype.itemsize
+        peers = counts.sum() - counts[self.rank]
+        minimum = peers * (layout.nbytes + out_row)
+        if self.backend.occupied_only:
+            self.traffic.add(minimum, minimum)
+        else:
+            self.traffic.add((self.world - 1) * self.capacity * (layout.nbytes + out_row), minimum)
+
     # ---- dispatch / combine -------------------------------------------------------------------
 
     def dispatch(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> Dispatched:
         """x [T, H] (T <= capacity), topk_ids [T, K], topk_weights [T, K] -> rows this rank computes."""
         k = topk_ids.shape[1]
-        packed = self._symm is not None
+        packed = self.backend.occupied_only
         plan = plan_dispatch(topk_ids, topk_weights, self.owner, self.local_index, self.sentinel, self.capacity,
                              packed=packed)
         rows = self.world * self.capacity
         layout = _RowLayout(x.shape[1], x.dtype, k)
-        send = self._symm.send(layout) if packed else torch.empty(rows, layout.nbytes, dtype=torch.uint8,
-                                                                  device=x.device)
+        send = self._symm.send(layout) if self._symm is not None else \
+            torch.empty(rows, layout.nbytes, dtype=torch.uint8, device=x.device)
         send = send.view(rows, layout.nbytes)
         if x.shape[0]:
             torch.index_select(x, 0, plan.send_token, out=layout.x(send))
@@ -245,7 +294,13 @@ class AllToAllExchange:
         layout.ids(send).copy_(plan.local_ids)
         layout.weights(send).copy_(plan.weights)
         recv_counts = None
-        if packed:
+        self._count(plan.counts, layout)
+        if self.backend is ExchangeBackend.GLOO_SPLITS:
+            recv_counts = torch.empty_like(plan.counts)
+            self.clock.run(self.dist.all_to_all_single, recv_counts, plan.counts, group=self.group)
+            recv = self._split_all_to_all(send, plan.counts.tolist(), recv_counts.tolist())
+            occupied = torch.ones(recv.shape[0], dtype=torch.bool)  # exactly the rows peers sent
+        elif packed:
             recv, recv_counts = self.clock.run(self._symm.dispatch, layout, plan.counts)
             recv = recv.view(rows, layout.nbytes)
             occupied = torch.arange(rows, device=x.device) < recv_counts.sum()  # packed from row 0
@@ -261,18 +316,21 @@ class AllToAllExchange:
         """y [M, H]: the receiver's weighted expert sums of the rows it computed (dispatched.row_index) -> [T, H]
         for this rank's own tokens: each token's rows from every rank it went to, summed in fp32."""
         from .ops import combine
-        y_rows = y
-        if not y.is_cuda:  # back into receive order; rows nobody sent stay unwritten: their senders never read them
-            y_rows = y.new_empty(self.world * self.capacity, y.shape[1])
-            y_rows.index_copy_(0, dispatched.row_index, y)
-        if self._symm is not None:
-            back = self.clock.run(self._symm.combine, y_rows, dispatched.recv_counts)
+        if self.backend is ExchangeBackend.GLOO_SPLITS:  # every received row was computed, in receive order
+            back = self._split_all_to_all(y, dispatched.recv_counts.tolist(), dispatched.plan.counts.tolist())
         else:
-            back = self._all_to_all(y_rows.contiguous())
+            y_rows = y
+            if not y.is_cuda:  # back into receive order; rows nobody sent stay unwritten: their senders never read them
+                y_rows = y.new_empty(self.world * self.capacity, y.shape[1])
+                y_rows.index_copy_(0, dispatched.row_index, y)
+            if self._symm is not None:
+                back = self.clock.run(self._symm.combine, y_rows, dispatched.recv_counts)
+            else:
+                back = self._all_to_all(y_rows.contiguous())
         slot = dispatched.plan.slot
         tokens = slot.shape[0]
         if tokens == 0:
-            return y_rows.new_zeros(0, y_rows.shape[1])
+            return y.new_zeros(0, y.shape[1])
         used = slot >= 0
         return combine(back, torch.where(used, slot, -1).reshape(-1), used.float().reshape(-1), self.world)
 

@@ -23,7 +23,7 @@ from ..eplb import SlotPlacement, eplb_placement, imbalance
 from ..placement import even_placement
 from ..moe import ExpertWeights
 from ..moe.exchange import (AllToAllExchange, CommClock, ExchangeBackend, ExchangeUnavailable, ReplicaRouting,
-                            ReplicatedExchange)
+                            ReplicatedExchange, Traffic)
 from ..moe.layer import LocalWeights, RoutedExperts
 from .model import Decoder
 
@@ -57,34 +57,42 @@ def shutdown_torch_distributed() -> None:
 
 
 def exchange_backend(device: torch.device, stage_on_host: bool, requested: Optional[str] = None) -> ExchangeBackend:
-    """gloo on CPU ranks and ranks sharing a GPU; NCCL with one rank per GPU unless `requested`
-    names another backend ("symm_mem": tried by apply_dep, NCCL if it does not initialise)."""
-    if device.type != "cuda" or stage_on_host:
+    """CPU ranks: gloo with split sizes (occupied rows only), or the fixed-capacity gloo exchange when `requested`
+    is "gloo"; ranks sharing a GPU: fixed-capacity gloo staged through the host; NCCL with one rank per GPU
+    unless `requested` names another backend ("symm_mem": tried by apply_dep, NCCL if it does not initialise)."""
+    if device.type != "cuda":
+        return ExchangeBackend.GLOO if requested == "gloo" else ExchangeBackend.GLOO_SPLITS
+    if requested == "gloo":
+        raise ValueError("--dep-exchange gloo: the fixed-capacity gloo exchange runs on CPU ranks. Fix: --dep-exchange "
+                         "nccl or symm_mem on GPUs.")
+    if stage_on_host:
         return ExchangeBackend.GLOO
     return ExchangeBackend(requested) if requested not in (None, "auto") else ExchangeBackend.NCCL
 
 
-def _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock) -> AllToAllExchange:
+def _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic) -> AllToAllExchange:
     try:
-        return AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock)
+        return AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic=traffic)
     except ExchangeUnavailable as e:
         if backend is not ExchangeBackend.SYMM_MEM:
             raise
         if dist.get_rank() == 0:
             print(f"WARNING: DEP exchange symm_mem unavailable ({e}); using nccl", flush=True)
-        return AllToAllExchange(owner, local_index, num_local, max_num_tokens, ExchangeBackend.NCCL, device, clock)
+        return AllToAllExchange(owner, local_index, num_local, max_num_tokens, ExchangeBackend.NCCL, device, clock,
+                                traffic=traffic)
 
 
 def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_host: bool = False,
               backend: Optional[ExchangeBackend] = None, slots: Optional[Dict[int, SlotPlacement]] = None,
-              keep_experts: bool = False) -> ExchangeBackend:
+              keep_experts: bool = False, traffic: Optional[Traffic] = None) -> ExchangeBackend:
     """Rewire every MoE block to expert parallelism over the initialised default group; returns the
     exchange backend in use. Collective (the symmetric-memory backend rendezvouses its buffers).
 
     slots: EPLB, per MoE layer index, the experts in each rank's slots (eplb.eplb_placement; the same number
     of slots per rank in every layer): a token's expert goes to one of its replicas. None: each rank owns
     a contiguous range of experts. keep_experts: keep the model's own expert tensors (a later apply_dep
-    places the experts again, e.g. after EPLB measured the load), else drop them."""
+    places the experts again, e.g. after EPLB measured the load), else drop them. traffic: where the exchange
+    counts the bytes it moves (moe.exchange.Traffic)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     device = clock.device
     backend = backend or exchange_backend(device, stage_on_host)
@@ -105,7 +113,7 @@ def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_ho
         flat = torch.arange(world * per)
         owner, local_index, num_local = flat // per, flat % per, [per] * world  # one exchange "expert" per slot
         mine = {b.layer_idx: list(slots[b.layer_idx].slots[rank]) for b in model.moe_blocks()}
-    exchange = _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock)
+    exchange = _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic)
     for b in model.moe_blocks():
         weights = ExpertWeights.from_tensors(b.expert_tensors(mine[b.layer_idx]))
         layer_exchange = exchange if slots is None else \
@@ -126,7 +134,7 @@ def measured_load(model: Decoder) -> Dict[int, List[float]]:
 
 
 def apply_eplb(model: Decoder, clock: CommClock, max_num_tokens: int, redundant: int, stage_on_host: bool = False,
-               backend: Optional[ExchangeBackend] = None) -> Dict[str, object]:
+               backend: Optional[ExchangeBackend] = None, traffic: Optional[Traffic] = None) -> Dict[str, object]:
     """Collective: EPLB for a model `apply_dep(keep_experts=True)` rewired and ran with `count_load` on: place
     `redundant` extra slots per rank from the measured load, then rewire it. Returns the busiest rank's load over
     the mean per layer, planned, with and without the replicas (`imbalance_eplb`, `imbalance_plain`)."""
@@ -137,7 +145,7 @@ def apply_eplb(model: Decoder, clock: CommClock, max_num_tokens: int, redundant:
     plain = even_placement(model.c.num_experts, world)
     plain_loads = {lid: [sum(load[e] for e in plain.local_experts(r)) for r in range(world)]
                    for lid, load in loads.items()}
-    apply_dep(model, clock, max_num_tokens, stage_on_host, backend, slots=slots)
+    apply_dep(model, clock, max_num_tokens, stage_on_host, backend, slots=slots, traffic=traffic)
     return {"slots_per_rank": per, "redundant_per_rank": redundant,
             "imbalance_eplb": [imbalance(slots[lid].rank_loads(loads[lid])) for lid in sorted(loads)],
             "imbalance_plain": [imbalance(plain_loads[lid]) for lid in sorted(loads)]}

@@ -36,6 +36,10 @@ class IterationRecord:
     comm_s: float = 0.0  # exposed communication, device-timed on GPUs: DEP collectives, DWDP pull stalls
     # (including the pull still in flight that the end-of-step sync waits for)
     expert_rows: int = 0  # (row, expert) pairs this rank's experts computed, over the step's MoE layers
+    # bytes sent to other ranks (DEP: the exchange, attributed to the tokens' sender; DWDP: expert pulls) and the
+    # least that could carry the step (DEP: one row per (token, destination rank) each way; DWDP: the pulls)
+    bytes_moved: int = 0
+    bytes_min: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,13 +95,14 @@ def pack(waiting: List[Chunk], max_num_tokens: int, chunked: bool) -> List[Chunk
 
 class ContextExecutor:
     def __init__(self, model: Decoder, mode: str, max_num_tokens: int, device: torch.device, seed: int,
-                 hooks=None, clock=None, chunked_prefill: bool = False):
+                 hooks=None, clock=None, chunked_prefill: bool = False, traffic=None):
         if mode not in ("local", "dwdp", "dep"):
             raise ValueError(f"mode={mode!r}: use local, dwdp or dep")
         if mode == "dep" and clock is None:
             raise ValueError("mode dep needs the exchange's CommClock (clock=...)")
         self.model, self.mode, self.max_num_tokens, self.device = model, mode, max_num_tokens, device
         self.hooks, self.clock, self.seed, self.chunked = hooks, clock, seed, chunked_prefill
+        self.traffic = traffic  # DEP: the exchange's byte counters (moe.exchange.Traffic)
         self._tail_s = 0.0  # the last step's exposed end-of-step wait (see _sync_step)
         self._rows = 0  # the last step's expert rows (see _expert_rows)
 
@@ -183,6 +188,7 @@ class ContextExecutor:
             self.hooks.end_step()
         self._tail_s = self._sync_step()
         self._rows = self._expert_rows()
+        self._bytes = self.traffic.take() if self.traffic is not None else (0, 0)
         return len(ids)
 
     def _expert_rows(self) -> int:
@@ -218,4 +224,5 @@ class ContextExecutor:
             comm = wait + self._tail_s  # stalls inside the step, and the pull the step's end waited for
         elif self.mode == "dep":
             wait, comm = self.clock.host_s - host_mark, self.clock.take_device_s()
-        return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm, self._rows)
+        moved, least = (pulled, pulled) if self.mode == "dwdp" else self._bytes
+        return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm, self._rows, moved, least)

@@ -28,7 +28,7 @@ from . import report
 from .apply import apply_dwdp
 from .capacity import check_fits
 from .config import PRESETS, ModelConfig, cut, preset
-from ..moe.exchange import CommClock
+from ..moe.exchange import CommClock, Traffic
 from .dep import apply_dep, apply_eplb, exchange_backend, init_torch_distributed, shutdown_torch_distributed
 from .executor import ContextExecutor
 from .model import Decoder
@@ -74,9 +74,10 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
     g.add_argument("--slice-mib", type=float, default=DEFAULT_SLICE_BYTES / 2**20,
                    help="DWDP pull slice size, MiB (default: DwdpConfig's)")
     g.add_argument("--backend", default="auto", help=f"DWDP memory backend: {', '.join(MEMORY_BACKENDS)}")
-    g.add_argument("--dep-exchange", default="auto", choices=("auto", "nccl", "symm_mem"),
-                   help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks and "
-                        "ranks sharing a GPU use gloo")
+    g.add_argument("--dep-exchange", default="auto", choices=("auto", "nccl", "symm_mem", "gloo"),
+                   help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks use gloo with split "
+                        "sizes (occupied rows only), or with gloo its fixed-capacity fallback; ranks sharing a GPU "
+                        "use fixed-capacity gloo")
     g.add_argument("--eplb", type=int, default=0, metavar="N",
                    help="also run DEP with EPLB (mode dep+eplb): N redundant expert slots per rank, filled with "
                         "replicas of the experts the warm-up measured hottest (default 0: off)")
@@ -231,7 +232,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
         model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep", "dep+eplb"),
                               weight_dtype=args.weight_dtype)
-    hooks, clock, exchange = None, None, None
+    hooks, clock, exchange, traffic = None, None, None, None
     if mode == "dwdp":
         dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if args.weight_dtype == "float8_e4m3fn"
                            else str(dtype).replace("torch.", ""))
@@ -239,17 +240,18 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         if comm.Get_rank() == 0:  # what the composite layout costs, padding included
             print(f"  [dwdp] rank 0 memory: {hooks.plan.memory.describe()}", flush=True)
     elif mode in ("dep", "dep+eplb"):
-        clock = CommClock(device)
+        clock, traffic = CommClock(device), Traffic()
         stage = init_torch_distributed(comm, device)
         exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
-                             backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != "dep")
+                             backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != "dep",
+                             traffic=traffic)
         if mode == "dep+eplb":  # plain DEP through the warm-up, which measures the load EPLB places from
             for b in model.moe_blocks():
                 b.experts.count_load(cfg.num_experts, device)
     rank, world = comm.Get_rank(), comm.Get_size()
     requests = _requests(args, rank, world)
     executor = ContextExecutor(model, "dep" if mode == "dep+eplb" else mode, args.max_num_tokens, device, args.seed,
-                               hooks=hooks, clock=clock, chunked_prefill=args.chunked_prefill)
+                               hooks=hooks, clock=clock, chunked_prefill=args.chunked_prefill, traffic=traffic)
     shown = [0.0]
 
     def progress(done, total):
@@ -261,7 +263,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     eplb = None
     if mode == "dep+eplb":
         eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
-                          backend=exchange_backend(device, stage, args.dep_exchange))
+                          backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic)
         executor.warm_up(requests, 1)  # the replicas' first step, untimed as the warm-up's were
     comm.Barrier()
     t0 = comm.bcast(time.time() + 0.05, root=0)

@@ -35,6 +35,8 @@ def summarize(ranks: List[dict]) -> Dict[str, float]:
     including waiting for the slowest rank; DWDP: compute stalled on pulls, and the pull still in flight
     at the end-of-step sync); host timers on CPU ranks.
     bytes_pulled_per_step: DWDP's expert bytes pulled per token-carrying iteration (mean over ranks' steps).
+    bytes_moved / bytes_min: what the mode sent between ranks over the run, and the least that carries it
+    (DEP: one row per (token, destination rank) each way; DWDP: its pulls; local: nothing).
     expert_load_imbalance: the busiest rank's expert rows ((row, expert) pairs its experts computed, over
     every iteration of the run, a DEP rank's zero-token ones included: it computes what others send it)
     over the mean. DEP's group waits for its busiest rank at every layer; local and DWDP ranks compute
@@ -64,6 +66,9 @@ def summarize(ranks: List[dict]) -> Dict[str, float]:
         "bytes_pulled": pulled,
         "bytes_pulled_per_step": pulled / len(work) if work else 0.0,
         "steps_without_pull": sum(1 for it in work if not it.get("bytes_pulled", 0)),
+        # every iteration: a DEP rank's zero-token steps move their fixed-capacity blocks too
+        "bytes_moved": sum(it.get("bytes_moved", 0) for r in ranks for it in r["iterations"]),
+        "bytes_min": sum(it.get("bytes_min", 0) for r in ranks for it in r["iterations"]),
         "expert_rows": sum(rows),
         "expert_load_imbalance": max(rows) * len(rows) / sum(rows) if sum(rows) else 1.0,
     }
