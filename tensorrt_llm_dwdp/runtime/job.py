@@ -31,7 +31,7 @@ from .config import PRESETS, ModelConfig, cut, preset
 from ..moe.exchange import CommClock, Traffic
 from .dep import apply_dep, apply_eplb, exchange_backend, init_torch_distributed, shutdown_torch_distributed
 from .executor import ContextExecutor
-from .model import Decoder
+from .model import DEFAULT_ROUTING_SKEW, Decoder
 from .schedule import least_loaded
 
 MODES = ("local", "dwdp", "dep", "auto")
@@ -54,6 +54,10 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
     g.add_argument("--weight-dtype", default="bfloat16", choices=["bfloat16", "float8_e4m3fn"],
                    help="routed experts in every mode: bfloat16, or float8_e4m3fn with DeepSeek-V3 128x128 block "
                         "scales (random presets are quantized per block; hidden and moe_inter multiples of 128)")
+    g.add_argument("--routing-skew", type=float, default=None,
+                   help="random presets: expert popularity Zipf(S) per MoE layer, the simulator's routing model "
+                        f"(default {DEFAULT_ROUTING_SKEW}, the simulator's routing_skew: a DEP busiest-rank expert "
+                        "load of about 1.15-1.3x the mean at 4-8 ranks); 0 is uniform")
     g = p.add_argument_group("workload")
     g.add_argument("--isl", default="normal:128:0.2", help="8192, or normal|lognormal|uniform:MEAN:CV")
     g.add_argument("--requests", type=int, default=24, help="requests per rank (the shared stream has ranks x this)")
@@ -104,6 +108,13 @@ def model_config(args) -> ModelConfig:
     return preset(args.preset, args.layers, args.vocab)
 
 
+def routing_skew(args) -> Optional[float]:
+    """The Zipf exponent of a random preset's routers (None for a checkpoint's own router)."""
+    if args.checkpoint:
+        return None
+    return DEFAULT_ROUTING_SKEW if args.routing_skew is None else args.routing_skew
+
+
 def model_name(args) -> str:
     return f"checkpoint {args.checkpoint}" if args.checkpoint else f"preset {args.preset}"
 
@@ -128,6 +139,12 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
     if args.checkpoint:
         from .checkpoint import safetensors_files
         safetensors_files(args.checkpoint)
+        if args.routing_skew is not None:
+            raise UsageError(f"--routing-skew {args.routing_skew:g}: a checkpoint routes with its own router. Fix: "
+                             "leave --routing-skew out, or use --preset.")
+    if args.routing_skew is not None and not 0 <= args.routing_skew <= 4:
+        raise UsageError(f"--routing-skew {args.routing_skew:g}: must lie in [0, 4] (a Zipf exponent; 0 is uniform). "
+                         f"Fix: e.g. --routing-skew {DEFAULT_ROUTING_SKEW}.")
     parse_isl(args.isl)
     if args.trace:
         if not load_trace(args.trace):
@@ -231,7 +248,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         cfg = preset(args.preset, args.layers, args.vocab)
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
         model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep", "dep+eplb"),
-                              weight_dtype=args.weight_dtype)
+                              weight_dtype=args.weight_dtype, routing_skew=routing_skew(args))
     hooks, clock, exchange, traffic = None, None, None, None
     if mode == "dwdp":
         dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if args.weight_dtype == "float8_e4m3fn"
@@ -333,7 +350,7 @@ def run(args) -> int:
         return 0
     shared_gpu = device.type == "cuda" and torch.cuda.device_count() < comm.Get_size()
     out = {"config": dict(vars(args), ranks=comm.Get_size(), device=str(device), dtype=str(dtype),
-                          shared_gpu=shared_gpu),
+                          shared_gpu=shared_gpu, routing_skew=routing_skew(args)),
            "seeds": {"model": args.seed, "requests": request_seeds(args, comm.Get_size())},
            "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes), "decisions": decisions}
     if shared_gpu:
