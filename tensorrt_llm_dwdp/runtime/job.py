@@ -352,7 +352,8 @@ def run(args) -> int:
     out = {"config": dict(vars(args), ranks=comm.Get_size(), device=str(device), dtype=str(dtype),
                           shared_gpu=shared_gpu, routing_skew=routing_skew(args)),
            "seeds": {"model": args.seed, "requests": request_seeds(args, comm.Get_size())},
-           "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes), "decisions": decisions}
+           "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes),
+           "speedup_dwdp_over_dep_eplb": report.speedup(modes, "dep+eplb"), "decisions": decisions}
     if shared_gpu:
         out["note"] = report.SHARED_GPU_CAVEAT
     elif device.type == "cpu":

@@ -74,9 +74,10 @@ def summarize(ranks: List[dict]) -> Dict[str, float]:
     }
 
 
-def speedup(modes: Dict[str, dict]) -> float:
-    if "dwdp" in modes and "dep" in modes and modes["dep"]["tokens_per_s_per_gpu"] > 0:
-        return modes["dwdp"]["tokens_per_s_per_gpu"] / modes["dep"]["tokens_per_s_per_gpu"]
+def speedup(modes: Dict[str, dict], baseline: str = "dep") -> float:
+    """DWDP's TPS/GPU over `baseline`'s (dep, or dep+eplb), NaN where either did not run."""
+    if "dwdp" in modes and baseline in modes and modes[baseline]["tokens_per_s_per_gpu"] > 0:
+        return modes["dwdp"]["tokens_per_s_per_gpu"] / modes[baseline]["tokens_per_s_per_gpu"]
     return float("nan")
 
 
