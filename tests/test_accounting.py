@@ -206,3 +206,33 @@ def test_hooks_metrics_is_a_growing_view_not_a_copy():
         assert len(view) == 3 and [s.step for s in view] == [0, 1, 2]  # the first view grew: nothing copied
         with pytest.raises(TypeError):
             view[0] = None  # read-only
+
+
+def test_dwdp_comm_counts_the_pull_the_end_of_step_sync_waits_for(monkeypatch):
+    """On a GPU the step ends with the compute stream synchronised first, then the device: what the second
+    wait takes is a pull still in flight, and DWDP's comm is charged with it besides its in-step stalls."""
+    import time
+    rng = random.Random(fresh_seed())
+    tail, stall, pulled = rng.uniform(0.02, 0.05), rng.uniform(0.001, 0.01), rng.randint(1, 1 << 20)
+    calls = []
+
+    class Stream:
+        def synchronize(self):
+            calls.append("compute")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: (calls.append("device"), time.sleep(tail)))
+    hooks = SimpleNamespace(last_step=lambda: SimpleNamespace(fetch_wait_s=stall, bytes_pulled=pulled))
+    ex = ContextExecutor(SimpleNamespace(c=SimpleNamespace(vocab=10)), "dwdp", 8, torch.device("cuda"), seed=0,
+                         hooks=hooks)
+    waited = ex._sync_step()
+    assert calls == ["compute", "device"] and tail <= waited < tail + 0.05
+
+    def forward(batch):
+        ex._tail_s = waited
+        return 5
+
+    monkeypatch.setattr(ex, "_forward", forward)
+    rec = ex._iterate(0, [], 0.0, 0.0, 0.0)
+    assert rec.comm_s == pytest.approx(stall + waited) and rec.wait_s == stall
+    assert rec.bytes_pulled == rec.bytes_moved == rec.bytes_min == pulled
