@@ -194,10 +194,12 @@ class ContextExecutor:
     def _expert_rows(self) -> int:
         """The step's expert rows from the MoE blocks' counters (read after the sync), which it resets."""
         rows = 0
-        for b in getattr(self.model, "moe_blocks", lambda: [])():
-            if b.experts is not None and b.experts.expert_rows is not None:
-                rows += int(b.experts.expert_rows)
-                b.experts.reset_counters()
+        # one RoutedExperts may serve every block (apply_dwdp): each counter once
+        routed = {id(b.experts): b.experts for b in getattr(self.model, "moe_blocks", lambda: [])() if b.experts}
+        for experts in routed.values():
+            if experts.expert_rows is not None:
+                rows += int(experts.expert_rows)
+                experts.reset_counters()
         return rows
 
     def _sync_step(self) -> float:
