@@ -72,8 +72,9 @@ def test_bench_cli_end_to_end(tmp_path):
             # every mode computes each token's top-k experts in every MoE layer once, wherever it computes them
             tokens = sum(it["tokens"] for rank in m["ranks"] for it in rank["iterations"])
             assert s["expert_rows"] == tokens * 4 * 3 and s["expert_load_imbalance"] >= 1.0  # tiny: top-4, 3 MoE layers
-            if name == "dep":  # CPU ranks: gloo with split sizes moves exactly the occupied rows
-                assert m["ranks"][0]["exchange"] == "gloo_splits" and s["bytes_moved"] == s["bytes_min"] > 0
+            if name == "dep":  # CPU ranks: gloo with split sizes moves the occupied rows (and their counts)
+                assert m["ranks"][0]["exchange"] == "gloo_splits" and s["bytes_min"] > 0
+                assert s["bytes_min"] < s["bytes_moved"] <= 1.05 * s["bytes_min"]
             assert s["tokens_per_s_per_gpu"] > 0 and s["ttft_p90_s"] >= s["ttft_p50_s"] > 0
             assert 0 <= s["wait_fraction"] <= 1 and len(m["ranks"]) == 4
             assert sum(len(rank["requests"]) for rank in m["ranks"]) == 32

@@ -269,7 +269,9 @@ class AllToAllExchange:
         out_row = layout.hidden * layout.dtype.itemsize
         peers = counts.sum() - counts[self.rank]
         minimum = peers * (layout.nbytes + out_row)
-        if self.backend.occupied_only:
+        if self.backend is ExchangeBackend.GLOO_SPLITS:  # the row counts go first: W int64, one to each peer
+            self.traffic.add(minimum + 8 * (self.world - 1), minimum)
+        elif self.backend.occupied_only:
             self.traffic.add(minimum, minimum)
         else:
             self.traffic.add((self.world - 1) * self.capacity * (layout.nbytes + out_row), minimum)
