@@ -139,7 +139,8 @@ def plan_dispatch(topk_ids: torch.Tensor, topk_weights: torch.Tensor, owner: tor
 class Dispatched:
     """What a rank received, compacted: the expert step reads only the M received rows.
 
-    rows [R, H]: the receive buffer's hidden values (R = world * capacity), a strided view read in place;
+    rows [R, H]: the receive buffer's hidden values (R = world * capacity; with split sizes, the rows received),
+    a strided view read in place;
     row_index [M] int64: the receive rows the expert step computes, received rows first (in peer order);
     local_ids [M, K] int32 / weights [M, K] fp32: their local expert ids (== num_local_experts for "not on
     this rank") and routing weights; num_rows: a device scalar, how many rows were received.
