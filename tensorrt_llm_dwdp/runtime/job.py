@@ -84,7 +84,7 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
                         "use fixed-capacity gloo")
     g.add_argument("--eplb", type=int, default=0, metavar="N",
                    help="also run DEP with EPLB (mode dep+eplb): N redundant expert slots per rank, filled with "
-                        "replicas of the experts the warm-up measured hottest (default 0: off)")
+                        "replicas of the experts an untimed step of plain DEP measured hottest (default 0: off)")
     g.add_argument("--warmup", type=int, default=1,
                    help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
     g.add_argument("--sim-machine", default=None,
@@ -159,7 +159,8 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
     positive("--seed", args.seed, "e.g. --seed 0", allow_zero=True)
     positive("--eplb", args.eplb, "e.g. --eplb 1, or 0 for plain DEP only", allow_zero=True)
     for option, value, most in (("--requests", args.requests, MAX_REQUESTS), ("--warmup", args.warmup, MAX_WARMUP),
-                                ("--max-num-tokens", args.max_num_tokens, MAX_ISL), ("--depth", args.depth, 64), ("--eplb", args.eplb, 1 << 16),
+                                ("--max-num-tokens", args.max_num_tokens, MAX_ISL), ("--depth", args.depth, 64),
+                                ("--eplb", args.eplb, 1 << 16),
                                 ("--vocab", args.vocab or 0, 1 << 22), ("--layers", args.layers or 0, 1024),
                                 ("--seed", args.seed, 2**32 - 1)):
         if value > most:
@@ -173,9 +174,6 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
         except ValueError as e:
             raise UsageError(str(e).replace("--machine", "--sim-machine")) from None
     check_output_path("--json", args.json)
-    if args.eplb and args.warmup < 1:
-        raise UsageError(f"--eplb {args.eplb}: places replicas from the load the warm-up measures, and --warmup is 0. "
-                         "Fix: --warmup 1 or more, or leave --eplb out.")
     if world_size is not None and args.eplb:
         most = cfg.num_experts - -(-cfg.num_experts // world_size)
         if args.eplb > most:
@@ -262,7 +260,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
                              backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != "dep",
                              traffic=traffic)
-        if mode == "dep+eplb":  # plain DEP through the warm-up, which measures the load EPLB places from
+        if mode == "dep+eplb":
             for b in model.moe_blocks():
                 b.experts.count_load(cfg.num_experts, device)
     rank, world = comm.Get_rank(), comm.Get_size()
@@ -276,12 +274,12 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
             shown[0] = time.time()
             print(f"  [{mode}] rank 0: {done}/{total} requests", flush=True)
 
-    executor.warm_up(requests, args.warmup)
     eplb = None
-    if mode == "dep+eplb":
+    if mode == "dep+eplb":  # one untimed step of plain DEP measures the load the replicas are placed from
+        executor.warm_up(requests, 1)
         eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
                           backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic)
-        executor.warm_up(requests, 1)  # the replicas' first step, untimed as the warm-up's were
+    executor.warm_up(requests, args.warmup)  # the same warm-up for every mode, on the placement it times
     comm.Barrier()
     t0 = comm.bcast(time.time() + 0.05, root=0)
     while time.time() < t0:
