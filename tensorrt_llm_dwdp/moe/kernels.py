@@ -155,33 +155,33 @@ def _grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKe
         # the static shape (capturable; the grouped GEMMs stop at the device-side ends)
         order = order[:int(s.ends[-1])] if s.ends.numel() else order[:0]
     src, idx = order // k, _arange(order.numel(), x.device)
+    # GPUs: the real assignments' count stays on the device; permute and SwiGLU stop there, the GEMMs at the ends
+    limit = s.ends[-1:] if x.is_cuda and s.ends.numel() else None
     up_first = weights.w13_order.value == "up_gate"
     if kernel is ExpertKernel.CUTLASS_FP8:
         if rows is not None:
             x = x.index_select(0, rows)  # the M computed rows, once, before quantizing
         xq, xs = ops.quantize_fp8(x)  # the token rows once, then gathered with their scales
-        xq, xs = _gather_rows(xq, src, idx), _gather_rows(xs, src, idx)
+        xq, xs = _gather_rows(xq, src, idx, limit), _gather_rows(xs, src, idx, limit)
         h = ops.grouped_gemm_fp8(xq, xs, s.ends, weights.w13, weights.w13_scale, tile)
         aq, as_ = ops.swiglu_quantize_fp8(h, up_first)
         y = ops.grouped_gemm_fp8(aq, as_, s.ends, weights.w2, weights.w2_scale, tile)
     else:
-        if rows is not None or not x.is_contiguous():
-            # NOTE: straight from a strided view into expert order: the permute kernel would copy it whole first
-            xp = x.index_select(0, src if rows is None else rows.index_select(0, src))
-        else:
-            xp = ops.permute_rows(x, src, idx, idx.numel())
+        # NOTE: straight from the (possibly strided) receive view into expert order, the computed rows only
+        xp = ops.permute_rows(x, src if rows is None else rows.index_select(0, src), idx, idx.numel(), limit)
         if kernel is ExpertKernel.GROUPED_MM:
             offs = s.ends.to(torch.int32)
             h = torch._grouped_mm(xp, weights.w13.transpose(-2, -1), offs=offs)
-            y = torch._grouped_mm(ops.swiglu(h, up_first), weights.w2.transpose(-2, -1), offs=offs)
+            y = torch._grouped_mm(ops.swiglu(h, up_first, limit), weights.w2.transpose(-2, -1), offs=offs)
         else:
             h = ops.grouped_gemm(xp, s.ends, weights.w13, tile)
-            y = ops.grouped_gemm(ops.swiglu(h, up_first), s.ends, weights.w2, tile)
+            y = ops.grouped_gemm(ops.swiglu(h, up_first, limit), s.ends, weights.w2, tile)
     return ops.combine(y, s.row, topk_weights.reshape(-1), k).to(x.dtype)
 
 
-def _gather_rows(t: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t[src] for rows of any dtype; the bf16 permute kernel moves them when a row is 16-byte aligned."""
+def _gather_rows(t: torch.Tensor, src: torch.Tensor, idx: torch.Tensor, limit=None) -> torch.Tensor:
+    """t[src] for rows of any dtype; the bf16 permute kernel moves them (up to `limit`) when a row is 16-byte
+    aligned."""
     if (t.shape[1] * t.element_size()) % 16 == 0:
-        return ops.permute_rows(t.view(torch.bfloat16), src, idx, src.numel()).view(t.dtype)
+        return ops.permute_rows(t.view(torch.bfloat16), src, idx, src.numel(), limit).view(t.dtype)
     return t.view(torch.uint8).index_select(0, src).view(t.dtype)
