@@ -13,9 +13,9 @@ step can be captured in a CUDA graph. The index work (`plan_dispatch`) is pure t
 The receiver hands its expert step the received rows only (`compact_received`: occupancy from the ids,
 a stable sort of it, no hidden row moved): the step reads them in place from the receive buffer and,
 on CPU ranks, computes exactly the received (row, expert) pairs. NOTE: on GPUs the shapes stay the
-receive buffer's (no host sync); the grouped GEMMs stop at the device-side expert ends, but the
-permute and SwiGLU kernels still run the static bound: stopping them at a device-side count is
-kernel work not done yet.
+receive buffer's (no host sync, capturable): the grouped GEMMs stop at the device-side expert ends
+and the permute and BF16 SwiGLU kernels at the device-side count of real assignments, but the
+temporaries are still sized for the whole buffer, and the FP8 path quantizes every row.
 
 Backends (`ExchangeBackend`):
   * NCCL: `all_to_all_single` of fixed-capacity blocks, one rank per GPU. The layout of DeepEP's
