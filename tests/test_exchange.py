@@ -174,7 +174,7 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend)
     for r in range(world):
         to_peers = sum(int(((owner[routes[r][0]] == q).any(1)).sum()) for q in range(world) if q != r) \
             if tokens[r] else 0
-        moved, least = traffic[r].take()
+        moved, least = traffic[r].take()  # a named pair: moved, minimum
         assert least == to_peers * (out_row + back_row)
         # split sizes: the occupied rows and the W row counts (int64) sent first
         assert moved == (least + 8 * (world - 1) if backend is ExchangeBackend.GLOO_SPLITS else

@@ -36,7 +36,7 @@ import enum
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -65,11 +65,16 @@ class Traffic:
     def add(self, moved, minimum) -> None:
         self._moved, self._min = self._moved + moved, self._min + minimum
 
-    def take(self):
-        """(moved, minimum) bytes since the last call, as ints."""
-        out = int(self._moved), int(self._min)
+    def take(self) -> "TrafficBytes":
+        """Bytes since the last call."""
+        out = TrafficBytes(int(self._moved), int(self._min))
         self._moved = self._min = 0
         return out
+
+
+class TrafficBytes(NamedTuple):
+    moved: int
+    minimum: int
 
 
 class ExchangeUnavailable(RuntimeError):
@@ -157,8 +162,17 @@ class Dispatched:
     recv_counts: Optional[torch.Tensor] = None
 
 
-def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor):
-    """Received rows first: (row_index [M] int64, local_ids [M, K] int32, num_rows device scalar).
+@dataclass(frozen=True)
+class Received:
+    """The rows an expert step computes (see Dispatched): row_index [M], local_ids [M, K], num_rows (device)."""
+
+    row_index: torch.Tensor
+    local_ids: torch.Tensor
+    num_rows: torch.Tensor
+
+
+def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor) -> Received:
+    """Received rows first: row_index [M] int64, local_ids [M, K] int32, num_rows a device scalar.
 
     ids [R, K] the receive buffer's local expert ids; occupied [R] bool the rows a peer filled. A stable sort
     of the occupancy keeps peer order; M as in `Dispatched`. Index work only (R ints), no hidden row moves."""
@@ -168,7 +182,7 @@ def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor):
     else:
         order = torch.argsort((~occupied).to(torch.uint8), stable=True)[:int(num_rows)]
     local_ids = torch.where(occupied[order, None], ids.index_select(0, order), sentinel).to(torch.int32)
-    return order, local_ids, num_rows
+    return Received(order, local_ids, num_rows)
 
 
 class CommClock:
@@ -311,9 +325,9 @@ class AllToAllExchange:
             recv = self._all_to_all(send)
             # a peer's block holds its rows first and "no expert" rows after them
             occupied = (layout.ids(recv) < self._own_sentinel).any(1)
-        row_index, ids, num_rows = compact_received(layout.ids(recv), self._own_sentinel, occupied)
-        weights = layout.weights(recv).index_select(0, row_index)
-        return Dispatched(layout.x(recv), row_index, ids, weights, num_rows, plan, recv_counts)
+        got = compact_received(layout.ids(recv), self._own_sentinel, occupied)
+        weights = layout.weights(recv).index_select(0, got.row_index)
+        return Dispatched(layout.x(recv), got.row_index, got.local_ids, weights, got.num_rows, plan, recv_counts)
 
     def combine(self, y: torch.Tensor, dispatched: Dispatched) -> torch.Tensor:
         """y [M, H]: the receiver's weighted expert sums of the rows it computed (dispatched.row_index) -> [T, H]

@@ -105,6 +105,7 @@ class ContextExecutor:
         self.traffic = traffic  # DEP: the exchange's byte counters (moe.exchange.Traffic)
         self._tail_s = 0.0  # the last step's exposed end-of-step wait (see _sync_step)
         self._rows = 0  # the last step's expert rows (see _expert_rows)
+        self._bytes = None  # the last step's exchange traffic (moe.exchange.TrafficBytes)
 
     def _tokens(self, req: Request) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + req.id)
@@ -188,7 +189,7 @@ class ContextExecutor:
             self.hooks.end_step()
         self._tail_s = self._sync_step()
         self._rows = self._expert_rows()
-        self._bytes = self.traffic.take() if self.traffic is not None else (0, 0)
+        self._bytes = self.traffic.take() if self.traffic is not None else None
         return len(ids)
 
     def _expert_rows(self) -> int:
@@ -226,5 +227,6 @@ class ContextExecutor:
             comm = wait + self._tail_s  # stalls inside the step, and the pull the step's end waited for
         elif self.mode == "dep":
             wait, comm = self.clock.host_s - host_mark, self.clock.take_device_s()
-        moved, least = (pulled, pulled) if self.mode == "dwdp" else self._bytes
+        moved, least = (pulled, pulled) if self.mode == "dwdp" else \
+            (self._bytes.moved, self._bytes.minimum) if self._bytes is not None else (0, 0)
         return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm, self._rows, moved, least)
