@@ -40,7 +40,8 @@ class SlotPlacement:
                              "active replica")
 
     def _flat(self):
-        return [(e, r * self.slots_per_rank + i in self.spare) for r, s in enumerate(self.slots) for i, e in enumerate(s)]
+        per = self.slots_per_rank
+        return [(e, r * per + i in self.spare) for r, s in enumerate(self.slots) for i, e in enumerate(s)]
 
     @property
     def world(self) -> int:
