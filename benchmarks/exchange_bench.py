@@ -67,7 +67,8 @@ def main() -> int:
         def layer():
             got = ex.dispatch(x, ids, w)
             # identity experts: each received row times the sum of its local weights
-            y = (got.rows.float() * (got.weights * (got.local_ids < per)).sum(1, keepdim=True)).to(dtype)
+            rows = got.rows.index_select(0, got.row_index)
+            y = (rows.float() * (got.weights * (got.local_ids < per)).sum(1, keepdim=True)).to(dtype)
             return ex.combine(y, got)
 
         y = layer()
@@ -81,7 +82,7 @@ def main() -> int:
         for _ in range(args.iters):
             t0 = time.perf_counter()
             got = ex.dispatch(x, ids, w)
-            ex.combine(got.rows, got)
+            ex.combine(got.rows.index_select(0, got.row_index), got)
             host += time.perf_counter() - t0
         if cuda:
             torch.cuda.synchronize()

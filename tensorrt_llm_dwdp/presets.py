@@ -15,8 +15,9 @@ _DSV3 = dict(vocab=129280, hidden=7168, layers=61, first_k_dense=3, dense_inter=
              routed_scaling=2.5, q_lora_rank=1536, kv_lora_rank=512, qk_nope_dim=128, qk_rope_dim=64, v_head_dim=128)
 
 _TABLE = {
-    # CPU-sized: every feature (MLA, dense first layer, grouped routing, shared expert) at toy width.
-    "tiny": dict(vocab=512, hidden=64, layers=3, first_k_dense=1, dense_inter=128, num_experts=16, top_k=4,
+    # CPU-sized: every feature (MLA, dense first layer, grouped routing, shared expert) at toy width. Three MoE
+    # layers, one more than DWDP's default prefetch depth (2), so the slot ring refills and DWDP pulls every step.
+    "tiny": dict(vocab=512, hidden=64, layers=4, first_k_dense=1, dense_inter=128, num_experts=16, top_k=4,
                  moe_inter=32, shared_inter=32, attention="mla", heads=4, n_group=4, topk_group=2,
                  routed_scaling=2.5, q_lora_rank=48, kv_lora_rank=32, qk_nope_dim=16, qk_rope_dim=8, v_head_dim=16),
     "deepseek-v2-lite": dict(vocab=102400, hidden=2048, layers=27, first_k_dense=1, dense_inter=10944, num_experts=64,

@@ -27,7 +27,9 @@ def test_an_idle_rank_is_not_counted_busy():
               "requests": []}]
     s = report.summarize(ranks)
     busy = 2 * d0 + d1
-    assert s["tokens_per_s_per_gpu"] == pytest.approx(600 / busy)
+    assert s["busy_tokens_per_s_per_gpu"] == pytest.approx(600 / busy)
+    # the headline counts the timed window's wall time on every rank: first token step to last one's end
+    assert s["tokens_per_s_per_gpu"] == pytest.approx(600 / (2 * max(2 * d0, d1)))
     assert s["wait_fraction"] == pytest.approx(0.6 / busy)
     assert s["comm_fraction"] == pytest.approx(0.35 / busy)
     assert s["iterations"] == 3 and s["idle_iterations"] == 3
@@ -132,9 +134,13 @@ def test_executor_refuses_an_overlong_request_unless_chunked():
         ex.run([Request(0, 17)], 0.0, 0)
 
 
-def _result(tps, device="cpu"):
-    return {"config": {"isl": "128", "device": device},
-            "modes": {m: {"tokens_per_s_per_gpu": v} for m, v in tps.items()}}
+def _result(tps, device="cpu", pulled=None):
+    modes = {m: {"tokens_per_s_per_gpu": v} for m, v in tps.items()}
+    if "dwdp" in modes:
+        steps = pulled if pulled is not None else [1]
+        modes["dwdp"].update(iterations=len(steps), bytes_pulled=sum(steps),
+                             steps_without_pull=sum(1 for b in steps if not b))
+    return {"config": {"isl": "128", "device": device}, "modes": modes}
 
 
 def test_like_for_like_warning_and_cpu_caveat():
@@ -146,6 +152,40 @@ def test_like_for_like_warning_and_cpu_caveat():
     assert len(warnings) == 2 and "dwdp serves 1.20x" in warnings[0] and "dep serves 1.15x" in warnings[1]
     cav = report.caveats([unfair])
     assert cav[0] == report.CPU_CAVEAT and len(cav) == 3
+
+
+def test_like_for_like_warns_when_a_sharded_mode_is_far_slower_than_local():
+    base = random.Random(fresh_seed()).uniform(100, 1000)
+    slow = _result({"local": base, "dwdp": 0.55 * base, "dep": 0.4 * base}, device="cuda:0")
+    warnings = report.like_for_like_warnings(slow)
+    assert len(warnings) == 1 and "dep serves 0.40x" in warnings[0] and "under 0.50x" in warnings[0]
+
+
+def test_a_dwdp_run_that_pulled_nothing_is_told():
+    base = random.Random(fresh_seed()).uniform(100, 1000)
+    none = _result({"local": base, "dwdp": base}, device="cuda:0", pulled=[0, 0, 0])
+    (w,) = report.like_for_like_warnings(none)
+    assert "dwdp pulled no bytes" in w and "--depth" in w
+    some = _result({"local": base, "dwdp": base}, device="cuda:0", pulled=[4096, 0, 4096])
+    (w,) = report.like_for_like_warnings(some)
+    assert "nothing in 1 of 3 steps" in w
+    assert report.like_for_like_warnings(_result({"local": base, "dwdp": base}, "cuda:0", [8, 8])) == []
+
+
+def test_summary_counts_pulled_bytes_per_step_and_the_table_shows_them():
+    rng = random.Random(fresh_seed())
+    pulls = [rng.randint(1, 1 << 24) for _ in range(4)]
+    ranks = [{"iterations": [dict(_it(10, i, i + 1.0), bytes_pulled=b) for i, b in enumerate(pulls[:2])],
+              "requests": []},
+             {"iterations": [dict(_it(10, i, i + 1.0), bytes_pulled=b) for i, b in enumerate(pulls[2:])],
+              "requests": []}]
+    s = report.summarize(ranks)
+    assert s["bytes_pulled_per_step"] == pytest.approx(sum(pulls) / 4) and s["steps_without_pull"] == 0
+    res = {"config": {"isl": "128", "device": "cpu"}, "speedup_dwdp_over_dep": float("nan"),
+           "modes": {"dwdp": s, "local": dict(s)}}
+    rows = report.table([res]).splitlines()
+    assert "MiB/step" in rows[0] and "busy TPS" in rows[0]
+    assert f"{sum(pulls) / 4 / 2**20:.2f}" in rows[1] and rows[1].split()[1] == "dwdp"
 
 
 def test_hooks_metrics_is_a_growing_view_not_a_copy():
@@ -166,3 +206,33 @@ def test_hooks_metrics_is_a_growing_view_not_a_copy():
         assert len(view) == 3 and [s.step for s in view] == [0, 1, 2]  # the first view grew: nothing copied
         with pytest.raises(TypeError):
             view[0] = None  # read-only
+
+
+def test_dwdp_comm_counts_the_pull_the_end_of_step_sync_waits_for(monkeypatch):
+    """On a GPU the step ends with the compute stream synchronised first, then the device: what the second
+    wait takes is a pull still in flight, and DWDP's comm is charged with it besides its in-step stalls."""
+    import time
+    rng = random.Random(fresh_seed())
+    tail, stall, pulled = rng.uniform(0.02, 0.05), rng.uniform(0.001, 0.01), rng.randint(1, 1 << 20)
+    calls = []
+
+    class Stream:
+        def synchronize(self):
+            calls.append("compute")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: (calls.append("device"), time.sleep(tail)))
+    hooks = SimpleNamespace(last_step=lambda: SimpleNamespace(fetch_wait_s=stall, bytes_pulled=pulled))
+    ex = ContextExecutor(SimpleNamespace(c=SimpleNamespace(vocab=10)), "dwdp", 8, torch.device("cuda"), seed=0,
+                         hooks=hooks)
+    waited = ex._sync_step()
+    assert calls == ["compute", "device"] and tail <= waited < tail + 0.05
+
+    def forward(batch):
+        ex._tail_s = waited
+        return 5
+
+    monkeypatch.setattr(ex, "_forward", forward)
+    rec = ex._iterate(0, [], 0.0, 0.0, 0.0)
+    assert rec.comm_s == pytest.approx(stall + waited) and rec.wait_s == stall
+    assert rec.bytes_pulled == rec.bytes_moved == rec.bytes_min == pulled

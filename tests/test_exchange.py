@@ -1,4 +1,4 @@
-"""DEP's fixed-capacity token exchange (moe/exchange.py).
+"""DEP's token exchange (moe/exchange.py): fixed capacity, and split sizes (occupied rows only).
 
 The index plan is checked as a property (hypothesis): it never overflows its capacity and every
 (token, rank) pair with an expert on that rank gets exactly one row, carrying the right local ids and
@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import fresh_seed
+from tensorrt_llm_dwdp.moe import experts as experts_module
 from tensorrt_llm_dwdp.moe import moe_experts
 from tensorrt_llm_dwdp.moe.exchange import AllToAllExchange, CommClock, ExchangeBackend, plan_dispatch
 from tensorrt_llm_dwdp.moe import ExpertWeights
@@ -102,19 +103,23 @@ class _ThreadRanks:
     def get_world_size(self, group=None):
         return self.world
 
-    def all_to_all_single(self, out, inp, group=None):
-        me, c = self.local.rank, inp.shape[0] // self.world
-        self.box[me] = inp.clone()
+    def all_to_all_single(self, out, inp, output_split_sizes=None, input_split_sizes=None, group=None):
+        me = self.local.rank
+        sends = input_split_sizes or [inp.shape[0] // self.world] * self.world
+        starts = [sum(sends[:r]) for r in range(self.world)]
+        self.box[me] = (inp.clone(), sends, starts)
         self.barrier.wait()
-        for r in range(self.world):
-            out[r * c:(r + 1) * c] = self.box[r][me * c:(me + 1) * c]
+        pieces = [b[s[me]:s[me] + n[me]] for b, n, s in self.box]
+        assert output_split_sizes is None or [len(p) for p in pieces] == list(output_split_sizes)
+        out.copy_(torch.cat(pieces))
         self.barrier.wait()
         if me == 0:
             self.calls += 1
 
 
+@pytest.mark.parametrize("backend", [ExchangeBackend.GLOO, ExchangeBackend.GLOO_SPLITS])
 @pytest.mark.parametrize("world,tokens", [(4, [5, 0, 17, 9]), (3, [1, 12, 12]), (2, [0, 0])])
-def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
+def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend):
     import torch.distributed as dist
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
@@ -128,16 +133,30 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
     for name in ("get_rank", "get_world_size", "all_to_all_single"):
         monkeypatch.setattr(dist, name, getattr(ranks, name))
     outs, errors = [None] * world, []
+    handed, computed = [0] * world, [0] * world  # rows given to the expert step; rows its experts ran on
+    traffic = [None] * world
+    real_swiglu = experts_module.swiglu
+
+    def counting_swiglu(x, *a, **kw):
+        if hasattr(ranks.local, "rank"):  # a rank thread (the reference below runs on the main thread)
+            computed[ranks.local.rank] += x.shape[0]
+        return real_swiglu(x, *a, **kw)
+
+    monkeypatch.setattr(experts_module, "swiglu", counting_swiglu)
 
     def rank_main(r):
         try:
             ranks.local.rank = r
             mine = (owner == r).nonzero().flatten()
             local = ExpertWeights(w13[mine], w2[mine])
-            ex = AllToAllExchange(owner, local_index, num_local, capacity, ExchangeBackend.GLOO,
+            ex = AllToAllExchange(owner, local_index, num_local, capacity, backend,
                                   torch.device("cpu"), CommClock(torch.device("cpu")))
+            traffic[r] = ex.traffic
             got = ex.dispatch(xs[r], *routes[r])
-            outs[r] = ex.combine(moe_experts(got.rows, got.local_ids, got.weights, local), got)
+            handed[r] = got.row_index.numel()
+            assert int(got.num_rows) == handed[r]
+            y = moe_experts(got.rows, got.local_ids, got.weights, local, rows=got.row_index)
+            outs[r] = ex.combine(y, got)
         except BaseException as e:  # surfaced below, after every thread ended
             errors.append(e)
             ranks.barrier.abort()
@@ -148,7 +167,26 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
     for t in threads:
         t.join(60)
     assert not errors, errors
-    assert ranks.calls == 2  # one dispatch, one combine: no count exchange
+    # one dispatch, one combine (no count exchange); with split sizes the W row counts go first
+    assert ranks.calls == (3 if backend is ExchangeBackend.GLOO_SPLITS else 2)
+    # bytes: a row out is 16-byte padded hidden values + k ids + k weights, a row back the hidden values (fp32)
+    out_row, back_row = -(-hidden * 4 // 16) * 16 + -(-8 * k // 16) * 16, hidden * 4
+    for r in range(world):
+        to_peers = sum(int(((owner[routes[r][0]] == q).any(1)).sum()) for q in range(world) if q != r) \
+            if tokens[r] else 0
+        moved, least = traffic[r].take()  # a named pair: moved, minimum
+        assert least == to_peers * (out_row + back_row)
+        # split sizes: the occupied rows and the W row counts (int64) sent first
+        assert moved == (least + 8 * (world - 1) if backend is ExchangeBackend.GLOO_SPLITS else
+                         (world - 1) * capacity * (out_row + back_row))
+        print(f"rank {r} {backend.value}: moved {moved} bytes, minimum {least}")
+    # the expert step runs on the rows received and nothing else: counted from the routing, independently
+    for r in range(world):
+        on_r = [owner[routes[s][0]] == r for s in range(world)]  # [T_s, k] each sender's slots on rank r
+        rows_in = sum(int(m.any(1).sum()) for m in on_r if m.numel())
+        slots_in = sum(int(m.sum()) for m in on_r)
+        assert handed[r] == rows_in and computed[r] == slots_in, (seed, r, handed[r], rows_in, computed[r], slots_in)
+    assert sum(handed) < world * world * capacity or not sum(tokens)  # not the fixed capacity's W x C per rank
     full = ExpertWeights(w13.double(), w2.double())
     peak = 0.0
     for r in range(world):
@@ -160,6 +198,8 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens):
             peak = max(peak, float(want.abs().max()))
     # not a comparison of near-zeros: over all ranks' tokens (one token alone may stay below 0.1)
     assert peak > 0.1 or not sum(tokens)
+    print(f"rows handed to the expert step {handed}, expert rows computed {computed}, "
+          f"fixed capacity {world * capacity} rows x {k} slots per rank")
 
 
 def test_sentinel_ids_contribute_nothing():

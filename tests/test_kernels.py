@@ -107,3 +107,37 @@ def test_kernel_in_cuda_graph_matches_eager(kernel):
     torch.cuda.synchronize()
     assert torch.isfinite(static_out).all() and torch.equal(static_out, run())
     assert not torch.equal(static_out, eager)
+
+
+def test_grouped_path_on_received_rows_only(monkeypatch):
+    """The grouped path as DEP runs it: x a strided view of a receive buffer, `rows` the received rows, some
+    slots "no expert". The GEMMs see exactly the real (row, expert) assignments (torch fallbacks of the same ops
+    on CPU), the strided view is never copied whole, and the result is the float64 reference on x[rows]."""
+    from tensorrt_llm_dwdp.moe import kernels, ops
+    g = torch.Generator().manual_seed(fresh_seed())
+    x, ids, wts, w13, w2, weights = _case("cpu", 40, none_share=0.3)
+    x, weights = x.float(), ExpertWeights(weights.w13.float(), weights.w2.float())
+    buf = torch.randn(40, 80, generator=g)  # rows of 80 values, hidden in the first 64: a strided view
+    buf[:, :64] = x
+    view = buf[:, :64]
+    rows = torch.randperm(40, generator=g)[:23]
+    gemm_rows, copied = [], []
+    real_gemm, real_contig = ops.grouped_gemm, torch.Tensor.contiguous
+
+    def counting_gemm(a, ends, w, tile=0):
+        gemm_rows.append(a.shape[0])
+        return real_gemm(a, ends, w, tile)
+
+    def watch_contiguous(t, *a, **kw):
+        if t.data_ptr() == view.data_ptr() and not t.is_contiguous():
+            copied.append(t.shape)
+        return real_contig(t, *a, **kw)
+
+    monkeypatch.setattr(ops, "grouped_gemm", counting_gemm)
+    monkeypatch.setattr(torch.Tensor, "contiguous", watch_contiguous)
+    out = kernels._grouped(view, ids[rows], wts[rows], weights, ExpertKernel.CUTLASS_BF16, 0, rows)
+    monkeypatch.undo()
+    real = int((ids[rows] < weights.num_experts).sum())
+    assert gemm_rows == [real, real] and real < rows.numel() * ids.shape[1] and not copied
+    want = _want(x[rows], ids[rows], wts[rows], w13.float(), w2.float())
+    assert out.shape == (23, 64) and (out.double() - want).norm() / want.norm() < 1e-5

@@ -91,3 +91,27 @@ def test_ops_under_inductor_on_gpu():
     compiled = torch.compile(f, fullgraph=True)
     for got, want in zip(compiled(x, src, dest, y, row, w), f(x, src, dest, y, row, w)):
         assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+def test_permute_and_swiglu_stop_at_a_device_count_and_read_strided_rows_in_place():
+    """DEP's expert step on a GPU: the receive buffer's hidden columns are a strided view, and the number of real
+    assignments lives on the device. Rows past the count stay as they were (sentinel-filled here)."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    rows, hidden, pad = 97, 136, 24  # rows of 160 bf16: 136 hidden values, then ids and weights
+    buf = torch.randn(rows, hidden + pad, generator=g).bfloat16().cuda()
+    x = buf[:, :hidden]
+    src = torch.randint(0, rows, (200,), generator=g).cuda()
+    dest = torch.arange(200).cuda()
+    n = int(torch.randint(1, 200, (1,), generator=g))
+    limit = torch.tensor([n], device="cuda")
+    out = ops.permute_rows(x, src, dest, 200, limit)
+    assert torch.equal(out[:n], x[src[:n]])
+    h = torch.randn(200, 2 * 64, generator=g).bfloat16().cuda()
+    act = ops.swiglu(h, False, limit)
+    assert torch.equal(act[:n], ops.swiglu(h[:n].clone(), False))
+    sentinel = torch.full((200, hidden), 7.0, dtype=torch.bfloat16, device="cuda")
+    from tensorrt_llm_dwdp import _C
+    _C.permute_rows_bf16(x.data_ptr(), src.data_ptr(), dest.data_ptr(), 200, hidden, sentinel.data_ptr(),
+                         torch.cuda.current_stream().cuda_stream, limit.data_ptr(), x.stride(0))
+    assert torch.equal(sentinel[:n], x[src[:n]]) and bool((sentinel[n:] == 7.0).all())  # nothing past the count

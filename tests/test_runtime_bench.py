@@ -41,7 +41,8 @@ def test_summary_against_hand_counts():
              {"iterations": [{"tokens": 30, "start_s": 0.5, "end_s": 1.5, "wait_s": 0.5}],
               "requests": [{"arrival_s": 0.5, "done_s": 1.5}]}]
     s = report.summarize(ranks)
-    assert s["tokens_per_s_per_gpu"] == pytest.approx(180 / 3.0)
+    assert s["busy_tokens_per_s_per_gpu"] == pytest.approx(180 / 3.0)
+    assert s["tokens_per_s_per_gpu"] == pytest.approx(180 / (2 * 2.0))  # two ranks, a 2 s window
     assert s["wait_fraction"] == pytest.approx(0.75 / 3.0)
     assert s["ttft_p50_s"] == pytest.approx(1.0)
 
@@ -62,9 +63,18 @@ def test_bench_cli_end_to_end(tmp_path):
         assert r["seeds"]["requests"] and r["config"]["preset"] == "tiny"
         for name, m in r["modes"].items():
             s = m
-            # only DWDP pulls; tiny's 2 MoE layers fit its 2 slots, so after the untimed warm-up step the
-            # slots keep them and timed steps may pull nothing
+            # only DWDP pulls; tiny's 3 MoE layers are one more than the default depth, so every timed step pulls
             assert s["bytes_pulled"] == 0 or name == "dwdp"
+            if name == "dwdp":
+                steps = [it for rank in m["ranks"] for it in rank["iterations"] if it["tokens"]]
+                assert steps and all(it["bytes_pulled"] > 0 for it in steps), [it["bytes_pulled"] for it in steps]
+                assert s["bytes_pulled_per_step"] > 0 and "MiB/step" in proc.stdout
+            # every mode computes each token's top-k experts in every MoE layer once, wherever it computes them
+            tokens = sum(it["tokens"] for rank in m["ranks"] for it in rank["iterations"])
+            assert s["expert_rows"] == tokens * 4 * 3 and s["expert_load_imbalance"] >= 1.0  # tiny: top-4, 3 MoE layers
+            if name == "dep":  # CPU ranks: gloo with split sizes moves the occupied rows (and their counts)
+                assert m["ranks"][0]["exchange"] == "gloo_splits" and s["bytes_min"] > 0
+                assert s["bytes_min"] < s["bytes_moved"] <= 1.05 * s["bytes_min"]
             assert s["tokens_per_s_per_gpu"] > 0 and s["ttft_p90_s"] >= s["ttft_p50_s"] > 0
             assert 0 <= s["wait_fraction"] <= 1 and len(m["ranks"]) == 4
             assert sum(len(rank["requests"]) for rank in m["ranks"]) == 32

@@ -100,4 +100,30 @@ def test_apply_dwdp_matches_the_local_model_on_four_ranks():
 def test_local_dwdp_and_dep_agree_with_an_idle_rank(model):
     proc = _mpi_script("mpi_modes_equal.py", *model)
     assert proc.returncode == 0 and "modes agree" in proc.stdout, proc.stdout + proc.stderr
-    assert "rank 1: 0 sequences" in proc.stdout
+    assert "rank 1: 0 sequences" in proc.stdout and "max |dep+eplb - local|" in proc.stdout
+
+
+@pytest.mark.parametrize("routing", ["deepseek", "softmax"])
+def test_routing_skew_gives_zipf_popularity_on_fresh_logits(routing):
+    """The synthetic routers' skew means what the simulator's does: expert shares proportional to 1/(i+1)^s
+    over a seeded order per layer, measured on logits the calibration never saw."""
+    import random
+    from tensorrt_llm_dwdp.moe import DeepSeekV3Routing, SoftmaxTopKRouting
+    from tensorrt_llm_dwdp.runtime.model import zipf_selection_bias
+    seed = fresh_seed()
+    rng = random.Random(seed)
+    cfg = dataclasses.replace(preset("tiny"), routing=routing, num_experts=32, top_k=4, n_group=4, topk_group=2)
+    route = DeepSeekV3Routing(4, 4, 2) if routing == "deepseek" else SoftmaxTopKRouting(4)
+    skew, layer = rng.choice([0.3, 0.6]), rng.randrange(60)
+    bias = zipf_selection_bias(cfg, skew, seed % 1000, layer)
+    logits = torch.randn(20000, 32, generator=torch.Generator().manual_seed(seed))
+    r = route(logits + bias, torch.zeros(32)) if routing == "softmax" else route(logits, bias)
+    share = torch.bincount(r.topk_ids.flatten(), minlength=32).double()
+    share = share / share.sum()
+    ranked = share.sort(descending=True).values
+    want = 1.0 / torch.arange(1, 33, dtype=torch.float64) ** skew
+    want = want / want.sum()
+    assert float((ranked / want).log().abs().max()) < 0.2, (seed, skew, ranked, want)
+    assert torch.equal(bias, zipf_selection_bias(cfg, skew, seed % 1000, layer))  # the same on every rank and mode
+    assert not torch.equal(bias, zipf_selection_bias(cfg, skew, seed % 1000, layer + 1))  # hot experts move per layer
+    assert float(zipf_selection_bias(cfg, 0.0, 0, layer).abs().max()) == 0.0

@@ -61,13 +61,18 @@ PYBIND11_MODULE(_C, m) {
       .def("__len__", &dwdp::CopyPlan::size);
   m.def(
       "permute_rows_bf16",
-      [](uintptr_t x, uintptr_t src, uintptr_t dest, int64_t n, int64_t hidden, uintptr_t out, uintptr_t stream) {
+      [](uintptr_t x, uintptr_t src, uintptr_t dest, int64_t n, int64_t hidden, uintptr_t out, uintptr_t stream,
+         uintptr_t limit, int64_t x_row_stride) {
         check(dwdp::permute_rows_bf16(reinterpret_cast<const void*>(x), reinterpret_cast<const int64_t*>(src),
                                       reinterpret_cast<const int64_t*>(dest), n, hidden, reinterpret_cast<void*>(out),
-                                      reinterpret_cast<cudaStream_t>(stream)),
+                                      reinterpret_cast<cudaStream_t>(stream), reinterpret_cast<const int64_t*>(limit),
+                                      x_row_stride),
               "permute_rows_bf16");
       },
-      "out[dest[i]] = x[src[i]] (raw device pointers, bf16 rows of `hidden`)");
+      py::arg("x"), py::arg("src"), py::arg("dest"), py::arg("n"), py::arg("hidden"), py::arg("out"),
+      py::arg("stream"), py::arg("limit") = 0, py::arg("x_row_stride") = 0,
+      "out[dest[i]] = x[src[i]] for i < min(n, *limit) (raw device pointers, bf16 rows of `hidden`; limit 0: n; "
+      "x_row_stride 0: hidden)");
   m.def(
       "combine_bf16",
       [](uintptr_t y, uintptr_t row, uintptr_t weight, int64_t tokens, int64_t k_top, int64_t hidden, uintptr_t out,
@@ -80,12 +85,15 @@ PYBIND11_MODULE(_C, m) {
       "weighted top-k sum of expert output rows, row < 0 skipped (raw device pointers)");
   m.def(
       "swiglu_bf16",
-      [](uintptr_t h, uintptr_t act, int64_t rows, int64_t inter, bool up_first, uintptr_t stream) {
+      [](uintptr_t h, uintptr_t act, int64_t rows, int64_t inter, bool up_first, uintptr_t stream, uintptr_t limit) {
         check(dwdp::swiglu_bf16(reinterpret_cast<const void*>(h), reinterpret_cast<void*>(act), rows, inter, up_first,
-                                reinterpret_cast<cudaStream_t>(stream)),
+                                reinterpret_cast<cudaStream_t>(stream), reinterpret_cast<const int64_t*>(limit)),
               "swiglu_bf16");
       },
-      "act [m, inter] = silu(gate) * up from h [m, 2*inter] (raw device pointers, bf16)");
+      py::arg("h"), py::arg("act"), py::arg("rows"), py::arg("inter"), py::arg("up_first"), py::arg("stream"),
+      py::arg("limit") = 0,
+      "act [m, inter] = silu(gate) * up from h [m, 2*inter] for rows < min(m, *limit) (raw device pointers, bf16; "
+      "limit 0: m)");
   register_grouped_gemm(m);
   register_context_bindings(m);
   m.def("cuda_runtime_version", [] {

@@ -7,11 +7,19 @@ namespace {
 
 constexpr int kVec = 8;  // bf16 per 16-byte access
 
-__global__ void permute_rows_kernel(const uint4* __restrict__ x, const int64_t* __restrict__ src,
-                                    const int64_t* __restrict__ dest, int64_t n, int64_t vecs_per_row,
-                                    uint4* __restrict__ out) {
-  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
-    const uint4* in_row = x + src[i] * vecs_per_row;
+// min(n, *limit) with a null limit meaning n: a count that lives on the device.
+__device__ __forceinline__ int64_t rows_to_do(int64_t n, const int64_t* limit) {
+  if (limit == nullptr) return n;
+  const int64_t l = *limit;
+  return l < n ? (l < 0 ? 0 : l) : n;
+}
+
+__global__ void permute_rows_kernel(const uint4* __restrict__ x, int64_t x_row_vecs, const int64_t* __restrict__ src,
+                                    const int64_t* __restrict__ dest, int64_t n, const int64_t* __restrict__ limit,
+                                    int64_t vecs_per_row, uint4* __restrict__ out) {
+  const int64_t end = rows_to_do(n, limit);
+  for (int64_t i = blockIdx.x; i < end; i += gridDim.x) {
+    const uint4* in_row = x + src[i] * x_row_vecs;
     uint4* out_row = out + dest[i] * vecs_per_row;
     for (int64_t v = threadIdx.x; v < vecs_per_row; v += blockDim.x) out_row[v] = in_row[v];
   }
@@ -47,9 +55,10 @@ __global__ void combine_kernel(const __nv_bfloat16* __restrict__ y, const int64_
 
 // act[r, c] = silu(gate[r, c]) * up[r, c] in fp32, rounded to bf16; h [m, 2*inter] holds gate and up halves.
 __global__ void swiglu_kernel(const __nv_bfloat16* __restrict__ h, __nv_bfloat16* __restrict__ act, int64_t m,
-                              int64_t inter, int64_t gate_off, int64_t up_off) {
+                              const int64_t* __restrict__ limit, int64_t inter, int64_t gate_off, int64_t up_off) {
   const int64_t vecs = inter / kVec;
-  for (int64_t r = blockIdx.x; r < m; r += gridDim.x) {
+  const int64_t end = rows_to_do(m, limit);
+  for (int64_t r = blockIdx.x; r < end; r += gridDim.x) {
     const __nv_bfloat16* row = h + r * 2 * inter;
     for (int64_t v = threadIdx.x; v < vecs; v += blockDim.x) {
       const uint4 g = *reinterpret_cast<const uint4*>(row + gate_off + v * kVec);
@@ -78,11 +87,13 @@ int block_for(int64_t vecs) { return vecs >= 256 ? 256 : (vecs >= 128 ? 128 : (v
 }  // namespace
 
 cudaError_t permute_rows_bf16(const void* x, const int64_t* src, const int64_t* dest, int64_t n, int64_t hidden,
-                              void* out, cudaStream_t stream) {
-  if (hidden % kVec != 0) return cudaErrorInvalidValue;
+                              void* out, cudaStream_t stream, const int64_t* limit, int64_t x_row_stride) {
+  if (x_row_stride == 0) x_row_stride = hidden;
+  if (hidden % kVec != 0 || x_row_stride % kVec != 0 || x_row_stride < hidden) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
   const int64_t vecs = hidden / kVec;
-  permute_rows_kernel<<<grid_for(n), block_for(vecs), 0, stream>>>(static_cast<const uint4*>(x), src, dest, n, vecs,
+  permute_rows_kernel<<<grid_for(n), block_for(vecs), 0, stream>>>(static_cast<const uint4*>(x), x_row_stride / kVec,
+                                                                   src, dest, n, limit, vecs,
                                                                    static_cast<uint4*>(out));
   return cudaGetLastError();
 }
@@ -96,11 +107,12 @@ cudaError_t combine_bf16(const void* y, const int64_t* row, const float* weight,
   return cudaGetLastError();
 }
 
-cudaError_t swiglu_bf16(const void* h, void* act, int64_t m, int64_t inter, bool up_first, cudaStream_t stream) {
+cudaError_t swiglu_bf16(const void* h, void* act, int64_t m, int64_t inter, bool up_first, cudaStream_t stream,
+                        const int64_t* limit) {
   if (inter % kVec != 0 || m < 0) return cudaErrorInvalidValue;
   if (m == 0) return cudaSuccess;
   swiglu_kernel<<<grid_for(m), block_for(inter / kVec), 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(h), static_cast<__nv_bfloat16*>(act), m, inter, up_first ? inter : 0,
+      static_cast<const __nv_bfloat16*>(h), static_cast<__nv_bfloat16*>(act), m, limit, inter, up_first ? inter : 0,
       up_first ? 0 : inter);
   return cudaGetLastError();
 }

@@ -10,12 +10,21 @@ A token reaches a rank at most once, so `capacity` (= max_num_tokens) rows per p
 overflow: equal-split collectives need no count exchange and no host synchronisation, and the
 step can be captured in a CUDA graph. The index work (`plan_dispatch`) is pure tensor math.
 
+The receiver hands its expert step the received rows only (`compact_received`: occupancy from the ids,
+a stable sort of it, no hidden row moved): the step reads them in place from the receive buffer and,
+on CPU ranks, computes exactly the received (row, expert) pairs. NOTE: on GPUs the shapes stay the
+receive buffer's (no host sync, capturable): the grouped GEMMs stop at the device-side expert ends
+and the permute and BF16 SwiGLU kernels at the device-side count of real assignments, but the
+temporaries are still sized for the whole buffer, and the FP8 path quantizes every row.
+
 Backends (`ExchangeBackend`):
   * NCCL: `all_to_all_single` of fixed-capacity blocks, one rank per GPU. The layout of DeepEP's
     low-latency mode (a fixed per-peer buffer of num_max_dispatch_tokens_per_rank rows, no count
     exchange), moved by NCCL instead of IBGDA/NVLink stores; it moves the whole capacity.
   * GLOO: the same protocol over gloo for CPU ranks, and for ranks sharing one GPU (NCCL refuses
     that), staging through host memory. A correctness path: it stands for no fast exchange.
+  * GLOO_SPLITS: gloo with split sizes, CPU ranks' default: the W row counts go first (W integers), then
+    only occupied rows move. On CPU tensors the counts are host values, so no device is synchronised.
   * SYMM_MEM: torch symmetric memory's `all_to_all_vdev` (NVSHMEM), with splits that stay on the
     device: only occupied rows move. Stands for DeepEP normal mode / TensorRT-LLM's
     NVLinkOneSided all-to-all (one-sided writes into peers' registered buffers, device-side counts).
@@ -27,7 +36,7 @@ import enum
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -35,7 +44,37 @@ import torch
 class ExchangeBackend(enum.Enum):
     NCCL = "nccl"
     GLOO = "gloo"
+    GLOO_SPLITS = "gloo_splits"
     SYMM_MEM = "symm_mem"
+
+    @property
+    def occupied_only(self) -> bool:
+        """Moves only occupied rows (else the fixed capacity: (W-1) x C rows each way per rank)."""
+        return self in (ExchangeBackend.GLOO_SPLITS, ExchangeBackend.SYMM_MEM)
+
+
+class Traffic:
+    """Bytes a rank's exchanges sent to other ranks, and the least they could have sent: one row per (token,
+    destination rank) out (hidden values, local ids, weights) and one hidden row back. Attributed to the
+    sender of the tokens (a row's round trip), so the ranks' sums are the group's totals. Device scalars,
+    accumulated without a host sync; `take` reads and resets them."""
+
+    def __init__(self):
+        self._moved = self._min = 0
+
+    def add(self, moved, minimum) -> None:
+        self._moved, self._min = self._moved + moved, self._min + minimum
+
+    def take(self) -> "TrafficBytes":
+        """Bytes since the last call."""
+        out = TrafficBytes(int(self._moved), int(self._min))
+        self._moved = self._min = 0
+        return out
+
+
+class TrafficBytes(NamedTuple):
+    moved: int
+    minimum: int
 
 
 class ExchangeUnavailable(RuntimeError):
@@ -103,15 +142,47 @@ def plan_dispatch(topk_ids: torch.Tensor, topk_weights: torch.Tensor, owner: tor
 
 @dataclass(frozen=True)
 class Dispatched:
-    """What a rank received: rows [R, H] (R = world * capacity), their local expert ids [R, K] int32
-    (== num_local_experts for "not on this rank", also in unused rows), their weights [R, K] fp32.
+    """What a rank received, compacted: the expert step reads only the M received rows.
+
+    rows [R, H]: the receive buffer's hidden values (R = world * capacity; with split sizes, the rows received),
+    a strided view read in place;
+    row_index [M] int64: the receive rows the expert step computes, received rows first (in peer order);
+    local_ids [M, K] int32 / weights [M, K] fp32: their local expert ids (== num_local_experts for "not on
+    this rank") and routing weights; num_rows: a device scalar, how many rows were received.
+    M == num_rows on CPU ranks (reading a CPU tensor is no device sync); on GPUs M stays R, in receive order
+    (no host sync: shapes fixed, capturable), and rows nobody sent carry no expert.
     `plan` and `recv_counts` (vdev only) are what combine needs to send the results back."""
 
     rows: torch.Tensor
+    row_index: torch.Tensor
     local_ids: torch.Tensor
     weights: torch.Tensor
+    num_rows: torch.Tensor
     plan: DispatchPlan
     recv_counts: Optional[torch.Tensor] = None
+
+
+@dataclass(frozen=True)
+class Received:
+    """The rows an expert step computes (see Dispatched): row_index [M], local_ids [M, K], num_rows (device)."""
+
+    row_index: torch.Tensor
+    local_ids: torch.Tensor
+    num_rows: torch.Tensor
+
+
+def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor) -> Received:
+    """Received rows first: row_index [M] int64, local_ids [M, K] int32, num_rows a device scalar.
+
+    ids [R, K] the receive buffer's local expert ids; occupied [R] bool the rows a peer filled. A stable sort
+    of the occupancy keeps peer order; M as in `Dispatched`. Index work only (R ints), no hidden row moves."""
+    num_rows = occupied.sum()
+    if ids.is_cuda:  # static shapes: every row, in receive order (unoccupied ones masked to "no expert")
+        order = torch.arange(ids.shape[0], device=ids.device)
+    else:
+        order = torch.argsort((~occupied).to(torch.uint8), stable=True)[:int(num_rows)]
+    local_ids = torch.where(occupied[order, None], ids.index_select(0, order), sentinel).to(torch.int32)
+    return Received(order, local_ids, num_rows)
 
 
 class CommClock:
@@ -163,10 +234,13 @@ class AllToAllExchange:
     """
 
     def __init__(self, owner: torch.Tensor, local_index: torch.Tensor, num_local: List[int], capacity: int,
-                 backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None):
+                 backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None,
+                 traffic: Optional[Traffic] = None):
         import torch.distributed as dist
         self.dist, self.group = dist, group
         self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        self.traffic = traffic if traffic is not None else Traffic()
         self.device = torch.device(device)
         if len(num_local) != self.world:
             raise ValueError(f"num_local lists {len(num_local)} ranks, the group has {self.world}")
@@ -180,6 +254,8 @@ class AllToAllExchange:
             self._symm = _SymmBuffers(self.world, self.capacity, self.device, group)
         elif backend is ExchangeBackend.NCCL and self.device.type != "cuda":
             raise ExchangeUnavailable("the NCCL exchange needs GPU tensors; use gloo on CPU ranks")
+        elif backend is ExchangeBackend.GLOO_SPLITS and self.device.type != "cpu":
+            raise ExchangeUnavailable("gloo with split sizes reads the row counts on the host: CPU tensors only")
 
     # ---- the collectives ----------------------------------------------------------------------
 
@@ -196,18 +272,37 @@ class AllToAllExchange:
         self.clock.run(self.dist.all_to_all_single, out, buf, group=self.group)
         return out
 
+    def _split_all_to_all(self, buf: torch.Tensor, send: List[int], recv: List[int]) -> torch.Tensor:
+        """All-to-all of the first sum(send) rows of buf, send[r] of them to rank r; returns [sum(recv), ...]."""
+        out = buf.new_empty(sum(recv), *buf.shape[1:])
+        self.clock.run(self.dist.all_to_all_single, out, buf[:sum(send)], output_split_sizes=recv,
+                       input_split_sizes=send, group=self.group)
+        return out
+
+    def _count(self, counts: torch.Tensor, layout: "_RowLayout") -> None:
+        """Traffic of one dispatch and its combine (see Traffic), counts [W] this rank's rows per destination."""
+        out_row = layout.hidden * layout.dtype.itemsize
+        peers = counts.sum() - counts[self.rank]
+        minimum = peers * (layout.nbytes + out_row)
+        if self.backend is ExchangeBackend.GLOO_SPLITS:  # the row counts go first: W int64, one to each peer
+            self.traffic.add(minimum + 8 * (self.world - 1), minimum)
+        elif self.backend.occupied_only:
+            self.traffic.add(minimum, minimum)
+        else:
+            self.traffic.add((self.world - 1) * self.capacity * (layout.nbytes + out_row), minimum)
+
     # ---- dispatch / combine -------------------------------------------------------------------
 
     def dispatch(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> Dispatched:
         """x [T, H] (T <= capacity), topk_ids [T, K], topk_weights [T, K] -> rows this rank computes."""
         k = topk_ids.shape[1]
-        packed = self._symm is not None
+        packed = self.backend.occupied_only
         plan = plan_dispatch(topk_ids, topk_weights, self.owner, self.local_index, self.sentinel, self.capacity,
                              packed=packed)
         rows = self.world * self.capacity
         layout = _RowLayout(x.shape[1], x.dtype, k)
-        send = self._symm.send(layout) if packed else torch.empty(rows, layout.nbytes, dtype=torch.uint8,
-                                                                  device=x.device)
+        send = self._symm.send(layout) if self._symm is not None else \
+            torch.empty(rows, layout.nbytes, dtype=torch.uint8, device=x.device)
         send = send.view(rows, layout.nbytes)
         if x.shape[0]:
             torch.index_select(x, 0, plan.send_token, out=layout.x(send))
@@ -216,28 +311,43 @@ class AllToAllExchange:
         layout.ids(send).copy_(plan.local_ids)
         layout.weights(send).copy_(plan.weights)
         recv_counts = None
-        if packed:
+        self._count(plan.counts, layout)
+        if self.backend is ExchangeBackend.GLOO_SPLITS:
+            recv_counts = torch.empty_like(plan.counts)
+            self.clock.run(self.dist.all_to_all_single, recv_counts, plan.counts, group=self.group)
+            recv = self._split_all_to_all(send, plan.counts.tolist(), recv_counts.tolist())
+            occupied = torch.ones(recv.shape[0], dtype=torch.bool)  # exactly the rows peers sent
+        elif packed:
             recv, recv_counts = self.clock.run(self._symm.dispatch, layout, plan.counts)
             recv = recv.view(rows, layout.nbytes)
-            valid = torch.arange(rows, device=x.device)[:, None] < recv_counts.sum()
-            ids = torch.where(valid, layout.ids(recv), self._own_sentinel)
+            occupied = torch.arange(rows, device=x.device) < recv_counts.sum()  # packed from row 0
         else:
             recv = self._all_to_all(send)
-            ids = layout.ids(recv)
-        return Dispatched(layout.x(recv), ids, layout.weights(recv), plan, recv_counts)
+            # a peer's block holds its rows first and "no expert" rows after them
+            occupied = (layout.ids(recv) < self._own_sentinel).any(1)
+        got = compact_received(layout.ids(recv), self._own_sentinel, occupied)
+        weights = layout.weights(recv).index_select(0, got.row_index)
+        return Dispatched(layout.x(recv), got.row_index, got.local_ids, weights, got.num_rows, plan, recv_counts)
 
-    def combine(self, y_rows: torch.Tensor, dispatched: Dispatched) -> torch.Tensor:
-        """y_rows [R, H]: the receiver's weighted expert sums per received row -> [T, H] for this
-        rank's own tokens: each token's rows from every rank it went to, summed in fp32."""
+    def combine(self, y: torch.Tensor, dispatched: Dispatched) -> torch.Tensor:
+        """y [M, H]: the receiver's weighted expert sums of the rows it computed (dispatched.row_index) -> [T, H]
+        for this rank's own tokens: each token's rows from every rank it went to, summed in fp32."""
         from .ops import combine
-        if self._symm is not None:
-            back = self.clock.run(self._symm.combine, y_rows, dispatched.recv_counts)
+        if self.backend is ExchangeBackend.GLOO_SPLITS:  # every received row was computed, in receive order
+            back = self._split_all_to_all(y, dispatched.recv_counts.tolist(), dispatched.plan.counts.tolist())
         else:
-            back = self._all_to_all(y_rows.contiguous())
+            y_rows = y
+            if not y.is_cuda:  # back into receive order; rows nobody sent stay unwritten: their senders never read them
+                y_rows = y.new_empty(self.world * self.capacity, y.shape[1])
+                y_rows.index_copy_(0, dispatched.row_index, y)
+            if self._symm is not None:
+                back = self.clock.run(self._symm.combine, y_rows, dispatched.recv_counts)
+            else:
+                back = self._all_to_all(y_rows.contiguous())
         slot = dispatched.plan.slot
         tokens = slot.shape[0]
         if tokens == 0:
-            return y_rows.new_zeros(0, y_rows.shape[1])
+            return y.new_zeros(0, y.shape[1])
         used = slot >= 0
         return combine(back, torch.where(used, slot, -1).reshape(-1), used.float().reshape(-1), self.world)
 
@@ -245,7 +355,43 @@ class AllToAllExchange:
         """The layer composition's token-exchange slot (moe.layer.TokenExchange): dispatch, this rank's experts
         on the received rows, combine."""
         got = self.dispatch(x, topk_ids, topk_weights)
-        return self.combine(compute(got.rows, got.local_ids, got.weights), got)
+        return self.combine(compute(got.rows, got.local_ids, got.weights, got.row_index), got)
+
+
+class ReplicaRouting:
+    """EPLB: each token's expert to one of its replicas (flat slot ids, rank = slot // slots per rank).
+
+    replicas: expert -> its slot ids. The i-th of this rank's tokens routed to an expert takes replica
+    (i + rank) mod count: an expert's tokens split evenly over its replicas (within one), and ranks with few
+    tokens do not all pick the first one. Device-side sort and lookups: no host sync."""
+
+    def __init__(self, replicas: Dict[int, Sequence[int]], rank: int, device: torch.device):
+        num_experts = len(replicas)
+        width = max(len(v) for v in replicas.values())
+        self.table = torch.tensor([[replicas[e][i % len(replicas[e])] for i in range(width)]
+                                   for e in range(num_experts)], dtype=torch.long, device=device)
+        self.count = torch.tensor([len(replicas[e]) for e in range(num_experts)], dtype=torch.long, device=device)
+        self.rank = rank
+
+    def __call__(self, topk_ids: torch.Tensor) -> torch.Tensor:
+        """topk_ids [T, K] global expert ids -> [T, K] slot ids."""
+        flat = topk_ids.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        first = torch.searchsorted(flat[order], flat[order])  # where each expert's run starts in sorted order
+        nth = torch.empty_like(flat)
+        nth[order] = torch.arange(flat.numel(), device=flat.device) - first  # i: earlier tokens of the same expert
+        return self.table[topk_ids, ((nth + self.rank) % self.count[flat]).view_as(topk_ids)]
+
+
+class ReplicatedExchange:
+    """A token exchange over replica slots (EPLB): global expert ids become slot ids, then `exchange` (built with
+    one "expert" per slot) dispatches, computes and combines as plain DEP does."""
+
+    def __init__(self, exchange: "AllToAllExchange", routing: ReplicaRouting):
+        self.exchange, self.routing = exchange, routing
+
+    def run(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, compute) -> torch.Tensor:
+        return self.exchange.run(x, self.routing(topk_ids), topk_weights, compute)
 
 
 @dataclass(frozen=True)

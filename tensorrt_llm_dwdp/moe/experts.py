@@ -32,15 +32,17 @@ def swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, up_first: bool 
 
 
 def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
-                shared: Optional[SharedExpert] = None) -> torch.Tensor:
+                shared: Optional[SharedExpert] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Routed (and shared) expert output for x [T, H]; returns [T, H] in x.dtype.
 
     Tokens are sorted by expert; each expert with tokens runs once on its rows (FP8 weights dequantized,
     activations unquantized). T may be 0; an id >= num_experts is "no expert" (a DEP receiver's rows carry
-    fewer than k of its experts) and contributes nothing."""
-    out = torch.zeros_like(x)
+    fewer than k of its experts) and contributes nothing. rows [M]: compute x[rows] only (topk_* are [M, k],
+    the result [M, H]); each expert gathers its rows from x in place."""
+    m = x.shape[0] if rows is None else rows.numel()
+    out = x.new_zeros(m, x.shape[1])
     e_count = weights.num_experts
-    if x.shape[0]:
+    if m:
         flat_ids = topk_ids.reshape(-1)
         order = torch.argsort(flat_ids, stable=True)
         counts = torch.bincount(flat_ids, minlength=e_count + 1).tolist()
@@ -50,10 +52,11 @@ def moe_experts(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Ten
         start = 0
         for e, n in enumerate(counts[:e_count]):
             if n:
-                rows = token_of[start:start + n]
-                y = swiglu(x[rows], weights.dense(e, "w13"), weights.dense(e, "w2"), up_first)
-                out.index_add_(0, rows, y * scale[start:start + n, None])
+                mine = token_of[start:start + n]
+                xe = x[mine] if rows is None else x.index_select(0, rows.index_select(0, mine))
+                y = swiglu(xe, weights.dense(e, "w13"), weights.dense(e, "w2"), up_first)
+                out.index_add_(0, mine, y * scale[start:start + n, None])
             start += n
     if shared is not None:
-        out = out + swiglu(x, shared.w13, shared.w2)
+        out = out + swiglu(x if rows is None else x.index_select(0, rows), shared.w13, shared.w2)
     return out

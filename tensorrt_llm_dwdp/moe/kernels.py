@@ -93,17 +93,23 @@ def select(x: torch.Tensor, weights: ExpertWeights) -> KernelChoice:
 
 def expert_compute(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
                    shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
-                   tile: int = 0) -> torch.Tensor:
+                   tile: int = 0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Routed (and shared) experts for x [T, H]: topk_ids [T, k] (E = no expert), topk_weights [T, k] -> [T, H].
+    rows [M] int64: compute x[rows] only (topk_ids, topk_weights are then [M, k]; the result [M, H]); x is read
+    in place, so a strided view (DEP's receive buffer) is never copied whole.
     kernel: force one (it must pass `check`); default `select`. tile: the CUTLASS tile (ops.grouped_gemm)."""
     if kernel is None:
         kernel = select(x, weights).kernel
     elif (reason := check(kernel, x, weights)) is not None:
         raise ValueError(f"expert kernel {kernel.value} cannot run here: {reason}")
     if kernel is ExpertKernel.REFERENCE:
-        return moe_experts(x, topk_ids, topk_weights, weights, shared)
-    out = _grouped(x, topk_ids, topk_weights, weights, kernel, tile) if topk_ids.numel() else torch.zeros_like(x)
-    return out if shared is None else out + swiglu(x, shared.w13, shared.w2)
+        return moe_experts(x, topk_ids, topk_weights, weights, shared, rows=rows)
+    m = x.shape[0] if rows is None else rows.numel()
+    out = _grouped(x, topk_ids, topk_weights, weights, kernel, tile, rows) if topk_ids.numel() else \
+        x.new_zeros(m, x.shape[1])
+    if shared is None:
+        return out
+    return out + swiglu(x if rows is None else x.index_select(0, rows), shared.w13, shared.w2)
 
 
 _ARANGE: Dict[torch.device, torch.Tensor] = {}
@@ -139,31 +145,43 @@ def sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> Sorted:
     return Sorted(order, ends, torch.where(flat < num_experts, row, -1))
 
 
-def _grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKernel, tile: int) -> torch.Tensor:
+def _grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKernel, tile: int,
+             rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     k = topk_ids.shape[1]
     s = sort_by_expert(topk_ids, weights.num_experts)
-    src, idx = s.order // k, _arange(s.order.numel(), x.device)
+    order = s.order
+    if not x.is_cuda:
+        # the real assignments only ("no expert" sorts last); reading a CPU tensor is no device sync. GPUs keep
+        # the static shape (capturable; the grouped GEMMs stop at the device-side ends)
+        order = order[:int(s.ends[-1])] if s.ends.numel() else order[:0]
+    src, idx = order // k, _arange(order.numel(), x.device)
+    # GPUs: the real assignments' count stays on the device; permute and SwiGLU stop there, the GEMMs at the ends
+    limit = s.ends[-1:] if x.is_cuda and s.ends.numel() else None
     up_first = weights.w13_order.value == "up_gate"
     if kernel is ExpertKernel.CUTLASS_FP8:
-        xq, xs = ops.quantize_fp8(x)  # the T token rows once, then gathered with their scales
-        xq, xs = _gather_rows(xq, src, idx), _gather_rows(xs, src, idx)
+        if rows is not None:
+            x = x.index_select(0, rows)  # the M computed rows, once, before quantizing
+        xq, xs = ops.quantize_fp8(x)  # the token rows once, then gathered with their scales
+        xq, xs = _gather_rows(xq, src, idx, limit), _gather_rows(xs, src, idx, limit)
         h = ops.grouped_gemm_fp8(xq, xs, s.ends, weights.w13, weights.w13_scale, tile)
         aq, as_ = ops.swiglu_quantize_fp8(h, up_first)
         y = ops.grouped_gemm_fp8(aq, as_, s.ends, weights.w2, weights.w2_scale, tile)
     else:
-        xp = ops.permute_rows(x, src, idx, idx.numel())
+        # NOTE: straight from the (possibly strided) receive view into expert order, the computed rows only
+        xp = ops.permute_rows(x, src if rows is None else rows.index_select(0, src), idx, idx.numel(), limit)
         if kernel is ExpertKernel.GROUPED_MM:
             offs = s.ends.to(torch.int32)
             h = torch._grouped_mm(xp, weights.w13.transpose(-2, -1), offs=offs)
-            y = torch._grouped_mm(ops.swiglu(h, up_first), weights.w2.transpose(-2, -1), offs=offs)
+            y = torch._grouped_mm(ops.swiglu(h, up_first, limit), weights.w2.transpose(-2, -1), offs=offs)
         else:
             h = ops.grouped_gemm(xp, s.ends, weights.w13, tile)
-            y = ops.grouped_gemm(ops.swiglu(h, up_first), s.ends, weights.w2, tile)
+            y = ops.grouped_gemm(ops.swiglu(h, up_first, limit), s.ends, weights.w2, tile)
     return ops.combine(y, s.row, topk_weights.reshape(-1), k).to(x.dtype)
 
 
-def _gather_rows(t: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """t[src] for rows of any dtype; the bf16 permute kernel moves them when a row is 16-byte aligned."""
+def _gather_rows(t: torch.Tensor, src: torch.Tensor, idx: torch.Tensor, limit=None) -> torch.Tensor:
+    """t[src] for rows of any dtype; the bf16 permute kernel moves them (up to `limit`) when a row is 16-byte
+    aligned."""
     if (t.shape[1] * t.element_size()) % 16 == 0:
-        return ops.permute_rows(t.view(torch.bfloat16), src, idx, src.numel()).view(t.dtype)
+        return ops.permute_rows(t.view(torch.bfloat16), src, idx, src.numel(), limit).view(t.dtype)
     return t.view(torch.uint8).index_select(0, src).view(t.dtype)

@@ -19,8 +19,9 @@ import torch
 from .kernels import ExpertKernel, expert_compute
 from .weights import ExpertWeights
 
-# (x [R, H], topk_ids [R, k], topk_weights [R, k]) -> [R, H]: the experts of the weight source on rows
-ComputeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (x [R, H], topk_ids [M, k], topk_weights [M, k], rows [M] or None) -> [M, H]: the experts of the weight source
+# on x[rows] (all of x when rows is None; x may be a strided view, read in place)
+ComputeFn = Callable[..., torch.Tensor]
 
 
 class WeightSource(Protocol):
@@ -68,16 +69,35 @@ class NoExchange:
 
 
 class RoutedExperts:
-    """The routed experts of every MoE layer of a model on one rank; `routed` is what a MoE block calls."""
+    """The routed experts of every MoE layer of a model on one rank; `routed` is what a MoE block calls.
+
+    Counters, device tensors updated without a host sync (read them after the step, then `reset_counters`):
+    expert_rows: (row, expert) pairs this rank's experts computed (its own tokens', or those DEP sent it);
+    load [E] (when `count_load(E)` was called): tokens routed to each global expert from this rank."""
 
     def __init__(self, source: WeightSource, exchange: Optional[TokenExchange] = None,
                  kernel: Optional[ExpertKernel] = None):
         self.source, self.exchange, self.kernel = source, exchange or NoExchange(), kernel
+        self.expert_rows: Optional[torch.Tensor] = None
+        self.load: Optional[torch.Tensor] = None
+
+    def count_load(self, num_experts: int, device) -> None:
+        self.load = torch.zeros(num_experts, dtype=torch.long, device=device)
+
+    def reset_counters(self) -> None:
+        self.expert_rows = None
 
     def routed(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                layer_idx: int) -> torch.Tensor:
         weights = self.source.acquire(layer_idx)
-        y = self.exchange.run(x, topk_ids, topk_weights,
-                              lambda xs, ids, wts: expert_compute(xs, ids, wts, weights, kernel=self.kernel))
+        if self.load is not None:
+            self.load.scatter_add_(0, topk_ids.reshape(-1), torch.ones_like(topk_ids.reshape(-1)))
+
+        def compute(xs, ids, wts, rows=None):
+            n = (ids < weights.num_experts).sum()
+            self.expert_rows = n if self.expert_rows is None else self.expert_rows + n
+            return expert_compute(xs, ids, wts, weights, kernel=self.kernel, rows=rows)
+
+        y = self.exchange.run(x, topk_ids, topk_weights, compute)
         self.source.release(layer_idx)
         return y

@@ -4,7 +4,7 @@ capturable in CUDA graphs (no host synchronisation, shapes known from the argume
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -21,21 +21,35 @@ def _fast(x: torch.Tensor) -> bool:
     return x.is_cuda and x.dtype == torch.bfloat16 and x.shape[-1] % 8 == 0 and _native() is not None
 
 
+def _row_stride(x: torch.Tensor) -> int:
+    """Elements between x's rows when the kernels can read it in place (16-byte aligned rows), else 0."""
+    if x.stride(1) == 1 and x.stride(0) >= x.shape[1] and x.stride(0) % 8 == 0 and x.data_ptr() % 16 == 0:
+        return x.stride(0)
+    return 0
+
+
 @torch.library.custom_op("dwdp::permute_rows", mutates_args=())
-def permute_rows(x: torch.Tensor, src: torch.Tensor, dest: torch.Tensor, out_rows: int) -> torch.Tensor:
-    """out[dest[i]] = x[src[i]]; out is [out_rows, H]; rows no dest names are left unwritten."""
+def permute_rows(x: torch.Tensor, src: torch.Tensor, dest: torch.Tensor, out_rows: int,
+                 limit: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """out[dest[i]] = x[src[i]]; out is [out_rows, H]; rows no dest names are left unwritten. x may be a strided
+    view (read in place where its rows are 16-byte aligned). limit [1] int64 (device): only i < limit move, a
+    count the host never reads (the torch path moves every i: those rows are unwritten only by contract)."""
     out = x.new_empty(out_rows, x.shape[1])
     if _fast(x):
-        x, src, dest = x.contiguous(), src.contiguous(), dest.contiguous()
+        stride = _row_stride(x)
+        if not stride:
+            x, stride = x.contiguous(), x.shape[1]
+        src, dest = src.contiguous(), dest.contiguous()
         _native().permute_rows_bf16(x.data_ptr(), src.data_ptr(), dest.data_ptr(), src.numel(), x.shape[1],
-                                    out.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream)
+                                    out.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream,
+                                    0 if limit is None else limit.contiguous().data_ptr(), stride)
     else:
         out.index_copy_(0, dest, x.index_select(0, src))
     return out
 
 
 @permute_rows.register_fake
-def _(x, src, dest, out_rows):
+def _(x, src, dest, out_rows, limit=None):
     return x.new_empty(out_rows, x.shape[1])
 
 
@@ -50,8 +64,9 @@ def combine(y: torch.Tensor, row: torch.Tensor, weight: torch.Tensor, k: int) ->
                                out.data_ptr(), torch.cuda.current_stream(y.device).cuda_stream)
         return out
     keep = row >= 0
-    rows = y.index_select(0, torch.where(keep, row, 0)).float() * torch.where(keep, weight.float(), 0.0)[:, None]
-    out.copy_(rows.view(tokens, k, -1).sum(1))
+    rows = y.index_select(0, torch.where(keep, row, 0)).float() * weight.float()[:, None]
+    # where, not a zero weight: a skipped row may point at a row nobody wrote (NaN * 0 is NaN)
+    out.copy_(torch.where(keep[:, None], rows, 0.0).view(tokens, k, -1).sum(1))
     return out
 
 
@@ -61,13 +76,15 @@ def _(y, row, weight, k):
 
 
 @torch.library.custom_op("dwdp::swiglu", mutates_args=())
-def swiglu(h: torch.Tensor, up_first: bool = False) -> torch.Tensor:
-    """h [m, 2I] (gate then up columns; up then gate with up_first) -> silu(gate) * up [m, I], fp32 math."""
+def swiglu(h: torch.Tensor, up_first: bool = False, limit: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """h [m, 2I] (gate then up columns; up then gate with up_first) -> silu(gate) * up [m, I], fp32 math.
+    limit [1] int64 (device): only rows < limit are computed by the kernel, the rest left unwritten."""
     m, inter = h.shape[0], h.shape[1] // 2
     if _fast(h) and inter % 8 == 0:
         h, out = h.contiguous(), h.new_empty(m, inter)
         _native().swiglu_bf16(h.data_ptr(), out.data_ptr(), m, inter, up_first,
-                              torch.cuda.current_stream(h.device).cuda_stream)
+                              torch.cuda.current_stream(h.device).cuda_stream,
+                              0 if limit is None else limit.contiguous().data_ptr())
         return out
     a, b = h.float().chunk(2, dim=-1)
     gate, up = (b, a) if up_first else (a, b)
@@ -75,7 +92,7 @@ def swiglu(h: torch.Tensor, up_first: bool = False) -> torch.Tensor:
 
 
 @swiglu.register_fake
-def _(h, up_first=False):
+def _(h, up_first=False, limit=None):
     return h.new_empty(h.shape[0], h.shape[1] // 2)
 
 

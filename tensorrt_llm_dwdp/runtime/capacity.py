@@ -68,15 +68,17 @@ def activation_bytes_per_token(c: ModelConfig, elem: int) -> int:
 
 
 def rank_needs(c: ModelConfig, modes: Sequence[str], world: int, max_num_tokens: int, elem: int,
-               expert_elem: Optional[int] = None, depth: int = 2) -> RankNeeds:
-    """Peak bytes of one rank over the modes it runs one after the other (each builds its own model)."""
+               expert_elem: Optional[int] = None, depth: int = 2, eplb: int = 0) -> RankNeeds:
+    """Peak bytes of one rank over the modes it runs one after the other (each builds its own model).
+    eplb: redundant expert slots per rank of mode dep+eplb."""
     p = _params(c)
     expert_elem = elem if expert_elem is None else expert_elem
     moe_layers = max(1, c.layers - c.first_k_dense)
     per_layer = p["experts"] // moe_layers * expert_elem
     held = {"local": moe_layers * per_layer,
             "dep": -(-moe_layers * per_layer // world),
-            "dwdp": -(-moe_layers * per_layer // world) + depth * per_layer}
+            "dwdp": -(-moe_layers * per_layer // world) + depth * per_layer,
+            "dep+eplb": moe_layers * (-(-c.num_experts // world) + eplb) * (per_layer // c.num_experts)}
     experts = max(held.get(m, held["local"]) for m in modes)
     return RankNeeds(p["rest"] * elem + experts, max_num_tokens * activation_bytes_per_token(c, elem))
 
@@ -130,7 +132,8 @@ def rank_needs_for(c: ModelConfig, args, modes: Sequence[str], gpus: Optional[Se
     """rank_needs for a `bench` run's options (bfloat16 activations on GPUs, float32 on CPU ranks)."""
     elem = 2 if (gpus if gpus is not None else gpu_memory_bytes()) else 4
     fp8 = args.weight_dtype == "float8_e4m3fn"
-    return rank_needs(c, modes, args.ranks, args.max_num_tokens, elem, 1 if fp8 else elem, args.depth)
+    return rank_needs(c, modes, args.ranks, args.max_num_tokens, elem, 1 if fp8 else elem, args.depth,
+                      getattr(args, "eplb", 0))
 
 
 def check_fits(c: ModelConfig, args, modes: Sequence[str], world: int) -> RankNeeds:

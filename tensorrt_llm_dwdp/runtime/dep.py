@@ -5,19 +5,25 @@ token exchange (`moe.exchange.AllToAllExchange`) dispatches one row per (token, 
 the receiver runs its experts with the fused weighted combine, and one row per (token, rank)
 comes back to be summed in fp32. Every rank of the group must join each layer's collectives, so
 an idle rank runs a zero-token forward (the "dummy" forward).
+
+EPLB (`apply_eplb`, an option): after the warm-up measured each expert's load, redundant replicas of
+the hot experts go into extra slots on every rank (eplb.py) and each token's expert goes to one of its
+replicas; the exchange is the same, over slots instead of experts.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 
+from ..eplb import SlotPlacement, eplb_placement, imbalance
 from ..placement import even_placement
 from ..moe import ExpertWeights
-from ..moe.exchange import AllToAllExchange, CommClock, ExchangeBackend, ExchangeUnavailable
+from ..moe.exchange import (AllToAllExchange, CommClock, ExchangeBackend, ExchangeUnavailable, ReplicaRouting,
+                            ReplicatedExchange, Traffic)
 from ..moe.layer import LocalWeights, RoutedExperts
 from .model import Decoder
 
@@ -51,39 +57,95 @@ def shutdown_torch_distributed() -> None:
 
 
 def exchange_backend(device: torch.device, stage_on_host: bool, requested: Optional[str] = None) -> ExchangeBackend:
-    """gloo on CPU ranks and ranks sharing a GPU; NCCL with one rank per GPU unless `requested`
-    names another backend ("symm_mem": tried by apply_dep, NCCL if it does not initialise)."""
-    if device.type != "cuda" or stage_on_host:
+    """CPU ranks: gloo with split sizes (occupied rows only), or the fixed-capacity gloo exchange when `requested`
+    is "gloo"; ranks sharing a GPU: fixed-capacity gloo staged through the host; NCCL with one rank per GPU
+    unless `requested` names another backend ("symm_mem": tried by apply_dep, NCCL if it does not initialise)."""
+    if device.type != "cuda":
+        return ExchangeBackend.GLOO if requested == "gloo" else ExchangeBackend.GLOO_SPLITS
+    if requested == "gloo":
+        raise ValueError("--dep-exchange gloo: the fixed-capacity gloo exchange runs on CPU ranks. Fix: --dep-exchange "
+                         "nccl or symm_mem on GPUs.")
+    if stage_on_host:
         return ExchangeBackend.GLOO
     return ExchangeBackend(requested) if requested not in (None, "auto") else ExchangeBackend.NCCL
 
 
-def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_host: bool = False,
-              backend: Optional[ExchangeBackend] = None) -> ExchangeBackend:
-    """Rewire every MoE block to expert parallelism over the initialised default group; returns the
-    exchange backend in use. Collective (the symmetric-memory backend rendezvouses its buffers)."""
-    world, rank = dist.get_world_size(), dist.get_rank()
-    device = clock.device
-    placement = even_placement(model.c.num_experts, world)
-    owner = torch.empty(model.c.num_experts, dtype=torch.long)
-    local_index = torch.empty(model.c.num_experts, dtype=torch.long)
-    for r, experts in enumerate(placement.ranks):
-        owner[list(experts)] = r
-        local_index[list(experts)] = torch.arange(len(experts))
-    num_local = [len(placement.local_experts(r)) for r in range(world)]
-    backend = backend or exchange_backend(device, stage_on_host)
+def _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic) -> AllToAllExchange:
     try:
-        exchange = AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock)
+        return AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic=traffic)
     except ExchangeUnavailable as e:
         if backend is not ExchangeBackend.SYMM_MEM:
             raise
-        if rank == 0:
+        if dist.get_rank() == 0:
             print(f"WARNING: DEP exchange symm_mem unavailable ({e}); using nccl", flush=True)
-        backend = ExchangeBackend.NCCL
-        exchange = AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock)
-    mine = list(placement.local_experts(rank))
+        return AllToAllExchange(owner, local_index, num_local, max_num_tokens, ExchangeBackend.NCCL, device, clock,
+                                traffic=traffic)
+
+
+def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_host: bool = False,
+              backend: Optional[ExchangeBackend] = None, slots: Optional[Dict[int, SlotPlacement]] = None,
+              keep_experts: bool = False, traffic: Optional[Traffic] = None) -> ExchangeBackend:
+    """Rewire every MoE block to expert parallelism over the initialised default group; returns the
+    exchange backend in use. Collective (the symmetric-memory backend rendezvouses its buffers).
+
+    slots: EPLB, per MoE layer index, the experts in each rank's slots (eplb.eplb_placement; the same number
+    of slots per rank in every layer): a token's expert goes to one of its replicas. None: each rank owns
+    a contiguous range of experts. keep_experts: keep the model's own expert tensors (a later apply_dep
+    places the experts again, e.g. after EPLB measured the load), else drop them. traffic: where the exchange
+    counts the bytes it moves (moe.exchange.Traffic)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    device = clock.device
+    backend = backend or exchange_backend(device, stage_on_host)
+    if slots is None:
+        placement = even_placement(model.c.num_experts, world)
+        owner = torch.empty(model.c.num_experts, dtype=torch.long)
+        local_index = torch.empty(model.c.num_experts, dtype=torch.long)
+        for r, experts in enumerate(placement.ranks):
+            owner[list(experts)] = r
+            local_index[list(experts)] = torch.arange(len(experts))
+        num_local = [len(placement.local_experts(r)) for r in range(world)]
+        mine = {b.layer_idx: list(placement.local_experts(rank)) for b in model.moe_blocks()}
+    else:
+        per = {p.slots_per_rank for p in slots.values()}
+        if len(per) != 1 or any(p.world != world for p in slots.values()):
+            raise ValueError(f"EPLB slots: every layer needs the same slots per rank on {world} ranks, got {per}")
+        (per,) = per
+        flat = torch.arange(world * per)
+        owner, local_index, num_local = flat // per, flat % per, [per] * world  # one exchange "expert" per slot
+        mine = {b.layer_idx: list(slots[b.layer_idx].slots[rank]) for b in model.moe_blocks()}
+    exchange = _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic)
     for b in model.moe_blocks():
-        weights = ExpertWeights.from_tensors(b.expert_tensors(mine))
-        b.experts = RoutedExperts(LocalWeights({b.layer_idx: weights}), exchange)  # same kernel, same layout
-        b.drop_experts()
-    return backend
+        weights = ExpertWeights.from_tensors(b.expert_tensors(mine[b.layer_idx]))
+        layer_exchange = exchange if slots is None else \
+            ReplicatedExchange(exchange, ReplicaRouting(slots[b.layer_idx].replicas(), rank, device))
+        b.experts = RoutedExperts(LocalWeights({b.layer_idx: weights}), layer_exchange)  # same kernel, same layout
+        if not keep_experts:
+            b.drop_experts()
+    return exchange.backend
+
+
+def measured_load(model: Decoder) -> Dict[int, List[float]]:
+    """Collective: per MoE layer, tokens routed to each expert over every rank since `count_load` (EPLB's input)."""
+    blocks = model.moe_blocks()
+    local = torch.stack([b.experts.load for b in blocks])
+    on = local if dist.get_backend() == "nccl" else local.cpu()
+    dist.all_reduce(on)
+    return {b.layer_idx: [float(v) for v in row] for b, row in zip(blocks, on.cpu().tolist())}
+
+
+def apply_eplb(model: Decoder, clock: CommClock, max_num_tokens: int, redundant: int, stage_on_host: bool = False,
+               backend: Optional[ExchangeBackend] = None, traffic: Optional[Traffic] = None) -> Dict[str, object]:
+    """Collective: EPLB for a model `apply_dep(keep_experts=True)` rewired and ran with `count_load` on: place
+    `redundant` extra slots per rank from the measured load, then rewire it. Returns the busiest rank's load over
+    the mean per layer, planned, with and without the replicas (`imbalance_eplb`, `imbalance_plain`)."""
+    world = dist.get_world_size()
+    loads = measured_load(model)
+    per = -(-model.c.num_experts // world) + redundant
+    slots = {lid: eplb_placement(load, world, per) for lid, load in loads.items()}
+    plain = even_placement(model.c.num_experts, world)
+    plain_loads = {lid: [sum(load[e] for e in plain.local_experts(r)) for r in range(world)]
+                   for lid, load in loads.items()}
+    apply_dep(model, clock, max_num_tokens, stage_on_host, backend, slots=slots, traffic=traffic)
+    return {"slots_per_rank": per, "redundant_per_rank": redundant,
+            "imbalance_eplb": [imbalance(slots[lid].rank_loads(loads[lid])) for lid in sorted(loads)],
+            "imbalance_plain": [imbalance(plain_loads[lid]) for lid in sorted(loads)]}

@@ -4,7 +4,8 @@ prefill only (the work of a disaggregated context server), per-iteration and per
 Modes share the model and kernels: `local` and `dwdp` step on their own; `dep` steps in
 lockstep with the group (every iteration an all-reduce decides whether anyone has work, and
 idle ranks run a zero-token forward so the per-layer all-to-alls can complete). Zero-token
-iterations are recorded (tokens == 0) but no mode is charged for them (report.summarize).
+iterations are recorded (tokens == 0); the headline TPS/GPU counts the timed window's wall time on
+every rank, busy-time TPS charges them to no mode (report.summarize).
 
 Chunked prefill (`chunked_prefill=True`): a request longer than the room left in a batch is split
 across iterations. This executor keeps no KV cache, so a chunk attends only within itself: MoE,
@@ -33,6 +34,12 @@ class IterationRecord:
     wait_s: float  # DWDP: compute stalled on pulls; DEP: host time inside collectives
     bytes_pulled: int = 0  # DWDP: expert bytes this iteration's layers consumed from peers
     comm_s: float = 0.0  # exposed communication, device-timed on GPUs: DEP collectives, DWDP pull stalls
+    # (including the pull still in flight that the end-of-step sync waits for)
+    expert_rows: int = 0  # (row, expert) pairs this rank's experts computed, over the step's MoE layers
+    # bytes sent to other ranks (DEP: the exchange, attributed to the tokens' sender; DWDP: expert pulls) and the
+    # least that could carry the step (DEP: one row per (token, destination rank) each way; DWDP: the pulls)
+    bytes_moved: int = 0
+    bytes_min: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,21 +95,21 @@ def pack(waiting: List[Chunk], max_num_tokens: int, chunked: bool) -> List[Chunk
 
 class ContextExecutor:
     def __init__(self, model: Decoder, mode: str, max_num_tokens: int, device: torch.device, seed: int,
-                 hooks=None, clock=None, chunked_prefill: bool = False):
+                 hooks=None, clock=None, chunked_prefill: bool = False, traffic=None):
         if mode not in ("local", "dwdp", "dep"):
             raise ValueError(f"mode={mode!r}: use local, dwdp or dep")
         if mode == "dep" and clock is None:
             raise ValueError("mode dep needs the exchange's CommClock (clock=...)")
         self.model, self.mode, self.max_num_tokens, self.device = model, mode, max_num_tokens, device
         self.hooks, self.clock, self.seed, self.chunked = hooks, clock, seed, chunked_prefill
+        self.traffic = traffic  # DEP: the exchange's byte counters (moe.exchange.Traffic)
+        self._tail_s = 0.0  # the last step's exposed end-of-step wait (see _sync_step)
+        self._rows = 0  # the last step's expert rows (see _expert_rows)
+        self._bytes = None  # the last step's exchange traffic (moe.exchange.TrafficBytes)
 
     def _tokens(self, req: Request) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + req.id)
         return torch.randint(0, self.model.c.vocab, (req.isl,), generator=g)
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def _anyone(self, flag: int) -> int:
         """DEP only: max over ranks of 2 (has a batch), 1 (has future requests), 0 (done)."""
@@ -180,8 +187,32 @@ class ContextExecutor:
         self.model(ids.to(self.device), [c.n for c in batch], **extra)
         if self.hooks is not None:
             self.hooks.end_step()
-        self._sync()
+        self._tail_s = self._sync_step()
+        self._rows = self._expert_rows()
+        self._bytes = self.traffic.take() if self.traffic is not None else None
         return len(ids)
+
+    def _expert_rows(self) -> int:
+        """The step's expert rows from the MoE blocks' counters (read after the sync), which it resets."""
+        rows = 0
+        # one RoutedExperts may serve every block (apply_dwdp): each counter once
+        routed = {id(b.experts): b.experts for b in getattr(self.model, "moe_blocks", lambda: [])() if b.experts}
+        for experts in routed.values():
+            if experts.expert_rows is not None:
+                rows += int(experts.expert_rows)
+                experts.reset_counters()
+        return rows
+
+    def _sync_step(self) -> float:
+        """End of step on a GPU: the compute stream first, then the device. What the second wait takes is
+        a pull still in flight (DWDP's copy stream) that this step's end waits for: exposed pull time,
+        returned so it is charged to DWDP's comm. CPU ranks: nothing waits (0)."""
+        if self.device.type != "cuda":
+            return 0.0
+        torch.cuda.current_stream(self.device).synchronize()
+        t = time.perf_counter()
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t
 
     def _iterate(self, index: int, batch: List[Chunk], t0: float, start: float, host_mark: float) -> IterationRecord:
         """One forward; DEP's wait and comm count from before the step's all-reduce (`start`)."""
@@ -193,7 +224,9 @@ class ContextExecutor:
         if self.mode == "dwdp":
             step = self.hooks.last_step()
             wait, pulled = step.fetch_wait_s, step.bytes_pulled
-            comm = wait
+            comm = wait + self._tail_s  # stalls inside the step, and the pull the step's end waited for
         elif self.mode == "dep":
             wait, comm = self.clock.host_s - host_mark, self.clock.take_device_s()
-        return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm)
+        moved, least = (pulled, pulled) if self.mode == "dwdp" else \
+            (self._bytes.moved, self._bytes.minimum) if self._bytes is not None else (0, 0)
+        return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm, self._rows, moved, least)

@@ -28,10 +28,10 @@ from . import report
 from .apply import apply_dwdp
 from .capacity import check_fits
 from .config import PRESETS, ModelConfig, cut, preset
-from ..moe.exchange import CommClock
-from .dep import apply_dep, exchange_backend, init_torch_distributed, shutdown_torch_distributed
+from ..moe.exchange import CommClock, Traffic
+from .dep import apply_dep, apply_eplb, exchange_backend, init_torch_distributed, shutdown_torch_distributed
 from .executor import ContextExecutor
-from .model import Decoder
+from .model import DEFAULT_ROUTING_SKEW, Decoder
 from .schedule import least_loaded
 
 MODES = ("local", "dwdp", "dep", "auto")
@@ -54,6 +54,10 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
     g.add_argument("--weight-dtype", default="bfloat16", choices=["bfloat16", "float8_e4m3fn"],
                    help="routed experts in every mode: bfloat16, or float8_e4m3fn with DeepSeek-V3 128x128 block "
                         "scales (random presets are quantized per block; hidden and moe_inter multiples of 128)")
+    g.add_argument("--routing-skew", type=float, default=None,
+                   help="random presets: expert popularity Zipf(S) per MoE layer, the simulator's routing model "
+                        f"(default {DEFAULT_ROUTING_SKEW}, the simulator's routing_skew: a DEP busiest-rank expert "
+                        "load of about 1.15-1.3x the mean at 4-8 ranks); 0 is uniform")
     g = p.add_argument_group("workload")
     g.add_argument("--isl", default="normal:128:0.2", help="8192, or normal|lognormal|uniform:MEAN:CV")
     g.add_argument("--requests", type=int, default=24, help="requests per rank (the shared stream has ranks x this)")
@@ -74,9 +78,13 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
     g.add_argument("--slice-mib", type=float, default=DEFAULT_SLICE_BYTES / 2**20,
                    help="DWDP pull slice size, MiB (default: DwdpConfig's)")
     g.add_argument("--backend", default="auto", help=f"DWDP memory backend: {', '.join(MEMORY_BACKENDS)}")
-    g.add_argument("--dep-exchange", default="auto", choices=("auto", "nccl", "symm_mem"),
-                   help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks and "
-                        "ranks sharing a GPU use gloo")
+    g.add_argument("--dep-exchange", default="auto", choices=("auto", "nccl", "symm_mem", "gloo"),
+                   help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks use gloo with split "
+                        "sizes (occupied rows only), or with gloo its fixed-capacity fallback; ranks sharing a GPU "
+                        "use fixed-capacity gloo")
+    g.add_argument("--eplb", type=int, default=0, metavar="N",
+                   help="also run DEP with EPLB (mode dep+eplb): N redundant expert slots per rank, filled with "
+                        "replicas of the experts an untimed step of plain DEP measured hottest (default 0: off)")
     g.add_argument("--warmup", type=int, default=1,
                    help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
     g.add_argument("--sim-machine", default=None,
@@ -98,6 +106,13 @@ def model_config(args) -> ModelConfig:
         from .checkpoint import config_from_hf
         return cut(config_from_hf(args.checkpoint), args.layers, args.vocab)
     return preset(args.preset, args.layers, args.vocab)
+
+
+def routing_skew(args) -> Optional[float]:
+    """The Zipf exponent of a random preset's routers (None for a checkpoint's own router)."""
+    if args.checkpoint:
+        return None
+    return DEFAULT_ROUTING_SKEW if args.routing_skew is None else args.routing_skew
 
 
 def model_name(args) -> str:
@@ -124,6 +139,12 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
     if args.checkpoint:
         from .checkpoint import safetensors_files
         safetensors_files(args.checkpoint)
+        if args.routing_skew is not None:
+            raise UsageError(f"--routing-skew {args.routing_skew:g}: a checkpoint routes with its own router. Fix: "
+                             "leave --routing-skew out, or use --preset.")
+    if args.routing_skew is not None and not 0 <= args.routing_skew <= 4:
+        raise UsageError(f"--routing-skew {args.routing_skew:g}: must lie in [0, 4] (a Zipf exponent; 0 is uniform). "
+                         f"Fix: e.g. --routing-skew {DEFAULT_ROUTING_SKEW}.")
     parse_isl(args.isl)
     if args.trace:
         if not load_trace(args.trace):
@@ -136,8 +157,10 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
     positive("--max-num-tokens", args.max_num_tokens, "e.g. --max-num-tokens 8192")
     positive("--warmup", args.warmup, "e.g. --warmup 1, or 0 to time the first step", allow_zero=True)
     positive("--seed", args.seed, "e.g. --seed 0", allow_zero=True)
+    positive("--eplb", args.eplb, "e.g. --eplb 1, or 0 for plain DEP only", allow_zero=True)
     for option, value, most in (("--requests", args.requests, MAX_REQUESTS), ("--warmup", args.warmup, MAX_WARMUP),
                                 ("--max-num-tokens", args.max_num_tokens, MAX_ISL), ("--depth", args.depth, 64),
+                                ("--eplb", args.eplb, 1 << 16),
                                 ("--vocab", args.vocab or 0, 1 << 22), ("--layers", args.layers or 0, 1024),
                                 ("--seed", args.seed, 2**32 - 1)):
         if value > most:
@@ -151,9 +174,16 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
         except ValueError as e:
             raise UsageError(str(e).replace("--machine", "--sim-machine")) from None
     check_output_path("--json", args.json)
+    if world_size is not None and args.eplb:
+        most = cfg.num_experts - -(-cfg.num_experts // world_size)
+        if args.eplb > most:
+            raise UsageError(f"--eplb {args.eplb}: {world_size} ranks hold {-(-cfg.num_experts // world_size)} of "
+                             f"{cfg.num_experts} experts each, so at most {most} more slots can hold distinct "
+                             f"replicas. Fix: --eplb {max(most, 0)} or less.")
     if world_size is not None:
         check_requests_fit(args, world_size)
-        check_fits(cfg, args, [m for m in modes if m != "auto"] or ["local"], world_size)
+        check_fits(cfg, args, [m for m in modes if m != "auto"] + (["dep+eplb"] if args.eplb else []) or ["local"],
+                   world_size)
     if world_size is not None and ("dwdp" in modes or "auto" in modes):
         # the weight dtype changes no rule checked here (group layout, depth, slice, backend)
         with options_named(JOB_FLAGS):
@@ -215,24 +245,28 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     else:
         cfg = preset(args.preset, args.layers, args.vocab)
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
-        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep"),
-                              weight_dtype=args.weight_dtype)
-    hooks, clock, exchange = None, None, None
+        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep", "dep+eplb"),
+                              weight_dtype=args.weight_dtype, routing_skew=routing_skew(args))
+    hooks, clock, exchange, traffic = None, None, None, None
     if mode == "dwdp":
         dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if args.weight_dtype == "float8_e4m3fn"
                            else str(dtype).replace("torch.", ""))
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
         if comm.Get_rank() == 0:  # what the composite layout costs, padding included
             print(f"  [dwdp] rank 0 memory: {hooks.plan.memory.describe()}", flush=True)
-    elif mode == "dep":
-        clock = CommClock(device)
+    elif mode in ("dep", "dep+eplb"):
+        clock, traffic = CommClock(device), Traffic()
         stage = init_torch_distributed(comm, device)
         exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
-                             backend=exchange_backend(device, stage, args.dep_exchange))
+                             backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != "dep",
+                             traffic=traffic)
+        if mode == "dep+eplb":
+            for b in model.moe_blocks():
+                b.experts.count_load(cfg.num_experts, device)
     rank, world = comm.Get_rank(), comm.Get_size()
     requests = _requests(args, rank, world)
-    executor = ContextExecutor(model, mode, args.max_num_tokens, device, args.seed, hooks=hooks, clock=clock,
-                               chunked_prefill=args.chunked_prefill)
+    executor = ContextExecutor(model, "dep" if mode == "dep+eplb" else mode, args.max_num_tokens, device, args.seed,
+                               hooks=hooks, clock=clock, chunked_prefill=args.chunked_prefill, traffic=traffic)
     shown = [0.0]
 
     def progress(done, total):
@@ -240,7 +274,12 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
             shown[0] = time.time()
             print(f"  [{mode}] rank 0: {done}/{total} requests", flush=True)
 
-    executor.warm_up(requests, args.warmup)
+    eplb = None
+    if mode == "dep+eplb":  # one untimed step of plain DEP measures the load the replicas are placed from
+        executor.warm_up(requests, 1)
+        eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
+                          backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic)
+    executor.warm_up(requests, args.warmup)  # the same warm-up for every mode, on the placement it times
     comm.Barrier()
     t0 = comm.bcast(time.time() + 0.05, root=0)
     while time.time() < t0:
@@ -248,9 +287,17 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     result = executor.run(requests, t0, rank, progress)
     if hooks is not None:
         hooks.close()
-    return {"rank": rank, "device": str(device), "exchange": exchange and exchange.value,
+    return {"rank": rank, "device": str(device), "exchange": exchange and exchange.value, "eplb": eplb,
             "iterations": [vars(i) for i in result.iterations],
             "requests": [dict(vars(q), ttft_s=q.ttft_s) for q in result.requests]}
+
+
+def run_order(args) -> List[str]:
+    """The modes in the order they run: --modes, with dep+eplb right after dep (or last) when --eplb is on."""
+    order = [m for m in args.modes.split(",") if m]
+    if args.eplb:
+        order.insert(order.index("dep") + 1 if "dep" in order else len(order), "dep+eplb")
+    return order
 
 
 def run(args) -> int:
@@ -265,7 +312,7 @@ def run(args) -> int:
     else:
         device, dtype = torch.device("cpu"), torch.float32
     modes, decisions, done = {}, {}, set()  # `done` on every rank: `modes` fills on rank 0 only
-    for mode in args.modes.split(","):
+    for mode in run_order(args):
         if mode in ("auto", "dwdp"):
             from .auto import choose
             cfg = model_config(args)
@@ -289,7 +336,7 @@ def run(args) -> int:
         ranks = comm.gather(run_mode(mode, args, comm, device, dtype), root=0)
         # Like for like: the next mode starts as this one did, without its process group's threads or its
         # model's memory still around (a mode that ran after DEP used to share the cores with gloo's group).
-        if mode == "dep":
+        if mode in ("dep", "dep+eplb"):
             shutdown_torch_distributed()
         gc.collect()
         if device.type == "cuda":
@@ -301,9 +348,10 @@ def run(args) -> int:
         return 0
     shared_gpu = device.type == "cuda" and torch.cuda.device_count() < comm.Get_size()
     out = {"config": dict(vars(args), ranks=comm.Get_size(), device=str(device), dtype=str(dtype),
-                          shared_gpu=shared_gpu),
+                          shared_gpu=shared_gpu, routing_skew=routing_skew(args)),
            "seeds": {"model": args.seed, "requests": request_seeds(args, comm.Get_size())},
-           "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes), "decisions": decisions}
+           "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes),
+           "speedup_dwdp_over_dep_eplb": report.speedup(modes, "dep+eplb"), "decisions": decisions}
     if shared_gpu:
         out["note"] = report.SHARED_GPU_CAVEAT
     elif device.type == "cpu":

@@ -180,6 +180,56 @@ def router(c: ModelConfig):
     return SoftmaxTopKRouting(c.top_k, c.renormalize)
 
 
+# The synthetic routers' default skew: the simulator's `Efficiency.routing_skew` (sim/machines.py), where its
+# source is stated (a DEP busiest-rank expert load of about 1.15-1.3x the mean at 4-8 ranks).
+DEFAULT_ROUTING_SKEW = 0.3
+
+
+def zipf_selection_bias(c: ModelConfig, skew: float, seed: int, layer_idx: int) -> torch.Tensor:
+    """[E] float32 router bias that makes expert popularity Zipf(skew) (the i-th most popular expert takes a share
+    of the assignments proportional to 1/(i+1)^skew) over a seeded random order of the experts per layer: the
+    simulator's routing model (sim.costs.rank_loads). A random model's router is otherwise as skewed as its random
+    draws happen to make it. Softmax routers take it on the logits, DeepSeek's on the selection-only correction
+    bias; its size is calibrated once per (router, skew) on iid logits (_popularity_bias)."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + layer_idx) * 31 + 17)
+    order = torch.randperm(c.num_experts, generator=g)
+    grouped = c.routing is Routing.DEEPSEEK_V3 and c.n_group > 1
+    # group-limited selection couples the experts of a group: calibrate where the hot experts actually sit
+    bias = _popularity_bias(c.routing, c.num_experts, c.top_k, c.n_group, c.topk_group, float(skew),
+                            tuple(order.tolist()) if grouped else None)
+    tilt = torch.empty(c.num_experts)
+    tilt[order] = torch.tensor(bias)
+    return tilt
+
+
+@functools.lru_cache(maxsize=256)
+def _popularity_bias(routing: Routing, num_experts: int, top_k: int, n_group: int, topk_group: int,
+                     skew: float, order: Optional[tuple]) -> tuple:
+    """Bias by popularity rank whose top-k selection on iid N(0, 1) logits gives Zipf(skew) shares: steps on
+    the measured shares, as DeepSeek's auxiliary-loss-free balancing steps its bias towards even ones (here
+    towards the Zipf target). Clamped, shrinking steps: group-limited selection is discontinuous in the bias."""
+    want = 1.0 / torch.arange(1, num_experts + 1, dtype=torch.float64) ** skew
+    want = want / want.sum()
+    if skew == 0:
+        return tuple([0.0] * num_experts)
+    route = DeepSeekV3Routing(top_k, n_group, topk_group) if routing is Routing.DEEPSEEK_V3 else SoftmaxTopKRouting(top_k)
+    logits = torch.randn(4096, num_experts, generator=torch.Generator().manual_seed(12345))
+    # rank i's expert: order[i] (the layer's own order for grouped routing), else expert i
+    where = torch.tensor(order) if order is not None else torch.arange(num_experts)
+    bias = torch.zeros(num_experts)  # by popularity rank
+    scale = 0.25 if routing is Routing.DEEPSEEK_V3 else 1.0  # score units (the sigmoid's slope at 0) or logit units
+    steps = 60
+    for i in range(steps):
+        b = torch.empty(num_experts)
+        b[where] = bias
+        r = route(logits, b) if routing is Routing.DEEPSEEK_V3 else route(logits + b, torch.zeros(num_experts))
+        got = torch.bincount(r.topk_ids.reshape(-1), minlength=num_experts).double()[where] + 0.5
+        error = torch.log(want / (got / got.sum())).clamp(-1.0, 1.0)
+        bias += (0.15 * scale * (1 - i / steps) * error).float()
+        bias -= bias.mean()
+    return tuple(bias.tolist())
+
+
 class MoEBlock(nn.Module):
     """Router + routed experts + shared expert. The routed part goes through `self.experts` (a
     RoutedExperts: `routed(x, topk_ids, topk_weights, layer_idx) -> [T, H]`): all local, DWDP, or expert
@@ -198,6 +248,7 @@ class MoEBlock(nn.Module):
         self.lazy = None  # (seed, dtype, device) where the expert stacks are made per expert on demand
         self.weight_dtype = WeightDtype.BF16.value  # or FP8: experts quantized per 128x128 block
         self.route = router(c)
+        self.logit_bias = None  # [E]: a softmax router's popularity tilt (set_routing_skew), None for none
 
     def expert_tensors(self, experts: Sequence[int]) -> Dict[str, torch.Tensor]:
         """w13, w2 (and w13_scale, w2_scale for FP8) of `experts`, stacked in that order: rows of the stacks, or,
@@ -229,6 +280,16 @@ class MoEBlock(nn.Module):
         self.w13, self.w2 = nn.Parameter(q13, requires_grad=False), nn.Parameter(q2, requires_grad=False)
         self.w13_scale, self.w2_scale = s13, s2
 
+    def set_routing_skew(self, skew: float, seed: int) -> None:
+        """Route with Zipf(skew) expert popularity (zipf_selection_bias) in place of the random bias."""
+        tilt = zipf_selection_bias(self.c, skew, seed, self.layer_idx)
+        tilt = tilt.to(self.bias.device, self.bias.dtype)
+        if self.c.routing is Routing.DEEPSEEK_V3:
+            with torch.no_grad():
+                self.bias.copy_(tilt)
+        else:
+            self.logit_bias = tilt.float()
+
     def drop_experts(self) -> None:
         """The experts live elsewhere now (a DWDP shard, a DEP rank's share): keep no second copy."""
         self.w13 = nn.Parameter(self.w13.new_empty(0), requires_grad=False)
@@ -239,7 +300,8 @@ class MoEBlock(nn.Module):
         if self.experts is None:
             raise RuntimeError(f"MoE layer {self.layer_idx} has no routed experts: a model built with "
                                "lazy_experts=True must go through apply_dwdp or apply_dep first")
-        r = self.route(x.float() @ self.gate.float().t(), self.bias)
+        logits = x.float() @ self.gate.float().t()
+        r = self.route(logits if self.logit_bias is None else logits + self.logit_bias, self.bias)
         y = self.experts.routed(x, r.topk_ids, r.topk_weights, self.layer_idx)
         return y if self.shared is None else y + self.shared(x)
 
@@ -272,12 +334,15 @@ class Decoder(nn.Module):
 
     @classmethod
     def build(cls, c: ModelConfig, seed: int, device=None, dtype: torch.dtype = torch.float32,
-              lazy_experts: bool = False, weight_dtype: str = "bfloat16") -> "Decoder":
+              lazy_experts: bool = False, weight_dtype: str = "bfloat16",
+              routing_skew: Optional[float] = None) -> "Decoder":
         """Seeded random model made directly on `device` in `dtype`: parameters are created on
         the meta device and materialised one by one, so a large preset never exists twice.
         lazy_experts: leave the routed-expert stacks unmade; apply_dwdp / apply_dep make only the
         experts a rank holds (MoEBlock.expert_tensors), with the same values as a full build.
-        weight_dtype "float8_e4m3fn": routed experts quantized per 128x128 block (activations stay `dtype`)."""
+        weight_dtype "float8_e4m3fn": routed experts quantized per 128x128 block (activations stay `dtype`).
+        routing_skew: expert popularity Zipf(routing_skew) per layer (MoEBlock.set_routing_skew); None keeps the
+        random router bias."""
         with torch.device("meta"):
             model = cls(c)
         device = torch.device(device or "cpu")
@@ -290,6 +355,9 @@ class Decoder(nn.Module):
             for b in model.moe_blocks():
                 b.lazy = (seed, dtype, device)
         model.init_random(seed)
+        if routing_skew is not None:
+            for b in model.moe_blocks():
+                b.set_routing_skew(routing_skew, seed)
         if is_fp8(weight_dtype):
             for b in model.moe_blocks():
                 b.quantize_experts()

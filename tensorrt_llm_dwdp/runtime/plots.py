@@ -8,7 +8,7 @@ from typing import List
 
 from . import report
 
-COLORS = {"dwdp": "tab:blue", "dep": "tab:orange", "local": "tab:green"}
+COLORS = {"dwdp": "tab:blue", "dep": "tab:orange", "dep+eplb": "tab:red", "local": "tab:green"}
 
 
 def check_available(option: str) -> None:
