@@ -421,3 +421,16 @@ def test_the_readme_commands_run_as_written_in_a_fresh_folder(tmp_path):
             assert (tmp_path / "out" / "plots" / "timeline.png").stat().st_size > 0
             assert "DWDP/DEP" in proc.stdout
     assert (tmp_path / "out" / "sweep" / "speedup_vs_cv.png").stat().st_size > 0
+
+
+def test_the_bench_launcher_checks_and_starts_without_torch():
+    """The launcher answers bad input, and gets as far as the mpirun command line, without importing torch (1-3 s
+    on a 2-core machine): the ranks import it, the launcher need not."""
+    code = ("import sys, contextlib, io\n"
+            "from tensorrt_llm_dwdp.cli import main\n"
+            "with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):\n"
+            "    bad = main(['bench', '--requests', '0'])\n"
+            "    dry = main(['bench', '--ranks', '2', '--modes', 'dwdp,dep,local', '--dry-run'])\n"
+            "print(bad, dry, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["2", "0", "False"], proc.stdout + proc.stderr

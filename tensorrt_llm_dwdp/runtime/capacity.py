@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
+from ..config import is_fp8
 from .config import ModelConfig
 
 GIB = 1 << 30
@@ -131,7 +132,7 @@ def gpu_names() -> Optional[Sequence[str]]:
 def rank_needs_for(c: ModelConfig, args, modes: Sequence[str], gpus: Optional[Sequence[int]] = None) -> RankNeeds:
     """rank_needs for a `bench` run's options (bfloat16 activations on GPUs, float32 on CPU ranks)."""
     elem = 2 if (gpus if gpus is not None else gpu_memory_bytes()) else 4
-    fp8 = args.weight_dtype == "float8_e4m3fn"
+    fp8 = is_fp8(args.weight_dtype)
     return rank_needs(c, modes, args.ranks, args.max_num_tokens, elem, 1 if fp8 else elem, args.depth,
                       getattr(args, "eplb", 0))
 

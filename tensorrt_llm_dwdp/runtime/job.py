@@ -18,21 +18,17 @@ import sys
 import time
 from typing import List, Optional
 
-import torch
-
 from ..bootstrap import run_or_abort
-from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, DwdpConfig
+from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, DwdpConfig, WeightDtype, is_fp8
 from ..usage import Parser, UsageError, check_output_path, fail, options_named, positive
 from ..workload import MAX_ISL, load_trace, make_requests, parse_isl
 from . import report
-from .apply import apply_dwdp
 from .capacity import check_fits
-from .config import PRESETS, ModelConfig, cut, preset
-from ..moe.exchange import CommClock, Traffic
-from .dep import apply_dep, apply_eplb, exchange_backend, init_torch_distributed, shutdown_torch_distributed
-from .executor import ContextExecutor
-from .model import DEFAULT_ROUTING_SKEW, Decoder
+from .config import DEFAULT_ROUTING_SKEW, PRESETS, ModelConfig, cut, preset
 from .schedule import least_loaded
+
+# NOTE: torch and what needs it are imported by the functions a rank runs (run, run_mode), not here: the
+# launcher imports this module to check the options, and answers bad input without paying for torch.
 
 MODES = ("local", "dwdp", "dep", "auto")
 MAX_REQUESTS = 100_000  # per rank: the shared stream is held on every rank
@@ -51,7 +47,7 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
                    "*.safetensors) of a DeepSeek-V2/V3 or Qwen3-MoE model; overrides --preset")
     g.add_argument("--layers", type=int, default=None, help="keep this many decoder layers of the model")
     g.add_argument("--vocab", type=int, default=None, help="shrink the vocabulary (embedding and LM head)")
-    g.add_argument("--weight-dtype", default="bfloat16", choices=["bfloat16", "float8_e4m3fn"],
+    g.add_argument("--weight-dtype", default=WeightDtype.BF16.value, choices=[WeightDtype.BF16.value, WeightDtype.FP8.value],
                    help="routed experts in every mode: bfloat16, or float8_e4m3fn with DeepSeek-V3 128x128 block "
                         "scales (random presets are quantized per block; hidden and moe_inter multiples of 128)")
     g.add_argument("--routing-skew", type=float, default=None,
@@ -132,7 +128,7 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
     if bad or not modes:
         raise UsageError(f"--modes {args.modes!r}: unknown {bad}. Fix: a comma list of {', '.join(MODES)}.")
     cfg = model_config(args)
-    if args.weight_dtype == "float8_e4m3fn" and (cfg.hidden % 128 or cfg.moe_inter % 128):
+    if is_fp8(args.weight_dtype) and (cfg.hidden % 128 or cfg.moe_inter % 128):
         raise UsageError(f"--weight-dtype float8_e4m3fn: {model_name(args)} has hidden {cfg.hidden} and moe_inter "
                          f"{cfg.moe_inter}, not both multiples of the 128x128 scale block. Fix: a larger model, or "
                          "--weight-dtype bfloat16.")
@@ -238,6 +234,11 @@ def _requests(args, rank: int, world: int):
 
 
 def run_mode(mode: str, args, comm, device, dtype) -> dict:
+    from ..moe.exchange import CommClock, Traffic
+    from .apply import apply_dwdp
+    from .dep import apply_dep, apply_eplb, exchange_backend, init_torch_distributed
+    from .executor import ContextExecutor
+    from .model import Decoder
     if args.checkpoint:
         from .checkpoint import load_hf
         model = load_hf(args.checkpoint, device, dtype, args.layers)
@@ -249,7 +250,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
                               weight_dtype=args.weight_dtype, routing_skew=routing_skew(args))
     hooks, clock, exchange, traffic = None, None, None, None
     if mode == "dwdp":
-        dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if args.weight_dtype == "float8_e4m3fn"
+        dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if is_fp8(args.weight_dtype)
                            else str(dtype).replace("torch.", ""))
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
         if comm.Get_rank() == 0:  # what the composite layout costs, padding included
@@ -301,6 +302,8 @@ def run_order(args) -> List[str]:
 
 
 def run(args) -> int:
+    import torch
+    from .dep import shutdown_torch_distributed
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD

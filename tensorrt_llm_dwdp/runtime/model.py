@@ -180,11 +180,6 @@ def router(c: ModelConfig):
     return SoftmaxTopKRouting(c.top_k, c.renormalize)
 
 
-# The synthetic routers' default skew: the simulator's `Efficiency.routing_skew` (sim/machines.py), where its
-# source is stated (a DEP busiest-rank expert load of about 1.15-1.3x the mean at 4-8 ranks).
-DEFAULT_ROUTING_SKEW = 0.3
-
-
 def zipf_selection_bias(c: ModelConfig, skew: float, seed: int, layer_idx: int) -> torch.Tensor:
     """[E] float32 router bias that makes expert popularity Zipf(skew) (the i-th most popular expert takes a share
     of the assignments proportional to 1/(i+1)^skew) over a seeded random order of the experts per layer: the
