@@ -5,23 +5,11 @@ modules on first use (PEP 562), so `tensorrt_llm_dwdp.sim` and `tensorrt_llm_dwd
 torch-free. See `DwdpHooks.setup`.
 """
 
-from importlib import import_module
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it, imported on first access
-_LAZY = {"DwdpConfig": ".config", "DwdpConfigError": ".config", "DwdpHooks": ".hooks", "MoeShape": ".hooks"}
-
 __all__ = ["DwdpConfig", "DwdpConfigError", "DwdpHooks", "MoeShape", "__version__"]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, {"DwdpConfig": ".config", "DwdpConfigError": ".config",
+                                               "DwdpHooks": ".hooks", "MoeShape": ".hooks"}, globals())

@@ -224,6 +224,9 @@ def run_ranks(num_ranks: int, argv: List[str], timeout_s: Optional[float] = None
     try:
         with os.fdopen(fd, "w") as log, _signals_stop():
             return _run(cmd, full_env, log, log_path, timeout_s, prog)
+    except Stopped as e:  # a signal after mpirun had already ended: nothing is left to stop
+        print(f"{prog}: stopped by {e}", file=sys.stderr, flush=True)
+        return 128 + e.signum
     finally:
         _remove_job_files(job, tmp)
 
