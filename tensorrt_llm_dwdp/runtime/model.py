@@ -187,12 +187,23 @@ def zipf_selection_bias(c: ModelConfig, skew: float, seed: int, layer_idx: int) 
     draws happen to make it. Softmax routers take it on the logits, DeepSeek's on the selection-only correction
     bias; its size is calibrated once per (router, skew) on iid logits (_popularity_bias)."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + layer_idx) * 31 + 17)
-    order = torch.randperm(c.num_experts, generator=g)
-    grouped = c.routing is Routing.DEEPSEEK_V3 and c.n_group > 1
-    # group-limited selection couples the experts of a group: calibrate where the hot experts actually sit
-    bias = _popularity_bias(c.routing, c.num_experts, c.top_k, c.n_group, c.topk_group, float(skew),
-                            tuple(order.tolist()) if grouped else None)
-    tilt = torch.empty(c.num_experts)
+    E = c.num_experts
+    if c.routing is Routing.DEEPSEEK_V3 and c.n_group > 1:
+        # Group-limited selection couples the experts of a group, so the bias depends on where the hot experts sit:
+        # calibrate one seeded arrangement once, and give each layer that arrangement relabelled by a permutation
+        # of the groups and of the experts within each group. On iid logits the router is symmetric under such a
+        # relabelling, so the calibration holds for every layer (one calibration per model, not one per layer).
+        per = E // c.n_group
+        base = torch.randperm(E, generator=torch.Generator().manual_seed(seed * 7 + 3))
+        bias = _popularity_bias(c.routing, E, c.top_k, c.n_group, c.topk_group, float(skew), tuple(base.tolist()))
+        groups = torch.randperm(c.n_group, generator=g)
+        within = torch.stack([torch.randperm(per, generator=g) for _ in range(c.n_group)])
+        relabel = (groups[:, None] * per + within).reshape(-1)  # expert grp*per+pos -> groups[grp]*per+within[grp,pos]
+        order = relabel[base]
+    else:
+        order = torch.randperm(E, generator=g)
+        bias = _popularity_bias(c.routing, E, c.top_k, c.n_group, c.topk_group, float(skew), None)
+    tilt = torch.empty(E)
     tilt[order] = torch.tensor(bias)
     return tilt
 
