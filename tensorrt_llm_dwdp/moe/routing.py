@@ -101,6 +101,23 @@ class DeepSeekV2Routing:
         return RoutingResult(ids, weights.float())
 
 
+# Router kinds by name, as ModelConfig.routing (runtime/config.Routing) and verify's --routing give them.
+ROUTER_KINDS = ("deepseek", "deepseek_v2", "softmax")
+
+
+def make_router(kind: str, top_k: int, n_group: int = 1, topk_group: int = 1, routed_scaling: float = 1.0,
+                renormalize: bool = True):
+    """The router of `kind`: "deepseek" (V3 noaux_tc: sigmoid, correction bias, groups), "deepseek_v2" (greedy or
+    group-limited greedy over softmax scores) or "softmax" (Qwen / Mixtral). `.check(E)` validates it."""
+    if kind == "deepseek":
+        return DeepSeekV3Routing(top_k, n_group, topk_group, routed_scaling, renormalize)
+    if kind == "deepseek_v2":
+        return DeepSeekV2Routing(top_k, n_group, topk_group, routed_scaling, renormalize)
+    if kind == "softmax":
+        return SoftmaxTopKRouting(top_k, renormalize)
+    raise ValueError(f"routing={kind!r}: unknown. Fix: one of {', '.join(ROUTER_KINDS)}.")
+
+
 def _check_groups(top_k: int, n_group: int, topk_group: int, num_experts: int) -> None:
     _check_top_k(top_k, num_experts)
     if n_group < 1 or num_experts % n_group:

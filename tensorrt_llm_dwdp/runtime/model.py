@@ -21,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import WeightDtype, is_fp8
 
-from ..moe import DeepSeekV2Routing, DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, swiglu
+from ..moe import DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, make_router, swiglu
 from ..moe.layer import LocalWeights, RoutedExperts
 from ..moe.ops import quantize_weight_blocks
 from .config import ModelConfig, Routing
@@ -173,11 +173,7 @@ def expert_normal_(stack: torch.Tensor, seed: int, layer_idx: int, which: int, e
 
 
 def router(c: ModelConfig):
-    if c.routing is Routing.DEEPSEEK_V3:
-        return DeepSeekV3Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
-    if c.routing is Routing.DEEPSEEK_V2:
-        return DeepSeekV2Routing(c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
-    return SoftmaxTopKRouting(c.top_k, c.renormalize)
+    return make_router(c.routing.value, c.top_k, c.n_group, c.topk_group, c.routed_scaling, c.renormalize)
 
 
 def zipf_selection_bias(c: ModelConfig, skew: float, seed: int, layer_idx: int) -> torch.Tensor:

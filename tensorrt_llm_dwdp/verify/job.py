@@ -27,7 +27,7 @@ from ..hooks import DwdpHooks, MoeShape
 from ..layout import swiglu_expert_specs
 from ..memory import check_backend_available
 from ..usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
-from .model import ToyMoeModel, make_router
+from .model import ToyMoeModel, toy_router
 
 PROG = "python -m tensorrt_llm_dwdp.verify"
 # DwdpConfig fields the job sets from its flags
@@ -102,7 +102,7 @@ def plan(args: argparse.Namespace, world_size: int) -> VerifyPlan:
     shape = MoeShape(args.layers, args.hidden, args.inter, args.num_experts)
     swiglu_expert_specs(args.hidden, args.inter, args.dtype)  # FP8 block shapes
     try:
-        make_router(args.routing, args.top_k, args.n_group, args.topk_group).check(args.num_experts)
+        toy_router(args.routing, args.top_k, args.n_group, args.topk_group).check(args.num_experts)
     except ValueError as e:  # the router's own words name its fields: say which flags set them
         raise UsageError(f"--top-k {args.top_k}, --n-group {args.n_group}, --topk-group {args.topk_group} with "
                          f"--num-experts {args.num_experts}: {e}") from None

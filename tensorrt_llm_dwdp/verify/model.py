@@ -15,7 +15,7 @@ import torch
 from ..config import is_fp8
 
 from ..layout import torch_dtype
-from ..moe import DeepSeekV3Routing, SharedExpert, SoftmaxTopKRouting, ops
+from ..moe import SharedExpert, make_router, ops
 from ..moe.layer import DwdpWeights, RoutedExperts
 from . import reference as ref
 
@@ -23,11 +23,9 @@ from . import reference as ref
 ROUTED_SCALING = 2.5
 
 
-def make_router(routing: str, top_k: int, n_group: int, topk_group: int):
+def toy_router(routing: str, top_k: int, n_group: int, topk_group: int):
     """The toy model's router ("deepseek" grouped sigmoid or "softmax"); `.check(E)` validates it."""
-    if routing == "deepseek":
-        return DeepSeekV3Routing(top_k, n_group, topk_group, ROUTED_SCALING)
-    return SoftmaxTopKRouting(top_k, renormalize=True)
+    return make_router(routing, top_k, n_group, topk_group, ROUTED_SCALING if routing == "deepseek" else 1.0)
 
 
 @dataclass
@@ -70,7 +68,7 @@ class ToyMoeModel:
         return w.double() * s
 
     def router(self):
-        return make_router(self.routing, self.top_k, self.n_group, self.topk_group)
+        return toy_router(self.routing, self.top_k, self.n_group, self.topk_group)
 
     def load_experts(self, layer: int, experts):
         idx = torch.tensor(list(experts), dtype=torch.long)
