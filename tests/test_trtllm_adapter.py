@@ -1,7 +1,6 @@
 """The TensorRT-LLM adapter on modules shaped like TensorRT-LLM's (tests/trtllm_fakes.py), on CPU ranks."""
 
 import os
-from types import SimpleNamespace
 import subprocess
 import sys
 
@@ -404,26 +403,45 @@ def test_attach_says_why_dwdp_stays_off(capsys):
         adapter.attach(fk.Engine(unnumbered), _opts(), comm=MPI.COMM_SELF)
 
 
-def test_mode_auto_decides_from_the_models_own_config(capsys):
-    from tensorrt_llm_dwdp.integrations.trtllm import predict
-    from tensorrt_llm_dwdp.sim.models import get_model
+@pytest.mark.parametrize("name,dtype", [("deepseek-v3", "float8_e4m3fn"), ("qwen3-30b-a3b", "bfloat16")])
+def test_mode_auto_decides_from_the_models_own_config(capsys, name, dtype):
+    """The served model's config as TensorRT-LLM holds it (a transformers PretrainedConfig of the published
+    config.json; no path, no hub id) is judged as the simulator's preset of the same model, with the experts' dtype."""
+    transformers = pytest.importorskip("transformers")
+    from test_checkpoint import PUBLISHED
+    from tensorrt_llm_dwdp.sim.auto import decide
+    from tensorrt_llm_dwdp.sim.machines import get_machine
+    from tensorrt_llm_dwdp.sim.models import get_model, get_precision
+    from tensorrt_llm_dwdp.sim.scenario import Scenario
+    from tensorrt_llm_dwdp.workload import parse_isl
+    cls = {"deepseek-v3": transformers.DeepseekV3Config, "qwen3-30b-a3b": transformers.Qwen3MoeConfig}[name]
     decoder, _ = _model()
-    ds = get_model("deepseek-v3")  # the served model's config, as TensorRT-LLM holds it (no path, no hub id)
-    cfg = dict(hidden_size=ds.hidden, num_attention_heads=128, moe_intermediate_size=ds.moe_inter,
-               n_routed_experts=ds.experts, num_experts_per_tok=ds.top_k, num_hidden_layers=ds.layers,
-               first_k_dense_replace=ds.dense_layers, intermediate_size=ds.dense_inter, n_shared_experts=ds.shared,
-               kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
-               vocab_size=ds.vocab)
-    engine = fk.Engine(fk.CausalLM(decoder, SimpleNamespace(**cfg)))
-    engine.max_num_tokens = 256
+    engine = fk.Engine(fk.CausalLM(decoder, cls(**PUBLISHED[name])))
     engine.model_path = "deepseek-ai/DeepSeek-V3"  # a hub id: not read
     options = _opts(mode="auto", machine="h200")
-    config = options.config(num_experts=ds.experts, group_size=4, weight_dtype="float8_e4m3fn")
+    ds = get_model(name)
+    config = options.config(num_experts=ds.experts, group_size=4, weight_dtype=dtype)
+    precision = get_precision("fp8" if dtype == "float8_e4m3fn" else "bf16")
     for tokens in (256, 32768):
         engine.max_num_tokens = tokens
-        want = predict.predict(predict.sim_model(cfg), predict.Workload(4, str(tokens), tokens), "auto", "h200", True)
-        assert adapter._wanted(engine, options, config, "float8_e4m3fn") == (want.mode == "dwdp")
+        want = decide(Scenario(get_machine("h200"), ds, precision, 4, parse_isl(str(tokens)), tokens))
+        assert adapter._wanted(engine, options, config, dtype) == (want.mode == "dwdp")
         assert f"mode auto chose {want.mode.upper()}: {want.reason}" in capsys.readouterr().err
+
+
+def test_a_served_config_the_parser_refuses_is_named_in_one_line(capsys):
+    """Mode auto: DWDP stays off, with one line naming the key; mode dwdp: on, with the same line."""
+    from test_checkpoint import PUBLISHED
+    decoder, _ = _model()
+    engine = fk.Engine(fk.CausalLM(decoder, dict(PUBLISHED["deepseek-v3"], attention_bias=True)))
+    engine.max_num_tokens = 8192
+    for mode, on in (("auto", False), ("dwdp", True)):
+        options = _opts(mode=mode, machine="h200")
+        config = options.config(num_experts=256, group_size=4, weight_dtype="bfloat16")
+        assert adapter._wanted(engine, options, config, "bfloat16") is on
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no performance prediction: the served model's config" in err[0], err
+        assert "attention_bias=True" in err[0] and err[0].endswith("mode auto leaves DWDP off") is not on
 
 
 @pytest.mark.parametrize("version", ["1.2", "main"])

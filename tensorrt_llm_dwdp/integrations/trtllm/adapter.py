@@ -339,12 +339,12 @@ def _wanted(engine, options: TrtllmDwdpOptions, config, weight_dtype: str) -> bo
         args = getattr(engine, "llm_args", None)
         tokens = int(getattr(engine, "max_num_tokens", None) or getattr(args, "max_num_tokens", None)
                      or DEFAULT_MAX_NUM_TOKENS)
-        model = predict.sim_model(predict.pretrained_config(engine.model))
-        work = predict.Workload(config.group_size, options.isl or str(tokens), tokens)
-        d = predict.predict(model, work, options.mode, options.machine, weight_dtype.startswith("float8"))
+        d = predict.predict(engine.model, config.group_size, options.isl or str(tokens), tokens, options.mode,
+                            options.machine, weight_dtype)
     except Exception as e:  # noqa: BLE001 - no prediction must not stop a deployment asking for DWDP
-        _log(f"no performance prediction ({type(e).__name__}: {e})" +
-             ("; mode auto leaves DWDP off" if options.mode == "auto" else ""))
+        # A config the parser refuses, or a run the model cannot judge: the message names the key or option.
+        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        _log(f"no performance prediction: {why}" + ("; mode auto leaves DWDP off" if options.mode == "auto" else ""))
         return options.mode != "auto"
     if options.mode == "auto":
         _log(f"mode auto chose {d.mode.upper()}: {d.reason}")
