@@ -12,9 +12,7 @@ The MoE modules keep their own forward and kernels (CUTLASS fused MoE, DeepGEMM)
     [E, ...] tensors of this step (scales replicated), in TensorRT-LLM's own layout: the shard is filled
     with the tensors as stored (MoeShape.w13_order = UP_GATE), so nothing is converted per step;
   * what they believe they hold: every expert local, no expert-parallel exchange (table below);
-  * and each MoE layer is bracketed: layer_weights(l) (the current stream waits for layer l's pull) before
-    the module's forward, layer_done(l) after it returns (its kernels are enqueued). The wait sits before
-    routing too: the forward is the module's own, so there is no later point to hook.
+  * and each step and MoE layer is bracketed by the hooks' step protocol (steps.py).
 
 Attributes set on the MoE module and, under main's ConfigurableMoE, on its backend (read in
 CutlassFusedMoE.__init__ / forward_chunk / reducescatter_or_allreduce at 1.2 and in
@@ -36,12 +34,7 @@ refused at setup, before anything is allocated).
 TensorRT-LLM interfaces touched (read at the 1.2 line and at main; tests/contracts has the files and commits):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
     wrapped; after it returns the model is attached, collectively over the instance's ranks.
-  * engine.forward: PyExecutor._forward_step calls self.model_engine.forward and, on an exception,
-    calls _handle_errors and serves the next step; set per instance to bracket each step with
-    begin_step / end_step, and to close a failed step before the exception leaves it. A model forward
-    outside engine.forward (main: DecoderRunner._forward_warmup; autotuner passes) is a step opened by
-    the first MoE layer and closed by the last, or by the failing one.
-  * MoE module forward: wrapped per instance (arguments passed through untouched), never replaced.
+  * engine.forward and each MoE module's forward: wrapped per instance (steps.py), never replaced.
   * engine._torch_compile_enabled and torch.compile's OptimizedModule in the model: TensorRT-LLM
     compiles `model.model` inside __init__, before attach; such a model is refused.
   * llmapi.mpi_session.MPIPoolExecutor (as MpiPoolSession._start_mpi_pool calls it, 1.2 and main):
@@ -59,9 +52,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import sys
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -75,28 +66,13 @@ from .import_hooks import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
 from .layouts import (TRTLLM_NAMES, StagedTensor, restore_module_tensor, stage_to_host, stored_rows,
                       stored_weight_loader)
+from .log import log as _log
 from .options import ENV_FILE, ENV_INLINE, SECTION, TrtllmDwdpOptions
+from .steps import StepState, Steps
 
 UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
                  "Enable exactly one: `dwdp_config` for that case; the `dwdp:` section (tensorrt_llm_dwdp) for BF16 "
                  "experts, or FP8 block-scaled experts on Hopper, on the CUTLASS backend")
-# LlmArgs' own default of max_num_tokens, for an engine that does not say.
-DEFAULT_MAX_NUM_TOKENS = 8192
-
-
-class StepState(Enum):
-    IDLE = "idle"
-    ENGINE = "engine"  # inside engine.forward
-    IMPLICIT = "implicit"  # a model forward outside engine.forward, opened by its first MoE layer
-
-
-@dataclass
-class _Step:
-    """Where this rank is in the hooks' step protocol."""
-
-    state: StepState = StepState.IDLE
-    next: int = 0  # ordinal of the MoE layer that runs next
-    holding: Optional[int] = None  # layer index whose weights were taken and not yet released
 
 
 @dataclass(frozen=True)
@@ -119,8 +95,8 @@ class _Attached:
     engine: Any
     staged: List[_Staged]
     kept: Dict[int, Dict[str, torch.Tensor]]  # layer_idx -> the module's own tensors, where not freed
+    steps: Steps
     partition: List[Callable[[], None]] = field(default_factory=list)  # puts the modules' partition back
-    step: _Step = field(default_factory=_Step)
 
 
 @dataclass
@@ -132,10 +108,6 @@ class _State:
 
 
 _state = _State()
-
-
-def _log(msg: str) -> None:
-    print(f"[tensorrt_llm_dwdp] {msg}", file=sys.stderr, flush=True)
 
 
 def install(options: TrtllmDwdpOptions) -> None:
@@ -275,7 +247,7 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
         raise DwdpConfigError("dwdp.group_size", config.group_size, f"communicator rank {comm.Get_rank()} is not "
                               f"expert-parallel rank {ep_rank}", "run one DWDP group per TensorRT-LLM instance")
     config = _placement_as_loaded(config, options, comm, first.local_ids)
-    if not _wanted(engine, options, config, first.weight_dtype):
+    if not predict.wanted(engine, options, config.group_size, first.weight_dtype):
         return None
     inter = getattr(m, "intermediate_size_per_partition", m.intermediate_size)
     shape = MoeShape(len(layers), m.hidden_size, inter, m.num_experts, tuple(x.layer_idx for x in layers),
@@ -294,7 +266,8 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
         raise
     for rec in staged:
         rec.tensor.drop()
-    _state.attached = _Attached(hooks, layers, engine, staged, kept)
+    steps = Steps(hooks, layers)
+    _state.attached = _Attached(hooks, layers, engine, staged, kept, steps)
     for layer in layers:
         for owner in {id(layer.module): layer.module, id(layer.holder): layer.holder}.values():
             for name, value in PARTITION.items():
@@ -304,8 +277,8 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
         undo = configurable.chunk_by_own_tokens(layer.module) if configurable.skipped(layer.module) else None
         if undo is not None:
             _state.attached.partition.append(undo)
-        layer.module.forward = functools.partial(_moe_forward, layer, layer.module.forward)
-    engine.forward = _bracket(engine.forward)
+        layer.module.forward = functools.partial(steps.moe_forward, layer, layer.module.forward)
+    engine.forward = steps.bracket(engine.forward)
     _log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
          f"{hooks.local_experts[0]}..{hooks.local_experts[-1]}, {first.weight_dtype}, {first.layout.value} layout, "
          f"{type(first.holder).__name__}'s own kernels")
@@ -333,27 +306,6 @@ def _placement_as_loaded(config, options: TrtllmDwdpOptions, comm, local_ids) ->
     return config
 
 
-def _wanted(engine, options: TrtllmDwdpOptions, config, weight_dtype: str) -> bool:
-    """mode auto: the performance model decides; mode dwdp: on, with its warning if it cannot pay."""
-    try:
-        args = getattr(engine, "llm_args", None)
-        tokens = int(getattr(engine, "max_num_tokens", None) or getattr(args, "max_num_tokens", None)
-                     or DEFAULT_MAX_NUM_TOKENS)
-        d = predict.predict(engine.model, config.group_size, options.isl or str(tokens), tokens, options.mode,
-                            options.machine, weight_dtype)
-    except Exception as e:  # noqa: BLE001 - no prediction must not stop a deployment asking for DWDP
-        # A config the parser refuses, or a run the model cannot judge: the message names the key or option.
-        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-        _log(f"no performance prediction: {why}" + ("; mode auto leaves DWDP off" if options.mode == "auto" else ""))
-        return options.mode != "auto"
-    if options.mode == "auto":
-        _log(f"mode auto chose {d.mode.upper()}: {d.reason}")
-        return d.mode == "dwdp"
-    if d.warning:
-        _log("warning: " + d.warning)
-    return True
-
-
 def _trtllm_comm():
     try:
         from tensorrt_llm._utils import mpi_comm
@@ -361,103 +313,6 @@ def _trtllm_comm():
     except ImportError:
         from mpi4py import MPI
         return MPI.COMM_WORLD
-
-
-# ---- the step protocol, kept whole when a step fails --------------------------------------------
-
-def _open(state: StepState) -> None:
-    a = _state.attached
-    if a.step.state is not StepState.IDLE:
-        _log(f"closing a step left open by a failure ({a.step.state.value}, {a.step.next} of {len(a.layers)} "
-             "MoE layers ran)")
-        _abort()
-    a.hooks.begin_step()
-    a.step = _Step(state)
-
-
-def _close() -> None:
-    a = _state.attached
-    ran, total = a.step.next, len(a.layers)
-    if ran == total:
-        try:
-            a.hooks.end_step()
-        finally:
-            a.step = _Step()
-        return
-    _abort()  # the pulls land and the slots are free again either way
-    if ran:  # none ran: nothing was read (a forward without MoE work); some ran: the host skipped layers
-        raise RuntimeError(f"the model forward ran {ran} of {total} DWDP MoE layers; DWDP needs every MoE layer "
-                           "of the model in each forward, in order")
-
-
-def _abort() -> None:
-    """Close the open step: the hooks free the layer in hand and let every pull in flight land."""
-    a = _state.attached
-    a.step = _Step()
-    a.hooks.abort_step()
-
-
-def _abort_after(error: BaseException) -> None:
-    try:
-        _abort()
-    except Exception as e:  # noqa: BLE001 - the step's own error is the one to report
-        _log(f"could not close the failed step ({type(e).__name__}: {e}); DWDP steps may fail from here "
-             f"(the step failed with {type(error).__name__}: {error})")
-
-
-def _bracket(forward):
-    @functools.wraps(forward)
-    def run(*args, **kwargs):
-        _open(StepState.ENGINE)
-        try:
-            out = forward(*args, **kwargs)
-        except BaseException as e:
-            _abort_after(e)
-            raise
-        _close()
-        return out
-    return run
-
-
-def _point(holder, weights) -> None:
-    """The module's expert tensors become this step's composite tensors (the Parameter objects stay), and the
-    quant method rebuilds what it derived from them (FusedMoEMethodBase.setup_quant_scales(module), which
-    TensorRT-LLM reruns after loading "as the tensors may have been modified")."""
-    for name, t in (("w3_w1_weight", weights.w13), ("w2_weight", weights.w2),
-                    ("w3_w1_weight_scaling_factor", weights.w13_scale), ("w2_weight_scaling_factor", weights.w2_scale)):
-        if t is not None:  # contiguous: setup refused any placement that would pad the expert stride
-            getattr(holder, name).data = t
-    if weights.w13_scale is not None:
-        method = getattr(holder, "quant_method", None)
-        if hasattr(method, "setup_quant_scales"):
-            method.setup_quant_scales(holder)
-
-
-def _moe_forward(layer: MoeLayer, forward, *args, **kwargs):
-    """The module's own forward, bracketed: this layer's composite weights in place (the current stream
-    waits for its pull) before, layer_done after its kernels are enqueued."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        raise DwdpConfigError("cuda_graph_config", "enabled", "DWDP MoE layers wait on prefetch events and are "
-                              "not captured in CUDA graphs", "set cuda_graph_config: null on DWDP servers")
-    a = _state.attached
-    idx = layer.layer_idx
-    if a.step.state is StepState.IDLE or (a.step.state is StepState.IMPLICIT and idx == a.layers[0].layer_idx):
-        _open(StepState.IMPLICIT)  # a forward outside engine.forward (warm-up, autotuner): a step of its own
-    step, hooks = a.step, a.hooks
-    try:
-        weights = hooks.layer_weights(idx)
-        step.holding = idx
-        _point(layer.holder, weights)
-        y = forward(*args, **kwargs)
-        hooks.layer_done(idx)
-        step.holding, step.next = None, step.next + 1
-    except BaseException as e:
-        if step.state is StepState.IMPLICIT:  # nobody above closes it
-            _abort_after(e)
-        raise
-    if step.state is StepState.IMPLICIT and step.next == len(a.layers):
-        _close()
-    return y
 
 
 def _restore_freed(a: _Attached) -> None:
@@ -478,10 +333,8 @@ def detach() -> None:
     if a is None:
         return
     try:
-        if a.step.state is not StepState.IDLE:
-            _state.attached = a
-            _abort_after(RuntimeError("detached inside a step"))
-            _state.attached = None
+        if a.steps.state is not StepState.IDLE:
+            a.steps.abort_after(RuntimeError("detached inside a step"))
         if a.staged:
             _restore_freed(a)
         for layer in a.layers:
@@ -498,6 +351,16 @@ def detach() -> None:
 def current_hooks() -> Optional[DwdpHooks]:
     """The hooks of the model attached in this process, if any."""
     return _state.attached.hooks if _state.attached is not None else None
+
+
+def current_steps() -> Optional[Steps]:
+    """The step protocol of the model attached in this process, if any."""
+    return _state.attached.steps if _state.attached is not None else None
+
+
+def installed_options() -> Optional[TrtllmDwdpOptions]:
+    """The options install() was given in this process (None: not installed)."""
+    return _state.options
 
 
 def uninstall() -> None:

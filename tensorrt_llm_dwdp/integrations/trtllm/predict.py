@@ -17,8 +17,12 @@ from ...runtime.config import ModelConfig
 from ...runtime.hf_config import CheckpointError, parse_config
 from ...sim.auto import AutoDecision
 from ...sim.auto import predict as sim_predict
+from .log import log
+from .options import TrtllmDwdpOptions
 
 WHERE = "the served model's config (model_config.pretrained_config)"
+# LlmArgs' own default of max_num_tokens, for an engine that does not say.
+DEFAULT_MAX_NUM_TOKENS = 8192
 
 
 def pretrained_config(model) -> Any:
@@ -51,3 +55,25 @@ def predict(model, ranks: int, isl: str, max_num_tokens: int, requested: str, ma
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return sim_predict(sim_model(served_config(model)), WeightDtype(weight_dtype).sim_precision, ranks, isl,
                        max_num_tokens, requested, machine, gpu, machine_option="dwdp.machine")
+
+
+def wanted(engine, options: TrtllmDwdpOptions, group_size: int, weight_dtype: WeightDtype) -> bool:
+    """Whether DWDP serves `engine`'s model (said on stderr): mode auto as the performance model decides; mode
+    dwdp on, with its warning where it cannot pay, and with the reason where nothing could be predicted."""
+    try:
+        args = getattr(engine, "llm_args", None)
+        tokens = int(getattr(engine, "max_num_tokens", None) or getattr(args, "max_num_tokens", None)
+                     or DEFAULT_MAX_NUM_TOKENS)
+        d = predict(engine.model, group_size, options.isl or str(tokens), tokens, options.mode, options.machine,
+                    weight_dtype)
+    except Exception as e:  # noqa: BLE001 - no prediction must not stop a deployment asking for DWDP
+        # A config the parser refuses, or a run the model cannot judge: the message names the key or option.
+        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        log(f"no performance prediction: {why}" + ("; mode auto leaves DWDP off" if options.mode == "auto" else ""))
+        return options.mode != "auto"
+    if options.mode == "auto":
+        log(f"mode auto chose {d.mode.upper()}: {d.reason}")
+        return d.mode == "dwdp"
+    if d.warning:
+        log("warning: " + d.warning)
+    return True
