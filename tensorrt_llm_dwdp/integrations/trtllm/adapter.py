@@ -11,25 +11,15 @@ The MoE modules keep their own forward and kernels (CUTLASS fused MoE, DeepGEMM)
     w3_w1_weight_scaling_factor / w2_weight_scaling_factor (Parameter .data) become the hooks' composite
     [E, ...] tensors of this step (scales replicated), in TensorRT-LLM's own layout: the shard is filled
     with the tensors as stored (MoeShape.w13_order = UP_GATE), so nothing is converted per step;
-  * what they believe they hold: every expert local, no expert-parallel exchange (table below);
+  * what they believe they hold: every expert local, no expert-parallel exchange (partition.py);
   * and each step and MoE layer is bracketed by the hooks' step protocol (steps.py).
 
-Attributes set on the MoE module and, under main's ConfigurableMoE, on its backend (read in
-CutlassFusedMoE.__init__ / forward_chunk / reducescatter_or_allreduce at 1.2 and in
-MoE/ConfigurableMoE at main; only those the module has are set, all restored by detach):
-  ep_size 1, ep_rank 0           passed to the fused_moe op (1.2, main): slots of this rank = all E
-  expert_size_per_partition E    1.2, main: slot count the kernels and load_weights use
-  num_slots E, slot_start 0, slot_end E, initial_global_assignments 0..E-1, initial_local_expert_ids
-                                 0..E-1: 1.2, main (EPLB bookkeeping read by the module)
-  parallel_size 1                1.2: with use_dp, > 1 runs allgather before and reducescatter after
-                                 the kernel (forward_chunk, reducescatter_or_allreduce)
 ConfigurableMoE (the 1.2 line's default, main's only wrapper) is built without a token exchange for the layers
 DWDP serves (configurable.py), as upstream's own DWDP does on main. Refused (DwdpConfigError) where this cannot be
 made safe: a ConfigurableMoE whose exchange was built before the adapter was installed; a backend with
-enable_alltoall; the
-TRITON backend (its weights are [E, H, 2I] with gate/up columns interleaved, not the composite layout);
-a partition whose boundaries would pad the expert stride (the fused kernels assume contiguous experts;
-refused at setup, before anything is allocated).
+enable_alltoall; the TRITON backend (its weights are [E, H, 2I] with gate/up columns interleaved, not the
+composite layout); a partition whose boundaries would pad the expert stride (the fused kernels assume contiguous
+experts; refused at setup, before anything is allocated).
 
 TensorRT-LLM interfaces touched (read at the 1.2 line and at main; tests/contracts has the files and commits):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
@@ -68,6 +58,7 @@ from .layouts import (TRTLLM_NAMES, StagedTensor, restore_module_tensor, stage_t
                       stored_weight_loader)
 from .log import log as _log
 from .options import ENV_FILE, ENV_INLINE, SECTION, TrtllmDwdpOptions
+from .partition import make_all_local
 from .steps import StepState, Steps
 
 UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
@@ -79,13 +70,6 @@ UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 exper
 class _Staged:
     layer: MoeLayer
     tensor: StagedTensor
-
-
-# What an all-local MoE module holds (see the module docstring), as a function of E.
-PARTITION = {"ep_size": lambda e: 1, "ep_rank": lambda e: 0, "expert_size_per_partition": lambda e: e,
-             "num_slots": lambda e: e, "slot_start": lambda e: 0, "slot_end": lambda e: e,
-             "initial_global_assignments": lambda e: list(range(e)),
-             "initial_local_expert_ids": lambda e: list(range(e)), "parallel_size": lambda e: 1}
 
 
 @dataclass
@@ -269,14 +253,7 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
     steps = Steps(hooks, layers)
     _state.attached = _Attached(hooks, layers, engine, staged, kept, steps)
     for layer in layers:
-        for owner in {id(layer.module): layer.module, id(layer.holder): layer.holder}.values():
-            for name, value in PARTITION.items():
-                if hasattr(owner, name):
-                    _state.attached.partition.append(functools.partial(setattr, owner, name, getattr(owner, name)))
-                    setattr(owner, name, value(m.num_experts))
-        undo = configurable.chunk_by_own_tokens(layer.module) if configurable.skipped(layer.module) else None
-        if undo is not None:
-            _state.attached.partition.append(undo)
+        _state.attached.partition.extend(make_all_local(layer, m.num_experts))
         layer.module.forward = functools.partial(steps.moe_forward, layer, layer.module.forward)
     engine.forward = steps.bracket(engine.forward)
     _log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
