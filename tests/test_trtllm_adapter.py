@@ -441,6 +441,21 @@ def test_a_served_config_the_parser_refuses_is_named_in_one_line(capsys):
         assert "attention_bias=True" in err[0] and err[0].endswith("mode auto leaves DWDP off") is not on
 
 
+def test_a_group_the_performance_model_cannot_judge_is_named_in_the_deployments_words(capsys):
+    """16 ranks on an H200 profile (8 GPUs per NVLink domain): mode auto leaves DWDP off, mode dwdp warns; both
+    in one line naming TensorRT-LLM's and the dwdp section's options, not the simulator's."""
+    transformers = pytest.importorskip("transformers")
+    from test_checkpoint import PUBLISHED
+    decoder, _ = _model()
+    engine = fk.Engine(fk.CausalLM(decoder, transformers.Qwen3MoeConfig(**PUBLISHED["qwen3-30b-a3b"])))
+    engine.max_num_tokens = 8192
+    for mode, on, start in (("auto", False, "no performance prediction: "), ("dwdp", True, "warning: ")):
+        assert predict.wanted(engine, _opts(mode=mode, machine="h200"), 16, "bfloat16") is on
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and start + "the performance model cannot judge this run on h200" in err[0], err
+        assert "moe_expert_parallel_size 16" in err[0] and "dwdp.machine gb200" in err[0] and "--" not in err[0]
+
+
 @pytest.mark.parametrize("version", ["1.2", "main"])
 def test_configurable_moe_is_built_without_an_exchange_under_dwdp(tmp_path, monkeypatch, version):
     """As upstream's own DWDP does on main: with the adapter installed, ConfigurableMoE's construction path gets no

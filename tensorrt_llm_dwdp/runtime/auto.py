@@ -29,6 +29,6 @@ def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested:
     names = gpu_names()
     try:
         return predict(sim_model(c), WeightDtype(weight_dtype).sim_precision, ranks, isl, max_num_tokens, requested,
-                       machine, names[0] if names else None, machine_option="--sim-machine")
+                       machine, names[0] if names else None, {"--machine": "--sim-machine"})
     except ValueError as e:
         raise ValueError(f"--modes auto: {e}") from None

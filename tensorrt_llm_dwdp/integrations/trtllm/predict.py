@@ -21,6 +21,9 @@ from .log import log
 from .options import TrtllmDwdpOptions
 
 WHERE = "the served model's config (model_config.pretrained_config)"
+# The performance model's options in the deployment's words.
+OPTION_NAMES = {"--machine": "dwdp.machine", "--ranks": "moe_expert_parallel_size",
+                "--max-num-tokens": "max_num_tokens"}
 # LlmArgs' own default of max_num_tokens, for an engine that does not say.
 DEFAULT_MAX_NUM_TOKENS = 8192
 
@@ -54,7 +57,7 @@ def predict(model, ranks: int, isl: str, max_num_tokens: int, requested: str, ma
     import torch
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return sim_predict(sim_model(served_config(model)), WeightDtype(weight_dtype).sim_precision, ranks, isl,
-                       max_num_tokens, requested, machine, gpu, machine_option="dwdp.machine")
+                       max_num_tokens, requested, machine, gpu, OPTION_NAMES)
 
 
 def wanted(engine, options: TrtllmDwdpOptions, group_size: int, weight_dtype: WeightDtype) -> bool:
