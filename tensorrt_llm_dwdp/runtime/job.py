@@ -84,7 +84,8 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
     g.add_argument("--warmup", type=int, default=1,
                    help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
     g.add_argument("--sim-machine", default=None,
-                   help="machine profile that mode auto predicts for (default: this GPU's, else h200)")
+                   help="machine profile that mode auto predicts for, with the run's --weight-dtype (default: this "
+                        "GPU's, else h200)")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write the results here")
     return p

@@ -56,7 +56,7 @@ from .import_hooks import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
 from .layouts import (TRTLLM_NAMES, StagedTensor, restore_module_tensor, stage_to_host, stored_rows,
                       stored_weight_loader)
-from .log import log as _log
+from .log import log
 from .options import ENV_FILE, ENV_INLINE, SECTION, TrtllmDwdpOptions
 from .partition import make_all_local
 from .steps import StepState, Steps
@@ -99,7 +99,7 @@ def install(options: TrtllmDwdpOptions) -> None:
     if _state.options is not None:
         return
     _state.options = options
-    when_imported("tensorrt_llm", lambda m: _log(f"DWDP adapter active for TensorRT-LLM "
+    when_imported("tensorrt_llm", lambda m: log(f"DWDP adapter active for TensorRT-LLM "
                                                  f"{getattr(m, '__version__', '?')} (options: {options.source})"))
     for name in ("tensorrt_llm.llmapi.llm_args", "tensorrt_llm.llmapi.llm_utils"):
         when_imported(name, _strip_dwdp_key)
@@ -121,7 +121,7 @@ def _set(obj, name: str, value) -> None:
 
 def _strip_dwdp_key(module) -> None:
     if hasattr(module, "DwdpConfig"):
-        _log("note: " + UPSTREAM_NOTE)
+        log("note: " + UPSTREAM_NOTE)
     fn = getattr(module, "update_llm_args_with_extra_dict", None)
     if fn is None:
         return
@@ -145,7 +145,7 @@ def _pass_env_to_workers(module) -> None:
     `dwdp:` key out of the options file: hand the variables to the pool."""
     pool = getattr(module, "MPIPoolExecutor", None)
     if pool is None:
-        _log("warning: this TensorRT-LLM's mpi_session has no MPIPoolExecutor; spawned workers may not get DWDP")
+        log("warning: this TensorRT-LLM's mpi_session has no MPIPoolExecutor; spawned workers may not get DWDP")
         return
 
     @functools.wraps(pool)
@@ -185,16 +185,16 @@ def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_modu
     on stderr); then ConfigurableMoE layers get the token exchange their construction left out."""
     hooks = _attach(engine, options, comm, device, free_module_weights)
     if hooks is None and configurable.restore_exchange(engine.model):
-        _log("DWDP is off for this model: its ConfigurableMoE layers got their token exchange back")
+        log("DWDP is off for this model: its ConfigurableMoE layers got their token exchange back")
     return hooks
 
 
 def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weights: bool):
     if getattr(engine, "is_draft_model", False):
-        _log("draft model: its MoE layers keep TensorRT-LLM's path")
+        log("draft model: its MoE layers keep TensorRT-LLM's path")
         return None
     if _state.attached is not None:
-        _log("warning: DWDP is already attached to a model in this process; this one keeps TensorRT-LLM's path")
+        log("warning: DWDP is already attached to a model in this process; this one keeps TensorRT-LLM's path")
         return None
     model = engine.model
     limit = getattr(getattr(model, "config", None), "num_hidden_layers", None)
@@ -208,7 +208,7 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
         if routed:  # MoE layers whose experts are not where this adapter reads them
             raise DwdpConfigError("moe_config.backend", type(routed[0]).__name__, "its experts are not in a "
                                   "w3_w1_weight tensor DWDP reads", "use CUTLASS")
-        _log("warning: no MoE layers in this model; DWDP is off")
+        log("warning: no MoE layers in this model; DWDP is off")
         return None
     if _compiled(engine):
         raise DwdpConfigError("torch_compile_config", "enabled", "TensorRT-LLM compiled the model before DWDP "
@@ -256,7 +256,7 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
         _state.attached.partition.extend(make_all_local(layer, m.num_experts))
         layer.module.forward = functools.partial(steps.moe_forward, layer, layer.module.forward)
     engine.forward = steps.bracket(engine.forward)
-    _log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
+    log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
          f"{hooks.local_experts[0]}..{hooks.local_experts[-1]}, {first.weight_dtype}, {first.layout.value} layout, "
          f"{type(first.holder).__name__}'s own kernels")
     return hooks
@@ -354,4 +354,4 @@ def _close_at_exit() -> None:
     try:
         a is not None and a.hooks.close(timeout_s=60.0)
     except Exception as e:  # noqa: BLE001 - exiting anyway
-        _log(f"closing DWDP at exit: {type(e).__name__}: {e}")
+        log(f"closing DWDP at exit: {type(e).__name__}: {e}")
