@@ -20,6 +20,7 @@ from mpi4py import MPI
 
 import trtllm_fakes as fk
 from tensorrt_llm_dwdp.integrations.trtllm import activate, adapter
+from tensorrt_llm_dwdp.integrations.trtllm.partition import PARTITION
 
 seed, world = int(sys.argv[1]), MPI.COMM_WORLD
 device = torch.device(sys.argv[2])
@@ -74,7 +75,7 @@ wrappers = [b.experts for b in model.layers] if wrap else []
 for h in holders + [b.experts for b in full_model.layers]:  # the scale arguments follow the move to the device
     if hasattr(getattr(h, "quant_method", None), "setup_quant_scales"):
         h.quant_method.setup_quant_scales(h)
-partition = [{n: getattr(h, n) for n in adapter.PARTITION} for h in holders]
+partition = [{n: getattr(h, n) for n in PARTITION} for h in holders]
 fulls = [{k: v.to(device) for k, v in f.items()} for f in fulls]
 seen = []
 for b in model.layers:  # record each layer's input and output
@@ -114,7 +115,7 @@ adapter.uninstall()  # collective: restores the partition this rank loaded
 restored = all(torch.equal(p.view(torch.uint8) if p.dtype == torch.float8_e4m3fn else p,
                            local[n].view(torch.uint8) if p.dtype == torch.float8_e4m3fn else local[n])
                for n, p in model.named_parameters())
-restored &= [{n: getattr(h, n) for n in adapter.PARTITION} for h in holders] == partition
+restored &= [{n: getattr(h, n) for n in PARTITION} for h in holders] == partition
 want_failed = ["injected failure"] if rank == 0 else []
 # the failing step ran layer 0's kernel before layer 1's routing raised
 want_kernels = [served + (1 if rank == 0 and i == 0 else 0) for i in range(layers)]

@@ -41,3 +41,23 @@ def test_bench_auto_mode_runs_the_chosen_mode_once(tmp_path, modes):
     chosen = res["decisions"]["auto"]["mode"]
     assert f"mode auto -> {chosen}" in proc.stdout and chosen in res["modes"] and "dep" in res["modes"]
     assert proc.stdout.count(f"mode {chosen}:") == 1  # a listed mode that auto already ran is not run twice
+
+
+def test_mode_auto_predicts_with_the_runs_weight_dtype():
+    """DeepSeek-V3's BF16 experts do not fit 8 H200s with DWDP's slots, its FP8 ones do: a bench run with
+    --weight-dtype float8_e4m3fn is judged as the simulator judges FP8 experts, not BF16 ones."""
+    from tensorrt_llm_dwdp.runtime.job import model_config, parse_args, predict_mode
+    from tensorrt_llm_dwdp.sim.auto import decide
+    from tensorrt_llm_dwdp.sim.machines import get_machine
+    from tensorrt_llm_dwdp.sim.models import get_precision
+    from tensorrt_llm_dwdp.sim.scenario import Scenario
+    from tensorrt_llm_dwdp.workload import parse_isl
+    isl, tokens = "normal:16384:0.2", 32768
+    for dtype, precision in (("bfloat16", "bf16"), ("float8_e4m3fn", "fp8")):
+        args = parse_args(["--preset", "deepseek-v3-layers", "--weight-dtype", dtype, "--modes", "auto",
+                           "--isl", isl, "--max-num-tokens", str(tokens), "--sim-machine", "h200"])
+        got = predict_mode(args, model_config(args), 8, "auto")
+        want = decide(Scenario(get_machine("h200"), get_model("deepseek-v3"), get_precision(precision), 8,
+                               parse_isl(isl), tokens))
+        assert (got.mode, got.reason, got.speedup) == (want.mode, want.reason, want.speedup), dtype
+        assert ("need" in got.reason) == (dtype == "bfloat16"), got.reason  # BF16: does not fit; FP8: simulated

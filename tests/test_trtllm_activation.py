@@ -45,7 +45,7 @@ def test_options_from_a_file(tmp_path):
     opts = tmp_path / "opts.yaml"
     opts.write_text("max_num_tokens: 8\ndwdp:\n  prefetch_depth: 3\n")
     code = "import tensorrt_llm; from tensorrt_llm_dwdp.integrations.trtllm import adapter; " \
-           "print(adapter._state.options.fields)"
+           "print(adapter.installed_options().fields)"
     proc = _start(tmp_path, code, {"TRTLLM_DWDP_OPTIONS": str(opts)})
     assert proc.returncode == 0 and "{'prefetch_depth': 3}" in proc.stdout, proc.stderr
 

@@ -1,7 +1,6 @@
 """The TensorRT-LLM adapter on modules shaped like TensorRT-LLM's (tests/trtllm_fakes.py), on CPU ranks."""
 
 import os
-from types import SimpleNamespace
 import subprocess
 import sys
 
@@ -11,9 +10,10 @@ import torch
 import trtllm_fakes as fk
 from conftest import fresh_seed
 from tensorrt_llm_dwdp.config import WEIGHT_DTYPES, DwdpConfigError
-from tensorrt_llm_dwdp.integrations.trtllm import adapter
+from tensorrt_llm_dwdp.integrations.trtllm import adapter, predict
 from tensorrt_llm_dwdp.integrations.trtllm.discover import describe, find_moe_layers
 from tensorrt_llm_dwdp.integrations.trtllm.options import parse_section
+from tensorrt_llm_dwdp.integrations.trtllm.steps import StepState
 
 MPI = pytest.importorskip("mpi4py.MPI")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,7 +257,7 @@ def test_a_failed_step_is_closed_and_the_executor_serves_the_next(where):
     model.layers[where].experts.routing_method.fail_next = RuntimeError("injected kernel failure")
     assert executor._forward_step(torch.randn(4, 16, generator=g)) is None  # swallowed, as TensorRT-LLM does
     assert [str(e) for e in executor.errors] == ["injected kernel failure"]
-    assert adapter._state.attached.step.state is adapter.StepState.IDLE
+    assert adapter.current_steps().state is StepState.IDLE
     for tokens in (5, 2):
         x = torch.randn(tokens, 16, generator=g)
         assert _close(executor._forward_step(x), model, fulls, x)
@@ -272,14 +272,14 @@ def test_a_failed_warm_up_forward_is_closed_and_a_stale_step_is_closed_by_the_ne
     model.layers[1].experts.routing_method.fail_next = RuntimeError("warm-up failure")
     with pytest.raises(RuntimeError, match="warm-up failure"):  # main's DecoderRunner._forward_warmup path
         engine.warmup(torch.randn(3, 16, generator=g))
-    assert adapter._state.attached.step.state is adapter.StepState.IDLE
+    assert adapter.current_steps().state is StepState.IDLE
     x = torch.randn(3, 16, generator=g)
     assert _close(engine.warmup(x), model, fulls, x)  # a warm-up forward is a step of its own
     # a failure between MoE layers (attention, say) of a warm-up: nothing closes the step at once
     model.layers[2].register_forward_pre_hook(_fail_once())
     with pytest.raises(RuntimeError, match="attention failure"):
         engine.warmup(torch.randn(3, 16, generator=g))
-    assert adapter._state.attached.step.state is adapter.StepState.IMPLICIT
+    assert adapter.current_steps().state is StepState.IMPLICIT
     x = torch.randn(6, 16, generator=g)
     assert _close(engine.forward(x), model, fulls, x)  # the next step closes it first
     assert _close(engine.warmup(x), model, fulls, x)
@@ -304,8 +304,7 @@ def test_moe_forward_arguments_reach_the_modules_own_forward_untouched():
     x = torch.randn(4, 16, generator=g)
     logits = x @ gate.t()
     ref = fk.reference_forward(x, model.layers[:1], fulls[:1]) - x
-    adapter._state.attached.step.state = adapter.StepState.ENGINE  # one layer by itself, inside a step
-    adapter._state.attached.hooks.begin_step()
+    adapter.current_steps().open(StepState.ENGINE)  # one layer by itself, inside a step
     got = moe(x, logits, True, torch.float64, [4], None, None, None)  # do_finalize, output_dtype... positionally
     assert got.dtype == torch.float64 and torch.allclose(got.float(), ref, rtol=1e-5, atol=1e-5)
     assert moe.kernel_calls == 1
@@ -404,26 +403,57 @@ def test_attach_says_why_dwdp_stays_off(capsys):
         adapter.attach(fk.Engine(unnumbered), _opts(), comm=MPI.COMM_SELF)
 
 
-def test_mode_auto_decides_from_the_models_own_config(capsys):
-    from tensorrt_llm_dwdp.integrations.trtllm import predict
-    from tensorrt_llm_dwdp.sim.models import get_model
+@pytest.mark.parametrize("name,dtype", [("deepseek-v3", "float8_e4m3fn"), ("qwen3-30b-a3b", "bfloat16")])
+def test_mode_auto_decides_from_the_models_own_config(capsys, name, dtype):
+    """The served model's config as TensorRT-LLM holds it (a transformers PretrainedConfig of the published
+    config.json; no path, no hub id) is judged as the simulator's preset of the same model, with the experts' dtype."""
+    transformers = pytest.importorskip("transformers")
+    from test_checkpoint import PUBLISHED
+    from tensorrt_llm_dwdp.sim.auto import decide
+    from tensorrt_llm_dwdp.sim.machines import get_machine
+    from tensorrt_llm_dwdp.sim.models import get_model, get_precision
+    from tensorrt_llm_dwdp.sim.scenario import Scenario
+    from tensorrt_llm_dwdp.workload import parse_isl
+    cls = {"deepseek-v3": transformers.DeepseekV3Config, "qwen3-30b-a3b": transformers.Qwen3MoeConfig}[name]
     decoder, _ = _model()
-    ds = get_model("deepseek-v3")  # the served model's config, as TensorRT-LLM holds it (no path, no hub id)
-    cfg = dict(hidden_size=ds.hidden, num_attention_heads=128, moe_intermediate_size=ds.moe_inter,
-               n_routed_experts=ds.experts, num_experts_per_tok=ds.top_k, num_hidden_layers=ds.layers,
-               first_k_dense_replace=ds.dense_layers, intermediate_size=ds.dense_inter, n_shared_experts=ds.shared,
-               kv_lora_rank=512, q_lora_rank=1536, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
-               vocab_size=ds.vocab)
-    engine = fk.Engine(fk.CausalLM(decoder, SimpleNamespace(**cfg)))
-    engine.max_num_tokens = 256
+    engine = fk.Engine(fk.CausalLM(decoder, cls(**PUBLISHED[name])))
     engine.model_path = "deepseek-ai/DeepSeek-V3"  # a hub id: not read
     options = _opts(mode="auto", machine="h200")
-    config = options.config(num_experts=ds.experts, group_size=4, weight_dtype="float8_e4m3fn")
+    ds = get_model(name)
+    precision = get_precision("fp8" if dtype == "float8_e4m3fn" else "bf16")
     for tokens in (256, 32768):
         engine.max_num_tokens = tokens
-        want = predict.predict(predict.sim_model(cfg), predict.Workload(4, str(tokens), tokens), "auto", "h200", True)
-        assert adapter._wanted(engine, options, config, "float8_e4m3fn") == (want.mode == "dwdp")
+        want = decide(Scenario(get_machine("h200"), ds, precision, 4, parse_isl(str(tokens)), tokens))
+        assert predict.wanted(engine, options, 4, dtype) == (want.mode == "dwdp")
         assert f"mode auto chose {want.mode.upper()}: {want.reason}" in capsys.readouterr().err
+
+
+def test_a_served_config_the_parser_refuses_is_named_in_one_line(capsys):
+    """Mode auto: DWDP stays off, with one line naming the key; mode dwdp: on, with the same line."""
+    from test_checkpoint import PUBLISHED
+    decoder, _ = _model()
+    engine = fk.Engine(fk.CausalLM(decoder, dict(PUBLISHED["deepseek-v3"], attention_bias=True)))
+    engine.max_num_tokens = 8192
+    for mode, on in (("auto", False), ("dwdp", True)):
+        assert predict.wanted(engine, _opts(mode=mode, machine="h200"), 4, "bfloat16") is on
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no performance prediction: the served model's config" in err[0], err
+        assert "attention_bias=True" in err[0] and err[0].endswith("mode auto leaves DWDP off") is not on
+
+
+def test_a_group_the_performance_model_cannot_judge_is_named_in_the_deployments_words(capsys):
+    """16 ranks on an H200 profile (8 GPUs per NVLink domain): mode auto leaves DWDP off, mode dwdp warns; both
+    in one line naming TensorRT-LLM's and the dwdp section's options, not the simulator's."""
+    transformers = pytest.importorskip("transformers")
+    from test_checkpoint import PUBLISHED
+    decoder, _ = _model()
+    engine = fk.Engine(fk.CausalLM(decoder, transformers.Qwen3MoeConfig(**PUBLISHED["qwen3-30b-a3b"])))
+    engine.max_num_tokens = 8192
+    for mode, on, start in (("auto", False, "no performance prediction: "), ("dwdp", True, "warning: ")):
+        assert predict.wanted(engine, _opts(mode=mode, machine="h200"), 16, "bfloat16") is on
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and start + "the performance model cannot judge this run on h200" in err[0], err
+        assert "moe_expert_parallel_size 16" in err[0] and "dwdp.machine gb200" in err[0] and "--" not in err[0]
 
 
 @pytest.mark.parametrize("version", ["1.2", "main"])

@@ -21,7 +21,7 @@ to Python (whose slot bookkeeping then restarts from empty slots). Close it befo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 from ..config import DwdpConfigError
 from .trtllm.engine_flow import ExpertDtype

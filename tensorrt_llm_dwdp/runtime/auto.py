@@ -1,46 +1,34 @@
-"""Mode `auto` for the runtime: ask the performance model whether DWDP pays for this model and
-workload on the target machine, log the reason, and warn when a requested DWDP cannot pay."""
+"""Mode `auto` for the runtime: the shapes of a ModelConfig as the performance model sees them, and the
+runtime's call of the one prediction (sim.auto.predict) that the TensorRT-LLM adapter makes too."""
 
 from __future__ import annotations
 
 from dataclasses import fields
 from typing import Optional
 
-from ..sim.auto import AutoDecision, decide
-from ..sim.machines import get_machine
-from ..sim.machines import target_machine as sim_target
-from ..sim.models import MoEModel, get_precision, moe_model
-from ..sim.scenario import Scenario
-from ..workload import parse_isl
+from ..config import WeightDtype
+from ..sim.auto import AutoDecision, predict
+from ..sim.models import MoEModel, moe_model
 from .capacity import gpu_names
 from .config import ModelConfig
 
 
 def sim_model(c: ModelConfig) -> MoEModel:
-    """The runtime's model shapes as the performance model sees them."""
+    """The model's shapes as the performance model sees them (a preset, a checkpoint's or a served model's
+    config.json parsed by hf_config)."""
     kw = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "name"}
     kw["first_k_dense"] = c.layers - len(c.moe_layer_ids)  # the cost model counts dense layers, wherever they sit
     return moe_model(c.name, "runtime model config", **kw)
 
 
-def target_machine(name: Optional[str]) -> str:
-    """--sim-machine, else the profile whose device name matches this GPU, else h200. The GPU's name comes from
-    nvidia-smi, so the launcher (no CUDA, no torch) and its ranks decide alike."""
-    names = gpu_names()
-    return sim_target(name, names[0] if names else None)
-
-
 def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",
-           machine: Optional[str] = None, precision: str = "bf16") -> AutoDecision:
-    name = target_machine(machine)
+           machine: Optional[str] = None, weight_dtype: WeightDtype = WeightDtype.BF16) -> AutoDecision:
+    """The decision for a bench run: --sim-machine, else the profile matching this machine's GPU. The GPU's
+    name comes from nvidia-smi, so the launcher (no CUDA, no torch) and its ranks decide alike. A run the
+    model cannot judge raises ValueError for mode auto."""
+    names = gpu_names()
     try:
-        scn = Scenario(get_machine(name), sim_model(c), get_precision(precision), ranks, parse_isl(isl),
-                       max_num_tokens)
+        return predict(sim_model(c), WeightDtype(weight_dtype).sim_precision, ranks, isl, max_num_tokens, requested,
+                       machine, names[0] if names else None, {"--machine": "--sim-machine"})
     except ValueError as e:
-        # The model's limits (an NVLink domain's GPUs, say) are in its own options' words: say ours.
-        why = str(e).replace("--machine", "--sim-machine")
-        if requested == "auto":
-            raise ValueError(f"--modes auto: the performance model cannot judge this run on {name}: {why}") from None
-        return AutoDecision(requested, f"no prediction on {name}", None, None, None,
-                            warning=f"the performance model cannot judge this run on {name}: {why}")
-    return decide(scn, "context", requested)
+        raise ValueError(f"--modes auto: {e}") from None

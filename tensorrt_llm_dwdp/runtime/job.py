@@ -84,7 +84,8 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
     g.add_argument("--warmup", type=int, default=1,
                    help="untimed forward steps per mode before the run (first-use costs are not the mode's)")
     g.add_argument("--sim-machine", default=None,
-                   help="machine profile that mode auto predicts for (default: this GPU's, else h200)")
+                   help="machine profile that mode auto predicts for, with the run's --weight-dtype (default: this "
+                        "GPU's, else h200)")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write the results here")
     return p
@@ -184,11 +185,18 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
         # the weight dtype changes no rule checked here (group layout, depth, slice, backend)
         with options_named(JOB_FLAGS):
             dwdp_config(args, cfg, world_size, "float32").resolved_num_groups(world_size)
-        from .auto import choose
         for mode in ("auto", "dwdp"):
             if mode in modes:
-                choose(cfg, world_size, args.isl, args.max_num_tokens, requested=mode, machine=args.sim_machine)
+                predict_mode(args, cfg, world_size, mode)
     return cfg
+
+
+def predict_mode(args, cfg: ModelConfig, ranks: int, mode: str):
+    """The performance model's decision for this run's model, workload and weight dtype (mode "auto" or "dwdp");
+    a run it cannot judge raises ValueError for mode auto."""
+    from .auto import choose
+    return choose(cfg, ranks, args.isl, args.max_num_tokens, requested=mode, machine=args.sim_machine,
+                  weight_dtype=args.weight_dtype)
 
 
 def check_requests_fit(args, world: int) -> None:
@@ -317,10 +325,7 @@ def run(args) -> int:
     modes, decisions, done = {}, {}, set()  # `done` on every rank: `modes` fills on rank 0 only
     for mode in run_order(args):
         if mode in ("auto", "dwdp"):
-            from .auto import choose
-            cfg = model_config(args)
-            d = choose(cfg, comm.Get_size(), args.isl, args.max_num_tokens, requested=mode,
-                       machine=args.sim_machine)
+            d = predict_mode(args, model_config(args), comm.Get_size(), mode)
             decisions[mode] = {"mode": d.mode, "reason": d.reason, "speedup": d.speedup,
                                "crossover_tokens": d.crossover_tokens, "warning": d.warning}
             if rank == 0:

@@ -1,17 +1,21 @@
 """Mode `auto`: DWDP or DEP for a configured workload, with the reason and the crossover.
 
-A pure function of the Scenario (deterministic; no logging, no I/O): the runtime, and later
-the TensorRT-LLM adapter, log `reason` and, where set, `warning`.
+`decide` is a pure function of the Scenario (deterministic; no logging, no I/O). `predict` is the one
+prediction both hosts' mode auto makes (the runtime's bench, the TensorRT-LLM adapter): they log `reason`
+and, where set, `warning`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 from .analysis import crossover
 from .engine import simulate
+from .machines import get_machine, target_machine
+from .models import MoEModel, get_precision
 from .scenario import Scenario
+from .workload import parse_isl
 
 PHASES = ("context", "generation")
 MODES = ("auto", "dwdp", "dep")
@@ -70,3 +74,27 @@ def decide(scn: Scenario, phase: str = "context", requested: str = "auto", margi
     if s > 1.0 + margin:
         return out("dwdp", facts, s, cross, mean)
     return out("dep", facts + (f" (margin {margin:.0%})" if margin else ""), s, cross, mean)
+
+
+def predict(model: MoEModel, precision: str, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",
+            machine: Optional[str] = None, device_name: Optional[str] = None,
+            option_names: Optional[Dict[str, str]] = None) -> AutoDecision:
+    """The context-phase decision for `ranks` GPUs serving `model` with `precision` experts ("bf16", "fp8"),
+    requests of `isl` (parse_isl's syntax) and `max_num_tokens` per iteration, on the profile `machine`, else
+    the one matching the host's GPU (`device_name`), else h200.
+
+    A run the performance model cannot judge (more ranks than the machine's NVLink domain, say): mode auto
+    raises ValueError (the host names its mode option); a requested mode keeps it, with a warning. Messages
+    name the options in the host's words: `option_names` maps the simulator's ("--machine") to the host's."""
+    name = target_machine(machine, device_name)
+    try:
+        scn = Scenario(get_machine(name), model, get_precision(precision), ranks, parse_isl(isl), max_num_tokens)
+    except ValueError as e:
+        why = str(e)
+        for ours, theirs in (option_names or {}).items():
+            why = why.replace(ours, theirs)
+        why = f"the performance model cannot judge this run on {name}: {why}"
+        if requested == "auto":
+            raise ValueError(why) from None
+        return AutoDecision(requested, f"no prediction on {name}", None, None, None, warning=why)
+    return decide(scn, "context", requested)

@@ -11,37 +11,20 @@ The MoE modules keep their own forward and kernels (CUTLASS fused MoE, DeepGEMM)
     w3_w1_weight_scaling_factor / w2_weight_scaling_factor (Parameter .data) become the hooks' composite
     [E, ...] tensors of this step (scales replicated), in TensorRT-LLM's own layout: the shard is filled
     with the tensors as stored (MoeShape.w13_order = UP_GATE), so nothing is converted per step;
-  * what they believe they hold: every expert local, no expert-parallel exchange (table below);
-  * and each MoE layer is bracketed: layer_weights(l) (the current stream waits for layer l's pull) before
-    the module's forward, layer_done(l) after it returns (its kernels are enqueued). The wait sits before
-    routing too: the forward is the module's own, so there is no later point to hook.
+  * what they believe they hold: every expert local, no expert-parallel exchange (partition.py);
+  * and each step and MoE layer is bracketed by the hooks' step protocol (steps.py).
 
-Attributes set on the MoE module and, under main's ConfigurableMoE, on its backend (read in
-CutlassFusedMoE.__init__ / forward_chunk / reducescatter_or_allreduce at 1.2 and in
-MoE/ConfigurableMoE at main; only those the module has are set, all restored by detach):
-  ep_size 1, ep_rank 0           passed to the fused_moe op (1.2, main): slots of this rank = all E
-  expert_size_per_partition E    1.2, main: slot count the kernels and load_weights use
-  num_slots E, slot_start 0, slot_end E, initial_global_assignments 0..E-1, initial_local_expert_ids
-                                 0..E-1: 1.2, main (EPLB bookkeeping read by the module)
-  parallel_size 1                1.2: with use_dp, > 1 runs allgather before and reducescatter after
-                                 the kernel (forward_chunk, reducescatter_or_allreduce)
 ConfigurableMoE (the 1.2 line's default, main's only wrapper) is built without a token exchange for the layers
 DWDP serves (configurable.py), as upstream's own DWDP does on main. Refused (DwdpConfigError) where this cannot be
 made safe: a ConfigurableMoE whose exchange was built before the adapter was installed; a backend with
-enable_alltoall; the
-TRITON backend (its weights are [E, H, 2I] with gate/up columns interleaved, not the composite layout);
-a partition whose boundaries would pad the expert stride (the fused kernels assume contiguous experts;
-refused at setup, before anything is allocated).
+enable_alltoall; the TRITON backend (its weights are [E, H, 2I] with gate/up columns interleaved, not the
+composite layout); a partition whose boundaries would pad the expert stride (the fused kernels assume contiguous
+experts; refused at setup, before anything is allocated).
 
 TensorRT-LLM interfaces touched (read at the 1.2 line and at main; tests/contracts has the files and commits):
   * _torch.pyexecutor.model_engine.PyTorchModelEngine.__init__ (builds and loads self.model):
     wrapped; after it returns the model is attached, collectively over the instance's ranks.
-  * engine.forward: PyExecutor._forward_step calls self.model_engine.forward and, on an exception,
-    calls _handle_errors and serves the next step; set per instance to bracket each step with
-    begin_step / end_step, and to close a failed step before the exception leaves it. A model forward
-    outside engine.forward (main: DecoderRunner._forward_warmup; autotuner passes) is a step opened by
-    the first MoE layer and closed by the last, or by the failing one.
-  * MoE module forward: wrapped per instance (arguments passed through untouched), never replaced.
+  * engine.forward and each MoE module's forward: wrapped per instance (steps.py), never replaced.
   * engine._torch_compile_enabled and torch.compile's OptimizedModule in the model: TensorRT-LLM
     compiles `model.model` inside __init__, before attach; such a model is refused.
   * llmapi.mpi_session.MPIPoolExecutor (as MpiPoolSession._start_mpi_pool calls it, 1.2 and main):
@@ -59,9 +42,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import sys
 from dataclasses import dataclass, field, replace
-from enum import Enum
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -75,41 +56,20 @@ from .import_hooks import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
 from .layouts import (TRTLLM_NAMES, StagedTensor, restore_module_tensor, stage_to_host, stored_rows,
                       stored_weight_loader)
+from .log import log
 from .options import ENV_FILE, ENV_INLINE, SECTION, TrtllmDwdpOptions
+from .partition import make_all_local
+from .steps import StepState, Steps
 
 UPSTREAM_NOTE = ("this TensorRT-LLM has its own DWDP (`dwdp_config`: NVFP4 experts, CUTEDSL backend, Blackwell). "
                  "Enable exactly one: `dwdp_config` for that case; the `dwdp:` section (tensorrt_llm_dwdp) for BF16 "
                  "experts, or FP8 block-scaled experts on Hopper, on the CUTLASS backend")
-# LlmArgs' own default of max_num_tokens, for an engine that does not say.
-DEFAULT_MAX_NUM_TOKENS = 8192
-
-
-class StepState(Enum):
-    IDLE = "idle"
-    ENGINE = "engine"  # inside engine.forward
-    IMPLICIT = "implicit"  # a model forward outside engine.forward, opened by its first MoE layer
-
-
-@dataclass
-class _Step:
-    """Where this rank is in the hooks' step protocol."""
-
-    state: StepState = StepState.IDLE
-    next: int = 0  # ordinal of the MoE layer that runs next
-    holding: Optional[int] = None  # layer index whose weights were taken and not yet released
 
 
 @dataclass(frozen=True)
 class _Staged:
     layer: MoeLayer
     tensor: StagedTensor
-
-
-# What an all-local MoE module holds (see the module docstring), as a function of E.
-PARTITION = {"ep_size": lambda e: 1, "ep_rank": lambda e: 0, "expert_size_per_partition": lambda e: e,
-             "num_slots": lambda e: e, "slot_start": lambda e: 0, "slot_end": lambda e: e,
-             "initial_global_assignments": lambda e: list(range(e)),
-             "initial_local_expert_ids": lambda e: list(range(e)), "parallel_size": lambda e: 1}
 
 
 @dataclass
@@ -119,8 +79,8 @@ class _Attached:
     engine: Any
     staged: List[_Staged]
     kept: Dict[int, Dict[str, torch.Tensor]]  # layer_idx -> the module's own tensors, where not freed
+    steps: Steps
     partition: List[Callable[[], None]] = field(default_factory=list)  # puts the modules' partition back
-    step: _Step = field(default_factory=_Step)
 
 
 @dataclass
@@ -134,16 +94,12 @@ class _State:
 _state = _State()
 
 
-def _log(msg: str) -> None:
-    print(f"[tensorrt_llm_dwdp] {msg}", file=sys.stderr, flush=True)
-
-
 def install(options: TrtllmDwdpOptions) -> None:
     """Patch TensorRT-LLM's modules as they are imported (now, where they already are). Idempotent."""
     if _state.options is not None:
         return
     _state.options = options
-    when_imported("tensorrt_llm", lambda m: _log(f"DWDP adapter active for TensorRT-LLM "
+    when_imported("tensorrt_llm", lambda m: log(f"DWDP adapter active for TensorRT-LLM "
                                                  f"{getattr(m, '__version__', '?')} (options: {options.source})"))
     for name in ("tensorrt_llm.llmapi.llm_args", "tensorrt_llm.llmapi.llm_utils"):
         when_imported(name, _strip_dwdp_key)
@@ -165,7 +121,7 @@ def _set(obj, name: str, value) -> None:
 
 def _strip_dwdp_key(module) -> None:
     if hasattr(module, "DwdpConfig"):
-        _log("note: " + UPSTREAM_NOTE)
+        log("note: " + UPSTREAM_NOTE)
     fn = getattr(module, "update_llm_args_with_extra_dict", None)
     if fn is None:
         return
@@ -189,7 +145,7 @@ def _pass_env_to_workers(module) -> None:
     `dwdp:` key out of the options file: hand the variables to the pool."""
     pool = getattr(module, "MPIPoolExecutor", None)
     if pool is None:
-        _log("warning: this TensorRT-LLM's mpi_session has no MPIPoolExecutor; spawned workers may not get DWDP")
+        log("warning: this TensorRT-LLM's mpi_session has no MPIPoolExecutor; spawned workers may not get DWDP")
         return
 
     @functools.wraps(pool)
@@ -229,16 +185,16 @@ def attach(engine, options: TrtllmDwdpOptions, comm=None, device=None, free_modu
     on stderr); then ConfigurableMoE layers get the token exchange their construction left out."""
     hooks = _attach(engine, options, comm, device, free_module_weights)
     if hooks is None and configurable.restore_exchange(engine.model):
-        _log("DWDP is off for this model: its ConfigurableMoE layers got their token exchange back")
+        log("DWDP is off for this model: its ConfigurableMoE layers got their token exchange back")
     return hooks
 
 
 def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weights: bool):
     if getattr(engine, "is_draft_model", False):
-        _log("draft model: its MoE layers keep TensorRT-LLM's path")
+        log("draft model: its MoE layers keep TensorRT-LLM's path")
         return None
     if _state.attached is not None:
-        _log("warning: DWDP is already attached to a model in this process; this one keeps TensorRT-LLM's path")
+        log("warning: DWDP is already attached to a model in this process; this one keeps TensorRT-LLM's path")
         return None
     model = engine.model
     limit = getattr(getattr(model, "config", None), "num_hidden_layers", None)
@@ -252,7 +208,7 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
         if routed:  # MoE layers whose experts are not where this adapter reads them
             raise DwdpConfigError("moe_config.backend", type(routed[0]).__name__, "its experts are not in a "
                                   "w3_w1_weight tensor DWDP reads", "use CUTLASS")
-        _log("warning: no MoE layers in this model; DWDP is off")
+        log("warning: no MoE layers in this model; DWDP is off")
         return None
     if _compiled(engine):
         raise DwdpConfigError("torch_compile_config", "enabled", "TensorRT-LLM compiled the model before DWDP "
@@ -275,7 +231,7 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
         raise DwdpConfigError("dwdp.group_size", config.group_size, f"communicator rank {comm.Get_rank()} is not "
                               f"expert-parallel rank {ep_rank}", "run one DWDP group per TensorRT-LLM instance")
     config = _placement_as_loaded(config, options, comm, first.local_ids)
-    if not _wanted(engine, options, config, first.weight_dtype):
+    if not predict.wanted(engine, options, config.group_size, first.weight_dtype):
         return None
     inter = getattr(m, "intermediate_size_per_partition", m.intermediate_size)
     shape = MoeShape(len(layers), m.hidden_size, inter, m.num_experts, tuple(x.layer_idx for x in layers),
@@ -294,19 +250,13 @@ def _attach(engine, options: TrtllmDwdpOptions, comm, device, free_module_weight
         raise
     for rec in staged:
         rec.tensor.drop()
-    _state.attached = _Attached(hooks, layers, engine, staged, kept)
+    steps = Steps(hooks, layers)
+    _state.attached = _Attached(hooks, layers, engine, staged, kept, steps)
     for layer in layers:
-        for owner in {id(layer.module): layer.module, id(layer.holder): layer.holder}.values():
-            for name, value in PARTITION.items():
-                if hasattr(owner, name):
-                    _state.attached.partition.append(functools.partial(setattr, owner, name, getattr(owner, name)))
-                    setattr(owner, name, value(m.num_experts))
-        undo = configurable.chunk_by_own_tokens(layer.module) if configurable.skipped(layer.module) else None
-        if undo is not None:
-            _state.attached.partition.append(undo)
-        layer.module.forward = functools.partial(_moe_forward, layer, layer.module.forward)
-    engine.forward = _bracket(engine.forward)
-    _log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
+        _state.attached.partition.extend(make_all_local(layer, m.num_experts))
+        layer.module.forward = functools.partial(steps.moe_forward, layer, layer.module.forward)
+    engine.forward = steps.bracket(engine.forward)
+    log(f"DWDP on {len(layers)} MoE layers: group rank {hooks.group.rank}/{config.group_size}, local experts "
          f"{hooks.local_experts[0]}..{hooks.local_experts[-1]}, {first.weight_dtype}, {first.layout.value} layout, "
          f"{type(first.holder).__name__}'s own kernels")
     return hooks
@@ -333,27 +283,6 @@ def _placement_as_loaded(config, options: TrtllmDwdpOptions, comm, local_ids) ->
     return config
 
 
-def _wanted(engine, options: TrtllmDwdpOptions, config, weight_dtype: str) -> bool:
-    """mode auto: the performance model decides; mode dwdp: on, with its warning if it cannot pay."""
-    try:
-        args = getattr(engine, "llm_args", None)
-        tokens = int(getattr(engine, "max_num_tokens", None) or getattr(args, "max_num_tokens", None)
-                     or DEFAULT_MAX_NUM_TOKENS)
-        model = predict.sim_model(predict.pretrained_config(engine.model))
-        work = predict.Workload(config.group_size, options.isl or str(tokens), tokens)
-        d = predict.predict(model, work, options.mode, options.machine, weight_dtype.startswith("float8"))
-    except Exception as e:  # noqa: BLE001 - no prediction must not stop a deployment asking for DWDP
-        _log(f"no performance prediction ({type(e).__name__}: {e})" +
-             ("; mode auto leaves DWDP off" if options.mode == "auto" else ""))
-        return options.mode != "auto"
-    if options.mode == "auto":
-        _log(f"mode auto chose {d.mode.upper()}: {d.reason}")
-        return d.mode == "dwdp"
-    if d.warning:
-        _log("warning: " + d.warning)
-    return True
-
-
 def _trtllm_comm():
     try:
         from tensorrt_llm._utils import mpi_comm
@@ -361,103 +290,6 @@ def _trtllm_comm():
     except ImportError:
         from mpi4py import MPI
         return MPI.COMM_WORLD
-
-
-# ---- the step protocol, kept whole when a step fails --------------------------------------------
-
-def _open(state: StepState) -> None:
-    a = _state.attached
-    if a.step.state is not StepState.IDLE:
-        _log(f"closing a step left open by a failure ({a.step.state.value}, {a.step.next} of {len(a.layers)} "
-             "MoE layers ran)")
-        _abort()
-    a.hooks.begin_step()
-    a.step = _Step(state)
-
-
-def _close() -> None:
-    a = _state.attached
-    ran, total = a.step.next, len(a.layers)
-    if ran == total:
-        try:
-            a.hooks.end_step()
-        finally:
-            a.step = _Step()
-        return
-    _abort()  # the pulls land and the slots are free again either way
-    if ran:  # none ran: nothing was read (a forward without MoE work); some ran: the host skipped layers
-        raise RuntimeError(f"the model forward ran {ran} of {total} DWDP MoE layers; DWDP needs every MoE layer "
-                           "of the model in each forward, in order")
-
-
-def _abort() -> None:
-    """Close the open step: the hooks free the layer in hand and let every pull in flight land."""
-    a = _state.attached
-    a.step = _Step()
-    a.hooks.abort_step()
-
-
-def _abort_after(error: BaseException) -> None:
-    try:
-        _abort()
-    except Exception as e:  # noqa: BLE001 - the step's own error is the one to report
-        _log(f"could not close the failed step ({type(e).__name__}: {e}); DWDP steps may fail from here "
-             f"(the step failed with {type(error).__name__}: {error})")
-
-
-def _bracket(forward):
-    @functools.wraps(forward)
-    def run(*args, **kwargs):
-        _open(StepState.ENGINE)
-        try:
-            out = forward(*args, **kwargs)
-        except BaseException as e:
-            _abort_after(e)
-            raise
-        _close()
-        return out
-    return run
-
-
-def _point(holder, weights) -> None:
-    """The module's expert tensors become this step's composite tensors (the Parameter objects stay), and the
-    quant method rebuilds what it derived from them (FusedMoEMethodBase.setup_quant_scales(module), which
-    TensorRT-LLM reruns after loading "as the tensors may have been modified")."""
-    for name, t in (("w3_w1_weight", weights.w13), ("w2_weight", weights.w2),
-                    ("w3_w1_weight_scaling_factor", weights.w13_scale), ("w2_weight_scaling_factor", weights.w2_scale)):
-        if t is not None:  # contiguous: setup refused any placement that would pad the expert stride
-            getattr(holder, name).data = t
-    if weights.w13_scale is not None:
-        method = getattr(holder, "quant_method", None)
-        if hasattr(method, "setup_quant_scales"):
-            method.setup_quant_scales(holder)
-
-
-def _moe_forward(layer: MoeLayer, forward, *args, **kwargs):
-    """The module's own forward, bracketed: this layer's composite weights in place (the current stream
-    waits for its pull) before, layer_done after its kernels are enqueued."""
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        raise DwdpConfigError("cuda_graph_config", "enabled", "DWDP MoE layers wait on prefetch events and are "
-                              "not captured in CUDA graphs", "set cuda_graph_config: null on DWDP servers")
-    a = _state.attached
-    idx = layer.layer_idx
-    if a.step.state is StepState.IDLE or (a.step.state is StepState.IMPLICIT and idx == a.layers[0].layer_idx):
-        _open(StepState.IMPLICIT)  # a forward outside engine.forward (warm-up, autotuner): a step of its own
-    step, hooks = a.step, a.hooks
-    try:
-        weights = hooks.layer_weights(idx)
-        step.holding = idx
-        _point(layer.holder, weights)
-        y = forward(*args, **kwargs)
-        hooks.layer_done(idx)
-        step.holding, step.next = None, step.next + 1
-    except BaseException as e:
-        if step.state is StepState.IMPLICIT:  # nobody above closes it
-            _abort_after(e)
-        raise
-    if step.state is StepState.IMPLICIT and step.next == len(a.layers):
-        _close()
-    return y
 
 
 def _restore_freed(a: _Attached) -> None:
@@ -478,10 +310,8 @@ def detach() -> None:
     if a is None:
         return
     try:
-        if a.step.state is not StepState.IDLE:
-            _state.attached = a
-            _abort_after(RuntimeError("detached inside a step"))
-            _state.attached = None
+        if a.steps.state is not StepState.IDLE:
+            a.steps.abort_after(RuntimeError("detached inside a step"))
         if a.staged:
             _restore_freed(a)
         for layer in a.layers:
@@ -500,6 +330,16 @@ def current_hooks() -> Optional[DwdpHooks]:
     return _state.attached.hooks if _state.attached is not None else None
 
 
+def current_steps() -> Optional[Steps]:
+    """The step protocol of the model attached in this process, if any."""
+    return _state.attached.steps if _state.attached is not None else None
+
+
+def installed_options() -> Optional[TrtllmDwdpOptions]:
+    """The options install() was given in this process (None: not installed)."""
+    return _state.options
+
+
 def uninstall() -> None:
     """Undo everything install() and attach() did in this process."""
     detach()
@@ -514,4 +354,4 @@ def _close_at_exit() -> None:
     try:
         a is not None and a.hooks.close(timeout_s=60.0)
     except Exception as e:  # noqa: BLE001 - exiting anyway
-        _log(f"closing DWDP at exit: {type(e).__name__}: {e}")
+        log(f"closing DWDP at exit: {type(e).__name__}: {e}")

@@ -10,7 +10,9 @@ num_prefetch_experts, placement, prefetch_depth, slice_bytes, memory_backend, pu
 num_experts and weight_dtype only as cross-checks, they come from the model) plus
   enable   true/false (default true);
   mode     "dwdp" (default; warns when the performance model says DWDP cannot pay) or "auto"
-           (enable DWDP only where the performance model predicts it beats DEP);
+           (enable DWDP only where the performance model predicts it beats DEP; it reads the served
+           model's config as bench reads a checkpoint's: DeepSeek-V2/V3/R1 and Qwen3-MoE, any other
+           is named in one line and DWDP stays off);
   isl      the workload the `auto` decision assumes, e.g. 8192 or normal:8192:0.2 (default:
            max_num_tokens);
   machine  the performance model's machine profile (h100, h200, b200, gb200; default: the GPU's).

@@ -1,31 +1,31 @@
-"""Mode `auto` for a TensorRT-LLM deployment: the performance model (sim.auto) decides from the
-loaded model's own configuration, never from a path or a hub id.
+"""Mode `auto` for a TensorRT-LLM deployment: the served model's own Hugging Face config, read by the
+runtime's parser (runtime/hf_config.py), goes to the one prediction (sim.auto.predict) the runtime makes
+too; never a path or a hub id.
 
 TensorRT-LLM attributes read (1.2 line and main): the model's `model_config.pretrained_config` (a
-Hugging Face PretrainedConfig; `config` on DecoderModelForCausalLM is the same object), and the
-engine's `max_num_tokens` / `llm_args.max_num_tokens`.
+transformers PretrainedConfig; `config` on DecoderModelForCausalLM is the same object), and the engine's
+`max_num_tokens` / `llm_args.max_num_tokens`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
-from ...sim.auto import AutoDecision, decide
-from ...sim.machines import get_machine
-from ...sim.machines import target_machine as sim_target
-from ...sim.models import MoEModel, get_precision, gqa, mla
-from ...sim.scenario import Scenario
-from ...workload import parse_isl
+from ...config import WeightDtype
+from ...runtime.auto import sim_model
+from ...runtime.config import ModelConfig
+from ...runtime.hf_config import CheckpointError, parse_config
+from ...sim.auto import AutoDecision
+from ...sim.auto import predict as sim_predict
+from .log import log
+from .options import TrtllmDwdpOptions
 
-
-@dataclass(frozen=True)
-class Workload:
-    """What the decision assumes: ranks in the group, request lengths, tokens per iteration."""
-
-    ranks: int
-    isl: str
-    max_num_tokens: int
+WHERE = "the served model's config (model_config.pretrained_config)"
+# The performance model's options in the deployment's words.
+OPTION_NAMES = {"--machine": "dwdp.machine", "--ranks": "moe_expert_parallel_size",
+                "--max-num-tokens": "max_num_tokens"}
+# LlmArgs' own default of max_num_tokens, for an engine that does not say.
+DEFAULT_MAX_NUM_TOKENS = 8192
 
 
 def pretrained_config(model) -> Any:
@@ -35,40 +35,48 @@ def pretrained_config(model) -> Any:
     return cfg if cfg is not None else getattr(model, "config", None)
 
 
-def sim_model(cfg: Any, name: str = "served model") -> MoEModel:
-    """A Hugging Face MoE config (DeepSeek-V3 / Qwen3-MoE style keys) as the performance model sees it.
-    Raises KeyError naming the first key it lacks."""
-    def opt(key):
-        return cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
-
-    def get(key, default=None):
-        value = opt(key)
-        if value is None and default is None:
-            raise KeyError(key)
-        return default if value is None else value
-
-    hidden, heads = int(get("hidden_size")), int(get("num_attention_heads"))
-    inter = int(get("moe_intermediate_size"))
-    experts = int(opt("n_routed_experts") or get("num_experts"))
-    is_mla = opt("kv_lora_rank") is not None
-    if is_mla:
-        attn = mla(hidden, heads, opt("q_lora_rank"), int(get("kv_lora_rank")),
-                   int(get("qk_nope_head_dim")), int(get("qk_rope_head_dim")), int(get("v_head_dim")))
-    else:
-        attn = gqa(hidden, heads, int(get("num_key_value_heads", heads)), int(get("head_dim", hidden // heads)))
-    return MoEModel(name, hidden, int(get("num_hidden_layers")), int(get("first_k_dense_replace", 0)),
-                    int(get("intermediate_size", 0)), inter, experts, int(get("num_experts_per_tok")),
-                    int(get("n_shared_experts", 0)) if is_mla else 0, attn, "TensorRT-LLM model config",
-                    int(get("vocab_size", 0)))
+def config_dict(cfg: Any) -> Dict[str, Any]:
+    """A PretrainedConfig as the config.json it stands for (to_dict(); a dict as it is)."""
+    if isinstance(cfg, dict):
+        return cfg
+    if not callable(getattr(cfg, "to_dict", None)):
+        raise CheckpointError(f"{WHERE}: {type(cfg).__name__}, not a Hugging Face config. Fix: serve a Hugging "
+                              "Face checkpoint, or set dwdp.mode: dwdp")
+    return cfg.to_dict()
 
 
-def target_machine(name: Optional[str]) -> str:
-    """dwdp.machine, else the profile whose device name matches this GPU, else h200."""
+def served_config(model) -> ModelConfig:
+    """The served model as the runtime describes it. Raises CheckpointError (one line naming the key) where
+    its config is not one the parser computes: DeepSeek-V2/V3/R1 and Qwen3-MoE only."""
+    return parse_config(config_dict(pretrained_config(model)), WHERE, name="served model")
+
+
+def predict(model, ranks: int, isl: str, max_num_tokens: int, requested: str, machine: Optional[str],
+            weight_dtype: WeightDtype) -> AutoDecision:
+    """The decision for `model` (TensorRT-LLM's) on dwdp.machine, else the profile matching this GPU."""
     import torch
-    return sim_target(name, torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return sim_predict(sim_model(served_config(model)), WeightDtype(weight_dtype).sim_precision, ranks, isl,
+                       max_num_tokens, requested, machine, gpu, OPTION_NAMES)
 
 
-def predict(model: MoEModel, work: Workload, requested: str, machine: Optional[str], fp8: bool) -> AutoDecision:
-    scn = Scenario(get_machine(target_machine(machine)), model, get_precision("fp8" if fp8 else "bf16"), work.ranks,
-                   parse_isl(work.isl), work.max_num_tokens)
-    return decide(scn, "context", requested)
+def wanted(engine, options: TrtllmDwdpOptions, group_size: int, weight_dtype: WeightDtype) -> bool:
+    """Whether DWDP serves `engine`'s model (said on stderr): mode auto as the performance model decides; mode
+    dwdp on, with its warning where it cannot pay, and with the reason where nothing could be predicted."""
+    try:
+        args = getattr(engine, "llm_args", None)
+        tokens = int(getattr(engine, "max_num_tokens", None) or getattr(args, "max_num_tokens", None)
+                     or DEFAULT_MAX_NUM_TOKENS)
+        d = predict(engine.model, group_size, options.isl or str(tokens), tokens, options.mode, options.machine,
+                    weight_dtype)
+    except Exception as e:  # noqa: BLE001 - no prediction must not stop a deployment asking for DWDP
+        # A config the parser refuses, or a run the model cannot judge: the message names the key or option.
+        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        log(f"no performance prediction: {why}" + ("; mode auto leaves DWDP off" if options.mode == "auto" else ""))
+        return options.mode != "auto"
+    if options.mode == "auto":
+        log(f"mode auto chose {d.mode.upper()}: {d.reason}")
+        return d.mode == "dwdp"
+    if d.warning:
+        log("warning: " + d.warning)
+    return True
