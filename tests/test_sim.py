@@ -366,3 +366,79 @@ def test_roofline_efficiency_is_datasheet():
     e = Efficiency.roofline()
     assert (e.mma, e.hbm, e.link, e.pull_slowdown, e.a2a_latency_us) == (1, 1, 1, 0, 0)
     assert math.isclose(Efficiency().link, 380 / 450)
+
+
+# ---- DEP as the runtime runs it: occupied rows, FP8 rows, the runtime's routing and placements ----------
+
+def test_dep_rows_are_one_per_token_and_destination_rank_counted_by_enumeration():
+    """Uniform routing: a rank's rows equal, over every top-k set, the other ranks the set touches."""
+    from tensorrt_llm_dwdp.sim.costs import a2a_rows
+    model = get_model("deepseek-v2-lite")
+    small = type(model)(**{**model.__dict__, "experts": 8, "top_k": 3})
+    sets = list(itertools.combinations(range(8), 3))
+    touches = [np.mean([(r in {e // 2 for e in c}) for c in sets]) for r in range(4)]  # rank r holds 2r, 2r+1
+    tokens = [100, 0, 50, 7]
+    sent, received = a2a_rows(small, tokens)
+    assert sent == pytest.approx([t * sum(touches[r] for r in range(4) if r != j) for j, t in enumerate(tokens)])
+    assert received == pytest.approx([touches[r] * (sum(tokens) - tokens[r]) for r in range(4)])
+
+
+def test_dep_rows_under_skew_against_sampled_top_k():
+    """Zipf popularity: sampled top-k sets (drawn without replacement in proportion to popularity)
+    hit each rank about as often as the model's closed form says (within 3%)."""
+    from tensorrt_llm_dwdp.sim.costs import layer_load
+    model = get_model("deepseek-r1")
+    load = layer_load(model, 4, 0.6, np.random.default_rng(3))
+    from tensorrt_llm_dwdp.popularity import expert_shares
+    share = np.array(expert_shares(np.random.default_rng(3).permutation(256).tolist(), 0.6))
+    rng = np.random.default_rng(0)
+    keys = rng.random((20000, 256)) ** (1.0 / share)  # Efraimidis-Spirakis weighted sampling without replacement
+    picks = np.argsort(-keys, axis=1)[:, :8]
+    hits = [np.mean(np.any(picks // 64 == r, axis=1)) for r in range(4)]
+    assert load.hits == pytest.approx(hits, rel=0.03)
+    assert sum(load.shares) == pytest.approx(1.0)
+
+
+def test_fp8_dispatch_bytes_are_quantized_rows_plus_1x128_scales():
+    """FP8 experts: a dispatched row is H FP8 values and H/128 FP32 scales; the combine row is BF16."""
+    eff = Efficiency.roofline()
+    rates = Rates.of(H200, eff)
+    n, t, e, k, h = 8, 4096, 256, 8, 7168
+    rows = t * (n - 1) * (1 - math.comb(e - e // n, k) / math.comb(e, k))
+    want = rows * (h * 1 + h // 128 * 4 + h * 2) / 450e9
+    assert a2a_s(R1, FP8, rates, eff, [t] * n) == pytest.approx(want, rel=1e-9)
+    assert a2a_s(R1, BF16, rates, eff, [t] * n) == pytest.approx(rows * h * 4 / 450e9, rel=1e-9)
+
+
+def test_dep_loads_use_the_runtimes_placements():
+    """Plain DEP: eplb.contiguous_slots; --eplb N: eplb.eplb_placement with ceil(E/W) + N slots per rank,
+    both from the runtime's popularity model (the same random order the simulator draws)."""
+    from tensorrt_llm_dwdp.eplb import contiguous_slots, eplb_placement
+    from tensorrt_llm_dwdp.popularity import expert_shares
+    from tensorrt_llm_dwdp.sim.costs import layer_load
+    share = expert_shares(np.random.default_rng(5).permutation(256).tolist(), 0.6)
+    plain = layer_load(R1, 4, 0.6, np.random.default_rng(5))
+    assert plain.shares == pytest.approx(contiguous_slots(256, 4).rank_loads(share))
+    eplb = layer_load(R1, 4, 0.6, np.random.default_rng(5), eplb_redundant=2)
+    assert eplb.shares == pytest.approx(eplb_placement(share, 4, 66).rank_loads(share))
+    assert eplb.imbalance <= plain.imbalance
+    assert all(64 <= h <= 66 for h in eplb.held)
+
+
+def test_the_simulator_routes_with_the_runtimes_default_skew():
+    from tensorrt_llm_dwdp.runtime.config import DEFAULT_ROUTING_SKEW
+    assert Efficiency().routing_skew == DEFAULT_ROUTING_SKEW
+
+
+def test_eplb_option_counts_its_replicas_and_is_checked():
+    plain, eplb = scn(), scn(eplb=2)
+    assert eplb.memory().dep_gb - plain.memory().dep_gb == pytest.approx(2 * 58 * plain.expert_bytes / 1e9)
+    assert scn(eplb=True).eplb == 1
+    with pytest.raises(ValueError, match="--eplb"):
+        scn(eplb=-1)
+    with pytest.raises(ValueError, match="--eplb"):
+        scn(eplb=193)
+    run = simulate(scn(iterations=2, efficiency=Efficiency(routing_skew=0.6)))
+    balanced = simulate(scn(iterations=2, efficiency=Efficiency(routing_skew=0.6), eplb=1))
+    assert balanced.dep.expert_imbalance < run.dep.expert_imbalance
+    assert run.dwdp.expert_imbalance == 1.0

@@ -68,7 +68,10 @@ def test_routing_skew_and_jitter_feed_deps_barriers_and_eplb_removes_the_skew():
     eplb = run(efficiency=Efficiency(routing_skew=0.6, jitter=0.0), eplb=True)
     assert skewed.dep.breakdown.sync > base.dep.breakdown.sync
     assert jittered.dep.breakdown.sync > base.dep.breakdown.sync
-    assert eplb.dep.tps_per_gpu == pytest.approx(base.dep.tps_per_gpu, rel=1e-9)
+    # EPLB is the runtime's placement (one redundant slot per rank), not a perfect balance: it brings the
+    # skewed layers to within 0.1% of uniform routing (it was exactly uniform when EPLB meant "no skew")
+    assert eplb.dep.tps_per_gpu == pytest.approx(base.dep.tps_per_gpu, rel=1e-3)
+    assert eplb.dep.breakdown.sync < skewed.dep.breakdown.sync
     # DWDP computes every expert its own tokens touch: skew does not reach it
     assert skewed.dwdp.tps_per_gpu == pytest.approx(base.dwdp.tps_per_gpu, rel=1e-9)
 

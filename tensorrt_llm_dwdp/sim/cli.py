@@ -22,7 +22,7 @@ from .costs import A2A_KINDS, Breakdown
 from .engine import simulate
 from .machines import MACHINES, PRECISIONS, Efficiency, get_machine
 from .models import MODELS, get_model, get_precision, model_summary
-from .scenario import DepModel, PullStreams, Scenario
+from .scenario import DEFAULT_EPLB_REDUNDANT, DepModel, PullStreams, Scenario
 from .workload import parse_isl
 
 MAX_ITERATIONS = 4096
@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dep-model", default=DepModel.TUNED.value, choices=[d.value for d in DepModel],
                    help="DEP as a tuned engine runs it (per-rank dispatch, fused combine, chunked prefill, dispatch "
                         "hidden behind the shared expert), or this project's first model (legacy)")
-    p.add_argument("--eplb", action="store_true", help="DEP balances expert load: routing skew does not reach it")
+    p.add_argument("--eplb", type=int, nargs="?", const=DEFAULT_EPLB_REDUNDANT, default=0, metavar="N",
+                   help="DEP with EPLB, as the runtime's --eplb: N redundant expert slots per rank (alone: "
+                        f"{DEFAULT_EPLB_REDUNDANT}) holding replicas of the hot experts; default 0: off")
     p.add_argument("--routing-skew", type=float, default=None,
                    help=f"Zipf exponent of expert popularity per layer (0 = uniform; default {Efficiency().routing_skew})")
     p.add_argument("--jitter", type=float, default=None,
@@ -127,6 +129,7 @@ def run(args: argparse.Namespace, out=None) -> dict:
     pr(f"{'computing (of rank time)':28}{res.dwdp.busy_frac:12.1%}{res.dep.busy_frac:12.1%}")
     pr(f"{'waiting: pull / barrier':28}{res.dwdp.wait_frac:12.1%}{res.dep.wait_frac:12.1%}")
     pr(f"{'all-to-all':28}{'-':>12}{res.dep.comm_frac:12.1%}")
+    pr(f"{'expert load: busiest / mean':28}{'-':>12}{res.dep.expert_imbalance:12.3f}")
     pr(f"per iteration of one rank (ms):{res.dwdp.iteration_s * 1e3:10.2f}{res.dep.iteration_s * 1e3:12.2f}")
     for label, key in CATEGORIES:
         dw, dp = getattr(res.dwdp.breakdown, key), getattr(res.dep.breakdown, key)

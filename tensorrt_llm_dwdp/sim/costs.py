@@ -10,8 +10,10 @@ Times are seconds, sizes bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import List, Optional, Sequence, Tuple
 
+from ..eplb import contiguous_slots, eplb_placement, imbalance
+from ..popularity import expert_shares
 from .machines import Efficiency, Rates
 from .models import MoEModel, Precision
 
@@ -201,35 +203,87 @@ def dep_expert_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency
                  count_scales: bool = True, load: float = 1.0) -> float:
     """DEP: one rank's routed experts (E / ranks of them) for the whole group's tokens, with its
     elementwise work; `load` is the rank's share of the assignments over the mean share (1.0:
-    uniform routing, an EPLB-balanced load): group_tokens * top_k / ranks * load assignments."""
+    uniform routing): group_tokens * top_k / ranks * load assignments."""
     return dep_expert_parts(model, prec, rates, eff, group_tokens, ranks, count_scales, load).compute
 
 
 def dep_expert_parts(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, group_tokens: int, ranks: int,
-                     count_scales: bool = True, load: float = 1.0) -> Breakdown:
+                     count_scales: bool = True, load: float = 1.0, held: Optional[float] = None) -> Breakdown:
+    """As dep_expert_s, by category; `held`: experts whose rows the rank computes (default E / ranks;
+    EPLB adds replicas)."""
     assignments = group_tokens * model.top_k / ranks * load
-    held = model.experts / ranks
-    touched = held * (1.0 - (1.0 - 1.0 / held) ** assignments) if assignments else 0.0
+    held = model.experts / ranks if held is None else held
+    touched = held * (1.0 - (1.0 - 1.0 / held) ** assignments) if assignments and held >= 1 else min(held, 1.0)
     # permute/SwiGLU/quantize/combine run on the expert rank (combine's per-token write is the source's)
     return Breakdown(grouped=grouped_s(model, prec, rates, eff, assignments, touched, count_scales),
                      other=elementwise_s(elementwise_bytes(model, 0, assignments, True), rates, eff))
 
 
-def rank_loads(model: MoEModel, ranks: int, skew: float, rng) -> Sequence[float]:
-    """Each DEP rank's share of one MoE layer's assignments over the mean share (sums to `ranks`).
-    Expert popularity is Zipf(skew) over a random order of the experts (experts e*N/E.. held by
-    rank e // (E/N), the even placement); skew 0 is uniform routing."""
+@dataclass(frozen=True)
+class LayerLoad:
+    """One MoE layer's expert load over the DEP ranks.
+
+    shares[r]: rank r's share of the layer's assignments (sums to 1).
+    held[r]: experts rank r computes rows of (its active replicas).
+    hits[r]: probability that a token has at least one of its top-k experts on rank r, i.e. the
+        rows rank r receives per token of another rank (one row per (token, destination rank)).
+    """
+
+    shares: Tuple[float, ...]
+    held: Tuple[float, ...]
+    hits: Tuple[float, ...]
+
+    @property
+    def loads(self) -> List[float]:
+        """Each rank's share over the mean share."""
+        return [x * len(self.shares) for x in self.shares]
+
+    @property
+    def imbalance(self) -> float:
+        return imbalance(self.shares)
+
+
+def _hit(share: float, held: float, experts: int, top_k: int) -> float:
+    """P(at least one of a token's top_k distinct experts is among `held` experts carrying `share`
+    of the picks). Each pick removes one expert at the mean weight of the pool it comes from, so
+    uniform routing gives the exact hypergeometric 1 - C(E - held, k) / C(E, k)."""
+    miss = 1.0
+    rest = max(experts - held, 1e-9)
+    for i in range(top_k):
+        miss *= max(0.0, (1.0 - share - i * (1.0 - share) / rest) / (1.0 - i / experts))
+    return 1.0 - miss
+
+
+def uniform_load(model: MoEModel, ranks: int) -> LayerLoad:
+    held = model.experts / ranks
+    hit = _hit(1.0 / ranks, held, model.experts, model.top_k)
+    return LayerLoad((1.0 / ranks,) * ranks, (held,) * ranks, (hit,) * ranks)
+
+
+def layer_load(model: MoEModel, ranks: int, skew: float, rng, eplb_redundant: int = 0) -> LayerLoad:
+    """One MoE layer under the runtime's routing statistics: expert popularity Zipf(skew) over a
+    random order of the experts (popularity.py, what the runtime's routers are calibrated to), placed
+    as the runtime places it: plain DEP's contiguous ranges (eplb.contiguous_slots), or EPLB's replicas
+    from that load (eplb.eplb_placement, `eplb_redundant` extra slots per rank). Loads are the
+    expected shares: at 4K+ assignments per expert, a measured step differs by ~2%."""
     e = model.experts
-    if skew == 0:
-        return [1.0] * ranks
-    w = [1.0 / (i + 1) ** skew for i in range(e)]
-    order = rng.permutation(e)
-    per = e / ranks
-    share = [0.0] * ranks
-    for rank_of, expert in enumerate(order):
-        share[min(ranks - 1, int(expert // per))] += w[rank_of]
-    total = sum(share)
-    return [x * ranks / total for x in share]
+    if skew == 0 and not eplb_redundant:
+        return uniform_load(model, ranks)
+    share = expert_shares(rng.permutation(e).tolist(), skew)
+    if eplb_redundant:
+        placement = eplb_placement(share, ranks, -(-e // ranks) + eplb_redundant)
+    elif e % ranks == 0:
+        placement = contiguous_slots(e, ranks)
+    else:  # no equal-slot placement: the even placement's ranges, rank r holding experts e with e // (E/N) == r
+        per = e / ranks
+        owner = [min(ranks - 1, int(x // per)) for x in range(e)]
+        shares = [sum(share[x] for x in range(e) if owner[x] == r) for r in range(ranks)]
+        held = [float(owner.count(r)) for r in range(ranks)]
+        return LayerLoad(tuple(shares), tuple(held), tuple(_hit(s, h, e, model.top_k) for s, h in zip(shares, held)))
+    shares = placement.rank_loads(share)
+    per = placement.slots_per_rank
+    held = [float(sum(1 for i in range(per) if r * per + i not in placement.spare)) for r in range(ranks)]
+    return LayerLoad(tuple(shares), tuple(held), tuple(_hit(s, h, e, model.top_k) for s, h in zip(shares, held)))
 
 
 A2A_KINDS = ("per-rank", "per-expert")
@@ -256,15 +310,28 @@ def remote_copies(model: MoEModel, ranks: int, a2a: str = "per-rank") -> float:
     return (n - 1) * (1.0 - miss)
 
 
-def a2a_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, rank_tokens: Sequence[int],
-          a2a: str = "per-rank", recv_load: float = 1.0) -> float:
-    """Dispatch + combine of one layer: the busiest rank's bytes (sent or received, whichever
-    is more) over its NVLink direction, plus two fixed latencies. Rank r sends
-    tokens_r * c copies (c = remote_copies) and receives (sum of the others' tokens) * c / (N-1),
-    times `recv_load` (the busiest expert rank's share over the mean, under routing skew)."""
+def a2a_rows(model: MoEModel, rank_tokens: Sequence[int], a2a: str = "per-rank",
+             load: Optional[LayerLoad] = None) -> Tuple[List[float], List[float]]:
+    """(rows each rank sends, rows each rank receives) in one direction of one layer (dispatch;
+    combine sends the same rows back). per-rank: rank j sends tokens_j * sum over r != j of
+    hits[r]; per-expert: tokens_j * top_k * (the other ranks' shares). `load`: None is uniform."""
+    if a2a not in A2A_KINDS:
+        raise ValueError(f"--a2a {a2a!r}: unknown. Fix: use one of {', '.join(A2A_KINDS)}.")
     n = len(rank_tokens)
+    load = load or uniform_load(model, n)
+    per_row = load.hits if a2a == "per-rank" else tuple(model.top_k * x for x in load.shares)
     total = sum(rank_tokens)
-    c = remote_copies(model, n, a2a)
-    per_copy = model.hidden * (prec.dispatch_bytes + prec.combine_bytes)
-    busiest = max(max(t, (total - t) / (n - 1) * recv_load) for t in rank_tokens) * c
-    return busiest * per_copy / rates.link + 2 * eff.a2a_latency_us * 1e-6
+    sent = [t * (sum(per_row) - per_row[j]) for j, t in enumerate(rank_tokens)]
+    received = [per_row[r] * (total - rank_tokens[r]) for r in range(n)]
+    return sent, received
+
+
+def a2a_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, rank_tokens: Sequence[int],
+          a2a: str = "per-rank", load: Optional[LayerLoad] = None) -> float:
+    """Dispatch + combine of one layer: the busiest rank's rows (sent or received, whichever is
+    more; a2a_rows) times the bytes of a dispatched row (quantised activations and their scales,
+    Precision.dispatch_bytes) plus a combined row (BF16), over its NVLink direction, plus two fixed
+    latencies."""
+    sent, received = a2a_rows(model, rank_tokens, a2a, load)
+    per_row = model.hidden * (prec.dispatch_bytes + prec.combine_bytes)
+    return max(sent + received) * per_row / rates.link + 2 * eff.a2a_latency_us * 1e-6

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .costs import (Breakdown, LayerCost, a2a_s, dense_layer_cost, dep_expert_parts, ffn_s, moe_layer_cost,
-                    rank_loads)
+from .costs import (Breakdown, LayerCost, a2a_s, dense_layer_cost, dep_expert_parts, ffn_s, layer_load,
+                    moe_layer_cost)
 from .scenario import DepModel, PullStreams, Scenario
 from .workload import Batch, rank_batches
 
@@ -40,6 +40,8 @@ class ModeResult:
         pull; DEP: at barriers for slower ranks); comm_frac: DEP all-to-all (DWDP: 0).
     breakdown: seconds per iteration of one rank (mean over ranks and iterations), by category.
     iteration_s: mean wall time of one iteration of one rank.
+    expert_imbalance: DEP: the busiest rank's expert load over the mean, averaged over MoE layers (the
+        runtime's per-rank imbalance column); DWDP: 1.0 (each rank computes its own tokens' experts).
     """
 
     mode: str
@@ -51,6 +53,7 @@ class ModeResult:
     comm_frac: float
     breakdown: Breakdown = Breakdown()
     iteration_s: float = 0.0
+    expert_imbalance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -310,7 +313,7 @@ def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResul
     m = md.moe_layers
     tuned = scn.dep_model is DepModel.TUNED
     rng = np.random.default_rng([scn.seed, 7])
-    loads = [[1.0] * n if scn.eplb else rank_loads(md, n, eff.routing_skew, rng) for _ in range(max(m, 1))]
+    loads = [layer_load(md, n, eff.routing_skew, rng, scn.eplb) for _ in range(max(m, 1))]
     iters = len(batches[0])
     jit = [jitter(scn, r, "dep", (iters, 2, max(m, 1))) for r in range(n)]
     makespan = 0.0
@@ -337,10 +340,10 @@ def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResul
         sync = comm = 0.0
         for li in range(m):
             ld = loads[li]
-            parts = [dep_expert_parts(md, scn.precision, scn.rates, eff, group, n, scn.count_scales, ld[r])
-                     for r in range(n)]
+            parts = [dep_expert_parts(md, scn.precision, scn.rates, eff, group, n, scn.count_scales, x, h)
+                     for x, h in zip(ld.loads, ld.held)]
             e = np.array([p.compute for p in parts]) * np.array([j[k, 1, li] for j in jit])
-            a2a = a2a_s(md, scn.precision, scn.rates, eff, toks, scn.a2a, recv_load=max(ld))
+            a2a = a2a_s(md, scn.precision, scn.rates, eff, toks, scn.a2a, ld)
             exposed = max(0.0, a2a - hide) if tuned else a2a
             lmax = local[:, li].max()
             t_iter += lmax + exposed + e.max()
@@ -356,7 +359,7 @@ def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResul
     wait, com = bd.sync * its, bd.comm * its
     busy = 1.0 - wait / (n * makespan) - com / (n * makespan)
     return ModeResult("dep", tokens / (n * makespan), tokens, (makespan,) * n, busy, wait / (n * makespan),
-                      com / (n * makespan), bd, makespan / iters)
+                      com / (n * makespan), bd, makespan / iters, float(np.mean([ld.imbalance for ld in loads])))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
+from ..popularity import DEFAULT_ROUTING_SKEW
+
 PRECISIONS = ("bf16", "fp8", "nvfp4")
 
 
@@ -106,12 +108,11 @@ class Efficiency:
         Default 4.2/4.8: a device copy on one H200 (docs/DESIGN.md §6), the best an elementwise kernel
         does. CALIBRATED with hbm (same measurement).
     routing_skew: Zipf exponent of expert popularity within one MoE layer (expert of rank i in
-        popularity gets a share proportional to 1/i^s; which expert is hot is drawn per layer).
-        0 is uniform routing. Default 0.3: an ASSUMPTION giving a DEP busiest-rank expert load of
-        about 1.15-1.3x the mean at 4-8 ranks, the range public EPLB tools quote for unbalanced
-        DeepSeek serving; no per-expert load of the published runs is public. DEP's busiest rank sets
-        its expert time; DWDP computes every expert its own tokens touch and does not care.
-        `--eplb` removes the skew for DEP (a balanced placement of replicated hot experts).
+        popularity gets a share proportional to 1/i^s; which expert is hot is drawn per layer): the
+        runtime's routers' statistics (popularity.py), default DEFAULT_ROUTING_SKEW there, where its
+        source is stated. 0 is uniform routing. DEP's busiest rank sets its expert time; DWDP computes
+        every expert its own tokens touch and does not care. `--eplb N` places DEP's experts with the
+        runtime's EPLB (replicas of the hot experts), which evens the load out.
     jitter: coefficient of variation of a rank's compute time per layer (kernel clocks, L2, launch).
         Default 0.035: bench kernels' alone_spread (p90/p10 - 1) of the DeepSeek-V3 expert layer was
         0.084-0.101 on H100 (BENCHMARKS.md, tile sweep), CV = spread / 2.56 for a normal spread.
@@ -128,7 +129,7 @@ class Efficiency:
     short_pull_slowdown: float = 0.20
     short_pull_s: float = 1e-3
     elementwise: float = 4.2 / 4.8
-    routing_skew: float = 0.3
+    routing_skew: float = DEFAULT_ROUTING_SKEW
     jitter: float = 0.035
 
     def __post_init__(self):

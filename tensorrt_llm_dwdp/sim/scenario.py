@@ -17,6 +17,11 @@ from .models import MoEModel, Precision
 from .workload import IslDist
 
 
+# EPLB's redundant expert slots per rank when turned on without a count: DeepSeek-V3's prefill deployment
+# (technical report, arXiv 2412.19437, section 3.4: 32 redundant experts over 32 GPUs, one per GPU).
+DEFAULT_EPLB_REDUNDANT = 1
+
+
 class DepModel(str, Enum):
     """How DEP is run.
 
@@ -77,7 +82,8 @@ class Scenario:
     a2a: how DEP's all-to-all counts copies: "per-rank" (DeepEP-style, default) or
         "per-expert" (upstream's roofline); see costs.remote_copies.
     dep_model: DepModel.TUNED (default) or LEGACY.
-    eplb: DEP balances expert load (replicated hot experts): routing skew does not reach it.
+    eplb: EPLB for DEP, as the runtime's `--eplb N`: N redundant expert slots per rank (0: off; True is 1),
+        replicas of the hot experts placed by the runtime's eplb.eplb_placement from the layer's load.
     streams: PullStreams of unsliced pulls (default PER_SOURCE, as the runtime issues them).
     """
 
@@ -98,7 +104,7 @@ class Scenario:
     a2a: str = "per-rank"
     max_batch_size: Optional[int] = None
     dep_model: DepModel = DepModel.TUNED
-    eplb: bool = False
+    eplb: int = 0
     streams: PullStreams = PullStreams.PER_SOURCE
 
     def __post_init__(self):
@@ -128,6 +134,13 @@ class Scenario:
             except ValueError:
                 raise ValueError(f"{opt} {getattr(self, name)!r}: unknown. "
                                  f"Fix: use one of {', '.join(x.value for x in enum)}.") from None
+        per = -(-self.model.experts // self.ranks)
+        if isinstance(self.eplb, bool) or not isinstance(self.eplb, int):
+            object.__setattr__(self, "eplb", DEFAULT_EPLB_REDUNDANT if self.eplb is True else int(self.eplb or 0))
+        if not 0 <= self.eplb <= self.model.experts - per:
+            raise ValueError(f"--eplb {self.eplb}: redundant slots per rank must be 0 to {self.model.experts - per} "
+                             f"({self.model.name}: {self.model.experts} experts, {per} per rank). "
+                             f"Fix: e.g. --eplb {DEFAULT_EPLB_REDUNDANT}, or leave it out.")
         e = self.experts_per_rank
         if e is not None and not (self.model.experts / self.ranks <= e <= self.model.experts):
             lo = -(-self.model.experts // self.ranks)
@@ -164,10 +177,10 @@ class Scenario:
                  + md.dense_layers * 3 * md.hidden * md.dense_inter) * p.dense_bytes + 2 * md.vocab * md.hidden * 2
         local = max(len(x) for x in self.placement.ranks) * md.moe_layers * self.expert_bytes
         slots = self.slots * self.placement.max_missing * self.expert_bytes
-        dep = -(-md.experts // self.ranks) * md.moe_layers * self.expert_bytes
+        dep = (-(-md.experts // self.ranks) + self.eplb) * md.moe_layers * self.expert_bytes
         return MemoryFit((dense + local + slots) / 1e9, (dense + dep) / 1e9, self.machine.hbm_gb)
 
     def describe(self) -> str:
         return (f"{self.machine.title}: {self.ranks} ranks | {self.model.name} {self.precision.name} | "
                 f"ISL {self.isl} | max_num_tokens {self.max_num_tokens} | DEP {self.dep_model.value}"
-                f"{' + EPLB' if self.eplb else ''}")
+                f"{f' + EPLB ({self.eplb} redundant per rank)' if self.eplb else ''}")
