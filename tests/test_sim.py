@@ -442,3 +442,23 @@ def test_eplb_option_counts_its_replicas_and_is_checked():
     balanced = simulate(scn(iterations=2, efficiency=Efficiency(routing_skew=0.6), eplb=1))
     assert balanced.dep.expert_imbalance < run.dep.expert_imbalance
     assert run.dwdp.expert_imbalance == 1.0
+
+
+def test_tuned_dep_hides_only_the_dispatch_behind_the_shared_expert():
+    """The shared expert runs beside the dispatch; the combine waits for the experts and is exposed."""
+    from tensorrt_llm_dwdp.sim.costs import a2a_parts, ffn_s
+    for prec in (NVFP4, FP8):
+        s = scn(prec=prec, isl="4096", mnt=8192, chunked=True, iterations=2, machine=GB200 if prec is NVFP4 else H200,
+                efficiency=ALIKE)
+        dep = simulate_dep(s, workload(s))
+        parts = a2a_parts(R1, prec, s.rates, s.efficiency, [8192] * 4)
+        shared = ffn_s(R1, prec, s.rates, 8192, R1.shared * R1.moe_inter)
+        want = R1.moe_layers * (max(0.0, parts.dispatch - shared) + parts.combine)
+        assert dep.breakdown.comm == pytest.approx(want, rel=1e-9)
+        assert parts.combine > 0 and parts.dispatch < parts.combine  # quantised rows out, BF16 rows back
+
+
+def test_dep_all_to_all_runs_at_the_published_kernel_rate():
+    """TensorRT-LLM tech blog 18 (GB200, ep 8): ~80% of 900 GB/s; DWDP's pulls keep their own fraction."""
+    r = Rates.of(GB200, Efficiency())
+    assert r.a2a_rate == pytest.approx(0.80 * 900e9) and r.link == pytest.approx(900e9 * 380 / 450)

@@ -326,12 +326,31 @@ def a2a_rows(model: MoEModel, rank_tokens: Sequence[int], a2a: str = "per-rank",
     return sent, received
 
 
+@dataclass(frozen=True)
+class A2aTime:
+    """One layer's all-to-all on its busiest rank (s): dispatch (quantised rows and their scales,
+    Precision.dispatch_bytes per element) and combine (BF16 rows back), each with a fixed latency."""
+
+    dispatch: float
+    combine: float
+
+    @property
+    def total(self) -> float:
+        return self.dispatch + self.combine
+
+
+def a2a_parts(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, rank_tokens: Sequence[int],
+              a2a: str = "per-rank", load: Optional[LayerLoad] = None) -> A2aTime:
+    """The busiest rank's rows (sent or received, whichever is more; a2a_rows) over its NVLink
+    direction at the all-to-all's rate (Rates.a2a), once at the dispatch row size and once at the combine row size."""
+    sent, received = a2a_rows(model, rank_tokens, a2a, load)
+    rows = max(sent + received)
+    lat = eff.a2a_latency_us * 1e-6
+    return A2aTime(rows * model.hidden * prec.dispatch_bytes / rates.a2a_rate + lat,
+                   rows * model.hidden * prec.combine_bytes / rates.a2a_rate + lat)
+
+
 def a2a_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, rank_tokens: Sequence[int],
           a2a: str = "per-rank", load: Optional[LayerLoad] = None) -> float:
-    """Dispatch + combine of one layer: the busiest rank's rows (sent or received, whichever is
-    more; a2a_rows) times the bytes of a dispatched row (quantised activations and their scales,
-    Precision.dispatch_bytes) plus a combined row (BF16), over its NVLink direction, plus two fixed
-    latencies."""
-    sent, received = a2a_rows(model, rank_tokens, a2a, load)
-    per_row = model.hidden * (prec.dispatch_bytes + prec.combine_bytes)
-    return max(sent + received) * per_row / rates.link + 2 * eff.a2a_latency_us * 1e-6
+    """Dispatch + combine of one layer (a2a_parts)."""
+    return a2a_parts(model, prec, rates, eff, rank_tokens, a2a, load).total

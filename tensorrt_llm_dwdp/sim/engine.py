@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .costs import (Breakdown, LayerCost, a2a_s, dense_layer_cost, dep_expert_parts, ffn_s, layer_load,
+from .costs import (Breakdown, LayerCost, a2a_parts, dense_layer_cost, dep_expert_parts, ffn_s, layer_load,
                     moe_layer_cost)
 from .scenario import DepModel, PullStreams, Scenario
 from .workload import Batch, rank_batches
@@ -307,8 +307,9 @@ def simulate_dwdp(scn: Scenario, plans: Sequence[RankPlan]) -> ModeResult:
 def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResult:
     """Lockstep iterations; batches[r][k] is rank r's k-th iteration. Per MoE layer: barrier on
     the slowest rank's local work, dispatch, experts (each rank's share of the assignments set by
-    routing skew unless EPLB), combine after the slowest expert rank. TUNED hides the dispatch
-    behind the shared expert (the rest of the all-to-all is exposed); LEGACY exposes all of it."""
+    the runtime's routing statistics and placements, costs.layer_load), combine after the slowest
+    expert rank. TUNED hides the dispatch behind the shared expert (the combine is exposed); LEGACY
+    exposes all of it."""
     md, n, eff = scn.model, scn.ranks, scn.efficiency
     m = md.moe_layers
     tuned = scn.dep_model is DepModel.TUNED
@@ -343,8 +344,9 @@ def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResul
             parts = [dep_expert_parts(md, scn.precision, scn.rates, eff, group, n, scn.count_scales, x, h)
                      for x, h in zip(ld.loads, ld.held)]
             e = np.array([p.compute for p in parts]) * np.array([j[k, 1, li] for j in jit])
-            a2a = a2a_s(md, scn.precision, scn.rates, eff, toks, scn.a2a, ld)
-            exposed = max(0.0, a2a - hide) if tuned else a2a
+            a2a = a2a_parts(md, scn.precision, scn.rates, eff, toks, scn.a2a, ld)
+            # the shared expert runs beside the dispatch only: the combine needs the experts' outputs
+            exposed = max(0.0, a2a.dispatch - hide) + a2a.combine if tuned else a2a.total
             lmax = local[:, li].max()
             t_iter += lmax + exposed + e.max()
             sync += float((lmax - local[:, li]).sum() + (e.max() - e).sum())

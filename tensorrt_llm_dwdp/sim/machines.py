@@ -89,6 +89,11 @@ class Efficiency:
         2 H200s, BENCHMARKS.md); applied to NVLink5 as an assumption. CALIBRATED to a link-bench
         JSON's all-pull rate of the simulated slicing (peaks.h2d_gbps is a PCIe rate and is
         reported, never applied).
+    a2a_link: achieved / datasheet NVLink per direction of DEP's all-to-all kernels. Default 0.80:
+        TensorRT-LLM's NVLink one-sided all-to-all on GB200 NVL72 (tech blog 18, DeepSeek-V3 shapes,
+        ep 8, 2048 tokens: BF16 dispatch 753 and combine 728 of 900 GB/s, "~80% of the peak"; NVFP4
+        dispatch 649); applied to other machines as an assumption. Not calibrated: the link bench
+        measures copy-engine pulls, not the all-to-all.
     grouped: measured (rows per expert, grouped GEMM time at roofline / measured time) points,
         interpolated in log(rows per expert), for the precision `grouped_precision`; they replace
         that precision's default curve. Empty: the defaults below. CALIBRATED to gemm[].split_ms.
@@ -122,6 +127,7 @@ class Efficiency:
     mma: float = 783.0 / 989.5
     hbm: float = 1.0
     link: float = 380.0 / 450.0
+    a2a_link: float = 0.80
     grouped: Tuple[Tuple[float, float], ...] = ()
     grouped_precision: str = "bf16"
     pull_slowdown: float = 0.05
@@ -133,7 +139,7 @@ class Efficiency:
     jitter: float = 0.035
 
     def __post_init__(self):
-        for name in ("mma", "hbm", "link"):
+        for name in ("mma", "hbm", "link", "a2a_link"):
             v = getattr(self, name)
             if not 0.0 < v <= 1.5:
                 raise ValueError(f"Efficiency.{name}={v}: must be in (0, 1.5]")
@@ -149,7 +155,7 @@ class Efficiency:
     @classmethod
     def roofline(cls) -> "Efficiency":
         """Datasheet peaks, no latency, no overlap slowdown: the upstream roofline's assumptions."""
-        return cls(mma=1.0, hbm=1.0, link=1.0, grouped=(), pull_slowdown=0.0, a2a_latency_us=0.0,
+        return cls(mma=1.0, hbm=1.0, link=1.0, a2a_link=1.0, grouped=(), pull_slowdown=0.0, a2a_latency_us=0.0,
                    short_pull_slowdown=0.0, elementwise=1.0, routing_skew=0.0, jitter=0.0,
                    grouped_precision="none")
 
@@ -216,16 +222,23 @@ GROUPED_CURVES: Dict[str, Tuple[Tuple[float, float], ...]] = {
 
 @dataclass(frozen=True)
 class Rates:
-    """Effective rates of one GPU after Efficiency: FLOP/s per precision, bytes/s."""
+    """Effective rates of one GPU after Efficiency: FLOP/s per precision, bytes/s (link: DWDP's pulls;
+    a2a: DEP's all-to-all kernels, 0 where not given: the link's rate)."""
 
     flops: Dict[str, float]
     hbm: float
     link: float
+    a2a: float = 0.0
+
+    @property
+    def a2a_rate(self) -> float:
+        return self.a2a or self.link
 
     @classmethod
     def of(cls, machine: Machine, eff: Efficiency) -> "Rates":
         return cls({p: t * 1e12 * eff.mma for p, t in machine.tflops.items()},
-                   machine.hbm_gbps * 1e9 * eff.hbm, machine.nvlink_gbps * 1e9 * eff.link)
+                   machine.hbm_gbps * 1e9 * eff.hbm, machine.nvlink_gbps * 1e9 * eff.link,
+                   machine.nvlink_gbps * 1e9 * eff.a2a_link)
 
     def flops_of(self, precision: str) -> float:
         return self.flops[precision]
