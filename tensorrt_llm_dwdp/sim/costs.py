@@ -77,16 +77,16 @@ def gemm_s(flops: float, nbytes: float, rate_flops: float, rates: Rates) -> floa
 
 
 def attention_parts(model: MoEModel, prec: Precision, rates: Rates, chunks: Sequence[Chunk]) -> Breakdown:
-    """Attention of one layer for a batch of chunks: q/k/v/o projections (dense precision,
-    weights read once; `dense`) plus core attention in BF16 (QK^T and PV: 2 * heads * (qk + v)
+    """Attention of one layer for a batch of chunks: q/k/v/o projections (each in its precision,
+    Precision.projections; weights read once; `dense`) plus core attention in BF16 (QK^T and PV: 2 * heads * (qk + v)
     FLOPs per causal pair; reads the prior KV cache; `attention`)."""
     a = model.attention
     tokens = sum(c.tokens for c in chunks)
     if tokens == 0:
         return Breakdown()
     act = 2 * tokens * model.hidden * ACT_BYTES
-    proj = gemm_s(2.0 * tokens * a.proj_params, a.proj_params * prec.dense_bytes + act,
-                  rates.flops_of(prec.dense_compute), rates)
+    proj = sum(gemm_s(2.0 * tokens * n, n * nbytes + act * n / a.proj_params, rates.flops_of(compute), rates)
+               for n, compute, nbytes in prec.projections(a) if n)
     pairs = sum(c.pairs for c in chunks)
     kv = sum(c.prior + c.tokens for c in chunks) * a.kv_bytes_per_token
     core = gemm_s(2.0 * a.heads * (a.qk_dim + a.v_dim) * pairs, kv, rates.flops_of("bf16"), rates)

@@ -173,8 +173,9 @@ class Scenario:
 
     def memory(self) -> MemoryFit:
         md, p = self.model, self.precision
-        dense = (md.layers * md.attention.proj_params + md.moe_layers * (md.shared * 3 * md.hidden * md.moe_inter)
-                 + md.dense_layers * 3 * md.hidden * md.dense_inter) * p.dense_bytes + 2 * md.vocab * md.hidden * 2
+        proj = sum(n * nbytes for n, _, nbytes in p.projections(md.attention))
+        dense = (md.layers * proj + (md.moe_layers * (md.shared * 3 * md.hidden * md.moe_inter)
+                 + md.dense_layers * 3 * md.hidden * md.dense_inter) * p.dense_bytes + 2 * md.vocab * md.hidden * 2)
         local = max(len(x) for x in self.placement.ranks) * md.moe_layers * self.expert_bytes
         slots = self.slots * self.placement.max_missing * self.expert_bytes
         dep = (-(-md.experts // self.ranks) + self.eplb) * md.moe_layers * self.expert_bytes
