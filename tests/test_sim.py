@@ -484,3 +484,15 @@ def test_nvfp4_is_the_published_checkpoints_recipe():
     assert ffn_s(R1, NVFP4, rates, t, 2048) == pytest.approx(2 * t * shared / 10000e12, rel=1e-9)
     fp8 = attention_parts(R1, FP8, rates, [Chunk(t)]).dense  # FP8 keeps every projection in FP8
     assert fp8 == pytest.approx(2 * t * (qkv + o) / 5000e12, rel=1e-9)
+
+
+def test_default_skew_imbalance_as_its_note_states():
+    """popularity.py's note: expected busiest / mean at the default skew, by expert count and ranks."""
+    from tensorrt_llm_dwdp.popularity import DEFAULT_ROUTING_SKEW
+    from tensorrt_llm_dwdp.sim.costs import layer_load
+    tiny = dataclasses.replace(get_model("deepseek-v2-lite"), experts=16, top_k=4)
+    for model, want in ((tiny, (1.15, 1.34)), (get_model("qwen3-30b-a3b"), (1.07, 1.15)), (R1, (1.05, 1.11))):
+        for ranks, w in zip((4, 8), want):
+            rng = np.random.default_rng(0)
+            got = np.mean([layer_load(model, ranks, DEFAULT_ROUTING_SKEW, rng).imbalance for _ in range(1000)])
+            assert got == pytest.approx(w, abs=0.01), (model.name, ranks)

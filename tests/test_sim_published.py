@@ -2,7 +2,8 @@
 
 Sources: TensorRT-LLM tech blog 19 (DWDP) and arXiv 2604.01621, as summarised in docs/DESIGN.md §2.
 Targets: a published per-category share within 20% (relative), a published speedup within 10%.
-The published runs' max_num_tokens is not stated; 16384 (2x the 8K ISL) is assumed throughout.
+The blog states max_num_tokens for two runs: 32768 for the context-only breakdown (its Table 3, checked
+category by category below) and 16384 for the slicing gain; the other checks assume 16384 (2x the 8K ISL).
 """
 
 import pytest
@@ -81,3 +82,35 @@ def test_categories_add_up_to_the_iteration():
     for mode in (r.dwdp, r.dep):
         assert mode.breakdown.wall == pytest.approx(mode.iteration_s, rel=0.02), mode.mode
         assert min(getattr(mode.breakdown, k) for k in ("attention", "grouped", "dense", "other")) > 0
+
+
+# Table 3 of the blog: DEP4 context-only iteration, DeepSeek-R1 NVFP4 on GB200x4, ISL 8K, input ratio 0.8,
+# max_num_tokens 32768 (ms; the categories add up to the 1319.85 ms iteration).
+PUBLISHED_DEP4_MS = {"attention": 269.67, "grouped": 342.40, "dense": 177.50, "other": 241.69, "comm": 126.74,
+                     "sync": 161.85}
+# Within 20% per category, 30% for synchronisation (it depends on imbalance the blog does not state).
+TABLE3_TOLERANCE = {**{k: 0.20 for k in PUBLISHED_DEP4_MS}, "sync": 0.30}
+# Where the model misses: dense (+32%): the checkpoint's BF16 q/kv projections alone take ~140 ms at 79% of
+# BF16 peak; sync (-62%): the default skew gives DeepSeek shapes a busiest rank only 1.05x the mean at 4 ranks
+# (popularity.py's note), below its stated 1.15-1.3 target.
+KNOWN_GAPS = {"dense", "sync"}
+
+
+def table3_run():
+    """Input ratio 0.8 read as ISLs uniform on [0.8, 1] x 8192 (the benchmark's random range ratio)."""
+    mean, cv = 0.9 * 8192, 0.2 * 8192 / (0.9 * 8192 * 12 ** 0.5)
+    return simulate(Scenario(GB200, R1, NVFP4, 4, parse_isl(f"uniform:{mean:g}:{cv:.6f}"), 32768, iterations=8))
+
+
+@pytest.mark.parametrize("category", [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="a known gap (KNOWN_GAPS)")) if c in KNOWN_GAPS
+    else c for c in PUBLISHED_DEP4_MS])
+def test_dep4_breakdown_per_category_against_table3(category):
+    dep = table3_run().dep
+    got = getattr(dep.breakdown, category) * 1e3
+    assert got == pytest.approx(PUBLISHED_DEP4_MS[category], rel=TABLE3_TOLERANCE[category]), got
+
+
+def test_dep4_iteration_against_table3():
+    dep = table3_run().dep
+    assert dep.iteration_s * 1e3 == pytest.approx(sum(PUBLISHED_DEP4_MS.values()), rel=0.10)
