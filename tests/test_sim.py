@@ -496,3 +496,13 @@ def test_default_skew_imbalance_as_its_note_states():
             rng = np.random.default_rng(0)
             got = np.mean([layer_load(model, ranks, DEFAULT_ROUTING_SKEW, rng).imbalance for _ in range(1000)])
             assert got == pytest.approx(w, abs=0.01), (model.name, ranks)
+
+
+def test_dep_packing_same_runs_dwdps_iterations():
+    """--dep-packing same: DEP gets exactly DWDP's iterations; chunked (the default) fills each to the budget."""
+    from tensorrt_llm_dwdp.sim.scenario import DepPacking
+    same = simulate(scn(isl="uniform:7372:0.06", mnt=32768, iterations=2, dep_packing=DepPacking.SAME))
+    chunked = simulate(scn(isl="uniform:7372:0.06", mnt=32768, iterations=2))
+    assert same.dep.tokens == same.dwdp.tokens < chunked.dep.tokens == 4 * 2 * 32768
+    with pytest.raises(ValueError, match="--dep-packing"):
+        scn(dep_packing="halves")

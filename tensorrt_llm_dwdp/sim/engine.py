@@ -24,7 +24,7 @@ import numpy as np
 
 from .costs import (Breakdown, LayerCost, a2a_parts, dense_layer_cost, dep_expert_parts, ffn_s, layer_load,
                     moe_layer_cost)
-from .scenario import DepModel, PullStreams, Scenario
+from .scenario import DepModel, DepPacking, PullStreams, Scenario
 from .workload import Batch, rank_batches
 
 MAX_COUPLED_RANKS = 16
@@ -379,7 +379,7 @@ class Run:
 
 def workload(scn: Scenario, chunked: Optional[bool] = None) -> List[List[Batch]]:
     """Each rank's iterations, from its own seeded request stream (seed + rank); `chunked`
-    overrides the scenario's packing (a tuned DEP always packs chunked)."""
+    overrides the scenario's packing (a tuned DEP packs chunked unless its dep_packing says SAME)."""
     chunked = scn.chunked if chunked is None else chunked
     return [rank_batches(scn.isl, scn.max_num_tokens, scn.iterations, np.random.default_rng([scn.seed, r]),
                          chunked, scn.max_batch_size) for r in range(scn.ranks)]
@@ -389,5 +389,6 @@ def simulate(scn: Scenario) -> Run:
     batches = workload(scn)
     plans = [rank_plan(scn, b, r) for r, b in enumerate(batches)]
     mean = sum(p.tokens for p in plans) / (scn.ranks * scn.iterations)
-    dep_batches = workload(scn, True) if scn.dep_model is DepModel.TUNED and not scn.chunked else batches
+    chunk = scn.dep_model is DepModel.TUNED and scn.dep_packing is DepPacking.CHUNKED and not scn.chunked
+    dep_batches = workload(scn, True) if chunk else batches
     return Run(simulate_dwdp(scn, plans), simulate_dep(scn, dep_batches), mean)

@@ -36,6 +36,15 @@ class DepModel(str, Enum):
     LEGACY = "legacy"
 
 
+class DepPacking(str, Enum):
+    """How a TUNED DEP packs its iterations: CHUNKED fills every iteration to max_num_tokens (chunked
+    prefill, the strongest DEP); SAME packs as the scenario does for DWDP (as the published runs' engine
+    did: TensorRT-LLM's context server without chunked prefill, its DWDP reproduction config sets none)."""
+
+    CHUNKED = "chunked"
+    SAME = "same"
+
+
 class PullStreams(str, Enum):
     """How an unsliced pull orders its per-owner copies: ONE stream, owner after owner in ascending
     rank order (every rank starts on the same owner), or a stream PER_SOURCE, starting with the owner
@@ -82,6 +91,7 @@ class Scenario:
     a2a: how DEP's all-to-all counts copies: "per-rank" (DeepEP-style, default) or
         "per-expert" (upstream's roofline); see costs.remote_copies.
     dep_model: DepModel.TUNED (default) or LEGACY.
+    dep_packing: DepPacking of a TUNED DEP (default CHUNKED); LEGACY always packs as the scenario does.
     eplb: EPLB for DEP, as the runtime's `--eplb N`: N redundant expert slots per rank (0: off; True is 1),
         replicas of the hot experts placed by the runtime's eplb.eplb_placement from the layer's load.
     streams: PullStreams of unsliced pulls (default PER_SOURCE, as the runtime issues them).
@@ -104,6 +114,7 @@ class Scenario:
     a2a: str = "per-rank"
     max_batch_size: Optional[int] = None
     dep_model: DepModel = DepModel.TUNED
+    dep_packing: DepPacking = DepPacking.CHUNKED
     eplb: int = 0
     streams: PullStreams = PullStreams.PER_SOURCE
 
@@ -128,7 +139,8 @@ class Scenario:
             raise ValueError(f"--slots {self.slots}: DWDP needs >= 2 prefetch slots (ping-pong). Fix: --slots 2.")
         if self.a2a not in A2A_KINDS:
             raise ValueError(f"--a2a {self.a2a!r}: unknown. Fix: use one of {', '.join(A2A_KINDS)}.")
-        for name, opt, enum in (("dep_model", "--dep-model", DepModel), ("streams", "--pull-streams", PullStreams)):
+        for name, opt, enum in (("dep_model", "--dep-model", DepModel), ("streams", "--pull-streams", PullStreams),
+                                ("dep_packing", "--dep-packing", DepPacking)):
             try:
                 object.__setattr__(self, name, enum(getattr(self, name)))
             except ValueError:
