@@ -213,7 +213,7 @@ def dep_expert_parts(model: MoEModel, prec: Precision, rates: Rates, eff: Effici
     EPLB adds replicas)."""
     assignments = group_tokens * model.top_k / ranks * load
     held = model.experts / ranks if held is None else held
-    touched = held * (1.0 - (1.0 - 1.0 / held) ** assignments) if assignments and held >= 1 else min(held, 1.0)
+    touched = held * (1.0 - (1.0 - 1.0 / held) ** assignments) if assignments and held >= 1 else 0.0
     # permute/SwiGLU/quantize/combine run on the expert rank (combine's per-token write is the source's)
     return Breakdown(grouped=grouped_s(model, prec, rates, eff, assignments, touched, count_scales),
                      other=elementwise_s(elementwise_bytes(model, 0, assignments, True), rates, eff))

@@ -26,9 +26,9 @@ class DepModel(str, Enum):
     """How DEP is run.
 
     TUNED: as a tuned serving engine runs it: one row per (token, destination rank), a fused
-        weighted combine, chunked prefill (every iteration filled to max_num_tokens), and the
-        dispatch overlapped with the shared expert (DeepEP-style hooks), so only what that window
-        does not cover is exposed.
+        weighted combine, chunked prefill unless DepPacking.SAME, and the dispatch overlapped with
+        the shared expert (DeepEP-style hooks), so only what that window does not cover of the
+        dispatch, and all of the combine, is exposed.
     LEGACY: this project's first DEP model: the scenario's packing, all-to-all fully exposed.
     """
 
