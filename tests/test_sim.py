@@ -13,7 +13,8 @@ import pytest
 from tensorrt_llm_dwdp.sim.analysis import crossover, layer_budget, model_times, roofline_batch1
 from tensorrt_llm_dwdp.sim.auto import decide
 from tensorrt_llm_dwdp.sim.calibrate import BENCH_SHAPES, apply_calibration, load_calibration
-from tensorrt_llm_dwdp.sim.costs import Chunk, a2a_s, experts_touched, moe_layer_cost, remote_copies
+from tensorrt_llm_dwdp.sim.costs import Chunk, experts_touched, moe_layer_cost
+from tensorrt_llm_dwdp.sim.dep import a2a_s, remote_copies
 from tensorrt_llm_dwdp.sim.engine import _fair_rates, simulate, simulate_dep, workload
 from tensorrt_llm_dwdp.sim.machines import Efficiency, Rates, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
@@ -377,7 +378,7 @@ def test_roofline_efficiency_is_datasheet():
 
 def test_dep_rows_are_one_per_token_and_destination_rank_counted_by_enumeration():
     """Uniform routing: a rank's rows equal, over every top-k set, the other ranks the set touches."""
-    from tensorrt_llm_dwdp.sim.costs import a2a_rows
+    from tensorrt_llm_dwdp.sim.dep import a2a_rows
     model = get_model("deepseek-v2-lite")
     small = type(model)(**{**model.__dict__, "experts": 8, "top_k": 3})
     sets = list(itertools.combinations(range(8), 3))
@@ -391,7 +392,7 @@ def test_dep_rows_are_one_per_token_and_destination_rank_counted_by_enumeration(
 def test_dep_rows_under_skew_against_sampled_top_k():
     """Zipf popularity: sampled top-k sets (drawn without replacement in proportion to popularity)
     hit each rank about as often as the model's closed form says (within 3%)."""
-    from tensorrt_llm_dwdp.sim.costs import layer_load
+    from tensorrt_llm_dwdp.sim.dep import layer_load
     model = get_model("deepseek-r1")
     load = layer_load(model, 4, 0.6, np.random.default_rng(3))
     from tensorrt_llm_dwdp.popularity import expert_shares
@@ -420,7 +421,7 @@ def test_dep_loads_use_the_runtimes_placements():
     both from the runtime's popularity model (the same random order the simulator draws)."""
     from tensorrt_llm_dwdp.eplb import contiguous_slots, eplb_placement
     from tensorrt_llm_dwdp.popularity import expert_shares
-    from tensorrt_llm_dwdp.sim.costs import layer_load
+    from tensorrt_llm_dwdp.sim.dep import layer_load
     share = expert_shares(np.random.default_rng(5).permutation(256).tolist(), 0.6)
     plain = layer_load(R1, 4, 0.6, np.random.default_rng(5))
     assert plain.shares == pytest.approx(contiguous_slots(256, 4).rank_loads(share))
@@ -451,7 +452,8 @@ def test_eplb_option_counts_its_replicas_and_is_checked():
 
 def test_tuned_dep_hides_only_the_dispatch_behind_the_shared_expert():
     """The shared expert runs beside the dispatch; the combine waits for the experts and is exposed."""
-    from tensorrt_llm_dwdp.sim.costs import a2a_parts, ffn_s
+    from tensorrt_llm_dwdp.sim.costs import ffn_s
+    from tensorrt_llm_dwdp.sim.dep import a2a_parts
     for prec in (NVFP4, FP8):
         s = scn(prec=prec, isl="4096", mnt=8192, chunked=True, iterations=2, machine=GB200 if prec is NVFP4 else H200,
                 efficiency=ALIKE)
@@ -489,7 +491,7 @@ def test_nvfp4_is_the_published_checkpoints_recipe():
 def test_default_skew_imbalance_as_its_note_states():
     """popularity.py's note: expected busiest / mean at the default skew, by expert count and ranks."""
     from tensorrt_llm_dwdp.popularity import DEFAULT_ROUTING_SKEW
-    from tensorrt_llm_dwdp.sim.costs import layer_load
+    from tensorrt_llm_dwdp.sim.dep import layer_load
     tiny = dataclasses.replace(get_model("deepseek-v2-lite"), experts=16, top_k=4)
     for model, want in ((tiny, (1.15, 1.34)), (get_model("qwen3-30b-a3b"), (1.07, 1.15)), (R1, (1.05, 1.11))):
         for ranks, w in zip((4, 8), want):

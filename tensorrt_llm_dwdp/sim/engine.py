@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .costs import (Breakdown, LayerCost, a2a_parts, dense_layer_cost, dep_expert_parts, ffn_s, layer_load,
-                    moe_layer_cost)
+from .costs import Breakdown, LayerCost, dense_layer_cost, ffn_s, moe_layer_cost
+from .dep import a2a_parts, dep_expert_parts, layer_load
 from .scenario import DepModel, DepPacking, PullStreams, Scenario
 from .workload import Batch, rank_batches
 
@@ -310,7 +310,7 @@ def simulate_dwdp(scn: Scenario, plans: Sequence[RankPlan]) -> ModeResult:
 def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResult:
     """Lockstep iterations; batches[r][k] is rank r's k-th iteration. Per MoE layer: barrier on
     the slowest rank's local work, dispatch, experts (each rank's share of the assignments set by
-    the runtime's routing statistics and placements, costs.layer_load), combine after the slowest
+    the runtime's routing statistics and placements, dep.layer_load), combine after the slowest
     expert rank. TUNED hides the dispatch behind the shared expert (the combine is exposed); LEGACY
     exposes all of it."""
     md, n, eff = scn.model, scn.ranks, scn.efficiency

@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import Dict, Optional, Tuple
 
 from ..placement import Placement, even_placement, fetch_plan, redundant_placement
-from .costs import A2A_KINDS
+from .dep import A2A_KINDS
 from .machines import Efficiency, Machine, Rates, check_precision
 from .models import MoEModel, Precision
 from .workload import IslDist
@@ -89,7 +89,7 @@ class Scenario:
     chunked: fill every iteration to max_num_tokens, splitting the last request.
     max_batch_size: most requests in one iteration of one rank (None: only max_num_tokens binds).
     a2a: how DEP's all-to-all counts copies: "per-rank" (DeepEP-style, default) or
-        "per-expert" (upstream's roofline); see costs.remote_copies.
+        "per-expert" (upstream's roofline); see dep.remote_copies.
     dep_model: DepModel.TUNED (default) or LEGACY.
     dep_packing: DepPacking of a TUNED DEP (default CHUNKED); LEGACY always packs as the scenario does.
     eplb: EPLB for DEP, as the runtime's `--eplb N`: N redundant expert slots per rank (0: off; True is 1),
