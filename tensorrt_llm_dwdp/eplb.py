@@ -148,21 +148,23 @@ def _fill(load: Sequence[float], base: Slots, slots_per_rank: int) -> Slots:
     """`base` (fewer slots per rank) with each free slot given the replica that leaves the busiest rank least
     busy, or a spare copy where every replica would make it busier."""
     slots = [list(s) for s in base]
+    world = len(slots)
     while any(len(s) < slots_per_rank for s in slots):
         loads, count = _loads(load, slots), _counts(len(load), slots)
+        held = [{e for e, _ in mine} for mine in slots]
+        active = [{q for q in range(world) if (e, False) in slots[q]} for e in range(len(load))]
         best = None
-        for r, mine in enumerate(slots):
-            if len(mine) == slots_per_rank:
-                continue
-            held = {e for e, _ in mine}
-            for e in range(len(load)):
-                if e in held:
+        for e in range(len(load)):
+            # e's active holders give up share L/c - L/(c+1) each; the rank that takes a replica carries L/(c+1)
+            drop = load[e] / count[e] - load[e] / (count[e] + 1)
+            adj = [loads[q] - drop if q in active[e] else loads[q] for q in range(world)]
+            first = max(range(world), key=adj.__getitem__)  # the busiest other rank, whichever r takes it
+            second = max((adj[q] for q in range(world) if q != first), default=float("-inf"))
+            for r in range(world):
+                if len(slots[r]) == slots_per_rank or e in held[r]:
                     continue
-                # e's active holders give up share L/c - L/(c+1) each; r takes L/(c+1)
-                drop = load[e] / count[e] - load[e] / (count[e] + 1)
-                peak = max(loads[q] + (load[e] / (count[e] + 1) if q == r else
-                                       -drop if (e, False) in slots[q] else 0.0) for q in range(len(slots)))
-                if best is None or peak < best[0]:
+                peak = max(loads[r] + load[e] / (count[e] + 1), second if r == first else adj[first])
+                if best is None or (peak, r, e) < best:
                     best = (peak, r, e)
         _, r, e = best
         slots[r].append((e, False) if best[0] <= max(loads) else _spare_for(slots[r], len(load)))

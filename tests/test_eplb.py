@@ -70,3 +70,40 @@ def test_replica_routing_sends_each_token_to_one_replica_and_splits_evenly():
         for e, ss in reps.items():
             hits = [int((got == s).sum()) for s in ss]
             assert max(hits) - min(hits) <= 1, (e, hits)  # round robin over the replicas
+
+
+def _fill_by_definition(load, base, slots_per_rank):
+    """eplb._fill's rule, written out: each free slot gets the (rank, expert) whose replica leaves the busiest
+    rank least busy (first in rank, then expert order), or a spare where every replica makes it busier."""
+    from tensorrt_llm_dwdp.eplb import _counts, _loads, _spare_for
+    slots = [list(s) for s in base]
+    while any(len(s) < slots_per_rank for s in slots):
+        loads, count = _loads(load, slots), _counts(len(load), slots)
+        best = None
+        for r, mine in enumerate(slots):
+            if len(mine) == slots_per_rank:
+                continue
+            for e in range(len(load)):
+                if e in {x for x, _ in mine}:
+                    continue
+                share = load[e] / (count[e] + 1)
+                drop = load[e] / count[e] - share
+                peak = max(loads[q] + (share if q == r else -drop if (e, False) in slots[q] else 0.0)
+                           for q in range(len(slots)))
+                if best is None or peak < best[0]:
+                    best = (peak, r, e)
+        _, r, e = best
+        slots[r].append((e, False) if best[0] <= max(loads) else _spare_for(slots[r], len(load)))
+    return slots
+
+
+@settings(max_examples=200, deadline=None)
+@given(world=st.integers(1, 6), per=st.integers(1, 6), extra=st.integers(0, 3), data=st.data())
+def test_fill_is_its_rule(world, per, extra, data):
+    from tensorrt_llm_dwdp.eplb import _fill
+    num_experts = world * per
+    extra = min(extra, num_experts - per)
+    load = data.draw(st.lists(st.one_of(st.floats(0, 1e4), st.integers(0, 5).map(float)),
+                              min_size=num_experts, max_size=num_experts))
+    base = [[(e, False) for e in s] for s in contiguous_slots(num_experts, world).slots]
+    assert _fill(load, base, per + extra) == _fill_by_definition(load, base, per + extra)

@@ -15,7 +15,7 @@ from tensorrt_llm_dwdp.sim.compare import compare, load_runs, scenario_for
 from tensorrt_llm_dwdp.sim.engine import simulate
 from tensorrt_llm_dwdp.sim.machines import Efficiency, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
-from tensorrt_llm_dwdp.sim.scenario import Scenario
+from tensorrt_llm_dwdp.sim.scenario import DepPacking, Scenario
 from tensorrt_llm_dwdp.sim.workload import parse_isl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,14 +96,24 @@ def test_compare_simulates_each_run_on_its_own_settings(tmp_path):
         iters = max(len(r["iterations"]) for m in run["modes"].values() for r in m["ranks"])
         model = get_model({"qwen3-30b-a3b": "qwen3-30b-a3b", "deepseek-v3-layers": "deepseek-v3"}[c["preset"]],
                           c["layers"])
+        # the bench packs every mode alike: the simulated DEP gets DWDP's iterations
         want = simulate(Scenario(H200, model, get_precision("bf16"), 2, parse_isl(c["isl"]), c["max_num_tokens"],
-                                 iterations=iters))
+                                 iterations=iters, dep_packing=DepPacking.SAME))
         assert row["dwdp_default"] == pytest.approx(want.dwdp.tps_per_gpu)
         assert row["dep_default"] == pytest.approx(want.dep.tps_per_gpu)
         assert row["speedup_measured"] == pytest.approx(run["modes"]["dwdp"]["tokens_per_s_per_gpu"]
                                                         / run["modes"]["dep"]["tokens_per_s_per_gpu"])
         assert row["dwdp_default_over_measured"] == pytest.approx(want.dwdp.tps_per_gpu
                                                                   / run["modes"]["dwdp"]["tokens_per_s_per_gpu"])
+
+
+def test_compare_takes_each_runs_routing_skew_and_packing():
+    run = _run(random.Random(3))
+    run["config"].update(routing_skew=0.7, chunked_prefill=True)
+    scn = scenario_for(run, "h200", Efficiency())
+    assert (scn.efficiency.routing_skew, scn.chunked, scn.dep_packing) == (0.7, True, DepPacking.SAME)
+    run["config"].update(routing_skew=None)  # recorded by no run before --routing-skew: the default
+    assert scenario_for(run, "h200", Efficiency()).efficiency.routing_skew == Efficiency().routing_skew
 
 
 def test_compare_calibrates_the_link_from_each_runs_slice(tmp_path):

@@ -2,7 +2,8 @@
 
 Sources: TensorRT-LLM tech blog 19 (DWDP) and arXiv 2604.01621, as summarised in docs/DESIGN.md §2.
 Targets: a published per-category share within 20% (relative), a published speedup within 10%.
-The published runs' max_num_tokens is not stated; 16384 (2x the 8K ISL) is assumed throughout.
+The blog states max_num_tokens for two runs: 32768 for the context-only breakdown (its Table 3, checked
+category by category below) and 16384 for the slicing gain; the other checks assume 16384 (2x the 8K ISL).
 """
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from tensorrt_llm_dwdp.sim.engine import simulate
 from tensorrt_llm_dwdp.sim.machines import Efficiency, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
-from tensorrt_llm_dwdp.sim.scenario import DepModel, PullStreams, Scenario
+from tensorrt_llm_dwdp.sim.scenario import DepModel, DepPacking, PullStreams, Scenario
 from tensorrt_llm_dwdp.sim.workload import parse_isl
 
 GB200, R1, NVFP4 = get_machine("gb200"), get_model("deepseek-r1"), get_precision("nvfp4")
@@ -68,7 +69,10 @@ def test_routing_skew_and_jitter_feed_deps_barriers_and_eplb_removes_the_skew():
     eplb = run(efficiency=Efficiency(routing_skew=0.6, jitter=0.0), eplb=True)
     assert skewed.dep.breakdown.sync > base.dep.breakdown.sync
     assert jittered.dep.breakdown.sync > base.dep.breakdown.sync
-    assert eplb.dep.tps_per_gpu == pytest.approx(base.dep.tps_per_gpu, rel=1e-9)
+    # EPLB is the runtime's placement (one redundant slot per rank), not a perfect balance: it brings the
+    # skewed layers to within 0.1% of uniform routing (it was exactly uniform when EPLB meant "no skew")
+    assert eplb.dep.tps_per_gpu == pytest.approx(base.dep.tps_per_gpu, rel=1e-3)
+    assert eplb.dep.breakdown.sync < skewed.dep.breakdown.sync
     # DWDP computes every expert its own tokens touch: skew does not reach it
     assert skewed.dwdp.tps_per_gpu == pytest.approx(base.dwdp.tps_per_gpu, rel=1e-9)
 
@@ -78,3 +82,39 @@ def test_categories_add_up_to_the_iteration():
     for mode in (r.dwdp, r.dep):
         assert mode.breakdown.wall == pytest.approx(mode.iteration_s, rel=0.02), mode.mode
         assert min(getattr(mode.breakdown, k) for k in ("attention", "grouped", "dense", "other")) > 0
+
+
+# Table 3 of the blog: DEP4 context-only iteration, DeepSeek-R1 NVFP4 on GB200x4, ISL 8K, input ratio 0.8,
+# max_num_tokens 32768 (ms; the categories add up to the 1319.85 ms iteration).
+PUBLISHED_DEP4_MS = {"attention": 269.67, "grouped": 342.40, "dense": 177.50, "other": 241.69, "comm": 126.74,
+                     "sync": 161.85}
+# Within 20% per category, 30% for synchronisation (it depends on imbalance the blog does not state).
+TABLE3_TOLERANCE = {**{k: 0.20 for k in PUBLISHED_DEP4_MS}, "sync": 0.30}
+# Where the model misses: sync (about -56%): the default skew gives DeepSeek shapes a busiest rank only 1.05x
+# the mean at 4 ranks (popularity.py's note), below its stated 1.15-1.3 target, and nothing else in the model
+# makes ranks wait as long as the published run did.
+KNOWN_GAPS = {"sync"}
+
+
+def table3_run():
+    """The published engine's settings (TensorRT-LLM examples/dwdp, context-only DEP: max_num_tokens 33000
+    there, 32768 in the blog, the same 4 whole requests per iteration either way; no chunked prefill; no
+    EPLB): DEP packs as DWDP does. Input ratio 0.8 read as ISLs uniform on [0.8, 1] x 8192 (the benchmark's
+    random range ratio)."""
+    mean, cv = 0.9 * 8192, 0.2 * 8192 / (0.9 * 8192 * 12 ** 0.5)
+    return simulate(Scenario(GB200, R1, NVFP4, 4, parse_isl(f"uniform:{mean:g}:{cv:.6f}"), 32768, iterations=8,
+                             dep_packing=DepPacking.SAME))
+
+
+@pytest.mark.parametrize("category", [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="a known gap (KNOWN_GAPS)")) if c in KNOWN_GAPS
+    else c for c in PUBLISHED_DEP4_MS])
+def test_dep4_breakdown_per_category_against_table3(category):
+    dep = table3_run().dep
+    got = getattr(dep.breakdown, category) * 1e3
+    assert got == pytest.approx(PUBLISHED_DEP4_MS[category], rel=TABLE3_TOLERANCE[category]), got
+
+
+def test_dep4_iteration_against_table3():
+    dep = table3_run().dep
+    assert dep.iteration_s * 1e3 == pytest.approx(sum(PUBLISHED_DEP4_MS.values()), rel=0.10)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Optional, Tuple
 
+from ..popularity import DEFAULT_ROUTING_SKEW  # noqa: F401 - the runtime's routers' default
 from ..presets import preset_kwargs
 
 
@@ -48,9 +49,6 @@ class Yarn:
         return max(math.floor(at(self.beta_fast)), 0), min(math.ceil(at(self.beta_slow)), dim - 1)
 
 
-# The synthetic routers' default skew: the simulator's `Efficiency.routing_skew` (sim/machines.py), where its
-# source is stated (a DEP busiest-rank expert load of about 1.15-1.3x the mean at 4-8 ranks).
-DEFAULT_ROUTING_SKEW = 0.3
 
 
 class Routing(str, Enum):

@@ -24,6 +24,7 @@ from ..config import WeightDtype, is_fp8
 from ..moe import DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, make_router, swiglu
 from ..moe.layer import LocalWeights, RoutedExperts
 from ..moe.ops import quantize_weight_blocks
+from ..popularity import zipf_shares
 from .config import ModelConfig, Routing
 
 
@@ -179,7 +180,7 @@ def router(c: ModelConfig):
 def zipf_selection_bias(c: ModelConfig, skew: float, seed: int, layer_idx: int) -> torch.Tensor:
     """[E] float32 router bias that makes expert popularity Zipf(skew) (the i-th most popular expert takes a share
     of the assignments proportional to 1/(i+1)^skew) over a seeded random order of the experts per layer: the
-    simulator's routing model (sim.costs.rank_loads). A random model's router is otherwise as skewed as its random
+    simulator's routing model (popularity.py). A random model's router is otherwise as skewed as its random
     draws happen to make it. Softmax routers take it on the logits, DeepSeek's on the selection-only correction
     bias; its size is calibrated once per (router, skew) on iid logits (_popularity_bias)."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + layer_idx) * 31 + 17)
@@ -210,8 +211,7 @@ def _popularity_bias(routing: Routing, num_experts: int, top_k: int, n_group: in
     """Bias by popularity rank whose top-k selection on iid N(0, 1) logits gives Zipf(skew) shares: steps on
     the measured shares, as DeepSeek's auxiliary-loss-free balancing steps its bias towards even ones (here
     towards the Zipf target). Clamped, shrinking steps: group-limited selection is discontinuous in the bias."""
-    want = 1.0 / torch.arange(1, num_experts + 1, dtype=torch.float64) ** skew
-    want = want / want.sum()
+    want = torch.tensor(zipf_shares(num_experts, skew), dtype=torch.float64)
     if skew == 0:
         return tuple([0.0] * num_experts)
     route = DeepSeekV3Routing(top_k, n_group, topk_group) if routing is Routing.DEEPSEEK_V3 else SoftmaxTopKRouting(top_k)

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from .costs import Chunk, a2a_s, dense_layer_cost, dep_expert_s, moe_layer_cost
+from .costs import Chunk, dense_layer_cost, moe_layer_cost
+from .dep import a2a_s, dep_expert_s
 from .machines import Efficiency, Machine, Rates
 from .models import MoEModel, Precision
 from .scenario import Scenario

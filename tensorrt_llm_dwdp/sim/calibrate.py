@@ -18,8 +18,8 @@ What is read from bench kernels (the keys of bench/kernels/) and what it replace
 What is read from the link bench:
   rows[case "all pull"].per_gpu_gbps -> link = that rate / the machine's NVLink per direction, from
                         the row of the slicing the simulated pull uses ("round-robin S MiB" for
-                        sliced pulls of S MiB, "plain" for --no-slicing). DEP's all-to-all takes
-                        the same fraction (NOTE: NCCL's rate is not measured by the link bench).
+                        sliced pulls of S MiB, "plain" for --no-slicing). DEP's all-to-all keeps
+                        Efficiency.a2a_link (the link bench measures pulls, not the all-to-all).
 Everything else keeps its default.
 
 A calibration file carries absolute measured rates and the GPU they were measured on (`device`).
@@ -209,7 +209,7 @@ def apply_calibration(machine: Machine, model: MoEModel, base: Efficiency, cal: 
         link = cal.link_gbps / src.nvlink_gbps
         kw["link"] = min(link, 1.5)
         notes.append(f"link {base.link:.3f} -> {link:.3f} ({cal.link_gbps:.0f} of {src.nvlink_gbps:.0f} GB/s on "
-                     f"{src.name}; {cal.link_row}); DEP's all-to-all takes it too")
+                     f"{src.name}; {cal.link_row}); DEP's all-to-all keeps a2a_link {base.a2a_link:.2f}")
     if cal.h2d_gbps is not None:
         notes.append(f"h2d {float(cal.h2d_gbps):.1f} GB/s reported, not applied (PCIe, not NVLink)")
     if not same:

@@ -18,11 +18,12 @@ from ..config import DEFAULT_SLICE_BYTES
 from ..usage import Parser, UsageError, check_output_path, fail, open_output
 from .analysis import crossover, layer_budget
 from .calibrate import apply_calibration, load_calibration
-from .costs import A2A_KINDS, Breakdown
+from .costs import Breakdown
+from .dep import A2A_KINDS
 from .engine import simulate
 from .machines import MACHINES, PRECISIONS, Efficiency, get_machine
 from .models import MODELS, get_model, get_precision, model_summary
-from .scenario import DepModel, PullStreams, Scenario
+from .scenario import DEFAULT_EPLB_REDUNDANT, DepModel, DepPacking, PullStreams, Scenario
 from .workload import parse_isl
 
 MAX_ITERATIONS = 4096
@@ -61,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dep-model", default=DepModel.TUNED.value, choices=[d.value for d in DepModel],
                    help="DEP as a tuned engine runs it (per-rank dispatch, fused combine, chunked prefill, dispatch "
                         "hidden behind the shared expert), or this project's first model (legacy)")
-    p.add_argument("--eplb", action="store_true", help="DEP balances expert load: routing skew does not reach it")
+    p.add_argument("--dep-packing", default=DepPacking.CHUNKED.value, choices=[x.value for x in DepPacking],
+                   help="how the tuned DEP packs iterations: chunked prefill (default) or the same packing as DWDP")
+    p.add_argument("--eplb", type=int, nargs="?", const=DEFAULT_EPLB_REDUNDANT, default=0, metavar="N",
+                   help="DEP with EPLB, as the runtime's --eplb: N redundant expert slots per rank (alone: "
+                        f"{DEFAULT_EPLB_REDUNDANT}) holding replicas of the hot experts; default 0: off")
     p.add_argument("--routing-skew", type=float, default=None,
                    help=f"Zipf exponent of expert popularity per layer (0 = uniform; default {Efficiency().routing_skew})")
     p.add_argument("--jitter", type=float, default=None,
@@ -101,6 +106,7 @@ def scenario_from_args(args: argparse.Namespace):
                    args.max_num_tokens, iterations=args.iterations, seed=args.seed, efficiency=eff, slots=args.slots,
                    sliced=not args.no_slicing, experts_per_rank=args.experts_per_rank, chunked=args.chunked,
                    a2a=args.a2a, max_batch_size=args.max_batch_size, dep_model=args.dep_model, eplb=args.eplb,
+                   dep_packing=args.dep_packing,
                    streams=args.pull_streams)
     return scn, notes
 
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace, out=None) -> dict:
     pr(f"{'computing (of rank time)':28}{res.dwdp.busy_frac:12.1%}{res.dep.busy_frac:12.1%}")
     pr(f"{'waiting: pull / barrier':28}{res.dwdp.wait_frac:12.1%}{res.dep.wait_frac:12.1%}")
     pr(f"{'all-to-all':28}{'-':>12}{res.dep.comm_frac:12.1%}")
+    pr(f"{'expert load: busiest / mean':28}{'-':>12}{res.dep.expert_imbalance:12.3f}")
     pr(f"per iteration of one rank (ms):{res.dwdp.iteration_s * 1e3:10.2f}{res.dep.iteration_s * 1e3:12.2f}")
     for label, key in CATEGORIES:
         dw, dp = getattr(res.dwdp.breakdown, key), getattr(res.dep.breakdown, key)
@@ -140,7 +147,8 @@ def run(args: argparse.Namespace, out=None) -> dict:
     result = {"scenario": {"machine": scn.machine.name, "model": scn.model.name, "precision": scn.precision.name,
                            "ranks": scn.ranks, "isl": str(scn.isl), "max_num_tokens": scn.max_num_tokens,
                            "iterations": scn.iterations, "seed": scn.seed, "slots": scn.slots, "sliced": scn.sliced,
-                           "a2a": scn.a2a, "dep_model": scn.dep_model.value, "eplb": scn.eplb,
+                           "a2a": scn.a2a, "dep_model": scn.dep_model.value, "dep_packing": scn.dep_packing.value,
+                           "eplb": scn.eplb,
                            "pull_streams": scn.streams.value, "efficiency": asdict(scn.efficiency)},
               "dwdp": asdict(res.dwdp), "dep": asdict(res.dep), "speedup": res.speedup,
               "mean_tokens_per_iteration": res.mean_tokens_per_iteration, "crossover": asdict(cross),

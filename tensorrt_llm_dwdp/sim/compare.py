@@ -22,7 +22,7 @@ from .calibrate import apply_calibration, load_calibration
 from .engine import simulate
 from .machines import Efficiency, get_machine
 from .models import get_model, get_precision
-from .scenario import Scenario
+from .scenario import DepPacking, Scenario
 from .workload import parse_isl
 
 # `trtllm-dwdp bench --preset` names -> the simulator's models of the same shapes
@@ -68,9 +68,13 @@ def scenario_for(run: dict, machine: str, efficiency: Efficiency, iterations: Op
     ranks = int(c["ranks"])
     if iterations is None:
         iterations = max(_iterations_per_rank(m, ranks) for m in run["modes"].values())
+    if c.get("routing_skew") is not None:  # the run's routers (runs from before --routing-skew: the default)
+        efficiency = efficiency.with_(routing_skew=float(c["routing_skew"]))
+    # the bench packs every mode alike, chunked only with --chunked-prefill: so does the simulated DEP
     return Scenario(get_machine(machine), get_model(PRESET_MODELS[c["preset"]], c.get("layers")),
                     get_precision("bf16"), ranks, parse_isl(c["isl"]), int(c["max_num_tokens"]),
-                    iterations=iterations, seed=int(c.get("seed", 0)), efficiency=efficiency)
+                    iterations=iterations, seed=int(c.get("seed", 0)), efficiency=efficiency,
+                    chunked=bool(c.get("chunked_prefill", False)), dep_packing=DepPacking.SAME)
 
 
 def compare(runs: List[dict], machine: str, calibration: Optional[str] = None):

@@ -75,16 +75,16 @@ def gemm_s(flops: float, nbytes: float, rate_flops: float, rates: Rates) -> floa
 
 
 def attention_parts(model: MoEModel, prec: Precision, rates: Rates, chunks: Sequence[Chunk]) -> Breakdown:
-    """Attention of one layer for a batch of chunks: q/k/v/o projections (dense precision,
-    weights read once; `dense`) plus core attention in BF16 (QK^T and PV: 2 * heads * (qk + v)
+    """Attention of one layer for a batch of chunks: q/k/v/o projections (each in its precision,
+    Precision.projections; weights read once; `dense`) plus core attention in BF16 (QK^T and PV: 2 * heads * (qk + v)
     FLOPs per causal pair; reads the prior KV cache; `attention`)."""
     a = model.attention
     tokens = sum(c.tokens for c in chunks)
     if tokens == 0:
         return Breakdown()
     act = 2 * tokens * model.hidden * ACT_BYTES
-    proj = gemm_s(2.0 * tokens * a.proj_params, a.proj_params * prec.dense_bytes + act,
-                  rates.flops_of(prec.dense_compute), rates)
+    proj = sum(gemm_s(2.0 * tokens * n, n * nbytes + act * n / a.proj_params, rates.flops_of(compute), rates)
+               for n, compute, nbytes in prec.projections(a) if n)
     pairs = sum(c.pairs for c in chunks)
     kv = sum(c.prior + c.tokens for c in chunks) * a.kv_bytes_per_token
     core = gemm_s(2.0 * a.heads * (a.qk_dim + a.v_dim) * pairs, kv, rates.flops_of("bf16"), rates)
@@ -195,76 +195,3 @@ def dense_layer_cost(model: MoEModel, prec: Precision, rates: Rates, eff: Effici
     local = attention_parts(model, prec, rates, chunks) + Breakdown(
         dense=ffn_s(model, prec, rates, tokens, model.dense_inter), other=other)
     return LayerCost(local, Breakdown(), tokens)
-
-
-def dep_expert_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, group_tokens: int, ranks: int,
-                 count_scales: bool = True, load: float = 1.0) -> float:
-    """DEP: one rank's routed experts (E / ranks of them) for the whole group's tokens, with its
-    elementwise work; `load` is the rank's share of the assignments over the mean share (1.0:
-    uniform routing, an EPLB-balanced load): group_tokens * top_k / ranks * load assignments."""
-    return dep_expert_parts(model, prec, rates, eff, group_tokens, ranks, count_scales, load).compute
-
-
-def dep_expert_parts(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, group_tokens: int, ranks: int,
-                     count_scales: bool = True, load: float = 1.0) -> Breakdown:
-    assignments = group_tokens * model.top_k / ranks * load
-    held = model.experts / ranks
-    touched = held * (1.0 - (1.0 - 1.0 / held) ** assignments) if assignments else 0.0
-    # permute/SwiGLU/quantize/combine run on the expert rank (combine's per-token write is the source's)
-    return Breakdown(grouped=grouped_s(model, prec, rates, eff, assignments, touched, count_scales),
-                     other=elementwise_s(elementwise_bytes(model, 0, assignments, True), rates, eff))
-
-
-def rank_loads(model: MoEModel, ranks: int, skew: float, rng) -> Sequence[float]:
-    """Each DEP rank's share of one MoE layer's assignments over the mean share (sums to `ranks`).
-    Expert popularity is Zipf(skew) over a random order of the experts (experts e*N/E.. held by
-    rank e // (E/N), the even placement); skew 0 is uniform routing."""
-    e = model.experts
-    if skew == 0:
-        return [1.0] * ranks
-    w = [1.0 / (i + 1) ** skew for i in range(e)]
-    order = rng.permutation(e)
-    per = e / ranks
-    share = [0.0] * ranks
-    for rank_of, expert in enumerate(order):
-        share[min(ranks - 1, int(expert // per))] += w[rank_of]
-    total = sum(share)
-    return [x * ranks / total for x in share]
-
-
-A2A_KINDS = ("per-rank", "per-expert")
-
-
-def remote_copies(model: MoEModel, ranks: int, a2a: str = "per-rank") -> float:
-    """Copies of one token a DEP layer sends to other ranks (expected, uniform routing).
-
-    per-expert: one per routed expert on another rank, top_k * (N-1)/N. This is what upstream's
-        batch-1 roofline counts (docs/DESIGN.md §2's T_DEP/T_DWDP reproduce only this way).
-    per-rank: one per other rank holding at least one of the token's experts, as DeepEP and
-        wide-EP all-to-all kernels send (combine reduces on the expert rank first):
-        (N-1) * (1 - C(E - E/N, k) / C(E, k)).
-    """
-    if a2a not in A2A_KINDS:
-        raise ValueError(f"--a2a {a2a!r}: unknown. Fix: use one of {', '.join(A2A_KINDS)}.")
-    n, e, k = ranks, model.experts, model.top_k
-    if a2a == "per-expert":
-        return k * (n - 1) / n
-    held = e / n
-    miss = 1.0
-    for i in range(k):  # probability that none of k distinct experts is on one given rank
-        miss *= max(0.0, (e - held - i) / (e - i))
-    return (n - 1) * (1.0 - miss)
-
-
-def a2a_s(model: MoEModel, prec: Precision, rates: Rates, eff: Efficiency, rank_tokens: Sequence[int],
-          a2a: str = "per-rank", recv_load: float = 1.0) -> float:
-    """Dispatch + combine of one layer: the busiest rank's bytes (sent or received, whichever
-    is more) over its NVLink direction, plus two fixed latencies. Rank r sends
-    tokens_r * c copies (c = remote_copies) and receives (sum of the others' tokens) * c / (N-1),
-    times `recv_load` (the busiest expert rank's share over the mean, under routing skew)."""
-    n = len(rank_tokens)
-    total = sum(rank_tokens)
-    c = remote_copies(model, n, a2a)
-    per_copy = model.hidden * (prec.dispatch_bytes + prec.combine_bytes)
-    busiest = max(max(t, (total - t) / (n - 1) * recv_load) for t in rank_tokens) * c
-    return busiest * per_copy / rates.link + 2 * eff.a2a_latency_us * 1e-6

@@ -22,12 +22,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .costs import (Breakdown, LayerCost, a2a_s, dense_layer_cost, dep_expert_parts, ffn_s, moe_layer_cost,
-                    rank_loads)
-from .scenario import DepModel, PullStreams, Scenario
+from .costs import Breakdown, LayerCost, dense_layer_cost, ffn_s, moe_layer_cost
+from .dep import a2a_parts, dep_expert_parts, layer_load
+from .scenario import DepModel, DepPacking, PullStreams, Scenario
 from .workload import Batch, rank_batches
 
 MAX_COUPLED_RANKS = 16
+# EPLB places each drawn layer with the runtime's eplb_placement, O(W^2 E) Python steps (~0.7 s at 64 ranks):
+# at most this many layer draws, cycled over the MoE layers.
+EPLB_LAYER_DRAWS = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class ModeResult:
         pull; DEP: at barriers for slower ranks); comm_frac: DEP all-to-all (DWDP: 0).
     breakdown: seconds per iteration of one rank (mean over ranks and iterations), by category.
     iteration_s: mean wall time of one iteration of one rank.
+    expert_imbalance: DEP: the busiest rank's expert load over the mean, averaged over MoE layers (the
+        runtime's per-rank imbalance column); DWDP: 1.0 (each rank computes its own tokens' experts).
     """
 
     mode: str
@@ -51,6 +56,7 @@ class ModeResult:
     comm_frac: float
     breakdown: Breakdown = Breakdown()
     iteration_s: float = 0.0
+    expert_imbalance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -304,13 +310,16 @@ def simulate_dwdp(scn: Scenario, plans: Sequence[RankPlan]) -> ModeResult:
 def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResult:
     """Lockstep iterations; batches[r][k] is rank r's k-th iteration. Per MoE layer: barrier on
     the slowest rank's local work, dispatch, experts (each rank's share of the assignments set by
-    routing skew unless EPLB), combine after the slowest expert rank. TUNED hides the dispatch
-    behind the shared expert (the rest of the all-to-all is exposed); LEGACY exposes all of it."""
+    the runtime's routing statistics and placements, dep.layer_load), combine after the slowest
+    expert rank. TUNED hides the dispatch behind the shared expert (the combine is exposed); LEGACY
+    exposes all of it."""
     md, n, eff = scn.model, scn.ranks, scn.efficiency
     m = md.moe_layers
     tuned = scn.dep_model is DepModel.TUNED
     rng = np.random.default_rng([scn.seed, 7])
-    loads = [[1.0] * n if scn.eplb else rank_loads(md, n, eff.routing_skew, rng) for _ in range(max(m, 1))]
+    draws = min(max(m, 1), EPLB_LAYER_DRAWS) if scn.eplb else max(m, 1)
+    drawn = [layer_load(md, n, eff.routing_skew, rng, scn.eplb) for _ in range(draws)]
+    loads = [drawn[li % draws] for li in range(max(m, 1))]
     iters = len(batches[0])
     jit = [jitter(scn, r, "dep", (iters, 2, max(m, 1))) for r in range(n)]
     makespan = 0.0
@@ -337,11 +346,12 @@ def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResul
         sync = comm = 0.0
         for li in range(m):
             ld = loads[li]
-            parts = [dep_expert_parts(md, scn.precision, scn.rates, eff, group, n, scn.count_scales, ld[r])
-                     for r in range(n)]
+            parts = [dep_expert_parts(md, scn.precision, scn.rates, eff, group, n, scn.count_scales, x, h)
+                     for x, h in zip(ld.loads, ld.held)]
             e = np.array([p.compute for p in parts]) * np.array([j[k, 1, li] for j in jit])
-            a2a = a2a_s(md, scn.precision, scn.rates, eff, toks, scn.a2a, recv_load=max(ld))
-            exposed = max(0.0, a2a - hide) if tuned else a2a
+            a2a = a2a_parts(md, scn.precision, scn.rates, eff, toks, scn.a2a, ld)
+            # the shared expert runs beside the dispatch only: the combine needs the experts' outputs
+            exposed = max(0.0, a2a.dispatch - hide) + a2a.combine if tuned else a2a.total
             lmax = local[:, li].max()
             t_iter += lmax + exposed + e.max()
             sync += float((lmax - local[:, li]).sum() + (e.max() - e).sum())
@@ -356,7 +366,7 @@ def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResul
     wait, com = bd.sync * its, bd.comm * its
     busy = 1.0 - wait / (n * makespan) - com / (n * makespan)
     return ModeResult("dep", tokens / (n * makespan), tokens, (makespan,) * n, busy, wait / (n * makespan),
-                      com / (n * makespan), bd, makespan / iters)
+                      com / (n * makespan), bd, makespan / iters, float(np.mean([ld.imbalance for ld in loads])))
 
 
 @dataclass(frozen=True)
@@ -374,7 +384,7 @@ class Run:
 
 def workload(scn: Scenario, chunked: Optional[bool] = None) -> List[List[Batch]]:
     """Each rank's iterations, from its own seeded request stream (seed + rank); `chunked`
-    overrides the scenario's packing (a tuned DEP always packs chunked)."""
+    overrides the scenario's packing (a tuned DEP packs chunked unless its dep_packing says SAME)."""
     chunked = scn.chunked if chunked is None else chunked
     return [rank_batches(scn.isl, scn.max_num_tokens, scn.iterations, np.random.default_rng([scn.seed, r]),
                          chunked, scn.max_batch_size) for r in range(scn.ranks)]
@@ -384,5 +394,6 @@ def simulate(scn: Scenario) -> Run:
     batches = workload(scn)
     plans = [rank_plan(scn, b, r) for r, b in enumerate(batches)]
     mean = sum(p.tokens for p in plans) / (scn.ranks * scn.iterations)
-    dep_batches = workload(scn, True) if scn.dep_model is DepModel.TUNED and not scn.chunked else batches
+    chunk = scn.dep_model is DepModel.TUNED and scn.dep_packing is DepPacking.CHUNKED and not scn.chunked
+    dep_batches = workload(scn, True) if chunk else batches
     return Run(simulate_dwdp(scn, plans), simulate_dep(scn, dep_batches), mean)

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
+from ..popularity import DEFAULT_ROUTING_SKEW
+
 PRECISIONS = ("bf16", "fp8", "nvfp4")
 
 
@@ -87,6 +89,11 @@ class Efficiency:
         2 H200s, BENCHMARKS.md); applied to NVLink5 as an assumption. CALIBRATED to a link-bench
         JSON's all-pull rate of the simulated slicing (peaks.h2d_gbps is a PCIe rate and is
         reported, never applied).
+    a2a_link: achieved / datasheet NVLink per direction of DEP's all-to-all kernels. Default 0.80:
+        TensorRT-LLM's NVLink one-sided all-to-all on GB200 NVL72 (tech blog 18, DeepSeek-V3 shapes,
+        ep 8, 2048 tokens: BF16 dispatch 753 and combine 728 of 900 GB/s, "~80% of the peak"; NVFP4
+        dispatch 649); applied to other machines as an assumption. Not calibrated: the link bench
+        measures copy-engine pulls, not the all-to-all.
     grouped: measured (rows per expert, grouped GEMM time at roofline / measured time) points,
         interpolated in log(rows per expert), for the precision `grouped_precision`; they replace
         that precision's default curve. Empty: the defaults below. CALIBRATED to gemm[].split_ms.
@@ -106,12 +113,11 @@ class Efficiency:
         Default 4.2/4.8: a device copy on one H200 (docs/DESIGN.md §6), the best an elementwise kernel
         does. CALIBRATED with hbm (same measurement).
     routing_skew: Zipf exponent of expert popularity within one MoE layer (expert of rank i in
-        popularity gets a share proportional to 1/i^s; which expert is hot is drawn per layer).
-        0 is uniform routing. Default 0.3: an ASSUMPTION giving a DEP busiest-rank expert load of
-        about 1.15-1.3x the mean at 4-8 ranks, the range public EPLB tools quote for unbalanced
-        DeepSeek serving; no per-expert load of the published runs is public. DEP's busiest rank sets
-        its expert time; DWDP computes every expert its own tokens touch and does not care.
-        `--eplb` removes the skew for DEP (a balanced placement of replicated hot experts).
+        popularity gets a share proportional to 1/i^s; which expert is hot is drawn per layer): the
+        runtime's routers' statistics (popularity.py), default DEFAULT_ROUTING_SKEW there, where its
+        source is stated. 0 is uniform routing. DEP's busiest rank sets its expert time; DWDP computes
+        every expert its own tokens touch and does not care. `--eplb N` places DEP's experts with the
+        runtime's EPLB (replicas of the hot experts), which evens the load out.
     jitter: coefficient of variation of a rank's compute time per layer (kernel clocks, L2, launch).
         Default 0.035: bench kernels' alone_spread (p90/p10 - 1) of the DeepSeek-V3 expert layer was
         0.084-0.101 on H100 (BENCHMARKS.md, tile sweep), CV = spread / 2.56 for a normal spread.
@@ -121,6 +127,7 @@ class Efficiency:
     mma: float = 783.0 / 989.5
     hbm: float = 1.0
     link: float = 380.0 / 450.0
+    a2a_link: float = 0.80
     grouped: Tuple[Tuple[float, float], ...] = ()
     grouped_precision: str = "bf16"
     pull_slowdown: float = 0.05
@@ -128,11 +135,11 @@ class Efficiency:
     short_pull_slowdown: float = 0.20
     short_pull_s: float = 1e-3
     elementwise: float = 4.2 / 4.8
-    routing_skew: float = 0.3
+    routing_skew: float = DEFAULT_ROUTING_SKEW
     jitter: float = 0.035
 
     def __post_init__(self):
-        for name in ("mma", "hbm", "link"):
+        for name in ("mma", "hbm", "link", "a2a_link"):
             v = getattr(self, name)
             if not 0.0 < v <= 1.5:
                 raise ValueError(f"Efficiency.{name}={v}: must be in (0, 1.5]")
@@ -148,7 +155,7 @@ class Efficiency:
     @classmethod
     def roofline(cls) -> "Efficiency":
         """Datasheet peaks, no latency, no overlap slowdown: the upstream roofline's assumptions."""
-        return cls(mma=1.0, hbm=1.0, link=1.0, grouped=(), pull_slowdown=0.0, a2a_latency_us=0.0,
+        return cls(mma=1.0, hbm=1.0, link=1.0, a2a_link=1.0, grouped=(), pull_slowdown=0.0, a2a_latency_us=0.0,
                    short_pull_slowdown=0.0, elementwise=1.0, routing_skew=0.0, jitter=0.0,
                    grouped_precision="none")
 
@@ -215,16 +222,23 @@ GROUPED_CURVES: Dict[str, Tuple[Tuple[float, float], ...]] = {
 
 @dataclass(frozen=True)
 class Rates:
-    """Effective rates of one GPU after Efficiency: FLOP/s per precision, bytes/s."""
+    """Effective rates of one GPU after Efficiency: FLOP/s per precision, bytes/s (link: DWDP's pulls;
+    a2a: DEP's all-to-all kernels, 0 where not given: the link's rate)."""
 
     flops: Dict[str, float]
     hbm: float
     link: float
+    a2a: float = 0.0
+
+    @property
+    def a2a_rate(self) -> float:
+        return self.a2a or self.link
 
     @classmethod
     def of(cls, machine: Machine, eff: Efficiency) -> "Rates":
         return cls({p: t * 1e12 * eff.mma for p, t in machine.tflops.items()},
-                   machine.hbm_gbps * 1e9 * eff.hbm, machine.nvlink_gbps * 1e9 * eff.link)
+                   machine.hbm_gbps * 1e9 * eff.hbm, machine.nvlink_gbps * 1e9 * eff.link,
+                   machine.nvlink_gbps * 1e9 * eff.a2a_link)
 
     def flops_of(self, precision: str) -> float:
         return self.flops[precision]

@@ -19,6 +19,7 @@ class Attention:
     heads: query heads.  qk_dim, v_dim: per-head dims of q·k and of v (MLA in prefill runs as
         multi-head attention with qk_dim = nope + rope and v_dim = v_head_dim).
     proj_params: weights of all q/k/v/o projections of one layer (elements).
+    o_params: of proj_params, the output projection's (a recipe may store it apart).
     kv_bytes_per_token: KV-cache bytes one token adds per layer (BF16), read by later chunks.
     """
 
@@ -27,6 +28,7 @@ class Attention:
     v_dim: int
     proj_params: int
     kv_bytes_per_token: int
+    o_params: int = 0
 
 
 def mla(hidden: int, heads: int, q_lora: Optional[int], kv_lora: int, nope: int, rope: int, v: int) -> Attention:
@@ -34,13 +36,14 @@ def mla(hidden: int, heads: int, q_lora: Optional[int], kv_lora: int, nope: int,
     q = hidden * heads * (nope + rope) if q_lora is None else hidden * q_lora + q_lora * heads * (nope + rope)
     kv = hidden * (kv_lora + rope) + kv_lora * heads * (nope + v)
     o = heads * v * hidden
-    return Attention(heads, nope + rope, v, q + kv + o, 2 * (kv_lora + rope))
+    return Attention(heads, nope + rope, v, q + kv + o, 2 * (kv_lora + rope), o)
 
 
 def gqa(hidden: int, heads: int, kv_heads: int, head_dim: int) -> Attention:
     """Grouped-query attention: q, k, v, o projections."""
-    params = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + heads * head_dim * hidden
-    return Attention(heads, head_dim, head_dim, params, 2 * 2 * kv_heads * head_dim)
+    o = heads * head_dim * hidden
+    params = hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + o
+    return Attention(heads, head_dim, head_dim, params, 2 * 2 * kv_heads * head_dim, o)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ class Precision:
     dense_bytes: bytes per weight of the non-expert GEMMs.
     dispatch_bytes: bytes per hidden element a DEP dispatch sends (quantised activations plus
         their scales); combine is BF16 (2 bytes).
+    qkv_compute, qkv_bytes / o_compute, o_bytes: the attention's q/k/v projections and its output
+        projection where the recipe stores them apart from the MLPs ("" / 0: dense_compute / dense_bytes).
     """
 
     name: str
@@ -129,6 +134,16 @@ class Precision:
     dense_bytes: float
     dispatch_bytes: float
     combine_bytes: float = 2.0
+    qkv_compute: str = ""
+    qkv_bytes: float = 0.0
+    o_compute: str = ""
+    o_bytes: float = 0.0
+
+    def projections(self, a: Attention) -> Tuple[Tuple[int, str, float], ...]:
+        """(weights, tensor-core precision, bytes per weight) of one layer's q/k/v projections and of its
+        output projection."""
+        return ((a.proj_params - a.o_params, self.qkv_compute or self.dense_compute, self.qkv_bytes or self.dense_bytes),
+                (a.o_params, self.o_compute or self.dense_compute, self.o_bytes or self.dense_bytes))
 
     def expert_bytes_per_weight(self, count_scales: bool = True) -> float:
         return (self.expert_bits + (self.scale_bits if count_scales else 0.0)) / 8.0
@@ -142,9 +157,13 @@ PRECISION_SPECS: Dict[str, Precision] = {
     "bf16": Precision("bf16", 16, 0.0, "bf16", "bf16", 2.0, 2.0),
     # NOTE: DeepSeek FP8 checkpoints keep 128x128 FP32 block scales; activations get 1x128 scales.
     "fp8": Precision("fp8", 8, 32 / (128 * 128), "fp8", "fp8", 1.0, 1.0 + 4 / 128),
-    # NVFP4 experts (E2M1 + an E4M3 scale per 16); the rest of the model stays FP8, as in the
-    # public NVFP4 DeepSeek-R1 checkpoint. Dispatch sends NVFP4 activations.
-    "nvfp4": Precision("nvfp4", 4, 8 / 16, "nvfp4", "fp8", 1.0, 0.5 + 1 / 16),
+    # NVFP4 (E2M1 + an E4M3 scale per 16) as NVIDIA's DeepSeek-R1-0528-NVFP4-v2 checkpoint stores it, the one
+    # the published DWDP runs use: every MLP (routed and shared experts, dense FFNs) and, new in v2, the
+    # attention output projection (its model card: "additionally quantizes the wo module"); the q/kv
+    # projections stay BF16 (v1's weights list self_attn q_a/q_b/kv_a/kv_b/o_proj as BF16, MLPs as U8 + E4M3
+    # scales). Other models get the same recipe (an assumption). Dispatch sends NVFP4 activations.
+    "nvfp4": Precision("nvfp4", 4, 8 / 16, "nvfp4", "nvfp4", 0.5 + 1 / 16, 0.5 + 1 / 16,
+                       qkv_compute="bf16", qkv_bytes=2.0),
 }
 
 

@@ -11,24 +11,38 @@ from functools import cached_property
 from typing import Dict, Optional, Tuple
 
 from ..placement import Placement, even_placement, fetch_plan, redundant_placement
-from .costs import A2A_KINDS
+from .dep import A2A_KINDS
 from .machines import Efficiency, Machine, Rates, check_precision
 from .models import MoEModel, Precision
 from .workload import IslDist
+
+
+# EPLB's redundant expert slots per rank when turned on without a count: DeepSeek-V3's prefill deployment
+# (technical report, arXiv 2412.19437, section 3.4: 32 redundant experts over 32 GPUs, one per GPU).
+DEFAULT_EPLB_REDUNDANT = 1
 
 
 class DepModel(str, Enum):
     """How DEP is run.
 
     TUNED: as a tuned serving engine runs it: one row per (token, destination rank), a fused
-        weighted combine, chunked prefill (every iteration filled to max_num_tokens), and the
-        dispatch overlapped with the shared expert (DeepEP-style hooks), so only what that window
-        does not cover is exposed.
+        weighted combine, chunked prefill unless DepPacking.SAME, and the dispatch overlapped with
+        the shared expert (DeepEP-style hooks), so only what that window does not cover of the
+        dispatch, and all of the combine, is exposed.
     LEGACY: this project's first DEP model: the scenario's packing, all-to-all fully exposed.
     """
 
     TUNED = "tuned"
     LEGACY = "legacy"
+
+
+class DepPacking(str, Enum):
+    """How a TUNED DEP packs its iterations: CHUNKED fills every iteration to max_num_tokens (chunked
+    prefill, the strongest DEP); SAME packs as the scenario does for DWDP (as the published runs' engine
+    did: TensorRT-LLM's context server without chunked prefill, its DWDP reproduction config sets none)."""
+
+    CHUNKED = "chunked"
+    SAME = "same"
 
 
 class PullStreams(str, Enum):
@@ -75,9 +89,11 @@ class Scenario:
     chunked: fill every iteration to max_num_tokens, splitting the last request.
     max_batch_size: most requests in one iteration of one rank (None: only max_num_tokens binds).
     a2a: how DEP's all-to-all counts copies: "per-rank" (DeepEP-style, default) or
-        "per-expert" (upstream's roofline); see costs.remote_copies.
+        "per-expert" (upstream's roofline); see dep.remote_copies.
     dep_model: DepModel.TUNED (default) or LEGACY.
-    eplb: DEP balances expert load (replicated hot experts): routing skew does not reach it.
+    dep_packing: DepPacking of a TUNED DEP (default CHUNKED); LEGACY always packs as the scenario does.
+    eplb: EPLB for DEP, as the runtime's `--eplb N`: N redundant expert slots per rank (0: off; True is 1),
+        replicas of the hot experts placed by the runtime's eplb.eplb_placement from the layer's load.
     streams: PullStreams of unsliced pulls (default PER_SOURCE, as the runtime issues them).
     """
 
@@ -98,7 +114,8 @@ class Scenario:
     a2a: str = "per-rank"
     max_batch_size: Optional[int] = None
     dep_model: DepModel = DepModel.TUNED
-    eplb: bool = False
+    dep_packing: DepPacking = DepPacking.CHUNKED
+    eplb: int = 0
     streams: PullStreams = PullStreams.PER_SOURCE
 
     def __post_init__(self):
@@ -122,12 +139,20 @@ class Scenario:
             raise ValueError(f"--slots {self.slots}: DWDP needs >= 2 prefetch slots (ping-pong). Fix: --slots 2.")
         if self.a2a not in A2A_KINDS:
             raise ValueError(f"--a2a {self.a2a!r}: unknown. Fix: use one of {', '.join(A2A_KINDS)}.")
-        for name, opt, enum in (("dep_model", "--dep-model", DepModel), ("streams", "--pull-streams", PullStreams)):
+        for name, opt, enum in (("dep_model", "--dep-model", DepModel), ("streams", "--pull-streams", PullStreams),
+                                ("dep_packing", "--dep-packing", DepPacking)):
             try:
                 object.__setattr__(self, name, enum(getattr(self, name)))
             except ValueError:
                 raise ValueError(f"{opt} {getattr(self, name)!r}: unknown. "
                                  f"Fix: use one of {', '.join(x.value for x in enum)}.") from None
+        per = -(-self.model.experts // self.ranks)
+        if isinstance(self.eplb, bool) or not isinstance(self.eplb, int):
+            object.__setattr__(self, "eplb", DEFAULT_EPLB_REDUNDANT if self.eplb is True else int(self.eplb or 0))
+        if not 0 <= self.eplb <= self.model.experts - per:
+            raise ValueError(f"--eplb {self.eplb}: redundant slots per rank must be 0 to {self.model.experts - per} "
+                             f"({self.model.name}: {self.model.experts} experts, {per} per rank). "
+                             f"Fix: e.g. --eplb {DEFAULT_EPLB_REDUNDANT}, or leave it out.")
         e = self.experts_per_rank
         if e is not None and not (self.model.experts / self.ranks <= e <= self.model.experts):
             lo = -(-self.model.experts // self.ranks)
@@ -160,14 +185,15 @@ class Scenario:
 
     def memory(self) -> MemoryFit:
         md, p = self.model, self.precision
-        dense = (md.layers * md.attention.proj_params + md.moe_layers * (md.shared * 3 * md.hidden * md.moe_inter)
-                 + md.dense_layers * 3 * md.hidden * md.dense_inter) * p.dense_bytes + 2 * md.vocab * md.hidden * 2
+        proj = sum(n * nbytes for n, _, nbytes in p.projections(md.attention))
+        dense = (md.layers * proj + (md.moe_layers * (md.shared * 3 * md.hidden * md.moe_inter)
+                 + md.dense_layers * 3 * md.hidden * md.dense_inter) * p.dense_bytes + 2 * md.vocab * md.hidden * 2)
         local = max(len(x) for x in self.placement.ranks) * md.moe_layers * self.expert_bytes
         slots = self.slots * self.placement.max_missing * self.expert_bytes
-        dep = -(-md.experts // self.ranks) * md.moe_layers * self.expert_bytes
+        dep = (-(-md.experts // self.ranks) + self.eplb) * md.moe_layers * self.expert_bytes
         return MemoryFit((dense + local + slots) / 1e9, (dense + dep) / 1e9, self.machine.hbm_gb)
 
     def describe(self) -> str:
         return (f"{self.machine.title}: {self.ranks} ranks | {self.model.name} {self.precision.name} | "
                 f"ISL {self.isl} | max_num_tokens {self.max_num_tokens} | DEP {self.dep_model.value}"
-                f"{' + EPLB' if self.eplb else ''}")
+                f"{f' + EPLB ({self.eplb} redundant per rank)' if self.eplb else ''}")
