@@ -432,7 +432,7 @@ def test_dep_loads_use_the_runtimes_placements():
 
 
 def test_the_simulator_routes_with_the_runtimes_default_skew():
-    from tensorrt_llm_dwdp.runtime.config import DEFAULT_ROUTING_SKEW
+    from tensorrt_llm_dwdp.popularity import DEFAULT_ROUTING_SKEW
     assert Efficiency().routing_skew == DEFAULT_ROUTING_SKEW
 
 

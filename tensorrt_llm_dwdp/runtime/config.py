@@ -7,7 +7,6 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Optional, Tuple
 
-from ..popularity import DEFAULT_ROUTING_SKEW  # noqa: F401 - the runtime's routers' default
 from ..presets import preset_kwargs
 
 

@@ -24,7 +24,8 @@ from ..usage import Parser, UsageError, check_output_path, fail, options_named, 
 from ..workload import MAX_ISL, load_trace, make_requests, parse_isl
 from . import report
 from .capacity import check_fits
-from .config import DEFAULT_ROUTING_SKEW, PRESETS, ModelConfig, cut, preset
+from ..popularity import DEFAULT_ROUTING_SKEW
+from .config import PRESETS, ModelConfig, cut, preset
 from .schedule import least_loaded
 
 # NOTE: torch and what needs it are imported by the functions a rank runs (run, run_mode), not here: the

@@ -18,7 +18,6 @@ from ..config import DEFAULT_SLICE_BYTES
 from ..usage import Parser, UsageError, check_output_path, fail, open_output
 from .analysis import crossover, layer_budget
 from .calibrate import apply_calibration, load_calibration
-from .costs import Breakdown
 from .dep import A2A_KINDS
 from .engine import simulate
 from .machines import MACHINES, PRECISIONS, Efficiency, get_machine
