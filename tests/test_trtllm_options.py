@@ -15,6 +15,14 @@ from tensorrt_llm_dwdp.integrations.trtllm.options import (ENV_FILE, ENV_INLINE,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True)
+def _copies_in_tmp_path(tmp_path, monkeypatch):
+    """prepare() writes the option copies the launched command reads (kept: the command runs after it); here they
+    go to the test's own folder, not the machine's /tmp."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 def _yaml(tmp_path, doc, name="opts.yaml"):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(doc))
