@@ -68,6 +68,17 @@ ISSUE_CASES = {
     "missing trace": (["bench", "--trace", "missing.jsonl"], "--trace"),
     "explain plot is a folder": (["sim", "--explain", "--plot", "{tmp}"], "--plot"),
     "launch missing config": (["launch", "--dry-run", "--", "trtllm-serve", "m", "--config", "missing.yaml"], "--config"),
+    # values that used to be taken for "not given" or that run without end
+    "empty checkpoint path": (["bench", "--checkpoint", ""], "--checkpoint"),
+    "empty trace path": (["bench", "--trace", ""], "--trace"),
+    "empty cv sweep": (["bench", "--cv-sweep", ""], "--cv-sweep"),
+    "bench group size 0": (["bench", "--group-size", "0"], "--group-size"),
+    "verify group size 0": (["verify", "--group-size", "0"], "--group-size"),
+    "verify steps without end": (["verify", "--steps", "99999999999999999999"], "--steps"),
+    "verify huge token count": (["verify", "--max-tokens", "99999999999999999999"], "--max-tokens"),
+    "verify negative seed": (["verify", "--seed", "-1"], "--seed"),
+    "verify endless stall": (["verify", "--stall-rank", "1", "--stall-seconds", "1e308"], "--stall-seconds"),
+    "sim compare empty calibration": (["sim", "compare", "{tmp}/b.json", "--calibration", ""], "--calibration"),
     "checkpoint with a null vocab_size": (["bench", "--checkpoint", "{ckpt_null_vocab}"], "vocab_size"),
     "checkpoint with a float hidden_size": (["bench", "--checkpoint", "{ckpt_float_hidden}"], "hidden_size"),
 }

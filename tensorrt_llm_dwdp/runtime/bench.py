@@ -53,7 +53,7 @@ def job_argv(args: argparse.Namespace) -> List[str]:
 
 
 def _cvs(args, isl: IslDist) -> List[float]:
-    if not args.cv_sweep:
+    if args.cv_sweep is None:
         return [isl.cv]
     if args.trace:
         raise UsageError("--cv-sweep with --trace: a trace fixes every ISL. Fix: drop one of them.")

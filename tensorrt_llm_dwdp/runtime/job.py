@@ -129,6 +129,9 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise UsageError(f"--modes {args.modes!r}: unknown {bad}. Fix: a comma list of {', '.join(MODES)}.")
+    for option, value in (("--checkpoint", args.checkpoint), ("--trace", args.trace)):
+        if value is not None and not value.strip():  # an empty path would silently mean "not given"
+            raise UsageError(f"{option} {value!r}: is empty. Fix: name a {option[2:]}, or leave {option} out.")
     cfg = model_config(args)
     if is_fp8(args.weight_dtype) and (cfg.hidden % 128 or cfg.moe_inter % 128):
         raise UsageError(f"--weight-dtype float8_e4m3fn: {model_name(args)} has hidden {cfg.hidden} and moe_inter "
@@ -219,7 +222,7 @@ def dwdp_config(args, cfg: ModelConfig, world_size: int, weight_dtype: str) -> D
         with options_named(JOB_FLAGS):
             check_backend_available(args.backend)
     with options_named(JOB_FLAGS):
-        return DwdpConfig(group_size=args.group_size or world_size, num_experts=cfg.num_experts,
+        return DwdpConfig(group_size=world_size if args.group_size is None else args.group_size, num_experts=cfg.num_experts,
                           prefetch_depth=args.depth, slice_bytes=int(round(args.slice_mib * 2**20)),
                           weight_dtype=weight_dtype, memory_backend=args.backend)
 

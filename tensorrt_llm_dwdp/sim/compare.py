@@ -156,6 +156,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         check_output_path("--json", args.json)
+        if args.calibration is not None and not args.calibration.strip():
+            raise ValueError(f"--calibration {args.calibration!r}: is empty. Fix: leave --calibration out, or name "
+                             "bench kernels' or link_bench's --json output.")
         rows, notes = compare(load_runs(args.bench_json), args.machine, args.calibration)
     except (ValueError, OSError) as e:
         print(f"trtllm-dwdp sim compare: error: {e}", file=sys.stderr)

@@ -92,6 +92,11 @@ def plan(args: argparse.Namespace, world_size: int) -> VerifyPlan:
     """Check every option against the library's own rules, touching no memory: the launcher runs
     this before mpirun starts, and every rank again. Raises ValueError naming the option."""
     positive("--steps", args.steps, "run at least one step (with 0 the check compares nothing)")
+    positive("--seed", args.seed, "e.g. --seed 0", allow_zero=True)
+    for option, value, most in (("--steps", args.steps, 10_000), ("--max-tokens", args.max_tokens, 1 << 16),
+                                ("--seed", args.seed, 2**32 - 1)):
+        if value > most:
+            raise UsageError(f"{option} {value}: at most {most} in this check. Fix: {option} {most} or less.")
     positive("--max-tokens", args.max_tokens, "e.g. --max-tokens 24")
     for option, most in (("--num-experts", 4096), ("--hidden", 1 << 16), ("--inter", 1 << 16), ("--layers", 1024),
                          ("--top-k", 4096), ("--n-group", 4096), ("--topk-group", 4096)):
@@ -115,7 +120,7 @@ def plan(args: argparse.Namespace, world_size: int) -> VerifyPlan:
     with options_named(VERIFY_FLAGS):
         check_backend_available(args.backend)
         config = DwdpConfig(
-            group_size=args.group_size or world_size, num_experts=args.num_experts,
+            group_size=world_size if args.group_size is None else args.group_size, num_experts=args.num_experts,
             experts_per_rank=args.experts_per_rank if args.placement == "redundant" else None,
             placement=None if args.placement in ("even", "redundant") else parse_placement(args.placement),
             prefetch_depth=args.depth, slice_bytes=args.slice_bytes, weight_dtype=args.dtype,
@@ -129,8 +134,8 @@ def plan(args: argparse.Namespace, world_size: int) -> VerifyPlan:
     for option in ("--stall-rank", "--die-rank"):
         if getattr(args, option[2:].replace("-", "_")) is not None and args.steps < 2:
             raise UsageError(f"{option}: acts in step 1, but --steps is {args.steps}. Fix: --steps 2 or more.")
-    if args.stall_seconds < 0:
-        raise UsageError(f"--stall-seconds {args.stall_seconds:g}: must be >= 0. Fix: e.g. --stall-seconds 3.")
+    if not 0 <= args.stall_seconds <= 3600:
+        raise UsageError(f"--stall-seconds {args.stall_seconds:g}: must be 0 to 3600. Fix: e.g. --stall-seconds 3.")
     if args.tolerance is not None and not args.tolerance > 0:
         raise UsageError(f"--tolerance {args.tolerance:g}: must be > 0. Fix: e.g. --tolerance 1e-4.")
     counts = None
