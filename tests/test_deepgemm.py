@@ -278,3 +278,17 @@ def test_gpu_warm_up_then_graph_capture_of_one_layer():
         torch.cuda.synchronize()
         direct = expert_compute(x, ids, wts, weights)
         assert torch.equal(out, direct)
+
+
+def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
+    from tensorrt_llm_dwdp.doctor import report
+    from tensorrt_llm_dwdp.moe.layer import LocalWeights, RoutedExperts
+    monkeypatch.setattr(deepgemm, "unavailable", lambda device=None: "no CUDA GPU")
+    assert "DeepGEMM expert kernels: unavailable (no CUDA GPU)" in report()
+
+    class Source(LocalWeights):
+        def acquire(self, layer_idx):
+            raise AssertionError("weights acquired although DeepGEMM cannot run")
+    g = torch.Generator().manual_seed(fresh_seed())
+    routed = RoutedExperts(Source({3: _fp8_weights(g, 4, 256, 128)}))
+    assert deepgemm.warm_up_routed(routed, None, 1024, 4) is None

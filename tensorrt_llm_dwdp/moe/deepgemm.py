@@ -263,6 +263,36 @@ def warm_up(weights: ExpertWeights, max_tokens: int, top_k: int, fp8: Optional[b
     return calls
 
 
+def warm_up_routed(routed, hooks, max_rows: int, top_k: int) -> Optional[str]:
+    """Setup code of a runtime: `warm_up` once where the kernel a step will run on this rank's experts is DeepGEMM.
+    routed: a RoutedExperts (its weight source's first layer is acquired and released, inside one hooks step
+    for DWDP); max_rows: the most token rows one expert call computes. Returns what was done, or None."""
+    ids = hooks.shape.ids if hooks is not None else tuple(getattr(routed.source, "layers", {}))
+    if not ids or max_rows <= 0 or unavailable() is not None:
+        return None  # before touching the weights: a DWDP step here would pull every layer for nothing
+    if hooks is not None:
+        hooks.begin_step()
+    try:
+        weights = routed.source.acquire(ids[0])
+        probe = torch.empty(1, weights.w13.shape[2], dtype=torch.bfloat16, device=weights.device)
+        # kernels.select takes DeepGEMM FP8 first wherever check passes; BF16 only when forced
+        forced = routed.kernel.value if routed.kernel is not None else None
+        fp8 = forced == "deepgemm_fp8" or (forced is None and check(True, probe, weights) is None)
+        done = None
+        if fp8 or forced == "deepgemm_bf16":
+            calls = warm_up(weights, max_rows, top_k, fp8)
+            done = f"DeepGEMM warm-up: {calls} GEMM calls up to {max_rows} rows x top-{top_k}"
+        routed.source.release(ids[0])
+        if hooks is not None:  # a step walks every layer
+            for lid in ids[1:]:
+                routed.source.acquire(lid)
+                routed.source.release(lid)
+    finally:
+        if hooks is not None:
+            hooks.end_step()
+    return done
+
+
 def describe() -> str:
     """One line for `trtllm-dwdp doctor`."""
     reason = unavailable()
