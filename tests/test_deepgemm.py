@@ -292,3 +292,20 @@ def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
     g = torch.Generator().manual_seed(fresh_seed())
     routed = RoutedExperts(Source({3: _fp8_weights(g, 4, 256, 128)}))
     assert deepgemm.warm_up_routed(routed, None, 1024, 4) is None
+
+
+def test_bench_side_by_side_ratios_and_preset_shapes():
+    from tensorrt_llm_dwdp.bench.kernels.gemm import kernel_ratios
+    from tensorrt_llm_dwdp.bench.kernels.setup import SHAPES
+    from tensorrt_llm_dwdp.presets import MODEL_PRESETS
+    p = MODEL_PRESETS["deepseek-v3"]
+    assert SHAPES["deepseek-v3"] == (p["hidden"], p["moe_inter"], p["num_experts"], p["top_k"])
+    assert "tiny" not in SHAPES  # its dims are not whole FP8 blocks
+    g = torch.Generator().manual_seed(fresh_seed())
+    t = [float(v) for v in torch.rand(5, generator=g) + 0.1]
+    base = {"shape": "deepseek-v3", "dtype": "float8_e4m3fn", "routing": "exact", "tokens": 8192}
+    rows = [dict(base, kernel="deepgemm_fp8", composite_ms=t[0], ordinary_ms=t[1], mlp_ms=t[2]),
+            dict(base, kernel="cutlass_fp8", composite_ms=None, ordinary_ms=t[3], mlp_ms=t[4]),
+            dict(base, kernel="deepgemm_bf16", composite_ms=None, ordinary_ms=None, mlp_ms=None)]
+    (r,) = kernel_ratios(rows)
+    assert r["vs"] == "cutlass_fp8" and r["gemm_speedup"] == t[3] / t[0] and r["mlp_speedup"] == t[4] / t[2]

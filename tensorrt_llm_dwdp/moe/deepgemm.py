@@ -171,7 +171,7 @@ def build_layout(topk_ids: torch.Tensor, num_experts: int, align: int) -> Layout
                   ends[num_experts - 1:num_experts], rows)
 
 
-def _move_rows(t: torch.Tensor, lay: Layout) -> torch.Tensor:
+def move_rows(t: torch.Tensor, lay: Layout) -> torch.Tensor:
     """t[src[i]] -> row dest[i] of a [rows + 1, *] buffer, any dtype (our bf16 permute kernel where a row is 16
     bytes aligned); returns the first `rows` rows. Pad rows are left unwritten: the GEMMs' rows are
     independent and nothing reads a pad row's result."""
@@ -215,14 +215,14 @@ def moe_mlp(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
     up_first = weights.w13_order.value == "up_gate"
     if fp8:
         xq, xs = ops.quantize_fp8(x)  # the token rows once, then moved with their scales
-        a, a_s = _move_rows(xq, lay), _move_rows(xs, lay)
+        a, a_s = move_rows(xq, lay), move_rows(xs, lay)
         h = gemm1(a, a_s, weights.w13, weights.w13_scale, lay.m_indices) if gemm1 else \
             gemm_fp8(a, a_s, weights.w13, weights.w13_scale, lay.m_indices)
         aq, as_ = ops.swiglu_quantize_fp8(h, up_first)
         y = gemm2(aq, as_, weights.w2, weights.w2_scale, lay.m_indices) if gemm2 else \
             gemm_fp8(aq, as_, weights.w2, weights.w2_scale, lay.m_indices)
     else:
-        a = _move_rows(x, lay)
+        a = move_rows(x, lay)
         h = gemm1(a, None, weights.w13, None, lay.m_indices) if gemm1 else gemm_bf16(a, weights.w13, lay.m_indices)
         act = ops.swiglu(h, up_first, lay.used)
         y = gemm2(act, None, weights.w2, None, lay.m_indices) if gemm2 else gemm_bf16(act, weights.w2, lay.m_indices)
