@@ -89,6 +89,8 @@ def report() -> List[str]:
         from .memory.cuda_vmm import fabric_supported
         backends += ["cuda_ipc", "cuda_vmm"] + (["cuda_fabric"] if fabric_supported(0) else [])
     lines.append(f"memory backends: {', '.join(backends)}")
+    from .moe.deepgemm import describe
+    lines.append(f"DeepGEMM expert kernels: {describe()}")
     lines.append(f"GPUs: {len(gpus) or 'none (CPU ranks only)'}")
     lines += [f"  {g}" for g in gpus]
     if peer_rows:

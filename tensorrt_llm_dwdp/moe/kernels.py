@@ -5,6 +5,8 @@
   * CUTLASS_BF16: the same steps with our CUTLASS grouped GEMM (the kernel the TensorRT plugin runs);
   * CUTLASS_FP8: DeepSeek-V3 block-scaled FP8 (1x128 activations, 128x128 weights) through our CUTLASS
     kernel, SwiGLU fused with the next quantization (torch has no block-scaled grouped GEMM on sm90);
+  * DEEPGEMM_FP8 / DEEPGEMM_BF16: DeepGEMM's M-grouped contiguous GEMMs (the optional `deepgemm` extra) in
+    our device-built layout, SwiGLU and combine ours (`moe.deepgemm`); FP8 needs dense expert stacks;
   * REFERENCE: plain torch, token by expert (CPU ranks, and the check for the others).
 
 Every path: sort the T*k assignments by expert (an id equal to E, "no expert", sorts last and is never
@@ -20,7 +22,7 @@ from typing import Dict, Optional
 
 import torch
 
-from . import ops
+from . import deepgemm, ops
 from .experts import SharedExpert, moe_experts, swiglu
 from .weights import ExpertWeights
 
@@ -29,6 +31,8 @@ class ExpertKernel(enum.Enum):
     GROUPED_MM = "grouped_mm"
     CUTLASS_BF16 = "cutlass_bf16"
     CUTLASS_FP8 = "cutlass_fp8"
+    DEEPGEMM_FP8 = "deepgemm_fp8"
+    DEEPGEMM_BF16 = "deepgemm_bf16"
     REFERENCE = "reference"
 
 
@@ -42,6 +46,8 @@ def check(kernel: ExpertKernel, x: torch.Tensor, weights: ExpertWeights) -> Opti
     """None if `kernel` can run activations like x on these weights, else why not."""
     if kernel is ExpertKernel.REFERENCE:
         return None
+    if kernel in _DEEPGEMM:
+        return deepgemm.check(kernel is ExpertKernel.DEEPGEMM_FP8, x, weights)
     if kernel is ExpertKernel.CUTLASS_FP8 and (not weights.is_fp8 or weights.w13_scale is None
                                                or weights.w2_scale is None):
         return "weights are not FP8 e4m3 with w13_scale/w2_scale block scales"
@@ -72,7 +78,12 @@ def check(kernel: ExpertKernel, x: torch.Tensor, weights: ExpertWeights) -> Opti
     return None
 
 
-_PREFERENCE = (ExpertKernel.CUTLASS_FP8, ExpertKernel.GROUPED_MM, ExpertKernel.CUTLASS_BF16, ExpertKernel.REFERENCE)
+_DEEPGEMM = (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16)
+# FP8: DeepGEMM before our CUTLASS kernel where it imports and the stacks are dense. BF16: torch._grouped_mm stays
+# first; DEEPGEMM_BF16 is taken only when forced (expert_compute's kernel=, RoutedExperts(kernel=)) until a
+# `bench kernels` measurement shows it faster.
+_PREFERENCE = (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8, ExpertKernel.GROUPED_MM,
+               ExpertKernel.CUTLASS_BF16, ExpertKernel.REFERENCE)
 
 
 def select(x: torch.Tensor, weights: ExpertWeights) -> KernelChoice:
@@ -105,8 +116,12 @@ def expert_compute(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.
     if kernel is ExpertKernel.REFERENCE:
         return moe_experts(x, topk_ids, topk_weights, weights, shared, rows=rows)
     m = x.shape[0] if rows is None else rows.numel()
-    out = _grouped(x, topk_ids, topk_weights, weights, kernel, tile, rows) if topk_ids.numel() else \
-        x.new_zeros(m, x.shape[1])
+    if not topk_ids.numel():
+        out = x.new_zeros(m, x.shape[1])
+    elif kernel in _DEEPGEMM:
+        out = deepgemm.moe_mlp(x, topk_ids, topk_weights, weights, kernel is ExpertKernel.DEEPGEMM_FP8, rows)
+    else:
+        out = _grouped(x, topk_ids, topk_weights, weights, kernel, tile, rows)
     if shared is None:
         return out
     return out + swiglu(x if rows is None else x.index_select(0, rows), shared.w13, shared.w2)

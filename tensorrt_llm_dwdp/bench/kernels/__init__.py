@@ -6,8 +6,9 @@ the shards it pulls from.
 
   gemm:    the expert GEMMs on the hooks' composite [E, ...] tensors vs the same experts in an ordinary
            allocation vs dense cuBLAS GEMMs of equal FLOPs; the whole expert MLP (permute, GEMMs, SwiGLU,
-           combine) on the selected kernel and on our CUTLASS BF16 kernel; BF16 and FP8 block-scaled;
-           balanced and skewed routing; 2K-32K tokens per rank;
+           combine) on the selected kernel, and every kernel of the dtype side by side (DeepGEMM, our CUTLASS
+           kernels, torch._grouped_mm); BF16 and FP8 block-scaled; exact, balanced and skewed routing;
+           2K-32K tokens per rank;
   overlap: a layer's expert MLP while the next layer's pull runs (the real prefetch protocol) vs the same
            MLP with no pull in flight, and the pull's rate alone;
   hooks:   host time per MoE layer of the hook calls (layer_weights + layer_done) and per step.
@@ -30,10 +31,11 @@ MAX_TOKENS = 1 << 20  # per rank: beyond any serving engine's token budget
 
 def build_parser() -> Parser:
     p = Parser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", default="deepseek-v3,qwen3-30b-a3b", help="comma list of deepseek-v3, qwen3-30b-a3b")
+    p.add_argument("--shapes", default="deepseek-v3,qwen3-30b-a3b",
+                   help="comma list of model presets (their expert shapes), e.g. deepseek-v3,qwen3-30b-a3b")
     p.add_argument("--tokens", default="2048,8192,16384,32768", help="tokens per rank, comma list")
     p.add_argument("--dtypes", default="bfloat16,float8_e4m3fn", help="expert weight dtypes, comma list")
-    p.add_argument("--routing", default="balanced,skewed",
+    p.add_argument("--routing", default="exact,balanced,skewed",
                    help="comma list of balanced (uniform random), exact (equal rows per expert), skewed (hot experts)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--slice-mib", type=float, default=32.0, help="pull slice size (MiB) of the overlap section")

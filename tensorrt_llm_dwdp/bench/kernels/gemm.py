@@ -1,4 +1,6 @@
-"""Expert GEMMs and the expert MLP on the hooks' composite tensors vs an ordinary allocation vs dense cuBLAS."""
+"""Expert GEMMs and the expert MLP on the hooks' composite tensors vs an ordinary allocation vs dense cuBLAS, on
+the selected kernel (`gemm` rows, what the simulator calibrates from) and on every kernel of the dtype side by side
+(`kernels` rows: DeepGEMM, our CUTLASS kernels, torch._grouped_mm; a kernel that cannot run a tensor names why)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import torch
 
 from ...config import WeightDtype, is_fp8
 
-from ...moe import ExpertKernel, ExpertWeights, expert_compute, ops, select
+from ...moe import ExpertKernel, ExpertWeights, deepgemm, expert_compute, ops, select
+from ...moe.kernels import check
 from ...moe.kernels import sort_by_expert
 from .setup import SHAPES, bench_ms, mlp_flops, routing
 
@@ -25,6 +28,8 @@ def gemms(x: torch.Tensor, ids: torch.Tensor, w: ExpertWeights, kernel: ExpertKe
     a = ops.permute_rows(x, s.order // ids.shape[1], torch.arange(s.order.numel(), device=x.device), s.order.numel())
     inter = w.w2.shape[2]
     act = torch.randn(a.shape[0], inter, device=x.device, dtype=torch.bfloat16)
+    if kernel in (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16):
+        return _deepgemm_gemms(x, ids, act, w, kernel is ExpertKernel.DEEPGEMM_FP8)
     if kernel is ExpertKernel.CUTLASS_FP8:
         (aq, as_), (hq, hs) = ops.quantize_fp8(a), ops.quantize_fp8(act)
         return lambda: (ops.grouped_gemm_fp8(aq, as_, s.ends, w.w13, w.w13_scale),
@@ -34,6 +39,68 @@ def gemms(x: torch.Tensor, ids: torch.Tensor, w: ExpertWeights, kernel: ExpertKe
         return lambda: (torch._grouped_mm(a, w.w13.transpose(-2, -1), offs=offs),
                         torch._grouped_mm(act, w.w2.transpose(-2, -1), offs=offs))
     return lambda: (ops.grouped_gemm(a, s.ends, w.w13), ops.grouped_gemm(act, s.ends, w.w2))
+
+
+def _deepgemm_gemms(x, ids, act, w: ExpertWeights, fp8: bool):
+    """DeepGEMM's two grouped GEMMs on its contiguous layout (built, permuted and quantized beforehand)."""
+    lay = deepgemm.build_layout(ids, w.num_experts, deepgemm.alignment())
+    a, h = deepgemm.move_rows(x, lay), deepgemm.move_rows(act, lay)
+    if fp8:
+        (aq, as_), (hq, hs) = ops.quantize_fp8(a), ops.quantize_fp8(h)
+        return lambda: (deepgemm.gemm_fp8(aq, as_, w.w13, w.w13_scale, lay.m_indices),
+                        deepgemm.gemm_fp8(hq, hs, w.w2, w.w2_scale, lay.m_indices))
+    return lambda: (deepgemm.gemm_bf16(a, w.w13, lay.m_indices), deepgemm.gemm_bf16(h, w.w2, lay.m_indices))
+
+
+# every kernel of a weight dtype, measured side by side
+CANDIDATES = {True: (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8),
+              False: (ExpertKernel.GROUPED_MM, ExpertKernel.CUTLASS_BF16, ExpertKernel.DEEPGEMM_BF16)}
+
+
+def side_by_side(x, ids, wts, comp: ExpertWeights, plain: ExpertWeights, fp8: bool, flops: float, peak: float,
+                 base: Dict) -> List[Dict]:
+    """One row per kernel: its GEMMs on the composite and on the ordinary tensors, its whole MLP (on the
+    composite tensors where it runs them, else on the ordinary ones), or why it cannot run either."""
+    out = []
+    for kernel in CANDIDATES[fp8]:
+        why_comp, why_plain = check(kernel, x, comp), check(kernel, x, plain)
+        row = dict(base, kernel=kernel.value, composite_ms=None, ordinary_ms=None, mlp_ms=None, note="")
+        if why_plain is not None and why_comp is not None:
+            row["note"] = why_plain
+            out.append(row)
+            print(f"  {kernel.value}: cannot run ({why_plain})", flush=True)
+            continue
+        if why_comp is None:
+            row["composite_ms"] = bench_ms(gemms(x, ids, comp, kernel))
+        else:
+            row["note"] = f"composite: {why_comp}"
+        if why_plain is None:
+            row["ordinary_ms"] = bench_ms(gemms(x, ids, plain, kernel))
+        w = comp if why_comp is None else plain
+        row["mlp_ms"] = bench_ms(lambda: expert_compute(x, ids, wts, w, kernel=kernel))
+        row["mlp_on"] = "composite" if why_comp is None else "ordinary"
+        t = row["composite_ms"] or row["ordinary_ms"]
+        row.update(gemm_tflops=flops / t / 1e9, gemm_of_peak=flops / t / 1e9 / peak)
+        out.append(row)
+    return out
+
+
+def kernel_ratios(rows: List[Dict]) -> List[Dict]:
+    """DeepGEMM over the kernel it competes with, GEMMs and MLP: FP8 vs our CUTLASS FP8, BF16 vs torch._grouped_mm
+    (> 1: DeepGEMM faster)."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["shape"], r["dtype"], r["routing"], r["tokens"]), {})[r["kernel"]] = r
+    out = []
+    for (shape, dtype, routed, tokens), ks in by.items():
+        for dg, other in (("deepgemm_fp8", "cutlass_fp8"), ("deepgemm_bf16", "grouped_mm")):
+            a, b = ks.get(dg), ks.get(other)
+            if not a or not b or not a["mlp_ms"] or not b["mlp_ms"]:
+                continue
+            ga, gb = a["composite_ms"] or a["ordinary_ms"], b["composite_ms"] or b["ordinary_ms"]
+            out.append({"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens, "vs": other,
+                        "gemm_speedup": gb / ga, "mlp_speedup": b["mlp_ms"] / a["mlp_ms"]})
+    return out
 
 
 def dense(tokens: int, shape: str, fp8: bool):
@@ -51,7 +118,9 @@ def dense(tokens: int, shape: str, fp8: bool):
     return lambda: (mm(q[0], q[1]), mm(q[2], q[3]))
 
 
-def run(hooks, shape: str, dtype: str, tokens_list: List[int], routings: List[str], peaks: Dict) -> List[Dict]:
+def run(hooks, shape: str, dtype: str, tokens_list: List[int], routings: List[str], peaks: Dict,
+        kernels_out: List[Dict]) -> List[Dict]:
+    """The selected kernel's rows; every kernel's side-by-side rows are appended to kernels_out."""
     hidden, _, experts, k = SHAPES[shape]
     fp8 = is_fp8(dtype)
     peak = peaks["fp8_tflops" if fp8 else "bf16_tflops"]
@@ -79,6 +148,9 @@ def run(hooks, shape: str, dtype: str, tokens_list: List[int], routings: List[st
                 t_cut = bench_ms(lambda: expert_compute(x, ids, wts, comp, kernel=ExpertKernel.CUTLASS_BF16))
                 row.update(mlp_cutlass_ms=t_cut, mlp_speedup_over_cutlass=t_cut / t_mlp)
             rows.append(row)
+            kernels_out += side_by_side(x, ids, wts, comp, plain, fp8, flops, peak,
+                                        {"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens,
+                                         "dense_ms": t_dense})
             print(f"  gemm {shape} {dtype} {routed} {tokens}: composite {t_comp:.2f} ms, ordinary {t_plain:.2f}, "
                   f"dense {t_dense:.2f}, MLP {t_mlp:.2f}", flush=True)
     hooks.layer_done(hooks.shape.ids[0])

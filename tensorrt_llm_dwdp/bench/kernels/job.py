@@ -30,7 +30,7 @@ def run(args) -> int:
     shapes, dtypes = args.shapes.split(","), args.dtypes.split(",")
     tokens = [int(t) for t in args.tokens.split(",")]
     out = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "ranks": comm.Get_size(),
-           "gemm": [], "overlap": [], "hooks": []}
+           "gemm": [], "kernels": [], "overlap": [], "hooks": []}
     if measure:
         out["peaks"] = measure_peaks()
         torch.cuda.empty_cache()
@@ -40,7 +40,8 @@ def run(args) -> int:
             if "gemm" in sections:
                 with _hooks(shape, dtype, 1, comm, args) as hooks:
                     if measure:
-                        out["gemm"] += gemm.run(hooks, shape, dtype, tokens, args.routing.split(","), out["peaks"])
+                        out["gemm"] += gemm.run(hooks, shape, dtype, tokens, args.routing.split(","), out["peaks"],
+                                               out["kernels"])
                 torch.cuda.empty_cache()  # the next setup allocates with cuMemCreate, outside torch's cache
             if "overlap" in sections or "hooks" in sections:
                 with _hooks(shape, dtype, 3, comm, args) as hooks:
@@ -52,10 +53,14 @@ def run(args) -> int:
     if not measure:
         return 0
     out["fp8_over_bf16"] = gemm.fp8_over_bf16(out["gemm"])
+    out["kernel_ratios"] = gemm.kernel_ratios(out["kernels"])
     print(f"\nbench kernels on {out['device']}, {out['date']}: {comm.Get_size()} ranks, rank 0 measures")
     for name, cols in (("gemm", ["shape", "dtype", "routing", "tokens", "kernel", "composite_ms", "ordinary_ms",
                                  "composite_over_ordinary", "gemm_tflops", "gemm_of_peak", "gemm_over_dense",
                                  "mlp_ms", "mlp_speedup_over_cutlass"]),
+                       ("kernels", ["shape", "dtype", "routing", "tokens", "kernel", "composite_ms", "ordinary_ms",
+                                    "gemm_tflops", "gemm_of_peak", "dense_ms", "mlp_ms", "mlp_on", "note"]),
+                       ("kernel_ratios", ["shape", "dtype", "routing", "tokens", "vs", "gemm_speedup", "mlp_speedup"]),
                        ("fp8_over_bf16", ["shape", "routing", "tokens", "fp8_mlp_over_bf16"]),
                        ("overlap", ["shape", "dtype", "tokens", "mlp_alone_ms", "mlp_with_pull_ms", "slowdown",
                                     "pull_mib", "pull_ms", "pull_gbps"]),

@@ -9,11 +9,12 @@ import torch
 from ...config import DwdpConfig, is_fp8
 from ...hooks import DwdpHooks, MoeShape
 from ...moe import ops
+from ...presets import MODEL_PRESETS
 
-SHAPES = {  # hidden, expert intermediate, experts, top-k
-    "deepseek-v3": (7168, 2048, 256, 8),
-    "qwen3-30b-a3b": (2048, 768, 128, 8),
-}
+# name -> (hidden, expert intermediate, experts, top-k), read from the package's model presets; the presets whose
+# expert GEMM dims are whole 128-blocks (FP8 block scales need them; "tiny" is a CPU test model)
+SHAPES = {name: (p["hidden"], p["moe_inter"], p["num_experts"], p["top_k"]) for name, p in MODEL_PRESETS.items()
+          if p["num_experts"] and not p["hidden"] % 128 and not p["moe_inter"] % 128}
 
 
 def bench_ms(fn, warmup: int = 3, iters: int = 10) -> float:

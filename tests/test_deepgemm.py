@@ -1,0 +1,311 @@
+"""DeepGEMM as an expert kernel: the contiguous grouped layout we build on the device (against a plain-Python
+reference), the whole MLP through that layout with a float64 stand-in for the GEMMs (CPU: tests our layout and
+combine, not DeepGEMM), the kernel choice's named reasons; on a Hopper GPU with the `deepgemm` extra, the FP8
+and BF16 MLPs against the reference, dense composite views, warm-up and CUDA-graph capture."""
+
+import os
+
+import pytest
+import torch
+
+from conftest import fresh_seed
+from tensorrt_llm_dwdp.layout import W13Order
+from tensorrt_llm_dwdp.moe import ExpertKernel, ExpertWeights, expert_compute, moe_experts, ops, select
+from tensorrt_llm_dwdp.moe import deepgemm
+from tensorrt_llm_dwdp.moe.kernels import check
+
+
+def _routing(g, tokens, E, k, none_share=0.2, idle=True):
+    """ids [T, k] (distinct per token; odd experts idle when `idle`; some "no expert" ids = E), weights [T, k]."""
+    pool = E // 2 if idle else E
+    ids = torch.stack([torch.randperm(pool, generator=g)[:k] * (2 if idle else 1) for _ in range(tokens)]) \
+        if tokens else torch.zeros(0, k, dtype=torch.long)
+    if tokens and none_share:
+        ids[torch.rand(tokens, k, generator=g) < none_share] = E
+    return ids, torch.rand(tokens, k, generator=g)
+
+
+def _layout_reference(ids, E, align):
+    """Plain Python: (dest per assignment or -1, m_indices, rows used)."""
+    flat = ids.reshape(-1).tolist()
+    dest, m_idx, start = [-1] * len(flat), [], 0
+    for e in range(E):
+        mine = [a for a, v in enumerate(flat) if v == e]
+        for j, a in enumerate(mine):
+            dest[a] = start + j
+        padded = -(-len(mine) // align) * align
+        m_idx += [e] * len(mine) + [-1] * (padded - len(mine))
+        start += padded
+    return dest, m_idx, start
+
+
+@pytest.mark.parametrize("tokens,E,k,align", [(0, 6, 2, 4), (1, 6, 3, 4), (37, 10, 4, 8), (200, 16, 6, 128),
+                                              (64, 4, 2, 1)])
+def test_layout_matches_python_reference(tokens, E, k, align):
+    g = torch.Generator().manual_seed(fresh_seed())
+    ids, _ = _routing(g, tokens, E, k, idle=E > 4)
+    lay = deepgemm.build_layout(ids, E, align)
+    dest, m_idx, used = _layout_reference(ids, E, align)
+    assert lay.rows == deepgemm.layout_rows(tokens * k, E, align) and lay.rows % align == 0 and lay.rows >= used
+    assert lay.row_of.tolist() == dest
+    assert lay.m_indices.dtype == torch.int32 and lay.m_indices.is_contiguous()
+    assert lay.m_indices.tolist() == m_idx + [-1] * (lay.rows - used)
+    assert int(lay.used) == used and int(lay.real) == sum(d >= 0 for d in dest)
+    # every real assignment's token row lands at its destination; "no expert" goes to the dump row `rows`
+    want = sorted((a // k, d) for a, d in enumerate(dest) if d >= 0)
+    got = sorted((s, d) for s, d in zip(lay.src.tolist(), lay.dest.tolist()) if d < lay.rows)
+    assert got == want and all(d == lay.rows for d in lay.dest.tolist() if d >= lay.rows)
+
+
+def test_layout_rows_bound_holds_for_any_routing():
+    g = torch.Generator().manual_seed(fresh_seed())
+    for _ in range(20):
+        E, k, align = int(torch.randint(1, 9, (1,), generator=g)), 2, int(torch.randint(1, 17, (1,), generator=g))
+        ids = torch.randint(0, E + 1, (int(torch.randint(0, 40, (1,), generator=g)), k), generator=g)
+        lay = deepgemm.build_layout(ids, E, align)
+        assert int(lay.used) <= lay.rows and lay.rows % align == 0
+
+
+def _standin(a, a_s, w, w_s, m_idx):
+    """The grouped GEMM in float64 per layout row (rows marked -1 stay NaN: nothing may read them)."""
+    out = torch.full((a.shape[0], w.shape[1]), float("nan"), dtype=torch.float64)
+    a64 = a.double() if a_s is None else a.double() * a_s.double().repeat_interleave(128, -1)
+    for e in m_idx.unique().tolist():
+        if e >= 0:
+            rows = (m_idx == e).nonzero().squeeze(1)
+            we = w[e].double() if w_s is None else ops.dequantize_blocks(w[e], w_s[e]).double()
+            out[rows] = a64[rows] @ we.T
+    return out.bfloat16()
+
+
+def _fp8_weights(g, E, H, I, order=W13Order.GATE_UP, pad=0):
+    q13, s13 = ops.quantize_weight_blocks(torch.randn(E, 2 * I, H, generator=g) / H ** 0.5)
+    q2, s2 = ops.quantize_weight_blocks(torch.randn(E, H, I, generator=g) / I ** 0.5)
+    return ExpertWeights(_stack(q13, pad), _stack(q2, pad), s13, s2, order)
+
+
+def _stack(w, pad):
+    """w's experts `pad` elements apart beyond their size (a padded composite view), dense when pad is 0."""
+    if not pad:
+        return w
+    e, n, k = w.shape
+    buf = torch.zeros(e * (n * k + pad), dtype=w.dtype, device=w.device)
+    view = buf.as_strided(w.shape, (n * k + pad, k, 1))
+    view.copy_(w)
+    return view
+
+
+def _fp8_reference(x, ids, wts, weights):
+    """Float64 per token, with the path's two activation quantizations (ops' CPU bodies) and bf16 h."""
+    E, out = weights.num_experts, torch.zeros(x.shape, dtype=torch.float64)
+    xq, xs = ops.quantize_fp8(x)
+    xd = xq.double() * xs.double().repeat_interleave(128, -1)
+    for t in range(x.shape[0]):
+        for e, w in zip(ids[t].tolist(), wts[t].double().tolist()):
+            if e < E:
+                h = (xd[t:t + 1] @ weights.dense(e, "w13").double().T).bfloat16()
+                aq, as_ = ops.swiglu_quantize_fp8(h, weights.w13_order is W13Order.UP_GATE)
+                act = aq.double() * as_.double().repeat_interleave(128, -1)
+                out[t] += w * (act @ weights.dense(e, "w2").double().T)[0]
+    return out
+
+
+@pytest.mark.parametrize("tokens", [1, 29, 150])
+@pytest.mark.parametrize("order", list(W13Order))
+def test_fp8_mlp_through_layout_matches_reference(tokens, order):
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k = 10, 256, 128, 4
+    weights = _fp8_weights(g, E, H, I, order)
+    x = torch.randn(tokens, H, generator=g).bfloat16()
+    ids, wts = _routing(g, tokens, E, k)
+    out = deepgemm.moe_mlp(x, ids, wts, weights, True, gemm1=_standin, gemm2=_standin)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    want = _fp8_reference(x, ids, wts, weights)
+    assert (out.double() - want).norm() / want.norm() < 5e-3  # bf16 rounding of h and of the output
+    # and the plain reference (unquantized activations) to FP8 precision
+    assert (moe_experts(x.double(), ids, wts, weights) - want).norm() / want.norm() < 6e-2
+
+
+@pytest.mark.parametrize("tokens", [1, 40])
+def test_bf16_mlp_through_layout_matches_moe_experts(tokens):
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k = 8, 128, 64, 3
+    w13 = (torch.randn(E, 2 * I, H, generator=g) / H ** 0.5).bfloat16()
+    w2 = (torch.randn(E, H, I, generator=g) / I ** 0.5).bfloat16()
+    weights = ExpertWeights(w13, w2)
+    x = torch.randn(tokens, H, generator=g).bfloat16()
+    ids, wts = _routing(g, tokens, E, k)
+    rows = torch.randperm(tokens, generator=g)[:max(1, tokens // 2)]  # DEP computes some received rows only
+    out = deepgemm.moe_mlp(x, ids[rows], wts[rows], weights, False, rows=rows, gemm1=_standin, gemm2=_standin)
+    want = moe_experts(x.double(), ids, wts, weights)[rows]
+    assert out.shape == (rows.numel(), H) and torch.isfinite(out).all()
+    assert (out.double() - want).norm() / want.norm() < 2e-2  # bf16 operands and intermediates
+
+
+def test_select_names_why_deepgemm_does_not_run():
+    g = torch.Generator().manual_seed(fresh_seed())
+    x = torch.randn(3, 256, generator=g).bfloat16()
+    padded = _fp8_weights(g, 4, 256, 128, pad=256)
+    assert "w13 experts are padded" in check(ExpertKernel.DEEPGEMM_FP8, x, padded)
+    dense = _fp8_weights(g, 4, 256, 128)
+    assert "activations on cpu" in check(ExpertKernel.DEEPGEMM_FP8, x, dense)
+    bf16 = ExpertWeights(torch.randn(4, 256, 256).bfloat16(), torch.randn(4, 256, 128).bfloat16())
+    assert "not FP8" in check(ExpertKernel.DEEPGEMM_FP8, x, bf16)
+    small = ExpertWeights(torch.randn(4, 192, 256).bfloat16(), torch.randn(4, 256, 96).bfloat16())
+    assert "multiples of 128" in check(ExpertKernel.DEEPGEMM_BF16, x, small)
+    unscaled = ExpertWeights(dense.w13, dense.w2)
+    assert "block scales" in check(ExpertKernel.DEEPGEMM_FP8, x, unscaled)
+    choice = select(x, padded)
+    assert choice.kernel is ExpertKernel.REFERENCE and "deepgemm_fp8: w13 experts are padded" in choice.reason
+    assert "deepgemm_bf16" not in select(x, bf16).reason  # taken only when forced
+    with pytest.raises(ValueError, match="deepgemm_fp8 cannot run here"):
+        expert_compute(x, torch.zeros(3, 2, dtype=torch.long), torch.rand(3, 2), dense,
+                       kernel=ExpertKernel.DEEPGEMM_FP8)
+
+
+def test_load_names_the_reason_and_sets_the_cache(monkeypatch, tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").write_text("")
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setattr(deepgemm, "_module", None)
+    monkeypatch.setattr(deepgemm, "_import_error", None)
+    monkeypatch.setattr(deepgemm.shutil, "which", lambda name: None)
+    monkeypatch.setattr(deepgemm.os.path, "exists", lambda p: False)
+    assert deepgemm.load() is None and "no nvcc" in deepgemm._import_error
+    monkeypatch.undo()
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.setenv(deepgemm.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("DG_JIT_CACHE_DIR", "elsewhere")
+    monkeypatch.setattr(deepgemm, "_module", None)
+    monkeypatch.setattr(deepgemm, "_import_error", None)
+    monkeypatch.setitem(__import__("sys").modules, "deep_gemm", None)  # import fails as when not installed
+    assert deepgemm.load() is None
+    assert "not installed" in deepgemm._import_error and "deepgemm" in deepgemm._import_error
+    assert os.environ["DG_JIT_CACHE_DIR"] == str(tmp_path / "cache")
+
+
+# ---- on a Hopper GPU with the deepgemm extra ----
+
+def _gpu():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    reason = deepgemm.unavailable()
+    if reason is not None:
+        pytest.skip(f"DeepGEMM: {reason}")
+
+
+def _dense_view(w):
+    """A dense [E, ...] view at an offset inside a larger allocation, as a composite view of whole 2 MiB pages is."""
+    flat = torch.empty(w.numel() + 4096, dtype=w.dtype, device=w.device)
+    view = flat[4096:].view(w.shape)
+    view.copy_(w)
+    return view
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 300, 2048])
+@pytest.mark.parametrize("composite", [False, True])
+def test_gpu_fp8_mlp_matches_reference(tokens, composite):
+    _gpu()
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k = 16, 512, 256, 4
+    cpu = _fp8_weights(g, E, H, I)
+    dev = [t.cuda() for t in (cpu.w13, cpu.w2, cpu.w13_scale, cpu.w2_scale)]
+    if composite:
+        dev[0], dev[1] = _dense_view(dev[0]), _dense_view(dev[1])
+    weights = ExpertWeights(*dev)
+    x = torch.randn(tokens, H, generator=g).bfloat16()
+    ids, wts = _routing(g, tokens, E, k, idle=False)
+    assert select(x.cuda(), weights).kernel is ExpertKernel.DEEPGEMM_FP8
+    out = expert_compute(x.cuda(), ids.cuda(), wts.cuda(), weights).cpu()
+    assert torch.isfinite(out).all()
+    sub = torch.arange(min(tokens, 64))  # the float64 reference per token is slow: a sample of the tokens
+    want = _fp8_reference(x[sub], ids[sub], wts[sub], cpu)
+    assert (out[sub].double() - want).norm() / want.norm() < (6e-2 if tokens == 1 else 2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tokens", [1, 777])
+def test_gpu_bf16_mlp_matches_reference(tokens):
+    _gpu()
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k = 8, 256, 128, 4
+    w13 = (torch.randn(E, 2 * I, H, generator=g) / H ** 0.5).bfloat16()
+    w2 = (torch.randn(E, H, I, generator=g) / I ** 0.5).bfloat16()
+    x = torch.randn(tokens, H, generator=g).bfloat16()
+    ids, wts = _routing(g, tokens, E, k, idle=False)
+    weights = ExpertWeights(w13.cuda(), w2.cuda(), w13_order=W13Order.UP_GATE)
+    out = expert_compute(x.cuda(), ids.cuda(), wts.cuda(), weights, kernel=ExpertKernel.DEEPGEMM_BF16).cpu()
+    up_gate = ExpertWeights(w13, w2, w13_order=W13Order.UP_GATE)
+    want = moe_experts(x.double(), ids, wts, up_gate)
+    assert (out.double() - want).norm() / want.norm() < 2e-2
+
+
+@pytest.mark.gpu
+def test_gpu_warm_up_then_graph_capture_of_one_layer():
+    """After warm_up no step compiles (the JIT cache gains no kernel); a captured layer replays new routings."""
+    _gpu()
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k, T = 16, 512, 256, 4, 96
+    cpu = _fp8_weights(g, E, H, I)
+    weights = ExpertWeights(*(t.cuda() for t in (cpu.w13, cpu.w2, cpu.w13_scale, cpu.w2_scale)))
+    assert deepgemm.warm_up(weights, T, k) > 0
+    cache = os.environ.get("DG_JIT_CACHE_DIR")
+    before = sorted(os.listdir(os.path.join(cache, "cache"))) if cache and os.path.isdir(
+        os.path.join(cache, "cache")) else None
+    x = torch.randn(T, H, generator=g).bfloat16().cuda()
+    ids, wts = _routing(g, T, E, k, idle=False)
+    ids, wts = ids.cuda(), wts.cuda()
+    for t in (1, 17, T):
+        expert_compute(x[:t], ids[:t], wts[:t], weights)
+    torch.cuda.synchronize()
+    if before is not None:
+        assert sorted(os.listdir(os.path.join(cache, "cache"))) == before, "a step compiled a kernel after warm_up"
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        expert_compute(x, ids, wts, weights)  # allocator warm-up on the capture stream
+        with torch.cuda.graph(graph, stream=stream):
+            out = expert_compute(x, ids, wts, weights)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(2):
+        new_ids, new_wts = _routing(g, T, E, k, idle=False)
+        ids.copy_(new_ids.cuda())
+        wts.copy_(new_wts.cuda())
+        graph.replay()
+        torch.cuda.synchronize()
+        direct = expert_compute(x, ids, wts, weights)
+        assert torch.equal(out, direct)
+
+
+def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
+    from tensorrt_llm_dwdp.doctor import report
+    from tensorrt_llm_dwdp.moe.layer import LocalWeights, RoutedExperts
+    monkeypatch.setattr(deepgemm, "unavailable", lambda device=None: "no CUDA GPU")
+    assert "DeepGEMM expert kernels: unavailable (no CUDA GPU)" in report()
+
+    class Source(LocalWeights):
+        def acquire(self, layer_idx):
+            raise AssertionError("weights acquired although DeepGEMM cannot run")
+    g = torch.Generator().manual_seed(fresh_seed())
+    routed = RoutedExperts(Source({3: _fp8_weights(g, 4, 256, 128)}))
+    assert deepgemm.warm_up_routed(routed, None, 1024, 4) is None
+
+
+def test_bench_side_by_side_ratios_and_preset_shapes():
+    from tensorrt_llm_dwdp.bench.kernels.gemm import kernel_ratios
+    from tensorrt_llm_dwdp.bench.kernels.setup import SHAPES
+    from tensorrt_llm_dwdp.presets import MODEL_PRESETS
+    p = MODEL_PRESETS["deepseek-v3"]
+    assert SHAPES["deepseek-v3"] == (p["hidden"], p["moe_inter"], p["num_experts"], p["top_k"])
+    assert "tiny" not in SHAPES  # its dims are not whole FP8 blocks
+    g = torch.Generator().manual_seed(fresh_seed())
+    t = [float(v) for v in torch.rand(5, generator=g) + 0.1]
+    base = {"shape": "deepseek-v3", "dtype": "float8_e4m3fn", "routing": "exact", "tokens": 8192}
+    rows = [dict(base, kernel="deepgemm_fp8", composite_ms=t[0], ordinary_ms=t[1], mlp_ms=t[2]),
+            dict(base, kernel="cutlass_fp8", composite_ms=None, ordinary_ms=t[3], mlp_ms=t[4]),
+            dict(base, kernel="deepgemm_bf16", composite_ms=None, ordinary_ms=None, mlp_ms=None)]
+    (r,) = kernel_ratios(rows)
+    assert r["vs"] == "cutlass_fp8" and r["gemm_speedup"] == t[3] / t[0] and r["mlp_speedup"] == t[4] / t[2]
