@@ -32,12 +32,13 @@ def swiglu(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, up_first: bool 
     return (F.silu(gate) * up) @ w2.to(x.dtype).t()
 
 
-def moe_experts(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
-                shared: Optional[SharedExpert] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+def moe_experts(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                weights: ExpertWeights, shared: Optional[SharedExpert] = None,
+                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Routed (and shared) expert output for x [T, H]; returns [T, H] in x.dtype.
 
     Tokens are sorted by expert; each expert with tokens runs once on its rows (FP8 weights dequantized,
-    activations unquantized). T may be 0; an id >= num_experts is "no expert" (a DEP receiver's rows carry
+    activations not quantized here). T may be 0; an id >= num_experts is "no expert" (a DEP receiver's rows carry
     fewer than k of its experts) and contributes nothing. rows [M]: compute x[rows] only (topk_* are [M, k],
     the result [M, H]); each expert gathers its rows from x in place. x may be QuantizedRows (DEP's FP8
     dispatch): each expert dequantizes the rows it gathers (q * its 1x128 block's scale), math in x.dtype."""

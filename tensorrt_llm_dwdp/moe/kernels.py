@@ -96,8 +96,8 @@ def select(x: torch.Tensor, weights: ExpertWeights) -> KernelChoice:
     return choice
 
 
-def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
-                   shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
+def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                   weights: ExpertWeights, shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
                    tile: int = 0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Routed (and shared) experts for x [T, H]: topk_ids [T, k] (E = no expert), topk_weights [T, k] -> [T, H].
     rows [M] int64: compute x[rows] only (topk_ids, topk_weights are then [M, k]; the result [M, H]); x is read

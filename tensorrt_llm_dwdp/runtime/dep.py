@@ -27,7 +27,8 @@ from ..eplb import SlotPlacement, eplb_placement, imbalance
 from ..placement import even_placement
 from ..moe import ExpertWeights, select
 from ..moe.backends import ExchangeBackend, ExchangeUnavailable
-from ..moe.exchange import AllToAllExchange, CommClock, ReplicaRouting, ReplicatedExchange, Traffic
+from ..moe.exchange import AllToAllExchange, CommClock, Traffic
+from ..moe.replicas import ReplicaRouting, ReplicatedExchange
 from ..moe.kernels import QUANTIZED_INPUT
 from ..moe.layer import LocalWeights, RoutedExperts
 from ..moe.ops import FP8_BLOCK
@@ -91,7 +92,8 @@ def dispatch_choice(model: Decoder, requested: DepDispatch, device: torch.device
         return DispatchChoice(DepDispatch.BF16, "--dep-dispatch bf16" if blocks else "no MoE layer")
     hidden, weight_dtype = model.c.hidden, blocks[0].weight_dtype
     why_not = (f"the experts are {weight_dtype}: FP8 rows are for FP8 experts" if not is_fp8(weight_dtype) else
-               f"hidden {hidden} is not a multiple of the {FP8_BLOCK}-column scale block" if hidden % FP8_BLOCK else None)
+               f"hidden {hidden} is not a multiple of the {FP8_BLOCK}-column scale block" if hidden % FP8_BLOCK
+               else None)
     if why_not is not None:
         if requested is DepDispatch.FP8:
             raise ValueError(f"--dep-dispatch fp8: {why_not}. Fix: --dep-dispatch auto or bf16"
