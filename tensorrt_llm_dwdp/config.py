@@ -42,6 +42,19 @@ class WeightDtype(str, Enum):
         return self.value
 
 
+class DepDispatch(str, Enum):
+    """What DEP's dispatch rows carry: BF16 (the activations as they are) or FP8 (1x128 e4m3 rows with their fp32
+    scales, what an FP8 expert kernel would quantize them to anyway). AUTO: FP8 where the experts are FP8 and the
+    expert kernel quantizes its activations 1x128, else BF16. The combine is in the activations' dtype either way."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 def is_fp8(dtype) -> bool:
     """Whether a weight dtype name (or WeightDtype) is the block-scaled FP8 one."""
     return str(dtype) == WeightDtype.FP8.value

@@ -13,6 +13,7 @@ from tensorrt_llm_dwdp.layout import W13Order
 from tensorrt_llm_dwdp.moe import ExpertKernel, ExpertWeights, expert_compute, moe_experts, ops, select
 from tensorrt_llm_dwdp.moe import deepgemm
 from tensorrt_llm_dwdp.moe.kernels import check
+from tensorrt_llm_dwdp.moe.rows import QuantizedRows
 
 
 def _routing(g, tokens, E, k, none_share=0.2, idle=True):
@@ -124,6 +125,21 @@ def test_fp8_mlp_through_layout_matches_reference(tokens, order):
     assert (out.double() - want).norm() / want.norm() < 5e-3  # bf16 rounding of h and of the output
     # and the plain reference (unquantized activations) to FP8 precision
     assert (moe_experts(x.double(), ids, wts, weights) - want).norm() / want.norm() < 6e-2
+
+
+def test_fp8_mlp_takes_rows_quantized_by_their_dep_sender():
+    """DEP's FP8 dispatch hands the receiver QuantizedRows: the path uses them as they are, the same result as
+    quantizing the rows itself, for the rows it computes."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k, tokens = 6, 256, 128, 3, 37
+    weights = _fp8_weights(g, E, H, I, W13Order.GATE_UP)
+    x = torch.randn(tokens, H, generator=g).bfloat16()
+    ids, wts = _routing(g, tokens, E, k)
+    rows = torch.randperm(tokens, generator=g)[:20]
+    got = deepgemm.moe_mlp(QuantizedRows.of(x), ids[rows], wts[rows], weights, True, rows=rows,
+                           gemm1=_standin, gemm2=_standin)
+    want = deepgemm.moe_mlp(x, ids[rows], wts[rows], weights, True, rows=rows, gemm1=_standin, gemm2=_standin)
+    assert got.dtype == x.dtype and torch.equal(got, want)
 
 
 @pytest.mark.parametrize("tokens", [1, 40])

@@ -54,7 +54,7 @@ def test_bad_input_is_one_clear_error(load, world, slots, what):
 
 def test_replica_routing_sends_each_token_to_one_replica_and_splits_evenly():
     import torch
-    from tensorrt_llm_dwdp.moe.exchange import ReplicaRouting
+    from tensorrt_llm_dwdp.moe.replicas import ReplicaRouting
     rng = random.Random(fresh_seed())
     world, per = 3, 3
     load = [rng.uniform(0.5, 1.0) for _ in range(world * per)]

@@ -17,25 +17,8 @@ from conftest import fresh_seed
 from tensorrt_llm_dwdp.moe import experts as experts_module
 from tensorrt_llm_dwdp.moe import moe_experts
 from tensorrt_llm_dwdp.moe.exchange import AllToAllExchange, CommClock, ExchangeBackend, plan_dispatch
+from exchange_ranks import ThreadRanks, placement, routing
 from tensorrt_llm_dwdp.moe import ExpertWeights
-
-
-def _placement(num_experts, world, g):
-    """Random owner per expert (every rank may own any number, including none)."""
-    owner = torch.randint(0, world, (num_experts,), generator=g)
-    local_index = torch.empty(num_experts, dtype=torch.long)
-    num_local = []
-    for r in range(world):
-        mine = (owner == r).nonzero().flatten()
-        local_index[mine] = torch.arange(len(mine))
-        num_local.append(len(mine))
-    return owner, local_index, num_local
-
-
-def _routing(tokens, num_experts, k, g):
-    ids = torch.stack([torch.randperm(num_experts, generator=g)[:k] for _ in range(tokens)]) if tokens else \
-        torch.zeros(0, k, dtype=torch.long)
-    return ids, torch.rand(tokens, k, generator=g) + 0.1
 
 
 @settings(max_examples=150, deadline=None)
@@ -46,8 +29,8 @@ def test_plan_never_overflows_and_sends_each_token_rank_row_once(world, num_expe
     k = min(k, num_experts)
     g = torch.Generator().manual_seed(seed)
     tokens = round(fill * capacity)
-    owner, local_index, num_local = _placement(num_experts, world, g)
-    ids, weights = _routing(tokens, num_experts, k, g)
+    owner, local_index, num_local = placement(num_experts, world, g)
+    ids, weights = routing(tokens, num_experts, k, g)
     sentinel = torch.tensor(num_local)
     plan = plan_dispatch(ids, weights, owner, local_index, sentinel, capacity, packed=packed)
 
@@ -83,38 +66,10 @@ def test_plan_never_overflows_and_sends_each_token_rank_row_once(world, num_expe
 
 def test_plan_rejects_a_batch_over_capacity():
     g = torch.Generator().manual_seed(fresh_seed())
-    owner, local_index, num_local = _placement(8, 2, g)
-    ids, w = _routing(5, 8, 2, g)
+    owner, local_index, num_local = placement(8, 2, g)
+    ids, w = routing(5, 8, 2, g)
     with pytest.raises(ValueError, match="max-num-tokens"):
         plan_dispatch(ids, w, owner, local_index, torch.tensor(num_local), capacity=4)
-
-
-class _ThreadRanks:
-    """torch.distributed's get_rank / get_world_size / all_to_all_single for W threads of one process."""
-
-    def __init__(self, world):
-        self.world, self.local = world, threading.local()
-        self.barrier, self.box = threading.Barrier(world), [None] * world
-        self.calls = 0
-
-    def get_rank(self, group=None):
-        return self.local.rank
-
-    def get_world_size(self, group=None):
-        return self.world
-
-    def all_to_all_single(self, out, inp, output_split_sizes=None, input_split_sizes=None, group=None):
-        me = self.local.rank
-        sends = input_split_sizes or [inp.shape[0] // self.world] * self.world
-        starts = [sum(sends[:r]) for r in range(self.world)]
-        self.box[me] = (inp.clone(), sends, starts)
-        self.barrier.wait()
-        pieces = [b[s[me]:s[me] + n[me]] for b, n, s in self.box]
-        assert output_split_sizes is None or [len(p) for p in pieces] == list(output_split_sizes)
-        out.copy_(torch.cat(pieces))
-        self.barrier.wait()
-        if me == 0:
-            self.calls += 1
 
 
 @pytest.mark.parametrize("backend", [ExchangeBackend.GLOO, ExchangeBackend.GLOO_SPLITS])
@@ -126,10 +81,10 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend)
     num_experts, k, hidden, inter, capacity = 10, 3, 16, 8, 20
     w13 = torch.randn(num_experts, 2 * inter, hidden, generator=g) / hidden ** 0.5
     w2 = torch.randn(num_experts, hidden, inter, generator=g) / inter ** 0.5
-    owner, local_index, num_local = _placement(num_experts, world, g)
+    owner, local_index, num_local = placement(num_experts, world, g)
     xs = [torch.randn(t, hidden, generator=g) for t in tokens]
-    routes = [_routing(t, num_experts, k, g) for t in tokens]
-    ranks = _ThreadRanks(world)
+    routes = [routing(t, num_experts, k, g) for t in tokens]
+    ranks = ThreadRanks(world)
     for name in ("get_rank", "get_world_size", "all_to_all_single"):
         monkeypatch.setattr(dist, name, getattr(ranks, name))
     outs, errors = [None] * world, []

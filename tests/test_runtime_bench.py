@@ -75,6 +75,8 @@ def test_bench_cli_end_to_end(tmp_path):
             if name == "dep":  # CPU ranks: gloo with split sizes moves the occupied rows (and their counts)
                 assert m["ranks"][0]["exchange"] == "gloo_splits" and s["bytes_min"] > 0
                 assert s["bytes_min"] < s["bytes_moved"] <= 1.05 * s["bytes_min"]
+                # BF16 experts: rows as they are, and the run says so beside its bytes
+                assert m["dep_dispatch"]["rows"] == "bf16" and "bfloat16" in m["dep_dispatch"]["reason"]
             assert s["tokens_per_s_per_gpu"] > 0 and s["ttft_p90_s"] >= s["ttft_p50_s"] > 0
             assert 0 <= s["wait_fraction"] <= 1 and len(m["ranks"]) == 4
             assert sum(len(rank["requests"]) for rank in m["ranks"]) == 32

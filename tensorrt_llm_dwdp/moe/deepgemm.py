@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
 from . import ops
+from .rows import QuantizedRows
 from .weights import ExpertWeights
 
 CACHE_ENV = "DWDP_DEEPGEMM_CACHE"
@@ -203,18 +204,20 @@ def gemm_bf16(a: torch.Tensor, w: torch.Tensor, m_indices: torch.Tensor) -> torc
     return out
 
 
-def moe_mlp(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
+def moe_mlp(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
             fp8: bool, rows: Optional[torch.Tensor] = None, gemm1=None, gemm2=None) -> torch.Tensor:
-    """The routed experts of x (x[rows] where given) through the contiguous layout: [M, H] in x's dtype.
+    """The routed experts of x (x[rows] where given) through the contiguous layout: [M, H] in x's dtype. FP8
+    takes QuantizedRows (DEP's FP8 dispatch) as they are.
     gemm1/gemm2 (a, a_scales or None, w, w_scale or None, m_indices) -> out replace DeepGEMM (tests run the
     layout and combine on CPU with a plain stand-in)."""
-    if rows is not None:
-        x = x.index_select(0, rows)  # the computed rows once (DEP's receive view is read here only)
+    if rows is not None:  # the computed rows once (DEP's receive view is read here only)
+        x = x.select(rows) if isinstance(x, QuantizedRows) else x.index_select(0, rows)
     k = topk_ids.shape[1]
     lay = build_layout(topk_ids, weights.num_experts, alignment() if gemm1 is None else DEFAULT_ALIGN)
     up_first = weights.w13_order.value == "up_gate"
     if fp8:
-        xq, xs = ops.quantize_fp8(x)  # the token rows once, then moved with their scales
+        # the token rows quantized once (here, or by their DEP sender), then moved with their scales
+        xq, xs = (x.q, x.scales) if isinstance(x, QuantizedRows) else ops.quantize_fp8(x)
         a, a_s = move_rows(xq, lay), move_rows(xs, lay)
         h = gemm1(a, a_s, weights.w13, weights.w13_scale, lay.m_indices) if gemm1 else \
             gemm_fp8(a, a_s, weights.w13, weights.w13_scale, lay.m_indices)

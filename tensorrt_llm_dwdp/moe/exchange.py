@@ -15,42 +15,26 @@ a stable sort of it, no hidden row moved): the step reads them in place from the
 on CPU ranks, computes exactly the received (row, expert) pairs. NOTE: on GPUs the shapes stay the
 receive buffer's (no host sync, capturable): the grouped GEMMs stop at the device-side expert ends
 and the permute and BF16 SwiGLU kernels at the device-side count of real assignments, but the
-temporaries are still sized for the whole buffer, and the FP8 path quantizes every row.
+temporaries are still sized for the whole buffer (and an FP8 kernel behind a BF16 dispatch quantizes every
+row; an FP8 dispatch arrives quantized).
 
-Backends (`ExchangeBackend`):
-  * NCCL: `all_to_all_single` of fixed-capacity blocks, one rank per GPU. The layout of DeepEP's
-    low-latency mode (a fixed per-peer buffer of num_max_dispatch_tokens_per_rank rows, no count
-    exchange), moved by NCCL instead of IBGDA/NVLink stores; it moves the whole capacity.
-  * GLOO: the same protocol over gloo for CPU ranks, and for ranks sharing one GPU (NCCL refuses
-    that), staging through host memory. A correctness path: it stands for no fast exchange.
-  * GLOO_SPLITS: gloo with split sizes, CPU ranks' default: the W row counts go first (W integers), then
-    only occupied rows move. On CPU tensors the counts are host values, so no device is synchronised.
-  * SYMM_MEM: torch symmetric memory's `all_to_all_vdev` (NVSHMEM), with splits that stay on the
-    device: only occupied rows move. Stands for DeepEP normal mode / TensorRT-LLM's
-    NVLinkOneSided all-to-all (one-sided writes into peers' registered buffers, device-side counts).
+Dispatch rows (`moe.rows.RowLayout`) carry the activations as they are, or, with FP8 dispatch (for FP8
+experts), 1x128-quantized e4m3 values with their fp32 scales: the sender quantizes its T token rows once and
+the receiver's FP8 expert kernel takes them as they are, so the experts see what local would have quantized.
+Combine rows are always the activations' dtype. Backends (which collective moves the rows): moe/backends.py.
 """
 
 from __future__ import annotations
 
-import enum
-import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Union
 
 import torch
 
-
-class ExchangeBackend(enum.Enum):
-    NCCL = "nccl"
-    GLOO = "gloo"
-    GLOO_SPLITS = "gloo_splits"
-    SYMM_MEM = "symm_mem"
-
-    @property
-    def occupied_only(self) -> bool:
-        """Moves only occupied rows (else the fixed capacity: (W-1) x C rows each way per rank)."""
-        return self in (ExchangeBackend.GLOO_SPLITS, ExchangeBackend.SYMM_MEM)
+from ..config import DepDispatch
+from .backends import ExchangeBackend, ExchangeUnavailable, SymmBuffers
+from .rows import QuantizedRows, RowLayout
 
 
 class Traffic:
@@ -75,10 +59,6 @@ class Traffic:
 class TrafficBytes(NamedTuple):
     moved: int
     minimum: int
-
-
-class ExchangeUnavailable(RuntimeError):
-    """A backend cannot run here; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +125,7 @@ class Dispatched:
     """What a rank received, compacted: the expert step reads only the M received rows.
 
     rows [R, H]: the receive buffer's hidden values (R = world * capacity; with split sizes, the rows received),
-    a strided view read in place;
+    a strided view read in place; QuantizedRows (e4m3 values and their 1x128 scales, views) with FP8 dispatch;
     row_index [M] int64: the receive rows the expert step computes, received rows first (in peer order);
     local_ids [M, K] int32 / weights [M, K] fp32: their local expert ids (== num_local_experts for "not on
     this rank") and routing weights; num_rows: a device scalar, how many rows were received.
@@ -153,7 +133,7 @@ class Dispatched:
     (no host sync: shapes fixed, capturable), and rows nobody sent carry no expert.
     `plan` and `recv_counts` (vdev only) are what combine needs to send the results back."""
 
-    rows: torch.Tensor
+    rows: Union[torch.Tensor, QuantizedRows]
     row_index: torch.Tensor
     local_ids: torch.Tensor
     weights: torch.Tensor
@@ -230,12 +210,17 @@ class AllToAllExchange:
     """Dispatch/combine over the default torch.distributed group (or `group`).
 
     owner [E] / local_index [E]: expert placement (rank and id on that rank); capacity: the most
-    tokens a rank sends in one step (max_num_tokens). See the module docstring for the backends.
+    tokens a rank sends in one step (max_num_tokens). dispatch: BF16 (rows as they are) or FP8 (1x128-quantized
+    rows and their scales; the caller resolves AUTO, runtime.dep.resolve_dispatch). See moe/backends.py for the
+    backends.
     """
 
     def __init__(self, owner: torch.Tensor, local_index: torch.Tensor, num_local: List[int], capacity: int,
                  backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None,
-                 traffic: Optional[Traffic] = None):
+                 traffic: Optional[Traffic] = None, dispatch: DepDispatch = DepDispatch.BF16):
+        if dispatch is DepDispatch.AUTO:
+            raise ValueError("the exchange takes a resolved dispatch (bf16 or fp8), not auto")
+        self.dispatch_dtype = dispatch
         import torch.distributed as dist
         self.dist, self.group = dist, group
         self.world = dist.get_world_size(group)
@@ -251,7 +236,7 @@ class AllToAllExchange:
         self.clock = clock if clock is not None else CommClock(self.device)
         self._symm = None
         if backend is ExchangeBackend.SYMM_MEM:
-            self._symm = _SymmBuffers(self.world, self.capacity, self.device, group)
+            self._symm = SymmBuffers(self.world, self.capacity, self.device, group)
         elif backend is ExchangeBackend.NCCL and self.device.type != "cuda":
             raise ExchangeUnavailable("the NCCL exchange needs GPU tensors; use gloo on CPU ranks")
         elif backend is ExchangeBackend.GLOO_SPLITS and self.device.type != "cpu":
@@ -279,9 +264,10 @@ class AllToAllExchange:
                        input_split_sizes=send, group=self.group)
         return out
 
-    def _count(self, counts: torch.Tensor, layout: "_RowLayout") -> None:
-        """Traffic of one dispatch and its combine (see Traffic), counts [W] this rank's rows per destination."""
-        out_row = layout.hidden * layout.dtype.itemsize
+    def _count(self, counts: torch.Tensor, layout: RowLayout) -> None:
+        """Traffic of one dispatch and its combine (see Traffic), counts [W] this rank's rows per destination. The
+        minimum is at this dispatch's row size: FP8 rows for an FP8 dispatch."""
+        out_row = layout.out_row_bytes
         peers = counts.sum() - counts[self.rank]
         minimum = peers * (layout.nbytes + out_row)
         if self.backend is ExchangeBackend.GLOO_SPLITS:  # the row counts go first: W int64, one to each peer
@@ -294,20 +280,18 @@ class AllToAllExchange:
     # ---- dispatch / combine -------------------------------------------------------------------
 
     def dispatch(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> Dispatched:
-        """x [T, H] (T <= capacity), topk_ids [T, K], topk_weights [T, K] -> rows this rank computes."""
+        """x [T, H] (T <= capacity), topk_ids [T, K], topk_weights [T, K] -> rows this rank computes. FP8 dispatch:
+        x's T rows are quantized once (ops.quantize_fp8), then gathered into the send rows with their scales."""
         k = topk_ids.shape[1]
         packed = self.backend.occupied_only
         plan = plan_dispatch(topk_ids, topk_weights, self.owner, self.local_index, self.sentinel, self.capacity,
                              packed=packed)
         rows = self.world * self.capacity
-        layout = _RowLayout(x.shape[1], x.dtype, k)
+        layout = RowLayout(x.shape[1], x.dtype, k, fp8=self.dispatch_dtype is DepDispatch.FP8)
         send = self._symm.send(layout) if self._symm is not None else \
             torch.empty(rows, layout.nbytes, dtype=torch.uint8, device=x.device)
         send = send.view(rows, layout.nbytes)
-        if x.shape[0]:
-            torch.index_select(x, 0, plan.send_token, out=layout.x(send))
-        else:
-            layout.x(send).zero_()
+        layout.fill(send, x, plan.send_token)
         layout.ids(send).copy_(plan.local_ids)
         layout.weights(send).copy_(plan.weights)
         recv_counts = None
@@ -356,137 +340,3 @@ class AllToAllExchange:
         on the received rows, combine."""
         got = self.dispatch(x, topk_ids, topk_weights)
         return self.combine(compute(got.rows, got.local_ids, got.weights, got.row_index), got)
-
-
-class ReplicaRouting:
-    """EPLB: each token's expert to one of its replicas (flat slot ids, rank = slot // slots per rank).
-
-    replicas: expert -> its slot ids. The i-th of this rank's tokens routed to an expert takes replica
-    (i + rank) mod count: an expert's tokens split evenly over its replicas (within one), and ranks with few
-    tokens do not all pick the first one. Device-side sort and lookups: no host sync."""
-
-    def __init__(self, replicas: Dict[int, Sequence[int]], rank: int, device: torch.device):
-        num_experts = len(replicas)
-        width = max(len(v) for v in replicas.values())
-        self.table = torch.tensor([[replicas[e][i % len(replicas[e])] for i in range(width)]
-                                   for e in range(num_experts)], dtype=torch.long, device=device)
-        self.count = torch.tensor([len(replicas[e]) for e in range(num_experts)], dtype=torch.long, device=device)
-        self.rank = rank
-
-    def __call__(self, topk_ids: torch.Tensor) -> torch.Tensor:
-        """topk_ids [T, K] global expert ids -> [T, K] slot ids."""
-        flat = topk_ids.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        first = torch.searchsorted(flat[order], flat[order])  # where each expert's run starts in sorted order
-        nth = torch.empty_like(flat)
-        nth[order] = torch.arange(flat.numel(), device=flat.device) - first  # i: earlier tokens of the same expert
-        return self.table[topk_ids, ((nth + self.rank) % self.count[flat]).view_as(topk_ids)]
-
-
-class ReplicatedExchange:
-    """A token exchange over replica slots (EPLB): global expert ids become slot ids, then `exchange` (built with
-    one "expert" per slot) dispatches, computes and combines as plain DEP does."""
-
-    def __init__(self, exchange: "AllToAllExchange", routing: ReplicaRouting):
-        self.exchange, self.routing = exchange, routing
-
-    def run(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, compute) -> torch.Tensor:
-        return self.exchange.run(x, self.routing(topk_ids), topk_weights, compute)
-
-
-@dataclass(frozen=True)
-class _RowLayout:
-    """One dispatched row as bytes: hidden values, then K int32 ids, then K fp32 weights; 16-byte rows."""
-
-    hidden: int
-    dtype: torch.dtype
-    k: int
-
-    @property
-    def x_bytes(self) -> int:
-        return -(-self.hidden * self.dtype.itemsize // 16) * 16
-
-    @property
-    def nbytes(self) -> int:
-        return self.x_bytes + -(-8 * self.k // 16) * 16
-
-    def x(self, buf: torch.Tensor) -> torch.Tensor:
-        return buf[:, :self.hidden * self.dtype.itemsize].view(self.dtype)
-
-    def ids(self, buf: torch.Tensor) -> torch.Tensor:
-        return buf[:, self.x_bytes:self.x_bytes + 4 * self.k].view(torch.int32)
-
-    def weights(self, buf: torch.Tensor) -> torch.Tensor:
-        return buf[:, self.x_bytes + 4 * self.k:self.x_bytes + 8 * self.k].view(torch.float32)
-
-
-class _SymmBuffers:
-    """Symmetric-memory buffers and device-side splits for `all_to_all_vdev` (NVSHMEM).
-
-    Buffers are flat bytes, so splits count bytes whichever unit the op takes for 1-D inputs.
-    They are sized once for the largest row layout seen and reallocated (collectively: every rank
-    sees the same layouts in the same order) when a wider one comes.
-    """
-
-    def __init__(self, world: int, capacity: int, device: torch.device, group):
-        if device.type != "cuda":
-            raise ExchangeUnavailable("symmetric memory needs GPU tensors")
-        # NOTE: NVLink SHARP (NVLS) and multicast objects fail to initialise on the machines this runs on;
-        # plain NVLink peer writes are what the exchange needs.
-        os.environ.setdefault("NVSHMEM_DISABLE_NVLS", "1")
-        os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-        try:
-            import torch.distributed._symmetric_memory as symm_mem
-            if hasattr(symm_mem, "is_nvshmem_available") and not symm_mem.is_nvshmem_available():
-                raise ExchangeUnavailable("torch reports NVSHMEM unavailable")
-            if not hasattr(torch.ops.symm_mem, "all_to_all_vdev"):
-                raise ExchangeUnavailable(f"torch {torch.__version__} has no symm_mem.all_to_all_vdev")
-            symm_mem.set_backend("NVSHMEM")
-            import torch.distributed as dist
-            self.group_name = (group or dist.group.WORLD).group_name
-            symm_mem.enable_symm_mem_for_group(self.group_name)
-        except ExchangeUnavailable:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure to initialise means: use another backend
-            raise ExchangeUnavailable(f"symmetric memory did not initialise: {type(e).__name__}: {e}") from None
-        self.symm_mem, self.world, self.capacity, self.device = symm_mem, world, capacity, device
-        self._nbytes = 0
-        self._splits = self._splits_offsets = None
-
-    def _empty(self, nbytes: int) -> torch.Tensor:
-        t = self.symm_mem.empty(nbytes, dtype=torch.uint8, device=self.device)
-        self.symm_mem.rendezvous(t, self.group_name)
-        return t
-
-    def _ensure(self, row_bytes: int) -> None:
-        nbytes = self.world * self.capacity * row_bytes
-        if nbytes <= self._nbytes:
-            return
-        self._send, self._recv = self._empty(nbytes), self._empty(nbytes)
-        self._nbytes = nbytes
-        if self._splits is None:
-            self._splits = self.symm_mem.empty(self.world, dtype=torch.int64, device=self.device)
-            self._splits_offsets = self.symm_mem.empty(2, self.world, dtype=torch.int64, device=self.device)
-            self.symm_mem.rendezvous(self._splits, self.group_name)
-            self.symm_mem.rendezvous(self._splits_offsets, self.group_name)
-
-    def send(self, layout: _RowLayout) -> torch.Tensor:
-        self._ensure(max(layout.nbytes, layout.hidden * layout.dtype.itemsize))
-        return self._send[:self.world * self.capacity * layout.nbytes]
-
-    def _vdev(self, row_bytes: int, counts: torch.Tensor) -> torch.Tensor:
-        self._splits.copy_(counts * row_bytes)
-        torch.ops.symm_mem.all_to_all_vdev(self._send, self._recv, self._splits, self._splits_offsets,
-                                           self.group_name)
-        return self._splits_offsets[0] // row_bytes
-
-    def dispatch(self, layout: _RowLayout, counts: torch.Tensor):
-        recv_counts = self._vdev(layout.nbytes, counts)
-        return self._recv[:self.world * self.capacity * layout.nbytes].clone(), recv_counts
-
-    def combine(self, y_rows: torch.Tensor, recv_counts: torch.Tensor) -> torch.Tensor:
-        row_bytes = y_rows.shape[1] * y_rows.element_size()
-        n = y_rows.numel() * y_rows.element_size()
-        self._send[:n].copy_(y_rows.contiguous().view(-1).view(torch.uint8))
-        self._vdev(row_bytes, recv_counts)
-        return self._recv[:n].clone().view(y_rows.dtype).view(y_rows.shape)

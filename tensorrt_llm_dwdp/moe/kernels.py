@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Union
 
 import torch
 
 from . import deepgemm, ops
 from .experts import SharedExpert, moe_experts, swiglu
+from .rows import QuantizedRows
 from .weights import ExpertWeights
 
 
@@ -85,6 +86,10 @@ _DEEPGEMM = (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16)
 _PREFERENCE = (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8, ExpertKernel.GROUPED_MM,
                ExpertKernel.CUTLASS_BF16, ExpertKernel.REFERENCE)
 
+# Kernels that quantize their activations 1x128 with ops.quantize_fp8: they take QuantizedRows (DEP's FP8
+# dispatch) as they are, so a DEP rank's experts see exactly what local's would have quantized.
+QUANTIZED_INPUT = frozenset({ExpertKernel.CUTLASS_FP8, ExpertKernel.DEEPGEMM_FP8})
+
 
 def select(x: torch.Tensor, weights: ExpertWeights) -> KernelChoice:
     """The fastest kernel that runs here, chosen once per weights object and activation dtype/device."""
@@ -102,22 +107,31 @@ def select(x: torch.Tensor, weights: ExpertWeights) -> KernelChoice:
     return choice
 
 
-def expert_compute(x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
-                   shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
+def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                   weights: ExpertWeights, shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
                    tile: int = 0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Routed (and shared) experts for x [T, H]: topk_ids [T, k] (E = no expert), topk_weights [T, k] -> [T, H].
     rows [M] int64: compute x[rows] only (topk_ids, topk_weights are then [M, k]; the result [M, H]); x is read
     in place, so a strided view (DEP's receive buffer) is never copied whole.
-    kernel: force one (it must pass `check`); default `select`. tile: the CUTLASS tile (ops.grouped_gemm)."""
+    kernel: force one (it must pass `check`); default `select`. tile: the CUTLASS tile (ops.grouped_gemm).
+    x may be QuantizedRows (DEP's FP8 dispatch): the kernel is chosen for their activations' dtype; a kernel of
+    QUANTIZED_INPUT takes them as they are, the reference and any other kernel dequantize the computed rows."""
+    probe = x
+    if isinstance(x, QuantizedRows):
+        if shared is not None:
+            raise ValueError("the shared expert runs on the token's own rows, not on rows quantized for dispatch")
+        probe = torch.empty(0, x.shape[1], dtype=x.dtype, device=x.device)  # no memory: dtype and device only
     if kernel is None:
-        kernel = select(x, weights).kernel
-    elif (reason := check(kernel, x, weights)) is not None:
+        kernel = select(probe, weights).kernel
+    elif (reason := check(kernel, probe, weights)) is not None:
         raise ValueError(f"expert kernel {kernel.value} cannot run here: {reason}")
     if kernel is ExpertKernel.REFERENCE:
         return moe_experts(x, topk_ids, topk_weights, weights, shared, rows=rows)
+    if isinstance(x, QuantizedRows) and kernel not in QUANTIZED_INPUT:
+        x, rows = x.dequantize(rows), None
     m = x.shape[0] if rows is None else rows.numel()
     if not topk_ids.numel():
-        out = x.new_zeros(m, x.shape[1])
+        out = torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device)
     elif kernel in _DEEPGEMM:
         out = deepgemm.moe_mlp(x, topk_ids, topk_weights, weights, kernel is ExpertKernel.DEEPGEMM_FP8, rows)
     else:
@@ -174,9 +188,13 @@ def _grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKe
     limit = s.ends[-1:] if x.is_cuda and s.ends.numel() else None
     up_first = weights.w13_order.value == "up_gate"
     if kernel is ExpertKernel.CUTLASS_FP8:
-        if rows is not None:
-            x = x.index_select(0, rows)  # the M computed rows, once, before quantizing
-        xq, xs = ops.quantize_fp8(x)  # the token rows once, then gathered with their scales
+        if isinstance(x, QuantizedRows):  # quantized once by their sender: gathered from the receive view in place
+            xq, xs = x.q, x.scales
+            src = src if rows is None else rows.index_select(0, src)
+        else:
+            if rows is not None:
+                x = x.index_select(0, rows)  # the M computed rows, once, before quantizing
+            xq, xs = ops.quantize_fp8(x)  # the token rows once, then gathered with their scales
         xq, xs = _gather_rows(xq, src, idx, limit), _gather_rows(xs, src, idx, limit)
         h = ops.grouped_gemm_fp8(xq, xs, s.ends, weights.w13, weights.w13_scale, tile)
         aq, as_ = ops.swiglu_quantize_fp8(h, up_first)

@@ -20,7 +20,8 @@ from .kernels import ExpertKernel, expert_compute
 from .weights import ExpertWeights
 
 # (x [R, H], topk_ids [M, k], topk_weights [M, k], rows [M] or None) -> [M, H]: the experts of the weight source
-# on x[rows] (all of x when rows is None; x may be a strided view, read in place)
+# on x[rows] (all of x when rows is None; x may be a strided view, read in place, or QuantizedRows: DEP's FP8
+# dispatch, which the expert kernel takes as they are)
 ComputeFn = Callable[..., torch.Tensor]
 
 

@@ -9,22 +9,29 @@ an idle rank runs a zero-token forward (the "dummy" forward).
 EPLB (`apply_eplb`, an option): after the warm-up measured each expert's load, redundant replicas of
 the hot experts go into extra slots on every rank (eplb.py) and each token's expert goes to one of its
 replicas; the exchange is the same, over slots instead of experts.
+
+Dispatch rows are BF16 or, for FP8 experts, FP8 (`dispatch_choice`): 1x128-quantized values and their scales,
+about half the bytes, quantized once by the sender as the FP8 expert kernel would have quantized them.
 """
 
 from __future__ import annotations
 
 import socket
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
 
+from ..config import DepDispatch, is_fp8
 from ..eplb import SlotPlacement, eplb_placement, imbalance
 from ..placement import even_placement
-from ..moe import ExpertWeights
-from ..moe.exchange import (AllToAllExchange, CommClock, ExchangeBackend, ExchangeUnavailable, ReplicaRouting,
-                            ReplicatedExchange, Traffic)
+from ..moe import ExpertWeights, select
+from ..moe.backends import ExchangeBackend, ExchangeUnavailable
+from ..moe.exchange import AllToAllExchange, CommClock, Traffic
+from ..moe.replicas import ReplicaRouting, ReplicatedExchange
+from ..moe.kernels import QUANTIZED_INPUT
 from ..moe.layer import LocalWeights, RoutedExperts
+from ..moe.ops import FP8_BLOCK
 from .model import Decoder
 
 
@@ -70,21 +77,57 @@ def exchange_backend(device: torch.device, stage_on_host: bool, requested: Optio
     return ExchangeBackend(requested) if requested not in (None, "auto") else ExchangeBackend.NCCL
 
 
-def _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic) -> AllToAllExchange:
+class DispatchChoice(NamedTuple):
+    dispatch: DepDispatch  # BF16 or FP8, never AUTO
+    reason: str
+
+
+def dispatch_choice(model: Decoder, requested: DepDispatch, device: torch.device) -> DispatchChoice:
+    """What DEP's dispatch rows carry for this model (--dep-dispatch): FP8 needs FP8 experts and a hidden size that
+    is a multiple of 128 (asked for, anything else raises ValueError; auto falls back to BF16 and says why); auto
+    picks FP8 where the expert kernel chosen here quantizes its activations 1x128 anyway (kernels.QUANTIZED_INPUT).
+    Every rank decides alike (the same model, the same kind of device), as the row layout needs."""
+    blocks = model.moe_blocks()
+    if requested is DepDispatch.BF16 or not blocks:
+        return DispatchChoice(DepDispatch.BF16, "--dep-dispatch bf16" if blocks else "no MoE layer")
+    hidden, weight_dtype = model.c.hidden, blocks[0].weight_dtype
+    why_not = (f"the experts are {weight_dtype}: FP8 rows are for FP8 experts" if not is_fp8(weight_dtype) else
+               f"hidden {hidden} is not a multiple of the {FP8_BLOCK}-column scale block" if hidden % FP8_BLOCK
+               else None)
+    if why_not is not None:
+        if requested is DepDispatch.FP8:
+            raise ValueError(f"--dep-dispatch fp8: {why_not}. Fix: --dep-dispatch auto or bf16"
+                             + (", or --weight-dtype float8_e4m3fn." if not is_fp8(weight_dtype) else "."))
+        return DispatchChoice(DepDispatch.BF16, why_not)
+    if requested is DepDispatch.FP8:
+        return DispatchChoice(DepDispatch.FP8, "--dep-dispatch fp8")
+    probe = torch.empty(0, hidden, dtype=model.embed.weight.dtype, device=device)
+    kernel = select(probe, ExpertWeights.from_tensors(blocks[0].expert_tensors([0])))
+    if kernel.kernel in QUANTIZED_INPUT:
+        return DispatchChoice(DepDispatch.FP8, f"FP8 experts on {kernel.kernel.value}, which quantizes its "
+                                               "activations 1x128 anyway")
+    return DispatchChoice(DepDispatch.BF16, f"the expert kernel here, {kernel.kernel.value}, takes unquantized "
+                                            f"activations ({kernel.reason})")
+
+
+def _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic,
+              dispatch) -> AllToAllExchange:
     try:
-        return AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic=traffic)
+        return AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic=traffic,
+                                dispatch=dispatch)
     except ExchangeUnavailable as e:
         if backend is not ExchangeBackend.SYMM_MEM:
             raise
         if dist.get_rank() == 0:
             print(f"WARNING: DEP exchange symm_mem unavailable ({e}); using nccl", flush=True)
         return AllToAllExchange(owner, local_index, num_local, max_num_tokens, ExchangeBackend.NCCL, device, clock,
-                                traffic=traffic)
+                                traffic=traffic, dispatch=dispatch)
 
 
 def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_host: bool = False,
               backend: Optional[ExchangeBackend] = None, slots: Optional[Dict[int, SlotPlacement]] = None,
-              keep_experts: bool = False, traffic: Optional[Traffic] = None) -> ExchangeBackend:
+              keep_experts: bool = False, traffic: Optional[Traffic] = None,
+              dispatch: DepDispatch = DepDispatch.AUTO) -> ExchangeBackend:
     """Rewire every MoE block to expert parallelism over the initialised default group; returns the
     exchange backend in use. Collective (the symmetric-memory backend rendezvouses its buffers).
 
@@ -92,7 +135,8 @@ def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_ho
     of slots per rank in every layer): a token's expert goes to one of its replicas. None: each rank owns
     a contiguous range of experts. keep_experts: keep the model's own expert tensors (a later apply_dep
     places the experts again, e.g. after EPLB measured the load), else drop them. traffic: where the exchange
-    counts the bytes it moves (moe.exchange.Traffic)."""
+    counts the bytes it moves (moe.exchange.Traffic). dispatch: BF16 or FP8 rows (`dispatch_choice` resolves
+    auto)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     device = clock.device
     backend = backend or exchange_backend(device, stage_on_host)
@@ -113,7 +157,8 @@ def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_ho
         flat = torch.arange(world * per)
         owner, local_index, num_local = flat // per, flat % per, [per] * world  # one exchange "expert" per slot
         mine = {b.layer_idx: list(slots[b.layer_idx].slots[rank]) for b in model.moe_blocks()}
-    exchange = _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic)
+    dispatch = dispatch_choice(model, dispatch, device).dispatch
+    exchange = _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic, dispatch)
     for b in model.moe_blocks():
         weights = ExpertWeights.from_tensors(b.expert_tensors(mine[b.layer_idx]))
         layer_exchange = exchange if slots is None else \
@@ -134,7 +179,8 @@ def measured_load(model: Decoder) -> Dict[int, List[float]]:
 
 
 def apply_eplb(model: Decoder, clock: CommClock, max_num_tokens: int, redundant: int, stage_on_host: bool = False,
-               backend: Optional[ExchangeBackend] = None, traffic: Optional[Traffic] = None) -> Dict[str, object]:
+               backend: Optional[ExchangeBackend] = None, traffic: Optional[Traffic] = None,
+               dispatch: DepDispatch = DepDispatch.AUTO) -> Dict[str, object]:
     """Collective: EPLB for a model `apply_dep(keep_experts=True)` rewired and ran with `count_load` on: place
     `redundant` extra slots per rank from the measured load, then rewire it. Returns the busiest rank's load over
     the mean per layer, planned, with and without the replicas (`imbalance_eplb`, `imbalance_plain`)."""
@@ -145,7 +191,7 @@ def apply_eplb(model: Decoder, clock: CommClock, max_num_tokens: int, redundant:
     plain = even_placement(model.c.num_experts, world)
     plain_loads = {lid: [sum(load[e] for e in plain.local_experts(r)) for r in range(world)]
                    for lid, load in loads.items()}
-    apply_dep(model, clock, max_num_tokens, stage_on_host, backend, slots=slots, traffic=traffic)
+    apply_dep(model, clock, max_num_tokens, stage_on_host, backend, slots=slots, traffic=traffic, dispatch=dispatch)
     return {"slots_per_rank": per, "redundant_per_rank": redundant,
             "imbalance_eplb": [imbalance(slots[lid].rank_loads(loads[lid])) for lid in sorted(loads)],
             "imbalance_plain": [imbalance(plain_loads[lid]) for lid in sorted(loads)]}

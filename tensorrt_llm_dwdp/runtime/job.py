@@ -19,7 +19,7 @@ import time
 from typing import List, Optional
 
 from ..bootstrap import run_or_abort
-from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, DwdpConfig, WeightDtype, is_fp8
+from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, DepDispatch, DwdpConfig, WeightDtype, is_fp8
 from ..usage import Parser, UsageError, check_output_path, fail, options_named, positive
 from ..workload import MAX_ISL, load_trace, make_requests, parse_isl
 from . import report
@@ -79,6 +79,11 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
                    help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks use gloo with split "
                         "sizes (occupied rows only), or with gloo its fixed-capacity fallback; ranks sharing a GPU "
                         "use fixed-capacity gloo")
+    g.add_argument("--dep-dispatch", type=_dep_dispatch, default=DepDispatch.AUTO, metavar="{auto,bf16,fp8}",
+                   help="what DEP's dispatch rows carry: bf16, or fp8 (FP8 experts only: 1x128-quantized rows with "
+                        "their fp32 scales, about half the bytes; the experts take them as they are). auto (default): "
+                        "fp8 where the experts are FP8 and their kernel quantizes activations 1x128, else bf16. "
+                        "The combine stays in the activations' dtype")
     g.add_argument("--eplb", type=int, default=0, metavar="N",
                    help="also run DEP with EPLB (mode dep+eplb): N redundant expert slots per rank, filled with "
                         "replicas of the experts an untimed step of plain DEP measured hottest (default 0: off)")
@@ -90,6 +95,13 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parse
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None, help="write the results here")
     return p
+
+
+def _dep_dispatch(text: str) -> DepDispatch:
+    try:
+        return DepDispatch(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(d.value for d in DepDispatch)}") from None
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -137,6 +149,9 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
         raise UsageError(f"--weight-dtype float8_e4m3fn: {model_name(args)} has hidden {cfg.hidden} and moe_inter "
                          f"{cfg.moe_inter}, not both multiples of the 128x128 scale block. Fix: a larger model, or "
                          "--weight-dtype bfloat16.")
+    if args.dep_dispatch is DepDispatch.FP8 and not args.checkpoint and not is_fp8(args.weight_dtype):
+        raise UsageError(f"--dep-dispatch fp8: the experts are {args.weight_dtype}; FP8 dispatch rows are for FP8 "
+                         "experts. Fix: --weight-dtype float8_e4m3fn, or --dep-dispatch auto or bf16.")
     if args.checkpoint:
         from .checkpoint import safetensors_files
         safetensors_files(args.checkpoint)
@@ -248,7 +263,7 @@ def _requests(args, rank: int, world: int):
 def run_mode(mode: str, args, comm, device, dtype) -> dict:
     from ..moe.exchange import CommClock, Traffic
     from .apply import apply_dwdp
-    from .dep import apply_dep, apply_eplb, exchange_backend, init_torch_distributed
+    from .dep import apply_dep, apply_eplb, dispatch_choice, exchange_backend, init_torch_distributed
     from .executor import ContextExecutor
     from .model import Decoder
     if args.checkpoint:
@@ -260,7 +275,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
         model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep", "dep+eplb"),
                               weight_dtype=args.weight_dtype, routing_skew=routing_skew(args))
-    hooks, clock, exchange, traffic = None, None, None, None
+    hooks, clock, exchange, traffic, dispatch = None, None, None, None, None
     if mode == "dwdp":
         dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if is_fp8(args.weight_dtype)
                            else str(dtype).replace("torch.", ""))
@@ -270,9 +285,12 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     elif mode in ("dep", "dep+eplb"):
         clock, traffic = CommClock(device), Traffic()
         stage = init_torch_distributed(comm, device)
+        dispatch = dispatch_choice(model, args.dep_dispatch, device)
+        if comm.Get_rank() == 0:
+            print(f"  [{mode}] dispatch rows {dispatch.dispatch.value}: {dispatch.reason}", flush=True)
         exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
                              backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != "dep",
-                             traffic=traffic)
+                             traffic=traffic, dispatch=dispatch.dispatch)
         if mode == "dep+eplb":
             for b in model.moe_blocks():
                 b.experts.count_load(cfg.num_experts, device)
@@ -291,7 +309,8 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     if mode == "dep+eplb":  # one untimed step of plain DEP measures the load the replicas are placed from
         executor.warm_up(requests, 1)
         eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
-                          backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic)
+                          backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic,
+                          dispatch=dispatch.dispatch)
     _warm_deepgemm(model, hooks, args.max_num_tokens * (world if mode in ("dep", "dep+eplb") else 1), cfg.top_k)
     executor.warm_up(requests, args.warmup)  # the same warm-up for every mode, on the placement it times
     comm.Barrier()
@@ -302,6 +321,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     if hooks is not None:
         hooks.close()
     return {"rank": rank, "device": str(device), "exchange": exchange and exchange.value, "eplb": eplb,
+            "dispatch": dispatch and {"rows": dispatch.dispatch.value, "reason": dispatch.reason},
             "iterations": [vars(i) for i in result.iterations],
             "requests": [dict(vars(q), ttft_s=q.ttft_s) for q in result.requests]}
 
@@ -366,7 +386,10 @@ def run(args) -> int:
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the next mode builds its own model: return this one's memory
         if rank == 0:
-            modes[mode] = dict(report.summarize(ranks), ranks=ranks)
+            # DEP: what its dispatch rows carried, beside the bytes it moved (bytes_moved, bytes_min: the minimum
+            # at that row size; an FP8 row is H + 4 H/128 + 8 K bytes where a BF16 one is 2 H + 8 K)
+            dispatch = {"dep_dispatch": ranks[0]["dispatch"]} if ranks[0]["dispatch"] else {}
+            modes[mode] = dict(report.summarize(ranks), **dispatch, ranks=ranks)
     shutdown_torch_distributed()
     if rank != 0:
         return 0

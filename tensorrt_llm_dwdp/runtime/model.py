@@ -23,6 +23,7 @@ from ..config import WeightDtype, is_fp8
 
 from ..moe import DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, make_router, swiglu
 from ..moe.layer import LocalWeights, RoutedExperts
+from ..moe.overlap import beside
 from ..moe.ops import quantize_weight_blocks
 from ..popularity import zipf_shares
 from .config import ModelConfig, Routing
@@ -304,8 +305,11 @@ class MoEBlock(nn.Module):
                                "lazy_experts=True must go through apply_dwdp or apply_dep first")
         logits = x.float() @ self.gate.float().t()
         r = self.route(logits if self.logit_bias is None else logits + self.logit_bias, self.bias)
-        y = self.experts.routed(x, r.topk_ids, r.topk_weights, self.layer_idx)
-        return y if self.shared is None else y + self.shared(x)
+        if self.shared is None:
+            return self.experts.routed(x, r.topk_ids, r.topk_weights, self.layer_idx)
+        # the shared expert beside the routed path (a side stream on GPUs: it hides DEP's dispatch, DWDP's pull wait)
+        y, s = beside(x, lambda: self.experts.routed(x, r.topk_ids, r.topk_weights, self.layer_idx), self.shared)
+        return y + s
 
 
 class DecoderLayer(nn.Module):

@@ -17,6 +17,7 @@ from ..config import is_fp8
 from ..layout import torch_dtype
 from ..moe import SharedExpert, make_router, ops
 from ..moe.layer import DwdpWeights, RoutedExperts
+from ..moe.overlap import beside
 from . import reference as ref
 
 
@@ -88,7 +89,8 @@ class ToyMoeModel:
             shared = SharedExpert(self.shared_w13[layer].to(dev), self.shared_w2[layer].to(dev))
             # NOTE: (routed + shared) first, as the reference sums them: the other association moves x by an ulp,
             # enough to flip a near-tie in a later layer's float32 routing against the float64 reference.
-            x = x + (experts.routed(h, r.topk_ids, r.topk_weights, layer) + _shared(h, shared))
+            y, s = beside(h, lambda: experts.routed(h, r.topk_ids, r.topk_weights, layer), lambda v: _shared(v, shared))
+            x = x + (y + s)
             if after_layer is not None:
                 after_layer(layer)
         hooks.end_step()
