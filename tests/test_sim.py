@@ -19,7 +19,8 @@ from tensorrt_llm_dwdp.sim.engine import _fair_rates, simulate, simulate_dep, wo
 from tensorrt_llm_dwdp.sim.machines import Efficiency, Rates, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
 from tensorrt_llm_dwdp.sim.scenario import DepModel, Scenario
-from tensorrt_llm_dwdp.sim.workload import IslDist, pack, parse_isl
+from tensorrt_llm_dwdp.sim.workload import pack
+from tensorrt_llm_dwdp.workload import IslDist, parse_isl
 
 GB200, H100, H200 = get_machine("gb200"), get_machine("h100"), get_machine("h200")
 R1 = get_model("deepseek-r1")

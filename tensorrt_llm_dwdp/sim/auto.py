@@ -15,7 +15,7 @@ from .engine import simulate
 from .machines import get_machine, target_machine
 from .models import MoEModel, get_precision
 from .scenario import Scenario
-from .workload import parse_isl
+from ..workload import parse_isl
 
 PHASES = ("context", "generation")
 MODES = ("auto", "dwdp", "dep")
