@@ -12,7 +12,7 @@ import pytest
 
 from tensorrt_llm_dwdp.sim.analysis import crossover, layer_budget, model_times, roofline_batch1
 from tensorrt_llm_dwdp.sim.auto import decide
-from tensorrt_llm_dwdp.sim.calibrate import BENCH_SHAPES, apply_calibration, load_calibration
+from tensorrt_llm_dwdp.sim.calibrate import apply_calibration, load_calibration
 from tensorrt_llm_dwdp.sim.costs import Chunk, experts_touched, moe_layer_cost
 from tensorrt_llm_dwdp.sim.dep import a2a_s, remote_copies
 from tensorrt_llm_dwdp.sim.engine import _fair_rates, simulate, simulate_dep, workload
@@ -333,8 +333,8 @@ def test_calibration_from_the_h100_run_matches_bench_own_roofline():
         raw = json.load(f)
     cal = load_calibration(path)
     for row in raw["gemm"]:
-        h, i, e, k = BENCH_SHAPES[row["shape"]]
-        assert dict(cal.grouped[row["shape"]])[row["tokens"] * k / e] == pytest.approx(
+        m = get_model(row["shape"])
+        assert dict(cal.grouped[row["shape"]])[row["tokens"] * m.top_k / m.experts] == pytest.approx(
             min(1.0, row["split_of_roofline"]), rel=1e-9)
     q = apply_calibration(H100, get_model("qwen3-30b-a3b"), Efficiency(), cal).efficiency
     assert q.grouped == cal.grouped["qwen3-30b-a3b"] and q.mma == pytest.approx(raw["peaks"]["bf16_tflops"] / 989.5)
