@@ -23,7 +23,8 @@ import torch
 
 from ..bootstrap import run_or_abort
 from ..config import MEMORY_BACKENDS, PULL_ISSUE_MODES, WEIGHT_DTYPES, DwdpConfig, parse_placement
-from ..hooks import DwdpHooks, MoeShape
+from ..hooks import DwdpHooks
+from ..shard import MoeShape
 from ..layout import swiglu_expert_specs
 from ..memory import check_backend_available
 from ..usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
