@@ -123,5 +123,6 @@ def test_rank_batches_bound_the_requests_an_iteration_holds():
     with pytest.raises(ValueError, match="--max-batch-size"):
         sim_workload.rank_batches(IslDist("fixed", 1), 1 << 20, 1, None)
     cap = sim_workload.MAX_REQUESTS_PER_ITERATION
-    b = sim_workload.rank_batches(IslDist("fixed", 1), 1 << 20, 2, np.random.default_rng(fresh_seed()), max_batch_size=cap)
+    b = sim_workload.rank_batches(IslDist("fixed", 1), 1 << 20, 2, np.random.default_rng(fresh_seed()),
+                                  max_batch_size=cap)
     assert [len(x.chunks) for x in b] == [cap, cap]
