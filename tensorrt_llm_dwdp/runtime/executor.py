@@ -21,8 +21,12 @@ from typing import Deque, List
 
 import torch
 
+from ..config import Mode
 from ..workload import Chunk, Request, queue, take_batch, whole
 from .model import Decoder
+
+
+RUN_MODES = (Mode.LOCAL.value, Mode.DWDP.value, Mode.DEP.value)  # what an executor steps (dep+eplb steps as dep)
 
 
 @dataclass(frozen=True)
@@ -66,9 +70,10 @@ class RunResult:
 class ContextExecutor:
     def __init__(self, model: Decoder, mode: str, max_num_tokens: int, device: torch.device, seed: int,
                  hooks=None, clock=None, chunked_prefill: bool = False, traffic=None):
-        if mode not in ("local", "dwdp", "dep"):
-            raise ValueError(f"mode={mode!r}: use local, dwdp or dep")
-        if mode == "dep" and clock is None:
+        if mode not in RUN_MODES:
+            raise ValueError(f"mode={mode!r}: use one of {', '.join(RUN_MODES)}")
+        mode = Mode(mode)
+        if mode is Mode.DEP and clock is None:
             raise ValueError("mode dep needs the exchange's CommClock (clock=...)")
         self.model, self.mode, self.max_num_tokens, self.device = model, mode, max_num_tokens, device
         self.hooks, self.clock, self.seed, self.chunked = hooks, clock, seed, chunked_prefill
@@ -105,7 +110,7 @@ class ContextExecutor:
                     waiting.append(whole(pending.pop(0)))
                 batch = take_batch(waiting, self.max_num_tokens, self.chunked)
                 start, host_mark = now, 0.0
-                if self.mode == "dep":
+                if self.mode is Mode.DEP:
                     self.clock.take_device_s()  # drop what earlier idle polls spent
                     host_mark = self.clock.host_s
                     state = self._anyone(2 if batch else (1 if pending or waiting else 0))
@@ -138,7 +143,7 @@ class ContextExecutor:
         batch = take_batch(waiting, self.max_num_tokens, self.chunked)
         with torch.no_grad():
             for _ in range(steps):
-                if self.mode == "dep":
+                if self.mode is Mode.DEP:
                     self._anyone(2)
                 self._forward(batch)
         if self.clock is not None:
@@ -185,17 +190,17 @@ class ContextExecutor:
 
     def _iterate(self, index: int, batch: List[Chunk], t0: float, start: float, host_mark: float) -> IterationRecord:
         """One forward; DEP's wait and comm count from before the step's all-reduce (`start`)."""
-        if self.mode != "dep":
+        if self.mode is not Mode.DEP:
             start = time.time() - t0
         tokens = self._forward(batch)
         end = time.time() - t0
         pulled, wait, comm = 0, 0.0, 0.0
-        if self.mode == "dwdp":
+        if self.mode is Mode.DWDP:
             step = self.hooks.last_step()
             wait, pulled = step.fetch_wait_s, step.bytes_pulled
             comm = wait + self._tail_s  # stalls inside the step, and the pull the step's end waited for
-        elif self.mode == "dep":
+        elif self.mode is Mode.DEP:
             wait, comm = self.clock.host_s - host_mark, self.clock.take_device_s()
-        moved, least = (pulled, pulled) if self.mode == "dwdp" else \
+        moved, least = (pulled, pulled) if self.mode is Mode.DWDP else \
             (self._bytes.moved, self._bytes.minimum) if self._bytes is not None else (0, 0)
         return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm, self._rows, moved, least)

@@ -18,7 +18,7 @@ import time
 from typing import List, Optional
 
 from ..bootstrap import run_or_abort
-from ..config import is_fp8
+from ..config import Mode, is_fp8
 from ..usage import fail
 from . import report
 from .config import preset
@@ -92,7 +92,7 @@ def run_order(args) -> List[str]:
     """The modes in the order they run: --modes, with dep+eplb right after dep (or last) when --eplb is on."""
     order = [m for m in args.modes.split(",") if m]
     if args.eplb:
-        order.insert(order.index("dep") + 1 if "dep" in order else len(order), "dep+eplb")
+        order.insert(order.index(Mode.DEP) + 1 if Mode.DEP in order else len(order), Mode.DEP_EPLB.value)
     return order
 
 
@@ -111,17 +111,17 @@ def run(args) -> int:
         device, dtype = torch.device("cpu"), torch.float32
     modes, decisions, done = {}, {}, set()  # `done` on every rank: `modes` fills on rank 0 only
     for mode in run_order(args):
-        if mode in ("auto", "dwdp"):
+        if mode in (Mode.AUTO, Mode.DWDP):
             d = predict_mode(args, model_config(args), comm.Get_size(), mode)
             decisions[mode] = {"mode": d.mode, "reason": d.reason, "speedup": d.speedup,
                                "crossover_tokens": d.crossover_tokens, "warning": d.warning}
             if rank == 0:
-                if mode == "auto":
+                if mode == Mode.AUTO:
                     print(f"mode auto -> {d.mode}: {d.reason}", flush=True)
                 if d.warning:
                     print(f"WARNING: {d.warning}", flush=True)
-            if mode == "auto":
-                mode = d.mode
+            if mode == Mode.AUTO:
+                mode = Mode(d.mode).value
         if mode in done:  # already measured (auto picked a mode that is also listed)
             continue
         done.add(mode)
@@ -131,7 +131,7 @@ def run(args) -> int:
         ranks = comm.gather(run_mode(mode, args, comm, device, dtype), root=0)
         # Like for like: the next mode starts as this one did, without its process group's threads or its
         # model's memory still around (a mode that ran after DEP used to share the cores with gloo's group).
-        if mode in ("dep", "dep+eplb"):
+        if mode in (Mode.DEP, Mode.DEP_EPLB):
             shutdown_torch_distributed()
         gc.collect()
         if device.type == "cuda":
@@ -146,7 +146,7 @@ def run(args) -> int:
                           shared_gpu=shared_gpu, routing_skew=routing_skew(args)),
            "seeds": {"model": args.seed, "requests": request_seeds(args, comm.Get_size())},
            "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes),
-           "speedup_dwdp_over_dep_eplb": report.speedup(modes, "dep+eplb"), "decisions": decisions}
+           "speedup_dwdp_over_dep_eplb": report.speedup(modes, Mode.DEP_EPLB.value), "decisions": decisions}
     if shared_gpu:
         out["note"] = report.SHARED_GPU_CAVEAT
     elif device.type == "cpu":

@@ -9,7 +9,7 @@ import argparse
 import os
 from typing import List, Optional
 
-from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, DwdpConfig, WeightDtype, is_fp8
+from ..config import DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, BackendKind, DwdpConfig, Mode, WeightDtype, is_fp8
 from ..popularity import DEFAULT_ROUTING_SKEW
 from ..usage import Parser, UsageError, check_output_path, options_named, positive
 from ..workload import MAX_ISL, load_trace, make_requests, parse_isl
@@ -20,7 +20,7 @@ from .schedule import least_loaded
 # NOTE: no torch here: the launcher imports this module to check the options, and answers bad input without
 # paying for torch.
 
-MODES = ("local", "dwdp", "dep", "auto")
+MODES = (Mode.LOCAL.value, Mode.DWDP.value, Mode.DEP.value, Mode.AUTO.value)  # --modes (dep+eplb: --eplb)
 MAX_REQUESTS = 100_000  # per rank: the shared stream is held on every rank
 MAX_WARMUP = 100
 # DwdpConfig fields the job sets from its flags
@@ -173,13 +173,13 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
                              f"replicas. Fix: --eplb {max(most, 0)} or less.")
     if world_size is not None:
         check_requests_fit(args, world_size)
-        check_fits(cfg, args, [m for m in modes if m != "auto"] + (["dep+eplb"] if args.eplb else []) or ["local"],
-                   world_size)
-    if world_size is not None and ("dwdp" in modes or "auto" in modes):
+        sized = [m for m in modes if m != Mode.AUTO] + ([Mode.DEP_EPLB.value] if args.eplb else [])
+        check_fits(cfg, args, sized or [Mode.LOCAL.value], world_size)
+    if world_size is not None and (Mode.DWDP in modes or Mode.AUTO in modes):
         # the weight dtype changes no rule checked here (group layout, depth, slice, backend)
         with options_named(JOB_FLAGS):
             dwdp_config(args, cfg, world_size, "float32").resolved_num_groups(world_size)
-        for mode in ("auto", "dwdp"):
+        for mode in (Mode.AUTO, Mode.DWDP):
             if mode in modes:
                 predict_mode(args, cfg, world_size, mode)
     return cfg
@@ -207,7 +207,7 @@ def check_requests_fit(args, world: int) -> None:
 
 def dwdp_config(args, cfg: ModelConfig, world_size: int, weight_dtype: str) -> DwdpConfig:
     """The DwdpConfig mode dwdp runs with."""
-    if args.backend != "auto":
+    if args.backend != BackendKind.AUTO:
         from ..memory import check_backend_available
         with options_named(JOB_FLAGS):
             check_backend_available(args.backend)
