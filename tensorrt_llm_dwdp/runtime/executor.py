@@ -8,8 +8,9 @@ iterations are recorded (tokens == 0); the headline TPS/GPU counts the timed win
 every rank, busy-time TPS charges them to no mode (report.summarize).
 
 Batches are packed by `workload.take_batch`, the rule the simulator predicts with. Chunked prefill
-(`chunked_prefill=True`): a request longer than the room left in a batch is split across iterations. This executor keeps no KV cache, so a chunk attends only within itself: MoE,
-dense and projection work are exact, later chunks' attention is under-counted, alike for every mode.
+(`chunked_prefill=True`): a request longer than the room left in a batch is split across iterations.
+This executor keeps no KV cache, so a chunk attends only within itself: MoE, dense and projection work
+are exact, later chunks' attention is under-counted, alike for every mode.
 """
 
 from __future__ import annotations
