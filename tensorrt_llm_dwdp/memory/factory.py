@@ -6,13 +6,15 @@ from typing import Optional
 
 import torch
 
-from ..config import BackendKind, DwdpConfigError
+from ..config import MEMORY_BACKENDS, BackendKind, DwdpConfigError
 from .base import MemoryBackend
 
 
 def check_backend_available(kind: str) -> None:
     """Raise DwdpConfigError when `kind` names a CUDA backend and no GPU is visible (asks the driver
     whether a device exists; allocates nothing)."""
+    if kind not in MEMORY_BACKENDS:
+        raise DwdpConfigError("memory_backend", kind, "unknown memory backend", f"use one of {', '.join(MEMORY_BACKENDS)}")
     if BackendKind(kind).needs_cuda and not torch.cuda.is_available():
         raise DwdpConfigError("memory_backend", kind, "needs a CUDA GPU and none is visible",
                               "use memory_backend cpu_shm (or auto) on a CPU machine")
@@ -24,11 +26,8 @@ def get_backend(kind: str = "auto", device: Optional[torch.device] = None) -> Me
 
     cuda_ipc: legacy IPC handles. cuda_vmm: cuMemCreate + POSIX file descriptors (one node).
     cuda_fabric: cuMemCreate + fabric handles (multi-node NVLink domains)."""
-    if kind not in {b.value for b in BackendKind}:
-        raise DwdpConfigError("memory_backend", kind, "unknown memory backend",
-                              f"use one of {', '.join(b.value for b in BackendKind)}")
-    kind = BackendKind(kind)
     check_backend_available(kind)
+    kind = BackendKind(kind)
     if kind is BackendKind.AUTO:
         gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
         kind = BackendKind.CUDA_VMM if gpu else BackendKind.CPU_SHM
