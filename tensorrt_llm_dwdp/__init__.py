@@ -12,4 +12,4 @@ __version__ = "0.1.0"
 __all__ = ["DwdpConfig", "DwdpConfigError", "DwdpHooks", "MoeShape", "__version__"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {"DwdpConfig": ".config", "DwdpConfigError": ".config",
-                                               "DwdpHooks": ".hooks", "MoeShape": ".hooks"}, globals())
+                                               "DwdpHooks": ".hooks", "MoeShape": ".shard"}, globals())

@@ -60,9 +60,52 @@ def is_fp8(dtype) -> bool:
     return str(dtype) == WeightDtype.FP8.value
 
 
+class BackendKind(str, Enum):
+    """Where shard pieces live and how peers map them (memory.factory builds each); equals its string."""
+
+    AUTO = "auto"  # cuda_vmm where a GPU is used, cpu_shm otherwise
+    CPU_SHM = "cpu_shm"
+    CUDA_IPC = "cuda_ipc"  # legacy IPC handles: the composite views need a second copy of the shard
+    CUDA_VMM = "cuda_vmm"  # cuMemCreate + POSIX file descriptors (one node)
+    CUDA_FABRIC = "cuda_fabric"  # cuMemCreate + fabric handles (multi-node NVLink domains)
+
+    @property
+    def needs_cuda(self) -> bool:
+        return self.value.startswith("cuda")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class PullIssue(str, Enum):
+    """How GPU ranks issue a layer's pull; equals its string."""
+
+    GRAPH = "graph"  # captured per layer and slot, one launch
+    BATCHED = "batched"  # one cudaMemcpyBatchAsync
+    PER_SLICE = "per_slice"  # one cudaMemcpyAsync per slice
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Mode(str, Enum):
+    """How a run serves its MoE layers; equals its string. AUTO asks the performance model (sim.auto) for DWDP or
+    DEP; DEP_EPLB is the bench's DEP with redundant experts, measured beside plain DEP."""
+
+    LOCAL = "local"  # every rank holds every expert (the bench's baseline)
+    DWDP = "dwdp"
+    DEP = "dep"
+    DEP_EPLB = "dep+eplb"
+    AUTO = "auto"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The choice lists options and help texts show.
 WEIGHT_DTYPES = tuple(d.value for d in WeightDtype)
-MEMORY_BACKENDS = ("auto", "cpu_shm", "cuda_ipc", "cuda_vmm", "cuda_fabric")
-PULL_ISSUE_MODES = ("graph", "batched", "per_slice")
+MEMORY_BACKENDS = tuple(b.value for b in BackendKind)
+PULL_ISSUE_MODES = tuple(p.value for p in PullIssue)
 # NOTE: 32 MiB, measured on 2 H200s over NVLink: with every GPU pulling, 2 MiB slices kept 75% of the link and
 # slowed a DeepSeek-V3 expert MLP computing beside them by 25-75%; 32 MiB kept 97% and slowed it 3-4%.
 DEFAULT_SLICE_BYTES = 32 << 20
@@ -111,14 +154,16 @@ class DwdpConfig:
     placement: Optional[Tuple[Tuple[int, ...], ...]] = None
     prefetch_depth: int = 2
     slice_bytes: int = DEFAULT_SLICE_BYTES
-    weight_dtype: str = "bfloat16"
-    memory_backend: str = "auto"
-    pull_issue: str = "graph"
+    weight_dtype: WeightDtype = WeightDtype.BF16
+    memory_backend: BackendKind = BackendKind.AUTO
+    pull_issue: PullIssue = PullIssue.GRAPH
 
     def __post_init__(self):
         if self.placement is not None:
             object.__setattr__(self, "placement", tuple(tuple(int(e) for e in r) for r in self.placement))
         self._validate()
+        for name, kind in (("weight_dtype", WeightDtype), ("memory_backend", BackendKind), ("pull_issue", PullIssue)):
+            object.__setattr__(self, name, kind(getattr(self, name)))  # a string given is its member from here on
 
     def _validate(self):
         check_fields({f: getattr(self, f) for f in _FIELD_RULES})

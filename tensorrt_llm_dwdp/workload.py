@@ -1,4 +1,5 @@
-"""Request workloads shared by the runtime and the simulator: ISL distributions, arrivals, traces.
+"""Request workloads shared by the runtime and the simulator: ISL distributions, arrivals, traces, and the
+one rule that packs requests into iterations (the runtime's executor runs it, the simulator predicts with it).
 
 Seeds are explicit so a run can be repeated and its results say what they were made from.
 """
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, Deque, List, Optional
 
 import numpy as np
 
@@ -83,6 +85,57 @@ class Request:
     id: int
     isl: int
     arrival_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Tokens [offset, offset + n) of a request; `last` when it completes the request."""
+
+    request: Request
+    offset: int
+    n: int
+
+    @property
+    def last(self) -> bool:
+        return self.offset + self.n == self.request.isl
+
+
+def whole(request: Request) -> Chunk:
+    return Chunk(request, 0, request.isl)
+
+
+def take_batch(waiting: Deque[Chunk], max_num_tokens: int, chunked: bool, max_batch_size: Optional[int] = None,
+               refill: Optional[Callable[[], Optional[Chunk]]] = None) -> List[Chunk]:
+    """One iteration from the front of `waiting` (FCFS, mutated): whole requests while they fit, at most
+    `max_batch_size` of them (None: no cap). With `chunked`, the first one that does not fit is split and its
+    rest stays at the front. A request longer than the whole budget is split even without `chunked`, alone in
+    its iterations (the runtime refuses such a request before it packs; the simulator's ISL tails reach it).
+    `refill` (the simulator's lazy stream) is asked for the next request only when `waiting` is empty and
+    the iteration has room; it returns None when there is none."""
+    batch: List[Chunk] = []
+    room = max_num_tokens
+    while room > 0 and (max_batch_size is None or len(batch) < max_batch_size):
+        if not waiting:
+            nxt = refill() if refill is not None else None
+            if nxt is None:
+                break
+            waiting.append(nxt)
+        head = waiting[0]
+        if head.n <= room:
+            batch.append(waiting.popleft())
+            room -= head.n
+        elif chunked or not batch:
+            batch.append(Chunk(head.request, head.offset, room))
+            waiting[0] = Chunk(head.request, head.offset + room, head.n - room)
+            room = 0
+        else:
+            break
+    return batch
+
+
+def queue(requests: List[Request]) -> Deque[Chunk]:
+    """`requests` waiting whole, in order."""
+    return deque(whole(q) for q in requests)
 
 
 def make_requests(isl: IslDist, num: int, seed: int, rate: Optional[float] = None) -> List[Request]:

@@ -8,9 +8,9 @@ import torch
 
 from conftest import fresh_seed
 from tensorrt_llm_dwdp.runtime import report
-from tensorrt_llm_dwdp.runtime.executor import Chunk, ContextExecutor, pack
+from tensorrt_llm_dwdp.runtime.executor import ContextExecutor
 from tensorrt_llm_dwdp.runtime.schedule import least_loaded
-from tensorrt_llm_dwdp.workload import Request
+from tensorrt_llm_dwdp.workload import Request, queue, take_batch
 
 
 def _it(tokens, start, end, wait=0.0, comm=0.0):
@@ -113,10 +113,10 @@ def test_chunked_prefill_splits_the_request_that_does_not_fit():
     rng = random.Random(fresh_seed())
     reqs = [Request(i, rng.randint(1, 300)) for i in range(12)]
     mnt = rng.randint(50, 200)
-    waiting = [Chunk(q, 0, q.isl) for q in reqs]
+    waiting = queue(reqs)
     served = {q.id: 0 for q in reqs}
     while waiting:
-        batch = pack(waiting, mnt, chunked=True)
+        batch = take_batch(waiting, mnt, chunked=True)
         assert 0 < sum(c.n for c in batch) <= mnt
         assert sum(c.n for c in batch) == mnt or not waiting  # a chunked batch is full unless the queue ran dry
         for c in batch:
@@ -124,8 +124,8 @@ def test_chunked_prefill_splits_the_request_that_does_not_fit():
             served[c.request.id] += c.n
     assert served == {q.id: q.isl for q in reqs}
     # without chunking, a request longer than the room waits for the next batch
-    waiting = [Chunk(Request(0, 30), 0, 30), Chunk(Request(1, 50), 0, 50)]
-    assert [c.request.id for c in pack(waiting, 60, chunked=False)] == [0]
+    waiting = queue([Request(0, 30), Request(1, 50)])
+    assert [c.request.id for c in take_batch(waiting, 60, chunked=False)] == [0]
 
 
 def test_executor_refuses_an_overlong_request_unless_chunked():

@@ -85,7 +85,7 @@ def test_parse_placement():
 @pytest.mark.parametrize("args,option", [((0, 64, 32, 8), "MoeShape.num_layers"), ((2, 64, True, 8),
                                          "MoeShape.intermediate_size"), ((2, 64, 32, 8, (3, 3)), "MoeShape.layer_ids")])
 def test_moe_shape_errors_name_the_field_and_the_fix(args, option):
-    from tensorrt_llm_dwdp.hooks import MoeShape
+    from tensorrt_llm_dwdp.shard import MoeShape
     with pytest.raises(DwdpConfigError, match="Fix:") as e:
         MoeShape(*args)
     assert e.value.option == option

@@ -85,7 +85,7 @@ def test_a_host_that_needs_contiguous_experts_is_refused_a_padded_stride_before_
     """plan_composite(contiguous=True), as the TensorRT-LLM adapter asks: the odd split above is refused, naming the
     boundary and the run length that would fit; the even split and DeepSeek-V3's experts plan with no padding."""
     from tensorrt_llm_dwdp.config import DwdpConfig, DwdpConfigError
-    from tensorrt_llm_dwdp.hooks import MoeShape, plan_composite
+    from tensorrt_llm_dwdp.shard import MoeShape, plan_composite
     gran = 2 << 20
     qwen = MoeShape(2, 2048, 768, 128, (0, 1))
     odd = DwdpConfig(num_experts=128, group_size=2, placement=(tuple(range(0, 65)), tuple(range(65, 128))))
@@ -166,7 +166,7 @@ def test_the_split_a_padding_refusal_names_plans_without_padding(dims, dtype, gr
     import re
 
     from tensorrt_llm_dwdp.config import DwdpConfig, DwdpConfigError
-    from tensorrt_llm_dwdp.hooks import MoeShape, plan_composite
+    from tensorrt_llm_dwdp.shard import MoeShape, plan_composite
     hidden, inter = dims
     gran = 2 << 20
     experts = data.draw(st.integers(group_size, 64))

@@ -184,20 +184,16 @@ def test_load_names_the_reason_and_sets_the_cache(monkeypatch, tmp_path):
     (tmp_path / "bin" / "nvcc").write_text("")
     for env in ("CUDA_HOME", "CUDA_PATH"):
         monkeypatch.delenv(env, raising=False)
-    monkeypatch.setattr(deepgemm, "_module", None)
-    monkeypatch.setattr(deepgemm, "_import_error", None)
     monkeypatch.setattr(deepgemm.shutil, "which", lambda name: None)
     monkeypatch.setattr(deepgemm.os.path, "exists", lambda p: False)
-    assert deepgemm.load() is None and "no nvcc" in deepgemm._import_error
+    assert deepgemm.load(retry=True) is None and "no nvcc" in deepgemm.import_problem()
     monkeypatch.undo()
     monkeypatch.setenv("CUDA_HOME", str(tmp_path))
     monkeypatch.setenv(deepgemm.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv("DG_JIT_CACHE_DIR", "elsewhere")
-    monkeypatch.setattr(deepgemm, "_module", None)
-    monkeypatch.setattr(deepgemm, "_import_error", None)
     monkeypatch.setitem(__import__("sys").modules, "deep_gemm", None)  # import fails as when not installed
-    assert deepgemm.load() is None
-    assert "not installed" in deepgemm._import_error and "deepgemm" in deepgemm._import_error
+    assert deepgemm.load(retry=True) is None
+    assert "not installed" in deepgemm.import_problem() and "deepgemm" in deepgemm.import_problem()
     assert os.environ["DG_JIT_CACHE_DIR"] == str(tmp_path / "cache")
 
 
@@ -307,7 +303,7 @@ def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
             raise AssertionError("weights acquired although DeepGEMM cannot run")
     g = torch.Generator().manual_seed(fresh_seed())
     routed = RoutedExperts(Source({3: _fp8_weights(g, 4, 256, 128)}))
-    assert deepgemm.warm_up_routed(routed, None, 1024, 4) is None
+    assert routed.warm_up_kernels(1024, 4) is None
 
 
 def test_bench_side_by_side_ratios_and_preset_shapes():

@@ -9,7 +9,7 @@ from conftest import fresh_seed
 from tensorrt_llm_dwdp.layout import swiglu_expert_specs
 from tensorrt_llm_dwdp.layout import W13Order
 from tensorrt_llm_dwdp.moe import ExpertKernel, ExpertWeights, expert_compute, moe_experts, ops
-from tensorrt_llm_dwdp.moe.kernels import _grouped, check
+from tensorrt_llm_dwdp.moe.kernels import check, grouped
 
 FP8 = torch.float8_e4m3fn
 
@@ -139,7 +139,7 @@ def _fp8_mlp(x, ids, wts, weights):
     """The FP8 kernel's data path: CUTLASS on Hopper; on CPU the same steps on the ops' plain-torch bodies."""
     if x.is_cuda:
         return expert_compute(x, ids, wts, weights, kernel=ExpertKernel.CUTLASS_FP8)
-    return _grouped(x, ids, wts, weights, ExpertKernel.CUTLASS_FP8, 0)
+    return grouped(x, ids, wts, weights, ExpertKernel.CUTLASS_FP8, 0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -113,7 +113,7 @@ def test_sim_writes_json_and_plot_into_folders_it_creates(tmp_path):
                   cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "new/a/s.json").read_text())["speedup"] > 0
-    assert (tmp_path / "new/b/p.png").stat().st_size > 0 and f"plot written to new/b/p.png" in proc.stdout
+    assert (tmp_path / "new/b/p.png").stat().st_size > 0 and "plot written to new/b/p.png" in proc.stdout
 
 
 def test_sim_plot_without_a_file_type_is_refused(tmp_path):
@@ -239,9 +239,9 @@ LAUNCH_KEY_VALUES = (None, "", "nan", -1, 0, 10**12, 1.5, "abc", [1, 2], {"a": 1
 
 def _launch_cases(tmp_path):
     import yaml
-    from tensorrt_llm_dwdp.integrations.trtllm.options import _KEYS
+    from tensorrt_llm_dwdp.integrations.trtllm.options import KEYS
     cases = []
-    for i, (key, value) in enumerate((k, v) for k in _KEYS for v in LAUNCH_KEY_VALUES):
+    for i, (key, value) in enumerate((k, v) for k in KEYS for v in LAUNCH_KEY_VALUES):
         path = tmp_path / f"opts{i}.yaml"
         path.write_text(yaml.safe_dump({"max_num_tokens": 8192, "dwdp": {key: value}}))
         cases.append({"option": f"dwdp.{key}", "argv": ["launch", "--dry-run", "--", "trtllm-serve", "m", "--config",
@@ -271,7 +271,7 @@ def _judge(case, res):
     """Why this answer is not acceptable, or None."""
     out, option = res["out"], case["option"]
     if res["hung"]:
-        return f"no answer within 10 s"
+        return "no answer within 10 s"
     if res["seconds"] > ANSWER_S:
         return f"answered after {res['seconds']:.1f} s"
     if "Traceback" in out:

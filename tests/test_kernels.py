@@ -81,6 +81,18 @@ def test_padded_experts_skip_grouped_mm_with_a_reason():
     assert "padded" in check(ExpertKernel.GROUPED_MM, x.cuda(), weights)
 
 
+def test_padded_names_composite_padding_and_takes_a_rank_without_experts():
+    """What library grouped GEMMs (torch._grouped_mm, DeepGEMM) need: one dense [E, N, K] stack. A DEP rank may
+    hold no experts at all: dense, not an error."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    w13, w2 = torch.randn(3, 16, 8, generator=g), torch.randn(3, 8, 8, generator=g)
+    assert ExpertWeights(w13, w2).padded("w13") is None and ExpertWeights(w13, w2).padded("w2") is None
+    padded = ExpertWeights(_padded(w13, 32), w2)
+    assert "w13 experts are padded (composite stride 160 > expert size 128)" == padded.padded("w13")
+    assert ExpertWeights(w13.transpose(1, 2).contiguous().transpose(1, 2), w2).padded("w13") is not None
+    assert ExpertWeights(w13[:0], w2[:0]).padded("w13") is None
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kernel", [ExpertKernel.GROUPED_MM, ExpertKernel.CUTLASS_BF16])
 def test_kernel_in_cuda_graph_matches_eager(kernel):
@@ -135,7 +147,7 @@ def test_grouped_path_on_received_rows_only(monkeypatch):
 
     monkeypatch.setattr(ops, "grouped_gemm", counting_gemm)
     monkeypatch.setattr(torch.Tensor, "contiguous", watch_contiguous)
-    out = kernels._grouped(view, ids[rows], wts[rows], weights, ExpertKernel.CUTLASS_BF16, 0, rows)
+    out = kernels.grouped(view, ids[rows], wts[rows], weights, ExpertKernel.CUTLASS_BF16, 0, rows)
     monkeypatch.undo()
     real = int((ids[rows] < weights.num_experts).sum())
     assert gemm_rows == [real, real] and real < rows.numel() * ids.shape[1] and not copied

@@ -46,7 +46,7 @@ def test_bench_auto_mode_runs_the_chosen_mode_once(tmp_path, modes):
 def test_mode_auto_predicts_with_the_runs_weight_dtype():
     """DeepSeek-V3's BF16 experts do not fit 8 H200s with DWDP's slots, its FP8 ones do: a bench run with
     --weight-dtype float8_e4m3fn is judged as the simulator judges FP8 experts, not BF16 ones."""
-    from tensorrt_llm_dwdp.runtime.job import model_config, parse_args, predict_mode
+    from tensorrt_llm_dwdp.runtime.options import model_config, parse_args, predict_mode
     from tensorrt_llm_dwdp.sim.auto import decide
     from tensorrt_llm_dwdp.sim.machines import get_machine
     from tensorrt_llm_dwdp.sim.models import get_precision

@@ -12,14 +12,16 @@ import pytest
 
 from tensorrt_llm_dwdp.sim.analysis import crossover, layer_budget, model_times, roofline_batch1
 from tensorrt_llm_dwdp.sim.auto import decide
-from tensorrt_llm_dwdp.sim.calibrate import BENCH_SHAPES, apply_calibration, load_calibration
+from tensorrt_llm_dwdp.sim.calibrate import apply_calibration, load_calibration
 from tensorrt_llm_dwdp.sim.costs import Chunk, experts_touched, moe_layer_cost
 from tensorrt_llm_dwdp.sim.dep import a2a_s, remote_copies
-from tensorrt_llm_dwdp.sim.engine import _fair_rates, simulate, simulate_dep, workload
+from tensorrt_llm_dwdp.sim.engine import simulate, simulate_dep, workload
+from tensorrt_llm_dwdp.sim.flows import fair_rates
 from tensorrt_llm_dwdp.sim.machines import Efficiency, Rates, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
 from tensorrt_llm_dwdp.sim.scenario import DepModel, Scenario
-from tensorrt_llm_dwdp.sim.workload import IslDist, pack, parse_isl
+from tensorrt_llm_dwdp.sim.workload import pack
+from tensorrt_llm_dwdp.workload import IslDist, parse_isl
 
 GB200, H100, H200 = get_machine("gb200"), get_machine("h100"), get_machine("h200")
 R1 = get_model("deepseek-r1")
@@ -96,12 +98,12 @@ def test_a2a_time_is_bytes_over_link():
 
 def test_fair_share_when_ranks_pull_from_one_source():
     b = 100.0
-    three = _fair_rates([(0, {3: 1.0}), (1, {3: 1.0}), (2, {3: 1.0})], b, b)
+    three = fair_rates([(0, {3: 1.0}), (1, {3: 1.0}), (2, {3: 1.0})], b, b)
     assert three == pytest.approx([b / 3] * 3)
-    apart = _fair_rates([(0, {1: 1.0}), (1, {2: 1.0})], b, b)
+    apart = fair_rates([(0, {1: 1.0}), (1, {2: 1.0})], b, b)
     assert apart == pytest.approx([b, b])
     # one flow spread over sources 1, 2; two flows on source 1: source 1 saturates first
-    mixed = _fair_rates([(0, {1: 0.5, 2: 0.5}), (2, {1: 1.0}), (3, {1: 1.0})], b, b)
+    mixed = fair_rates([(0, {1: 0.5, 2: 0.5}), (2, {1: 1.0}), (3, {1: 1.0})], b, b)
     assert sum(r * w for r, w in zip(mixed, [0.5, 1, 1])) == pytest.approx(b)
     assert mixed[1] == mixed[2] == pytest.approx(mixed[0])
 
@@ -332,8 +334,8 @@ def test_calibration_from_the_h100_run_matches_bench_own_roofline():
         raw = json.load(f)
     cal = load_calibration(path)
     for row in raw["gemm"]:
-        h, i, e, k = BENCH_SHAPES[row["shape"]]
-        assert dict(cal.grouped[row["shape"]])[row["tokens"] * k / e] == pytest.approx(
+        m = get_model(row["shape"])
+        assert dict(cal.grouped[row["shape"]])[row["tokens"] * m.top_k / m.experts] == pytest.approx(
             min(1.0, row["split_of_roofline"]), rel=1e-9)
     q = apply_calibration(H100, get_model("qwen3-30b-a3b"), Efficiency(), cal).efficiency
     assert q.grouped == cal.grouped["qwen3-30b-a3b"] and q.mma == pytest.approx(raw["peaks"]["bf16_tflops"] / 989.5)

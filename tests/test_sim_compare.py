@@ -16,7 +16,7 @@ from tensorrt_llm_dwdp.sim.engine import simulate
 from tensorrt_llm_dwdp.sim.machines import Efficiency, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
 from tensorrt_llm_dwdp.sim.scenario import DepPacking, Scenario
-from tensorrt_llm_dwdp.sim.workload import parse_isl
+from tensorrt_llm_dwdp.workload import parse_isl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H200 = get_machine("h200")

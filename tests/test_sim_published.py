@@ -12,7 +12,7 @@ from tensorrt_llm_dwdp.sim.engine import simulate
 from tensorrt_llm_dwdp.sim.machines import Efficiency, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
 from tensorrt_llm_dwdp.sim.scenario import DepModel, DepPacking, PullStreams, Scenario
-from tensorrt_llm_dwdp.sim.workload import parse_isl
+from tensorrt_llm_dwdp.workload import parse_isl
 
 GB200, R1, NVFP4 = get_machine("gb200"), get_model("deepseek-r1"), get_precision("nvfp4")
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from tensorrt_llm_dwdp.config import DwdpConfigError
-from tensorrt_llm_dwdp.hooks import MoeShape
+from tensorrt_llm_dwdp.shard import MoeShape
 from tensorrt_llm_dwdp.integrations.trtllm import engine_flow as ef
 from trtllm_engine_fakes import BaseWorker, FakeNetwork, FakeTrt, MixtureOfExperts, SideStreamIDType
 

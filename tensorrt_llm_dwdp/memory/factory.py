@@ -6,14 +6,16 @@ from typing import Optional
 
 import torch
 
+from ..config import MEMORY_BACKENDS, BackendKind, DwdpConfigError
 from .base import MemoryBackend
 
 
 def check_backend_available(kind: str) -> None:
     """Raise DwdpConfigError when `kind` names a CUDA backend and no GPU is visible (asks the driver
     whether a device exists; allocates nothing)."""
-    if kind.startswith("cuda") and not torch.cuda.is_available():
-        from ..config import DwdpConfigError
+    if kind not in MEMORY_BACKENDS:
+        raise DwdpConfigError("memory_backend", kind, "unknown memory backend", f"use one of {', '.join(MEMORY_BACKENDS)}")
+    if BackendKind(kind).needs_cuda and not torch.cuda.is_available():
         raise DwdpConfigError("memory_backend", kind, "needs a CUDA GPU and none is visible",
                               "use memory_backend cpu_shm (or auto) on a CPU machine")
 
@@ -25,18 +27,15 @@ def get_backend(kind: str = "auto", device: Optional[torch.device] = None) -> Me
     cuda_ipc: legacy IPC handles. cuda_vmm: cuMemCreate + POSIX file descriptors (one node).
     cuda_fabric: cuMemCreate + fabric handles (multi-node NVLink domains)."""
     check_backend_available(kind)
-    if kind == "auto":
-        if device is not None:
-            kind = "cuda_vmm" if torch.device(device).type == "cuda" else "cpu_shm"
-        else:
-            kind = "cuda_vmm" if torch.cuda.is_available() else "cpu_shm"
-    if kind == "cpu_shm":
+    kind = BackendKind(kind)
+    if kind is BackendKind.AUTO:
+        gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        kind = BackendKind.CUDA_VMM if gpu else BackendKind.CPU_SHM
+    if kind is BackendKind.CPU_SHM:
         from .cpu_shm import CpuShmBackend
         return CpuShmBackend()
-    if kind == "cuda_ipc":
+    if kind is BackendKind.CUDA_IPC:
         from .cuda_ipc import CudaIpcBackend
         return CudaIpcBackend(device)
-    if kind in ("cuda_vmm", "cuda_fabric"):
-        from .cuda_vmm import CudaVmmBackend
-        return CudaVmmBackend(device, fabric=kind == "cuda_fabric")
-    raise ValueError(f"memory_backend={kind!r}: unknown; use auto, cpu_shm, cuda_ipc, cuda_vmm or cuda_fabric")
+    from .cuda_vmm import CudaVmmBackend
+    return CudaVmmBackend(device, fabric=kind is BackendKind.CUDA_FABRIC)

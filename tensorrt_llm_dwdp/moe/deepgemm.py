@@ -46,9 +46,12 @@ def _cuda_home() -> Optional[str]:
     return home if os.path.exists(os.path.join(home, "bin", "nvcc")) else None
 
 
-def load():
-    """The `deep_gemm` module, imported once (None when it cannot be: `unavailable` says why)."""
+def load(retry: bool = False):
+    """The `deep_gemm` module, imported once (None when it cannot be: `import_problem` says why). retry: forget
+    an earlier outcome and try again (after installing the extra, or changing CUDA_HOME)."""
     global _module, _import_error
+    if retry:
+        _module = _import_error = None
     if _module is not None or _import_error is not None:
         return _module
     if _cuda_home() is None:
@@ -77,6 +80,11 @@ def load():
     return _module
 
 
+def import_problem() -> Optional[str]:
+    """Why the last `load` could not import DeepGEMM (None if it did, or was not tried)."""
+    return _import_error
+
+
 def unavailable(device=None) -> Optional[str]:
     """None when DeepGEMM's grouped GEMMs can run on `device` (default: the current GPU), else why not."""
     if not torch.cuda.is_available():
@@ -103,10 +111,9 @@ def check(fp8: bool, x: torch.Tensor, weights: ExpertWeights) -> Optional[str]:
         return f"weights are {weights.w13.dtype}; DeepGEMM's BF16 grouped GEMM takes bfloat16"
     # the library reads each [E, N, K] stack as one [E*N, K] matrix (and Hopper's weight scales contiguous)
     for name in ("w13", "w2"):
-        w = getattr(weights, name)
-        if w.stride(0) != w[0].numel() or not w[0].is_contiguous():
-            return f"{name} experts are padded (composite stride {w.stride(0)} > expert size {w[0].numel()}); " \
-                   "DeepGEMM takes dense expert stacks"
+        padded = weights.padded(name)
+        if padded:
+            return f"{padded}; DeepGEMM takes dense expert stacks"
         s = getattr(weights, name + "_scale")
         if fp8 and not s.is_contiguous():
             return f"{name}_scale is not contiguous; DeepGEMM's sm90 FP8 kernel takes contiguous weight scales"
@@ -264,36 +271,6 @@ def warm_up(weights: ExpertWeights, max_tokens: int, top_k: int, fp8: Optional[b
         calls += 2
     torch.cuda.synchronize(dev)
     return calls
-
-
-def warm_up_routed(routed, hooks, max_rows: int, top_k: int) -> Optional[str]:
-    """Setup code of a runtime: `warm_up` once where the kernel a step will run on this rank's experts is DeepGEMM.
-    routed: a RoutedExperts (its weight source's first layer is acquired and released, inside one hooks step
-    for DWDP); max_rows: the most token rows one expert call computes. Returns what was done, or None."""
-    ids = hooks.shape.ids if hooks is not None else tuple(getattr(routed.source, "layers", {}))
-    if not ids or max_rows <= 0 or unavailable() is not None:
-        return None  # before touching the weights: a DWDP step here would pull every layer for nothing
-    if hooks is not None:
-        hooks.begin_step()
-    try:
-        weights = routed.source.acquire(ids[0])
-        probe = torch.empty(1, weights.w13.shape[2], dtype=torch.bfloat16, device=weights.device)
-        # kernels.select takes DeepGEMM FP8 first wherever check passes; BF16 only when forced
-        forced = routed.kernel.value if routed.kernel is not None else None
-        fp8 = forced == "deepgemm_fp8" or (forced is None and check(True, probe, weights) is None)
-        done = None
-        if fp8 or forced == "deepgemm_bf16":
-            calls = warm_up(weights, max_rows, top_k, fp8)
-            done = f"DeepGEMM warm-up: {calls} GEMM calls up to {max_rows} rows x top-{top_k}"
-        routed.source.release(ids[0])
-        if hooks is not None:  # a step walks every layer
-            for lid in ids[1:]:
-                routed.source.acquire(lid)
-                routed.source.release(lid)
-    finally:
-        if hooks is not None:
-            hooks.end_step()
-    return done
 
 
 def describe() -> str:

@@ -71,8 +71,9 @@ def check(kernel: ExpertKernel, x: torch.Tensor, weights: ExpertWeights) -> Opti
             return f"torch {torch.__version__} has no torch._grouped_mm"
         if torch.cuda.get_device_capability(x.device) < (9, 0):
             return "torch._grouped_mm's fast path needs Hopper or newer"
-        if any(w.stride(0) != w[0].numel() for w in (weights.w13, weights.w2)):
-            return "experts are padded (composite stride > expert size); torch._grouped_mm takes dense stacks"
+        padded = weights.padded("w13") or weights.padded("w2")
+        if padded:
+            return f"{padded}; torch._grouped_mm takes dense stacks"
         return None
     if not ops.cutlass_available(x):
         return "the CUTLASS BF16 kernel is not built (nvidia-cutlass headers) or this GPU is not Hopper (sm_90)"
@@ -135,7 +136,7 @@ def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor
     elif kernel in _DEEPGEMM:
         out = deepgemm.moe_mlp(x, topk_ids, topk_weights, weights, kernel is ExpertKernel.DEEPGEMM_FP8, rows)
     else:
-        out = _grouped(x, topk_ids, topk_weights, weights, kernel, tile, rows)
+        out = grouped(x, topk_ids, topk_weights, weights, kernel, tile, rows)
     if shared is None:
         return out
     return out + swiglu(x if rows is None else x.index_select(0, rows), shared.w13, shared.w2)
@@ -174,8 +175,10 @@ def sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> Sorted:
     return Sorted(order, ends, torch.where(flat < num_experts, row, -1))
 
 
-def _grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKernel, tile: int,
-             rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+def grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKernel, tile: int,
+            rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The grouped path of `expert_compute` with `kernel`, without its check: tests drive it on CPU with the
+    device ops replaced, where check would refuse."""
     k = topk_ids.shape[1]
     s = sort_by_expert(topk_ids, weights.num_experts)
     order = s.order

@@ -12,11 +12,13 @@ Hosts build a `RoutedExperts` instead of writing layer_weights -> compute -> lay
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Protocol
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Dict, Iterator, Optional, Protocol, Tuple
 
 import torch
 
-from .kernels import ExpertKernel, expert_compute
+from . import deepgemm
+from .kernels import ExpertKernel, expert_compute, select
 from .weights import ExpertWeights
 
 # (x [R, H], topk_ids [M, k], topk_weights [M, k], rows [M] or None) -> [M, H]: the experts of the weight source
@@ -29,6 +31,10 @@ class WeightSource(Protocol):
     def acquire(self, layer_idx: int) -> ExpertWeights: ...
 
     def release(self, layer_idx: int) -> None: ...
+
+    def layer_ids(self) -> Tuple[int, ...]: ...
+
+    def peek(self) -> ContextManager[ExpertWeights]: ...
 
 
 class TokenExchange(Protocol):
@@ -48,6 +54,14 @@ class LocalWeights:
     def release(self, layer_idx: int) -> None:
         pass
 
+    def layer_ids(self) -> Tuple[int, ...]:
+        return tuple(self.layers)
+
+    @contextmanager
+    def peek(self) -> Iterator[ExpertWeights]:
+        """The first layer's experts, outside any step (setup code)."""
+        yield self.layers[self.layer_ids()[0]]
+
 
 class DwdpWeights:
     """The hooks' composite tensors: local shard and prefetch slot, joined in virtual memory."""
@@ -60,6 +74,18 @@ class DwdpWeights:
 
     def release(self, layer_idx: int) -> None:
         self.hooks.layer_done(layer_idx)
+
+    def layer_ids(self) -> Tuple[int, ...]:
+        return tuple(self.hooks.shape.ids)
+
+    @contextmanager
+    def peek(self) -> Iterator[ExpertWeights]:
+        """The first layer's experts, in a step of their own that is aborted after (setup code)."""
+        self.hooks.begin_step()
+        try:
+            yield self.hooks.layer_weights(self.layer_ids()[0])
+        finally:
+            self.hooks.abort_step()
 
 
 class NoExchange:
@@ -87,6 +113,20 @@ class RoutedExperts:
 
     def reset_counters(self) -> None:
         self.expert_rows = None
+
+    def warm_up_kernels(self, max_rows: int, top_k: int) -> Optional[str]:
+        """Setup code: compile every kernel config a call of up to `max_rows` token rows (top_k each) can launch on
+        these experts, so that no timed step compiles (DeepGEMM JIT-compiles at its first launch of each config;
+        the other kernels need nothing). Returns what was done, or None."""
+        if max_rows <= 0 or not self.source.layer_ids() or deepgemm.unavailable() is not None:
+            return None  # before touching the weights: a DWDP step here would pull for nothing
+        with self.source.peek() as weights:
+            probe = torch.empty(0, weights.w13.shape[2], dtype=torch.bfloat16, device=weights.device)
+            kernel = self.kernel or select(probe, weights).kernel
+            if kernel not in (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16):
+                return None
+            calls = deepgemm.warm_up(weights, max_rows, top_k, kernel is ExpertKernel.DEEPGEMM_FP8)
+        return f"{kernel.value} warm-up: {calls} GEMM calls up to {max_rows} rows x top-{top_k}"
 
     def routed(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                layer_idx: int) -> torch.Tensor:

@@ -43,6 +43,15 @@ class ExpertWeights:
     def device(self) -> torch.device:
         return self.w13.device
 
+    def padded(self, name: str) -> Optional[str]:
+        """Why the experts of `name` (w13, w2) are not one dense [E, N, K] stack (composite padding, or a strided
+        expert), else None: what library grouped GEMMs that read [E*N, K] need. No experts: dense."""
+        w = getattr(self, name)
+        size = w.shape[1:].numel()
+        if w.shape[0] and (w.stride(0) != size or not w[0].is_contiguous()):
+            return f"{name} experts are padded (composite stride {w.stride(0)} > expert size {size})"
+        return None
+
     def dense(self, expert: int, name: str) -> torch.Tensor:
         """An expert's weight as stored, or dequantized to fp32 where block scales exist."""
         w = getattr(self, name)[expert]

@@ -12,12 +12,12 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from ..config import PullIssue
 from .plan import LayerCopyPlan
 
 # graph: each (layer, slot) pull captured once and replayed (fastest to issue from device memory);
 # batched: one cudaMemcpyBatchAsync per pull (fastest for pinned-host sources);
 # per_slice: one cudaMemcpyAsync per slice.
-ISSUE_MODES = ("graph", "batched", "per_slice")
 
 
 def native_available() -> bool:
@@ -50,9 +50,10 @@ class CudaCopyEngine:
 
     def __init__(self, num_slots: int, regions: Dict[Tuple[int, int], torch.Tensor],
                  peers: Dict[int, Sequence[torch.Tensor]], plans: Sequence[LayerCopyPlan], device: torch.device,
-                 measure_waits: bool = True, issue_mode: str = "graph"):
-        if issue_mode not in ISSUE_MODES:
-            raise ValueError(f"issue_mode={issue_mode!r}: use one of {ISSUE_MODES}")
+                 measure_waits: bool = True, issue_mode: PullIssue = PullIssue.GRAPH):
+        if issue_mode not in {p.value for p in PullIssue}:
+            raise ValueError(f"issue_mode={issue_mode!r}: use one of {', '.join(p.value for p in PullIssue)}")
+        issue_mode = PullIssue(issue_mode)
         self.num_slots, self.device = num_slots, device
         self._dst = {key: t.data_ptr() for key, t in regions.items()}  # (layer, slot) -> composite region base
         self.stream = torch.cuda.Stream(device=self.device)
@@ -66,7 +67,7 @@ class CudaCopyEngine:
             triples = [(peers[s.source][s.piece].data_ptr() + s.src_offset, s.dst_offset, s.nbytes)
                        for s in plan.slices]
             self._issuers[plan.layer] = make(triples) if triples else None
-        if issue_mode == "graph":
+        if issue_mode is PullIssue.GRAPH:
             self._capture_graphs()
 
     def _capture_graphs(self) -> None:
@@ -89,13 +90,13 @@ class CudaCopyEngine:
         self.stream.wait_event(self.compute_done[slot])
         if issuer is not None:
             dst = self._dst[(plan.layer, slot)]
-            if self.issue_mode == "graph" and self.native:
+            if self.issue_mode is PullIssue.GRAPH and self.native:
                 issuer.launch(dst, self.stream.cuda_stream)
-            elif self.issue_mode == "graph":
+            elif self.issue_mode is PullIssue.GRAPH:
                 with torch.cuda.stream(self.stream):
                     self._graphs[(plan.layer, slot)].replay()
             else:
-                issuer.issue(dst, self.stream.cuda_stream, batched=self.issue_mode == "batched")
+                issuer.issue(dst, self.stream.cuda_stream, batched=self.issue_mode is PullIssue.BATCHED)
         self.fetch_done[slot].record(self.stream)
 
     def wait_fetch(self, slot: int):

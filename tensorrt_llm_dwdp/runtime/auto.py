@@ -3,12 +3,11 @@ runtime's call of the one prediction (sim.auto.predict) that the TensorRT-LLM ad
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Optional
 
 from ..config import WeightDtype
 from ..sim.auto import AutoDecision, predict
-from ..sim.models import MoEModel, moe_model
+from ..sim.models import MoEModel, model_of
 from .capacity import gpu_names
 from .config import ModelConfig
 
@@ -16,9 +15,7 @@ from .config import ModelConfig
 def sim_model(c: ModelConfig) -> MoEModel:
     """The model's shapes as the performance model sees them (a preset, a checkpoint's or a served model's
     config.json parsed by hf_config)."""
-    kw = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "name"}
-    kw["first_k_dense"] = c.layers - len(c.moe_layer_ids)  # the cost model counts dense layers, wherever they sit
-    return moe_model(c.name, "runtime model config", **kw)
+    return model_of(c, "runtime model config")
 
 
 def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",

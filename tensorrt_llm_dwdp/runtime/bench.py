@@ -17,7 +17,7 @@ from ..usage import UsageError, check_output_path, one_line_errors, open_output
 from ..workload import IslDist, parse_isl
 from . import report
 from .capacity import rank_needs_for
-from .job import build_parser, model_name, validate, workload_name
+from .options import build_parser, model_name, validate, workload_name
 
 PROG = "trtllm-dwdp bench"
 

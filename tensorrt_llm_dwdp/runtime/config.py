@@ -50,6 +50,13 @@ class Yarn:
 
 
 
+class AttentionKind(str, Enum):
+    """How a layer attends; a member equals its string, so presets and configs name it as before."""
+
+    MLA = "mla"  # DeepSeek multi-head latent attention
+    GQA = "gqa"  # grouped-query attention
+
+
 class Routing(str, Enum):
     """How a MoE block picks its experts (ModelConfig.routing; presets give the value)."""
 
@@ -84,7 +91,7 @@ class ModelConfig:
     top_k: int
     moe_inter: int
     shared_inter: int
-    attention: str
+    attention: AttentionKind
     heads: int
     routing: Routing = Routing.DEEPSEEK_V3
     n_group: int = 1
@@ -106,8 +113,9 @@ class ModelConfig:
     yarn: Optional[Yarn] = None
 
     def __post_init__(self):
-        if self.attention not in ("mla", "gqa"):
-            raise ValueError(f"attention={self.attention!r}: use 'mla' or 'gqa'")
+        if self.attention not in {a.value for a in AttentionKind}:
+            raise ValueError(f"attention={self.attention!r}: use one of {', '.join(a.value for a in AttentionKind)}")
+        object.__setattr__(self, "attention", AttentionKind(self.attention))
         if self.routing not in {r.value for r in Routing}:
             raise ValueError(f"routing={self.routing!r}: use one of {', '.join(r.value for r in Routing)}")
         object.__setattr__(self, "routing", Routing(self.routing))

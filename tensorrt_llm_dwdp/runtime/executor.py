@@ -7,21 +7,27 @@ idle ranks run a zero-token forward so the per-layer all-to-alls can complete). 
 iterations are recorded (tokens == 0); the headline TPS/GPU counts the timed window's wall time on
 every rank, busy-time TPS charges them to no mode (report.summarize).
 
-Chunked prefill (`chunked_prefill=True`): a request longer than the room left in a batch is split
-across iterations. This executor keeps no KV cache, so a chunk attends only within itself: MoE,
-dense and projection work are exact, later chunks' attention is under-counted, alike for every mode.
+Batches are packed by `workload.take_batch`, the rule the simulator predicts with. Chunked prefill
+(`chunked_prefill=True`): a request longer than the room left in a batch is split across iterations.
+This executor keeps no KV cache, so a chunk attends only within itself: MoE, dense and projection work
+are exact, later chunks' attention is under-counted, alike for every mode.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import List
+from typing import Deque, List
 
 import torch
 
-from ..workload import Request
+from ..config import Mode
+from ..workload import Chunk, Request, queue, take_batch, whole
 from .model import Decoder
+
+
+RUN_MODES = (Mode.LOCAL.value, Mode.DWDP.value, Mode.DEP.value)  # what an executor steps (dep+eplb steps as dep)
 
 
 @dataclass(frozen=True)
@@ -62,43 +68,13 @@ class RunResult:
     requests: List[RequestRecord] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """Tokens [offset, offset + n) of a request; `last` when it completes the request."""
-
-    request: Request
-    offset: int
-    n: int
-
-    @property
-    def last(self) -> bool:
-        return self.offset + self.n == self.request.isl
-
-
-def pack(waiting: List[Chunk], max_num_tokens: int, chunked: bool) -> List[Chunk]:
-    """Take a batch from the front of `waiting` (FCFS, mutated): whole requests while they fit;
-    with `chunked`, the first one that does not fit is split and its rest stays at the front."""
-    batch, room = [], max_num_tokens
-    while waiting and room > 0:
-        head = waiting[0]
-        if head.n <= room:
-            batch.append(waiting.pop(0))
-            room -= head.n
-        elif chunked:
-            batch.append(Chunk(head.request, head.offset, room))
-            waiting[0] = Chunk(head.request, head.offset + room, head.n - room)
-            room = 0
-        else:
-            break
-    return batch
-
-
 class ContextExecutor:
     def __init__(self, model: Decoder, mode: str, max_num_tokens: int, device: torch.device, seed: int,
                  hooks=None, clock=None, chunked_prefill: bool = False, traffic=None):
-        if mode not in ("local", "dwdp", "dep"):
-            raise ValueError(f"mode={mode!r}: use local, dwdp or dep")
-        if mode == "dep" and clock is None:
+        if mode not in RUN_MODES:
+            raise ValueError(f"mode={mode!r}: use one of {', '.join(RUN_MODES)}")
+        mode = Mode(mode)
+        if mode is Mode.DEP and clock is None:
             raise ValueError("mode dep needs the exchange's CommClock (clock=...)")
         self.model, self.mode, self.max_num_tokens, self.device = model, mode, max_num_tokens, device
         self.hooks, self.clock, self.seed, self.chunked = hooks, clock, seed, chunked_prefill
@@ -125,18 +101,17 @@ class ContextExecutor:
             raise ValueError(f"--max-num-tokens {self.max_num_tokens}: request {too_long[0].id} has "
                              f"{too_long[0].isl} tokens. Fix: raise --max-num-tokens or pass --chunked-prefill")
         pending = sorted(requests, key=lambda r: (r.arrival_s, r.id))
-        waiting: List[Chunk] = []
+        waiting: Deque[Chunk] = deque()
         result = RunResult(rank, self.mode)
         index = 0
         with torch.no_grad():
             while True:
                 now = time.time() - t0
                 while pending and pending[0].arrival_s <= now:
-                    q = pending.pop(0)
-                    waiting.append(Chunk(q, 0, q.isl))
-                batch = pack(waiting, self.max_num_tokens, self.chunked)
+                    waiting.append(whole(pending.pop(0)))
+                batch = take_batch(waiting, self.max_num_tokens, self.chunked)
                 start, host_mark = now, 0.0
-                if self.mode == "dep":
+                if self.mode is Mode.DEP:
                     self.clock.take_device_s()  # drop what earlier idle polls spent
                     host_mark = self.clock.host_s
                     state = self._anyone(2 if batch else (1 if pending or waiting else 0))
@@ -165,11 +140,11 @@ class ContextExecutor:
         handles, allocator pools, NCCL/gloo first use), so the timed run starts warm. A DEP step runs
         its all-reduce as a timed step does; every rank runs the same number of steps, with a
         zero-token batch where it has no requests, so DEP's collectives pair up."""
-        waiting = [Chunk(q, 0, q.isl) for q in sorted(requests, key=lambda r: (r.arrival_s, r.id))]
-        batch = pack(waiting, self.max_num_tokens, self.chunked)
+        waiting = queue(sorted(requests, key=lambda r: (r.arrival_s, r.id)))
+        batch = take_batch(waiting, self.max_num_tokens, self.chunked)
         with torch.no_grad():
             for _ in range(steps):
-                if self.mode == "dep":
+                if self.mode is Mode.DEP:
                     self._anyone(2)
                 self._forward(batch)
         if self.clock is not None:
@@ -216,17 +191,17 @@ class ContextExecutor:
 
     def _iterate(self, index: int, batch: List[Chunk], t0: float, start: float, host_mark: float) -> IterationRecord:
         """One forward; DEP's wait and comm count from before the step's all-reduce (`start`)."""
-        if self.mode != "dep":
+        if self.mode is not Mode.DEP:
             start = time.time() - t0
         tokens = self._forward(batch)
         end = time.time() - t0
         pulled, wait, comm = 0, 0.0, 0.0
-        if self.mode == "dwdp":
+        if self.mode is Mode.DWDP:
             step = self.hooks.last_step()
             wait, pulled = step.fetch_wait_s, step.bytes_pulled
             comm = wait + self._tail_s  # stalls inside the step, and the pull the step's end waited for
-        elif self.mode == "dep":
+        elif self.mode is Mode.DEP:
             wait, comm = self.clock.host_s - host_mark, self.clock.take_device_s()
-        moved, least = (pulled, pulled) if self.mode == "dwdp" else \
+        moved, least = (pulled, pulled) if self.mode is Mode.DWDP else \
             (self._bytes.moved, self._bytes.minimum) if self._bytes is not None else (0, 0)
         return IterationRecord(index, start, end, tokens, len(batch), wait, pulled, comm, self._rows, moved, least)

@@ -10,15 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from ..config import Mode
 from .analysis import crossover
 from .engine import simulate
 from .machines import get_machine, target_machine
 from .models import MoEModel, get_precision
 from .scenario import Scenario
-from .workload import parse_isl
+from ..workload import parse_isl
 
 PHASES = ("context", "generation")
-MODES = ("auto", "dwdp", "dep")
+MODES = (Mode.AUTO.value, Mode.DWDP.value, Mode.DEP.value)
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class AutoDecision:
         search limit, or not computed).  mean_tokens: the workload's tokens per rank per iteration.
     warning: set when DWDP was requested, or is in use, but cannot pay; names the crossover."""
 
-    mode: str
+    mode: Mode
     reason: str
     speedup: Optional[float]
     crossover_tokens: Optional[int]
@@ -53,7 +54,7 @@ def decide(scn: Scenario, phase: str = "context", requested: str = "auto", margi
 
     def out(mode, reason, speedup=None, cross=None, mean=None):
         warn = None
-        if requested == "dwdp" and mode == "dep":
+        if requested == Mode.DWDP and mode is Mode.DEP:
             where = f"it pays from ~{cross} tokens per rank per iteration" if cross else "it does not pay here"
             now = f" (this workload: {mean:.0f})" if mean is not None else ""
             warn = (f"DWDP is configured but {reason}; {where}{now}. "
@@ -61,10 +62,10 @@ def decide(scn: Scenario, phase: str = "context", requested: str = "auto", margi
         return AutoDecision(mode, reason, speedup, cross, mean, warn)
 
     if phase == "generation":
-        return out("dep", "generation iterations carry ~1 token per request: no compute window hides a pull")
+        return out(Mode.DEP, "generation iterations carry ~1 token per request: no compute window hides a pull")
     mem = scn.memory()
     if not mem.dwdp_fits:
-        return out("dep", f"DWDP's weights and {scn.slots} prefetch slots need {mem.dwdp_gb:.0f} GB per GPU, "
+        return out(Mode.DEP, f"DWDP's weights and {scn.slots} prefetch slots need {mem.dwdp_gb:.0f} GB per GPU, "
                           f"more than {mem.capacity_gb:.0f} GB")
     run = simulate(scn)
     cross = crossover(scn).tokens
@@ -72,8 +73,8 @@ def decide(scn: Scenario, phase: str = "context", requested: str = "auto", margi
     s = run.speedup
     facts = f"predicted {s:.2f}x DEP's TPS/GPU at {mean:.0f} tokens per rank per iteration"
     if s > 1.0 + margin:
-        return out("dwdp", facts, s, cross, mean)
-    return out("dep", facts + (f" (margin {margin:.0%})" if margin else ""), s, cross, mean)
+        return out(Mode.DWDP, facts, s, cross, mean)
+    return out(Mode.DEP, facts + (f" (margin {margin:.0%})" if margin else ""), s, cross, mean)
 
 
 def predict(model: MoEModel, precision: str, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",
@@ -94,7 +95,7 @@ def predict(model: MoEModel, precision: str, ranks: int, isl: str, max_num_token
         for ours, theirs in (option_names or {}).items():
             why = why.replace(ours, theirs)
         why = f"the performance model cannot judge this run on {name}: {why}"
-        if requested == "auto":
+        if requested == Mode.AUTO:
             raise ValueError(why) from None
-        return AutoDecision(requested, f"no prediction on {name}", None, None, None, warning=why)
+        return AutoDecision(Mode(requested), f"no prediction on {name}", None, None, None, warning=why)
     return decide(scn, "context", requested)

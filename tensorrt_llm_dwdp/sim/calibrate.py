@@ -37,13 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 from .machines import MACHINES, Efficiency, Machine
-from .models import MoEModel
-
-# bench/kernels/setup.py's SHAPES names -> (hidden, expert inter, experts, top-k)
-BENCH_SHAPES: Dict[str, Tuple[int, int, int, int]] = {
-    "deepseek-v3": (7168, 2048, 256, 8),
-    "qwen3-30b-a3b": (2048, 768, 128, 8),
-}
+from .models import MODELS, MoEModel
 
 
 @dataclass(frozen=True)
@@ -81,12 +75,13 @@ def _grouped_points(rows: List[dict], bf16_tflops: float, hbm_gbps: float,
                     path: str) -> Dict[str, Tuple[Tuple[float, float], ...]]:
     by_shape: Dict[str, Dict[float, List[float]]] = {}
     for row in rows:
-        name = _need(row, "shape", path)
-        if name not in BENCH_SHAPES:
+        name = _need(row, "shape", path)  # bench kernels names its shapes by the model presets
+        if name not in MODELS:
             continue
         if row.get("dtype", "bfloat16") not in ("bfloat16", "bf16") or row.get("routing", "balanced") != "balanced":
             continue
-        h, i, e, k = BENCH_SHAPES[name]
+        m = MODELS[name]
+        h, i, e, k = m.hidden, m.moe_inter, m.experts, m.top_k
         tokens = float(_need(row, "tokens", path))
         ms = float(row["composite_ms"] if "composite_ms" in row else _need(row, "split_ms", path))
         a = tokens * k
@@ -99,8 +94,7 @@ def _grouped_points(rows: List[dict], bf16_tflops: float, hbm_gbps: float,
 def nearest_shape(model: MoEModel, names) -> str:
     """The bench shape closest to the model's (hidden, expert inter), in log distance."""
     def dist(n):
-        h, i, _, _ = BENCH_SHAPES[n]
-        return abs(math.log(h / model.hidden)) + abs(math.log(i / model.moe_inter))
+        return abs(math.log(MODELS[n].hidden / model.hidden)) + abs(math.log(MODELS[n].moe_inter / model.moe_inter))
     return min(sorted(names), key=dist)
 
 

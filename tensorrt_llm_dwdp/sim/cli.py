@@ -23,7 +23,7 @@ from .engine import simulate
 from .machines import MACHINES, PRECISIONS, Efficiency, get_machine
 from .models import MODELS, get_model, get_precision, model_summary
 from .scenario import DEFAULT_EPLB_REDUNDANT, DepModel, DepPacking, PullStreams, Scenario
-from .workload import parse_isl
+from ..workload import parse_isl
 
 MAX_ITERATIONS = 4096
 DEFAULT_PLOT = "sim_explain.png"

@@ -23,7 +23,7 @@ from .engine import simulate
 from .machines import Efficiency, get_machine
 from .models import get_model, get_precision
 from .scenario import DepPacking, Scenario
-from .workload import parse_isl
+from ..workload import parse_isl
 
 # `trtllm-dwdp bench --preset` names -> the simulator's models of the same shapes
 PRESET_MODELS: Dict[str, str] = {

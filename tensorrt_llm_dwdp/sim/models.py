@@ -6,10 +6,11 @@ Parameter counts are in weights (elements), bytes come from a Precision.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from typing import Dict, Optional, Tuple
 
-from ..presets import MODEL_PRESETS, SOURCES
+from ..presets import MODEL_PRESETS, SOURCES, preset_kwargs
+from ..runtime.config import AttentionKind, ModelConfig, cut
 
 
 @dataclass(frozen=True)
@@ -87,28 +88,34 @@ def moe_model(name: str, source: str, *, vocab: int, hidden: int, layers: int, f
     """The shapes of a preset (keyword arguments of presets.MODEL_PRESETS, i.e. runtime.config.ModelConfig's
     fields) as the cost model sees them; routing and norm options do not change the costs and are ignored."""
     attn = (mla(hidden, heads, q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim)
-            if attention == "mla" else gqa(hidden, heads, kv_heads, head_dim))
+            if AttentionKind(attention) is AttentionKind.MLA else gqa(hidden, heads, kv_heads, head_dim))
     shared = shared_inter // moe_inter if moe_inter else 0
     return MoEModel(name, hidden, layers, first_k_dense, dense_inter, moe_inter, num_experts, top_k, shared, attn,
                     source, vocab)
 
 
+def model_of(c: ModelConfig, source: str) -> MoEModel:
+    """A runtime ModelConfig (a preset, or a checkpoint's or served model's config.json) as the cost model sees
+    it: dense layers counted wherever they sit."""
+    kw = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "name"}
+    kw["first_k_dense"] = c.layers - len(c.moe_layer_ids)
+    return moe_model(c.name, source, **kw)
+
+
 # The simulator's presets: the shared table, minus the CPU-sized test model.
-MODELS: Dict[str, MoEModel] = {n: moe_model(n, SOURCES[n], **MODEL_PRESETS[n]) for n in MODEL_PRESETS if n != "tiny"}
+MODELS: Dict[str, MoEModel] = {n: model_of(ModelConfig(n, **preset_kwargs(n)), SOURCES[n])
+                               for n in MODEL_PRESETS if n != "tiny"}
 
 
 def get_model(name: str, layers: Optional[int] = None) -> MoEModel:
-    """The preset `name`; with `layers`, cut to that many decoder layers, dense ones kept first (at
-    least one MoE layer), as `trtllm-dwdp bench --layers` cuts its model."""
+    """The preset `name`; with `layers`, cut to that many decoder layers as `trtllm-dwdp bench --layers` cuts its
+    model (runtime.config.cut: dense ones kept first, at least one MoE layer)."""
     key = name.strip().lower()
     if key not in MODELS:
         raise ValueError(f"--model {name!r} is not a preset. Fix: use one of {', '.join(MODELS)}.")
-    model = MODELS[key]
     if layers is None:
-        return model
-    if not 1 <= layers <= model.layers:
-        raise ValueError(f"--layers {layers}: {model.name} has {model.layers}. Fix: use 1..{model.layers}.")
-    return replace(model, layers=layers, dense_layers=min(model.dense_layers, layers - 1))
+        return MODELS[key]
+    return model_of(cut(ModelConfig(key, **preset_kwargs(key)), layers), SOURCES[key])
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,24 @@
-"""Requests and iterations: ISL distributions, and packing requests by max_num_tokens.
+"""Iterations of the simulated ranks: request streams packed by the runtime's rule (`workload.take_batch`).
 
 A context-phase server takes requests first come first served and packs them into an
 iteration until the next one would exceed max_num_tokens. A request longer than the budget
-is cut into chunks (chunked prefill); with `chunked=True` every iteration is filled to the
-budget exactly, the last request of an iteration continuing in the next.
+is cut into chunks; with `chunked=True` every iteration is filled to the budget exactly, the
+last request of an iteration continuing in the next. Requests are drawn lazily, one when an
+iteration has room for it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Optional, Tuple
+from typing import Deque, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..workload import ISL_KINDS, IslDist, parse_isl  # noqa: F401 - re-exported for the sim's users
+from .. import workload as requests
+from ..workload import IslDist
 from .costs import Chunk
 
 @dataclass(frozen=True)
@@ -36,27 +40,21 @@ MAX_REQUESTS_PER_ITERATION = 1 << 16
 
 def _pack(isls: Iterable[int], max_num_tokens: int, chunked: bool, max_batch_size: Optional[int],
           limit: Optional[int]) -> Iterator[Batch]:
-    cap = max_batch_size or (1 << 62)
-    cur: List[Chunk] = []
-    room = max_num_tokens
+    stream, ids = iter(isls), itertools.count()
+
+    def refill() -> Optional[requests.Chunk]:
+        for isl in stream:
+            return requests.whole(requests.Request(next(ids), int(isl)))
+        return None
+
+    waiting: Deque[requests.Chunk] = deque()
     made = 0
-    for isl in isls:
-        done = 0
-        while done < isl:
-            left = isl - done
-            if left <= room or (chunked or not cur):
-                take = min(left, room)
-                cur.append(Chunk(take, done))
-                done += take
-                room -= take
-            if room == 0 or done < isl or len(cur) == cap:
-                yield Batch(tuple(cur))
-                made += 1
-                if limit is not None and made >= limit:
-                    return  # NOTE: a request longer than `limit` iterations is not walked to its end
-                cur, room = [], max_num_tokens
-    if cur:
-        yield Batch(tuple(cur))
+    while limit is None or made < limit:  # NOTE: a request longer than `limit` iterations is not walked to its end
+        batch = requests.take_batch(waiting, max_num_tokens, chunked, max_batch_size, refill)
+        if not batch:
+            return
+        yield Batch(tuple(Chunk(c.n, c.offset) for c in batch))
+        made += 1
 
 
 def pack(isls, max_num_tokens: int, chunked: bool = False, max_batch_size: Optional[int] = None,

@@ -22,12 +22,15 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..bootstrap import run_or_abort
-from ..config import MEMORY_BACKENDS, PULL_ISSUE_MODES, WEIGHT_DTYPES, DwdpConfig, parse_placement
-from ..hooks import DwdpHooks, MoeShape
+from ..config import MEMORY_BACKENDS, PULL_ISSUE_MODES, WEIGHT_DTYPES, BackendKind, DwdpConfig, PullIssue, \
+    parse_placement
+from ..hooks import DwdpHooks
 from ..layout import swiglu_expert_specs
 from ..memory import check_backend_available
+from ..runtime.config import Routing
+from ..shard import MoeShape
 from ..usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
-from .model import ToyMoeModel, toy_router
+from .model import TOY_ROUTINGS, ToyMoeModel, toy_router
 
 PROG = "python -m tensorrt_llm_dwdp.verify"
 # DwdpConfig fields the job sets from its flags
@@ -39,7 +42,7 @@ TOLERANCE = {"cpu": 2e-5, "cuda": 1e-4}  # ||out - ref|| / ||ref||, float32 math
 
 def build_parser(prog: str = PROG) -> Parser:
     p = Parser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--backend", default="auto", choices=MEMORY_BACKENDS)
+    p.add_argument("--backend", default=BackendKind.AUTO.value, choices=MEMORY_BACKENDS)
     p.add_argument("--group-size", type=int, default=None, help="DWDP group size (default: world size)")
     p.add_argument("--placement", default="even",
                    help="'even' (uneven when experts do not divide), 'redundant', or explicit '0-3;4-7;...'")
@@ -49,11 +52,11 @@ def build_parser(prog: str = PROG) -> Parser:
     p.add_argument("--inter", type=int, default=32)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--top-k", type=int, default=4)
-    p.add_argument("--routing", default="deepseek", choices=["deepseek", "softmax"])
+    p.add_argument("--routing", default=Routing.DEEPSEEK_V3.value, choices=[r.value for r in TOY_ROUTINGS])
     p.add_argument("--n-group", type=int, default=4)
     p.add_argument("--topk-group", type=int, default=2)
     p.add_argument("--depth", type=int, default=2, help="prefetch slots")
-    p.add_argument("--pull-issue", default="graph", choices=PULL_ISSUE_MODES,
+    p.add_argument("--pull-issue", default=PullIssue.GRAPH.value, choices=PULL_ISSUE_MODES,
                    help="how GPU ranks issue a layer's pull")
     p.add_argument("--slice-bytes", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=WEIGHT_DTYPES,

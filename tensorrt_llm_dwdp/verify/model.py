@@ -18,15 +18,18 @@ from ..layout import torch_dtype
 from ..moe import SharedExpert, make_router, ops
 from ..moe.layer import DwdpWeights, RoutedExperts
 from ..moe.overlap import beside
+from ..runtime.config import Routing
 from . import reference as ref
 
 
 ROUTED_SCALING = 2.5
+TOY_ROUTINGS = (Routing.DEEPSEEK_V3, Routing.SOFTMAX)  # the routers the toy model offers
 
 
 def toy_router(routing: str, top_k: int, n_group: int, topk_group: int):
     """The toy model's router ("deepseek" grouped sigmoid or "softmax"); `.check(E)` validates it."""
-    return make_router(routing, top_k, n_group, topk_group, ROUTED_SCALING if routing == "deepseek" else 1.0)
+    scaling = ROUTED_SCALING if Routing(routing) is Routing.DEEPSEEK_V3 else 1.0
+    return make_router(routing, top_k, n_group, topk_group, scaling)
 
 
 @dataclass

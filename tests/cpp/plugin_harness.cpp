@@ -91,19 +91,26 @@ IPluginCreatorV3One* load_creator(const char* lib) {
   return static_cast<IPluginCreatorV3One*>(list[0]);
 }
 
+template <class T>
+T* capability(IPluginV3* p, PluginCapabilityType t) {
+  return static_cast<T*>(p->getCapabilityInterface(t));
+}
+
 const char* kNames[] = {"layer_index", "num_experts", "hidden_size", "intermediate_size",
                         "top_k",       "routing",     "dtype",       "context_id"};
 
-IPluginV3* create(IPluginCreatorV3One* c, const int32_t* values, int skip = -1) {
+// createPlugin from the 8 fields, leaving out field `skip` (-1: none).
+IPluginV3* create(IPluginCreatorV3One* c, const int32_t* values, int skip = -1,
+                  TensorRTPhase phase = TensorRTPhase::kBUILD) {
   std::vector<PluginField> f;
   for (int i = 0; i < 8; ++i)
     if (i != skip) f.emplace_back(kNames[i], &values[i], PluginFieldType::kINT32, 1);
   PluginFieldCollection fc{static_cast<int32_t>(f.size()), f.data()};
-  return c->createPlugin("dwdp_moe", &fc, TensorRTPhase::kBUILD);
+  return c->createPlugin("dwdp_moe", &fc, phase);
 }
 
 std::vector<int32_t> serialised(IPluginV3* p) {
-  auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  auto* rt = capability<IPluginV3OneRuntime>(p, PluginCapabilityType::kRUNTIME);
   const PluginFieldCollection* fc = rt->getFieldsToSerialize();
   std::vector<int32_t> out(8, -999);
   for (int i = 0; i < fc->nbFields; ++i)
@@ -122,6 +129,27 @@ DynamicPluginTensorDesc desc(std::vector<int64_t> dims, DataType t) {
   d.desc.format = TensorFormat::kLINEAR;
   return d;
 }
+
+// The plugin's tensors for `tokens` rows as TensorRT describes them: inputs (hidden states, routing logits or
+// precomputed expert ids, and with precomputed routing their weights), then the output; `pin`/`pout` are the
+// same as the runtime phase sees them.
+struct Io {
+  bool pre;
+  int nin;
+  int64_t H, K, E;
+  std::vector<DynamicPluginTensorDesc> io;
+  PluginTensorDesc pin[3], pout;
+
+  Io(const int32_t* values, int64_t tokens)
+      : pre(values[5] == 2), nin(pre ? 3 : 2), H(values[2]), K(values[4]), E(values[1]) {
+    io = {desc({tokens, H}, DataType::kBF16), desc({tokens, pre ? K : E}, pre ? DataType::kINT32 : DataType::kFLOAT)};
+    if (pre) io.push_back(desc({tokens, K}, DataType::kFLOAT));
+    io.push_back(desc({tokens, H}, DataType::kBF16));
+    for (int i = 0; i < nin; ++i) pin[i] = io[i].desc;
+    pout = io[nin].desc;
+  }
+  DynamicPluginTensorDesc* out() { return &io[nin]; }
+};
 
 }  // namespace
 
@@ -144,9 +172,9 @@ extern "C" int harness_interface_checks(const char* lib, const int32_t* values, 
 
   std::unique_ptr<IPluginV3> p(create(c, values));
   EXPECT(p != nullptr, "createPlugin with valid fields");
-  auto* core = static_cast<IPluginV3OneCore*>(p->getCapabilityInterface(PluginCapabilityType::kCORE));
-  auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
-  auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+  auto* core = capability<IPluginV3OneCore>(p.get(), PluginCapabilityType::kCORE);
+  auto* build = capability<IPluginV3OneBuild>(p.get(), PluginCapabilityType::kBUILD);
+  auto* rt = capability<IPluginV3OneRuntime>(p.get(), PluginCapabilityType::kRUNTIME);
   EXPECT(core && build && rt, "all three capabilities");
   EXPECT(std::strcmp(core->getPluginNamespace(), "dwdp") == 0, "namespace");
   EXPECT(std::strcmp(build->getInterfaceInfo().kind, "PLUGIN_V3ONE_BUILD") == 0, "build capability kind");
@@ -162,9 +190,10 @@ extern "C" int harness_interface_checks(const char* lib, const int32_t* values, 
   std::unique_ptr<IPluginV3> at(rt->attachToContext(nullptr));
   EXPECT(at && serialised(at.get()) == want, "attachToContext keeps the fields");
 
-  const bool pre = values[5] == 2;
-  const int nin = pre ? 3 : 2;
-  const int64_t E = values[1], H = values[2], K = values[4];
+  Io t(values, tokens);
+  const bool pre = t.pre;
+  const int nin = t.nin;
+  const int64_t E = t.E, H = t.H, K = t.K;
   EXPECT(build->getNbOutputs() == 1, "one output");
   DataType in_types[3] = {DataType::kBF16, pre ? DataType::kINT32 : DataType::kFLOAT, DataType::kFLOAT};
   DataType out_type = DataType::kFLOAT;
@@ -180,10 +209,7 @@ extern "C" int harness_interface_checks(const char* lib, const int32_t* values, 
   EXPECT(out.nbDims == 2 && out.d[0] == ins[0].d[0] && out.d[1]->isConstant() && out.d[1]->getConstantValue() == H,
          "output shape = hidden states' shape");
 
-  std::vector<DynamicPluginTensorDesc> io = {desc({tokens, H}, DataType::kBF16),
-                                             desc({tokens, pre ? K : E}, pre ? DataType::kINT32 : DataType::kFLOAT)};
-  if (pre) io.push_back(desc({tokens, K}, DataType::kFLOAT));
-  io.push_back(desc({tokens, H}, DataType::kBF16));
+  std::vector<DynamicPluginTensorDesc>& io = t.io;
   for (int pos = 0; pos <= nin; ++pos) EXPECT(build->supportsFormatCombination(pos, io.data(), nin, 1), "format ok");
   auto swapped = io;
   swapped[0].desc.type = DataType::kFLOAT;
@@ -198,9 +224,7 @@ extern "C" int harness_interface_checks(const char* lib, const int32_t* values, 
   badshape = io;
   badshape[1].desc.dims.d[1] = (pre ? K : E) + 1;
   EXPECT(build->configurePlugin(badshape.data(), nin, &io[nin], 1) != 0, "a routing width mismatch is refused");
-  PluginTensorDesc pin[3], pout = io[nin].desc;
-  for (int i = 0; i < nin; ++i) pin[i] = io[i].desc;
-  EXPECT(rt->onShapeChange(pin, nin, &pout, 1) == 0, "onShapeChange");
+  EXPECT(rt->onShapeChange(t.pin, nin, &t.pout, 1) == 0, "onShapeChange");
   EXPECT(rt->setTactic(0) == 0, "default tactic");
   return 0;
 }
@@ -211,12 +235,10 @@ extern "C" int64_t harness_workspace(const char* lib, const int32_t* values, int
   if (!c) return -1;
   std::unique_ptr<IPluginV3> p(create(c, values));
   if (!p) return -1;
-  auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
-  const bool pre = values[5] == 2;
-  std::vector<DynamicPluginTensorDesc> io = {desc({tokens, values[2]}, DataType::kBF16),
-                                             desc({tokens, pre ? values[4] : values[1]}, DataType::kFLOAT)};
-  if (pre) io.push_back(desc({tokens, values[4]}, DataType::kFLOAT));
-  return static_cast<int64_t>(build->getWorkspaceSize(io.data(), pre ? 3 : 2, nullptr, 1));
+  Io t(values, tokens);
+  return static_cast<int64_t>(
+      capability<IPluginV3OneBuild>(p.get(), PluginCapabilityType::kBUILD)->getWorkspaceSize(t.io.data(), t.nin,
+                                                                                             t.out(), 1));
 }
 
 // The runtime path: createPlugin (runtime phase), attachToContext, onShapeChange, workspace, enqueue on `stream`.
@@ -225,31 +247,20 @@ extern "C" int harness_enqueue(const char* lib, const int32_t* values, int64_t t
                                const void* route_a, const void* route_b, void* out, void* stream) {
   IPluginCreatorV3One* c = load_creator(lib);
   if (!c) return -100;
-  std::vector<PluginField> f;
-  for (int i = 0; i < 8; ++i) f.emplace_back(kNames[i], &values[i], PluginFieldType::kINT32, 1);
-  PluginFieldCollection fc{8, f.data()};
-  std::unique_ptr<IPluginV3> made(c->createPlugin("dwdp_moe", &fc, TensorRTPhase::kRUNTIME));
+  std::unique_ptr<IPluginV3> made(create(c, values, -1, TensorRTPhase::kRUNTIME));
   if (!made) return fail("createPlugin"), -101;
-  std::unique_ptr<IPluginV3> p(static_cast<IPluginV3OneRuntime*>(made->getCapabilityInterface(
-      PluginCapabilityType::kRUNTIME))->attachToContext(nullptr));
-  auto* build = static_cast<IPluginV3OneBuild*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
-  auto* rt = static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-  const bool pre = values[5] == 2;
-  const int nin = pre ? 3 : 2;
-  std::vector<DynamicPluginTensorDesc> io = {desc({tokens, values[2]}, DataType::kBF16),
-                                             desc({tokens, pre ? values[4] : values[1]},
-                                                  pre ? DataType::kINT32 : DataType::kFLOAT)};
-  if (pre) io.push_back(desc({tokens, values[4]}, DataType::kFLOAT));
-  io.push_back(desc({tokens, values[2]}, DataType::kBF16));
-  PluginTensorDesc pin[3], pout = io[nin].desc;
-  for (int i = 0; i < nin; ++i) pin[i] = io[i].desc;
-  if (rt->onShapeChange(pin, nin, &pout, 1) != 0) return fail("onShapeChange"), -102;
-  const size_t ws_bytes = build->getWorkspaceSize(io.data(), nin, &io[nin], 1);
+  std::unique_ptr<IPluginV3> p(
+      capability<IPluginV3OneRuntime>(made.get(), PluginCapabilityType::kRUNTIME)->attachToContext(nullptr));
+  auto* build = capability<IPluginV3OneBuild>(p.get(), PluginCapabilityType::kBUILD);
+  auto* rt = capability<IPluginV3OneRuntime>(p.get(), PluginCapabilityType::kRUNTIME);
+  Io t(values, tokens);
+  if (rt->onShapeChange(t.pin, t.nin, &t.pout, 1) != 0) return fail("onShapeChange"), -102;
+  const size_t ws_bytes = build->getWorkspaceSize(t.io.data(), t.nin, t.out(), 1);
   void* ws = nullptr;
   if (ws_bytes && cudaMalloc(&ws, ws_bytes) != cudaSuccess) return fail("cudaMalloc workspace"), -103;
   const void* ins[3] = {x, route_a, route_b};
   void* outs[1] = {out};
-  const int rc = rt->enqueue(pin, &pout, ins, outs, ws, static_cast<cudaStream_t>(stream));
+  const int rc = rt->enqueue(t.pin, &t.pout, ins, outs, ws, static_cast<cudaStream_t>(stream));
   cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
   cudaFree(ws);
   return rc;
@@ -282,26 +293,15 @@ extern "C" int harness_enqueue_captured(const char* lib, const int32_t* values, 
   auto set_finder = reinterpret_cast<void (*)(ILoggerFinder*)>(h ? dlsym(h, "setLoggerFinder") : nullptr);
   if (!set_finder) return fail("setLoggerFinder"), -104;
   set_finder(&g_finder);
-  std::vector<PluginField> f;
-  for (int i = 0; i < 8; ++i) f.emplace_back(kNames[i], &values[i], PluginFieldType::kINT32, 1);
-  PluginFieldCollection fc{8, f.data()};
-  std::unique_ptr<IPluginV3> made(c->createPlugin("dwdp_moe", &fc, TensorRTPhase::kRUNTIME));
+  std::unique_ptr<IPluginV3> made(create(c, values, -1, TensorRTPhase::kRUNTIME));
   if (!made) return fail("createPlugin"), -101;
-  auto* rt = static_cast<IPluginV3OneRuntime*>(made->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
-  const bool pre = values[5] == 2;
-  const int nin = pre ? 3 : 2;
-  std::vector<DynamicPluginTensorDesc> io = {desc({tokens, values[2]}, DataType::kBF16),
-                                             desc({tokens, pre ? values[4] : values[1]},
-                                                  pre ? DataType::kINT32 : DataType::kFLOAT)};
-  if (pre) io.push_back(desc({tokens, values[4]}, DataType::kFLOAT));
-  io.push_back(desc({tokens, values[2]}, DataType::kBF16));
-  PluginTensorDesc pin[3], pout = io[nin].desc;
-  for (int i = 0; i < nin; ++i) pin[i] = io[i].desc;
+  auto* rt = capability<IPluginV3OneRuntime>(made.get(), PluginCapabilityType::kRUNTIME);
+  Io t(values, tokens);
   const void* ins[3] = {nullptr, nullptr, nullptr};
   void* outs[1] = {nullptr};
   auto s = static_cast<cudaStream_t>(stream);
   if (cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) != cudaSuccess) return fail("begin capture"), -105;
-  const int rc = rt->enqueue(pin, &pout, ins, outs, nullptr, s);
+  const int rc = rt->enqueue(t.pin, &t.pout, ins, outs, nullptr, s);
   cudaGraph_t graph = nullptr;
   const cudaError_t end = cudaStreamEndCapture(s, &graph);
   if (graph) cudaGraphDestroy(graph);

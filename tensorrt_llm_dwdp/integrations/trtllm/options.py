@@ -41,7 +41,7 @@ _INT_KEYS = ("group_size", "num_groups", "num_experts", "experts_per_rank", "num
              "prefetch_depth", "slice_bytes")
 _CHOICES = {"memory_backend": MEMORY_BACKENDS, "pull_issue": PULL_ISSUE_MODES, "mode": MODES}
 _STR_KEYS = ("weight_dtype", "isl", "machine")
-_KEYS = ("enable", "placement", *_INT_KEYS, *_CHOICES, *_STR_KEYS)
+KEYS = ("enable", "placement", *_INT_KEYS, *_CHOICES, *_STR_KEYS)
 _ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no", "")
 _SIZE = re.compile(r"^\s*(-?\d+)\s*(b|kib|mib|gib|kb|mb|gb)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 1000, "mb": 10**6, "gb": 10**9}
@@ -115,9 +115,9 @@ def parse_section(section, source: str = "") -> TrtllmDwdpOptions:
                               "write `dwdp:` followed by indented key: value lines, or `dwdp: {}` for defaults")
     values: Dict[str, Any] = {}
     for key, value in section.items():
-        if key not in _KEYS:
-            close = difflib.get_close_matches(str(key), _KEYS, n=1)
-            hint = f"did you mean {close[0]!r}" if close else f"known keys: {', '.join(_KEYS)}"
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f"did you mean {close[0]!r}" if close else f"known keys: {', '.join(KEYS)}"
             raise _bad(str(key), value, "is not a DWDP option", hint, source)
         values[key] = _coerce(key, value, source)
     adapter = {k: values.pop(k) for k in ("enable", "mode", "isl", "machine") if k in values}

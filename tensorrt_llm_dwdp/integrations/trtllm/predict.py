@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ...config import WeightDtype
+from ...config import Mode, WeightDtype
 from ...runtime.auto import sim_model
 from ...runtime.config import ModelConfig
 from ...runtime.hf_config import CheckpointError, parse_config
@@ -72,11 +72,11 @@ def wanted(engine, options: TrtllmDwdpOptions, group_size: int, weight_dtype: We
     except Exception as e:  # noqa: BLE001 - no prediction must not stop a deployment asking for DWDP
         # A config the parser refuses, or a run the model cannot judge: the message names the key or option.
         why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
-        log(f"no performance prediction: {why}" + ("; mode auto leaves DWDP off" if options.mode == "auto" else ""))
-        return options.mode != "auto"
-    if options.mode == "auto":
+        log(f"no performance prediction: {why}" + ("; mode auto leaves DWDP off" if options.mode == Mode.AUTO else ""))
+        return options.mode != Mode.AUTO
+    if options.mode == Mode.AUTO:
         log(f"mode auto chose {d.mode.upper()}: {d.reason}")
-        return d.mode == "dwdp"
+        return d.mode is Mode.DWDP
     if d.warning:
         log("warning: " + d.warning)
     return True
