@@ -1,7 +1,7 @@
 """Distributed Weight Data Parallelism (DWDP) for Mixture-of-Experts inference.
 
 Importing this package does no device work and imports no torch: the names below load their
-modules on first use (PEP 562), so `tensorrt_llm_dwdp.sim` and `tensorrt_llm_dwdp.presets` stay
+modules on first use (PEP 562), so `tensorrt_llm_dwdp.sim` and `tensorrt_llm_dwdp.workloads.presets` stay
 torch-free. See `DwdpHooks.setup`.
 """
 

@@ -96,7 +96,7 @@ def mpi_library_version() -> str:
     return out.stdout.strip().replace("\x00", "")
 
 
-# A rank's error is one line after this marker; the launcher (launch.run_ranks) shows the first one.
+# A rank's error is one line after this marker; the launcher (commands.mpirun.run_ranks) shows the first one.
 ERROR_MARKER = "trtllm-dwdp rank error:"
 
 

@@ -12,7 +12,15 @@ from enum import Enum
 from typing import Optional, Tuple
 
 
-class WeightDtype(str, Enum):
+class Choice(str, Enum):
+    """An option with named values: a member equals its string and prints as it, so options, JSON and messages
+    read the same as plain strings would."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class WeightDtype(Choice):
     """The dtype of expert weights, and what it implies. A member equals its string ("float8_e4m3fn"), so
     options, JSON and torch's dtype names read as before."""
 
@@ -38,11 +46,8 @@ class WeightDtype(str, Enum):
         import torch  # NOTE: here, not at import: the launcher and the simulator run without torch
         return getattr(torch, self.value)
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class DepDispatch(str, Enum):
+class DepDispatch(Choice):
     """What DEP's dispatch rows carry: BF16 (the activations as they are) or FP8 (1x128 e4m3 rows with their fp32
     scales, what an FP8 expert kernel would quantize them to anyway). AUTO: FP8 where the experts are FP8 and the
     expert kernel quantizes its activations 1x128, else BF16. The combine is in the activations' dtype either way."""
@@ -51,16 +56,13 @@ class DepDispatch(str, Enum):
     BF16 = "bf16"
     FP8 = "fp8"
 
-    def __str__(self) -> str:
-        return self.value
-
 
 def is_fp8(dtype) -> bool:
     """Whether a weight dtype name (or WeightDtype) is the block-scaled FP8 one."""
     return str(dtype) == WeightDtype.FP8.value
 
 
-class BackendKind(str, Enum):
+class BackendKind(Choice):
     """Where shard pieces live and how peers map them (memory.factory builds each); equals its string."""
 
     AUTO = "auto"  # cuda_vmm where a GPU is used, cpu_shm otherwise
@@ -73,23 +75,17 @@ class BackendKind(str, Enum):
     def needs_cuda(self) -> bool:
         return self.value.startswith("cuda")
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class PullIssue(str, Enum):
+class PullIssue(Choice):
     """How GPU ranks issue a layer's pull; equals its string."""
 
     GRAPH = "graph"  # captured per layer and slot, one launch
     BATCHED = "batched"  # one cudaMemcpyBatchAsync
     PER_SLICE = "per_slice"  # one cudaMemcpyAsync per slice
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Mode(str, Enum):
-    """How a run serves its MoE layers; equals its string. AUTO asks the performance model (sim.auto) for DWDP or
+class Mode(Choice):
+    """How a run serves its MoE layers; equals its string. AUTO asks the performance model (sim.decide) for DWDP or
     DEP; DEP_EPLB is the bench's DEP with redundant experts, measured beside plain DEP."""
 
     LOCAL = "local"  # every rank holds every expert (the bench's baseline)
@@ -97,9 +93,6 @@ class Mode(str, Enum):
     DEP = "dep"
     DEP_EPLB = "dep+eplb"
     AUTO = "auto"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 # The choice lists options and help texts show.
@@ -117,7 +110,8 @@ class DwdpConfigError(ValueError):
     def __init__(self, option: str, value, problem: str, fix: str):
         self.option, self.value = option, value
         self.problem, self.fix = problem, fix
-        super().__init__(f"{option}={value!r}: {problem}. Fix: {fix}.")
+        shown = value.value if isinstance(value, Enum) else value  # an option's value as the user wrote it
+        super().__init__(f"{option}={shown!r}: {problem}. Fix: {fix}.")
 
 
 def _fmt_bytes(n: int) -> str:

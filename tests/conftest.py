@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
 
 def run_verify(ranks, *args, timeout=180, env=None):
     """Run the verify job on `ranks` MPI ranks; returns the CompletedProcess (text output)."""
-    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env, mpirun_command
 
     extra = {"OMP_NUM_THREADS": "1"}
     extra.update(env or {})

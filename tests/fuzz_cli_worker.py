@@ -29,7 +29,7 @@ def _alarm(_signum, _frame):
 
 
 def run_case(case: dict) -> dict:
-    from tensorrt_llm_dwdp.cli import main
+    from tensorrt_llm_dwdp.commands.main import main
 
     saved = dict(os.environ)
     os.environ.update(case.get("env", {}))

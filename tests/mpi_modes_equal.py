@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from tensorrt_llm_dwdp import DwdpConfig
 from tensorrt_llm_dwdp.runtime import Decoder, apply_dwdp, preset
-from tensorrt_llm_dwdp.runtime.config import Yarn
+from tensorrt_llm_dwdp.runtime.model_config import Yarn
 from tensorrt_llm_dwdp.moe.exchange import CommClock, ExchangeBackend
 from tensorrt_llm_dwdp.runtime.dep import apply_dep, apply_eplb, init_torch_distributed, shutdown_torch_distributed
 

@@ -15,8 +15,8 @@ from mpi4py import MPI
 import trt_harness
 from tensorrt_llm_dwdp import DwdpConfig, DwdpHooks, MoeShape
 from tensorrt_llm_dwdp.hooks import RingLentError
-from tensorrt_llm_dwdp.integrations.trt_plugin import register_plugin_context
-from tensorrt_llm_dwdp.integrations.trtllm.engine_flow import ExpertDtype, Routing
+from tensorrt_llm_dwdp.integrations.trt_engine.context import register_plugin_context
+from tensorrt_llm_dwdp.integrations.trt_engine.build import ExpertDtype, Routing
 from tensorrt_llm_dwdp.moe import ops
 
 harness_so, backend, dtype, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import fresh_seed
-from tensorrt_llm_dwdp.runtime import report
+from tensorrt_llm_dwdp.bench import report
 from tensorrt_llm_dwdp.runtime.executor import ContextExecutor
 from tensorrt_llm_dwdp.runtime.schedule import least_loaded
-from tensorrt_llm_dwdp.workload import Request, queue, take_batch
+from tensorrt_llm_dwdp.workloads.requests import Request, queue, take_batch
 
 
 def _it(tokens, start, end, wait=0.0, comm=0.0):

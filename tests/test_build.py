@@ -32,7 +32,7 @@ def test_the_built_extension_imports_and_says_whether_it_has_the_kernels():
 
 @pytest.mark.skipif(not _built(), reason="the C++ extension is not built in this install")
 def test_doctor_reports_the_extension_as_built():
-    from tensorrt_llm_dwdp.doctor import main
+    from tensorrt_llm_dwdp.commands.doctor import main
     import contextlib
     import io
     out = io.StringIO()

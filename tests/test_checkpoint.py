@@ -105,10 +105,10 @@ def test_fp8_checkpoint_keeps_expert_scales_and_dequantizes_the_rest(tmp_path):
 def test_dense_layers_between_moe_layers(tmp_path):
     """Qwen3-MoE: mlp_only_layers and decoder_sparse_step make dense layers between MoE layers; the round trip
     keeps them, and the cost model counts them wherever they sit."""
-    from tensorrt_llm_dwdp.runtime.auto import sim_model
+    from tensorrt_llm_dwdp.sim.models import model_of
     hf = dict(QWEN_CFG, num_hidden_layers=6, decoder_sparse_step=2, mlp_only_layers=[3])
     cfg = config_from_hf_dict(tmp_path, hf)
-    assert cfg.moe_layer_ids == (1, 5) and sim_model(cfg).moe_layers == 2
+    assert cfg.moe_layer_ids == (1, 5) and model_of(cfg).moe_layers == 2
     src = Decoder.build(cfg, fresh_seed())
     path = str(tmp_path / "ckpt")
     save_hf(src, path, hf)
@@ -217,7 +217,7 @@ SHAPES = ("vocab", "hidden", "layers", "first_k_dense", "dense_inter", "num_expe
 def test_published_configs_are_read_with_the_presets_shapes(tmp_path, name):
     """The published checkpoints' config.json files parse, with the shapes of the preset of the same name and
     each family's rope and routing (YaRN and interleaved pairs for DeepSeek, V2-Lite's greedy softmax)."""
-    from tensorrt_llm_dwdp.runtime.config import PRESETS
+    from tensorrt_llm_dwdp.runtime.model_config import PRESETS
     c, p = config_from_hf_dict(tmp_path, PUBLISHED[name]), PRESETS.get(name) or preset("deepseek-v3-layers")
     assert {f: getattr(c, f) for f in SHAPES} == {f: getattr(p, f) for f in SHAPES}
     if name.startswith("deepseek"):

@@ -2,8 +2,8 @@ import os
 import subprocess
 import sys
 
-from tensorrt_llm_dwdp.cli import main
-from tensorrt_llm_dwdp.launch import mpirun_command
+from tensorrt_llm_dwdp.commands.main import main
+from tensorrt_llm_dwdp.commands.mpirun import mpirun_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,7 +16,7 @@ def test_doctor_exits_zero_and_reports(capsys):
 
 
 def test_console_script_doctor():
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "doctor"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", "doctor"], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0 and "memory backends: cpu_shm" in proc.stdout
 
@@ -28,7 +28,7 @@ def test_verify_rejects_bad_options_before_launch(capsys):
 
 
 def test_verify_runs_two_ranks():
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "verify", "--ranks", "2", "--steps", "2"],
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", "verify", "--ranks", "2", "--steps", "2"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
 
@@ -39,7 +39,7 @@ def test_mpirun_command_shape():
 
 
 def test_launch_env_keeps_user_knobs_and_drops_runtime_state():
-    from tensorrt_llm_dwdp.launch import clean_launch_env
+    from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env
     env = {"OMPI_MCA_plm_rsh_agent": "false", "OMPI_MCA_btl": "self,vader", "OMPI_ALLOW_RUN_AS_ROOT": "1",
            "PMIX_RANK": "0", "OMPI_COMM_WORLD_RANK": "0", "OMPI_MCA_ess_base_jobid": "1", "PATH": "/bin"}
     assert clean_launch_env(env) == {"OMPI_MCA_plm_rsh_agent": "false", "OMPI_MCA_btl": "self,vader",

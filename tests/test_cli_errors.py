@@ -22,7 +22,7 @@ CPU_SECONDS = 10.0
 
 def run_cli(*args, env=None, cwd=ROOT, timeout=120):
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=dict(os.environ, **(env or {})))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -286,7 +286,7 @@ time.sleep(300)
 
 def _launcher(tmp_path, script, timeout=None):
     (tmp_path / "job.py").write_text(script)
-    code = ("import sys; from tensorrt_llm_dwdp.launch import run_ranks; "
+    code = ("import sys; from tensorrt_llm_dwdp.commands.mpirun import run_ranks; "
             f"sys.exit(run_ranks(2, [{str(tmp_path / 'job.py')!r}], timeout_s={timeout!r}, prog='test-job'))")
     env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
@@ -341,7 +341,7 @@ def test_a_banner_in_a_successful_run_is_still_shown(tmp_path):
 def test_dwdp_beyond_the_machine_warns_in_the_runtime_options_words():
     """Mode dwdp runs on a world the performance model cannot judge (16 CPU ranks): a warning, not a failure."""
     from tensorrt_llm_dwdp.runtime import preset
-    from tensorrt_llm_dwdp.runtime.auto import choose
+    from tensorrt_llm_dwdp.bench.auto import choose
     d = choose(preset("tiny"), 16, "normal:128:0.2", 512, requested="dwdp", machine="h200")
     assert d.mode == "dwdp" and d.speedup is None and "--sim-machine" in d.warning
     with pytest.raises(ValueError, match="--sim-machine"):
@@ -356,7 +356,7 @@ def test_bench_header_and_table_name_the_checkpoint_and_the_trace(tmp_path):
     trace = tmp_path / "reqs.jsonl"
     trace.write_text("".join(f'{{"isl": {n}}}\n' for n in (40, 17, 64, 23)))
     out = tmp_path / "new" / "b.json"
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2", "--modes", "local",
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", "bench", "--ranks", "2", "--modes", "local",
                            "--checkpoint", str(_checkpoint(tmp_path)), "--trace", str(trace), "--warmup", "0",
                            "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

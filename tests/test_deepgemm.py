@@ -293,7 +293,7 @@ def test_gpu_warm_up_then_graph_capture_of_one_layer():
 
 
 def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
-    from tensorrt_llm_dwdp.doctor import report
+    from tensorrt_llm_dwdp.commands.doctor import report
     from tensorrt_llm_dwdp.moe.layer import LocalWeights, RoutedExperts
     monkeypatch.setattr(deepgemm, "unavailable", lambda device=None: "no CUDA GPU")
     assert "DeepGEMM expert kernels: unavailable (no CUDA GPU)" in report()
@@ -309,7 +309,7 @@ def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
 def test_bench_side_by_side_ratios_and_preset_shapes():
     from tensorrt_llm_dwdp.bench.kernels.gemm import kernel_ratios
     from tensorrt_llm_dwdp.bench.kernels.setup import SHAPES
-    from tensorrt_llm_dwdp.presets import MODEL_PRESETS
+    from tensorrt_llm_dwdp.workloads.presets import MODEL_PRESETS
     p = MODEL_PRESETS["deepseek-v3"]
     assert SHAPES["deepseek-v3"] == (p["hidden"], p["moe_inter"], p["num_experts"], p["top_k"])
     assert "tiny" not in SHAPES  # its dims are not whole FP8 blocks

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 def _bench(ranks, tmp_path, *extra):
     import subprocess
-    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env, mpirun_command
     out = tmp_path / "x.json"
     cmd = mpirun_command(ranks, [os.path.join(ROOT, "benchmarks", "exchange_bench.py"), "--tokens", "512",
                                  "--hidden", "256", "--experts", "16", "--top-k", "4", "--iters", "3",

@@ -29,7 +29,7 @@ ANSWER_S = 10.0
 def cli(*args, cwd=ROOT, env=None, timeout=60):
     """Run `trtllm-dwdp ARGS` as a user would (a fresh interpreter); (CompletedProcess, wall seconds)."""
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=dict(os.environ, **(env or {})))
     return proc, time.time() - start
 
@@ -206,10 +206,10 @@ def _fill(value, paths):
 
 def _commands(paths, bench_json):
     from tensorrt_llm_dwdp.bench.kernels import build_parser as kernels_parser
-    from tensorrt_llm_dwdp.runtime.bench import parser as bench_parser
+    from tensorrt_llm_dwdp.bench.command import parser as bench_parser
     from tensorrt_llm_dwdp.sim.cli import build_parser as sim_parser
     from tensorrt_llm_dwdp.sim.compare import build_parser as compare_parser
-    from tensorrt_llm_dwdp.usage import Parser
+    from tensorrt_llm_dwdp.commands.usage import Parser
     from tensorrt_llm_dwdp.verify.job import build_parser as verify_parser
 
     import torch
@@ -357,7 +357,7 @@ def test_a_signal_ends_every_rank_and_leaves_only_the_named_log(sig, tmp_path):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     shm_before = _shm_names()
-    proc = subprocess.Popen([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2", "--requests",
+    proc = subprocess.Popen([sys.executable, "-m", "tensorrt_llm_dwdp", "bench", "--ranks", "2", "--requests",
                              "100000", "--modes", "dwdp"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=dict(os.environ, TMPDIR=str(tmp)))
     ranks = set()
@@ -384,13 +384,13 @@ def test_a_signal_ends_every_rank_and_leaves_only_the_named_log(sig, tmp_path):
 
 def test_a_timeout_with_nothing_printed_names_no_log(tmp_path):
     """A job stopped before a rank wrote anything keeps no empty log."""
-    from tensorrt_llm_dwdp.launch import run_ranks
+    from tensorrt_llm_dwdp.commands.mpirun import run_ranks
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     script = tmp_path / "sleep.py"
     script.write_text("import time\ntime.sleep(60)\n")
     env = dict(os.environ, TMPDIR=str(tmp))
-    proc = subprocess.run([sys.executable, "-c", "import sys; from tensorrt_llm_dwdp.launch import run_ranks; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; from tensorrt_llm_dwdp.commands.mpirun import run_ranks; "
                            f"sys.exit(run_ranks(2, [{str(script)!r}], timeout_s=3))"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert proc.returncode == 124 and "--timeout 3" in proc.stderr, proc.stderr
@@ -438,7 +438,7 @@ def test_the_bench_launcher_checks_and_starts_without_torch():
     """The launcher answers bad input, and gets as far as the mpirun command line, without importing torch (1-3 s
     on a 2-core machine): the ranks import it, the launcher need not."""
     code = ("import sys, contextlib, io\n"
-            "from tensorrt_llm_dwdp.cli import main\n"
+            "from tensorrt_llm_dwdp.commands.main import main\n"
             "with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):\n"
             "    bad = main(['bench', '--requests', '0'])\n"
             "    dry = main(['bench', '--ranks', '2', '--modes', 'dwdp,dep,local', '--dry-run'])\n"

@@ -214,7 +214,7 @@ def test_bench_runs_dwdp_and_dep_on_a_checkpoint_written_by_transformers(tmp_pat
     build_reference("Qwen3Moe", dict(CASES["qwen3_moe-mlp_only_layers"][1], num_hidden_layers=3, mlp_only_layers=[1]),
                     fresh_seed()).save_pretrained(str(path))
     out = tmp_path / "b.json"
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2",
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", "bench", "--ranks", "2",
                            "--modes", "dwdp,dep", "--checkpoint", str(path), "--isl", "16", "--requests", "2",
                            "--warmup", "0", "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -151,7 +151,7 @@ def _composite(ranks, backend, placement, dtype):
     import os
     import subprocess
     from conftest import ROOT
-    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env, mpirun_command
     extra = {"OMP_NUM_THREADS": "1"}
     cmd = mpirun_command(ranks, [os.path.join(ROOT, "tests", "mpi_composite.py"), backend, placement, dtype,
                                  str(fresh_seed())], extra)

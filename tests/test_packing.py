@@ -11,8 +11,8 @@ import torch
 
 from conftest import fresh_seed
 from tensorrt_llm_dwdp.runtime.executor import ContextExecutor
-from tensorrt_llm_dwdp.sim import workload as sim_workload
-from tensorrt_llm_dwdp.workload import IslDist, Request
+from tensorrt_llm_dwdp.sim import batches
+from tensorrt_llm_dwdp.workloads.requests import IslDist, Request
 
 
 def reference(isls, budget, chunked, cap=None):
@@ -60,7 +60,7 @@ def runtime_iterations(isls, budget, chunked):
 
 
 def sim_iterations(isls, budget, chunked, cap=None):
-    return [[(c.prior, c.tokens) for c in b.chunks] for b in sim_workload.pack(isls, budget, chunked, cap)]
+    return [[(c.prior, c.tokens) for c in b.chunks] for b in batches.pack(isls, budget, chunked, cap)]
 
 
 def norm(its):
@@ -111,7 +111,7 @@ def test_simulator_draws_requests_lazily():
                 yield drawn[-1]
 
         chunked = rng.random() < 0.5
-        got = sim_workload.pack(stream(), budget, chunked, limit=k)
+        got = batches.pack(stream(), budget, chunked, limit=k)
         assert len(got) == k
         ref = reference(drawn, budget, chunked)
         assert [[(c.prior, c.tokens) for c in b.chunks] for b in got] == [[(o, n) for _, o, n in it] for it in ref][:k]
@@ -121,8 +121,8 @@ def test_simulator_draws_requests_lazily():
 
 def test_rank_batches_bound_the_requests_an_iteration_holds():
     with pytest.raises(ValueError, match="--max-batch-size"):
-        sim_workload.rank_batches(IslDist("fixed", 1), 1 << 20, 1, None)
-    cap = sim_workload.MAX_REQUESTS_PER_ITERATION
-    b = sim_workload.rank_batches(IslDist("fixed", 1), 1 << 20, 2, np.random.default_rng(fresh_seed()),
+        batches.rank_batches(IslDist("fixed", 1), 1 << 20, 1, None)
+    cap = batches.MAX_REQUESTS_PER_ITERATION
+    b = batches.rank_batches(IslDist("fixed", 1), 1 << 20, 2, np.random.default_rng(fresh_seed()),
                                   max_batch_size=cap)
     assert [len(x.chunks) for x in b] == [cap, cap]

@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from conftest import ROOT
-from tensorrt_llm_dwdp.presets import ALIASES, MODEL_PRESETS, preset_kwargs
-from tensorrt_llm_dwdp.runtime.auto import sim_model
-from tensorrt_llm_dwdp.runtime.config import PRESETS, ModelConfig
+from tensorrt_llm_dwdp.workloads.presets import ALIASES, MODEL_PRESETS, preset_kwargs
+from tensorrt_llm_dwdp.sim.models import model_of
+from tensorrt_llm_dwdp.runtime.model_config import PRESETS, ModelConfig
 from tensorrt_llm_dwdp.sim.models import MODELS
 
 
@@ -16,7 +16,7 @@ def test_every_preset_is_a_valid_runtime_config_and_the_sim_reads_the_same_shape
     for name in MODEL_PRESETS:
         cfg = ModelConfig(name, **preset_kwargs(name))  # validates
         if name in MODELS:
-            ours, theirs = sim_model(cfg), MODELS[name]
+            ours, theirs = model_of(cfg), MODELS[name]
             assert (ours.hidden, ours.layers, ours.dense_layers, ours.experts, ours.top_k, ours.moe_inter,
                     ours.shared, ours.attention) == (theirs.hidden, theirs.layers, theirs.dense_layers,
                                                      theirs.experts, theirs.top_k, theirs.moe_inter, theirs.shared,
@@ -42,7 +42,7 @@ _NO_TORCH = """
 import sys
 sys.modules['torch'] = None  # any 'import torch' now raises ImportError
 import tensorrt_llm_dwdp
-import tensorrt_llm_dwdp.presets
+import tensorrt_llm_dwdp.workloads.presets
 import tensorrt_llm_dwdp.sim.cli, tensorrt_llm_dwdp.sim.compare, tensorrt_llm_dwdp.sim.engine
 from tensorrt_llm_dwdp.sim.cli import main
 rc = main(['--machine', 'h200', '--model', 'qwen3-30b-a3b', '--ranks', '4', '--iterations', '2'])

@@ -8,7 +8,8 @@ import pytest
 
 from conftest import ROOT
 from tensorrt_llm_dwdp.runtime import preset
-from tensorrt_llm_dwdp.runtime.auto import choose, sim_model
+from tensorrt_llm_dwdp.bench.auto import choose
+from tensorrt_llm_dwdp.sim.models import model_of
 from tensorrt_llm_dwdp.sim.models import get_model
 
 
@@ -16,7 +17,7 @@ from tensorrt_llm_dwdp.sim.models import get_model
                                                    ("deepseek-v3-layers", "deepseek-v3"),
                                                    ("deepseek-v2-lite", "deepseek-v2-lite")])
 def test_runtime_presets_map_onto_the_sim_presets(runtime_name, sim_name):
-    ours, theirs = sim_model(preset(runtime_name)), get_model(sim_name)
+    ours, theirs = model_of(preset(runtime_name)), get_model(sim_name)
     for f in ("hidden", "layers", "dense_layers", "moe_inter", "experts", "top_k", "shared"):
         assert getattr(ours, f) == getattr(theirs, f), f
     assert ours.attention.proj_params == theirs.attention.proj_params
@@ -33,7 +34,7 @@ def test_short_prefills_pick_dep_and_a_requested_dwdp_is_warned():
 @pytest.mark.parametrize("modes", ["auto,dep", "auto,dwdp,dep"])
 def test_bench_auto_mode_runs_the_chosen_mode_once(tmp_path, modes):
     out = tmp_path / "a.json"
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "2", "--preset", "tiny",
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", "bench", "--ranks", "2", "--preset", "tiny",
                            "--modes", modes, "--requests", "4", "--isl", "64", "--max-num-tokens", "256",
                            "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -46,12 +47,12 @@ def test_bench_auto_mode_runs_the_chosen_mode_once(tmp_path, modes):
 def test_mode_auto_predicts_with_the_runs_weight_dtype():
     """DeepSeek-V3's BF16 experts do not fit 8 H200s with DWDP's slots, its FP8 ones do: a bench run with
     --weight-dtype float8_e4m3fn is judged as the simulator judges FP8 experts, not BF16 ones."""
-    from tensorrt_llm_dwdp.runtime.options import model_config, parse_args, predict_mode
-    from tensorrt_llm_dwdp.sim.auto import decide
+    from tensorrt_llm_dwdp.bench.options import model_config, parse_args, predict_mode
+    from tensorrt_llm_dwdp.sim.decide import decide
     from tensorrt_llm_dwdp.sim.machines import get_machine
     from tensorrt_llm_dwdp.sim.models import get_precision
     from tensorrt_llm_dwdp.sim.scenario import Scenario
-    from tensorrt_llm_dwdp.workload import parse_isl
+    from tensorrt_llm_dwdp.workloads.requests import parse_isl
     isl, tokens = "normal:16384:0.2", 32768
     for dtype, precision in (("bfloat16", "bf16"), ("float8_e4m3fn", "fp8")):
         args = parse_args(["--preset", "deepseek-v3-layers", "--weight-dtype", dtype, "--modes", "auto",

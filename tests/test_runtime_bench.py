@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from conftest import ROOT, fresh_seed
-from tensorrt_llm_dwdp.runtime import report
-from tensorrt_llm_dwdp.workload import load_trace, make_requests, parse_isl
+from tensorrt_llm_dwdp.bench import report
+from tensorrt_llm_dwdp.workloads.requests import load_trace, make_requests, parse_isl
 
 
 def test_requests_are_seeded_and_rate_gives_increasing_arrivals():
@@ -50,7 +50,7 @@ def test_summary_against_hand_counts():
 @pytest.mark.mpi
 def test_bench_cli_end_to_end(tmp_path):
     out, plots = tmp_path / "b.json", tmp_path / "plots"
-    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "bench", "--ranks", "4", "--preset", "tiny",
+    proc = subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", "bench", "--ranks", "4", "--preset", "tiny",
                            "--requests", "8", "--cv-sweep", "0,0.4", "--seed", str(fresh_seed() % 1000),
                            "--json", str(out), "--plot-dir", str(plots)],
                           capture_output=True, text=True, cwd=ROOT, timeout=240)
@@ -91,7 +91,7 @@ def test_warm_up_runs_untimed_forwards_of_the_first_packed_batch():
     from types import SimpleNamespace
 
     from tensorrt_llm_dwdp.runtime.executor import ContextExecutor
-    from tensorrt_llm_dwdp.workload import Request
+    from tensorrt_llm_dwdp.workloads.requests import Request
 
     calls = []
 

@@ -83,7 +83,7 @@ def test_presets_and_errors():
 
 
 def _mpi_script(name, *args, ranks=4):
-    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env, mpirun_command
     cmd = mpirun_command(ranks, [os.path.join(ROOT, "tests", name), str(fresh_seed()), *args], {"OMP_NUM_THREADS": "1"})
     return subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)

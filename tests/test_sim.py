@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tensorrt_llm_dwdp.sim.analysis import crossover, layer_budget, model_times, roofline_batch1
-from tensorrt_llm_dwdp.sim.auto import decide
+from tensorrt_llm_dwdp.sim.decide import decide
 from tensorrt_llm_dwdp.sim.calibrate import apply_calibration, load_calibration
 from tensorrt_llm_dwdp.sim.costs import Chunk, experts_touched, moe_layer_cost
 from tensorrt_llm_dwdp.sim.dep import a2a_s, remote_copies
@@ -20,8 +20,8 @@ from tensorrt_llm_dwdp.sim.flows import fair_rates
 from tensorrt_llm_dwdp.sim.machines import Efficiency, Rates, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
 from tensorrt_llm_dwdp.sim.scenario import DepModel, Scenario
-from tensorrt_llm_dwdp.sim.workload import pack
-from tensorrt_llm_dwdp.workload import IslDist, parse_isl
+from tensorrt_llm_dwdp.sim.batches import pack
+from tensorrt_llm_dwdp.workloads.requests import IslDist, parse_isl
 
 GB200, H100, H200 = get_machine("gb200"), get_machine("h100"), get_machine("h200")
 R1 = get_model("deepseek-r1")
@@ -397,7 +397,7 @@ def test_dep_rows_under_skew_against_sampled_top_k():
     from tensorrt_llm_dwdp.sim.dep import layer_load
     model = get_model("deepseek-r1")
     load = layer_load(model, 4, 0.6, np.random.default_rng(3))
-    from tensorrt_llm_dwdp.popularity import expert_shares
+    from tensorrt_llm_dwdp.workloads.popularity import expert_shares
     share = np.array(expert_shares(np.random.default_rng(3).permutation(256).tolist(), 0.6))
     rng = np.random.default_rng(0)
     keys = rng.random((20000, 256)) ** (1.0 / share)  # Efraimidis-Spirakis weighted sampling without replacement
@@ -422,7 +422,7 @@ def test_dep_loads_use_the_runtimes_placements():
     """Plain DEP: eplb.contiguous_slots; --eplb N: eplb.eplb_placement with ceil(E/W) + N slots per rank,
     both from the runtime's popularity model (the same random order the simulator draws)."""
     from tensorrt_llm_dwdp.eplb import contiguous_slots, eplb_placement
-    from tensorrt_llm_dwdp.popularity import expert_shares
+    from tensorrt_llm_dwdp.workloads.popularity import expert_shares
     from tensorrt_llm_dwdp.sim.dep import layer_load
     share = expert_shares(np.random.default_rng(5).permutation(256).tolist(), 0.6)
     plain = layer_load(R1, 4, 0.6, np.random.default_rng(5))
@@ -434,7 +434,7 @@ def test_dep_loads_use_the_runtimes_placements():
 
 
 def test_the_simulator_routes_with_the_runtimes_default_skew():
-    from tensorrt_llm_dwdp.popularity import DEFAULT_ROUTING_SKEW
+    from tensorrt_llm_dwdp.workloads.popularity import DEFAULT_ROUTING_SKEW
     assert Efficiency().routing_skew == DEFAULT_ROUTING_SKEW
 
 
@@ -491,8 +491,8 @@ def test_nvfp4_is_the_published_checkpoints_recipe():
 
 
 def test_default_skew_imbalance_as_its_note_states():
-    """popularity.py's note: expected busiest / mean at the default skew, by expert count and ranks."""
-    from tensorrt_llm_dwdp.popularity import DEFAULT_ROUTING_SKEW
+    """workloads/popularity.py's note: expected busiest / mean at the default skew, by expert count and ranks."""
+    from tensorrt_llm_dwdp.workloads.popularity import DEFAULT_ROUTING_SKEW
     from tensorrt_llm_dwdp.sim.dep import layer_load
     tiny = dataclasses.replace(get_model("deepseek-v2-lite"), experts=16, top_k=4)
     for model, want in ((tiny, (1.15, 1.34)), (get_model("qwen3-30b-a3b"), (1.07, 1.15)), (R1, (1.05, 1.11))):

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from tensorrt_llm_dwdp.bench.kernels import main as kernels_main
-from tensorrt_llm_dwdp.cli import main as cli
+from tensorrt_llm_dwdp.commands.main import main as cli
 from tensorrt_llm_dwdp.sim.calibrate import apply_calibration, load_calibration
 from tensorrt_llm_dwdp.sim.compare import compare, load_runs, scenario_for
 from tensorrt_llm_dwdp.sim.engine import simulate
 from tensorrt_llm_dwdp.sim.machines import Efficiency, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
 from tensorrt_llm_dwdp.sim.scenario import DepPacking, Scenario
-from tensorrt_llm_dwdp.workload import parse_isl
+from tensorrt_llm_dwdp.workloads.requests import parse_isl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H200 = get_machine("h200")

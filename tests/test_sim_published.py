@@ -12,7 +12,7 @@ from tensorrt_llm_dwdp.sim.engine import simulate
 from tensorrt_llm_dwdp.sim.machines import Efficiency, get_machine
 from tensorrt_llm_dwdp.sim.models import get_model, get_precision
 from tensorrt_llm_dwdp.sim.scenario import DepModel, DepPacking, PullStreams, Scenario
-from tensorrt_llm_dwdp.workload import parse_isl
+from tensorrt_llm_dwdp.workloads.requests import parse_isl
 
 GB200, R1, NVFP4 = get_machine("gb200"), get_model("deepseek-r1"), get_precision("nvfp4")
 
@@ -91,7 +91,7 @@ PUBLISHED_DEP4_MS = {"attention": 269.67, "grouped": 342.40, "dense": 177.50, "o
 # Within 20% per category, 30% for synchronisation (it depends on imbalance the blog does not state).
 TABLE3_TOLERANCE = {**{k: 0.20 for k in PUBLISHED_DEP4_MS}, "sync": 0.30}
 # Where the model misses: sync (about -56%): the default skew gives DeepSeek shapes a busiest rank only 1.05x
-# the mean at 4 ranks (popularity.py's note), below its stated 1.15-1.3 target, and nothing else in the model
+# the mean at 4 ranks (workloads/popularity.py's note), below its stated 1.15-1.3 target, and nothing else in the model
 # makes ranks wait as long as the published run did.
 KNOWN_GAPS = {"sync"}
 

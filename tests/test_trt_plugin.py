@@ -125,7 +125,7 @@ def test_plugin_on_a_context_from_real_shards(tmp_path, ranks, backend, dtype):
     import subprocess
 
     from conftest import fresh_seed
-    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env, mpirun_command
 
     why = trt_harness.missing()
     if why:
@@ -148,7 +148,7 @@ def test_plugin_context_refuses_cpu_hooks_with_a_sentence():
 
     from conftest import fresh_seed
     from tensorrt_llm_dwdp import DwdpConfig, DwdpConfigError, DwdpHooks, MoeShape
-    from tensorrt_llm_dwdp.integrations.trt_plugin import register_plugin_context
+    from tensorrt_llm_dwdp.integrations.trt_engine.context import register_plugin_context
 
     g = torch.Generator().manual_seed(fresh_seed())
     w = {"w13": torch.randn(4, 32, 16, generator=g), "w2": torch.randn(4, 16, 16, generator=g)}

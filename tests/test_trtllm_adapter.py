@@ -220,7 +220,7 @@ def test_install_patches_tensorrt_llm_modules_as_they_are_imported(tmp_path, mon
 def test_two_ranks_expert_parallel_model_matches_the_full_model(tmp_path, device, backend, kind, split, wrap):
     """cpu_shm@2MiB: CPU ranks laying pieces out at an H200's mapping granularity, at the GPU cases' shapes.
     wrap: the layers are ConfigurableMoE stand-ins of the 1.2 line or main, built along their construction path."""
-    from tensorrt_llm_dwdp.launch import clean_launch_env, mpirun_command
+    from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env, mpirun_command
     if kind == "fp8" and "float8_e4m3fn" not in WEIGHT_DTYPES:
         pytest.skip("FP8 shards not in this build's DwdpConfig")
     if device == "cuda" and not torch.cuda.is_available():
@@ -409,11 +409,11 @@ def test_mode_auto_decides_from_the_models_own_config(capsys, name, dtype):
     config.json; no path, no hub id) is judged as the simulator's preset of the same model, with the experts' dtype."""
     transformers = pytest.importorskip("transformers")
     from test_checkpoint import PUBLISHED
-    from tensorrt_llm_dwdp.sim.auto import decide
+    from tensorrt_llm_dwdp.sim.decide import decide
     from tensorrt_llm_dwdp.sim.machines import get_machine
     from tensorrt_llm_dwdp.sim.models import get_model, get_precision
     from tensorrt_llm_dwdp.sim.scenario import Scenario
-    from tensorrt_llm_dwdp.workload import parse_isl
+    from tensorrt_llm_dwdp.workloads.requests import parse_isl
     cls = {"deepseek-v3": transformers.DeepseekV3Config, "qwen3-30b-a3b": transformers.Qwen3MoeConfig}[name]
     decoder, _ = _model()
     engine = fk.Engine(fk.CausalLM(decoder, cls(**PUBLISHED[name])))

@@ -58,7 +58,7 @@ def check_forward_signature(value):
 
 def check_forward_experts_signature(value):
     assert _sig(ef.MixtureOfExperts.forward_experts) == value
-    from tensorrt_llm_dwdp.integrations.trtllm import engine_flow
+    from tensorrt_llm_dwdp.integrations.trt_engine import build as engine_flow
     cls = type("MoE", (ef.MixtureOfExperts,), {})
     engine_flow.patch_moe_class(cls, engine_flow.EngineFlowOptions(group_size=2), trt=ef.FakeTrt(),
                                 network_of=lambda m: ef.FakeNetwork())
@@ -79,7 +79,7 @@ def check_gated_experts(value):
     assert value == {"fc_out_size": ["self.expert_inter_size * 2 if is_gated_activation(self.hidden_act) "
                                      "else self.expert_inter_size"]}, f"upstream changed the expert layout: {value}"
     from tensorrt_llm_dwdp.config import DwdpConfigError
-    from tensorrt_llm_dwdp.integrations.trtllm import engine_flow
+    from tensorrt_llm_dwdp.integrations.trt_engine import build as engine_flow
     assert engine_flow.fields_for(ef.MixtureOfExperts(hidden_act="swiglu"), 0, 0).intermediate_size == 128
     for act in ("silu", "geglu", "gelu"):
         with pytest.raises(DwdpConfigError, match="hidden_act"):

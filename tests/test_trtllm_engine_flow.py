@@ -8,7 +8,7 @@ import pytest
 
 from tensorrt_llm_dwdp.config import DwdpConfigError
 from tensorrt_llm_dwdp.shard import MoeShape
-from tensorrt_llm_dwdp.integrations.trtllm import engine_flow as ef
+from tensorrt_llm_dwdp.integrations.trt_engine import build as ef
 from trtllm_engine_fakes import BaseWorker, FakeNetwork, FakeTrt, MixtureOfExperts, SideStreamIDType
 
 
@@ -131,7 +131,7 @@ class ModelRunner:
 
 
 def test_runner_sets_the_context_up_before_deserialising(tmp_path):
-    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+    from tensorrt_llm_dwdp.integrations.trt_engine import load as er
 
     events = []
     runner = type("Runner", (ModelRunner,), {"opened": events})
@@ -156,7 +156,7 @@ def test_runner_sets_the_context_up_before_deserialising(tmp_path):
 
 def test_llm_api_workers_set_the_context_up_before_the_executor_opens_the_engine(tmp_path):
     """LLM(backend="tensorrt") and trtllm-serve open engines in BaseWorker.setup_engine, not through the runners."""
-    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+    from tensorrt_llm_dwdp.integrations.trt_engine import load as er
 
     events = []
     worker = type("Worker", (BaseWorker,), {"setup_engine": BaseWorker.setup_engine})
@@ -183,7 +183,7 @@ def test_checkpoint_loader_reads_experts_gate_rows_first(tmp_path):
     from safetensors.torch import save_file
 
     from conftest import fresh_seed
-    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+    from tensorrt_llm_dwdp.integrations.trt_engine import load as er
 
     g = torch.Generator().manual_seed(fresh_seed())
     E, H, I = 6, 32, 16
@@ -205,7 +205,7 @@ def test_checkpoint_loader_reads_experts_gate_rows_first(tmp_path):
 def test_moe_shape_from_the_engine_config(tmp_path):
     import json
 
-    from tensorrt_llm_dwdp.integrations.trtllm import engine_runtime as er
+    from tensorrt_llm_dwdp.integrations.trt_engine import load as er
 
     cfg = {"pretrained_config": {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 512,
                                  "moe": {"num_experts": 8, "top_k": 2}}}

@@ -204,7 +204,7 @@ def test_launch_disaggregated_errors(tmp_path):
 def test_cli_launch_dry_run_and_exit_codes(tmp_path):
     path = _yaml(tmp_path, {"cuda_graph_config": None, "dwdp": {"prefetch_depth": 2}})
     env = {k: v for k, v in os.environ.items() if k not in (ENV_FILE, ENV_INLINE)}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp.cli", "launch", *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tensorrt_llm_dwdp", "launch", *a],  # noqa: E731
                                     capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     ok = run("--dry-run", "--", "trtllm-serve", "m", "--config", path)
     assert ok.returncode == 0 and f"{ENV_FILE}={path}" in ok.stdout, ok.stderr

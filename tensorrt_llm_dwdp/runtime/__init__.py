@@ -8,5 +8,6 @@ from ..lazy import lazy_exports
 
 __all__ = ["PRESETS", "Decoder", "ModelConfig", "apply_dwdp", "preset"]
 
-__getattr__, __dir__ = lazy_exports(__name__, {"apply_dwdp": ".apply", "PRESETS": ".config", "ModelConfig": ".config",
-                                               "preset": ".config", "Decoder": ".model"}, globals())
+__getattr__, __dir__ = lazy_exports(__name__, {"apply_dwdp": ".apply", "PRESETS": ".model_config",
+                                               "ModelConfig": ".model_config", "preset": ".model_config",
+                                               "Decoder": ".model"}, globals())

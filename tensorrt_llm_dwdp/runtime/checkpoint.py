@@ -19,7 +19,7 @@ import torch
 
 from ..config import WeightDtype
 from ..moe.ops import dequantize_blocks
-from .config import ModelConfig, Routing, cut
+from .model_config import ModelConfig, Routing, cut
 from .hf_config import CheckpointError, parse_config
 from .model import Decoder
 

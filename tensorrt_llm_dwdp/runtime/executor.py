@@ -7,7 +7,7 @@ idle ranks run a zero-token forward so the per-layer all-to-alls can complete). 
 iterations are recorded (tokens == 0); the headline TPS/GPU counts the timed window's wall time on
 every rank, busy-time TPS charges them to no mode (report.summarize).
 
-Batches are packed by `workload.take_batch`, the rule the simulator predicts with. Chunked prefill
+Batches are packed by `workloads.requests.take_batch`, the rule the simulator predicts with. Chunked prefill
 (`chunked_prefill=True`): a request longer than the room left in a batch is split across iterations.
 This executor keeps no KV cache, so a chunk attends only within itself: MoE, dense and projection work
 are exact, later chunks' attention is under-counted, alike for every mode.
@@ -23,7 +23,7 @@ from typing import Deque, List
 import torch
 
 from ..config import Mode
-from ..workload import Chunk, Request, queue, take_batch, whole
+from ..workloads.requests import Chunk, Request, queue, take_batch, whole
 from .model import Decoder
 
 

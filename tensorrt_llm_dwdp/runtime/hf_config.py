@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from .config import ModelConfig, Routing, Yarn
+from .model_config import ModelConfig, Routing, Yarn
 
 
 class CheckpointError(ValueError):

@@ -25,8 +25,8 @@ from ..moe import DeepSeekV3Routing, ExpertWeights, SoftmaxTopKRouting, make_rou
 from ..moe.layer import LocalWeights, RoutedExperts
 from ..moe.overlap import beside
 from ..moe.ops import quantize_weight_blocks
-from ..popularity import zipf_shares
-from .config import ModelConfig, Routing
+from ..workloads.popularity import zipf_shares
+from .model_config import ModelConfig, Routing
 
 
 class RMSNorm(nn.Module):
@@ -181,7 +181,7 @@ def router(c: ModelConfig):
 def zipf_selection_bias(c: ModelConfig, skew: float, seed: int, layer_idx: int) -> torch.Tensor:
     """[E] float32 router bias that makes expert popularity Zipf(skew) (the i-th most popular expert takes a share
     of the assignments proportional to 1/(i+1)^skew) over a seeded random order of the experts per layer: the
-    simulator's routing model (popularity.py). A random model's router is otherwise as skewed as its random
+    simulator's routing model (workloads/popularity.py). A random model's router is otherwise as skewed as its random
     draws happen to make it. Softmax routers take it on the logits, DeepSeek's on the selection-only correction
     bias; its size is calibrated once per (router, skew) on iid logits (_popularity_bias)."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + layer_idx) * 31 + 17)

@@ -15,7 +15,7 @@ import heapq
 from itertools import groupby
 from typing import List, Sequence
 
-from ..workload import Request
+from ..workloads.requests import Request
 
 
 def least_loaded(requests: Sequence[Request], world: int) -> List[List[Request]]:

@@ -16,7 +16,7 @@ from .dep import a2a_s, dep_expert_s
 from .machines import Efficiency, Machine, Rates
 from .models import MoEModel, Precision
 from .scenario import Scenario
-from .workload import pack
+from .batches import pack
 
 
 @dataclass(frozen=True)

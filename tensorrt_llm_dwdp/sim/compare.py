@@ -17,13 +17,13 @@ import math
 import sys
 from typing import Dict, List, Optional
 
-from ..usage import Parser, check_output_path, open_output
+from ..commands.usage import Parser, check_output_path, open_output
 from .calibrate import apply_calibration, load_calibration
 from .engine import simulate
 from .machines import Efficiency, get_machine
 from .models import get_model, get_precision
 from .scenario import DepPacking, Scenario
-from ..workload import parse_isl
+from ..workloads.requests import parse_isl
 
 # `trtllm-dwdp bench --preset` names -> the simulator's models of the same shapes
 PRESET_MODELS: Dict[str, str] = {

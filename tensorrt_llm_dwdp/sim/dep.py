@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..eplb import contiguous_slots, eplb_placement, imbalance
-from ..popularity import expert_shares
+from ..workloads.popularity import expert_shares
 from .costs import Breakdown, elementwise_bytes, elementwise_s, grouped_s
 from .machines import Efficiency, Rates
 from .models import MoEModel, Precision
@@ -78,7 +78,7 @@ def uniform_load(model: MoEModel, ranks: int) -> LayerLoad:
 
 def layer_load(model: MoEModel, ranks: int, skew: float, rng, eplb_redundant: int = 0) -> LayerLoad:
     """One MoE layer under the runtime's routing statistics: expert popularity Zipf(skew) over a
-    random order of the experts (popularity.py, what the runtime's routers are calibrated to), placed
+    random order of the experts (workloads/popularity.py, what the runtime's routers are calibrated to), placed
     as the runtime places it: plain DEP's contiguous ranges (eplb.contiguous_slots), or EPLB's replicas
     from that load (eplb.eplb_placement, `eplb_redundant` extra slots per rank). Loads are the
     expected shares: at 4K+ assignments per expert, a measured step differs by ~2%."""

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
-from ..popularity import DEFAULT_ROUTING_SKEW
+from ..workloads.popularity import DEFAULT_ROUTING_SKEW
 
 PRECISIONS = ("bf16", "fp8", "nvfp4")
 
@@ -114,7 +114,7 @@ class Efficiency:
         does. CALIBRATED with hbm (same measurement).
     routing_skew: Zipf exponent of expert popularity within one MoE layer (expert of rank i in
         popularity gets a share proportional to 1/i^s; which expert is hot is drawn per layer): the
-        runtime's routers' statistics (popularity.py), default DEFAULT_ROUTING_SKEW there, where its
+        runtime's routers' statistics (workloads/popularity.py), default DEFAULT_ROUTING_SKEW there, where its
         source is stated. 0 is uniform routing. DEP's busiest rank sets its expert time; DWDP computes
         every expert its own tokens touch and does not care. `--eplb N` places DEP's experts with the
         runtime's EPLB (replicas of the hot experts), which evens the load out.

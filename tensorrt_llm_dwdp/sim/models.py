@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Dict, Optional, Tuple
 
-from ..presets import MODEL_PRESETS, SOURCES, preset_kwargs
-from ..runtime.config import AttentionKind, ModelConfig, cut
+from ..workloads.presets import MODEL_PRESETS, SOURCES, preset_kwargs
+from ..runtime.model_config import AttentionKind, ModelConfig, cut
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def moe_model(name: str, source: str, *, vocab: int, hidden: int, layers: int, f
               num_experts: int, top_k: int, moe_inter: int, shared_inter: int, attention: str, heads: int,
               kv_heads: int = 0, head_dim: int = 0, q_lora_rank: Optional[int] = None, kv_lora_rank: int = 0,
               qk_nope_dim: int = 0, qk_rope_dim: int = 0, v_head_dim: int = 0, **_routing_and_norms) -> MoEModel:
-    """The shapes of a preset (keyword arguments of presets.MODEL_PRESETS, i.e. runtime.config.ModelConfig's
+    """The shapes of a preset (keyword arguments of workloads.presets.MODEL_PRESETS, i.e. runtime ModelConfig's
     fields) as the cost model sees them; routing and norm options do not change the costs and are ignored."""
     attn = (mla(hidden, heads, q_lora_rank, kv_lora_rank, qk_nope_dim, qk_rope_dim, v_head_dim)
             if AttentionKind(attention) is AttentionKind.MLA else gqa(hidden, heads, kv_heads, head_dim))
@@ -94,9 +94,9 @@ def moe_model(name: str, source: str, *, vocab: int, hidden: int, layers: int, f
                     source, vocab)
 
 
-def model_of(c: ModelConfig, source: str) -> MoEModel:
+def model_of(c: ModelConfig, source: str = "runtime model config") -> MoEModel:
     """A runtime ModelConfig (a preset, or a checkpoint's or served model's config.json) as the cost model sees
-    it: dense layers counted wherever they sit."""
+    it: dense layers counted wherever they sit. Mode auto in the bench and in the adapter predicts with it."""
     kw = {f.name: getattr(c, f.name) for f in fields(c) if f.name != "name"}
     kw["first_k_dense"] = c.layers - len(c.moe_layer_ids)
     return moe_model(c.name, source, **kw)
@@ -109,7 +109,7 @@ MODELS: Dict[str, MoEModel] = {n: model_of(ModelConfig(n, **preset_kwargs(n)), S
 
 def get_model(name: str, layers: Optional[int] = None) -> MoEModel:
     """The preset `name`; with `layers`, cut to that many decoder layers as `trtllm-dwdp bench --layers` cuts its
-    model (runtime.config.cut: dense ones kept first, at least one MoE layer)."""
+    model (runtime.model_config.cut: dense ones kept first, at least one MoE layer)."""
     key = name.strip().lower()
     if key not in MODELS:
         raise ValueError(f"--model {name!r} is not a preset. Fix: use one of {', '.join(MODELS)}.")

@@ -14,7 +14,7 @@ from ..placement import Placement, even_placement, fetch_plan, redundant_placeme
 from .dep import A2A_KINDS
 from .machines import Efficiency, Machine, Rates, check_precision
 from .models import MoEModel, Precision
-from ..workload import IslDist
+from ..workloads.requests import IslDist
 
 
 # EPLB's redundant expert slots per rank when turned on without a count: DeepSeek-V3's prefill deployment

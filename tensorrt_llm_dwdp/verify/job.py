@@ -27,9 +27,9 @@ from ..config import MEMORY_BACKENDS, PULL_ISSUE_MODES, WEIGHT_DTYPES, BackendKi
 from ..hooks import DwdpHooks
 from ..layout import swiglu_expert_specs
 from ..memory import check_backend_available
-from ..runtime.config import Routing
+from ..runtime.model_config import Routing
 from ..shard import MoeShape
-from ..usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
+from ..commands.usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
 from .model import TOY_ROUTINGS, ToyMoeModel, toy_router
 
 PROG = "python -m tensorrt_llm_dwdp.verify"

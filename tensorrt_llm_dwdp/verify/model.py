@@ -18,7 +18,7 @@ from ..layout import torch_dtype
 from ..moe import SharedExpert, make_router, ops
 from ..moe.layer import DwdpWeights, RoutedExperts
 from ..moe.overlap import beside
-from ..runtime.config import Routing
+from ..runtime.model_config import Routing
 from . import reference as ref
 
 

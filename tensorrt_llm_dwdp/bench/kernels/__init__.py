@@ -20,8 +20,8 @@ import json
 from typing import List, Optional
 
 from ...config import WeightDtype
-from ...launch import check_ranks, run_ranks
-from ...usage import Parser, UsageError, check_output_path, one_line_errors, open_output, positive
+from ...commands.mpirun import check_ranks, run_ranks
+from ...commands.usage import Parser, UsageError, check_output_path, one_line_errors, open_output, positive
 
 PROG = "trtllm-dwdp bench kernels"
 

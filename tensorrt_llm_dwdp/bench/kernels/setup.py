@@ -9,7 +9,7 @@ import torch
 from ...config import DwdpConfig, is_fp8
 from ...hooks import DwdpHooks, MoeShape
 from ...moe import ops
-from ...presets import MODEL_PRESETS
+from ...workloads.presets import MODEL_PRESETS
 
 # name -> (hidden, expert intermediate, experts, top-k), read from the package's model presets; the presets whose
 # expert GEMM dims are whole 128-blocks (FP8 block scales need them; "tiny" is a CPU test model)

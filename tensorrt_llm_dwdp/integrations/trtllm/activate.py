@@ -52,12 +52,12 @@ def install_engine_flow() -> None:
     """The TensorRT engine flow: trtllm-build gets --dwdp_group_size, and the engine runners (ModelRunner,
     ModelRunnerCpp, and the LLM API's workers behind LLM(backend="tensorrt") and trtllm-serve) set the DWDP context
     up before deserialising an engine built with it."""
-    from . import engine_flow, engine_runtime
+    from ..trt_engine import build as engine_build, load as engine_load
 
-    when_imported("tensorrt_llm.commands.build", engine_flow.patch_build_command)
+    when_imported("tensorrt_llm.commands.build", engine_build.patch_build_command)
     for name in ("tensorrt_llm.runtime.model_runner", "tensorrt_llm.runtime.model_runner_cpp"):
-        when_imported(name, engine_runtime.patch_runtime_module)
-    when_imported("tensorrt_llm.executor.base_worker", engine_runtime.patch_worker_module)
+        when_imported(name, engine_load.patch_runtime_module)
+    when_imported("tensorrt_llm.executor.base_worker", engine_load.patch_worker_module)
 
 
 def startup() -> None:
@@ -80,4 +80,5 @@ def startup() -> None:
 def _own_cli(argv) -> bool:
     """Whether this interpreter runs the trtllm-dwdp command (which never imports TensorRT-LLM)."""
     import os
-    return any(os.path.basename(a) == "trtllm-dwdp" or a == "tensorrt_llm_dwdp.cli" for a in list(argv)[:3])
+    modules = ("tensorrt_llm_dwdp", "tensorrt_llm_dwdp.commands.main")  # python -m ...
+    return any(os.path.basename(a) == "trtllm-dwdp" or a in modules for a in list(argv)[:3])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...config import DwdpConfigError
-from ...usage import fail
+from ...commands.usage import fail
 from .options import ENV_FILE, ENV_INLINE, SECTION, load_options, parse_section, read_yaml, strip_section
 
 OPTION_FLAGS = ("--extra_llm_api_options", "--config")

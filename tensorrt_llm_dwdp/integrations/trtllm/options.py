@@ -131,7 +131,7 @@ def parse_section(section, source: str = "") -> TrtllmDwdpOptions:
             raise _bad("machine", adapter["machine"], "is not a machine profile of the performance model",
                        f"use one of {', '.join(MACHINES)}, or leave it unset (the GPU's own)", source)
     if "isl" in adapter:
-        from ...workload import parse_isl
+        from ...workloads.requests import parse_isl
         try:
             parse_isl(adapter["isl"])
         except ValueError:

@@ -1,5 +1,5 @@
 """Mode `auto` for a TensorRT-LLM deployment: the served model's own Hugging Face config, read by the
-runtime's parser (runtime/hf_config.py), goes to the one prediction (sim.auto.predict) the runtime makes
+runtime's parser (runtime/hf_config.py), goes to the one prediction (sim.decide.predict) the runtime makes
 too; never a path or a hub id.
 
 TensorRT-LLM attributes read (1.2 line and main): the model's `model_config.pretrained_config` (a
@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 from ...config import Mode, WeightDtype
-from ...runtime.auto import sim_model
-from ...runtime.config import ModelConfig
 from ...runtime.hf_config import CheckpointError, parse_config
-from ...sim.auto import AutoDecision
-from ...sim.auto import predict as sim_predict
+from ...runtime.model_config import ModelConfig
+from ...sim.decide import AutoDecision
+from ...sim.decide import predict as sim_predict
+from ...sim.models import model_of
 from .log import log
 from .options import TrtllmDwdpOptions
 
@@ -56,7 +56,7 @@ def predict(model, ranks: int, isl: str, max_num_tokens: int, requested: str, ma
     """The decision for `model` (TensorRT-LLM's) on dwdp.machine, else the profile matching this GPU."""
     import torch
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return sim_predict(sim_model(served_config(model)), WeightDtype(weight_dtype).sim_precision, ranks, isl,
+    return sim_predict(model_of(served_config(model)), WeightDtype(weight_dtype).sim_precision, ranks, isl,
                        max_num_tokens, requested, machine, gpu, OPTION_NAMES)
 
 

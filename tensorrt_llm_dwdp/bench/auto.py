@@ -1,21 +1,15 @@
-"""Mode `auto` for the runtime: the shapes of a ModelConfig as the performance model sees them, and the
-runtime's call of the one prediction (sim.auto.predict) that the TensorRT-LLM adapter makes too."""
+"""Mode `auto` for a bench run: its call of the one prediction (sim.decide.predict) that the TensorRT-LLM adapter
+makes too, with the model's shapes as `sim.models.model_of` gives them."""
 
 from __future__ import annotations
 
 from typing import Optional
 
 from ..config import WeightDtype
-from ..sim.auto import AutoDecision, predict
-from ..sim.models import MoEModel, model_of
+from ..sim.decide import AutoDecision, predict
+from ..runtime.model_config import ModelConfig
+from ..sim.models import model_of
 from .capacity import gpu_names
-from .config import ModelConfig
-
-
-def sim_model(c: ModelConfig) -> MoEModel:
-    """The model's shapes as the performance model sees them (a preset, a checkpoint's or a served model's
-    config.json parsed by hf_config)."""
-    return model_of(c, "runtime model config")
 
 
 def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",
@@ -25,7 +19,7 @@ def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested:
     model cannot judge raises ValueError for mode auto."""
     names = gpu_names()
     try:
-        return predict(sim_model(c), WeightDtype(weight_dtype).sim_precision, ranks, isl, max_num_tokens, requested,
+        return predict(model_of(c), WeightDtype(weight_dtype).sim_precision, ranks, isl, max_num_tokens, requested,
                        machine, names[0] if names else None, {"--machine": "--sim-machine"})
     except ValueError as e:
         raise ValueError(f"--modes auto: {e}") from None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Optional, Tuple
 
-from ..presets import preset_kwargs
+from ..workloads.presets import preset_kwargs
 
 
 def yarn_mscale(factor: float, mscale: float) -> float:
@@ -134,7 +134,7 @@ class ModelConfig:
         return tuple(i for i in range(self.layers) if self.is_moe(i))
 
 
-# The runtime's presets: the shared table (presets.py) under the names `bench --preset` takes.
+# The runtime's presets: the shared table (workloads/presets.py) under the names `bench --preset` takes.
 RUNTIME_PRESETS = ("tiny", "deepseek-v2-lite", "qwen3-30b-a3b", "deepseek-v3-layers")
 PRESETS = {name: ModelConfig(name, **preset_kwargs(name)) for name in RUNTIME_PRESETS}
 

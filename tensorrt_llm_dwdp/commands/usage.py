@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from typing import IO, Callable, Mapping, Optional
 
-from .config import DwdpConfigError
+from ..config import DwdpConfigError
 
 EXIT_USAGE = 2
 

@@ -1,6 +1,6 @@
 """The bench job's options: their definitions (`build_parser`, which `trtllm-dwdp bench` extends), every check
 that needs no memory (`validate`, run by the launcher before mpirun and by each rank), and what they mean for a
-run (the model, the DwdpConfig, each rank's requests, mode auto's prediction). `runtime/job.py` runs them.
+run (the model, the DwdpConfig, each rank's requests, mode auto's prediction). `bench/job.py` runs them.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import List, Optional
 
 from ..config import (DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, BackendKind, DepDispatch, DwdpConfig, Mode, WeightDtype,
                       is_fp8)
-from ..popularity import DEFAULT_ROUTING_SKEW
-from ..usage import Parser, UsageError, check_output_path, options_named, positive
-from ..workload import MAX_ISL, load_trace, make_requests, parse_isl
+from ..workloads.popularity import DEFAULT_ROUTING_SKEW
+from ..commands.usage import Parser, UsageError, check_output_path, options_named, positive
+from ..workloads.requests import MAX_ISL, load_trace, make_requests, parse_isl
 from .capacity import check_fits
-from .config import PRESETS, ModelConfig, cut, preset
-from .schedule import least_loaded
+from ..runtime.model_config import PRESETS, ModelConfig, cut, preset
+from ..runtime.schedule import least_loaded
 
 # NOTE: no torch here: the launcher imports this module to check the options, and answers bad input without
 # paying for torch.
@@ -29,7 +29,7 @@ JOB_FLAGS = {"group_size": "--group-size", "prefetch_depth": "--depth", "slice_b
              "memory_backend": "--backend"}
 
 
-def build_parser(prog: str = "python -m tensorrt_llm_dwdp.runtime.job") -> Parser:
+def build_parser(prog: str = "python -m tensorrt_llm_dwdp.bench.job") -> Parser:
     """The job's options in groups (model, workload, modes, output); `trtllm-dwdp bench` adds its own to them."""
     p = Parser(prog=prog, description="One benchmark run under mpirun: every mode (local, dwdp, dep) on the same "
                "model and requests.")
@@ -97,7 +97,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def model_config(args) -> ModelConfig:
     """The model the ranks will build (from the preset or the checkpoint's config.json), cut to --layers."""
     if args.checkpoint:
-        from .checkpoint import config_from_hf
+        from ..runtime.checkpoint import config_from_hf
         return cut(config_from_hf(args.checkpoint), args.layers, args.vocab)
     return preset(args.preset, args.layers, args.vocab)
 
@@ -144,7 +144,7 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
         raise UsageError(f"--dep-dispatch fp8: the experts are {args.weight_dtype}; FP8 dispatch rows are for FP8 "
                          "experts. Fix: --weight-dtype float8_e4m3fn, or --dep-dispatch auto or bf16.")
     if args.checkpoint:
-        from .checkpoint import safetensors_files
+        from ..runtime.checkpoint import safetensors_files
         safetensors_files(args.checkpoint)
         if args.routing_skew is not None:
             raise UsageError(f"--routing-skew {args.routing_skew:g}: a checkpoint routes with its own router. Fix: "

@@ -1,6 +1,6 @@
 """One benchmark run under mpirun: every mode (local, dwdp, dep) on the same model and requests.
 
-    mpirun -n 4 python -m tensorrt_llm_dwdp.runtime.job --preset tiny --isl normal:128:0.2 --json out.json
+    mpirun -n 4 python -m tensorrt_llm_dwdp.bench.job --preset tiny --isl normal:128:0.2 --json out.json
 
 Requests come from one shared stream, each assigned to the least-loaded rank (attention-DP
 balancing, runtime/schedule.py; `--balance per-rank` gives each rank its own stream instead), the
@@ -19,9 +19,9 @@ from typing import List, Optional
 
 from ..bootstrap import run_or_abort
 from ..config import Mode, is_fp8
-from ..usage import fail
+from ..commands.usage import fail
 from . import report
-from .config import preset
+from ..runtime.model_config import preset
 from .options import (dwdp_config, model_config, model_name, parse_args, predict_mode, rank_requests, request_seeds,
                       routing_skew, workload_name)
 
@@ -30,12 +30,12 @@ from .options import (dwdp_config, model_config, model_name, parse_args, predict
 
 def run_mode(mode: str, args, comm, device, dtype) -> dict:
     from ..moe.exchange import CommClock, Traffic
-    from .apply import apply_dwdp
-    from .dep import apply_dep, apply_eplb, dispatch_choice, exchange_backend, init_torch_distributed
-    from .executor import ContextExecutor
-    from .model import Decoder
+    from ..runtime.apply import apply_dwdp
+    from ..runtime.dep import apply_dep, apply_eplb, dispatch_choice, exchange_backend, init_torch_distributed
+    from ..runtime.executor import ContextExecutor
+    from ..runtime.model import Decoder
     if args.checkpoint:
-        from .checkpoint import load_hf
+        from ..runtime.checkpoint import load_hf
         model = load_hf(args.checkpoint, device, dtype, args.layers)
         cfg = model.c
     else:
@@ -112,7 +112,7 @@ def run_order(args) -> List[str]:
 
 def run(args) -> int:
     import torch
-    from .dep import shutdown_torch_distributed
+    from ..runtime.dep import shutdown_torch_distributed
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
@@ -179,7 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:  # each rank checks again (the launcher did already): a bad option is one line, not a traceback
         args = parse_args(argv)
     except ValueError as e:
-        return fail("python -m tensorrt_llm_dwdp.runtime.job", e)
+        return fail("python -m tensorrt_llm_dwdp.bench.job", e)
     return run_or_abort(run, args)
 
 

@@ -16,7 +16,7 @@ from .engine import simulate
 from .machines import get_machine, target_machine
 from .models import MoEModel, get_precision
 from .scenario import Scenario
-from ..workload import parse_isl
+from ..workloads.requests import parse_isl
 
 PHASES = ("context", "generation")
 MODES = (Mode.AUTO.value, Mode.DWDP.value, Mode.DEP.value)

@@ -12,9 +12,9 @@ import os
 import tempfile
 from typing import List, Optional
 
-from ..launch import check_ranks, mpirun_command, run_ranks
-from ..usage import UsageError, check_output_path, one_line_errors, open_output
-from ..workload import IslDist, parse_isl
+from ..commands.mpirun import check_ranks, mpirun_command, run_ranks
+from ..commands.usage import UsageError, check_output_path, one_line_errors, open_output
+from ..workloads.requests import IslDist, parse_isl
 from . import report
 from .capacity import rank_needs_for
 from .options import build_parser, model_name, validate, workload_name
@@ -97,7 +97,7 @@ def _main(argv: Optional[List[str]]) -> int:
         needs = rank_needs_for(cfg, args, modes)
         for cv in cvs:
             job = base + ([] if args.trace else ["--isl", _spec(isl, cv)])
-            print(" ".join(mpirun_command(args.ranks, ["-m", "tensorrt_llm_dwdp.runtime.job", *job])))
+            print(" ".join(mpirun_command(args.ranks, ["-m", "tensorrt_llm_dwdp.bench.job", *job])))
         print(f"each rank: ~{needs.total / 2**30:.2f} GiB at its peak ({needs.weight_bytes / 2**30:.2f} weights, "
               f"{needs.activation_bytes / 2**30:.2f} activations); nothing was run")
         return 0
@@ -112,7 +112,7 @@ def _main(argv: Optional[List[str]]) -> int:
             job += ["--json", out]
             work = workload_name(args) if args.trace else f"ISL {spec}"
             print(f"== bench: {args.ranks} ranks, {model_name(args)}, {work}", flush=True)
-            rc = run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.runtime.job", *job], timeout_s=args.timeout,
+            rc = run_ranks(args.ranks, ["-m", "tensorrt_llm_dwdp.bench.job", *job], timeout_s=args.timeout,
                            prog=PROG)
             if rc != 0:
                 return rc

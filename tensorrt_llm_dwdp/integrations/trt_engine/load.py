@@ -7,7 +7,7 @@ TensorRT-LLM opens engines in two ways:
 * `LLM(model=engine_dir, backend="tensorrt")` and `trtllm-serve` on an engine directory: each MPI worker's
   `tensorrt_llm.executor.base_worker.BaseWorker.setup_engine(self)` builds `tllm.Executor(self._engine, ...)` from
   `self._engine` (a path, or one per rank in a list indexed by self.rank); `patch_worker_class` wraps it.
-Where the engine directory holds the marker a DWDP build wrote (engine_flow.ENGINE_MARKER), the wrapper first loads
+Where the engine directory holds the marker a DWDP build wrote (build.ENGINE_MARKER), the wrapper first loads
 the plugin library (so TensorRT finds DwdpMoe's creator), then sets up DwdpHooks over the group (collective,
 mpi4py) with the shards read from the build's checkpoint, and registers the C++ context under the engine's context
 id. Engines without the marker, and engines handed over in memory, open unchanged. The context lives until
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 from ...config import DwdpConfigError, WeightDtype
-from .engine_flow import ENGINE_MARKER, ExpertDtype, plugin_library_path
+from .build import ENGINE_MARKER, ExpertDtype, plugin_library_path
 
 if TYPE_CHECKING:
     from ...hooks import MoeShape
@@ -173,9 +173,9 @@ def setup_engine_context(marker: EngineMarker, comm=None) -> None:
     import torch
 
     from ...hooks import DwdpHooks
-    from ..trt_plugin import register_plugin_context
-    from .engine_flow import load_plugin_library
-    from .options import load_options
+    from .context import register_plugin_context
+    from .build import load_plugin_library
+    from ..trtllm.options import load_options
 
     if _runtime.context is not None:
         raise DwdpConfigError("engine", marker.engine_dir, "a DWDP engine context is already set up in this process",

@@ -13,14 +13,14 @@ from .usage import Parser, UsageError, fail, one_line_errors
 
 
 def _verify(args, rest: List[str]) -> int:
-    from .launch import check_ranks, run_ranks
-    from .verify.job import parse_args, plan
+    from .mpirun import check_ranks, run_ranks
+    from ..verify.job import parse_args, plan
     check_ranks(args.ranks)
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be > 0 seconds. Fix: e.g. --timeout 300, or leave it out.")
     plan(parse_args(rest, prog="trtllm-dwdp verify"), args.ranks)  # the ranks' own checks, before any of them starts
     if args.dry_run:
-        from .launch import mpirun_command
+        from .mpirun import mpirun_command
         print(" ".join(mpirun_command(args.ranks, ["-m", "tensorrt_llm_dwdp.verify", *rest])))
         print("every option checked; nothing was run")
         return 0
@@ -31,7 +31,7 @@ def _verify(args, rest: List[str]) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["launch"]:  # everything after `--` is the wrapped command: keep argparse away from it
-        from .integrations.trtllm.launch import main as launch
+        from ..integrations.trtllm.launch import main as launch
         return launch(argv[1:])
     p = Parser(prog="trtllm-dwdp", description="Distributed Weight Data Parallelism for MoE")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
@@ -61,15 +61,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return one_line_errors("trtllm-dwdp verify", _verify, args, rest)
     if args.cmd == "bench":
         if rest[:1] == ["kernels"]:
-            from .bench.kernels import main as kernels
+            from ..bench.kernels import main as kernels
             return kernels(rest[1:])
-        from .runtime.bench import main as bench
+        from ..bench.command import main as bench
         return bench(rest)
     if args.cmd == "sim":
         if rest[:1] == ["compare"]:
-            from .sim.compare import main as compare
+            from ..sim.compare import main as compare
             return compare(rest[1:])
-        from .sim.cli import main as sim
+        from ..sim.cli import main as sim
         return sim(rest)
     return 2
 

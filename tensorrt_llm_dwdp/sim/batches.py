@@ -1,4 +1,4 @@
-"""Iterations of the simulated ranks: request streams packed by the runtime's rule (`workload.take_batch`).
+"""Iterations of the simulated ranks: request streams packed by the runtime's rule (`workloads.requests.take_batch`).
 
 A context-phase server takes requests first come first served and packs them into an
 iteration until the next one would exceed max_num_tokens. A request longer than the budget
@@ -17,8 +17,8 @@ from typing import Deque, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .. import workload as requests
-from ..workload import IslDist
+from ..workloads import requests
+from ..workloads.requests import IslDist
 from .costs import Chunk
 
 @dataclass(frozen=True)

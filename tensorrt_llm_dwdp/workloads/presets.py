@@ -1,6 +1,6 @@
 """Model presets: one table of shapes, as keyword arguments, read by the runtime and the simulator.
 
-Each entry is what `runtime.config.ModelConfig(name=..., **kwargs)` takes; the simulator reads the
+Each entry is what `runtime.model_config.ModelConfig(name=..., **kwargs)` takes; the simulator reads the
 shape keys it needs (`sim.models.moe_model`). Pure data: no torch, nothing at import time.
 Shapes are copied from each model's published config.json (named in SOURCES).
 """
@@ -34,7 +34,7 @@ _TABLE = {
     "deepseek-r1": _DSV3,
 }
 
-#: name -> keyword arguments of runtime.config.ModelConfig (read-only)
+#: name -> keyword arguments of runtime.model_config.ModelConfig (read-only)
 MODEL_PRESETS: Mapping[str, Mapping] = MappingProxyType({k: MappingProxyType(v) for k, v in _TABLE.items()})
 
 SOURCES: Mapping[str, str] = MappingProxyType({

@@ -5,12 +5,12 @@ from __future__ import annotations
 import platform
 from typing import List, Tuple
 
-from . import __version__
+from .. import __version__
 
 
 def _extension() -> str:
     try:
-        from . import _C
+        from .. import _C
     except ImportError as e:
         return f"not built ({e}); pulls are issued through cuda.bindings"
     v = _C.cuda_runtime_version()
@@ -21,7 +21,7 @@ def _extension() -> str:
 
 def _cuda_bindings() -> str:
     try:
-        from .memory.cuda_common import cudart
+        from ..memory.cuda_common import cudart
         rt = cudart()
     except ImportError as e:
         return f"unavailable ({e})"
@@ -76,8 +76,8 @@ def _nvlink_lines(n: int) -> List[str]:
 def report() -> List[str]:
     import torch
 
-    from .bootstrap import mpi_library_version
-    from .launch import find_mpirun, mpirun_flavor
+    from ..bootstrap import mpi_library_version
+    from .mpirun import find_mpirun, mpirun_flavor
 
     lines = [f"tensorrt_llm_dwdp {__version__} (Python {platform.python_version()}, torch {torch.__version__}, "
              f"torch CUDA {torch.version.cuda or 'none'})",
@@ -86,10 +86,10 @@ def report() -> List[str]:
     gpus, peer_rows = _gpus()
     backends = ["cpu_shm"]
     if gpus and "available" in _cuda_bindings():
-        from .memory.cuda_vmm import fabric_supported
+        from ..memory.cuda_vmm import fabric_supported
         backends += ["cuda_ipc", "cuda_vmm"] + (["cuda_fabric"] if fabric_supported(0) else [])
     lines.append(f"memory backends: {', '.join(backends)}")
-    from .moe.deepgemm import describe
+    from ..moe.deepgemm import describe
     lines.append(f"DeepGEMM expert kernels: {describe()}")
     lines.append(f"GPUs: {len(gpus) or 'none (CPU ranks only)'}")
     lines += [f"  {g}" for g in gpus]

@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import DwdpConfigError
-from .trtllm.engine_flow import ExpertDtype
+from ...config import DwdpConfigError
+from .build import ExpertDtype
 
 # DwdpConfig.pull_issue -> the C++ IssueMode (cpp/include/dwdp/context.h).
 _ISSUE_MODE = {"graph": 0, "batched": 1, "per_slice": 2}
@@ -58,7 +58,7 @@ class PluginContext:
         if self.closed:
             return
         self.closed = True
-        from .. import _C
+        from ... import _C
         try:
             self.native.synchronize()
         finally:
@@ -86,7 +86,7 @@ def expert_dtype_of(weights) -> ExpertDtype:
 
 def expert_pointers(weights):
     """_C.ExpertPointers of one ExpertWeights (addresses; strides in elements of each tensor's dtype)."""
-    from .. import _C
+    from ... import _C
 
     def addr(t):
         return 0 if t is None else t.data_ptr()
@@ -103,7 +103,7 @@ def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = 
     """Build this rank's C++ DwdpContext from `hooks` (after DwdpHooks.setup, GPU backends) and register it under
     `context_id` (the plugin's context_id field). Not collective. Raises DwdpConfigError on hooks the plugin
     cannot serve, PluginOwnsPullsError if Python has a step open."""
-    from ..layout import W13Order
+    from ...layout import W13Order
 
     if hooks.ring_lent:
         raise PluginOwnsPullsError(f"these hooks' slot ring is already lent: {hooks.prefetcher.borrower}")
@@ -118,7 +118,7 @@ def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = 
     if hooks.in_step:
         raise PluginOwnsPullsError("the Python hooks have a step open: end_step() before handing the slots to "
                                    "the plugin")
-    from .. import _C  # after the checks: a CPU-only install refuses CPU hooks in the same words
+    from ... import _C  # after the checks: a CPU-only install refuses CPU hooks in the same words
     L, D = hooks.shape.num_layers, hooks.config.prefetch_depth
     ring = hooks.lend_ring(f"DWDP context {context_id} (the TensorRT plugin)")
     try:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import List, Optional
 
-from .bootstrap import ERROR_MARKER, JOB_ENV
+from ..bootstrap import ERROR_MARKER, JOB_ENV
 
 
 @lru_cache(maxsize=None)
@@ -36,7 +36,7 @@ def mpirun_flavor(mpirun: str) -> str:
 def max_ranks() -> int:
     """Most ranks one machine runs: ranks may share cores (CPU ranks) or a GPU, but each is a whole
     interpreter with torch and MPI loaded, so oversubscription is bounded."""
-    from .runtime.capacity import gpu_memory_bytes  # nvidia-smi only: the launcher initialises no CUDA
+    from ..bench.capacity import gpu_memory_bytes  # nvidia-smi only: the launcher initialises no CUDA
     gpus = gpu_memory_bytes()
     return 8 * len(gpus) if gpus else max(16, 4 * (os.cpu_count() or 1))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from ..config import is_fp8
-from .config import ModelConfig
+from ..runtime.model_config import ModelConfig
 
 GIB = 1 << 30
 # A rank's interpreter with torch, MPI and gloo loaded, before any model (measured on CPU ranks: ~0.42 GiB).
