@@ -18,8 +18,20 @@ fi
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 DWDP_CUDA_ARCHS=${DWDP_CUDA_ARCHS:-90a}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# Wheels a machine without network cannot fetch, from the checkout's wheels/ (ignored by git), fetched beforehand:
+#   pip download nvidia-cutlass==4.2.0.0 sgl-deep-gemm==0.1.5.post1 apache-tvm-ffi==0.1.11 --no-deps -d wheels \
+#     --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64
+# nvidia-cutlass: the headers our CUTLASS kernels build with; the other two: the `deepgemm` extra (built for torch
+# 2.11; its kernels JIT-compile with nvcc, at setup, into DWDP_DEEPGEMM_CACHE).
+shopt -s nullglob
+wheels=(wheels/*.whl)
+if [ ${#wheels[@]} -gt 0 ]; then
+  python3 -m pip install -q --no-index --no-deps "${wheels[@]}" 2>&1 | tail -3
+fi
+export DWDP_DEEPGEMM_CACHE=${DWDP_DEEPGEMM_CACHE:-$(cd "$out" && pwd)/deepgemm_cache}
 python3 -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+trtllm-dwdp doctor | tee "$out/doctor.log" | grep -E "GPUs|cuda:|DeepGEMM|extension"
 rc=0
 if [ "$what" = test ] || [ "$what" = all ]; then
   python3 -m pytest -q -rs -p no:cacheprovider -m gpu ${TESTS:-tests} 2>&1 | tee "$out/pytest_gpu.log" | tail -25

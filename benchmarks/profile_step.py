@@ -12,7 +12,7 @@ import torch
 
 
 def main(argv=None) -> int:
-    from tensorrt_llm_dwdp.runtime.config import preset
+    from tensorrt_llm_dwdp.runtime.model_config import preset
     from tensorrt_llm_dwdp.runtime.model import Decoder
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

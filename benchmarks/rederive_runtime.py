@@ -2,7 +2,7 @@
 
     python benchmarks/rederive_runtime.py benchmarks/results/multi_gpu_2xh200_2026-11-24/bench_*.json
 
-What changes against the numbers printed at the time (runtime/report.py):
+What changes against the numbers printed at the time (bench/report.py):
   * zero-token iterations (DEP ranks idling in lockstep while a peer still serves) are not charged:
     busy time is the summed duration of each rank's token-carrying iterations;
   * each rank's first timed iteration is dropped, in every mode alike: the warm-up of those runs
@@ -24,7 +24,7 @@ from typing import List
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tensorrt_llm_dwdp.runtime import report  # noqa: E402
+from tensorrt_llm_dwdp.bench import report  # noqa: E402
 
 
 def trimmed(ranks: List[dict], drop_first: int) -> List[dict]:

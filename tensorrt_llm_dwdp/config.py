@@ -21,8 +21,8 @@ class Choice(str, Enum):
 
 
 class WeightDtype(Choice):
-    """The dtype of expert weights, and what it implies. A member equals its string ("float8_e4m3fn"), so
-    options, JSON and torch's dtype names read as before."""
+    """The dtype of expert weights, and what it implies. A member equals its string (torch's dtype name), so
+    options, JSON and messages read as the user writes them; the FP8 name is spelled here only."""
 
     BF16 = "bfloat16"
     FP16 = "float16"
@@ -35,7 +35,7 @@ class WeightDtype(Choice):
 
     @property
     def itemsize(self) -> int:
-        return {"bfloat16": 2, "float16": 2, "float32": 4, "float8_e4m3fn": 1}[self.value]
+        return {WeightDtype.FP8: 1, WeightDtype.FP32: 4}.get(self, 2)
 
     @property
     def sim_precision(self) -> str:
@@ -132,7 +132,7 @@ class DwdpConfig:
     placement: explicit expert ids held by each rank of a group; overrides experts_per_rank.
     prefetch_depth: prefetch slots (ping-pong is 2); layer l+depth is pulled after layer l ends.
     slice_bytes: size of one copy; pulls are cut into slices taken round-robin across peers.
-    weight_dtype: dtype of the expert weights in the shards; "float8_e4m3fn" adds DeepSeek-V3
+    weight_dtype: dtype of the expert weights in the shards (WeightDtype); FP8 adds DeepSeek-V3
         128x128 block scales (w13_scale, w2_scale) that travel with each expert.
     memory_backend: "cpu_shm" (CPU ranks); "cuda_ipc" (legacy IPC handles), "cuda_vmm" (cuMemCreate,
         POSIX file descriptors) or "cuda_fabric" (cuMemCreate, fabric handles) for GPU ranks; or "auto".

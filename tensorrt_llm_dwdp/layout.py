@@ -76,7 +76,7 @@ class ExpertSpecs:
 def swiglu_expert_specs(hidden_size: int, intermediate_size: int, dtype: str) -> ExpertSpecs:
     """w13: [2I, H] (gate rows then up rows, or the reverse: W13Order); w2: [H, I]. y = w2 @ (silu(gate x) * up x).
 
-    float8_e4m3fn adds DeepSeek-V3 block scales, one fp32 per 128x128 block, in the layout of the checkpoints'
+    FP8 (WeightDtype.FP8) adds DeepSeek-V3 block scales, one fp32 per 128x128 block, in the layout of the checkpoints'
     weight_scale_inv: w13_scale [2I/128, H/128], w2_scale [H/128, I/128]."""
     pooled = (ExpertTensorSpec("w13", (2 * intermediate_size, hidden_size), dtype),
               ExpertTensorSpec("w2", (hidden_size, intermediate_size), dtype))

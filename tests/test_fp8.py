@@ -157,10 +157,12 @@ def test_fp8_experts_match_float64(device, num_tokens, order):
     # an h element that rounds to the other bf16 neighbour moves its act value by one e4m3 step (1/8): in one
     # token's 128-wide row that can reach a few percent of the norm, across many tokens it averages out
     assert (out.double() - want).norm() / want.norm() < (6e-2 if num_tokens == 1 else 2e-2)
-    # the plain reference path (dequantized weights, unquantized activations) agrees to FP8 precision
+    # the plain reference path (dequantized weights, unquantized activations) agrees to FP8 precision: `want`
+    # rounds one token's x and act rows to e4m3 (each element within 2^-4), which for a single token reached
+    # 0.069 of the norm in 800 seeded draws; across tokens it averages out
     cpu = ExpertWeights(*(t.cpu() if t is not None else None for t in (weights.w13, weights.w2, weights.w13_scale,
                                                                        weights.w2_scale)), order)
-    assert (moe_experts(x.double(), ids, wts, cpu) - want).norm() / want.norm() < 6e-2
+    assert (moe_experts(x.double(), ids, wts, cpu) - want).norm() / want.norm() < (1e-1 if num_tokens == 1 else 6e-2)
 
 
 def test_fp8_kernel_names_missing_scales():

@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, fresh_seed
 from tensorrt_llm_dwdp.runtime import Decoder, preset
-from tensorrt_llm_dwdp.runtime.model import causal_attention
+from tensorrt_llm_dwdp.runtime.attention import causal_attention
 
 
 def _gqa_small():

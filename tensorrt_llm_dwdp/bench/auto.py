@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Optional
 
 from ..config import WeightDtype
-from ..sim.decide import AutoDecision, predict
 from ..runtime.model_config import ModelConfig
+from ..sim.decide import AutoDecision, predict
 from ..sim.models import model_of
 from .capacity import gpu_names
 

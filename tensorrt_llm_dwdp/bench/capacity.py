@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from ..config import is_fp8
-from ..runtime.model_config import ModelConfig
+from ..runtime.model_config import AttentionKind, ModelConfig
 
 GIB = 1 << 30
 # A rank's interpreter with torch, MPI and gloo loaded, before any model (measured on CPU ranks: ~0.42 GiB).
@@ -41,7 +41,7 @@ class RankNeeds:
 def _params(c: ModelConfig) -> dict:
     """Parameter counts by kind, from the shapes the decoder builds."""
     h = c.hidden
-    if c.attention == "mla":
+    if c.attention is AttentionKind.MLA:
         qk = c.qk_nope_dim + c.qk_rope_dim
         q = (h * c.q_lora_rank + c.q_lora_rank * c.heads * qk) if c.q_lora_rank else h * c.heads * qk
         attn = q + h * (c.kv_lora_rank + c.qk_rope_dim) + c.kv_lora_rank * c.heads * (c.qk_nope_dim + c.v_head_dim) \
@@ -59,7 +59,7 @@ def activation_bytes_per_token(c: ModelConfig, elem: int) -> int:
     """Bytes live per token inside one layer's forward: an upper bound (CPU ranks, tiny preset, 64K tokens:
     0.42 GiB counted, 0.24 GiB measured above the interpreter's own)."""
     h = c.hidden
-    if c.attention == "mla":
+    if c.attention is AttentionKind.MLA:
         attn = c.heads * (3 * (c.qk_nope_dim + c.qk_rope_dim) + c.v_head_dim) + c.kv_lora_rank + (c.q_lora_rank or 0)
     else:
         attn = (c.heads * 2 + c.kv_heads * 2) * c.head_dim + 2 * c.heads * c.head_dim

@@ -18,12 +18,14 @@ import time
 from typing import List, Optional
 
 from ..bootstrap import run_or_abort
-from ..config import Mode, is_fp8
 from ..commands.usage import fail
-from . import report
+from ..config import Mode, is_fp8
 from ..runtime.model_config import preset
+from . import report
 from .options import (dwdp_config, model_config, model_name, parse_args, predict_mode, rank_requests, request_seeds,
                       routing_skew, workload_name)
+
+DEP_MODES = (Mode.DEP, Mode.DEP_EPLB)
 
 # NOTE: torch and what needs it are imported by the functions a rank runs (run, run_mode), not here.
 
@@ -41,31 +43,32 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
     else:
         cfg = preset(args.preset, args.layers, args.vocab)
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
-        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in ("dwdp", "dep", "dep+eplb"),
+        model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in (Mode.DWDP, *DEP_MODES),
                               weight_dtype=args.weight_dtype, routing_skew=routing_skew(args))
     hooks, clock, exchange, traffic, dispatch = None, None, None, None, None
-    if mode == "dwdp":
+    if mode == Mode.DWDP:
         dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if is_fp8(args.weight_dtype)
                            else str(dtype).replace("torch.", ""))
         hooks = apply_dwdp(model, dcfg, comm=comm, device=device)
         if comm.Get_rank() == 0:  # what the composite layout costs, padding included
             print(f"  [dwdp] rank 0 memory: {hooks.plan.memory.describe()}", flush=True)
-    elif mode in ("dep", "dep+eplb"):
+    elif mode in DEP_MODES:
         clock, traffic = CommClock(device), Traffic()
         stage = init_torch_distributed(comm, device)
         dispatch = dispatch_choice(model, args.dep_dispatch, device)
         if comm.Get_rank() == 0:
             print(f"  [{mode}] dispatch rows {dispatch.dispatch.value}: {dispatch.reason}", flush=True)
         exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
-                             backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != "dep",
+                             backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != Mode.DEP,
                              traffic=traffic, dispatch=dispatch.dispatch)
-        if mode == "dep+eplb":
+        if mode == Mode.DEP_EPLB:
             for b in model.moe_blocks():
                 b.experts.count_load(cfg.num_experts, device)
     rank, world = comm.Get_rank(), comm.Get_size()
     requests = rank_requests(args, rank, world)
-    executor = ContextExecutor(model, "dep" if mode == "dep+eplb" else mode, args.max_num_tokens, device, args.seed,
-                               hooks=hooks, clock=clock, chunked_prefill=args.chunked_prefill, traffic=traffic)
+    executor = ContextExecutor(model, Mode.DEP if mode == Mode.DEP_EPLB else mode, args.max_num_tokens, device,
+                               args.seed, hooks=hooks, clock=clock, chunked_prefill=args.chunked_prefill,
+                               traffic=traffic)
     shown = [0.0]
 
     def progress(done, total):
@@ -74,12 +77,12 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
             print(f"  [{mode}] rank 0: {done}/{total} requests", flush=True)
 
     eplb = None
-    if mode == "dep+eplb":  # one untimed step of plain DEP measures the load the replicas are placed from
+    if mode == Mode.DEP_EPLB:  # one untimed step of plain DEP measures the load the replicas are placed from
         executor.warm_up(requests, 1)
         eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
                           backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic,
                           dispatch=dispatch.dispatch)
-    _warm_kernels(model, args.max_num_tokens * (world if mode in ("dep", "dep+eplb") else 1), cfg.top_k)
+    _warm_kernels(model, args.max_num_tokens * (world if mode in DEP_MODES else 1), cfg.top_k)
     executor.warm_up(requests, args.warmup)  # the same warm-up for every mode, on the placement it times
     comm.Barrier()
     t0 = comm.bcast(time.time() + 0.05, root=0)

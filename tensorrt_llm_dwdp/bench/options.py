@@ -9,14 +9,14 @@ import argparse
 import os
 from typing import List, Optional
 
+from ..commands.usage import Parser, UsageError, check_output_path, options_named, positive
 from ..config import (DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, BackendKind, DepDispatch, DwdpConfig, Mode, WeightDtype,
                       is_fp8)
-from ..workloads.popularity import DEFAULT_ROUTING_SKEW
-from ..commands.usage import Parser, UsageError, check_output_path, options_named, positive
-from ..workloads.requests import MAX_ISL, load_trace, make_requests, parse_isl
-from .capacity import check_fits
 from ..runtime.model_config import PRESETS, ModelConfig, cut, preset
 from ..runtime.schedule import least_loaded
+from ..workloads.popularity import DEFAULT_ROUTING_SKEW
+from ..workloads.requests import MAX_ISL, load_trace, make_requests, parse_isl
+from .capacity import check_fits
 
 # NOTE: no torch here: the launcher imports this module to check the options, and answers bad input without
 # paying for torch.
@@ -39,9 +39,11 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.bench.job") -> Parser:
                    "*.safetensors) of a DeepSeek-V2/V3 or Qwen3-MoE model; overrides --preset")
     g.add_argument("--layers", type=int, default=None, help="keep this many decoder layers of the model")
     g.add_argument("--vocab", type=int, default=None, help="shrink the vocabulary (embedding and LM head)")
-    g.add_argument("--weight-dtype", default=WeightDtype.BF16.value, choices=[WeightDtype.BF16.value, WeightDtype.FP8.value],
-                   help="routed experts in every mode: bfloat16, or float8_e4m3fn with DeepSeek-V3 128x128 block "
-                        "scales (random presets are quantized per block; hidden and moe_inter multiples of 128)")
+    g.add_argument("--weight-dtype", default=WeightDtype.BF16.value,
+                   choices=[WeightDtype.BF16.value, WeightDtype.FP8.value],
+                   help=f"routed experts in every mode: {WeightDtype.BF16}, or {WeightDtype.FP8} with DeepSeek-V3 "
+                        "128x128 block scales (random presets are quantized per block; hidden and moe_inter "
+                        "multiples of 128)")
     g.add_argument("--routing-skew", type=float, default=None,
                    help="random presets: expert popularity Zipf(S) per MoE layer, the simulator's routing model "
                         f"(default {DEFAULT_ROUTING_SKEW}, the simulator's routing_skew: a DEP busiest-rank expert "
@@ -137,12 +139,12 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
             raise UsageError(f"{option} {value!r}: is empty. Fix: name a {option[2:]}, or leave {option} out.")
     cfg = model_config(args)
     if is_fp8(args.weight_dtype) and (cfg.hidden % 128 or cfg.moe_inter % 128):
-        raise UsageError(f"--weight-dtype float8_e4m3fn: {model_name(args)} has hidden {cfg.hidden} and moe_inter "
+        raise UsageError(f"--weight-dtype {WeightDtype.FP8}: {model_name(args)} has hidden {cfg.hidden} and moe_inter "
                          f"{cfg.moe_inter}, not both multiples of the 128x128 scale block. Fix: a larger model, or "
                          "--weight-dtype bfloat16.")
     if args.dep_dispatch is DepDispatch.FP8 and not args.checkpoint and not is_fp8(args.weight_dtype):
         raise UsageError(f"--dep-dispatch fp8: the experts are {args.weight_dtype}; FP8 dispatch rows are for FP8 "
-                         "experts. Fix: --weight-dtype float8_e4m3fn, or --dep-dispatch auto or bf16.")
+                         f"experts. Fix: --weight-dtype {WeightDtype.FP8}, or --dep-dispatch auto or bf16.")
     if args.checkpoint:
         from ..runtime.checkpoint import safetensors_files
         safetensors_files(args.checkpoint)

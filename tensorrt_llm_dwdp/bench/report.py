@@ -7,6 +7,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from ..config import Mode
+
 SHARDED_MODES = ("dwdp", "dep", "dep+eplb")
 # A sharded mode does the same work as `local` plus communication; beyond this it is not like for like.
 LIKE_FOR_LIKE_MARGIN = 1.10
@@ -129,7 +131,7 @@ def caveats(results: List[dict]) -> List[str]:
 
 
 def _mib(mode: str, s: dict) -> str:
-    return f"{s.get('bytes_pulled_per_step', 0.0) / 2**20:.2f}" if mode == "dwdp" else ""
+    return f"{s.get('bytes_pulled_per_step', 0.0) / 2**20:.2f}" if mode == Mode.DWDP else ""
 
 
 def table(results: List[dict]) -> str:
@@ -142,7 +144,7 @@ def table(results: List[dict]) -> str:
     lines = [head]
     for res in results:
         for mode, s in res["modes"].items():
-            sp = f"{res['speedup_dwdp_over_dep']:.3f}" if mode == "dwdp" and res["speedup_dwdp_over_dep"] == \
+            sp = f"{res['speedup_dwdp_over_dep']:.3f}" if mode == Mode.DWDP and res["speedup_dwdp_over_dep"] == \
                 res["speedup_dwdp_over_dep"] else ""
             lines.append(f"{res['config']['isl']:>18} {mode:>8} {s['tokens_per_s_per_gpu']:>10.1f} "
                          f"{s.get('busy_tokens_per_s_per_gpu', 0.0):>10.1f} "

@@ -6,6 +6,7 @@ import platform
 from typing import List, Tuple
 
 from .. import __version__
+from ..config import BackendKind
 
 
 def _extension() -> str:
@@ -84,10 +85,11 @@ def report() -> List[str]:
              f"C++ extension: {_extension()}",
              f"cuda.bindings: {_cuda_bindings()}"]
     gpus, peer_rows = _gpus()
-    backends = ["cpu_shm"]
+    backends = [BackendKind.CPU_SHM]
     if gpus and "available" in _cuda_bindings():
         from ..memory.cuda_vmm import fabric_supported
-        backends += ["cuda_ipc", "cuda_vmm"] + (["cuda_fabric"] if fabric_supported(0) else [])
+        backends += [BackendKind.CUDA_IPC, BackendKind.CUDA_VMM] + ([BackendKind.CUDA_FABRIC] if fabric_supported(0)
+                                                                     else [])
     lines.append(f"memory backends: {', '.join(backends)}")
     from ..moe.deepgemm import describe
     lines.append(f"DeepGEMM expert kernels: {describe()}")

@@ -114,8 +114,8 @@ class MemoryBackend:
 
     def _check_kind(self, handle: SharedHandle, peer_rank: int) -> None:
         if handle.kind != self.kind:
-            raise SharedMemoryError(f"peer rank {peer_rank} exported {handle.kind!r} memory but this rank uses "
-                               f"{self.kind!r}: every rank of a DWDP group must use the same memory_backend")
+            raise SharedMemoryError(f"peer rank {peer_rank} exported '{handle.kind}' memory but this rank uses "
+                               f"'{self.kind}': every rank of a DWDP group must use the same memory_backend")
 
 
 def hostname() -> str:

@@ -17,6 +17,7 @@ import uuid
 import torch
 
 from ..bootstrap import JOB_ENV
+from ..config import BackendKind
 
 from .base import Composite, LocalShard, MemoryBackend, PeerShard, SharedHandle, SharedMemoryError, hostname
 
@@ -65,7 +66,8 @@ class CpuShmLocal(LocalShard):
             self.path = os.path.join(shm_dir(), f"{piece_prefix(os.environ.get(JOB_ENV, ''))}"
                                                   f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
             self.fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-            self.handle = SharedHandle("cpu_shm", nbytes, self.path.encode(), hostname(), -1, os.getpid())
+            self.handle = SharedHandle(BackendKind.CPU_SHM.value, nbytes, self.path.encode(), hostname(), -1,
+                                       os.getpid())
         else:
             self.path, self.handle = None, None
             self.fd = os.memfd_create("dwdp-slot")
@@ -138,7 +140,7 @@ def _granularity() -> int:
 
 
 class CpuShmBackend(MemoryBackend):
-    kind = "cpu_shm"
+    kind = BackendKind.CPU_SHM
     def __init__(self):
         self.device = torch.device("cpu")
         self.granularity = _granularity()

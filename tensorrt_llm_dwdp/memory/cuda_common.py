@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from ..config import BackendKind
 from .base import MemoryBackend, SharedHandle, SharedMemoryError
 
 
@@ -49,7 +50,7 @@ class CudaBackend(MemoryBackend):
     def __init__(self, device: Optional[torch.device] = None):
         if not torch.cuda.is_available():
             raise SharedMemoryError(f"memory_backend='{self.kind}' needs a CUDA GPU; none is visible "
-                                    "(use memory_backend='cpu_shm' for CPU ranks)")
+                                    f"(use memory_backend='{BackendKind.CPU_SHM}' for CPU ranks)")
         index = torch.cuda.current_device() if device is None else torch.device(device).index
         self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
 

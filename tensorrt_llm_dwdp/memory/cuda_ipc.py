@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from ..config import BackendKind
 from .base import LocalShard, PeerShard, SharedHandle, SharedMemoryError, hostname
 from .cuda_common import CudaBackend, as_cuda_tensor, check, cudart
 
@@ -53,7 +54,8 @@ class CudaIpcLocal(_Mapping, LocalShard):
         self.ptr = check(rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes})")
         self.device = device
         handle = check(rt.cudaIpcGetMemHandle(self.ptr), "cudaIpcGetMemHandle")
-        self.handle = SharedHandle("cuda_ipc", nbytes, handle_to_bytes(handle), hostname(), device, os.getpid())
+        self.handle = SharedHandle(BackendKind.CUDA_IPC.value, nbytes, handle_to_bytes(handle), hostname(), device,
+                                   os.getpid())
         self.tensor = as_cuda_tensor(int(self.ptr), nbytes, device, self)
 
     @staticmethod
@@ -80,7 +82,7 @@ class CudaIpcBackend(CudaBackend):
     """Legacy IPC exports; composite views need VMM memory, so each exported piece gets a private VMM twin
     (a second copy of the shard, reported at setup): cuda_vmm composes in place and is the default."""
 
-    kind = "cuda_ipc"
+    kind = BackendKind.CUDA_IPC
     composes_exports = False
 
     def __init__(self, device: Optional[torch.device] = None):

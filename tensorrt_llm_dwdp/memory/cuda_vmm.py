@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from ..config import BackendKind
 from .base import Composite, LocalShard, PeerShard, SharedHandle, SharedMemoryError, hostname
 from .cuda_common import CudaBackend, as_cuda_tensor
 
@@ -172,8 +173,8 @@ class CudaVmmLocal(LocalShard):
         if export != "none":
             exported = _ok(drv.cuMemExportToShareableHandle(self._alloc, htype, 0), "cuMemExportToShareableHandle")
             payload = b"fabric:" + bytes(exported.data) if export == "fabric" else server.add(int(exported))
-            self.handle = SharedHandle("cuda_fabric" if export == "fabric" else "cuda_vmm", nbytes, payload,
-                                       hostname(), device, os.getpid())
+            backend = BackendKind.CUDA_FABRIC if export == "fabric" else BackendKind.CUDA_VMM
+            self.handle = SharedHandle(backend.value, nbytes, payload, hostname(), device, os.getpid())
         self.tensor = as_cuda_tensor(self._mapped.ptr, nbytes, device, self)
 
     def close(self) -> None:
@@ -273,7 +274,7 @@ class CudaVmmBackend(CudaBackend):
         super().__init__(device)
         self.fabric, self._server = fabric, None
         self.granularity = granularity(self.device.index)
-        self.kind = "cuda_fabric" if fabric else "cuda_vmm"
+        self.kind = BackendKind.CUDA_FABRIC if fabric else BackendKind.CUDA_VMM
         if fabric and not fabric_supported(self.device.index):
             raise SharedMemoryError(f"memory_backend='cuda_fabric': GPU {self.device.index} does not support "
                                     "fabric handles; use 'cuda_vmm' (one node) or 'cuda_ipc'")

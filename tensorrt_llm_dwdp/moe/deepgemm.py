@@ -221,7 +221,7 @@ def moe_mlp(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_
         x = x.select(rows) if isinstance(x, QuantizedRows) else x.index_select(0, rows)
     k = topk_ids.shape[1]
     lay = build_layout(topk_ids, weights.num_experts, alignment() if gemm1 is None else DEFAULT_ALIGN)
-    up_first = weights.w13_order.value == "up_gate"
+    up_first = weights.up_first
     if fp8:
         # the token rows quantized once (here, or by their DEP sender), then moved with their scales
         xq, xs = (x.q, x.scales) if isinstance(x, QuantizedRows) else ops.quantize_fp8(x)

@@ -54,7 +54,7 @@ def moe_experts(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, t
         counts = torch.bincount(flat_ids, minlength=e_count + 1).tolist()
         token_of = order // topk_ids.shape[1]
         scale = topk_weights.reshape(-1)[order].to(x.dtype)
-        up_first = weights.w13_order.value == "up_gate"
+        up_first = weights.up_first
         start = 0
         for e, n in enumerate(counts[:e_count]):
             if n:

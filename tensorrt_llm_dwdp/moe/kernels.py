@@ -189,7 +189,7 @@ def grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKer
     src, idx = order // k, _arange(order.numel(), x.device)
     # GPUs: the real assignments' count stays on the device; permute and SwiGLU stop there, the GEMMs at the ends
     limit = s.ends[-1:] if x.is_cuda and s.ends.numel() else None
-    up_first = weights.w13_order.value == "up_gate"
+    up_first = weights.up_first
     if kernel is ExpertKernel.CUTLASS_FP8:
         if isinstance(x, QuantizedRows):  # quantized once by their sender: gathered from the receive view in place
             xq, xs = x.q, x.scales

@@ -36,6 +36,11 @@ class ExpertWeights:
         return self.w13.shape[0]
 
     @property
+    def up_first(self) -> bool:
+        """w13 holds the up projection's rows first (TensorRT-LLM's w3_w1 order); SwiGLU reads its halves so."""
+        return self.w13_order is W13Order.UP_GATE
+
+    @property
     def is_fp8(self) -> bool:
         return self.w13.dtype == FP8
 

@@ -19,9 +19,9 @@ import torch
 
 from ..config import WeightDtype
 from ..moe.ops import dequantize_blocks
-from .model_config import ModelConfig, Routing, cut
 from .hf_config import CheckpointError, parse_config
 from .model import Decoder
+from .model_config import ModelConfig, Routing, cut
 
 __all__ = ["CheckpointError", "config_from_hf", "hf_tensors", "load_hf", "safetensors_files", "save_hf"]
 

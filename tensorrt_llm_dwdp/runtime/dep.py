@@ -22,16 +22,16 @@ from typing import Dict, List, NamedTuple, Optional
 import torch
 import torch.distributed as dist
 
-from ..config import DepDispatch, is_fp8
+from ..config import DepDispatch, WeightDtype, is_fp8
 from ..eplb import SlotPlacement, eplb_placement, imbalance
-from ..placement import even_placement
 from ..moe import ExpertWeights, select
 from ..moe.backends import ExchangeBackend, ExchangeUnavailable
 from ..moe.exchange import AllToAllExchange, CommClock, Traffic
-from ..moe.replicas import ReplicaRouting, ReplicatedExchange
 from ..moe.kernels import QUANTIZED_INPUT
 from ..moe.layer import LocalWeights, RoutedExperts
 from ..moe.ops import FP8_BLOCK
+from ..moe.replicas import ReplicaRouting, ReplicatedExchange
+from ..placement import even_placement
 from .model import Decoder
 
 
@@ -97,7 +97,7 @@ def dispatch_choice(model: Decoder, requested: DepDispatch, device: torch.device
     if why_not is not None:
         if requested is DepDispatch.FP8:
             raise ValueError(f"--dep-dispatch fp8: {why_not}. Fix: --dep-dispatch auto or bf16"
-                             + (", or --weight-dtype float8_e4m3fn." if not is_fp8(weight_dtype) else "."))
+                             + (f", or --weight-dtype {WeightDtype.FP8}." if not is_fp8(weight_dtype) else "."))
         return DispatchChoice(DepDispatch.BF16, why_not)
     if requested is DepDispatch.FP8:
         return DispatchChoice(DepDispatch.FP8, "--dep-dispatch fp8")

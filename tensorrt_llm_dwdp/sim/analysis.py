@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from .batches import pack
 from .costs import Chunk, dense_layer_cost, moe_layer_cost
 from .dep import a2a_s, dep_expert_s
 from .machines import Efficiency, Machine, Rates
 from .models import MoEModel, Precision
 from .scenario import Scenario
-from .batches import pack
 
 
 @dataclass(frozen=True)

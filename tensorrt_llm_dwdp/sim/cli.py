@@ -14,8 +14,9 @@ import sys
 from dataclasses import asdict
 from typing import List, Optional
 
-from ..config import DEFAULT_SLICE_BYTES
 from ..commands.usage import Parser, UsageError, check_output_path, fail, open_output
+from ..config import DEFAULT_SLICE_BYTES
+from ..workloads.requests import parse_isl
 from .analysis import crossover, layer_budget
 from .calibrate import apply_calibration, load_calibration
 from .dep import A2A_KINDS
@@ -23,7 +24,6 @@ from .engine import simulate
 from .machines import MACHINES, PRECISIONS, Efficiency, get_machine
 from .models import MODELS, get_model, get_precision, model_summary
 from .scenario import DEFAULT_EPLB_REDUNDANT, DepModel, DepPacking, PullStreams, Scenario
-from ..workloads.requests import parse_isl
 
 MAX_ITERATIONS = 4096
 DEFAULT_PLOT = "sim_explain.png"

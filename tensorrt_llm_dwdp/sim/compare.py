@@ -18,12 +18,13 @@ import sys
 from typing import Dict, List, Optional
 
 from ..commands.usage import Parser, check_output_path, open_output
+from ..config import Mode
+from ..workloads.requests import parse_isl
 from .calibrate import apply_calibration, load_calibration
 from .engine import simulate
 from .machines import Efficiency, get_machine
 from .models import get_model, get_precision
 from .scenario import DepPacking, Scenario
-from ..workloads.requests import parse_isl
 
 # `trtllm-dwdp bench --preset` names -> the simulator's models of the same shapes
 PRESET_MODELS: Dict[str, str] = {
@@ -97,7 +98,7 @@ def _compare_run(run: dict, machine: str, calibration: Optional[str], rows: List
     c, m = run["config"], run["modes"]
     row = {"preset": c["preset"], "layers": c.get("layers"), "ranks": default.ranks, "isl": c["isl"],
            "max_num_tokens": default.max_num_tokens, "iterations": default.iterations}
-    for mode in ("dwdp", "dep"):
+    for mode in (Mode.DWDP.value, Mode.DEP.value):  # the bench JSON's keys
         row[f"{mode}_measured"] = m[mode]["tokens_per_s_per_gpu"] if mode in m else float("nan")
     row["speedup_measured"] = row["dwdp_measured"] / row["dep_measured"]
     row["dep_wait_measured"] = m["dep"].get("wait_fraction", float("nan")) if "dep" in m else float("nan")

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 from ..config import Mode
+from ..workloads.requests import parse_isl
 from .analysis import crossover
 from .engine import simulate
 from .machines import get_machine, target_machine
 from .models import MoEModel, get_precision
 from .scenario import Scenario
-from ..workloads.requests import parse_isl
 
 PHASES = ("context", "generation")
 MODES = (Mode.AUTO.value, Mode.DWDP.value, Mode.DEP.value)

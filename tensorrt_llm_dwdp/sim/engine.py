@@ -22,11 +22,11 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .batches import Batch, rank_batches
 from .costs import Breakdown, LayerCost, dense_layer_cost, ffn_s, moe_layer_cost
 from .dep import a2a_parts, dep_expert_parts, layer_load
-from .scenario import DepModel, DepPacking, Scenario
 from .flows import RankPlan, run_dwdp
-from .batches import Batch, rank_batches
+from .scenario import DepModel, DepPacking, Scenario
 
 # EPLB places each drawn layer with the runtime's eplb_placement, O(W^2 E) Python steps (~0.7 s at 64 ranks):
 # at most this many layer draws, cycled over the MoE layers.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Dict, Optional, Tuple
 
-from ..workloads.presets import MODEL_PRESETS, SOURCES, preset_kwargs
 from ..runtime.model_config import AttentionKind, ModelConfig, cut
+from ..workloads.presets import MODEL_PRESETS, SOURCES, preset_kwargs
 
 
 @dataclass(frozen=True)

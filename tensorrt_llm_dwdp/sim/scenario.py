@@ -11,10 +11,10 @@ from functools import cached_property
 from typing import Dict, Optional, Tuple
 
 from ..placement import Placement, even_placement, fetch_plan, redundant_placement
+from ..workloads.requests import IslDist
 from .dep import A2A_KINDS
 from .machines import Efficiency, Machine, Rates, check_precision
 from .models import MoEModel, Precision
-from ..workloads.requests import IslDist
 
 
 # EPLB's redundant expert slots per rank when turned on without a count: DeepSeek-V3's prefill deployment

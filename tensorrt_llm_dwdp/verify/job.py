@@ -22,14 +22,14 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..bootstrap import run_or_abort
-from ..config import MEMORY_BACKENDS, PULL_ISSUE_MODES, WEIGHT_DTYPES, BackendKind, DwdpConfig, PullIssue, \
-    parse_placement
+from ..commands.usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
+from ..config import (MEMORY_BACKENDS, PULL_ISSUE_MODES, WEIGHT_DTYPES, BackendKind, DwdpConfig, PullIssue,
+                      WeightDtype, parse_placement)
 from ..hooks import DwdpHooks
 from ..layout import swiglu_expert_specs
 from ..memory import check_backend_available
 from ..runtime.model_config import Routing
 from ..shard import MoeShape
-from ..commands.usage import Parser, UsageError, check_output_path, fail, open_output, options_named, positive
 from .model import TOY_ROUTINGS, ToyMoeModel, toy_router
 
 PROG = "python -m tensorrt_llm_dwdp.verify"
@@ -60,7 +60,7 @@ def build_parser(prog: str = PROG) -> Parser:
                    help="how GPU ranks issue a layer's pull")
     p.add_argument("--slice-bytes", type=int, default=4096)
     p.add_argument("--dtype", default="float32", choices=WEIGHT_DTYPES,
-                   help="expert weight dtype; float8_e4m3fn adds 128x128 block scales (--hidden and --inter "
+                   help=f"expert weight dtype; {WeightDtype.FP8} adds 128x128 block scales (--hidden and --inter "
                         "multiples of 128)")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--tokens", default="random",

@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from typing import List, Optional
 
-from ...config import WeightDtype
 from ...commands.mpirun import check_ranks, run_ranks
 from ...commands.usage import Parser, UsageError, check_output_path, one_line_errors, open_output, positive
+from ...config import WeightDtype
 
 PROG = "trtllm-dwdp bench kernels"
 
@@ -34,7 +34,7 @@ def build_parser() -> Parser:
     p.add_argument("--shapes", default="deepseek-v3,qwen3-30b-a3b",
                    help="comma list of model presets (their expert shapes), e.g. deepseek-v3,qwen3-30b-a3b")
     p.add_argument("--tokens", default="2048,8192,16384,32768", help="tokens per rank, comma list")
-    p.add_argument("--dtypes", default="bfloat16,float8_e4m3fn", help="expert weight dtypes, comma list")
+    p.add_argument("--dtypes", default=f"{WeightDtype.BF16},{WeightDtype.FP8}", help="expert weight dtypes, comma list")
     p.add_argument("--routing", default="exact,balanced,skewed",
                    help="comma list of balanced (uniform random), exact (equal rows per expert), skewed (hot experts)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")

@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-from ...config import DwdpConfig, is_fp8
+from ...config import BackendKind, DwdpConfig, is_fp8
 from ...hooks import DwdpHooks, MoeShape
 from ...moe import ops
 from ...workloads.presets import MODEL_PRESETS
@@ -85,7 +85,7 @@ def setup_hooks(shape: str, dtype: str, layers: int, comm, slice_bytes: int = 32
     rest = [tuple(range(mine + (experts - mine) * r // (g - 1), mine + (experts - mine) * (r + 1) // (g - 1)))
             for r in range(g - 1)]
     config = DwdpConfig(group_size=g, num_experts=experts, placement=(tuple(range(mine)), *rest),
-                        weight_dtype=dtype, memory_backend="cuda_vmm", slice_bytes=slice_bytes)
+                        weight_dtype=dtype, memory_backend=BackendKind.CUDA_VMM, slice_bytes=slice_bytes)
     return DwdpHooks.setup(config, MoeShape(layers, hidden, inter, experts), expert_loader(shape, dtype), comm=comm)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ...config import DwdpConfigError
+from ...config import DwdpConfigError, WeightDtype
 from .build import ExpertDtype
 
 # DwdpConfig.pull_issue -> the C++ IssueMode (cpp/include/dwdp/context.h).
@@ -80,8 +80,8 @@ def expert_dtype_of(weights) -> ExpertDtype:
     if weights.is_fp8 and weights.w13_scale is not None and weights.w2_scale is not None:
         return ExpertDtype.FP8_BLOCK
     raise DwdpConfigError("weight_dtype", str(weights.w13.dtype),
-                          "the DwdpMoe plugin reads bfloat16 or block-scaled float8_e4m3fn experts",
-                          "set weight_dtype to bfloat16 or float8_e4m3fn")
+                          f"the DwdpMoe plugin reads {WeightDtype.BF16} or block-scaled {WeightDtype.FP8} experts",
+                          f"set weight_dtype to {WeightDtype.BF16} or {WeightDtype.FP8}")
 
 
 def expert_pointers(weights):

@@ -52,8 +52,8 @@ from ...hooks import DwdpHooks, MoeShape
 from ...layout import W13Order
 from ...placement import placement_from_config
 from . import configurable, predict
-from .import_hooks import clear_hooks, when_imported
 from .discover import MoeLayer, describe, find_moe_layers
+from .import_hooks import clear_hooks, when_imported
 from .layouts import (TRTLLM_NAMES, StagedTensor, restore_module_tensor, stage_to_host, stored_rows,
                       stored_weight_loader)
 from .log import log

@@ -19,8 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ...config import DwdpConfigError
 from ...commands.usage import fail
+from ...config import DwdpConfigError
 from .options import ENV_FILE, ENV_INLINE, SECTION, load_options, parse_section, read_yaml, strip_section
 
 OPTION_FLAGS = ("--extra_llm_api_options", "--config")
