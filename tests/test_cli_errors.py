@@ -157,6 +157,14 @@ def test_bench_checkpoint_unsupported_config(tmp_path, key, value):
     assert key in line and (repr(value) in line or "linear" in line), line
 
 
+def test_bench_fp8_dispatch_for_a_bf16_checkpoint(tmp_path):
+    """The launcher reads the experts' dtype from the checkpoint's headers: FP8 dispatch rows for BF16 experts are
+    refused before any rank starts."""
+    line = one_line_error("bench", "--checkpoint", str(_checkpoint(tmp_path)), "--dep-dispatch", "fp8",
+                          names="--dep-dispatch fp8")
+    assert "the experts are bfloat16" in line and "an FP8 checkpoint" in line, line
+
+
 def test_bench_checkpoint_truncated_file(tmp_path):
     line = one_line_error("bench", "--checkpoint", str(_checkpoint(tmp_path, truncate=True)), names="--checkpoint")
     assert "model.safetensors" in line

@@ -142,6 +142,32 @@ def test_fp8_mlp_takes_rows_quantized_by_their_dep_sender():
     assert got.dtype == x.dtype and torch.equal(got, want)
 
 
+def test_fp8_rows_read_in_place_from_a_dep_receive_buffer():
+    """DEP's FP8 dispatch hands the expert step strided views of its receive buffer (RowLayout.x) and the rows it
+    computes: both FP8 paths that take quantized rows as they are (our CUTLASS path's body on CPU, DeepGEMM's
+    layout with a stand-in GEMM) give exactly what they give on the same rows made contiguous."""
+    from tensorrt_llm_dwdp.moe.kernels import grouped
+    from tensorrt_llm_dwdp.moe.rows import RowLayout
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k, tokens, recv = 6, 256, 128, 3, 23, 40
+    weights = _fp8_weights(g, E, H, I, W13Order.UP_GATE)
+    x = torch.randn(tokens, H, generator=g).bfloat16()
+    layout = RowLayout(H, torch.bfloat16, k, fp8=True)
+    buf = torch.zeros(recv, layout.nbytes, dtype=torch.uint8)
+    layout.fill(buf, x, torch.randint(0, tokens, (recv,), generator=g))  # rows as peers sent them
+    view = layout.x(buf)
+    assert view.q.stride(0) == layout.nbytes and not view.q.is_contiguous()  # really strided
+    rows = torch.randperm(recv, generator=g)[:17]  # the received rows this rank computes
+    ids, wts = _routing(g, rows.numel(), E, k)
+    packed = view.select(rows)  # the same rows, contiguous
+    assert packed.q.is_contiguous()
+    for run in (lambda v, r: grouped(v, ids, wts, weights, ExpertKernel.CUTLASS_FP8, 0, r),
+                lambda v, r: deepgemm.moe_mlp(v, ids, wts, weights, True, rows=r, gemm1=_standin, gemm2=_standin)):
+        got, want = run(view, rows), run(packed, None)
+        assert got.shape == (rows.numel(), H) and torch.equal(got, want)
+        assert float(want.float().abs().max()) > 0.01
+
+
 @pytest.mark.parametrize("tokens", [1, 40])
 def test_bf16_mlp_through_layout_matches_moe_experts(tokens):
     g = torch.Generator().manual_seed(fresh_seed())
@@ -179,7 +205,16 @@ def test_select_names_why_deepgemm_does_not_run():
                        kernel=ExpertKernel.DEEPGEMM_FP8)
 
 
-def test_load_names_the_reason_and_sets_the_cache(monkeypatch, tmp_path):
+@pytest.fixture
+def reload_after(monkeypatch):
+    """The real load outcome again after a test that made it fail (load caches its outcome for the process)."""
+    yield monkeypatch
+    monkeypatch.undo()
+    deepgemm.load(retry=True)
+
+
+def test_load_names_the_reason_and_sets_the_cache(reload_after, tmp_path):
+    monkeypatch = reload_after
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "nvcc").write_text("")
     for env in ("CUDA_HOME", "CUDA_PATH"):
@@ -301,6 +336,9 @@ def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
     class Source(LocalWeights):
         def acquire(self, layer_idx):
             raise AssertionError("weights acquired although DeepGEMM cannot run")
+
+        def peek(self):
+            raise AssertionError("weights read although DeepGEMM cannot run")
     g = torch.Generator().manual_seed(fresh_seed())
     routed = RoutedExperts(Source({3: _fp8_weights(g, 4, 256, 128)}))
     assert routed.warm_up_kernels(1024, 4) is None

@@ -1,4 +1,5 @@
-"""The shared expert beside the routed experts (moe/overlap.py): the same sum in every mode, a side stream on GPUs."""
+"""The shared expert beside the routed experts (moe/overlap.py): MoEBlock's sum is routed + shared (on CPU the two
+run one after the other); on GPUs the shared expert runs on the side stream with the sequential result."""
 
 import pytest
 import torch

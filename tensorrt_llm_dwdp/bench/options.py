@@ -142,15 +142,17 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
         raise UsageError(f"--weight-dtype {WeightDtype.FP8}: {model_name(args)} has hidden {cfg.hidden} and moe_inter "
                          f"{cfg.moe_inter}, not both multiples of the 128x128 scale block. Fix: a larger model, or "
                          "--weight-dtype bfloat16.")
-    if args.dep_dispatch is DepDispatch.FP8 and not args.checkpoint and not is_fp8(args.weight_dtype):
-        raise UsageError(f"--dep-dispatch fp8: the experts are {args.weight_dtype}; FP8 dispatch rows are for FP8 "
-                         f"experts. Fix: --weight-dtype {WeightDtype.FP8}, or --dep-dispatch auto or bf16.")
+    experts = WeightDtype(args.weight_dtype)
     if args.checkpoint:
-        from ..runtime.checkpoint import safetensors_files
-        safetensors_files(args.checkpoint)
+        from ..runtime.checkpoint import expert_weight_dtype
+        experts = expert_weight_dtype(args.checkpoint)  # reads every file's header: a truncated one fails here
         if args.routing_skew is not None:
             raise UsageError(f"--routing-skew {args.routing_skew:g}: a checkpoint routes with its own router. Fix: "
                              "leave --routing-skew out, or use --preset.")
+    if args.dep_dispatch is DepDispatch.FP8 and not experts.is_fp8:
+        fix = "an FP8 checkpoint" if args.checkpoint else f"--weight-dtype {WeightDtype.FP8}"
+        raise UsageError(f"--dep-dispatch fp8: the experts are {experts}; FP8 dispatch rows are for FP8 experts. "
+                         f"Fix: {fix}, or --dep-dispatch auto or bf16.")
     if args.routing_skew is not None and not 0 <= args.routing_skew <= 4:
         raise UsageError(f"--routing-skew {args.routing_skew:g}: must lie in [0, 4] (a Zipf exponent; 0 is uniform). "
                          f"Fix: e.g. --routing-skew {DEFAULT_ROUTING_SKEW}.")

@@ -179,60 +179,68 @@ def build_layout(topk_ids: torch.Tensor, num_experts: int, align: int) -> Layout
                   ends[num_experts - 1:num_experts], rows)
 
 
-def move_rows(t: torch.Tensor, lay: Layout) -> torch.Tensor:
+def move_rows(t: torch.Tensor, lay: Layout, src: Optional[torch.Tensor] = None) -> torch.Tensor:
     """t[src[i]] -> row dest[i] of a [rows + 1, *] buffer, any dtype (our bf16 permute kernel where a row is 16
-    bytes aligned); returns the first `rows` rows. Pad rows are left unwritten: the GEMMs' rows are
-    independent and nothing reads a pad row's result."""
+    bytes aligned, reading a strided t in place); src defaults to the layout's. Returns the first `rows` rows. Pad
+    rows are left unwritten: the GEMMs' rows are independent and nothing reads a pad row's result."""
+    src = lay.src if src is None else src
     width = t.shape[1] * t.element_size()
     if width % 16 == 0:
-        moved = ops.permute_rows(t.view(torch.bfloat16), lay.src, lay.dest, lay.rows + 1, lay.real)
+        moved = ops.permute_rows(t.view(torch.bfloat16), src, lay.dest, lay.rows + 1, lay.real)
         return moved.view(t.dtype)[:lay.rows]
     out = t.new_empty(lay.rows + 1, t.shape[1])
-    out.view(torch.uint8).index_copy_(0, lay.dest, t.view(torch.uint8).index_select(0, lay.src))
+    out.view(torch.uint8).index_copy_(0, lay.dest, t.view(torch.uint8).index_select(0, src))
     return out[:lay.rows]
 
 
 def gemm_fp8(a: torch.Tensor, a_scales: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
-             m_indices: torch.Tensor) -> torch.Tensor:
+             m_indices: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[M, K] e4m3 (1x128 fp32 scales [M, K/128], row-major: the library makes them MN-major and TMA-aligned
     itself on sm90) x [E, N, K] e4m3 (128x128 fp32 scales [E, N/128, K/128]) -> [M, N] bf16, rows by m_indices.
     Conventions of sgl-deep-gemm 0.1.5.post1: operands as (data, scales) pairs, NT (K-major) layout."""
-    out = torch.empty(a.shape[0], w.shape[1], dtype=torch.bfloat16, device=a.device)
+    if out is None:
+        out = torch.empty(a.shape[0], w.shape[1], dtype=torch.bfloat16, device=a.device)
     # ensure_zero_padding=False: our pad rows hold whatever the buffer held (nothing reads their results)
     _module.m_grouped_fp8_gemm_nt_contiguous((a, a_scales), (w, w_scale), out, m_indices,
                                              ensure_zero_padding=False)
     return out
 
 
-def gemm_bf16(a: torch.Tensor, w: torch.Tensor, m_indices: torch.Tensor) -> torch.Tensor:
+def gemm_bf16(a: torch.Tensor, w: torch.Tensor, m_indices: torch.Tensor,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[M, K] bf16 x [E, N, K] bf16 -> [M, N] bf16, rows by m_indices (sgl-deep-gemm 0.1.5.post1, NT)."""
-    out = torch.empty(a.shape[0], w.shape[1], dtype=torch.bfloat16, device=a.device)
+    if out is None:
+        out = torch.empty(a.shape[0], w.shape[1], dtype=torch.bfloat16, device=a.device)
     _module.m_grouped_bf16_gemm_nt_contiguous(a, w, out, m_indices, ensure_zero_padding=False)
     return out
 
 
-def moe_mlp(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor, weights: ExpertWeights,
-            fp8: bool, rows: Optional[torch.Tensor] = None, gemm1=None, gemm2=None) -> torch.Tensor:
+def moe_mlp(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+            weights: ExpertWeights, fp8: bool, rows: Optional[torch.Tensor] = None, gemm1=None,
+            gemm2=None) -> torch.Tensor:
     """The routed experts of x (x[rows] where given) through the contiguous layout: [M, H] in x's dtype. FP8
-    takes QuantizedRows (DEP's FP8 dispatch) as they are.
+    takes QuantizedRows (DEP's FP8 dispatch) as they are. x[rows] is read in place (DEP's receive view is
+    never copied whole): the layout's moves read the rows they need.
     gemm1/gemm2 (a, a_scales or None, w, w_scale or None, m_indices) -> out replace DeepGEMM (tests run the
     layout and combine on CPU with a plain stand-in)."""
-    if rows is not None:  # the computed rows once (DEP's receive view is read here only)
-        x = x.select(rows) if isinstance(x, QuantizedRows) else x.index_select(0, rows)
     k = topk_ids.shape[1]
     lay = build_layout(topk_ids, weights.num_experts, alignment() if gemm1 is None else DEFAULT_ALIGN)
+    src = lay.src if rows is None else rows.index_select(0, lay.src)
     up_first = weights.up_first
     if fp8:
-        # the token rows quantized once (here, or by their DEP sender), then moved with their scales
-        xq, xs = (x.q, x.scales) if isinstance(x, QuantizedRows) else ops.quantize_fp8(x)
-        a, a_s = move_rows(xq, lay), move_rows(xs, lay)
+        if isinstance(x, QuantizedRows):  # quantized once by their DEP sender
+            xq, xs = x.q, x.scales
+        else:  # the computed rows quantized once, then moved with their scales
+            xq, xs = ops.quantize_fp8(x if rows is None else x.index_select(0, rows))
+            src = lay.src
+        a, a_s = move_rows(xq, lay, src), move_rows(xs, lay, src)
         h = gemm1(a, a_s, weights.w13, weights.w13_scale, lay.m_indices) if gemm1 else \
             gemm_fp8(a, a_s, weights.w13, weights.w13_scale, lay.m_indices)
         aq, as_ = ops.swiglu_quantize_fp8(h, up_first)
         y = gemm2(aq, as_, weights.w2, weights.w2_scale, lay.m_indices) if gemm2 else \
             gemm_fp8(aq, as_, weights.w2, weights.w2_scale, lay.m_indices)
     else:
-        a = move_rows(x, lay)
+        a = move_rows(x, lay, src)
         h = gemm1(a, None, weights.w13, None, lay.m_indices) if gemm1 else gemm_bf16(a, weights.w13, lay.m_indices)
         act = ops.swiglu(h, up_first, lay.used)
         y = gemm2(act, None, weights.w2, None, lay.m_indices) if gemm2 else gemm_bf16(act, weights.w2, lay.m_indices)
@@ -246,7 +254,8 @@ def warm_up(weights: ExpertWeights, max_tokens: int, top_k: int, fp8: Optional[b
     sgl-deep-gemm 0.1.5.post1 on sm90 compiles N and K into each kernel and picks its block N and TMA multicast
     from M (block M is fixed to the alignment): a step's M is always a multiple of the alignment
     (`layout_rows`), so calling both GEMMs at every such M up to the bound compiles each config a step can hit.
-    Every row is marked -1 here, so the calls compute nothing; the buffers are allocated once, at the bound."""
+    Every row is marked -1 here, so the calls compute nothing; the buffers (outputs included) are allocated once, at
+    the bound, so the caching allocator never holds a ladder of growing blocks."""
     if fp8 is None:
         fp8 = weights.is_fp8
     if load() is None:
@@ -258,16 +267,18 @@ def warm_up(weights: ExpertWeights, max_tokens: int, top_k: int, fp8: Optional[b
     dtype = torch.float8_e4m3fn if fp8 else torch.bfloat16
     a1 = torch.zeros(bound, hidden, dtype=dtype, device=dev)
     a2 = torch.zeros(bound, inter, dtype=dtype, device=dev)
-    s1 = torch.ones(bound, hidden // 128, device=dev)
-    s2 = torch.ones(bound, inter // 128, device=dev)
+    s1 = torch.ones(bound, hidden // 128, dtype=torch.float32, device=dev)
+    s2 = torch.ones(bound, inter // 128, dtype=torch.float32, device=dev)
+    o1 = torch.empty(bound, weights.w13.shape[1], dtype=torch.bfloat16, device=dev)
+    o2 = torch.empty(bound, weights.w2.shape[1], dtype=torch.bfloat16, device=dev)
     calls = 0
     for m in range(align, bound + 1, align):
         if fp8:
-            gemm_fp8(a1[:m], s1[:m], weights.w13, weights.w13_scale, m_indices[:m])
-            gemm_fp8(a2[:m], s2[:m], weights.w2, weights.w2_scale, m_indices[:m])
+            gemm_fp8(a1[:m], s1[:m], weights.w13, weights.w13_scale, m_indices[:m], o1[:m])
+            gemm_fp8(a2[:m], s2[:m], weights.w2, weights.w2_scale, m_indices[:m], o2[:m])
         else:
-            gemm_bf16(a1[:m], weights.w13, m_indices[:m])
-            gemm_bf16(a2[:m], weights.w2, m_indices[:m])
+            gemm_bf16(a1[:m], weights.w13, m_indices[:m], o1[:m])
+            gemm_bf16(a2[:m], weights.w2, m_indices[:m], o2[:m])
         calls += 2
     torch.cuda.synchronize(dev)
     return calls

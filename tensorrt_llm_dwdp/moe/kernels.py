@@ -131,7 +131,7 @@ def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor
     if isinstance(x, QuantizedRows) and kernel not in QUANTIZED_INPUT:
         x, rows = x.dequantize(rows), None
     m = x.shape[0] if rows is None else rows.numel()
-    if not topk_ids.numel():
+    if not topk_ids.numel() or not weights.num_experts:  # nothing to compute (a rank may hold no expert)
         out = torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device)
     elif kernel in _DEEPGEMM:
         out = deepgemm.moe_mlp(x, topk_ids, topk_weights, weights, kernel is ExpertKernel.DEEPGEMM_FP8, rows)

@@ -23,7 +23,8 @@ from .hf_config import CheckpointError, parse_config
 from .model import Decoder
 from .model_config import ModelConfig, Routing, cut
 
-__all__ = ["CheckpointError", "config_from_hf", "hf_tensors", "load_hf", "safetensors_files", "save_hf"]
+__all__ = ["CheckpointError", "config_from_hf", "expert_weight_dtype", "hf_tensors", "load_hf", "safetensors_files",
+           "save_hf"]
 
 
 def config_from_hf(path: str, name: str = "checkpoint") -> ModelConfig:
@@ -106,6 +107,23 @@ def _swiglu(prefix: str, w13: torch.Tensor, w2: torch.Tensor, what: str = "weigh
 _FP8_EXPERT = re.compile(r"\.mlp\.experts\.\d+\.(gate|up|down)_proj\.weight_scale_inv$")
 
 
+def _tensor_files(path: str) -> Dict[str, str]:
+    """Every tensor name of the checkpoint -> its file (headers only)."""
+    from safetensors import safe_open
+    keys = {}
+    for fname in safetensors_files(path):
+        with safe_open(fname, framework="pt") as f:
+            keys.update((k, fname) for k in f.keys())
+    return keys
+
+
+def expert_weight_dtype(path: str, keys=None) -> WeightDtype:
+    """FP8 where the routed experts carry block scales (weight_scale_inv: DeepSeek-V3/R1), else BF16; from the
+    headers, so the launcher can tell before any rank loads a weight."""
+    keys = _tensor_files(path) if keys is None else keys
+    return WeightDtype.FP8 if any(_FP8_EXPERT.search(k) for k in keys) else WeightDtype.BF16
+
+
 def save_hf(model: Decoder, path: str, hf_config: Dict) -> None:
     """Write model as `config.json` + one safetensors file with Hugging Face names."""
     from safetensors.torch import save_file
@@ -124,13 +142,8 @@ def load_hf(path: str, device=None, dtype: torch.dtype = torch.bfloat16, num_lay
     from safetensors import safe_open
     c = config_from_hf(path)
     c = cut(c, num_layers)
-    files = safetensors_files(path)
-    keys = {}
-    for fname in files:
-        with safe_open(fname, framework="pt") as f:
-            keys.update((k, fname) for k in f.keys())
-    fp8 = any(_FP8_EXPERT.search(k) for k in keys)
-    model = Decoder.build(c, seed=0, device=device, dtype=dtype, weight_dtype=(WeightDtype.FP8 if fp8 else WeightDtype.BF16).value)
+    keys = _tensor_files(path)
+    model = Decoder.build(c, seed=0, device=device, dtype=dtype, weight_dtype=expert_weight_dtype(path, keys).value)
     want = dict(hf_tensors(model))
     filled, unused = set(), []
 
