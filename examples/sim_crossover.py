@@ -7,11 +7,11 @@ and what mode `auto` would pick. CPU only, a few seconds.
 import argparse
 
 from tensorrt_llm_dwdp.sim.analysis import crossover, roofline_batch1
-from tensorrt_llm_dwdp.sim.auto import decide
+from tensorrt_llm_dwdp.sim.decide import decide
 from tensorrt_llm_dwdp.sim.machines import get_machine
 from tensorrt_llm_dwdp.sim.models import MODELS, get_model, get_precision
 from tensorrt_llm_dwdp.sim.scenario import Scenario
-from tensorrt_llm_dwdp.sim.workload import parse_isl
+from tensorrt_llm_dwdp.workloads.requests import parse_isl
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--isl", default="normal:8192:0.2")

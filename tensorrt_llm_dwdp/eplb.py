@@ -144,7 +144,7 @@ def _pack(load: Sequence[float], count: Sequence[int], world: int, slots_per_ran
     return slots
 
 
-def _fill(load: Sequence[float], base: Slots, slots_per_rank: int) -> Slots:
+def fill_slots(load: Sequence[float], base: Slots, slots_per_rank: int) -> Slots:
     """`base` (fewer slots per rank) with each free slot given the replica that leaves the busiest rank least
     busy, or a spare copy where every replica would make it busier."""
     slots = [list(s) for s in base]
@@ -184,7 +184,7 @@ def eplb_placement(load: Sequence[float], world: int, slots_per_rank: int) -> Sl
     candidates = [greedy]
     if num_experts % world == 0:
         plain = [[(e, False) for e in s] for s in contiguous_slots(num_experts, world).slots]
-        candidates.append(_fill(load, plain, slots_per_rank))
+        candidates.append(fill_slots(load, plain, slots_per_rank))
     best = min(candidates, key=lambda s: max(_loads(load, s)))
     return SlotPlacement(num_experts, tuple(tuple(e for e, _ in s) for s in best),
                          frozenset(r * slots_per_rank + i for r, s in enumerate(best) for i, (_, spare) in enumerate(s)

@@ -74,5 +74,11 @@ class ThreadRanks:
             t.start()
         for t in threads:
             t.join(timeout)
+        stuck = [r for r, t in enumerate(threads) if t.is_alive()]
+        if stuck:  # a rank waits for a collective its peers never reached: free them, then fail
+            self.barrier.abort()
+            for t in threads:
+                t.join(5)
+            raise TimeoutError(f"ranks {stuck} did not finish within {timeout} s (a collective nobody else joined)")
         if errors:
             raise errors[0]

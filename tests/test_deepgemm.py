@@ -354,8 +354,13 @@ def test_bench_side_by_side_ratios_and_preset_shapes():
     g = torch.Generator().manual_seed(fresh_seed())
     t = [float(v) for v in torch.rand(5, generator=g) + 0.1]
     base = {"shape": "deepseek-v3", "dtype": "float8_e4m3fn", "routing": "exact", "tokens": 8192}
-    rows = [dict(base, kernel="deepgemm_fp8", composite_ms=t[0], ordinary_ms=t[1], mlp_ms=t[2]),
-            dict(base, kernel="cutlass_fp8", composite_ms=None, ordinary_ms=t[3], mlp_ms=t[4]),
-            dict(base, kernel="deepgemm_bf16", composite_ms=None, ordinary_ms=None, mlp_ms=None)]
+    rows = [dict(base, kernel="deepgemm_fp8", composite_ms=t[0], ordinary_ms=t[1], mlp_ms=t[2], mlp_on="composite"),
+            dict(base, kernel="cutlass_fp8", composite_ms=None, ordinary_ms=t[3], mlp_ms=t[4], mlp_on="ordinary"),
+            dict(base, kernel="deepgemm_bf16", composite_ms=None, ordinary_ms=None, mlp_ms=None, mlp_on=None)]
+    # one thing changes, the kernel: GEMMs compared where both ran (ordinary tensors), no MLP ratio across tensors
     (r,) = kernel_ratios(rows)
-    assert r["vs"] == "cutlass_fp8" and r["gemm_speedup"] == t[3] / t[0] and r["mlp_speedup"] == t[4] / t[2]
+    assert r["vs"] == "cutlass_fp8" and r["on"] == "ordinary" and r["gemm_speedup"] == t[3] / t[1]
+    assert r["mlp_speedup"] is None
+    rows[1].update(composite_ms=t[3], mlp_on="composite")
+    (r,) = kernel_ratios(rows)
+    assert r["on"] == "composite" and r["gemm_speedup"] == t[3] / t[0] and r["mlp_speedup"] == t[4] / t[2]

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import fresh_seed
-from tensorrt_llm_dwdp.eplb import contiguous_slots, eplb_placement, imbalance
+from tensorrt_llm_dwdp.eplb import contiguous_slots, eplb_placement, fill_slots, imbalance
 
 
 @settings(max_examples=300, deadline=None)
@@ -115,5 +115,7 @@ def test_eplb_is_no_worse_than_the_filled_contiguous_placement(world, per, extra
     load = data.draw(st.lists(st.one_of(st.floats(0, 1e4), st.integers(0, 5).map(float)),
                               min_size=num_experts, max_size=num_experts))
     base = [[(e, False) for e in s] for s in contiguous_slots(num_experts, world).slots]
-    ref = max(_rank_loads(load, _fill_by_definition(load, base, per + extra)))
+    want = _fill_by_definition(load, base, per + extra)
+    assert fill_slots(load, base, per + extra) == want  # the fill step itself, slot for slot
+    ref = max(_rank_loads(load, want))
     assert max(eplb_placement(load, world, per + extra).rank_loads(load)) <= ref * (1 + 1e-9) + 1e-9

@@ -6,7 +6,6 @@ weights. The whole exchange then runs on W in-process ranks (threads, with torch
 all-to-all replaced by an in-memory one) and must match float64 all-local expert math.
 """
 
-import threading
 
 import pytest
 import torch
@@ -75,7 +74,6 @@ def test_plan_rejects_a_batch_over_capacity():
 @pytest.mark.parametrize("backend", [ExchangeBackend.GLOO, ExchangeBackend.GLOO_SPLITS])
 @pytest.mark.parametrize("world,tokens", [(4, [5, 0, 17, 9]), (3, [1, 12, 12]), (2, [0, 0])])
 def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend):
-    import torch.distributed as dist
     seed = fresh_seed()
     g = torch.Generator().manual_seed(seed)
     num_experts, k, hidden, inter, capacity = 10, 3, 16, 8, 20
@@ -85,9 +83,8 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend)
     xs = [torch.randn(t, hidden, generator=g) for t in tokens]
     routes = [routing(t, num_experts, k, g) for t in tokens]
     ranks = ThreadRanks(world)
-    for name in ("get_rank", "get_world_size", "all_to_all_single"):
-        monkeypatch.setattr(dist, name, getattr(ranks, name))
-    outs, errors = [None] * world, []
+    ranks.install(monkeypatch)
+    outs = [None] * world
     handed, computed = [0] * world, [0] * world  # rows given to the expert step; rows its experts ran on
     traffic = [None] * world
     real_swiglu = experts_module.swiglu
@@ -100,28 +97,18 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend)
     monkeypatch.setattr(experts_module, "swiglu", counting_swiglu)
 
     def rank_main(r):
-        try:
-            ranks.local.rank = r
-            mine = (owner == r).nonzero().flatten()
-            local = ExpertWeights(w13[mine], w2[mine])
-            ex = AllToAllExchange(owner, local_index, num_local, capacity, backend,
-                                  torch.device("cpu"), CommClock(torch.device("cpu")))
-            traffic[r] = ex.traffic
-            got = ex.dispatch(xs[r], *routes[r])
-            handed[r] = got.row_index.numel()
-            assert int(got.num_rows) == handed[r]
-            y = moe_experts(got.rows, got.local_ids, got.weights, local, rows=got.row_index)
-            outs[r] = ex.combine(y, got)
-        except BaseException as e:  # surfaced below, after every thread ended
-            errors.append(e)
-            ranks.barrier.abort()
+        mine = (owner == r).nonzero().flatten()
+        local = ExpertWeights(w13[mine], w2[mine])
+        ex = AllToAllExchange(owner, local_index, num_local, capacity, backend,
+                              torch.device("cpu"), CommClock(torch.device("cpu")))
+        traffic[r] = ex.traffic
+        got = ex.dispatch(xs[r], *routes[r])
+        handed[r] = got.row_index.numel()
+        assert int(got.num_rows) == handed[r]
+        y = moe_experts(got.rows, got.local_ids, got.weights, local, rows=got.row_index)
+        outs[r] = ex.combine(y, got)
 
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    ranks.run(rank_main)
     # one dispatch, one combine (no count exchange); with split sizes the W row counts go first
     assert ranks.calls == (3 if backend is ExchangeBackend.GLOO_SPLITS else 2)
     # bytes: a row out is 16-byte padded hidden values + k ids + k weights, a row back the hidden values (fp32)

@@ -1,5 +1,7 @@
-"""House rules that stay at zero: no import circles in the package, and no module (or test) reaching into another
-module's private `_names`. The checks read the source with `ast`; each is first shown to catch a planted case."""
+"""House rules that stay at zero: no import circles in the package, imports that flow one way (core <- hosts <- tools,
+docs/DESIGN.md section 4), no module (or test) reaching into another module's private `_names`, and no script
+importing a name that does not exist. The checks read the source with `ast`; each is first shown to catch a planted
+case."""
 
 import ast
 import textwrap
@@ -102,6 +104,47 @@ def import_cycles(root: Path, package: str) -> List[List[str]]:
     return sorted(out)
 
 
+# docs/DESIGN.md section 4: the core (the top level, memory/, prefetch/, moe/) imports no host and no tool; hosts
+# (runtime/, integrations/) import no tool, except where named here with why.
+HOSTS = ("runtime", "integrations")
+TOOLS = ("bench", "sim", "verify", "commands")
+HOST_TO_TOOL = {
+    # mode auto in a TensorRT-LLM deployment asks the one prediction, as the bench does
+    ("integrations.trtllm.predict", "sim"), ("integrations.trtllm.options", "sim"),
+    # `trtllm-dwdp launch` is a command that lives beside the adapter whose options it checks
+    ("integrations.trtllm.launch", "commands"),
+}
+
+
+def _room(module: str, package: str) -> Tuple[str, str]:
+    """(kind, top-level room) of a module: kind core, host, tool or shared (workloads: what a run is given)."""
+    parts = module.split(".")[1:]
+    if parts == ["__main__"]:  # `python -m tensorrt_llm_dwdp`: the command line
+        return "tool", "commands"
+    top = parts[0] if len(parts) > 1 else ""
+    if top in HOSTS:
+        return "host", top
+    if top in TOOLS:
+        return "tool", top
+    return ("shared" if top == "workloads" else "core"), top
+
+
+def wrong_way_imports(root: Path, package: str, allowed=frozenset()) -> List[Tuple[str, str]]:
+    """(importer, imported) for every import (at import time or inside functions) against the flow."""
+    mods = modules(root, package)
+    out = []
+    for name, path in mods.items():
+        kind, _ = _room(name, package)
+        tree = ast.parse(path.read_text(), str(path))
+        for target, _, _, _ in _imports(tree, name, path.name == "__init__.py", set(mods), False):
+            tkind, troom = _room(target, package)
+            rel = name.split(".", 1)[1] if "." in name else name
+            if kind == "core" and tkind in ("host", "tool") or \
+                    kind == "host" and tkind == "tool" and (rel, troom) not in allowed:
+                out.append((name, target))
+    return sorted(set(out))
+
+
 def _private(name: Optional[str]) -> bool:
     return bool(name) and name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
@@ -165,6 +208,16 @@ def _plant(tmp_path: Path) -> Path:
 
 def test_the_checks_catch_planted_cases(tmp_path):
     root = _plant(tmp_path)
+    (root / "pkg" / "runtime").mkdir()
+    (root / "pkg" / "sim").mkdir()
+    for name, text in {"runtime/__init__.py": "", "runtime/host.py": "def f():\n    from ..sim import tool\n",
+                       "sim/__init__.py": "", "sim/tool.py": "from ..runtime import host\n",
+                       "core.py": "from .runtime import host\nfrom .sim import tool\n"}.items():
+        (root / "pkg" / name).write_text(text)
+    assert wrong_way_imports(root, "pkg") == [("pkg.core", "pkg.runtime.host"), ("pkg.core", "pkg.sim.tool"),
+                                              ("pkg.runtime.host", "pkg.sim.tool")]
+    assert wrong_way_imports(root, "pkg", {("runtime.host", "sim")}) == [("pkg.core", "pkg.runtime.host"),
+                                                                        ("pkg.core", "pkg.sim.tool")]
     assert import_cycles(root, "pkg") == [["pkg.a", "pkg.b"], ["pkg.c", "pkg.sub.d"]]
     got = {(Path(f).name, what) for f, _, what in private_reaches(root, "pkg", sorted((root / "pkg").rglob("*.py")))}
     assert got == {("b.py", "from pkg.c import _hidden"), ("c.py", "pkg.sub.d._secret")}
@@ -178,3 +231,39 @@ def test_no_import_circles():
 def test_no_module_reaches_into_another_modules_private_names():
     found = private_reaches(ROOT, PACKAGE, _package_and_tests(ROOT, PACKAGE))
     assert found == []
+
+
+def test_imports_flow_one_way():
+    assert wrong_way_imports(ROOT, PACKAGE, HOST_TO_TOOL) == []
+
+
+def missing_names(files: List[Path]) -> List[Tuple[str, int, str]]:
+    """(file, line, name) for each `from tensorrt_llm_dwdp... import name` in `files` that the module lacks."""
+    import importlib
+    found = []
+    for path in files:
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith(PACKAGE):
+                try:
+                    mod = importlib.import_module(node.module)
+                except ImportError as e:
+                    found.append((path.name, node.lineno, f"{node.module} ({e})"))
+                    continue
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in EXTENSIONS:  # built only where a CUDA toolkit is
+                        continue
+                    is_module = hasattr(mod, "__path__") and importlib.util.find_spec(f"{node.module}.{a.name}")
+                    if not hasattr(mod, a.name) and not is_module:
+                        found.append((path.name, node.lineno, f"{node.module}.{a.name}"))
+    return found
+
+
+def test_examples_and_benchmark_scripts_import_names_that_exist(tmp_path):
+    """Scripts no test runs whole (GPU benchmarks, examples) still import only what the package has."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(f"from {PACKAGE}.sim.batches import parse_isl\nfrom {PACKAGE}.sim.nowhere import x\n")
+    assert [(n, w.split(" ")[0]) for _, n, w in missing_names([bad])] == [(1, f"{PACKAGE}.sim.batches.parse_isl"),
+                                                                          (2, f"{PACKAGE}.sim.nowhere")]
+    scripts = sorted((ROOT / "examples").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+    assert missing_names(scripts) == []

@@ -116,6 +116,19 @@ def test_compare_takes_each_runs_routing_skew_and_packing():
     assert scenario_for(run, "h200", Efficiency()).efficiency.routing_skew == Efficiency().routing_skew
 
 
+def test_compare_predicts_with_each_runs_expert_precision():
+    """An FP8 run (FP8 dispatch rows, the default where the experts are FP8) is predicted at FP8; BF16 dispatch
+    rows for FP8 experts are not what the simulator models: refused in one line."""
+    run = _run(random.Random(5))
+    assert scenario_for(run, "h200", Efficiency()).precision == get_precision("bf16")  # runs before --weight-dtype
+    run["config"]["weight_dtype"] = "float8_e4m3fn"
+    run["modes"]["dep"]["dep_dispatch"] = {"rows": "fp8", "reason": "r"}
+    assert scenario_for(run, "h200", Efficiency()).precision == get_precision("fp8")
+    run["modes"]["dep"]["dep_dispatch"]["rows"] = "bf16"
+    with pytest.raises(ValueError, match="--dep-dispatch bf16"):
+        scenario_for(run, "h200", Efficiency())
+
+
 def test_compare_calibrates_the_link_from_each_runs_slice(tmp_path):
     rng = random.Random(os.urandom(4))
     link, rates = _link_json(tmp_path, rng)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..commands.machine import gpu_names
 from ..config import WeightDtype
 from ..runtime.model_config import ModelConfig
 from ..sim.decide import AutoDecision, predict
 from ..sim.models import model_of
-from .capacity import gpu_names
 
 
 def choose(c: ModelConfig, ranks: int, isl: str, max_num_tokens: int, requested: str = "auto",

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..config import Mode
 
-SHARDED_MODES = ("dwdp", "dep", "dep+eplb")
+SHARDED_MODES = (Mode.DWDP.value, Mode.DEP.value, Mode.DEP_EPLB.value)
 # A sharded mode does the same work as `local` plus communication; beyond this it is not like for like.
 LIKE_FOR_LIKE_MARGIN = 1.10
 # ...and below this fraction of local's TPS/GPU its communication (or a difference in work) dominates the run:

@@ -36,7 +36,7 @@ def mpirun_flavor(mpirun: str) -> str:
 def max_ranks() -> int:
     """Most ranks one machine runs: ranks may share cores (CPU ranks) or a GPU, but each is a whole
     interpreter with torch and MPI loaded, so oversubscription is bounded."""
-    from ..bench.capacity import gpu_memory_bytes  # nvidia-smi only: the launcher initialises no CUDA
+    from .machine import gpu_memory_bytes  # nvidia-smi only: the launcher initialises no CUDA
     gpus = gpu_memory_bytes()
     return 8 * len(gpus) if gpus else max(16, 4 * (os.cpu_count() or 1))
 

@@ -211,7 +211,7 @@ class AllToAllExchange:
 
     owner [E] / local_index [E]: expert placement (rank and id on that rank); capacity: the most
     tokens a rank sends in one step (max_num_tokens). dispatch: BF16 (rows as they are) or FP8 (1x128-quantized
-    rows and their scales; the caller resolves AUTO, runtime.dep.resolve_dispatch). See moe/backends.py for the
+    rows and their scales; the caller resolves AUTO, runtime.dep.dispatch_choice). See moe/backends.py for the
     backends.
     """
 

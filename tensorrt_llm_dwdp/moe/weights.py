@@ -53,8 +53,10 @@ class ExpertWeights:
         expert), else None: what library grouped GEMMs that read [E*N, K] need. No experts: dense."""
         w = getattr(self, name)
         size = w.shape[1:].numel()
-        if w.shape[0] and (w.stride(0) != size or not w[0].is_contiguous()):
+        if w.shape[0] and w.stride(0) != size:
             return f"{name} experts are padded (composite stride {w.stride(0)} > expert size {size})"
+        if w.shape[0] and not w[0].is_contiguous():
+            return f"{name} experts are strided within (strides {tuple(w.stride())}), not row-major [N, K] each"
         return None
 
     def dense(self, expert: int, name: str) -> torch.Tensor:

@@ -100,7 +100,7 @@ class ContextExecutor:
         if too_long and not self.chunked:
             raise ValueError(f"--max-num-tokens {self.max_num_tokens}: request {too_long[0].id} has "
                              f"{too_long[0].isl} tokens. Fix: raise --max-num-tokens or pass --chunked-prefill")
-        pending = sorted(requests, key=lambda r: (r.arrival_s, r.id))
+        pending = deque(sorted(requests, key=lambda r: (r.arrival_s, r.id)))
         waiting: Deque[Chunk] = deque()
         result = RunResult(rank, self.mode)
         index = 0
@@ -108,7 +108,7 @@ class ContextExecutor:
             while True:
                 now = time.time() - t0
                 while pending and pending[0].arrival_s <= now:
-                    waiting.append(whole(pending.pop(0)))
+                    waiting.append(whole(pending.popleft()))
                 batch = take_batch(waiting, self.max_num_tokens, self.chunked)
                 start, host_mark = now, 0.0
                 if self.mode is Mode.DEP:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from enum import Enum
 from typing import Optional, Tuple
 
+from ..config import Choice
 from ..workloads.presets import preset_kwargs
 
 
@@ -48,16 +48,14 @@ class Yarn:
         return max(math.floor(at(self.beta_fast)), 0), min(math.ceil(at(self.beta_slow)), dim - 1)
 
 
-
-
-class AttentionKind(str, Enum):
+class AttentionKind(Choice):
     """How a layer attends; a member equals its string, so presets and configs name it as before."""
 
     MLA = "mla"  # DeepSeek multi-head latent attention
     GQA = "gqa"  # grouped-query attention
 
 
-class Routing(str, Enum):
+class Routing(Choice):
     """How a MoE block picks its experts (ModelConfig.routing; presets give the value)."""
 
     DEEPSEEK_V3 = "deepseek"  # noaux_tc: sigmoid + correction bias, groups by their two best biased scores

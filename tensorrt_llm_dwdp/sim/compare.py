@@ -15,24 +15,34 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from ..commands.usage import Parser, check_output_path, open_output
-from ..config import Mode
+from ..config import DepDispatch, Mode, WeightDtype
+from ..workloads.presets import ALIASES
 from ..workloads.requests import parse_isl
 from .calibrate import apply_calibration, load_calibration
 from .engine import simulate
 from .machines import Efficiency, get_machine
-from .models import get_model, get_precision
+from .models import MODELS, get_model, get_precision
 from .scenario import DepPacking, Scenario
 
-# `trtllm-dwdp bench --preset` names -> the simulator's models of the same shapes
-PRESET_MODELS: Dict[str, str] = {
-    "qwen3-30b-a3b": "qwen3-30b-a3b",
-    "deepseek-v3": "deepseek-v3",
-    "deepseek-v3-layers": "deepseek-v3",
-    "deepseek-v2-lite": "deepseek-v2-lite",
-}
+def _sim_model(preset: str) -> Optional[str]:
+    """The simulator's model of a `bench --preset` (the shared table's names and aliases), None for the CPU-sized
+    test model."""
+    name = ALIASES.get(preset, preset)
+    return name if name in MODELS else None
+
+
+def _precision(c: dict, dep: dict):
+    """The run's expert precision (runs from before --weight-dtype: BF16). The simulator's FP8 DEP dispatches
+    FP8 rows: an FP8 run whose DEP dispatched BF16 rows (--dep-dispatch bf16) is not what it models."""
+    weights = WeightDtype(c.get("weight_dtype", WeightDtype.BF16.value))
+    rows = (dep.get("dep_dispatch") or {}).get("rows")
+    if weights.is_fp8 and rows == DepDispatch.BF16.value:
+        raise ValueError("FP8 experts with DEP dispatching BF16 rows (--dep-dispatch bf16): the simulator's FP8 DEP "
+                         "dispatches FP8 rows. Fix: compare runs with --dep-dispatch auto or fp8.")
+    return get_precision(weights.sim_precision)
 
 
 def load_runs(paths: List[str]) -> List[dict]:
@@ -60,21 +70,25 @@ def scenario_for(run: dict, machine: str, efficiency: Efficiency, iterations: Op
     """The simulator's Scenario for one measured run."""
     c = run["config"]
     if c.get("checkpoint"):
-        raise ValueError(f"{run.get('source')}: a checkpoint run; compare knows only presets "
-                         f"({', '.join(PRESET_MODELS)}). Fix: compare preset runs.")
-    if c["preset"] not in PRESET_MODELS:
+        raise ValueError(f"{run.get('source')}: a checkpoint run; compare knows only presets. Fix: compare preset "
+                         "runs.")
+    model = _sim_model(c["preset"])
+    if model is None:
         raise ValueError(f"{run.get('source')}: preset {c['preset']!r} has no simulator model (the simulator "
                          f"predicts GPU-sized models only). Fix: compare runs of --preset "
-                         f"{', '.join(PRESET_MODELS)}.")
+                         f"{', '.join([*MODELS, *ALIASES])}.")
+    try:
+        precision = _precision(c, run["modes"].get(Mode.DEP.value, {}))
+    except ValueError as e:
+        raise ValueError(f"{run.get('source')}: {e}") from None
     ranks = int(c["ranks"])
     if iterations is None:
         iterations = max(_iterations_per_rank(m, ranks) for m in run["modes"].values())
     if c.get("routing_skew") is not None:  # the run's routers (runs from before --routing-skew: the default)
         efficiency = efficiency.with_(routing_skew=float(c["routing_skew"]))
     # the bench packs every mode alike, chunked only with --chunked-prefill: so does the simulated DEP
-    return Scenario(get_machine(machine), get_model(PRESET_MODELS[c["preset"]], c.get("layers")),
-                    get_precision("bf16"), ranks, parse_isl(c["isl"]), int(c["max_num_tokens"]),
-                    iterations=iterations, seed=int(c.get("seed", 0)), efficiency=efficiency,
+    return Scenario(get_machine(machine), get_model(model, c.get("layers")), precision, ranks, parse_isl(c["isl"]),
+                    int(c["max_num_tokens"]), iterations=iterations, seed=int(c.get("seed", 0)), efficiency=efficiency,
                     chunked=bool(c.get("chunked_prefill", False)), dep_packing=DepPacking.SAME)
 
 

@@ -254,7 +254,6 @@ def check_precision(machine: Machine, precision: str, option: str = "--precision
                          f"Fix: use {ok} on {machine.name}, or --machine b200/gb200 for nvfp4.")
 
 
-
 def target_machine(name: Optional[str], device_name: Optional[str] = None) -> str:
     """The profile a run predicts for: `name` when given, else the one whose device name matches the GPU this
     process sees (`device_name`, e.g. torch.cuda.get_device_name()), else h200."""

@@ -6,10 +6,10 @@ Bad values raise ValueError naming the CLI option and the fix, before any simula
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from functools import cached_property
 from typing import Dict, Optional, Tuple
 
+from ..config import Choice
 from ..placement import Placement, even_placement, fetch_plan, redundant_placement
 from ..workloads.requests import IslDist
 from .dep import A2A_KINDS
@@ -22,7 +22,7 @@ from .models import MoEModel, Precision
 DEFAULT_EPLB_REDUNDANT = 1
 
 
-class DepModel(str, Enum):
+class DepModel(Choice):
     """How DEP is run.
 
     TUNED: as a tuned serving engine runs it: one row per (token, destination rank), a fused
@@ -36,7 +36,7 @@ class DepModel(str, Enum):
     LEGACY = "legacy"
 
 
-class DepPacking(str, Enum):
+class DepPacking(Choice):
     """How a TUNED DEP packs its iterations: CHUNKED fills every iteration to max_num_tokens (chunked
     prefill, the strongest DEP); SAME packs as the scenario does for DWDP (as the published runs' engine
     did: TensorRT-LLM's context server without chunked prefill, its DWDP reproduction config sets none)."""
@@ -45,7 +45,7 @@ class DepPacking(str, Enum):
     SAME = "same"
 
 
-class PullStreams(str, Enum):
+class PullStreams(Choice):
     """How an unsliced pull orders its per-owner copies: ONE stream, owner after owner in ascending
     rank order (every rank starts on the same owner), or a stream PER_SOURCE, starting with the owner
     after the rank (rank + 1, rank + 2, ...), so ranks start on different owners. NOTE: the

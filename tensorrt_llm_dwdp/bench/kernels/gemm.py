@@ -87,7 +87,7 @@ def side_by_side(x, ids, wts, comp: ExpertWeights, plain: ExpertWeights, fp8: bo
 
 def kernel_ratios(rows: List[Dict]) -> List[Dict]:
     """DeepGEMM over the kernel it competes with, GEMMs and MLP: FP8 vs our CUTLASS FP8, BF16 vs torch._grouped_mm
-    (> 1: DeepGEMM faster)."""
+    (> 1: DeepGEMM faster), each pair on the same tensors (`on`); no MLP ratio where they ran it on different ones."""
     by = {}
     for r in rows:
         by.setdefault((r["shape"], r["dtype"], r["routing"], r["tokens"]), {})[r["kernel"]] = r
@@ -95,11 +95,16 @@ def kernel_ratios(rows: List[Dict]) -> List[Dict]:
     for (shape, dtype, routed, tokens), ks in by.items():
         for dg, other in (("deepgemm_fp8", "cutlass_fp8"), ("deepgemm_bf16", "grouped_mm")):
             a, b = ks.get(dg), ks.get(other)
-            if not a or not b or not a["mlp_ms"] or not b["mlp_ms"]:
+            # one thing changes: the kernel. Both on composite tensors where both run them, else both on ordinary
+            on = next((kind for kind in ("composite", "ordinary") if a and b and a[f"{kind}_ms"] and b[f"{kind}_ms"]),
+                      None)
+            if on is None:
                 continue
-            ga, gb = a["composite_ms"] or a["ordinary_ms"], b["composite_ms"] or b["ordinary_ms"]
-            out.append({"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens, "vs": other,
-                        "gemm_speedup": gb / ga, "mlp_speedup": b["mlp_ms"] / a["mlp_ms"]})
+            row = {"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens, "vs": other, "on": on,
+                   "gemm_speedup": b[f"{on}_ms"] / a[f"{on}_ms"], "mlp_speedup": None}
+            if a["mlp_on"] == b["mlp_on"]:  # the whole MLP only where both ran it on the same tensors
+                row["mlp_speedup"] = b["mlp_ms"] / a["mlp_ms"]
+            out.append(row)
     return out
 
 

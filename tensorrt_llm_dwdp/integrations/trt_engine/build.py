@@ -184,7 +184,6 @@ def plugin_library_path() -> str:
     return str(Path(__file__).resolve().parents[2] / PLUGIN_LIBRARY)
 
 
-
 # Written next to the engine by a DWDP build: what the runtime needs to set the context up before deserialising.
 ENGINE_MARKER = "dwdp_engine.json"
 

@@ -30,13 +30,14 @@ Checkpoint tensors as TensorRT-LLM's MoE load_weights receives them (MoEWeightLo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ...config import Choice
 
-class Layout(str, Enum):
+
+class Layout(Choice):
     """How a TensorRT-LLM MoE backend stores its experts (see the module docstring)."""
 
     W3_W1 = "w3_w1"

@@ -30,12 +30,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ...config import MEMORY_BACKENDS, PULL_ISSUE_MODES, DwdpConfig, DwdpConfigError, check_fields, parse_placement
+from ...config import (MEMORY_BACKENDS, PULL_ISSUE_MODES, DwdpConfig, DwdpConfigError, Mode, check_fields,
+                       parse_placement)
 
 ENV_INLINE = "TRTLLM_DWDP"
 ENV_FILE = "TRTLLM_DWDP_OPTIONS"
 SECTION = "dwdp"
-MODES = ("dwdp", "auto")
+MODES = (Mode.DWDP.value, Mode.AUTO.value)  # what a deployment asks for (DEP is the engine without DWDP)
 
 _INT_KEYS = ("group_size", "num_groups", "num_experts", "experts_per_rank", "num_prefetch_experts",
              "prefetch_depth", "slice_bytes")
