@@ -165,7 +165,7 @@ def build_layout(topk_ids: torch.Tensor, num_experts: int, align: int) -> Layout
     ends = torch.searchsorted(expert, experts, right=True)  # [E+1]: the last is n
     starts = torch.cat([ends.new_zeros(1), ends[:-1]])
     padded = (ends - starts + align - 1) // align * align
-    padded[num_experts] = 0
+    padded = torch.where(experts < num_experts, padded, 0)  # "no expert" takes no rows (no host value: capturable)
     pstart = torch.cumsum(padded, 0) - padded
     i = torch.arange(n, device=dev)
     dest = pstart.index_select(0, expert) + i - starts.index_select(0, expert)
