@@ -1,11 +1,24 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 
+from tensorrt_llm_dwdp.commands.mpirun import MPI_BACKING_VARS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A process that initialises MPI on its own (a singleton: this one, the subprocesses tests start) leaves Open MPI's
+# 16 MiB shared-memory segment in /dev/shm when it exits. Every such segment of the run goes to one folder, removed
+# at the end; jobs the launcher starts get their own folder unless a test passes these on (see test_front_door).
+MPI_SEGMENTS = tempfile.mkdtemp(prefix="pytest-mpi-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK) else None)
+for _key in MPI_BACKING_VARS:
+    os.environ.setdefault(_key, MPI_SEGMENTS)
+atexit.register(shutil.rmtree, MPI_SEGMENTS, True)
 
 
 def pytest_collection_modifyitems(config, items):

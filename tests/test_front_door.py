@@ -22,6 +22,7 @@ import time
 import pytest
 
 from conftest import ROOT
+from tensorrt_llm_dwdp.commands.mpirun import MPI_BACKING_VARS
 
 ANSWER_S = 10.0
 
@@ -347,6 +348,12 @@ def _alive(pid):
         return False
 
 
+def _launcher_env(**extra):
+    """The test's environment without the folder conftest gives MPI's backing files: the launcher's own job
+    folder, and its removal after any ending, is what these tests check."""
+    return dict({k: v for k, v in os.environ.items() if k not in MPI_BACKING_VARS}, **extra)
+
+
 def _shm_names():
     return {n for n in os.listdir("/dev/shm") if n.startswith(("dwdp-", "trtllm-dwdp-"))} if os.path.isdir("/dev/shm") \
         else set()
@@ -359,7 +366,7 @@ def test_a_signal_ends_every_rank_and_leaves_only_the_named_log(sig, tmp_path):
     shm_before = _shm_names()
     proc = subprocess.Popen([sys.executable, "-m", "tensorrt_llm_dwdp", "bench", "--ranks", "2", "--requests",
                              "100000", "--modes", "dwdp"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, TMPDIR=str(tmp)))
+                            text=True, env=_launcher_env(TMPDIR=str(tmp)))
     ranks = set()
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:  # until the ranks have started and set up

@@ -162,7 +162,7 @@ def _signals_stop():
 
 
 # Where Open MPI puts its shared-memory transport's backing files (btl sm, vader in 4.x; one-sided sm).
-_MPI_BACKING_VARS = ("OMPI_MCA_btl_sm_backing_directory", "OMPI_MCA_btl_vader_backing_directory",
+MPI_BACKING_VARS = ("OMPI_MCA_btl_sm_backing_directory", "OMPI_MCA_btl_vader_backing_directory",
                      "OMPI_MCA_osc_sm_backing_directory")
 
 
@@ -216,7 +216,7 @@ def run_ranks(num_ranks: int, argv: List[str], timeout_s: Optional[float] = None
                  JOB_ENV: job, "TMPDIR": tmp}
         shm = _job_shm_dir(job)
         if shm:  # Open MPI's shared-memory transport files, which a killed rank cannot remove itself
-            for key in _MPI_BACKING_VARS:
+            for key in MPI_BACKING_VARS:
                 if key not in os.environ:
                     extra[key] = shm
         extra.update(env or {})
