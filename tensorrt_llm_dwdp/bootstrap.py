@@ -84,9 +84,11 @@ class DwdpGroup:
 def mpi_library_version() -> str:
     """First line of the MPI library's version string, or why it is unavailable.
 
-    Asked in a child process: importing mpi4py.MPI here would initialise MPI in the caller.
+    Asked in a child process that does not initialise MPI (the standard allows this call before MPI_Init): an
+    initialised singleton would leave Open MPI's shared-memory segment in /dev/shm at exit.
     """
-    code = "from mpi4py import MPI; print(MPI.Get_library_version().strip().splitlines()[0])"
+    code = ("import mpi4py; mpi4py.rc.initialize = mpi4py.rc.finalize = False; from mpi4py import MPI; "
+            "print(MPI.Get_library_version().strip().splitlines()[0])")
     try:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as e:

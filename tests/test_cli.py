@@ -44,3 +44,16 @@ def test_launch_env_keeps_user_knobs_and_drops_runtime_state():
            "PMIX_RANK": "0", "OMPI_COMM_WORLD_RANK": "0", "OMPI_MCA_ess_base_jobid": "1", "PATH": "/bin"}
     assert clean_launch_env(env) == {"OMPI_MCA_plm_rsh_agent": "false", "OMPI_MCA_btl": "self,vader",
                                      "OMPI_ALLOW_RUN_AS_ROOT": "1", "PATH": "/bin"}
+
+
+def test_doctor_asks_the_mpi_library_without_leaving_shared_memory(monkeypatch):
+    """The version comes from a child that never initialises MPI: an initialised singleton leaves Open MPI's
+    shared-memory segment in /dev/shm when it exits."""
+    from tensorrt_llm_dwdp.bootstrap import mpi_library_version
+    from tensorrt_llm_dwdp.commands.mpirun import MPI_BACKING_VARS
+    for key in MPI_BACKING_VARS:  # as a user's shell has it (conftest gives the tests' segments a folder)
+        monkeypatch.delenv(key, raising=False)
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert "MPI" in mpi_library_version()
+    after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert not {n for n in after - before if n.startswith("sm_segment")}
