@@ -33,6 +33,7 @@ from .metrics import LayerMetrics, StepMetrics
 from .moe.weights import ExpertWeights
 from .placement import fetch_plan
 from .prefetch.plan import LayerCopyPlan, build_layer_plan
+from .prefetch import native
 from .prefetch.prefetcher import Prefetcher
 from .shard import MoeShape, WeightLoader, check_shape, fill_shard, plan_composite, replicate_rows
 
@@ -137,7 +138,11 @@ class DwdpHooks:
 
             plans = [build_layer_plan(fetches[layer], layer, layout, locals_, config.slice_bytes) for layer in range(L)]
             peer_tensors = {r: [p.tensor for p in ps] for r, ps in owned.peers.items()}
-            if backend.device.type == "cuda":
+            if backend.device.type == "cuda" and native.available():  # one native call per hook call
+                slices, bases = _ring_addresses(plans, peer_tensors, weights, layout, config.prefetch_depth)
+                engine = native.NativeRing(weights, slices, bases, config.prefetch_depth, backend.device,
+                                           measure_waits=measure_waits, issue_mode=config.pull_issue)
+            elif backend.device.type == "cuda":
                 from .prefetch.engine_cuda import CudaCopyEngine
                 engine = CudaCopyEngine(config.prefetch_depth, regions, peer_tensors, plans, backend.device,
                                         measure_waits=measure_waits, issue_mode=config.pull_issue)
@@ -150,7 +155,8 @@ class DwdpHooks:
             owned.close()
             group.free()
             raise
-        prefetcher = Prefetcher(engine, plans, config.prefetch_depth)
+        prefetcher = engine if isinstance(engine, native.NativeRing) else Prefetcher(engine, plans,
+                                                                                      config.prefetch_depth)
         return cls(config=config, shape=shape, group=group, plan=plan, backend=backend, owned=owned,
                    prefetcher=prefetcher, engine=engine, weights_by_slot=weights, plans=plans, replicated=replicated)
 
@@ -227,7 +233,8 @@ class DwdpHooks:
         track). Call it once the borrower's work on the slots has finished."""
         if self.ring_lent:
             own = self.prefetcher.own
-            self.prefetcher = Prefetcher(own.engine, own.plans, own.num_slots)
+            own.abort_step()  # empties the slots (and drains this ring's own pulls, long done)
+            self.prefetcher = own
 
     def layer_plan(self, layer_idx: int) -> LayerCopyPlan:
         """The copy plan that fills a slot with MoE layer `layer_idx`'s missing experts (its `nbytes`, its slices)."""
@@ -236,10 +243,8 @@ class DwdpHooks:
     def ring_spec(self) -> RingSpec:
         """The slot ring's pointers and copy plans, for a native driver (see RingSpec); GPU backends."""
         peers = {r: [p.tensor for p in ps] for r, ps in self._owned.peers.items()}
-        slices = tuple(tuple((peers[s.source][s.piece].data_ptr() + s.src_offset, s.dst_offset, s.nbytes)
-                             for s in plan.slices) for plan in self._plans)
-        bases = tuple(self._weights[(0, s)].w13.data_ptr() - self.plan.layout.offsets[0]
-                      for s in range(self.config.prefetch_depth))
+        slices, bases = _ring_addresses(self._plans, peers, self._weights, self.plan.layout,
+                                        self.config.prefetch_depth)
         return RingSpec(dict(self._weights), slices, bases)
 
     @property
@@ -277,6 +282,15 @@ class DwdpHooks:
                 self.close(timeout_s=5.0)
             except PeerLostError:
                 pass
+
+
+def _ring_addresses(plans, peers, weights, layout, num_slots):
+    """Per layer ordinal its pull as (source address, slot offset, bytes) slices; per slot the base the offsets
+    are taken from (its pieces seen through layer 0's view: every layer's view maps them at the same offsets)."""
+    slices = tuple(tuple((peers[s.source][s.piece].data_ptr() + s.src_offset, s.dst_offset, s.nbytes)
+                         for s in plan.slices) for plan in plans)
+    bases = tuple(weights[(0, s)].w13.data_ptr() - layout.offsets[0] for s in range(num_slots))
+    return slices, bases
 
 
 class _Owned:

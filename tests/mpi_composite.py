@@ -38,6 +38,9 @@ if placement == "redundant":
 cfg = DwdpConfig(group_size=world, num_experts=E, weight_dtype=dtype, memory_backend=backend, slice_bytes=8192, **kw)
 with DwdpHooks.setup(cfg, MoeShape(L, H, I, E), lambda l, ex: {k: v[list(ex)] for k, v in truth[l].items()},
                      device=dev) as hooks:
+    if cuda:  # the ring DWDP_NATIVE_RING asks for (native wherever the extension is built)
+        from tensorrt_llm_dwdp.prefetch import native
+        assert isinstance(hooks.prefetcher, native.NativeRing) == native.available(), type(hooks.prefetcher)
     graph, x = None, torch.randn(9, H, generator=g).bfloat16().to(dev)
     ids = torch.stack([torch.randperm(E, generator=g)[:4] for _ in range(9)]).to(dev)
     wts = torch.rand(9, 4, generator=g).to(dev)

@@ -341,7 +341,21 @@ def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
             raise AssertionError("weights read although DeepGEMM cannot run")
     g = torch.Generator().manual_seed(fresh_seed())
     routed = RoutedExperts(Source({3: _fp8_weights(g, 4, 256, 128)}))
-    assert routed.warm_up_kernels(1024, 4) is None
+    assert routed.warm_up_kernels(1024, 4, torch.bfloat16) is None
+
+
+def test_runtime_warm_up_picks_the_kernel_for_the_runs_activation_dtype(monkeypatch):
+    """An FP32 or FP16 run must not compile DeepGEMM's BF16-activation kernels: the kernel is chosen for the run's
+    dtype (the probe was always bfloat16 before)."""
+    from tensorrt_llm_dwdp.moe import layer
+    monkeypatch.setattr(deepgemm, "unavailable", lambda device=None: None)
+    seen, real = [], layer.select
+    monkeypatch.setattr(layer, "select", lambda x, w: (seen.append(x.dtype), real(x, w))[1])
+    g = torch.Generator().manual_seed(fresh_seed())
+    routed = layer.RoutedExperts(layer.LocalWeights({3: _fp8_weights(g, 4, 256, 128)}))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert routed.warm_up_kernels(1024, 4, dtype) is None  # on CPU no DeepGEMM kernel is chosen
+    assert seen == [torch.float32, torch.float16, torch.bfloat16]
 
 
 def test_bench_side_by_side_ratios_and_preset_shapes():
@@ -364,3 +378,30 @@ def test_bench_side_by_side_ratios_and_preset_shapes():
     rows[1].update(composite_ms=t[3], mlp_on="composite")
     (r,) = kernel_ratios(rows)
     assert r["on"] == "composite" and r["gemm_speedup"] == t[3] / t[0] and r["mlp_speedup"] == t[4] / t[2]
+
+
+def test_bench_kernel_rows_and_rows_per_expert_points():
+    """`kernels` rows from one interleaved measurement: each GEMM's share of the peak from its own FLOPs (GEMM1 is
+    2/3 of the MLP's, GEMM2 1/3), a kernel that ran only on ordinary tensors says why not on the composite ones,
+    one that ran on neither says why; the `rows` section's expert counts keep a token's k experts distinct."""
+    from tensorrt_llm_dwdp.bench.kernels.gemm import experts_used, kernel_rows
+    from tensorrt_llm_dwdp.moe import ExpertKernel
+    g = torch.Generator().manual_seed(fresh_seed())
+    v = [float(x) for x in torch.rand(9, generator=g) + 0.1]
+    flops, peak = 3e12 * v[8], 1000.0
+    t = {"deepgemm_fp8/composite": v[0], "deepgemm_fp8/ordinary": v[1], "deepgemm_fp8/gemm1": v[2],
+         "deepgemm_fp8/gemm2": v[3], "deepgemm_fp8/mlp": v[4],
+         "cutlass_fp8/ordinary": v[5], "cutlass_fp8/gemm1": v[6], "cutlass_fp8/gemm2": v[7], "cutlass_fp8/mlp": v[4]}
+    ran = {ExpertKernel.DEEPGEMM_FP8: (["composite", "ordinary"], {"composite": None, "ordinary": None}),
+           ExpertKernel.CUTLASS_FP8: (["ordinary"], {"composite": "padded", "ordinary": None}),
+           ExpertKernel.DEEPGEMM_BF16: ([], {"composite": "not bf16", "ordinary": "not bf16"})}
+    dg, cut, bf = kernel_rows(t, ran, flops, peak, {"tokens": 8})
+    assert dg["composite_ms"] == v[0] and dg["mlp_on"] == "composite" and dg["note"] == ""
+    assert dg["gemm_of_peak"] == pytest.approx(flops / v[0] / 1e9 / peak)
+    assert dg["gemm1_of_peak"] == pytest.approx(2 * flops / 3 / v[2] / 1e9 / peak)
+    assert dg["gemm2_of_peak"] == pytest.approx(flops / 3 / v[3] / 1e9 / peak)
+    assert cut["composite_ms"] is None and cut["mlp_on"] == "ordinary" and cut["note"] == "composite: padded"
+    assert cut["gemm_tflops"] == pytest.approx(flops / v[5] / 1e9)
+    assert bf["note"] == "not bf16" and bf["mlp_ms"] is None and "gemm_tflops" not in bf
+    assert experts_used(256, 8) == [256, 64, 16] and experts_used(128, 8) == [128, 32, 8]
+    assert experts_used(64, 8) == [64, 16] and experts_used(8, 8) == [8]

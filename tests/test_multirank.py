@@ -147,12 +147,12 @@ def test_fp8_experts_with_block_scales_cuda_vmm(verify, tmp_path):
     assert json.loads(out_json.read_text())["ok"]
 
 
-def _composite(ranks, backend, placement, dtype):
+def _composite(ranks, backend, placement, dtype, **env):
     import os
     import subprocess
     from conftest import ROOT
     from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env, mpirun_command
-    extra = {"OMP_NUM_THREADS": "1"}
+    extra = {"OMP_NUM_THREADS": "1", **env}
     cmd = mpirun_command(ranks, [os.path.join(ROOT, "tests", "mpi_composite.py"), backend, placement, dtype,
                                  str(fresh_seed())], extra)
     proc = subprocess.run(cmd, env=dict(clean_launch_env(dict(os.environ)), **extra), capture_output=True, text=True,
@@ -176,3 +176,10 @@ def test_composite_tensors_are_the_loaded_weights_cpu(ranks, placement):
 @pytest.mark.parametrize("ranks,placement", [(2, "0-2,7;3-6,8-13"), (4, "even")])
 def test_composite_tensors_and_graph_replay_gpu(backend, dtype, ranks, placement):
     _composite(ranks, backend, placement, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda_vmm", "cuda_ipc"])
+def test_composite_tensors_through_the_python_ring_gpu(backend):
+    """The same through Prefetcher over CudaCopyEngine (DWDP_NATIVE_RING=0), the path without the extension."""
+    _composite(2, backend, "0-2,7;3-6,8-13", "bfloat16", DWDP_NATIVE_RING="0")

@@ -21,7 +21,7 @@ class PullLog:
     """A Prefetcher engine that only records what it is asked to pull."""
 
     def __init__(self):
-        self.pulls = []
+        self.pulls, self.done = [], []
 
     def issue(self, plan, slot):
         self.pulls.append((plan.layer, slot))
@@ -30,6 +30,9 @@ class PullLog:
         return None
 
     def record_compute_done(self, slot):
+        self.done.append(slot)
+
+    def synchronize(self):
         pass
 
 
@@ -65,6 +68,12 @@ def _compare(layers, slots, calls):
             pk, pv = _call(lambda: py.release(layer))
             ck, cv = _call(lambda: cc.release(layer))
             c_pulls = [(cv.pull.layer, cv.pull.slot)] if ck == "ok" and cv.pull is not None else []
+        elif op == "abort":  # Python records compute_done of an acquired, unreleased slot; C++ returns it
+            done = len(log.done)
+            pk, pv = _call(py.abort_step)
+            ck, cv = _call(cc.abort_step)
+            assert log.done[done:] == ([] if cv == -1 else [cv]), (op, log.done[done:], cv)
+            c_pulls = []
         else:
             pk, pv = _call(py.end_step)
             ck, cv = _call(cc.end_step)
@@ -72,6 +81,8 @@ def _compare(layers, slots, calls):
         assert pk == ck, (op, layer, pv, cv)
         if pk == "error":
             assert pv == cv, (op, layer)
+        if op == "abort":
+            assert cc.in_step is py.in_step is False and cc.next_layer == 0
         assert log.pulls[before:] == c_pulls, (op, layer)
         if pk == "error" and op in ("acquire", "release") and pv == "unknown layer":
             return  # both refused a layer with no slot; their states may legitimately differ past this point
@@ -105,7 +116,7 @@ def test_random_call_sequences_match():
                     calls.append(("end", 0))
                     nxt = 0
             else:  # any call, often out of order
-                op = rng.choice(["begin", "acquire", "release", "end"])
+                op = rng.choice(["begin", "acquire", "release", "end", "abort"])
                 calls.append((op, rng.randint(0, layers)))
         _compare(layers, slots, calls)
 
@@ -121,3 +132,16 @@ def test_protocol_errors_are_sentences():
         ring.end_step()
     with pytest.raises(ValueError):
         _C.SlotRing(0, 2)
+
+
+def test_abort_mid_layer_names_the_acquired_slot_and_empties_the_ring():
+    """A forward that raised between acquire and release: abort returns that slot (its compute_done must be
+    recorded) and the next step pulls from empty slots, as Prefetcher.abort_step does."""
+    ring = _C.SlotRing(3, 2)
+    assert [(p.layer, p.slot) for p in ring.begin_step()] == [(0, 0), (1, 1)]
+    ring.acquire(0)
+    ring.release(0)
+    ring.acquire(1)
+    assert ring.abort_step() == 1
+    assert ring.abort_step() == -1  # nothing open any more
+    assert [(p.layer, p.slot) for p in ring.begin_step()] == [(0, 0), (1, 1)]

@@ -58,6 +58,8 @@ void register_context_bindings(py::module_& m) {
       .def("acquire", &dwdp::SlotRing::acquire, py::arg("layer"))
       .def("release", &dwdp::SlotRing::release, py::arg("layer"))
       .def("end_step", &dwdp::SlotRing::end_step)
+      .def("abort_step", &dwdp::SlotRing::abort_step,
+           "end a failed step and empty the ring; the slot acquired but not released, or -1")
       .def("slot_of", &dwdp::SlotRing::slot_of, py::arg("layer"))
       .def_property_readonly("in_step", &dwdp::SlotRing::in_step)
       .def_property_readonly("next_layer", &dwdp::SlotRing::next_layer);
@@ -92,6 +94,21 @@ void register_context_bindings(py::module_& m) {
             c.release(layer, reinterpret_cast<cudaStream_t>(stream));
           },
           py::arg("layer"), py::arg("stream"))
+      .def(
+          "acquire_timed",
+          [](dwdp::DwdpContext& c, int layer, uintptr_t stream, bool timed) {
+            const auto t = c.acquire_timed(layer, reinterpret_cast<cudaStream_t>(stream), timed);
+            return std::make_tuple(t.slot, t.fresh, t.record);
+          },
+          py::arg("layer"), py::arg("stream"), py::arg("timed"),
+          "acquire, also timing compute's wait for the pull: (slot, fresh, record id for wait_seconds or -1)")
+      .def("wait_seconds", &dwdp::DwdpContext::wait_seconds, py::arg("record"),
+           py::call_guard<py::gil_scoped_release>(), "seconds compute waited at that acquire (blocks until known)")
+      .def(
+          "abort_step",
+          [](dwdp::DwdpContext& c, uintptr_t stream) { c.abort_step(reinterpret_cast<cudaStream_t>(stream)); },
+          py::arg("stream"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("in_step", &dwdp::DwdpContext::in_step)
       .def("synchronize", &dwdp::DwdpContext::synchronize, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("pulls_issued", &dwdp::DwdpContext::pulls_issued);
   m.def("register_context", &dwdp::register_context, py::arg("context_id"), py::arg("context"));

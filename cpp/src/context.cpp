@@ -59,6 +59,10 @@ DwdpContext::~DwdpContext() {
   if (copy_stream_) cudaStreamSynchronize(copy_stream_);
   for (auto e : fetch_done_) cudaEventDestroy(e);
   for (auto e : compute_done_) cudaEventDestroy(e);
+  for (auto& t : timers_) {
+    cudaEventDestroy(t.first);
+    cudaEventDestroy(t.second);
+  }
   if (copy_stream_) cudaStreamDestroy(copy_stream_);
 }
 
@@ -84,12 +88,63 @@ void DwdpContext::begin_step() {
 }
 
 const ExpertPointers& DwdpContext::acquire(int layer, cudaStream_t stream) {
+  const Timed t = acquire_timed(layer, stream, false);
+  return spec_.views[static_cast<size_t>(layer) * spec_.num_slots + t.slot];
+}
+
+DwdpContext::Timed DwdpContext::acquire_timed(int layer, cudaStream_t stream, bool timed) {
   std::lock_guard<std::mutex> lock(mu_);
   if (spec_.step_mode == StepMode::kImplicit && layer == 0 && !ring_.in_step())
     for (const Pull& p : ring_.begin_step()) issue(p);
   const Acquired a = ring_.acquire(layer);
+  int64_t record = -1;
+  if (timed) {
+    if (free_timers_.empty()) {  // every earlier record is still unread: one more pair
+      std::pair<cudaEvent_t, cudaEvent_t> t{nullptr, nullptr};
+      check(cudaEventCreate(&t.first), "cudaEventCreate");
+      check(cudaEventCreate(&t.second), "cudaEventCreate");
+      free_timers_.push_back(static_cast<int64_t>(timers_.size()));
+      timers_.push_back(t);
+      timer_busy_.push_back(false);
+    }
+    record = free_timers_.back();
+    free_timers_.pop_back();
+    timer_busy_[record] = true;
+    check(cudaEventRecord(timers_[record].first, stream), "cudaEventRecord");
+  }
   check(cudaStreamWaitEvent(stream, fetch_done_[a.slot], 0), "cudaStreamWaitEvent");
-  return spec_.views[static_cast<size_t>(layer) * spec_.num_slots + a.slot];
+  if (timed) check(cudaEventRecord(timers_[record].second, stream), "cudaEventRecord");
+  return Timed{a.slot, a.fresh, record};
+}
+
+double DwdpContext::wait_seconds(int64_t record) {
+  if (record < 0) return 0.0;
+  std::pair<cudaEvent_t, cudaEvent_t> t;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (record >= static_cast<int64_t>(timers_.size()) || !timer_busy_[record])
+      throw std::invalid_argument("wait_seconds: record " + std::to_string(record) + " is not an unread wait");
+    t = timers_[record];
+  }
+  check(cudaEventSynchronize(t.second), "cudaEventSynchronize");  // outside the lock: it blocks
+  float ms = 0.0f;
+  check(cudaEventElapsedTime(&ms, t.first, t.second), "cudaEventElapsedTime");
+  std::lock_guard<std::mutex> lock(mu_);
+  timer_busy_[record] = false;
+  free_timers_.push_back(record);
+  return ms / 1e3;
+}
+
+void DwdpContext::abort_step(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int slot = ring_.abort_step();
+  if (slot >= 0) check(cudaEventRecord(compute_done_[slot], stream), "cudaEventRecord");
+  check(cudaStreamSynchronize(copy_stream_), "cudaStreamSynchronize");
+}
+
+bool DwdpContext::in_step() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ring_.in_step();
 }
 
 void DwdpContext::release(int layer, cudaStream_t stream) {

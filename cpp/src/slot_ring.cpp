@@ -65,4 +65,17 @@ void SlotRing::end_step() {
   in_step_ = false;
 }
 
+int SlotRing::abort_step() {
+  int slot = -1;
+  auto it = slot_of_.find(next_layer_);
+  if (in_step_ && it != slot_of_.end() && !unread_.count(next_layer_)) slot = it->second;
+  slot_of_.clear();
+  unread_.clear();
+  free_.clear();
+  for (int s = 0; s < num_slots_; ++s) free_.push_back(s);
+  in_step_ = false;
+  next_layer_ = 0;
+  return slot;
+}
+
 }  // namespace dwdp

@@ -82,7 +82,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
                           backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic,
                           dispatch=dispatch.dispatch)
-    _warm_kernels(model, args.max_num_tokens * (world if mode in DEP_MODES else 1), cfg.top_k)
+    _warm_kernels(model, args.max_num_tokens * (world if mode in DEP_MODES else 1), cfg.top_k, dtype)
     executor.warm_up(requests, args.warmup)  # the same warm-up for every mode, on the placement it times
     comm.Barrier()
     t0 = comm.bcast(time.time() + 0.05, root=0)
@@ -97,10 +97,10 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
             "requests": [dict(vars(q), ttft_s=q.ttft_s) for q in result.requests]}
 
 
-def _warm_kernels(model, max_rows: int, top_k: int) -> None:
+def _warm_kernels(model, max_rows: int, top_k: int, dtype) -> None:
     """Kernels that compile at first launch (DeepGEMM) compile here, in setup, never in a timed step."""
     blocks = [b for b in model.moe_blocks() if b.experts is not None]
-    done = blocks[0].experts.warm_up_kernels(max_rows, top_k) if blocks else None
+    done = blocks[0].experts.warm_up_kernels(max_rows, top_k, dtype) if blocks else None
     if done:
         print(f"  {done}", flush=True)
 

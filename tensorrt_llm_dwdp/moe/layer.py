@@ -114,14 +114,14 @@ class RoutedExperts:
     def reset_counters(self) -> None:
         self.expert_rows = None
 
-    def warm_up_kernels(self, max_rows: int, top_k: int) -> Optional[str]:
-        """Setup code: compile every kernel config a call of up to `max_rows` token rows (top_k each) can launch on
-        these experts, so that no timed step compiles (DeepGEMM JIT-compiles at its first launch of each config;
-        the other kernels need nothing). Returns what was done, or None."""
+    def warm_up_kernels(self, max_rows: int, top_k: int, dtype: torch.dtype) -> Optional[str]:
+        """Setup code: compile every kernel config a call of up to `max_rows` token rows (top_k each) of activations
+        in `dtype` (the run's) can launch on these experts, so that no timed step compiles (DeepGEMM JIT-compiles
+        at its first launch of each config; the other kernels need nothing). Returns what was done, or None."""
         if max_rows <= 0 or not self.source.layer_ids() or deepgemm.unavailable() is not None:
             return None  # before touching the weights: a DWDP step here would pull for nothing
         with self.source.peek() as weights:
-            probe = torch.empty(0, weights.w13.shape[2], dtype=torch.bfloat16, device=weights.device)
+            probe = torch.empty(0, weights.w13.shape[2], dtype=dtype, device=weights.device)
             kernel = self.kernel or select(probe, weights).kernel
             if kernel not in (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16):
                 return None

@@ -60,8 +60,8 @@ class CudaCopyEngine:
         self.fetch_done = [torch.cuda.Event() for _ in range(num_slots)]
         self.compute_done = [torch.cuda.Event() for _ in range(num_slots)]
         self.measure_waits, self.issue_mode = measure_waits, issue_mode
-        make = _native_issuer if native_available() else _PyIssuer
-        self.native = make is _native_issuer
+        self.native = native_available()
+        make = make_issuer
         self._issuers, self._graphs = {}, {}
         for plan in plans:
             triples = [(peers[s.source][s.piece].data_ptr() + s.src_offset, s.dst_offset, s.nbytes)
@@ -131,6 +131,10 @@ class CudaCopyEngine:
         self._issuers.clear()
 
 
-def _native_issuer(triples: List):
+def make_issuer(triples: List):
+    """A copy plan of (source address, destination offset, bytes) slices: the C++ CopyPlan where the extension is
+    built, else the cuda.bindings one; issue(dst_base, stream, batched) queues it."""
+    if not native_available():
+        return _PyIssuer(triples)
     from .. import _C
     return _C.CopyPlan(triples)

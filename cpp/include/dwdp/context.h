@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "dwdp/copy_plan.h"
@@ -64,6 +65,21 @@ class DwdpContext {
   void release(int layer, cudaStream_t stream);
   void end_step();
 
+  // For hosts that report how long compute waited for each pull (the Python hooks, one native call per hook
+  // call): acquire that also records timing events around the wait. `record` is -1 when not timed, else an id
+  // for wait_seconds, which blocks until the wait has passed on the device, reads it and frees the id.
+  struct Timed {
+    int slot;
+    bool fresh;
+    int64_t record;
+  };
+  Timed acquire_timed(int layer, cudaStream_t stream, bool timed);
+  double wait_seconds(int64_t record);
+  // Ends a step that failed part-way: records compute_done of a slot acquired but not released on `stream`,
+  // drains the pulls in flight and empties the ring (SlotRing::abort_step). Safe outside a step.
+  void abort_step(cudaStream_t stream);
+  bool in_step();
+
   int num_layers() const { return spec_.num_layers; }
   int num_experts() const { return spec_.num_experts; }
   // Pulls issued since creation (a CPU-visible count, for tests and metrics).
@@ -80,6 +96,9 @@ class DwdpContext {
   std::mutex mu_;  // NOTE: TensorRT may enqueue from several threads; the ring is one per process and layer order
   cudaStream_t copy_stream_ = nullptr;
   std::vector<cudaEvent_t> fetch_done_, compute_done_;
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> timers_;  // (before, after) the wait; grown on demand
+  std::vector<int64_t> free_timers_;
+  std::vector<bool> timer_busy_;
   int64_t pulls_issued_ = 0;
 };
 

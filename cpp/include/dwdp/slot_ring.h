@@ -44,6 +44,10 @@ class SlotRing {
   Acquired acquire(int layer);
   Released release(int layer);
   void end_step();
+  // Ends a step that failed part-way (a host's forward raised) and empties the ring, as Prefetcher.abort_step
+  // does: returns the slot of a layer acquired but never released (-1 if none), whose compute_done the caller
+  // records before it drains the pulls in flight.
+  int abort_step();
 
   int num_layers() const { return num_layers_; }
   int num_slots() const { return num_slots_; }

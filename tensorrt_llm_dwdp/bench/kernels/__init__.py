@@ -8,10 +8,13 @@ the shards it pulls from.
            allocation vs dense cuBLAS GEMMs of equal FLOPs; the whole expert MLP (permute, GEMMs, SwiGLU,
            combine) on the selected kernel, and every kernel of the dtype side by side (DeepGEMM, our CUTLASS
            kernels, torch._grouped_mm); BF16 and FP8 block-scaled; exact, balanced and skewed routing;
-           2K-32K tokens per rank;
+           2K-32K tokens per rank; each configuration's kernels timed in turns, each GEMM also alone;
+  rows:    the same GEMMs with exact routing over all, a quarter and a sixteenth of the experts: the same FLOPs at
+           4x and 16x the rows per expert, how a grouped GEMM's rate depends on them;
   overlap: a layer's expert MLP while the next layer's pull runs (the real prefetch protocol) vs the same
            MLP with no pull in flight, and the pull's rate alone;
-  hooks:   host time per MoE layer of the hook calls (layer_weights + layer_done) and per step.
+  hooks:   host time per MoE layer of the hook calls (layer_weights + layer_done) and per step, through the
+           native ring and through torch's Python CUDA calls (DWDP_NATIVE_RING=0), side by side.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ...config import WeightDtype
 
 PROG = "trtllm-dwdp bench kernels"
 
-SECTIONS = ("gemm", "overlap", "hooks")
+SECTIONS = ("gemm", "rows", "overlap", "hooks")
 MAX_TOKENS = 1 << 20  # per rank: beyond any serving engine's token budget
 
 

@@ -1,19 +1,26 @@
 """Expert GEMMs and the expert MLP on the hooks' composite tensors vs an ordinary allocation vs dense cuBLAS, on
 the selected kernel (`gemm` rows, what the simulator calibrates from) and on every kernel of the dtype side by side
-(`kernels` rows: DeepGEMM, our CUTLASS kernels, torch._grouped_mm; a kernel that cannot run a tensor names why)."""
+(`kernels` rows: DeepGEMM, our CUTLASS kernels, torch._grouped_mm; a kernel that cannot run a tensor names why);
+`rows` rows: the same FLOPs spread over fewer experts, to show how a grouped GEMM's rate depends on the rows each
+expert gets. Everything of one configuration is timed in turns (`bench_interleaved`), so its ratios are like for
+like."""
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
 from ...config import WeightDtype, is_fp8
-
 from ...moe import ExpertKernel, ExpertWeights, deepgemm, expert_compute, ops, select
-from ...moe.kernels import check
-from ...moe.kernels import sort_by_expert
-from .setup import SHAPES, bench_ms, mlp_flops, routing
+from ...moe.kernels import check, sort_by_expert
+from .setup import SHAPES, bench_interleaved, mlp_flops, routing
+
+Pair = Tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]  # the layer's GEMM1 (w13) and GEMM2 (w2)
+# every kernel of a weight dtype, measured side by side
+CANDIDATES = {True: (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8),
+              False: (ExpertKernel.GROUPED_MM, ExpertKernel.CUTLASS_BF16, ExpertKernel.DEEPGEMM_BF16)}
+KINDS = ("composite", "ordinary")
 
 
 def ordinary_copy(w: ExpertWeights) -> ExpertWeights:
@@ -22,66 +29,176 @@ def ordinary_copy(w: ExpertWeights) -> ExpertWeights:
     return ExpertWeights(c(w.w13), c(w.w2), c(w.w13_scale), c(w.w2_scale), w.w13_order)
 
 
-def gemms(x: torch.Tensor, ids: torch.Tensor, w: ExpertWeights, kernel: ExpertKernel):
-    """The layer's two expert GEMMs alone (inputs sorted and quantized beforehand), on `kernel`."""
-    s = sort_by_expert(ids, w.num_experts)
-    a = ops.permute_rows(x, s.order // ids.shape[1], torch.arange(s.order.numel(), device=x.device), s.order.numel())
-    inter = w.w2.shape[2]
-    act = torch.randn(a.shape[0], inter, device=x.device, dtype=torch.bfloat16)
+def gemms(x: torch.Tensor, ids: torch.Tensor, weights: List[ExpertWeights], kernel: ExpertKernel) -> List[Pair]:
+    """The layer's two expert GEMMs alone on `kernel`, one pair per weights object; the inputs are sorted, permuted
+    and quantized once, beforehand, and shared by the pairs."""
+    w0 = weights[0]
+    act = torch.randn(ids.numel(), w0.w2.shape[2], device=x.device, dtype=torch.bfloat16)
     if kernel in (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16):
-        return _deepgemm_gemms(x, ids, act, w, kernel is ExpertKernel.DEEPGEMM_FP8)
+        lay = deepgemm.build_layout(ids, w0.num_experts, deepgemm.alignment())
+        a, h = deepgemm.move_rows(x, lay), deepgemm.move_rows(act, lay)
+        if kernel is ExpertKernel.DEEPGEMM_FP8:
+            (aq, as_), (hq, hs) = ops.quantize_fp8(a), ops.quantize_fp8(h)
+            return [(lambda w=w: deepgemm.gemm_fp8(aq, as_, w.w13, w.w13_scale, lay.m_indices),
+                     lambda w=w: deepgemm.gemm_fp8(hq, hs, w.w2, w.w2_scale, lay.m_indices)) for w in weights]
+        return [(lambda w=w: deepgemm.gemm_bf16(a, w.w13, lay.m_indices),
+                 lambda w=w: deepgemm.gemm_bf16(h, w.w2, lay.m_indices)) for w in weights]
+    s = sort_by_expert(ids, w0.num_experts)
+    a = ops.permute_rows(x, s.order // ids.shape[1], torch.arange(s.order.numel(), device=x.device), s.order.numel())
     if kernel is ExpertKernel.CUTLASS_FP8:
         (aq, as_), (hq, hs) = ops.quantize_fp8(a), ops.quantize_fp8(act)
-        return lambda: (ops.grouped_gemm_fp8(aq, as_, s.ends, w.w13, w.w13_scale),
-                        ops.grouped_gemm_fp8(hq, hs, s.ends, w.w2, w.w2_scale))
+        return [(lambda w=w: ops.grouped_gemm_fp8(aq, as_, s.ends, w.w13, w.w13_scale),
+                 lambda w=w: ops.grouped_gemm_fp8(hq, hs, s.ends, w.w2, w.w2_scale)) for w in weights]
     if kernel is ExpertKernel.GROUPED_MM:
         offs = s.ends.to(torch.int32)
-        return lambda: (torch._grouped_mm(a, w.w13.transpose(-2, -1), offs=offs),
-                        torch._grouped_mm(act, w.w2.transpose(-2, -1), offs=offs))
-    return lambda: (ops.grouped_gemm(a, s.ends, w.w13), ops.grouped_gemm(act, s.ends, w.w2))
+        return [(lambda w=w: torch._grouped_mm(a, w.w13.transpose(-2, -1), offs=offs),
+                 lambda w=w: torch._grouped_mm(act, w.w2.transpose(-2, -1), offs=offs)) for w in weights]
+    return [(lambda w=w: ops.grouped_gemm(a, s.ends, w.w13),
+             lambda w=w: ops.grouped_gemm(act, s.ends, w.w2)) for w in weights]
 
 
-def _deepgemm_gemms(x, ids, act, w: ExpertWeights, fp8: bool):
-    """DeepGEMM's two grouped GEMMs on its contiguous layout (built, permuted and quantized beforehand)."""
-    lay = deepgemm.build_layout(ids, w.num_experts, deepgemm.alignment())
-    a, h = deepgemm.move_rows(x, lay), deepgemm.move_rows(act, lay)
-    if fp8:
-        (aq, as_), (hq, hs) = ops.quantize_fp8(a), ops.quantize_fp8(h)
-        return lambda: (deepgemm.gemm_fp8(aq, as_, w.w13, w.w13_scale, lay.m_indices),
-                        deepgemm.gemm_fp8(hq, hs, w.w2, w.w2_scale, lay.m_indices))
-    return lambda: (deepgemm.gemm_bf16(a, w.w13, lay.m_indices), deepgemm.gemm_bf16(h, w.w2, lay.m_indices))
+def both(pair: Pair) -> Callable[[], None]:
+    return lambda: (pair[0](), pair[1]())
 
 
-# every kernel of a weight dtype, measured side by side
-CANDIDATES = {True: (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8),
-              False: (ExpertKernel.GROUPED_MM, ExpertKernel.CUTLASS_BF16, ExpertKernel.DEEPGEMM_BF16)}
+def _runs_on(kernel: ExpertKernel, x, comp: ExpertWeights, plain: ExpertWeights) -> Tuple[List[str], Dict]:
+    """The tensors (composite, ordinary) `kernel` can run activations like x on, and why not on the others."""
+    why = {"composite": check(kernel, x, comp), "ordinary": check(kernel, x, plain)}
+    return [kind for kind in KINDS if why[kind] is None], why
 
 
-def side_by_side(x, ids, wts, comp: ExpertWeights, plain: ExpertWeights, fp8: bool, flops: float, peak: float,
-                 base: Dict) -> List[Dict]:
-    """One row per kernel: its GEMMs on the composite and on the ordinary tensors, its whole MLP (on the
-    composite tensors where it runs them, else on the ordinary ones), or why it cannot run either."""
-    out = []
-    for kernel in CANDIDATES[fp8]:
-        why_comp, why_plain = check(kernel, x, comp), check(kernel, x, plain)
-        row = dict(base, kernel=kernel.value, composite_ms=None, ordinary_ms=None, mlp_ms=None, note="")
-        if why_plain is not None and why_comp is not None:
-            row["note"] = why_plain
-            out.append(row)
-            print(f"  {kernel.value}: cannot run ({why_plain})", flush=True)
+def measure(x, ids, wts, comp: ExpertWeights, plain: ExpertWeights, fp8: bool, dense_fn) -> Tuple[Dict, Dict]:
+    """One configuration, every kernel of the dtype, timed in turns: its GEMMs on each tensor kind it runs, each
+    GEMM alone and its whole MLP (on the composite tensors where it runs them), and dense cuBLAS of equal FLOPs.
+    Returns ({name: ms}, {kernel: (kinds it ran on, why not on the others)})."""
+    fns, ran = {"dense": dense_fn}, {}
+    for kernel in CANDIDATES[fp8] + tuple(k for k in (select(x, comp).kernel,) if k not in CANDIDATES[fp8]):
+        on, why = _runs_on(kernel, x, comp, plain)
+        ran[kernel] = (on, why)
+        if not on:
+            print(f"  {kernel.value}: cannot run ({why['ordinary']})", flush=True)
             continue
-        if why_comp is None:
-            row["composite_ms"] = bench_ms(gemms(x, ids, comp, kernel))
-        else:
-            row["note"] = f"composite: {why_comp}"
-        if why_plain is None:
-            row["ordinary_ms"] = bench_ms(gemms(x, ids, plain, kernel))
-        w = comp if why_comp is None else plain
-        row["mlp_ms"] = bench_ms(lambda: expert_compute(x, ids, wts, w, kernel=kernel))
-        row["mlp_on"] = "composite" if why_comp is None else "ordinary"
-        t = row["composite_ms"] or row["ordinary_ms"]
-        row.update(gemm_tflops=flops / t / 1e9, gemm_of_peak=flops / t / 1e9 / peak)
-        out.append(row)
+        pairs = gemms(x, ids, [comp if kind == "composite" else plain for kind in on], kernel)
+        for kind, pair in zip(on, pairs):
+            fns[f"{kernel.value}/{kind}"] = both(pair)
+        fns[f"{kernel.value}/gemm1"], fns[f"{kernel.value}/gemm2"] = pairs[0]
+        w = comp if on[0] == "composite" else plain
+        fns[f"{kernel.value}/mlp"] = lambda w=w, kernel=kernel: expert_compute(x, ids, wts, w, kernel=kernel)
+    return bench_interleaved(fns), ran
+
+
+def kernel_rows(t: Dict, ran: Dict, flops: float, peak: float, base: Dict) -> List[Dict]:
+    """One `kernels` row per kernel: its GEMMs on the composite and on the ordinary tensors, each GEMM's share of
+    the peak (on the tensors its MLP ran on), its MLP, or why it cannot run either."""
+    out = []
+    for kernel, (on, why) in ran.items():
+        name = kernel.value
+        row = dict(base, kernel=name, note="", **{f"{kind}_ms": t.get(f"{name}/{kind}") for kind in KINDS})
+        if not on:
+            out.append(dict(row, note=why["ordinary"], mlp_ms=None))
+            continue
+        if "composite" not in on:
+            row["note"] = f"composite: {why['composite']}"
+        g1, g2 = t[f"{name}/gemm1"], t[f"{name}/gemm2"]
+        ms = t[f"{name}/{on[0]}"]
+        out.append(dict(row, mlp_ms=t[f"{name}/mlp"], mlp_on=on[0], gemm1_ms=g1, gemm2_ms=g2,
+                        gemm_tflops=flops / ms / 1e9, gemm_of_peak=flops / ms / 1e9 / peak,
+                        gemm1_of_peak=flops * 2 / 3 / g1 / 1e9 / peak, gemm2_of_peak=flops / 3 / g2 / 1e9 / peak))
+    return out
+
+
+def run(comp: ExpertWeights, plain: ExpertWeights, shape: str, dtype: str, tokens_list: List[int],
+        routings: List[str], peaks: Dict, kernels_out: List[Dict]) -> List[Dict]:
+    """The selected kernel's rows; every kernel's side-by-side rows (measured in the same turns) are appended to
+    kernels_out."""
+    hidden, _, experts, k = SHAPES[shape]
+    fp8 = is_fp8(dtype)
+    peak = peaks["fp8_tflops" if fp8 else "bf16_tflops"]
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    rows = []
+    for routed in routings:
+        for tokens in tokens_list:
+            x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+            ids, wts = routing(tokens, experts, k, routed, gen)
+            kernel = select(x, comp).kernel
+            flops = mlp_flops(tokens, shape)
+            t, ran = measure(x, ids, wts, comp, plain, fp8, dense(tokens, shape, fp8))
+            base = {"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens, "dense_ms": t["dense"]}
+            mine = kernel_rows(t, ran, flops, peak, base)
+            kernels_out += mine
+            sel = next(r for r in mine if r["kernel"] == kernel.value)
+            t_comp, t_plain = sel["composite_ms"], sel["ordinary_ms"]
+            row = dict(base, kernel=kernel.value, composite_ms=t_comp, ordinary_ms=t_plain, mlp_ms=sel["mlp_ms"],
+                       composite_over_ordinary=t_plain / t_comp if t_plain else None,
+                       gemm_tflops=flops / t_comp / 1e9, gemm_of_peak=flops / t_comp / 1e9 / peak,
+                       gemm1_of_peak=sel["gemm1_of_peak"], gemm2_of_peak=sel["gemm2_of_peak"],
+                       gemm_over_dense=t["dense"] / t_comp)
+            cut = next((r for r in mine if r["kernel"] == ExpertKernel.CUTLASS_BF16.value
+                        and r.get("mlp_on") == "composite"), None)
+            if not fp8 and cut is not None:  # our CUTLASS kernel on the same composite tensors
+                row.update(mlp_cutlass_ms=cut["mlp_ms"], mlp_speedup_over_cutlass=cut["mlp_ms"] / sel["mlp_ms"])
+            rows.append(row)
+            print(f"  gemm {shape} {dtype} {routed} {tokens}: " + ", ".join(
+                f"{r['kernel']} {r['composite_ms'] or r['ordinary_ms'] or float('nan'):.2f} ms" for r in mine) +
+                f"; dense {t['dense']:.2f}", flush=True)
+    return rows
+
+
+def experts_used(experts: int, k: int) -> List[int]:
+    """How many experts the `rows` section spreads a step's rows over: all, a quarter, a sixteenth (at least k,
+    so a token's k experts stay distinct)."""
+    return sorted({n for n in (experts, experts // 4, experts // 16) if n >= k}, reverse=True)
+
+
+def rows_per_expert(comp: ExpertWeights, plain: ExpertWeights, shape: str, dtype: str, tokens_list: List[int],
+                    peaks: Dict) -> List[Dict]:
+    """The GEMMs of `tokens` tokens with exact routing over fewer and fewer experts: the same FLOPs at more rows
+    per expert (256 experts x 512 rows at 16K tokens of DeepSeek-V3; 16 x 8192 is the regime of DeepGEMM's
+    published grouped figures). Kernels timed in turns per point."""
+    hidden, _, experts, k = SHAPES[shape]
+    fp8 = is_fp8(dtype)
+    peak = peaks["fp8_tflops" if fp8 else "bf16_tflops"]
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    out = []
+    for tokens in tokens_list:
+        x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
+        flops = mlp_flops(tokens, shape)
+        for used in experts_used(experts, k):
+            ids = (torch.arange(tokens * k, device="cuda") % used).view(tokens, k)
+            fns, kind_of = {}, {}
+            for kernel in CANDIDATES[fp8]:
+                on, _ = _runs_on(kernel, x, comp, plain)
+                if on:
+                    fns[kernel.value] = both(gemms(x, ids, [comp if on[0] == "composite" else plain], kernel)[0])
+                    kind_of[kernel.value] = on[0]
+            for name, ms in bench_interleaved(fns).items():
+                out.append({"shape": shape, "dtype": dtype, "tokens": tokens, "experts_used": used,
+                            "rows_per_expert": tokens * k // used, "kernel": name, "on": kind_of[name],
+                            "gemm_ms": ms, "gemm_tflops": flops / ms / 1e9, "gemm_of_peak": flops / ms / 1e9 / peak})
+            print(f"  rows {shape} {dtype} {tokens} tokens over {used} experts: " +
+                  ", ".join(f"{r['kernel']} {r['gemm_ms']:.2f} ms" for r in out[-len(fns):]), flush=True)
+    return out
+
+
+def sections(hooks, names: List[str], shape: str, dtype: str, tokens: List[int], routings: List[str],
+             peaks: Dict) -> Dict[str, List[Dict]]:
+    """The `gemm` (with its `kernels` rows) and `rows` sections on the first layer's experts, read through the
+    hooks (pull landed) and copied into an ordinary allocation; the step is closed after."""
+    out = {"gemm": [], "kernels": [], "rows": []}
+    ids = hooks.shape.ids
+    hooks.begin_step()
+    comp = hooks.layer_weights(ids[0])
+    torch.cuda.current_stream().synchronize()  # the pull has landed: time the GEMMs, not the wait
+    plain = ordinary_copy(comp)
+    if "gemm" in names:
+        out["gemm"] = run(comp, plain, shape, dtype, tokens, routings, peaks, out["kernels"])
+    if "rows" in names:
+        out["rows"] = rows_per_expert(comp, plain, shape, dtype, tokens, peaks)
+    hooks.layer_done(ids[0])
+    for lid in ids[1:]:
+        hooks.layer_weights(lid)
+        hooks.layer_done(lid)
+    hooks.end_step()
     return out
 
 
@@ -121,49 +238,6 @@ def dense(tokens: int, shape: str, fp8: bool):
     q = [t.to(torch.float8_e4m3fn) for t in (a, w13, act, w2)]
     mm = lambda x, w: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)  # noqa: E731
     return lambda: (mm(q[0], q[1]), mm(q[2], q[3]))
-
-
-def run(hooks, shape: str, dtype: str, tokens_list: List[int], routings: List[str], peaks: Dict,
-        kernels_out: List[Dict]) -> List[Dict]:
-    """The selected kernel's rows; every kernel's side-by-side rows are appended to kernels_out."""
-    hidden, _, experts, k = SHAPES[shape]
-    fp8 = is_fp8(dtype)
-    peak = peaks["fp8_tflops" if fp8 else "bf16_tflops"]
-    hooks.begin_step()
-    comp = hooks.layer_weights(hooks.shape.ids[0])
-    torch.cuda.current_stream().synchronize()  # the pull has landed: time the GEMMs, not the wait
-    plain = ordinary_copy(comp)
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    rows = []
-    for routed in routings:
-        for tokens in tokens_list:
-            x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
-            ids, wts = routing(tokens, experts, k, routed, gen)
-            kernel = select(x, comp).kernel
-            flops = mlp_flops(tokens, shape)
-            t_comp = bench_ms(gemms(x, ids, comp, kernel))
-            t_plain = bench_ms(gemms(x, ids, plain, kernel))
-            t_dense = bench_ms(dense(tokens, shape, fp8))
-            t_mlp = bench_ms(lambda: expert_compute(x, ids, wts, comp))
-            row = {"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens, "kernel": kernel.value,
-                   "composite_ms": t_comp, "ordinary_ms": t_plain, "dense_ms": t_dense, "mlp_ms": t_mlp,
-                   "composite_over_ordinary": t_plain / t_comp, "gemm_tflops": flops / t_comp / 1e9,
-                   "gemm_of_peak": flops / t_comp / 1e9 / peak, "gemm_over_dense": t_dense / t_comp}
-            if not fp8:  # our CUTLASS kernel on the same composite tensors: the kernel the old default ran
-                t_cut = bench_ms(lambda: expert_compute(x, ids, wts, comp, kernel=ExpertKernel.CUTLASS_BF16))
-                row.update(mlp_cutlass_ms=t_cut, mlp_speedup_over_cutlass=t_cut / t_mlp)
-            rows.append(row)
-            kernels_out += side_by_side(x, ids, wts, comp, plain, fp8, flops, peak,
-                                        {"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens,
-                                         "dense_ms": t_dense})
-            print(f"  gemm {shape} {dtype} {routed} {tokens}: composite {t_comp:.2f} ms, ordinary {t_plain:.2f}, "
-                  f"dense {t_dense:.2f}, MLP {t_mlp:.2f}", flush=True)
-    hooks.layer_done(hooks.shape.ids[0])
-    for lid in hooks.shape.ids[1:]:
-        hooks.layer_weights(lid)
-        hooks.layer_done(lid)
-    hooks.end_step()
-    return rows
 
 
 def fp8_over_bf16(rows: List[Dict]) -> List[Dict]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from contextlib import contextmanager
 from typing import List, Optional
 
 import torch
 
 from ...bootstrap import run_or_abort
+from ...prefetch import native
 from . import gemm, overlap, parse_args, write_json
 from .setup import fmt_table, measure_peaks, setup_hooks
 
@@ -30,18 +33,19 @@ def run(args) -> int:
     shapes, dtypes = args.shapes.split(","), args.dtypes.split(",")
     tokens = [int(t) for t in args.tokens.split(",")]
     out = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d"), "ranks": comm.Get_size(),
-           "gemm": [], "kernels": [], "overlap": [], "hooks": []}
+           "gemm": [], "kernels": [], "rows": [], "overlap": [], "hooks": []}
     if measure:
         out["peaks"] = measure_peaks()
         torch.cuda.empty_cache()
         print("peaks: " + ", ".join(f"{k} {v:.0f}" for k, v in out["peaks"].items()), flush=True)
     for shape in shapes:
         for dtype in dtypes:
-            if "gemm" in sections:
+            if "gemm" in sections or "rows" in sections:
                 with _hooks(shape, dtype, 1, comm, args) as hooks:
                     if measure:
-                        out["gemm"] += gemm.run(hooks, shape, dtype, tokens, args.routing.split(","), out["peaks"],
-                                               out["kernels"])
+                        for name, rows in gemm.sections(hooks, sections, shape, dtype, tokens,
+                                                        args.routing.split(","), out["peaks"]).items():
+                            out[name] += rows
                 torch.cuda.empty_cache()  # the next setup allocates with cuMemCreate, outside torch's cache
             if "overlap" in sections or "hooks" in sections:
                 with _hooks(shape, dtype, 3, comm, args) as hooks:
@@ -49,6 +53,13 @@ def run(args) -> int:
                         out["overlap"] += [overlap.run(hooks, shape, dtype, t) for t in tokens]
                     if measure and "hooks" in sections:
                         out["hooks"].append(dict(shape=shape, dtype=dtype, **overlap.host_time(hooks)))
+            if "hooks" in sections and native.available():  # the same hook calls through torch's Python CUDA API
+                torch.cuda.empty_cache()
+                with _python_ring(), _hooks(shape, dtype, 3, comm, args) as hooks:
+                    if measure:
+                        out["hooks"].append(dict(shape=shape, dtype=dtype, **overlap.host_time(hooks)))
+                        mine, python = out["hooks"][-2:]
+                        mine["python_over_native"] = python["layer_us_p50"] / mine["layer_us_p50"]
             torch.cuda.empty_cache()
     if not measure:
         return 0
@@ -56,22 +67,39 @@ def run(args) -> int:
     out["kernel_ratios"] = gemm.kernel_ratios(out["kernels"])
     print(f"\nbench kernels on {out['device']}, {out['date']}: {comm.Get_size()} ranks, rank 0 measures")
     for name, cols in (("gemm", ["shape", "dtype", "routing", "tokens", "kernel", "composite_ms", "ordinary_ms",
-                                 "composite_over_ordinary", "gemm_tflops", "gemm_of_peak", "gemm_over_dense",
-                                 "mlp_ms", "mlp_speedup_over_cutlass"]),
+                                 "composite_over_ordinary", "gemm_tflops", "gemm_of_peak", "gemm1_of_peak",
+                                 "gemm2_of_peak", "gemm_over_dense", "mlp_ms", "mlp_speedup_over_cutlass"]),
                        ("kernels", ["shape", "dtype", "routing", "tokens", "kernel", "composite_ms", "ordinary_ms",
-                                    "gemm_tflops", "gemm_of_peak", "dense_ms", "mlp_ms", "mlp_on", "note"]),
+                                    "gemm_tflops", "gemm_of_peak", "gemm1_of_peak", "gemm2_of_peak", "dense_ms",
+                                    "mlp_ms", "mlp_on", "note"]),
+                       ("rows", ["shape", "dtype", "tokens", "experts_used", "rows_per_expert", "kernel", "on",
+                                 "gemm_ms", "gemm_tflops", "gemm_of_peak"]),
                        ("kernel_ratios", ["shape", "dtype", "routing", "tokens", "vs", "on", "gemm_speedup",
                                           "mlp_speedup"]),
                        ("fp8_over_bf16", ["shape", "routing", "tokens", "fp8_mlp_over_bf16"]),
                        ("overlap", ["shape", "dtype", "tokens", "mlp_alone_ms", "mlp_with_pull_ms", "slowdown",
                                     "pull_mib", "pull_ms", "pull_gbps"]),
-                       ("hooks", ["shape", "dtype", "layers", "pull_issue", "layer_us_p50", "layer_us_p90",
-                                  "step_us_p50"])):
+                       ("hooks", ["shape", "dtype", "layers", "ring", "pull_issue", "layer_us_p50", "layer_us_p90",
+                                  "step_us_p50", "python_over_native"])):
         if out.get(name):
             print(f"\n{name}:\n{fmt_table(out[name], cols)}")
     if args.json:
         write_json(args.json, out)
     return 0
+
+
+@contextmanager
+def _python_ring():
+    """Hooks set up inside drive their ring through Prefetcher over CudaCopyEngine (DWDP_NATIVE_RING=0)."""
+    before = os.environ.get(native.ENV)
+    os.environ[native.ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[native.ENV]
+        else:
+            os.environ[native.ENV] = before
 
 
 class _hooks:

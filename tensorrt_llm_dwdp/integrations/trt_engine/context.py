@@ -26,10 +26,6 @@ from typing import Optional
 from ...config import DwdpConfigError, WeightDtype
 from .build import ExpertDtype
 
-# DwdpConfig.pull_issue -> the C++ IssueMode (cpp/include/dwdp/context.h).
-_ISSUE_MODE = {"graph": 0, "batched": 1, "per_slice": 2}
-# The C++ StepMode kImplicit: an engine makes no per-step host call, so the first and last MoE layers bracket a step.
-_STEP_IMPLICIT = 1
 
 
 class PluginOwnsPullsError(RuntimeError):
@@ -84,21 +80,6 @@ def expert_dtype_of(weights) -> ExpertDtype:
                           f"set weight_dtype to {WeightDtype.BF16} or {WeightDtype.FP8}")
 
 
-def expert_pointers(weights):
-    """_C.ExpertPointers of one ExpertWeights (addresses; strides in elements of each tensor's dtype)."""
-    from ... import _C
-
-    def addr(t):
-        return 0 if t is None else t.data_ptr()
-
-    def stride(t):
-        return 0 if t is None else t.stride(0)
-
-    return _C.ExpertPointers(weights.w13.data_ptr(), weights.w2.data_ptr(), addr(weights.w13_scale),
-                             addr(weights.w2_scale), stride(weights.w13), stride(weights.w2),
-                             stride(weights.w13_scale), stride(weights.w2_scale))
-
-
 def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = None) -> PluginContext:
     """Build this rank's C++ DwdpContext from `hooks` (after DwdpHooks.setup, GPU backends) and register it under
     `context_id` (the plugin's context_id field). Not collective. Raises DwdpConfigError on hooks the plugin
@@ -119,23 +100,16 @@ def register_plugin_context(hooks, context_id: int, issue_mode: Optional[str] = 
         raise PluginOwnsPullsError("the Python hooks have a step open: end_step() before handing the slots to "
                                    "the plugin")
     from ... import _C  # after the checks: a CPU-only install refuses CPU hooks in the same words
+    from ...prefetch.native import STEP_IMPLICIT, native_context
     L, D = hooks.shape.num_layers, hooks.config.prefetch_depth
     ring = hooks.lend_ring(f"DWDP context {context_id} (the TensorRT plugin)")
     try:
-        first = ring.views[(0, 0)]
-        dtype = expert_dtype_of(first)
-        views = [expert_pointers(ring.views[(layer, slot)]) for layer in range(L) for slot in range(D)]
-        mode = _ISSUE_MODE[issue_mode or hooks.config.pull_issue]
-        with _device(hooks.backend.device):  # the copy stream and events belong to the hooks' device
-            native = _C.DwdpContext(first.num_experts, D, views, [list(s) for s in ring.slices],
-                                    list(ring.slot_bases), mode, _STEP_IMPLICIT)
+        dtype = expert_dtype_of(ring.views[(0, 0)])
+        # STEP_IMPLICIT: an engine makes no per-step host call, so the first and last MoE layers bracket a step
+        native = native_context(ring.views, ring.slices, ring.slot_bases, D, issue_mode or hooks.config.pull_issue,
+                                STEP_IMPLICIT, hooks.backend.device)
         _C.register_context(context_id, native)
     except BaseException:
         hooks.return_ring()
         raise
     return PluginContext(context_id, dtype, L, D, native, hooks)
-
-
-def _device(device):
-    import torch
-    return torch.cuda.device(device)
