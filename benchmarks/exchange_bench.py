@@ -4,9 +4,10 @@
         --backends nccl,symm_mem --json out.json
 
 One rank per GPU runs NCCL (and symm_mem where it initialises); ranks sharing a GPU, or CPU ranks,
-run gloo (a correctness path: its speed says nothing). Per backend: a check against all-local expert
-math on the same rows (identity experts: each row comes back as sum of its routing weights x row),
-then `--iters` timed dispatch+combine pairs. Reported per rank: payload bytes (rows that carry a
+run gloo (a correctness path: its speed says nothing). Per backend and way of sizing the received rows
+(`--rows`: exact reads the received counts on the host once per layer, bound keeps static shapes): a check
+against all-local expert math on the same rows (identity experts: each row comes back as sum of its routing
+weights x row), then `--iters` timed dispatch+combine pairs. Reported per rank: payload bytes (rows that carry a
 token, both directions), device time (CUDA events), host time to enqueue one layer's pair.
 """
 
@@ -21,6 +22,7 @@ import torch
 
 def main() -> int:
     from mpi4py import MPI
+    from tensorrt_llm_dwdp.config import DepRows
     from tensorrt_llm_dwdp.moe.exchange import AllToAllExchange, CommClock, ExchangeBackend, ExchangeUnavailable
     from tensorrt_llm_dwdp.placement import even_placement
     from tensorrt_llm_dwdp.runtime.dep import init_torch_distributed, shutdown_torch_distributed
@@ -31,6 +33,7 @@ def main() -> int:
     p.add_argument("--experts", type=int, default=128)
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--backends", default="nccl,symm_mem")
+    p.add_argument("--rows", default="exact,bound", help="comma list of exact, bound (config.DepRows)")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -56,12 +59,13 @@ def main() -> int:
     w = torch.rand(args.tokens, args.top_k, generator=g).to(device)
     names = ["gloo"] if (stage or not cuda) else args.backends.split(",")
     out = []
-    for name in names:
+    for name, rows_kind in [(n, DepRows(r)) for n in names for r in args.rows.split(",")]:
         clock = CommClock(device)
         try:
-            ex = AllToAllExchange(owner, local_index, num_local, args.tokens, ExchangeBackend(name), device, clock)
+            ex = AllToAllExchange(owner, local_index, num_local, args.tokens, ExchangeBackend(name), device, clock,
+                                  rows=rows_kind)
         except ExchangeUnavailable as e:
-            out.append({"backend": name, "rank": rank, "unavailable": str(e)})
+            out.append({"backend": name, "rows": rows_kind.value, "rank": rank, "unavailable": str(e)})
             continue
 
         def layer():
@@ -90,7 +94,7 @@ def main() -> int:
         plan_rows = int((ex.dispatch(x, ids, w).plan.slot >= 0).sum())
         row_bytes = args.hidden * x.element_size()
         payload = 2 * plan_rows * row_bytes  # out and back, rows that carry a token
-        out.append({"backend": name, "rank": rank, "ok": bool(ok), "device_s_per_layer": dev,
+        out.append({"backend": name, "rows": rows_kind.value, "rank": rank, "ok": bool(ok), "device_s_per_layer": dev,
                     "host_s_per_layer": host / args.iters, "payload_bytes": payload,
                     "payload_GBps": payload / dev / 1e9 if dev > 0 else None,
                     "moved_bytes": 2 * world * args.tokens * row_bytes if name != "symm_mem" else payload})

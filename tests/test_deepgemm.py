@@ -67,6 +67,27 @@ def test_layout_rows_bound_holds_for_any_routing():
         assert int(lay.used) <= lay.rows and lay.rows % align == 0
 
 
+def test_layout_sized_to_the_real_assignments_when_known():
+    """DEP's exact rows know the real (row, expert) count on the host: the layout holds those rows (and their
+    padding) instead of a bound for T*k, with the same placement of every real assignment, and the MLP the same
+    result."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k, tokens, align = 8, 128, 64, 4, 50, 16
+    ids = torch.randint(0, E, (tokens, k), generator=g)
+    ids[torch.rand(tokens, k, generator=g) < 0.5] = E  # half the slots are "no expert" (not on this rank)
+    real = int((ids < E).sum())
+    full, hinted = deepgemm.build_layout(ids, E, align), deepgemm.build_layout(ids, E, align, real)
+    assert hinted.rows == deepgemm.layout_rows(real, E, align) < full.rows
+    assert torch.equal(hinted.row_of, full.row_of) and int(hinted.real) == int(full.real) == real
+    assert torch.equal(hinted.m_indices, full.m_indices[:hinted.rows]) and bool((full.m_indices[hinted.rows:] == -1).all())
+    w13 = (torch.randn(E, 2 * I, H, generator=g) / H ** 0.5).bfloat16()
+    w2 = (torch.randn(E, H, I, generator=g) / I ** 0.5).bfloat16()
+    x, wts = torch.randn(tokens, H, generator=g).bfloat16(), torch.rand(tokens, k, generator=g)
+    run = lambda n: deepgemm.moe_mlp(x, ids, wts, ExpertWeights(w13, w2), False, gemm1=_standin, gemm2=_standin,  # noqa: E731
+                                     assignments=n)
+    assert torch.equal(run(real), run(None)) and float(run(real).float().abs().max()) > 0.01
+
+
 def _standin(a, a_s, w, w_s, m_idx):
     """The grouped GEMM in float64 per layout row (rows marked -1 stay NaN: nothing may read them)."""
     out = torch.full((a.shape[0], w.shape[1]), float("nan"), dtype=torch.float64)

@@ -86,6 +86,7 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend)
     ranks.install(monkeypatch)
     outs = [None] * world
     handed, computed = [0] * world, [0] * world  # rows given to the expert step; rows its experts ran on
+    counted = [None] * world  # the (row, expert) pairs the exchange read on the host (DepRows.EXACT)
     traffic = [None] * world
     real_swiglu = experts_module.swiglu
 
@@ -103,7 +104,7 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend)
                               torch.device("cpu"), CommClock(torch.device("cpu")))
         traffic[r] = ex.traffic
         got = ex.dispatch(xs[r], *routes[r])
-        handed[r] = got.row_index.numel()
+        handed[r], counted[r] = got.row_index.numel(), got.assignments
         assert int(got.num_rows) == handed[r]
         y = moe_experts(got.rows, got.local_ids, got.weights, local, rows=got.row_index)
         outs[r] = ex.combine(y, got)
@@ -128,6 +129,7 @@ def test_exchange_matches_all_local_experts(monkeypatch, world, tokens, backend)
         rows_in = sum(int(m.any(1).sum()) for m in on_r if m.numel())
         slots_in = sum(int(m.sum()) for m in on_r)
         assert handed[r] == rows_in and computed[r] == slots_in, (seed, r, handed[r], rows_in, computed[r], slots_in)
+        assert counted[r] == slots_in, (seed, r, counted[r], slots_in)
     assert sum(handed) < world * world * capacity or not sum(tokens)  # not the fixed capacity's W x C per rank
     full = ExpertWeights(w13.double(), w2.double())
     peak = 0.0
@@ -156,3 +158,34 @@ def test_sentinel_ids_contribute_nothing():
     want = moe_experts(x, ids, torch.where(drop, 0.0, wts), w)  # the same experts with weight 0
     assert torch.allclose(masked, want, atol=1e-6)
     assert torch.equal(moe_experts(x, torch.full_like(ids, e), wts, w), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("sentinel,k", [(3, 2), (5, 4)])
+def test_exact_and_bound_received_rows_compute_the_same(sentinel, k):
+    """DepRows: exact hands the expert step the occupied rows and their (row, expert) count, read at once; bound
+    keeps every receive row, unoccupied ones masked to "no expert" (a packed receive buffer's tail holds stale ids,
+    which must not count). Both give the same result on every occupied row, against float64."""
+    from tensorrt_llm_dwdp.moe.exchange import compact_received
+    g = torch.Generator().manual_seed(fresh_seed())
+    R, h, i = 37, 16, 8
+    ids = torch.randint(0, sentinel + 1, (R, k), generator=g)
+    occupied = torch.rand(R, generator=g) < 0.6
+    x = torch.randn(R, h, generator=g, dtype=torch.float64)
+    wts = torch.rand(R, k, generator=g, dtype=torch.float64)
+    w = ExpertWeights(torch.randn(sentinel, 2 * i, h, generator=g, dtype=torch.float64) / h ** 0.5,
+                      torch.randn(sentinel, h, i, generator=g, dtype=torch.float64) / i ** 0.5)
+    exact, bound = compact_received(ids, sentinel, occupied), compact_received(ids, sentinel, occupied, exact=False)
+    want_rows = occupied.nonzero().flatten()
+    assert torch.equal(exact.row_index, want_rows) and int(exact.num_rows) == want_rows.numel()
+    assert exact.assignments == int((ids[occupied] < sentinel).sum()) and bound.assignments is None
+    assert torch.equal(bound.row_index, torch.arange(R)) and bool((bound.local_ids[~occupied] == sentinel).all())
+    y_exact = moe_experts(x, exact.local_ids, wts[exact.row_index], w, rows=exact.row_index)
+    y_bound = moe_experts(x, bound.local_ids, wts, w, rows=bound.row_index)
+    assert torch.allclose(y_exact, y_bound[want_rows], atol=1e-12) and not y_bound[~occupied].any()
+    ref = torch.zeros(want_rows.numel(), h, dtype=torch.float64)
+    for n, r in enumerate(want_rows.tolist()):
+        for e, wt in zip(ids[r].tolist(), wts[r].tolist()):
+            if e < sentinel:
+                gate, up = (w.w13[e] @ x[r]).chunk(2)
+                ref[n] += wt * (w.w2[e] @ (torch.nn.functional.silu(gate) * up))
+    assert torch.allclose(y_exact, ref, atol=1e-10) and float(ref.abs().max()) > 0.05

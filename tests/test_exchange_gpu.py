@@ -29,12 +29,14 @@ def _bench(ranks, tmp_path, *extra):
 def test_ranks_sharing_one_gpu_stage_through_gloo(tmp_path):
     res = _bench(min(4, 2 * torch.cuda.device_count() + 1), tmp_path)
     assert all(r["backend"] == "gloo" and r["ok"] for r in res)
+    assert {r["rows"] for r in res} == {"exact", "bound"}  # both ways of sizing the received rows, checked
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_nccl_and_symm_mem_one_rank_per_gpu(tmp_path):
     res = _bench(2, tmp_path, "--backends", "nccl,symm_mem")
     assert all(r["ok"] for r in res if r["backend"] == "nccl") and any(r["backend"] == "nccl" for r in res)
+    assert {r["rows"] for r in res if r["backend"] == "nccl"} == {"exact", "bound"}
     for r in res:
         if r["backend"] == "symm_mem" and "unavailable" not in r:
             assert r["ok"], r

@@ -60,7 +60,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
             print(f"  [{mode}] dispatch rows {dispatch.dispatch.value}: {dispatch.reason}", flush=True)
         exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
                              backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != Mode.DEP,
-                             traffic=traffic, dispatch=dispatch.dispatch)
+                             traffic=traffic, dispatch=dispatch.dispatch, dep_rows=args.dep_rows)
         if mode == Mode.DEP_EPLB:
             for b in model.moe_blocks():
                 b.experts.count_load(cfg.num_experts, device)
@@ -81,7 +81,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         executor.warm_up(requests, 1)
         eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
                           backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic,
-                          dispatch=dispatch.dispatch)
+                          dispatch=dispatch.dispatch, dep_rows=args.dep_rows)
     _warm_kernels(model, args.max_num_tokens * (world if mode in DEP_MODES else 1), cfg.top_k, dtype)
     executor.warm_up(requests, args.warmup)  # the same warm-up for every mode, on the placement it times
     comm.Barrier()

@@ -10,8 +10,8 @@ import os
 from typing import List, Optional
 
 from ..commands.usage import Parser, UsageError, check_output_path, options_named, positive
-from ..config import (DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, BackendKind, DepDispatch, DwdpConfig, Mode, WeightDtype,
-                      is_fp8)
+from ..config import (DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, BackendKind, DepDispatch, DepRows, DwdpConfig, Mode,
+                      WeightDtype, is_fp8)
 from ..runtime.model_config import PRESETS, ModelConfig, cut, preset
 from ..runtime.schedule import least_loaded
 from ..workloads.popularity import DEFAULT_ROUTING_SKEW
@@ -72,11 +72,16 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.bench.job") -> Parser:
                    help="DEP token exchange backend (GPUs, one rank each; auto: nccl). CPU ranks use gloo with split "
                         "sizes (occupied rows only), or with gloo its fixed-capacity fallback; ranks sharing a GPU "
                         "use fixed-capacity gloo")
-    g.add_argument("--dep-dispatch", type=_dep_dispatch, default=DepDispatch.AUTO, metavar="{auto,bf16,fp8}",
+    g.add_argument("--dep-dispatch", type=_choice(DepDispatch), default=DepDispatch.AUTO, metavar="{auto,bf16,fp8}",
                    help="what DEP's dispatch rows carry: bf16, or fp8 (FP8 experts only: 1x128-quantized rows with "
                         "their fp32 scales, about half the bytes; the experts take them as they are). auto (default): "
                         "fp8 where the experts are FP8 and their kernel quantizes activations 1x128, else bf16. "
                         "The combine stays in the activations' dtype")
+    g.add_argument("--dep-rows", type=_choice(DepRows), default=DepRows.EXACT, metavar="{exact,bound}",
+                   help="how a GPU rank sizes DEP's expert step: exact (default: one host read of the received "
+                        "counts per layer, buffers of exactly those rows, as DeepEP's normal mode) or bound (the "
+                        "receive buffer's static shape: no host sync, capturable, tens of GB at DeepSeek-V3 scale "
+                        "on 8 ranks). CPU ranks are always exact")
     g.add_argument("--eplb", type=int, default=0, metavar="N",
                    help="also run DEP with EPLB (mode dep+eplb): N redundant expert slots per rank, filled with "
                         "replicas of the experts an untimed step of plain DEP measured hottest (default 0: off)")
@@ -119,11 +124,15 @@ def workload_name(args) -> str:
     return f"trace {os.path.basename(args.trace)}" if args.trace else f"ISL {args.isl}"
 
 
-def _dep_dispatch(text: str) -> DepDispatch:
-    try:
-        return DepDispatch(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(d.value for d in DepDispatch)}") from None
+def _choice(kind):
+    """argparse type for a Choice enum: its member, or the one line naming the values."""
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(d.value for d in kind)}") from None
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def validate(args, world_size: Optional[int] = None) -> ModelConfig:

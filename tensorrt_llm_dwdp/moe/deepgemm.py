@@ -153,12 +153,15 @@ def layout_rows(assignments: int, num_experts: int, align: int) -> int:
     return -(-bound // align) * align
 
 
-def build_layout(topk_ids: torch.Tensor, num_experts: int, align: int) -> Layout:
-    """topk_ids [T, k] (values 0..E, E = no expert) -> the contiguous layout, on topk_ids' device."""
+def build_layout(topk_ids: torch.Tensor, num_experts: int, align: int, assignments: Optional[int] = None) -> Layout:
+    """topk_ids [T, k] (values 0..E, E = no expert) -> the contiguous layout, on topk_ids' device. assignments: the
+    number of ids below E when the caller knows it on the host: the layout is sized to them, not to T*k."""
     flat = topk_ids.reshape(-1)
-    n, dev = flat.numel(), flat.device
-    rows = layout_rows(n, num_experts, align)
     order = torch.argsort(flat, stable=True)
+    if assignments is not None:
+        order = order[:assignments]  # "no expert" sorts last
+    n, dev = order.numel(), flat.device
+    rows = layout_rows(n, num_experts, align)
     expert = flat.index_select(0, order)  # sorted, "no expert" (E) last
     experts = torch.arange(num_experts + 1, device=dev)
     # searchsorted, unlike bincount, never syncs with the host
@@ -172,7 +175,7 @@ def build_layout(topk_ids: torch.Tensor, num_experts: int, align: int) -> Layout
     dest = torch.where(expert < num_experts, dest, rows)
     m_indices = torch.full((rows + 1,), -1, dtype=torch.int32, device=dev)
     m_indices.index_copy_(0, dest, expert.to(torch.int32))  # the dump row `rows` takes the "no expert" writes
-    row_of = torch.empty(n, dtype=torch.long, device=dev)
+    row_of = torch.full((flat.numel(),), -1, dtype=torch.long, device=dev)
     row_of.index_copy_(0, order, torch.where(dest < rows, dest, -1))
     used = pstart[num_experts - 1:num_experts] + padded[num_experts - 1:num_experts]
     return Layout(order // topk_ids.shape[1], dest, m_indices[:rows], row_of, used,
@@ -217,14 +220,14 @@ def gemm_bf16(a: torch.Tensor, w: torch.Tensor, m_indices: torch.Tensor,
 
 def moe_mlp(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor,
             weights: ExpertWeights, fp8: bool, rows: Optional[torch.Tensor] = None, gemm1=None,
-            gemm2=None) -> torch.Tensor:
+            gemm2=None, assignments: Optional[int] = None) -> torch.Tensor:
     """The routed experts of x (x[rows] where given) through the contiguous layout: [M, H] in x's dtype. FP8
     takes QuantizedRows (DEP's FP8 dispatch) as they are. x[rows] is read in place (DEP's receive view is
     never copied whole): the layout's moves read the rows they need.
     gemm1/gemm2 (a, a_scales or None, w, w_scale or None, m_indices) -> out replace DeepGEMM (tests run the
-    layout and combine on CPU with a plain stand-in)."""
+    layout and combine on CPU with a plain stand-in). assignments: see build_layout."""
     k = topk_ids.shape[1]
-    lay = build_layout(topk_ids, weights.num_experts, alignment() if gemm1 is None else DEFAULT_ALIGN)
+    lay = build_layout(topk_ids, weights.num_experts, alignment() if gemm1 is None else DEFAULT_ALIGN, assignments)
     src = lay.src if rows is None else rows.index_select(0, lay.src)
     up_first = weights.up_first
     if fp8:

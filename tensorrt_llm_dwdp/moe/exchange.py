@@ -11,12 +11,12 @@ overflow: equal-split collectives need no count exchange and no host synchronisa
 step can be captured in a CUDA graph. The index work (`plan_dispatch`) is pure tensor math.
 
 The receiver hands its expert step the received rows only (`compact_received`: occupancy from the ids,
-a stable sort of it, no hidden row moved): the step reads them in place from the receive buffer and,
-on CPU ranks, computes exactly the received (row, expert) pairs. NOTE: on GPUs the shapes stay the
-receive buffer's (no host sync, capturable): the grouped GEMMs stop at the device-side expert ends
-and the permute and BF16 SwiGLU kernels at the device-side count of real assignments, but the
-temporaries are still sized for the whole buffer (and an FP8 kernel behind a BF16 dispatch quantizes every
-row; an FP8 dispatch arrives quantized).
+a stable sort of it, no hidden row moved): the step reads them in place from the receive buffer and
+computes exactly the received (row, expert) pairs, its buffers sized by one host read of the two counts
+(`DepRows.EXACT`, the default, and always on CPU ranks). With `DepRows.BOUND` a GPU rank keeps the receive
+buffer's static shapes instead (no host sync, capturable in a CUDA graph): the grouped GEMMs stop at the
+device-side expert ends and the permute and BF16 SwiGLU kernels at the device-side count of real assignments,
+but the temporaries are sized for the whole buffer.
 
 Dispatch rows (`moe.rows.RowLayout`) carry the activations as they are, or, with FP8 dispatch (for FP8
 experts), 1x128-quantized e4m3 values with their fp32 scales: the sender quantizes its T token rows once and
@@ -32,7 +32,7 @@ from typing import List, NamedTuple, Optional, Union
 
 import torch
 
-from ..config import DepDispatch
+from ..config import DepDispatch, DepRows
 from .backends import ExchangeBackend, ExchangeUnavailable, SymmBuffers
 from .rows import QuantizedRows, RowLayout
 
@@ -129,9 +129,10 @@ class Dispatched:
     row_index [M] int64: the receive rows the expert step computes, received rows first (in peer order);
     local_ids [M, K] int32 / weights [M, K] fp32: their local expert ids (== num_local_experts for "not on
     this rank") and routing weights; num_rows: a device scalar, how many rows were received.
-    M == num_rows on CPU ranks (reading a CPU tensor is no device sync); on GPUs M stays R, in receive order
-    (no host sync: shapes fixed, capturable), and rows nobody sent carry no expert.
-    `plan` and `recv_counts` (vdev only) are what combine needs to send the results back."""
+    M == num_rows with exact rows (`DepRows`), and `assignments` is the number of (row, local expert) pairs, read
+    on the host with it; with bound rows (GPUs only) M stays R, in receive order, rows nobody sent carry no
+    expert, and `assignments` is None. `plan` and `recv_counts` (vdev only) are what combine needs to send the
+    results back."""
 
     rows: Union[torch.Tensor, QuantizedRows]
     row_index: torch.Tensor
@@ -140,29 +141,37 @@ class Dispatched:
     num_rows: torch.Tensor
     plan: DispatchPlan
     recv_counts: Optional[torch.Tensor] = None
+    assignments: Optional[int] = None
 
 
 @dataclass(frozen=True)
 class Received:
-    """The rows an expert step computes (see Dispatched): row_index [M], local_ids [M, K], num_rows (device)."""
+    """The rows an expert step computes (see Dispatched): row_index [M], local_ids [M, K], num_rows (device),
+    assignments (host int, exact rows only)."""
 
     row_index: torch.Tensor
     local_ids: torch.Tensor
     num_rows: torch.Tensor
+    assignments: Optional[int] = None
 
 
-def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor) -> Received:
+def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor, exact: bool = True) -> Received:
     """Received rows first: row_index [M] int64, local_ids [M, K] int32, num_rows a device scalar.
 
     ids [R, K] the receive buffer's local expert ids; occupied [R] bool the rows a peer filled. A stable sort
-    of the occupancy keeps peer order; M as in `Dispatched`. Index work only (R ints), no hidden row moves."""
+    of the occupancy keeps peer order; M as in `Dispatched`. Index work only (R ints), no hidden row moves.
+    exact: M = the rows received, with the (row, local expert) count, both read on the host at once (one sync
+    on a GPU); else every row in receive order, unoccupied ones masked to "no expert" (static shapes)."""
     num_rows = occupied.sum()
-    if ids.is_cuda:  # static shapes: every row, in receive order (unoccupied ones masked to "no expert")
+    if not exact:
         order = torch.arange(ids.shape[0], device=ids.device)
-    else:
-        order = torch.argsort((~occupied).to(torch.uint8), stable=True)[:int(num_rows)]
+        local_ids = torch.where(occupied[order, None], ids, sentinel).to(torch.int32)
+        return Received(order, local_ids, num_rows)
+    real = ((ids < sentinel) & occupied[:, None]).sum()
+    m, assignments = torch.stack([num_rows, real]).tolist()
+    order = torch.argsort((~occupied).to(torch.uint8), stable=True)[:m]
     local_ids = torch.where(occupied[order, None], ids.index_select(0, order), sentinel).to(torch.int32)
-    return Received(order, local_ids, num_rows)
+    return Received(order, local_ids, num_rows, assignments)
 
 
 class CommClock:
@@ -211,16 +220,17 @@ class AllToAllExchange:
 
     owner [E] / local_index [E]: expert placement (rank and id on that rank); capacity: the most
     tokens a rank sends in one step (max_num_tokens). dispatch: BF16 (rows as they are) or FP8 (1x128-quantized
-    rows and their scales; the caller resolves AUTO, runtime.dep.dispatch_choice). See moe/backends.py for the
-    backends.
+    rows and their scales; the caller resolves AUTO, runtime.dep.dispatch_choice). rows: how a GPU rank sizes
+    its expert step (DepRows). See moe/backends.py for the backends.
     """
 
     def __init__(self, owner: torch.Tensor, local_index: torch.Tensor, num_local: List[int], capacity: int,
                  backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None,
-                 traffic: Optional[Traffic] = None, dispatch: DepDispatch = DepDispatch.BF16):
+                 traffic: Optional[Traffic] = None, dispatch: DepDispatch = DepDispatch.BF16,
+                 rows: DepRows = DepRows.EXACT):
         if dispatch is DepDispatch.AUTO:
             raise ValueError("the exchange takes a resolved dispatch (bf16 or fp8), not auto")
-        self.dispatch_dtype = dispatch
+        self.dispatch_dtype, self.rows = dispatch, DepRows(rows)
         import torch.distributed as dist
         self.dist, self.group = dist, group
         self.world = dist.get_world_size(group)
@@ -309,9 +319,11 @@ class AllToAllExchange:
             recv = self._all_to_all(send)
             # a peer's block holds its rows first and "no expert" rows after them
             occupied = (layout.ids(recv) < self._own_sentinel).any(1)
-        got = compact_received(layout.ids(recv), self._own_sentinel, occupied)
+        exact = not recv.is_cuda or self.rows is DepRows.EXACT
+        got = compact_received(layout.ids(recv), self._own_sentinel, occupied, exact)
         weights = layout.weights(recv).index_select(0, got.row_index)
-        return Dispatched(layout.x(recv), got.row_index, got.local_ids, weights, got.num_rows, plan, recv_counts)
+        return Dispatched(layout.x(recv), got.row_index, got.local_ids, weights, got.num_rows, plan, recv_counts,
+                          got.assignments)
 
     def combine(self, y: torch.Tensor, dispatched: Dispatched) -> torch.Tensor:
         """y [M, H]: the receiver's weighted expert sums of the rows it computed (dispatched.row_index) -> [T, H]
@@ -321,7 +333,8 @@ class AllToAllExchange:
             back = self._split_all_to_all(y, dispatched.recv_counts.tolist(), dispatched.plan.counts.tolist())
         else:
             y_rows = y
-            if not y.is_cuda:  # back into receive order; rows nobody sent stay unwritten: their senders never read them
+            if dispatched.assignments is not None:  # exact rows: back into receive order; rows nobody sent stay
+                # unwritten (their senders never read them)
                 y_rows = y.new_empty(self.world * self.capacity, y.shape[1])
                 y_rows.index_copy_(0, dispatched.row_index, y)
             if self._symm is not None:
@@ -339,4 +352,4 @@ class AllToAllExchange:
         """The layer composition's token-exchange slot (moe.layer.TokenExchange): dispatch, this rank's experts
         on the received rows, combine."""
         got = self.dispatch(x, topk_ids, topk_weights)
-        return self.combine(compute(got.rows, got.local_ids, got.weights, got.row_index), got)
+        return self.combine(compute(got.rows, got.local_ids, got.weights, got.row_index, got.assignments), got)

@@ -110,10 +110,12 @@ def select(x: torch.Tensor, weights: ExpertWeights) -> KernelChoice:
 
 def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                    weights: ExpertWeights, shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
-                   tile: int = 0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   tile: int = 0, rows: Optional[torch.Tensor] = None,
+                   assignments: Optional[int] = None) -> torch.Tensor:
     """Routed (and shared) experts for x [T, H]: topk_ids [T, k] (E = no expert), topk_weights [T, k] -> [T, H].
     rows [M] int64: compute x[rows] only (topk_ids, topk_weights are then [M, k]; the result [M, H]); x is read
-    in place, so a strided view (DEP's receive buffer) is never copied whole.
+    in place, so a strided view (DEP's receive buffer) is never copied whole. assignments: how many ids are
+    below E, when the caller knows it on the host (DEP's exact rows): the kernels' buffers are sized to it.
     kernel: force one (it must pass `check`); default `select`. tile: the CUTLASS tile (ops.grouped_gemm).
     x may be QuantizedRows (DEP's FP8 dispatch): the kernel is chosen for their activations' dtype; a kernel of
     QUANTIZED_INPUT takes them as they are, the reference and any other kernel dequantize the computed rows."""
@@ -131,12 +133,13 @@ def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor
     if isinstance(x, QuantizedRows) and kernel not in QUANTIZED_INPUT:
         x, rows = x.dequantize(rows), None
     m = x.shape[0] if rows is None else rows.numel()
-    if not topk_ids.numel() or not weights.num_experts:  # nothing to compute (a rank may hold no expert)
+    if not topk_ids.numel() or not weights.num_experts or assignments == 0:  # nothing to compute here
         out = torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device)
     elif kernel in _DEEPGEMM:
-        out = deepgemm.moe_mlp(x, topk_ids, topk_weights, weights, kernel is ExpertKernel.DEEPGEMM_FP8, rows)
+        out = deepgemm.moe_mlp(x, topk_ids, topk_weights, weights, kernel is ExpertKernel.DEEPGEMM_FP8, rows,
+                               assignments=assignments)
     else:
-        out = grouped(x, topk_ids, topk_weights, weights, kernel, tile, rows)
+        out = grouped(x, topk_ids, topk_weights, weights, kernel, tile, rows, assignments)
     if shared is None:
         return out
     return out + swiglu(x if rows is None else x.index_select(0, rows), shared.w13, shared.w2)
@@ -176,19 +179,20 @@ def sort_by_expert(topk_ids: torch.Tensor, num_experts: int) -> Sorted:
 
 
 def grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKernel, tile: int,
-            rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+            rows: Optional[torch.Tensor] = None, assignments: Optional[int] = None) -> torch.Tensor:
     """The grouped path of `expert_compute` with `kernel`, without its check: tests drive it on CPU with the
     device ops replaced, where check would refuse."""
     k = topk_ids.shape[1]
     s = sort_by_expert(topk_ids, weights.num_experts)
     order = s.order
-    if not x.is_cuda:
-        # the real assignments only ("no expert" sorts last); reading a CPU tensor is no device sync. GPUs keep
-        # the static shape (capturable; the grouped GEMMs stop at the device-side ends)
-        order = order[:int(s.ends[-1])] if s.ends.numel() else order[:0]
+    if assignments is None and not x.is_cuda:  # reading a CPU tensor is no device sync
+        assignments = int(s.ends[-1]) if s.ends.numel() else 0
+    if assignments is not None:  # the real assignments only ("no expert" sorts last)
+        order = order[:assignments]
     src, idx = order // k, _arange(order.numel(), x.device)
-    # GPUs: the real assignments' count stays on the device; permute and SwiGLU stop there, the GEMMs at the ends
-    limit = s.ends[-1:] if x.is_cuda and s.ends.numel() else None
+    # else GPUs keep the static shape (capturable): the real assignments' count stays on the device, permute and
+    # SwiGLU stop there, the GEMMs at the ends
+    limit = s.ends[-1:] if assignments is None and s.ends.numel() else None
     up_first = weights.up_first
     if kernel is ExpertKernel.CUTLASS_FP8:
         if isinstance(x, QuantizedRows):  # quantized once by their sender: gathered from the receive view in place

@@ -21,9 +21,10 @@ from . import deepgemm
 from .kernels import ExpertKernel, expert_compute, select
 from .weights import ExpertWeights
 
-# (x [R, H], topk_ids [M, k], topk_weights [M, k], rows [M] or None) -> [M, H]: the experts of the weight source
-# on x[rows] (all of x when rows is None; x may be a strided view, read in place, or QuantizedRows: DEP's FP8
-# dispatch, which the expert kernel takes as they are)
+# (x [R, H], topk_ids [M, k], topk_weights [M, k], rows [M] or None, assignments int or None) -> [M, H]: the
+# experts of the weight source on x[rows] (all of x when rows is None; x may be a strided view, read in place, or
+# QuantizedRows: DEP's FP8 dispatch, which the expert kernel takes as they are); assignments: the ids below E,
+# when the exchange read that count on the host (DepRows.EXACT), to size the kernels' buffers
 ComputeFn = Callable[..., torch.Tensor]
 
 
@@ -134,10 +135,10 @@ class RoutedExperts:
         if self.load is not None:
             self.load.scatter_add_(0, topk_ids.reshape(-1), torch.ones_like(topk_ids.reshape(-1)))
 
-        def compute(xs, ids, wts, rows=None):
+        def compute(xs, ids, wts, rows=None, assignments=None):
             n = (ids < weights.num_experts).sum()
             self.expert_rows = n if self.expert_rows is None else self.expert_rows + n
-            return expert_compute(xs, ids, wts, weights, kernel=self.kernel, rows=rows)
+            return expert_compute(xs, ids, wts, weights, kernel=self.kernel, rows=rows, assignments=assignments)
 
         y = self.exchange.run(x, topk_ids, topk_weights, compute)
         self.source.release(layer_idx)

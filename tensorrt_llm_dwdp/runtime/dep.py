@@ -22,7 +22,7 @@ from typing import Dict, List, NamedTuple, Optional
 import torch
 import torch.distributed as dist
 
-from ..config import DepDispatch, WeightDtype, is_fp8
+from ..config import DepDispatch, DepRows, WeightDtype, is_fp8
 from ..eplb import SlotPlacement, eplb_placement, imbalance
 from ..moe import ExpertWeights, select
 from ..moe.backends import ExchangeBackend, ExchangeUnavailable
@@ -111,23 +111,23 @@ def dispatch_choice(model: Decoder, requested: DepDispatch, device: torch.device
 
 
 def _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic,
-              dispatch) -> AllToAllExchange:
+              dispatch, dep_rows) -> AllToAllExchange:
     try:
         return AllToAllExchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic=traffic,
-                                dispatch=dispatch)
+                                dispatch=dispatch, rows=dep_rows)
     except ExchangeUnavailable as e:
         if backend is not ExchangeBackend.SYMM_MEM:
             raise
         if dist.get_rank() == 0:
             print(f"WARNING: DEP exchange symm_mem unavailable ({e}); using nccl", flush=True)
         return AllToAllExchange(owner, local_index, num_local, max_num_tokens, ExchangeBackend.NCCL, device, clock,
-                                traffic=traffic, dispatch=dispatch)
+                                traffic=traffic, dispatch=dispatch, rows=dep_rows)
 
 
 def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_host: bool = False,
               backend: Optional[ExchangeBackend] = None, slots: Optional[Dict[int, SlotPlacement]] = None,
               keep_experts: bool = False, traffic: Optional[Traffic] = None,
-              dispatch: DepDispatch = DepDispatch.AUTO) -> ExchangeBackend:
+              dispatch: DepDispatch = DepDispatch.AUTO, dep_rows: DepRows = DepRows.EXACT) -> ExchangeBackend:
     """Rewire every MoE block to expert parallelism over the initialised default group; returns the
     exchange backend in use. Collective (the symmetric-memory backend rendezvouses its buffers).
 
@@ -136,7 +136,7 @@ def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_ho
     a contiguous range of experts. keep_experts: keep the model's own expert tensors (a later apply_dep
     places the experts again, e.g. after EPLB measured the load), else drop them. traffic: where the exchange
     counts the bytes it moves (moe.exchange.Traffic). dispatch: BF16 or FP8 rows (`dispatch_choice` resolves
-    auto)."""
+    auto). dep_rows: how a GPU rank sizes its expert step on the received rows (config.DepRows)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     device = clock.device
     backend = backend or exchange_backend(device, stage_on_host)
@@ -158,7 +158,8 @@ def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_ho
         owner, local_index, num_local = flat // per, flat % per, [per] * world  # one exchange "expert" per slot
         mine = {b.layer_idx: list(slots[b.layer_idx].slots[rank]) for b in model.moe_blocks()}
     dispatch = dispatch_choice(model, dispatch, device).dispatch
-    exchange = _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic, dispatch)
+    exchange = _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic, dispatch,
+                         dep_rows)
     for b in model.moe_blocks():
         weights = ExpertWeights.from_tensors(b.expert_tensors(mine[b.layer_idx]))
         layer_exchange = exchange if slots is None else \
@@ -180,7 +181,7 @@ def measured_load(model: Decoder) -> Dict[int, List[float]]:
 
 def apply_eplb(model: Decoder, clock: CommClock, max_num_tokens: int, redundant: int, stage_on_host: bool = False,
                backend: Optional[ExchangeBackend] = None, traffic: Optional[Traffic] = None,
-               dispatch: DepDispatch = DepDispatch.AUTO) -> Dict[str, object]:
+               dispatch: DepDispatch = DepDispatch.AUTO, dep_rows: DepRows = DepRows.EXACT) -> Dict[str, object]:
     """Collective: EPLB for a model `apply_dep(keep_experts=True)` rewired and ran with `count_load` on: place
     `redundant` extra slots per rank from the measured load, then rewire it. Returns the busiest rank's load over
     the mean per layer, planned, with and without the replicas (`imbalance_eplb`, `imbalance_plain`)."""
@@ -191,7 +192,8 @@ def apply_eplb(model: Decoder, clock: CommClock, max_num_tokens: int, redundant:
     plain = even_placement(model.c.num_experts, world)
     plain_loads = {lid: [sum(load[e] for e in plain.local_experts(r)) for r in range(world)]
                    for lid, load in loads.items()}
-    apply_dep(model, clock, max_num_tokens, stage_on_host, backend, slots=slots, traffic=traffic, dispatch=dispatch)
+    apply_dep(model, clock, max_num_tokens, stage_on_host, backend, slots=slots, traffic=traffic, dispatch=dispatch,
+              dep_rows=dep_rows)
     return {"slots_per_rank": per, "redundant_per_rank": redundant,
             "imbalance_eplb": [imbalance(slots[lid].rank_loads(loads[lid])) for lid in sorted(loads)],
             "imbalance_plain": [imbalance(plain_loads[lid]) for lid in sorted(loads)]}
