@@ -44,7 +44,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         cfg = preset(args.preset, args.layers, args.vocab)
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
         model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in (Mode.DWDP, *DEP_MODES),
-                              weight_dtype=args.weight_dtype, routing_skew=routing_skew(args))
+                              weight_dtype=args.weight_dtype, routing_skew=routing_skew(args, cfg.num_experts))
     hooks, clock, exchange, traffic, dispatch = None, None, None, None, None
     if mode == Mode.DWDP:
         dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if is_fp8(args.weight_dtype)
@@ -163,7 +163,7 @@ def run(args) -> int:
         return 0
     shared_gpu = device.type == "cuda" and torch.cuda.device_count() < comm.Get_size()
     out = {"config": dict(vars(args), ranks=comm.Get_size(), device=str(device), dtype=str(dtype),
-                          shared_gpu=shared_gpu, routing_skew=routing_skew(args)),
+                          shared_gpu=shared_gpu, routing_skew=routing_skew(args, model_config(args).num_experts)),
            "seeds": {"model": args.seed, "requests": request_seeds(args, comm.Get_size())},
            "modes": modes, "speedup_dwdp_over_dep": report.speedup(modes),
            "speedup_dwdp_over_dep_eplb": report.speedup(modes, Mode.DEP_EPLB.value), "decisions": decisions}

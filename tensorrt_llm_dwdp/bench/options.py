@@ -14,7 +14,7 @@ from ..config import (DEFAULT_SLICE_BYTES, MEMORY_BACKENDS, BackendKind, DepDisp
                       WeightDtype, is_fp8)
 from ..runtime.model_config import PRESETS, ModelConfig, cut, preset
 from ..runtime.schedule import least_loaded
-from ..workloads.popularity import DEFAULT_ROUTING_SKEW
+from ..workloads.popularity import TARGET_IMBALANCE, TARGET_RANKS, default_skew
 from ..workloads.requests import MAX_ISL, load_trace, make_requests, parse_isl
 from .capacity import check_fits
 
@@ -46,8 +46,8 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.bench.job") -> Parser:
                         "multiples of 128)")
     g.add_argument("--routing-skew", type=float, default=None,
                    help="random presets: expert popularity Zipf(S) per MoE layer, the simulator's routing model "
-                        f"(default {DEFAULT_ROUTING_SKEW}, the simulator's routing_skew: a DEP busiest-rank expert "
-                        "load of about 1.15-1.3x the mean at 4-8 ranks); 0 is uniform")
+                        f"(default: per model, DEP's busiest rank {TARGET_IMBALANCE}x the mean expert load at "
+                        f"{TARGET_RANKS} ranks, as the simulator assumes: workloads/popularity.py); 0 is uniform")
     g = p.add_argument_group("workload")
     g.add_argument("--isl", default="normal:128:0.2", help="8192, or normal|lognormal|uniform:MEAN:CV")
     g.add_argument("--requests", type=int, default=24, help="requests per rank (the shared stream has ranks x this)")
@@ -109,11 +109,11 @@ def model_config(args) -> ModelConfig:
     return preset(args.preset, args.layers, args.vocab)
 
 
-def routing_skew(args) -> Optional[float]:
+def routing_skew(args, num_experts: int) -> Optional[float]:
     """The Zipf exponent of a random preset's routers (None for a checkpoint's own router)."""
     if args.checkpoint:
         return None
-    return DEFAULT_ROUTING_SKEW if args.routing_skew is None else args.routing_skew
+    return default_skew(num_experts) if args.routing_skew is None else args.routing_skew
 
 
 def model_name(args) -> str:
@@ -164,7 +164,7 @@ def validate(args, world_size: Optional[int] = None) -> ModelConfig:
                          f"Fix: {fix}, or --dep-dispatch auto or bf16.")
     if args.routing_skew is not None and not 0 <= args.routing_skew <= 4:
         raise UsageError(f"--routing-skew {args.routing_skew:g}: must lie in [0, 4] (a Zipf exponent; 0 is uniform). "
-                         f"Fix: e.g. --routing-skew {DEFAULT_ROUTING_SKEW}.")
+                         "Fix: e.g. --routing-skew 0.5, or leave it out (the model's default).")
     parse_isl(args.isl)
     if args.trace:
         if not load_trace(args.trace):

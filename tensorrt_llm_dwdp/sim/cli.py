@@ -24,6 +24,7 @@ from .engine import simulate
 from .machines import MACHINES, PRECISIONS, Efficiency, get_machine
 from .models import MODELS, get_model, get_precision, model_summary
 from .scenario import DEFAULT_EPLB_REDUNDANT, DepModel, DepPacking, PullStreams, Scenario
+from ..workloads.popularity import TARGET_IMBALANCE, TARGET_RANKS
 
 MAX_ITERATIONS = 4096
 DEFAULT_PLOT = "sim_explain.png"
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DEP with EPLB, as the runtime's --eplb: N redundant expert slots per rank (alone: "
                         f"{DEFAULT_EPLB_REDUNDANT}) holding replicas of the hot experts; default 0: off")
     p.add_argument("--routing-skew", type=float, default=None,
-                   help=f"Zipf exponent of expert popularity per layer (0 = uniform; default {Efficiency().routing_skew})")
+                   help="Zipf exponent of expert popularity per layer (0 = uniform; default: per model, DEP's busiest "
+                        f"rank {TARGET_IMBALANCE}x the mean expert load at {TARGET_RANKS} ranks, workloads/popularity.py)")
     p.add_argument("--jitter", type=float, default=None,
                    help=f"per-rank, per-layer compute time CV (default {Efficiency().jitter})")
     p.add_argument("--pull-streams", default=PullStreams.PER_SOURCE.value, choices=[x.value for x in PullStreams],

@@ -27,6 +27,7 @@ from .costs import Breakdown, LayerCost, dense_layer_cost, ffn_s, moe_layer_cost
 from .dep import a2a_parts, dep_expert_parts, layer_load
 from .flows import RankPlan, run_dwdp
 from .scenario import DepModel, DepPacking, Scenario
+from ..workloads.popularity import default_skew
 
 # EPLB places each drawn layer with the runtime's eplb_placement, O(W^2 E) Python steps (~0.7 s at 64 ranks):
 # at most this many layer draws, cycled over the MoE layers.
@@ -119,7 +120,8 @@ def simulate_dep(scn: Scenario, batches: Sequence[Sequence[Batch]]) -> ModeResul
     tuned = scn.dep_model is DepModel.TUNED
     rng = np.random.default_rng([scn.seed, 7])
     draws = min(max(m, 1), EPLB_LAYER_DRAWS) if scn.eplb else max(m, 1)
-    drawn = [layer_load(md, n, eff.routing_skew, rng, scn.eplb) for _ in range(draws)]
+    skew = default_skew(md.experts) if eff.routing_skew is None else eff.routing_skew
+    drawn = [layer_load(md, n, skew, rng, scn.eplb) for _ in range(draws)]
     loads = [drawn[li % draws] for li in range(max(m, 1))]
     iters = len(batches[0])
     jit = [jitter(scn, r, "dep", (iters, 2, max(m, 1))) for r in range(n)]

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
-from ..workloads.popularity import DEFAULT_ROUTING_SKEW
 
 PRECISIONS = ("bf16", "fp8", "nvfp4")
 
@@ -114,8 +113,8 @@ class Efficiency:
         does. CALIBRATED with hbm (same measurement).
     routing_skew: Zipf exponent of expert popularity within one MoE layer (expert of rank i in
         popularity gets a share proportional to 1/i^s; which expert is hot is drawn per layer): the
-        runtime's routers' statistics (workloads/popularity.py), default DEFAULT_ROUTING_SKEW there, where its
-        source is stated. 0 is uniform routing. DEP's busiest rank sets its expert time; DWDP computes
+        runtime's routers' statistics (workloads/popularity.py). None (default): the model's default_skew
+        there, set from a stated imbalance target and its source. 0 is uniform routing. DEP's busiest rank sets its expert time; DWDP computes
         every expert its own tokens touch and does not care. `--eplb N` places DEP's experts with the
         runtime's EPLB (replicas of the hot experts), which evens the load out.
     jitter: coefficient of variation of a rank's compute time per layer (kernel clocks, L2, launch).
@@ -135,7 +134,7 @@ class Efficiency:
     short_pull_slowdown: float = 0.20
     short_pull_s: float = 1e-3
     elementwise: float = 4.2 / 4.8
-    routing_skew: float = DEFAULT_ROUTING_SKEW
+    routing_skew: Optional[float] = None
     jitter: float = 0.035
 
     def __post_init__(self):
@@ -147,8 +146,9 @@ class Efficiency:
             raise ValueError("Efficiency: pull_slowdown and a2a_latency_us must be >= 0")
         if not 0.0 < self.elementwise <= 1.5:
             raise ValueError(f"Efficiency.elementwise={self.elementwise}: must be in (0, 1.5]")
-        if self.routing_skew < 0:
-            raise ValueError(f"--routing-skew {self.routing_skew:g}: must be >= 0. Fix: 0 for uniform routing, e.g. 0.3.")
+        if self.routing_skew is not None and self.routing_skew < 0:
+            raise ValueError(f"--routing-skew {self.routing_skew:g}: must be >= 0. Fix: 0 for uniform routing, e.g. "
+                             "0.5, or leave it out (the model's default).")
         if self.jitter < 0 or self.jitter > 0.5:
             raise ValueError(f"--jitter {self.jitter:g}: must be in [0, 0.5]. Fix: e.g. 0.035.")
 
