@@ -261,6 +261,7 @@ class DwdpHooks:
             return
         self._closed = True
         self.engine.synchronize()
+        self.metrics()  # the steps' wait timings are read while the engine's events still exist
         self.engine.close()
         self._weights.clear()
         self._replicated.clear()

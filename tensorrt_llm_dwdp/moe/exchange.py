@@ -11,12 +11,12 @@ overflow: equal-split collectives need no count exchange and no host synchronisa
 step can be captured in a CUDA graph. The index work (`plan_dispatch`) is pure tensor math.
 
 The receiver hands its expert step the received rows only (`compact_received`: occupancy from the ids,
-a stable sort of it, no hidden row moved): the step reads them in place from the receive buffer and
-computes exactly the received (row, expert) pairs, its buffers sized by one host read of the two counts
-(`DepRows.EXACT`, the default, and always on CPU ranks). With `DepRows.BOUND` a GPU rank keeps the receive
-buffer's static shapes instead (no host sync, capturable in a CUDA graph): the grouped GEMMs stop at the
-device-side expert ends and the permute and BF16 SwiGLU kernels at the device-side count of real assignments,
-but the temporaries are sized for the whole buffer.
+a stable sort of it, no hidden row moved): the step reads them in place from the receive buffer. On a GPU
+(`DepRows.BOUND`, the default) the shapes stay the receive buffer's (no host sync, capturable in a CUDA graph):
+the grouped GEMMs stop at the device-side expert ends and the permute and BF16 SwiGLU kernels at the device-side
+count of real assignments, but the temporaries are sized for the whole buffer. `DepRows.EXACT` (always on CPU
+ranks) reads the two counts on the host once per layer and sizes every buffer to the received (row, expert)
+pairs, for runs where the bound's temporaries do not fit.
 
 Dispatch rows (`moe.rows.RowLayout`) carry the activations as they are, or, with FP8 dispatch (for FP8
 experts), 1x128-quantized e4m3 values with their fp32 scales: the sender quantizes its T token rows once and
@@ -227,7 +227,7 @@ class AllToAllExchange:
     def __init__(self, owner: torch.Tensor, local_index: torch.Tensor, num_local: List[int], capacity: int,
                  backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None,
                  traffic: Optional[Traffic] = None, dispatch: DepDispatch = DepDispatch.BF16,
-                 rows: DepRows = DepRows.EXACT):
+                 rows: DepRows = DepRows.BOUND):
         if dispatch is DepDispatch.AUTO:
             raise ValueError("the exchange takes a resolved dispatch (bf16 or fp8), not auto")
         self.dispatch_dtype, self.rows = dispatch, DepRows(rows)

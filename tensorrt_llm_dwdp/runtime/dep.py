@@ -127,7 +127,7 @@ def _exchange(owner, local_index, num_local, max_num_tokens, backend, device, cl
 def apply_dep(model: Decoder, clock: CommClock, max_num_tokens: int, stage_on_host: bool = False,
               backend: Optional[ExchangeBackend] = None, slots: Optional[Dict[int, SlotPlacement]] = None,
               keep_experts: bool = False, traffic: Optional[Traffic] = None,
-              dispatch: DepDispatch = DepDispatch.AUTO, dep_rows: DepRows = DepRows.EXACT) -> ExchangeBackend:
+              dispatch: DepDispatch = DepDispatch.AUTO, dep_rows: DepRows = DepRows.BOUND) -> ExchangeBackend:
     """Rewire every MoE block to expert parallelism over the initialised default group; returns the
     exchange backend in use. Collective (the symmetric-memory backend rendezvouses its buffers).
 
@@ -181,7 +181,7 @@ def measured_load(model: Decoder) -> Dict[int, List[float]]:
 
 def apply_eplb(model: Decoder, clock: CommClock, max_num_tokens: int, redundant: int, stage_on_host: bool = False,
                backend: Optional[ExchangeBackend] = None, traffic: Optional[Traffic] = None,
-               dispatch: DepDispatch = DepDispatch.AUTO, dep_rows: DepRows = DepRows.EXACT) -> Dict[str, object]:
+               dispatch: DepDispatch = DepDispatch.AUTO, dep_rows: DepRows = DepRows.BOUND) -> Dict[str, object]:
     """Collective: EPLB for a model `apply_dep(keep_experts=True)` rewired and ran with `count_load` on: place
     `redundant` extra slots per rank from the measured load, then rewire it. Returns the busiest rank's load over
     the mean per layer, planned, with and without the replicas (`imbalance_eplb`, `imbalance_plain`)."""
