@@ -107,14 +107,19 @@ def kernel_rows(t: Dict, ran: Dict, flops: float, peak: float, base: Dict) -> Li
     return out
 
 
+def _config(shape: str, dtype: str, peaks: Dict, seed: int):
+    """(hidden, experts, top-k, fp8, the dtype's measured peak, a seeded CUDA generator) of one section's run."""
+    hidden, _, experts, k = SHAPES[shape]
+    fp8 = is_fp8(dtype)
+    return (hidden, experts, k, fp8, peaks["fp8_tflops" if fp8 else "bf16_tflops"],
+            torch.Generator(device="cuda").manual_seed(seed))
+
+
 def run(comp: ExpertWeights, plain: ExpertWeights, shape: str, dtype: str, tokens_list: List[int],
         routings: List[str], peaks: Dict, kernels_out: List[Dict]) -> List[Dict]:
     """The selected kernel's rows; every kernel's side-by-side rows (measured in the same turns) are appended to
     kernels_out."""
-    hidden, _, experts, k = SHAPES[shape]
-    fp8 = is_fp8(dtype)
-    peak = peaks["fp8_tflops" if fp8 else "bf16_tflops"]
-    gen = torch.Generator(device="cuda").manual_seed(1)
+    hidden, experts, k, fp8, peak, gen = _config(shape, dtype, peaks, seed=1)
     rows = []
     for routed in routings:
         for tokens in tokens_list:
@@ -155,10 +160,7 @@ def rows_per_expert(comp: ExpertWeights, plain: ExpertWeights, shape: str, dtype
     """The GEMMs of `tokens` tokens with exact routing over fewer and fewer experts: the same FLOPs at more rows
     per expert (256 experts x 512 rows at 16K tokens of DeepSeek-V3; 16 x 8192 is the regime of DeepGEMM's
     published grouped figures). Kernels timed in turns per point."""
-    hidden, _, experts, k = SHAPES[shape]
-    fp8 = is_fp8(dtype)
-    peak = peaks["fp8_tflops" if fp8 else "bf16_tflops"]
-    gen = torch.Generator(device="cuda").manual_seed(3)
+    hidden, experts, k, fp8, peak, gen = _config(shape, dtype, peaks, seed=3)
     out = []
     for tokens in tokens_list:
         x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
