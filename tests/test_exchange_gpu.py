@@ -41,3 +41,16 @@ def test_nccl_and_symm_mem_one_rank_per_gpu(tmp_path):
         if r["backend"] == "symm_mem" and "unavailable" not in r:
             assert r["ok"], r
         print(r)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_dep_layer_against_local_and_in_a_cuda_graph(tmp_path):
+    """DEP's layer with the BF16 grouped kernel against all-local float64 math, and captured in a CUDA graph
+    (NCCL, bound rows) replayed on new inputs equal to eager (tests/mpi_dep_graph.py)."""
+    import subprocess
+    from conftest import fresh_seed
+    from tensorrt_llm_dwdp.commands.mpirun import clean_launch_env, mpirun_command
+    cmd = mpirun_command(2, [os.path.join(ROOT, "tests", "mpi_dep_graph.py"), str(fresh_seed())])
+    proc = subprocess.run(cmd, env=clean_launch_env(dict(os.environ)), capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout + proc.stderr
