@@ -77,6 +77,29 @@ def test_swiglu_quantize_matches_float64(device):
     assert ((deq - act).abs() <= act.abs() / 16 + s.cpu().double().repeat_interleave(128, 1) * 2 ** -9).all()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_swiglu_quantize_stops_at_the_device_row_limit():
+    """With a device-side row count (the grouped GEMMs' real rows) the kernel writes those rows exactly as
+    without it and leaves the rest as they were: the scales' buffer is the block a NaN tensor of its size just
+    freed (the caching allocator's best fit on this stream), and its rows past the limit stay NaN."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    m, inter, limit = 300, 256, 173
+    h = (torch.randn(m, 2 * inter, generator=g) * 3).bfloat16().cuda()
+    full_q, full_s = ops.swiglu_quantize_fp8(h)
+    n = torch.tensor([limit], device="cuda")
+    nan = torch.full((m, inter // 128), float("nan"), device="cuda")
+    where = nan.data_ptr()
+    del nan
+    q, s = ops.swiglu_quantize_fp8(h, False, n)
+    assert s.data_ptr() == where  # else the check below says nothing
+    assert torch.equal(q[:limit].view(torch.uint8), full_q[:limit].view(torch.uint8))
+    assert torch.equal(s[:limit], full_s[:limit]) and bool(torch.isfinite(s[:limit]).all())
+    assert bool(torch.isnan(s[limit:]).all())
+    q, s = ops.swiglu_quantize_fp8(h, False, torch.tensor([m + 5], device="cuda"))  # past the end: every row
+    assert torch.equal(s, full_s)
+
+
 def test_quantize_rejects_partial_blocks():
     with pytest.raises(ValueError, match="multiple of the 128"):
         ops.quantize_fp8(torch.randn(4, 200).bfloat16())
@@ -263,6 +286,7 @@ def test_opcheck_expert_ops_on_cpu():
     checks = ("test_faketensor",)  # test_schema's checker multiplies outputs, which e4m3 on CPU cannot
     torch.library.opcheck(ops.quantize_fp8, (x,), test_utils=checks)
     torch.library.opcheck(ops.swiglu_quantize_fp8, (x, True), test_utils=checks)
+    torch.library.opcheck(ops.swiglu_quantize_fp8, (x, False, torch.tensor([3])), test_utils=checks)
     q, s, _ = _weights(g, 2, 128, 256)
     xq, xs = ops.quantize_fp8(x)
     ends = torch.tensor([2, 6])

@@ -31,15 +31,18 @@ void register_grouped_gemm(py::module_& m) {
       "x [m, k] bf16 -> q [m, k] e4m3, scales [m, k/128] fp32 (1x128 groups)");
   m.def(
       "swiglu_quantize_fp8",
-      [](uintptr_t h, uintptr_t q, uintptr_t scales, int64_t rows, int64_t inter, bool up_first, uintptr_t stream) {
+      [](uintptr_t h, uintptr_t q, uintptr_t scales, int64_t rows, int64_t inter, bool up_first, uintptr_t stream,
+         uintptr_t limit) {
         check_gg(dwdp::swiglu_quantize_fp8(reinterpret_cast<const void*>(h), reinterpret_cast<void*>(q),
                                            reinterpret_cast<float*>(scales), rows, inter, up_first,
-                                           reinterpret_cast<cudaStream_t>(stream)),
+                                           reinterpret_cast<cudaStream_t>(stream),
+                                           reinterpret_cast<const int64_t*>(limit)),
                  "swiglu_quantize_fp8");
       },
       py::arg("h"), py::arg("q"), py::arg("scales"), py::arg("m"), py::arg("inter"), py::arg("up_first"),
-      py::arg("stream"),
-      "h [m, 2*inter] bf16 (gate, up) -> silu(gate)*up quantized: q [m, inter] e4m3, scales [m, inter/128]");
+      py::arg("stream"), py::arg("limit") = 0,
+      "h [m, 2*inter] bf16 (gate, up) -> silu(gate)*up quantized: q [m, inter] e4m3, scales [m, inter/128]; "
+      "limit: a device int64 row count (0: every row)");
 #ifdef DWDP_WITH_CUTLASS
   m.def(
       "grouped_gemm_workspace_size",

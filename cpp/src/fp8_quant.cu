@@ -44,11 +44,13 @@ __global__ void quantize_rows_kernel(const __nv_bfloat16* __restrict__ x, uint32
 }
 
 // Block (r, b) of act = silu(gate) * up, h [m, 2*inter] (gate, up halves at gate_off / up_off) -> q [m, inter], scales [m, inter/128].
+// limit (device, may be null): only rows < *limit, a count the host never reads (the grouped GEMMs' real rows).
 __global__ void swiglu_quantize_kernel(const __nv_bfloat16* __restrict__ h, uint32_t* __restrict__ q,
                                        float* __restrict__ scales, int64_t blocks, int64_t kb, int64_t inter,
-                                       int64_t gate_off, int64_t up_off) {
+                                       int64_t gate_off, int64_t up_off, const int64_t* __restrict__ limit) {
   const int lane = threadIdx.x & 31;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarpsPerCta;
+  if (limit != nullptr && *limit * kb < blocks) blocks = *limit * kb;
   for (int64_t w = static_cast<int64_t>(blockIdx.x) * kWarpsPerCta + threadIdx.x / 32; w < blocks; w += stride) {
     const int64_t r = w / kb, c = (w % kb) * kBlock + lane * 4;
     const __nv_bfloat16* row = h + r * 2 * inter;
@@ -79,14 +81,14 @@ cudaError_t quantize_fp8_rows(const void* x, void* q, float* scales, int64_t m, 
 }
 
 cudaError_t swiglu_quantize_fp8(const void* h, void* q, float* scales, int64_t m, int64_t inter, bool up_first,
-                                cudaStream_t stream) {
+                                cudaStream_t stream, const int64_t* limit) {
   if (m < 0 || inter <= 0 || inter % kBlock || !aligned(h, 8) || !aligned(q, 4) || !aligned(scales, 4))
     return cudaErrorInvalidValue;
   if (m == 0) return cudaSuccess;
   const int64_t blocks = m * (inter / kBlock);
   swiglu_quantize_kernel<<<grid_for_blocks(blocks), kWarpsPerCta * 32, 0, stream>>>(
       static_cast<const __nv_bfloat16*>(h), static_cast<uint32_t*>(q), scales, blocks, inter / kBlock, inter,
-      up_first ? inter : 0, up_first ? 0 : inter);
+      up_first ? inter : 0, up_first ? 0 : inter, limit);
   return cudaGetLastError();
 }
 

@@ -239,7 +239,7 @@ def moe_mlp(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_
         a, a_s = move_rows(xq, lay, src), move_rows(xs, lay, src)
         h = gemm1(a, a_s, weights.w13, weights.w13_scale, lay.m_indices) if gemm1 else \
             gemm_fp8(a, a_s, weights.w13, weights.w13_scale, lay.m_indices)
-        aq, as_ = ops.swiglu_quantize_fp8(h, up_first)
+        aq, as_ = ops.swiglu_quantize_fp8(h, up_first, lay.used)  # pad rows past the last expert: none
         y = gemm2(aq, as_, weights.w2, weights.w2_scale, lay.m_indices) if gemm2 else \
             gemm_fp8(aq, as_, weights.w2, weights.w2_scale, lay.m_indices)
     else:

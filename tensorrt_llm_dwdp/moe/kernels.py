@@ -204,7 +204,7 @@ def grouped(x, topk_ids, topk_weights, weights: ExpertWeights, kernel: ExpertKer
             xq, xs = ops.quantize_fp8(x)  # the token rows once, then gathered with their scales
         xq, xs = _gather_rows(xq, src, idx, limit), _gather_rows(xs, src, idx, limit)
         h = ops.grouped_gemm_fp8(xq, xs, s.ends, weights.w13, weights.w13_scale, tile)
-        aq, as_ = ops.swiglu_quantize_fp8(h, up_first)
+        aq, as_ = ops.swiglu_quantize_fp8(h, up_first, limit)
         y = ops.grouped_gemm_fp8(aq, as_, s.ends, weights.w2, weights.w2_scale, tile)
     else:
         # NOTE: straight from the (possibly strided) receive view into expert order, the computed rows only

@@ -168,13 +168,13 @@ def _quantize_torch(v: torch.Tensor):
     return q.reshape(m, k), amax / FP8_MAX
 
 
-def _quantize_native(kernel: str, src: torch.Tensor, cols: int, *flags):
+def _quantize_native(kernel: str, src: torch.Tensor, cols: int, *flags, **kw):
     """Runs one of the C++ 1x128 quantizers: src [m, *] bf16 -> (q [m, cols] e4m3, scales [m, cols/128])."""
     src, m = src.contiguous(), src.shape[0]
     q = torch.empty(m, cols, dtype=torch.float8_e4m3fn, device=src.device)
     s = torch.empty(m, cols // FP8_BLOCK, dtype=torch.float32, device=src.device)
     getattr(_native(), kernel)(src.data_ptr(), q.data_ptr(), s.data_ptr(), m, cols, *flags,
-                               torch.cuda.current_stream(src.device).cuda_stream)
+                               torch.cuda.current_stream(src.device).cuda_stream, **kw)
     return q, s
 
 
@@ -200,21 +200,24 @@ def _(x):
 
 
 @torch.library.custom_op("dwdp::swiglu_quantize_fp8", mutates_args=())
-def swiglu_quantize_fp8(h: torch.Tensor, up_first: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+def swiglu_quantize_fp8(h: torch.Tensor, up_first: bool = False,
+                        limit: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """h [m, 2I] bf16 (gate, then up; up first with up_first) -> silu(gate) * up in fp32, quantized as
-    `quantize_fp8`."""
+    `quantize_fp8`. limit [1] int64 (device): the kernel writes only rows < limit, a count the host never reads
+    (the torch path computes every row: the others are unwritten only by contract)."""
     m, two_i = h.shape
     inter = two_i // 2
     _check_fp8_cols(inter, "swiglu_quantize_fp8")
     if fp8_available(h) and h.dtype == torch.bfloat16:
-        return _quantize_native("swiglu_quantize_fp8", h, inter, up_first)
+        return _quantize_native("swiglu_quantize_fp8", h, inter, up_first,
+                                limit=0 if limit is None else limit.contiguous().data_ptr())
     a, b = h.float().chunk(2, dim=-1)
     gate, up = (b, a) if up_first else (a, b)
     return _quantize_torch(torch.nn.functional.silu(gate) * up)
 
 
 @swiglu_quantize_fp8.register_fake
-def _(h, up_first=False):
+def _(h, up_first=False, limit=None):
     m, inter = h.shape[0], h.shape[1] // 2
     return (h.new_empty(m, inter, dtype=torch.float8_e4m3fn), h.new_empty(m, inter // FP8_BLOCK, dtype=torch.float32))
 

@@ -55,7 +55,8 @@ cudaError_t quantize_fp8_rows(const void* x, void* q, float* scales, int64_t m, 
 
 // SwiGLU then 1x128 quantization: h [m, 2*inter] bf16 (gate columns, then up; up first with up_first) ->
 // act = silu(gate) * up in fp32 -> q [m, inter] fp8, scales [m, inter/128] fp32. inter: a multiple of 128.
+// limit (device memory, optional): only rows < *limit are written, the rest left as they were.
 cudaError_t swiglu_quantize_fp8(const void* h, void* q, float* scales, int64_t m, int64_t inter, bool up_first,
-                                cudaStream_t stream);
+                                cudaStream_t stream, const int64_t* limit = nullptr);
 
 }  // namespace dwdp
