@@ -164,9 +164,8 @@ def compact_received(ids: torch.Tensor, sentinel: int, occupied: torch.Tensor, e
     on a GPU); else every row in receive order, unoccupied ones masked to "no expert" (static shapes)."""
     num_rows = occupied.sum()
     if not exact:
-        order = torch.arange(ids.shape[0], device=ids.device)
-        local_ids = torch.where(occupied[order, None], ids, sentinel).to(torch.int32)
-        return Received(order, local_ids, num_rows)
+        local_ids = torch.where(occupied[:, None], ids, sentinel).to(torch.int32)
+        return Received(torch.arange(ids.shape[0], device=ids.device), local_ids, num_rows)
     real = ((ids < sentinel) & occupied[:, None]).sum()
     m, assignments = torch.stack([num_rows, real]).tolist()
     order = torch.argsort((~occupied).to(torch.uint8), stable=True)[:m]

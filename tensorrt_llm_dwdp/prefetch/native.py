@@ -3,8 +3,8 @@
 On GPUs the hooks' per-layer protocol (which layer is pulled into which slot, compute waiting for its own pull,
 a slot refilled once its MoE is done) is the C++ DwdpContext that the TensorRT plugin runs, in explicit step
 mode. Through torch's Python CUDA calls (Prefetcher over CudaCopyEngine: two timing events created per layer,
-current-stream lookups, event records and waits, the graph launch) a layer cost the hooks 23-26 us of host time;
-here acquire and release are one call each. Same protocol, same error sentences (cpp/src/slot_ring.cpp mirrors
+current-stream lookups, event records and waits, the graph launch) a layer cost the hooks 39 us of host time on
+an H200 host, here 13 us (BENCHMARKS.md, 2026-12-05): acquire and release are one native call each. Same protocol, same error sentences (cpp/src/slot_ring.cpp mirrors
 prefetcher.py, tests/test_slot_ring.py compares them call by call); Prefetcher over CudaCopyEngine stays the path
 where the extension is not built, or where DWDP_NATIVE_RING=0 asks for it (`bench kernels --sections hooks` runs
 both).
@@ -83,7 +83,7 @@ class NativeRing:
         self._ctx = native_context(views, slices, slot_bases, num_slots, issue_mode, STEP_EXPLICIT, device)
 
     def _stream(self) -> int:
-        # NOTE: the raw getter costs ~0.2 us where torch.cuda.current_stream() builds a Python object (~2 us)
+        # NOTE: the raw getter builds no torch Stream object, which torch.cuda.current_stream() does on every call
         return torch._C._cuda_getCurrentRawStream(self._index)
 
     @property
