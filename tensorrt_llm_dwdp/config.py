@@ -58,13 +58,14 @@ class DepDispatch(Choice):
 
 
 class DepRows(Choice):
-    """How a GPU rank sizes DEP's expert step on the rows it received. BOUND (default): the receive buffer's static
-    shape, world x max_num_tokens rows x top-k: no host sync, capturable in a CUDA graph (TensorRT-LLM's fixed
-    -capacity all-to-all runs so), but at DeepSeek-V3 shapes on 8 ranks and 16K tokens its temporaries are tens of
-    GB. EXACT: one host read of the received row and assignment counts per layer, then buffers of exactly those
-    (DeepEP's normal mode reads its received count on the host the same way), for runs where the bound does not
-    fit. CPU ranks are always exact."""
+    """How a GPU rank sizes DEP's expert step on the rows it received. BOUND: the receive buffer's static shape,
+    world x max_num_tokens rows x top-k: no host sync, capturable in a CUDA graph (TensorRT-LLM's fixed-capacity
+    all-to-all runs so), but at DeepSeek-V3 shapes on 8 ranks and 16K tokens its temporaries are tens of GB. EXACT:
+    one host read of the received row and assignment counts per layer, then buffers of exactly those (DeepEP's
+    normal mode reads its received count on the host the same way). AUTO: BOUND where its temporaries fit
+    (runtime.dep.rows_choice), else EXACT. CPU ranks are always exact."""
 
+    AUTO = "auto"
     BOUND = "bound"
     EXACT = "exact"
 

@@ -261,3 +261,28 @@ def test_fp8_dispatch_for_bf16_experts_is_refused():
 def test_bench_dep_dispatch_bad_input(args):
     from test_cli_errors import one_line_error
     one_line_error("bench", *args, names="--dep-dispatch")
+
+
+def test_dep_rows_auto_keeps_the_bound_where_its_temporaries_fit():
+    """--dep-rows auto: the static bound (no host sync) while its temporaries take at most a quarter of the free GPU
+    memory, else exact rows; DeepSeek-V3 with FP8 experts on 8 ranks at 16K tokens needs 31.3 GiB on the bound
+    (1M assignments x 32032 bytes, counted by hand below). CPU ranks are exact whatever is asked."""
+    from types import SimpleNamespace
+    from tensorrt_llm_dwdp.config import DepRows
+    from tensorrt_llm_dwdp.runtime.dep import bound_bytes, rows_choice
+    from tensorrt_llm_dwdp.runtime.model_config import preset
+    c = preset("deepseek-v3-layers")  # DeepSeek-V3 shapes, fewer layers
+    assert (c.hidden, c.moe_inter, c.top_k) == (7168, 2048, 8)
+    block = SimpleNamespace(weight_dtype="float8_e4m3fn")
+    model = SimpleNamespace(c=c, moe_blocks=lambda: [block], embed=SimpleNamespace(weight=torch.empty(0).bfloat16()))
+    per_row = 7168 * (1 + 4 / 128) + 2 * 2048 * 2 + 2048 * (1 + 4 / 128) + 7168 * 2
+    assert bound_bytes(model, 8, 16384) == int(8 * 16384 * 8 * per_row)
+    cuda = torch.device("cuda", 0)
+    tight = rows_choice(model, DepRows.AUTO, 8, 16384, cuda, free_bytes=120 << 30)
+    roomy = rows_choice(model, DepRows.AUTO, 8, 16384, cuda, free_bytes=140 << 30)
+    assert tight.rows is DepRows.EXACT and "31.3 GiB" in tight.reason and "120.0 GiB free" in tight.reason
+    assert roomy.rows is DepRows.BOUND and "no host sync" in roomy.reason
+    assert rows_choice(model, DepRows.BOUND, 8, 16384, cuda, free_bytes=1).rows is DepRows.BOUND  # asked: kept
+    assert rows_choice(model, DepRows.BOUND, 8, 16384, torch.device("cpu")).rows is DepRows.EXACT
+    block.weight_dtype = "bfloat16"  # BF16 experts: rows of the activations' dtype
+    assert bound_bytes(model, 8, 16384) == 8 * 16384 * 8 * (7168 * 2 + 2 * 2048 * 2 + 2048 * 2 + 7168 * 2)

@@ -33,7 +33,8 @@ DEP_MODES = (Mode.DEP, Mode.DEP_EPLB)
 def run_mode(mode: str, args, comm, device, dtype) -> dict:
     from ..moe.exchange import CommClock, Traffic
     from ..runtime.apply import apply_dwdp
-    from ..runtime.dep import apply_dep, apply_eplb, dispatch_choice, exchange_backend, init_torch_distributed
+    from ..runtime.dep import (apply_dep, apply_eplb, dispatch_choice, exchange_backend, init_torch_distributed,
+                               rows_choice)
     from ..runtime.executor import ContextExecutor
     from ..runtime.model import Decoder
     if args.checkpoint:
@@ -45,7 +46,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         # DWDP and DEP make only the experts each rank holds: the full stacks of a large preset need not fit
         model = Decoder.build(cfg, args.seed, device, dtype, lazy_experts=mode in (Mode.DWDP, *DEP_MODES),
                               weight_dtype=args.weight_dtype, routing_skew=routing_skew(args, cfg.num_experts))
-    hooks, clock, exchange, traffic, dispatch = None, None, None, None, None
+    hooks, clock, exchange, traffic, dispatch, rows = None, None, None, None, None, None
     if mode == Mode.DWDP:
         dcfg = dwdp_config(args, cfg, comm.Get_size(), args.weight_dtype if is_fp8(args.weight_dtype)
                            else str(dtype).replace("torch.", ""))
@@ -56,11 +57,13 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         clock, traffic = CommClock(device), Traffic()
         stage = init_torch_distributed(comm, device)
         dispatch = dispatch_choice(model, args.dep_dispatch, device)
+        rows = rows_choice(model, args.dep_rows, comm.Get_size(), args.max_num_tokens, device)
         if comm.Get_rank() == 0:
             print(f"  [{mode}] dispatch rows {dispatch.dispatch.value}: {dispatch.reason}", flush=True)
+            print(f"  [{mode}] expert step on {rows.rows.value} rows: {rows.reason}", flush=True)
         exchange = apply_dep(model, clock, args.max_num_tokens, stage_on_host=stage,
                              backend=exchange_backend(device, stage, args.dep_exchange), keep_experts=mode != Mode.DEP,
-                             traffic=traffic, dispatch=dispatch.dispatch, dep_rows=args.dep_rows)
+                             traffic=traffic, dispatch=dispatch.dispatch, dep_rows=rows.rows)
         if mode == Mode.DEP_EPLB:
             for b in model.moe_blocks():
                 b.experts.count_load(cfg.num_experts, device)
@@ -81,7 +84,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         executor.warm_up(requests, 1)
         eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
                           backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic,
-                          dispatch=dispatch.dispatch, dep_rows=args.dep_rows)
+                          dispatch=dispatch.dispatch, dep_rows=rows.rows)
     _warm_kernels(model, args.max_num_tokens * (world if mode in DEP_MODES else 1), cfg.top_k, dtype)
     executor.warm_up(requests, args.warmup)  # the same warm-up for every mode, on the placement it times
     comm.Barrier()
@@ -93,6 +96,7 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         hooks.close()
     return {"rank": rank, "device": str(device), "exchange": exchange and exchange.value, "eplb": eplb,
             "dispatch": dispatch and {"rows": dispatch.dispatch.value, "reason": dispatch.reason},
+            "expert_rows": rows and {"rows": rows.rows.value, "reason": rows.reason},
             "iterations": [vars(i) for i in result.iterations],
             "requests": [dict(vars(q), ttft_s=q.ttft_s) for q in result.requests]}
 
@@ -156,7 +160,8 @@ def run(args) -> int:
         if rank == 0:
             # DEP: what its dispatch rows carried, beside the bytes it moved (bytes_moved, bytes_min: the minimum
             # at that row size; an FP8 row is H + 4 H/128 + 8 K bytes where a BF16 one is 2 H + 8 K)
-            dispatch = {"dep_dispatch": ranks[0]["dispatch"]} if ranks[0]["dispatch"] else {}
+            dispatch = {"dep_dispatch": ranks[0]["dispatch"], "dep_rows": ranks[0]["expert_rows"]} \
+                if ranks[0]["dispatch"] else {}
             modes[mode] = dict(report.summarize(ranks), **dispatch, ranks=ranks)
     shutdown_torch_distributed()
     if rank != 0:

@@ -77,11 +77,12 @@ def build_parser(prog: str = "python -m tensorrt_llm_dwdp.bench.job") -> Parser:
                         "their fp32 scales, about half the bytes; the experts take them as they are). auto (default): "
                         "fp8 where the experts are FP8 and their kernel quantizes activations 1x128, else bf16. "
                         "The combine stays in the activations' dtype")
-    g.add_argument("--dep-rows", type=_choice(DepRows), default=DepRows.BOUND, metavar="{bound,exact}",
-                   help="how a GPU rank sizes DEP's expert step: bound (default: the receive buffer's static shape, "
-                        "no host sync, capturable; tens of GB of temporaries at DeepSeek-V3 scale on 8 ranks) or "
-                        "exact (one host read of the received counts per layer, buffers of exactly those rows, as "
-                        "DeepEP's normal mode). CPU ranks are always exact")
+    g.add_argument("--dep-rows", type=_choice(DepRows), default=DepRows.AUTO, metavar="{auto,bound,exact}",
+                   help="how a GPU rank sizes DEP's expert step: bound (the receive buffer's static shape: no host "
+                        "sync, capturable; tens of GB of temporaries at DeepSeek-V3 scale on 8 ranks) or exact (one "
+                        "host read of the received counts per layer, buffers of exactly those rows, as DeepEP's "
+                        "normal mode). auto (default): bound where its temporaries take at most a quarter of the "
+                        "free GPU memory, else exact; the run says which and why. CPU ranks are always exact")
     g.add_argument("--eplb", type=int, default=0, metavar="N",
                    help="also run DEP with EPLB (mode dep+eplb): N redundant expert slots per rank, filled with "
                         "replicas of the experts an untimed step of plain DEP measured hottest (default 0: off)")

@@ -227,8 +227,8 @@ class AllToAllExchange:
                  backend: ExchangeBackend, device: torch.device, clock: Optional[CommClock] = None, group=None,
                  traffic: Optional[Traffic] = None, dispatch: DepDispatch = DepDispatch.BF16,
                  rows: DepRows = DepRows.BOUND):
-        if dispatch is DepDispatch.AUTO:
-            raise ValueError("the exchange takes a resolved dispatch (bf16 or fp8), not auto")
+        if dispatch is DepDispatch.AUTO or rows is DepRows.AUTO:
+            raise ValueError("the exchange takes a resolved dispatch (bf16 or fp8) and rows (bound or exact), not auto")
         self.dispatch_dtype, self.rows = dispatch, DepRows(rows)
         import torch.distributed as dist
         self.dist, self.group = dist, group

@@ -110,6 +110,46 @@ def dispatch_choice(model: Decoder, requested: DepDispatch, device: torch.device
                                             f"activations ({kernel.reason})")
 
 
+class RowsChoice(NamedTuple):
+    rows: DepRows  # BOUND or EXACT, never AUTO
+    reason: str
+
+
+# auto keeps the static bound while its temporaries take at most this share of the GPU memory free at setup
+BOUND_SHARE = 0.25
+
+
+def bound_bytes(model: Decoder, world: int, max_num_tokens: int) -> int:
+    """Peak temporaries of one DEP expert step on the static bound: world x max_num_tokens x top-k assignments, each
+    with its permuted row (H values, FP8 with 1x128 scales for FP8 experts), GEMM1's output (2I bf16), the SwiGLU'd
+    row (I, FP8 with scales or activations) and GEMM2's output (H bf16)."""
+    c, blocks = model.c, model.moe_blocks()
+    act = model.embed.weight.element_size()
+    fp8 = bool(blocks) and is_fp8(blocks[0].weight_dtype)
+    per_value = 1 + 4 / FP8_BLOCK if fp8 else act
+    per_row = c.hidden * per_value + 2 * c.moe_inter * 2 + c.moe_inter * per_value + c.hidden * 2
+    return int(world * max_num_tokens * c.top_k * per_row)
+
+
+def rows_choice(model: Decoder, requested: DepRows, world: int, max_num_tokens: int, device: torch.device,
+                free_bytes: Optional[int] = None) -> RowsChoice:
+    """How this rank sizes DEP's expert step (--dep-rows): auto takes the static bound (no host sync, capturable)
+    while `bound_bytes` is at most BOUND_SHARE of the free GPU memory (`free_bytes`, default: measured now), else
+    exact rows, and says why. CPU ranks are exact whatever is asked: reading a CPU count costs no device sync."""
+    if device.type != "cuda":
+        return RowsChoice(DepRows.EXACT, "CPU ranks read the received counts with no device sync")
+    if requested is not DepRows.AUTO:
+        return RowsChoice(DepRows(requested), f"--dep-rows {requested}")
+    need = bound_bytes(model, world, max_num_tokens)
+    free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
+    gib = f"{need / 2**30:.1f} GiB of temporaries on the static bound ({world} x {max_num_tokens} tokens x " \
+          f"top-{model.c.top_k})"
+    if need <= BOUND_SHARE * free:
+        return RowsChoice(DepRows.BOUND, f"{gib} fit beside {free / 2**30:.1f} GiB free: no host sync, capturable")
+    return RowsChoice(DepRows.EXACT, f"{gib} exceed {BOUND_SHARE:.0%} of the {free / 2**30:.1f} GiB free: one host "
+                                     "read of the received counts per layer, buffers of the rows received")
+
+
 def _exchange(owner, local_index, num_local, max_num_tokens, backend, device, clock, traffic,
               dispatch, dep_rows) -> AllToAllExchange:
     try:
