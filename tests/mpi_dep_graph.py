@@ -38,8 +38,9 @@ ex = AllToAllExchange(owner, local_index, [len(m) for m in placement.ranks], T, 
                       CommClock(dev), rows=DepRows.BOUND)
 
 
-def compute(x, ids, wts, rows=None, assignments=None):
-    return expert_compute(x, ids, wts, local, kernel=ExpertKernel.GROUPED_MM, rows=rows, assignments=assignments)
+def compute(x, ids, wts, rows=None, assignments=None, exact=None):
+    return expert_compute(x, ids, wts, local, kernel=ExpertKernel.GROUPED_MM, rows=rows, assignments=assignments,
+                          exact=exact)
 
 
 def inputs(seed):

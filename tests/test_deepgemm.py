@@ -56,6 +56,11 @@ def test_layout_matches_python_reference(tokens, E, k, align):
     want = sorted((a // k, d) for a, d in enumerate(dest) if d >= 0)
     got = sorted((s, d) for s, d in zip(lay.src.tolist(), lay.dest.tolist()) if d < lay.rows)
     assert got == want and all(d == lay.rows for d in lay.dest.tolist() if d >= lay.rows)
+    # exact rows: cut at the last expert's padded end, every placement the same
+    ex = deepgemm.build_layout(ids, E, align, exact=True)
+    assert ex.rows == used == int(ex.used) and ex.m_indices.tolist() == m_idx and ex.row_of.tolist() == dest
+    got = sorted((s, d) for s, d in zip(ex.src.tolist(), ex.dest.tolist()) if d < ex.rows)
+    assert got == want and all(d == ex.rows for d in ex.dest.tolist() if d >= ex.rows)
 
 
 def test_layout_rows_bound_holds_for_any_routing():
@@ -83,9 +88,35 @@ def test_layout_sized_to_the_real_assignments_when_known():
     w13 = (torch.randn(E, 2 * I, H, generator=g) / H ** 0.5).bfloat16()
     w2 = (torch.randn(E, H, I, generator=g) / I ** 0.5).bfloat16()
     x, wts = torch.randn(tokens, H, generator=g).bfloat16(), torch.rand(tokens, k, generator=g)
-    run = lambda n: deepgemm.moe_mlp(x, ids, wts, ExpertWeights(w13, w2), False, gemm1=_standin, gemm2=_standin,  # noqa: E731
-                                     assignments=n)
-    assert torch.equal(run(real), run(None)) and float(run(real).float().abs().max()) > 0.01
+    seen = []
+
+    def gemm(a, a_s, w, w_s, m_idx):
+        seen.append(a.shape[0])
+        return _standin(a, a_s, w, w_s, m_idx)
+
+    run = lambda n, exact: deepgemm.moe_mlp(x, ids, wts, ExpertWeights(w13, w2), False, gemm1=gemm,  # noqa: E731
+                                            gemm2=gemm, assignments=n, exact=exact)
+    # the MLP lays out with the library's alignment (its default where the stand-in replaces DeepGEMM)
+    bound, hint = (deepgemm.build_layout(ids, E, deepgemm.DEFAULT_ALIGN, n) for n in (None, real))
+    want = run(None, False)
+    assert seen == [bound.rows] * 2 and float(want.float().abs().max()) > 0.01
+    assert torch.equal(run(real, False), want) and seen[-1] == hint.rows
+    assert torch.equal(run(None, True), want) and seen[-2:] == [int(bound.used)] * 2
+    assert torch.equal(run(None, None), want) and seen[-1] == int(bound.used)  # CPU: exact by default
+
+
+def test_exact_rows_with_nothing_routed_here_give_zeros():
+    """DEP's received rows may all be for other ranks' experts: exact rows then launch no GEMM."""
+    g = torch.Generator().manual_seed(fresh_seed())
+    E, H, I, k = 4, 128, 64, 2
+    w = ExpertWeights((torch.randn(E, 2 * I, H, generator=g)).bfloat16(), torch.randn(E, H, I, generator=g).bfloat16())
+    ids = torch.full((5, k), E)
+    x = torch.randn(5, H, generator=g).bfloat16()
+
+    def never(*_):
+        raise AssertionError("a GEMM ran on no rows")
+    out = deepgemm.moe_mlp(x, ids, torch.rand(5, k, generator=g), w, False, gemm1=never, gemm2=never, exact=True)
+    assert out.shape == (5, H) and not out.any()
 
 
 def _standin(a, a_s, w, w_s, m_idx):
@@ -344,8 +375,11 @@ def test_gpu_warm_up_then_graph_capture_of_one_layer():
         wts.copy_(new_wts.cuda())
         graph.replay()
         torch.cuda.synchronize()
-        direct = expert_compute(x, ids, wts, weights)
+        direct = expert_compute(x, ids, wts, weights, exact=False)  # what capture runs: the static bound
         assert torch.equal(out, direct)
+        # eager steps cut M at the last expert's end: the same rows through the same kernels
+        eager = expert_compute(x, ids, wts, weights)
+        assert (eager.float() - out.float()).abs().max() <= 1e-2 * out.float().abs().max()
 
 
 def test_doctor_and_runtime_warm_up_on_a_machine_without_deepgemm(monkeypatch):
@@ -405,17 +439,16 @@ def test_bench_kernel_rows_and_rows_per_expert_points():
     """`kernels` rows from one interleaved measurement: each GEMM's share of the peak from its own FLOPs (GEMM1 is
     2/3 of the MLP's, GEMM2 1/3), a kernel that ran only on ordinary tensors says why not on the composite ones,
     one that ran on neither says why; the `rows` section's expert counts keep a token's k experts distinct."""
-    from tensorrt_llm_dwdp.bench.kernels.gemm import experts_used, kernel_rows
-    from tensorrt_llm_dwdp.moe import ExpertKernel
+    from tensorrt_llm_dwdp.bench.kernels.gemm import experts_used, kernel_rows, variants
     g = torch.Generator().manual_seed(fresh_seed())
     v = [float(x) for x in torch.rand(9, generator=g) + 0.1]
     flops, peak = 3e12 * v[8], 1000.0
     t = {"deepgemm_fp8/composite": v[0], "deepgemm_fp8/ordinary": v[1], "deepgemm_fp8/gemm1": v[2],
          "deepgemm_fp8/gemm2": v[3], "deepgemm_fp8/mlp": v[4],
          "cutlass_fp8/ordinary": v[5], "cutlass_fp8/gemm1": v[6], "cutlass_fp8/gemm2": v[7], "cutlass_fp8/mlp": v[4]}
-    ran = {ExpertKernel.DEEPGEMM_FP8: (["composite", "ordinary"], {"composite": None, "ordinary": None}),
-           ExpertKernel.CUTLASS_FP8: (["ordinary"], {"composite": "padded", "ordinary": None}),
-           ExpertKernel.DEEPGEMM_BF16: ([], {"composite": "not bf16", "ordinary": "not bf16"})}
+    ran = {"deepgemm_fp8": (["composite", "ordinary"], {"composite": None, "ordinary": None}),
+           "cutlass_fp8": (["ordinary"], {"composite": "padded", "ordinary": None}),
+           "deepgemm_bf16": ([], {"composite": "not bf16", "ordinary": "not bf16"})}
     dg, cut, bf = kernel_rows(t, ran, flops, peak, {"tokens": 8})
     assert dg["composite_ms"] == v[0] and dg["mlp_on"] == "composite" and dg["note"] == ""
     assert dg["gemm_of_peak"] == pytest.approx(flops / v[0] / 1e9 / peak)
@@ -424,5 +457,8 @@ def test_bench_kernel_rows_and_rows_per_expert_points():
     assert cut["composite_ms"] is None and cut["mlp_on"] == "ordinary" and cut["note"] == "composite: padded"
     assert cut["gemm_tflops"] == pytest.approx(flops / v[5] / 1e9)
     assert bf["note"] == "not bf16" and bf["mlp_ms"] is None and "gemm_tflops" not in bf
+    # DeepGEMM is measured both ways a step runs it; the others one way
+    assert variants(ExpertKernel.DEEPGEMM_FP8) == [("deepgemm_fp8", True), ("deepgemm_fp8_bound", False)]
+    assert variants(ExpertKernel.CUTLASS_FP8) == [("cutlass_fp8", None)]
     assert experts_used(256, 8) == [256, 64, 16] and experts_used(128, 8) == [128, 32, 8]
     assert experts_used(64, 8) == [64, 16] and experts_used(8, 8) == [8]

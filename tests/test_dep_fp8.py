@@ -124,8 +124,8 @@ def _run_dep(monkeypatch, weights, place, xs, routes, dispatch):
         mine = (owner == r).nonzero().flatten()
         local = ExpertWeights(q13[mine], q2[mine], s13[mine], s2[mine])
 
-        def compute(x, ids, wts, rows=None, assignments=None):
-            return expert_compute(x, ids, wts, local, rows=rows, assignments=assignments)
+        def compute(x, ids, wts, rows=None, assignments=None, exact=None):
+            return expert_compute(x, ids, wts, local, rows=rows, assignments=assignments, exact=exact)
         outs[r] = make(r).run(xs[r], *routes[r], compute)
     ranks.run(rank_main)
     return outs

@@ -351,4 +351,6 @@ class AllToAllExchange:
         """The layer composition's token-exchange slot (moe.layer.TokenExchange): dispatch, this rank's experts
         on the received rows, combine."""
         got = self.dispatch(x, topk_ids, topk_weights)
-        return self.combine(compute(got.rows, got.local_ids, got.weights, got.row_index, got.assignments), got)
+        # bound rows promised no host sync: the expert kernels keep their static shapes too
+        return self.combine(compute(got.rows, got.local_ids, got.weights, got.row_index, got.assignments,
+                                    exact=got.assignments is not None), got)

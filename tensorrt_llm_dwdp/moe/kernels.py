@@ -111,11 +111,14 @@ def select(x: torch.Tensor, weights: ExpertWeights) -> KernelChoice:
 def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                    weights: ExpertWeights, shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
                    tile: int = 0, rows: Optional[torch.Tensor] = None,
-                   assignments: Optional[int] = None) -> torch.Tensor:
+                   assignments: Optional[int] = None, exact: Optional[bool] = None) -> torch.Tensor:
     """Routed (and shared) experts for x [T, H]: topk_ids [T, k] (E = no expert), topk_weights [T, k] -> [T, H].
     rows [M] int64: compute x[rows] only (topk_ids, topk_weights are then [M, k]; the result [M, H]); x is read
     in place, so a strided view (DEP's receive buffer) is never copied whole. assignments: how many ids are
     below E, when the caller knows it on the host (DEP's exact rows): the kernels' buffers are sized to it.
+    exact: whether DeepGEMM may read its layout's padded row count on the host (`moe.deepgemm`); None: unless
+    the stream is being captured; False keeps a caller's promise of no host sync. The other kernels read their
+    row counts on the device and never need it.
     kernel: force one (it must pass `check`); default `select`. tile: the CUTLASS tile (ops.grouped_gemm).
     x may be QuantizedRows (DEP's FP8 dispatch): the kernel is chosen for their activations' dtype; a kernel of
     QUANTIZED_INPUT takes them as they are, the reference and any other kernel dequantize the computed rows."""
@@ -137,7 +140,7 @@ def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor
         out = torch.zeros(m, x.shape[1], dtype=x.dtype, device=x.device)
     elif kernel in _DEEPGEMM:
         out = deepgemm.moe_mlp(x, topk_ids, topk_weights, weights, kernel is ExpertKernel.DEEPGEMM_FP8, rows,
-                               assignments=assignments)
+                               assignments=assignments, exact=exact)
     else:
         out = grouped(x, topk_ids, topk_weights, weights, kernel, tile, rows, assignments)
     if shared is None:

@@ -21,10 +21,11 @@ from . import deepgemm
 from .kernels import ExpertKernel, expert_compute, select
 from .weights import ExpertWeights
 
-# (x [R, H], topk_ids [M, k], topk_weights [M, k], rows [M] or None, assignments int or None) -> [M, H]: the
-# experts of the weight source on x[rows] (all of x when rows is None; x may be a strided view, read in place, or
-# QuantizedRows: DEP's FP8 dispatch, which the expert kernel takes as they are); assignments: the ids below E,
-# when the exchange read that count on the host (DepRows.EXACT), to size the kernels' buffers
+# (x [R, H], topk_ids [M, k], topk_weights [M, k], rows [M] or None, assignments int or None, exact bool or
+# None) -> [M, H]: the experts of the weight source on x[rows] (all of x when rows is None; x may be a strided
+# view, read in place, or QuantizedRows: DEP's FP8 dispatch, which the expert kernel takes as they are);
+# assignments: the ids below E, when the exchange read that count on the host (DepRows.EXACT), to size the
+# kernels' buffers; exact: kernels.expert_compute's (False: the exchange promised no host sync)
 ComputeFn = Callable[..., torch.Tensor]
 
 
@@ -135,10 +136,11 @@ class RoutedExperts:
         if self.load is not None:
             self.load.scatter_add_(0, topk_ids.reshape(-1), torch.ones_like(topk_ids.reshape(-1)))
 
-        def compute(xs, ids, wts, rows=None, assignments=None):
+        def compute(xs, ids, wts, rows=None, assignments=None, exact=None):
             n = (ids < weights.num_experts).sum()
             self.expert_rows = n if self.expert_rows is None else self.expert_rows + n
-            return expert_compute(xs, ids, wts, weights, kernel=self.kernel, rows=rows, assignments=assignments)
+            return expert_compute(xs, ids, wts, weights, kernel=self.kernel, rows=rows, assignments=assignments,
+                                  exact=exact)
 
         y = self.exchange.run(x, topk_ids, topk_weights, compute)
         self.source.release(layer_idx)

@@ -1,13 +1,14 @@
 """Expert GEMMs and the expert MLP on the hooks' composite tensors vs an ordinary allocation vs dense cuBLAS, on
 the selected kernel (`gemm` rows, what the simulator calibrates from) and on every kernel of the dtype side by side
-(`kernels` rows: DeepGEMM, our CUTLASS kernels, torch._grouped_mm; a kernel that cannot run a tensor names why);
-`rows` rows: the same FLOPs spread over fewer experts, to show how a grouped GEMM's rate depends on the rows each
+(`kernels` rows: DeepGEMM, our CUTLASS kernels, torch._grouped_mm; a kernel that cannot run a tensor names why;
+DeepGEMM twice: with exact rows, its eager default, and `_bound`, at the static bound a CUDA graph or DEP's bound
+rows run); `rows` rows: the same FLOPs spread over fewer experts, to show how a grouped GEMM's rate depends on the rows each
 expert gets. Everything of one configuration is timed in turns (`bench_interleaved`), so its ratios are like for
 like."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -21,6 +22,7 @@ Pair = Tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]  # the laye
 CANDIDATES = {True: (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8),
               False: (ExpertKernel.GROUPED_MM, ExpertKernel.CUTLASS_BF16, ExpertKernel.DEEPGEMM_BF16)}
 KINDS = ("composite", "ordinary")
+_DEEPGEMM = (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16)
 
 
 def ordinary_copy(w: ExpertWeights) -> ExpertWeights:
@@ -29,13 +31,22 @@ def ordinary_copy(w: ExpertWeights) -> ExpertWeights:
     return ExpertWeights(c(w.w13), c(w.w2), c(w.w13_scale), c(w.w2_scale), w.w13_order)
 
 
-def gemms(x: torch.Tensor, ids: torch.Tensor, weights: List[ExpertWeights], kernel: ExpertKernel) -> List[Pair]:
+def variants(kernel: ExpertKernel) -> List[Tuple[str, Optional[bool]]]:
+    """(row name, exact) of each way a kernel runs: DeepGEMM with exact rows and at the static bound
+    (`moe.deepgemm`); the others read their row counts on the device and run one way."""
+    if kernel in _DEEPGEMM:
+        return [(kernel.value, True), (kernel.value + "_bound", False)]
+    return [(kernel.value, None)]
+
+
+def gemms(x: torch.Tensor, ids: torch.Tensor, weights: List[ExpertWeights], kernel: ExpertKernel,
+          exact: Optional[bool] = True) -> List[Pair]:
     """The layer's two expert GEMMs alone on `kernel`, one pair per weights object; the inputs are sorted, permuted
-    and quantized once, beforehand, and shared by the pairs."""
+    and quantized once, beforehand, and shared by the pairs. exact: DeepGEMM's rows (`variants`)."""
     w0 = weights[0]
     act = torch.randn(ids.numel(), w0.w2.shape[2], device=x.device, dtype=torch.bfloat16)
-    if kernel in (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16):
-        lay = deepgemm.build_layout(ids, w0.num_experts, deepgemm.alignment())
+    if kernel in _DEEPGEMM:
+        lay = deepgemm.build_layout(ids, w0.num_experts, deepgemm.alignment(), exact=exact is not False)
         a, h = deepgemm.move_rows(x, lay), deepgemm.move_rows(act, lay)
         if kernel is ExpertKernel.DEEPGEMM_FP8:
             (aq, as_), (hq, hs) = ops.quantize_fp8(a), ops.quantize_fp8(h)
@@ -70,20 +81,23 @@ def _runs_on(kernel: ExpertKernel, x, comp: ExpertWeights, plain: ExpertWeights)
 def measure(x, ids, wts, comp: ExpertWeights, plain: ExpertWeights, fp8: bool, dense_fn) -> Tuple[Dict, Dict]:
     """One configuration, every kernel of the dtype, timed in turns: its GEMMs on each tensor kind it runs, each
     GEMM alone and its whole MLP (on the composite tensors where it runs them), and dense cuBLAS of equal FLOPs.
-    Returns ({name: ms}, {kernel: (kinds it ran on, why not on the others)})."""
+    Returns ({name: ms}, {row name (`variants`): (kinds it ran on, why not on the others)})."""
     fns, ran = {"dense": dense_fn}, {}
     for kernel in CANDIDATES[fp8] + tuple(k for k in (select(x, comp).kernel,) if k not in CANDIDATES[fp8]):
         on, why = _runs_on(kernel, x, comp, plain)
-        ran[kernel] = (on, why)
         if not on:
+            ran[kernel.value] = (on, why)
             print(f"  {kernel.value}: cannot run ({why['ordinary']})", flush=True)
             continue
-        pairs = gemms(x, ids, [comp if kind == "composite" else plain for kind in on], kernel)
-        for kind, pair in zip(on, pairs):
-            fns[f"{kernel.value}/{kind}"] = both(pair)
-        fns[f"{kernel.value}/gemm1"], fns[f"{kernel.value}/gemm2"] = pairs[0]
-        w = comp if on[0] == "composite" else plain
-        fns[f"{kernel.value}/mlp"] = lambda w=w, kernel=kernel: expert_compute(x, ids, wts, w, kernel=kernel)
+        for name, exact in variants(kernel):
+            ran[name] = (on, why)
+            pairs = gemms(x, ids, [comp if kind == "composite" else plain for kind in on], kernel, exact)
+            for kind, pair in zip(on, pairs):
+                fns[f"{name}/{kind}"] = both(pair)
+            fns[f"{name}/gemm1"], fns[f"{name}/gemm2"] = pairs[0]
+            w = comp if on[0] == "composite" else plain
+            fns[f"{name}/mlp"] = lambda w=w, kernel=kernel, exact=exact: expert_compute(x, ids, wts, w, kernel=kernel,
+                                                                                        exact=exact)
     return bench_interleaved(fns), ran
 
 
@@ -91,8 +105,7 @@ def kernel_rows(t: Dict, ran: Dict, flops: float, peak: float, base: Dict) -> Li
     """One `kernels` row per kernel: its GEMMs on the composite and on the ordinary tensors, each GEMM's share of
     the peak (on the tensors its MLP ran on), its MLP, or why it cannot run either."""
     out = []
-    for kernel, (on, why) in ran.items():
-        name = kernel.value
+    for name, (on, why) in ran.items():
         row = dict(base, kernel=name, note="", **{f"{kind}_ms": t.get(f"{name}/{kind}") for kind in KINDS})
         if not on:
             out.append(dict(row, note=why["ordinary"], mlp_ms=None))
