@@ -457,6 +457,12 @@ def test_bench_kernel_rows_and_rows_per_expert_points():
     assert cut["composite_ms"] is None and cut["mlp_on"] == "ordinary" and cut["note"] == "composite: padded"
     assert cut["gemm_tflops"] == pytest.approx(flops / v[5] / 1e9)
     assert bf["note"] == "not bf16" and bf["mlp_ms"] is None and "gemm_tflops" not in bf
+    # the rows 128-row M tiles compute per real row, against a plain count
+    from tensorrt_llm_dwdp.bench.kernels.gemm import tile_rows_over_real
+    ids = torch.randint(0, 6, (int(torch.randint(1, 400, (1,), generator=g)), 2), generator=g)
+    n = [int((ids == e).sum()) for e in range(6)]
+    assert tile_rows_over_real(ids, 6) == sum(-(-c // 128) * 128 for c in n) / sum(n)
+    assert tile_rows_over_real(torch.arange(512).view(256, 2) % 2, 2) == 1.0  # 256 rows each: whole tiles
     # DeepGEMM is measured both ways a step runs it; the others one way
     assert variants(ExpertKernel.DEEPGEMM_FP8) == [("deepgemm_fp8", True), ("deepgemm_fp8_bound", False)]
     assert variants(ExpertKernel.CUTLASS_FP8) == [("cutlass_fp8", None)]

@@ -11,8 +11,8 @@ Why exact rows by default: the GEMMs take M from the tensor's shape, and their p
 and B tiles of every M block up to it, skipping only the math of pad blocks. At the static bound every expert
 may add up to 127 pad rows, so at DeepSeek-V3 shapes the bound carries 129-254 blocks past the last expert's end
 at 8K tokens: measured on an H100, the bound's GEMMs took 12% (balanced routing) to 31% (exact routing) longer
-than the same GEMMs with M cut at the last expert's end. SGLang runs DeepGEMM's contiguous layout the same way, on counts
-read on the host. The bound stays where the stream is being captured in a CUDA graph, and where a caller
+than the same GEMMs with M cut at the last expert's end. SGLang runs DeepGEMM's contiguous layout the same way, on
+counts read on the host. The bound stays where the stream is being captured in a CUDA graph, and where a caller
 promises no host sync (DEP's bound rows).
 
 DeepGEMM JIT-compiles each kernel config with nvcc at first use; `warm_up` compiles every config a step can

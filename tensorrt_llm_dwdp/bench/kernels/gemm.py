@@ -2,9 +2,9 @@
 the selected kernel (`gemm` rows, what the simulator calibrates from) and on every kernel of the dtype side by side
 (`kernels` rows: DeepGEMM, our CUTLASS kernels, torch._grouped_mm; a kernel that cannot run a tensor names why;
 DeepGEMM twice: with exact rows, its eager default, and `_bound`, at the static bound a CUDA graph or DEP's bound
-rows run); `rows` rows: the same FLOPs spread over fewer experts, to show how a grouped GEMM's rate depends on the rows each
-expert gets. Everything of one configuration is timed in turns (`bench_interleaved`), so its ratios are like for
-like."""
+rows run); `rows` rows: the same FLOPs spread over fewer experts, to show how a grouped GEMM's rate depends on the
+rows each expert gets. Everything of one configuration is timed in turns (`bench_interleaved`), so its ratios are
+like for like."""
 
 from __future__ import annotations
 
@@ -141,7 +141,8 @@ def run(comp: ExpertWeights, plain: ExpertWeights, shape: str, dtype: str, token
             kernel = select(x, comp).kernel
             flops = mlp_flops(tokens, shape)
             t, ran = measure(x, ids, wts, comp, plain, fp8, dense(tokens, shape, fp8))
-            base = {"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens, "dense_ms": t["dense"]}
+            base = {"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens, "dense_ms": t["dense"],
+                    "rows128_over_real": tile_rows_over_real(ids, experts)}
             mine = kernel_rows(t, ran, flops, peak, base)
             kernels_out += mine
             sel = next(r for r in mine if r["kernel"] == kernel.value)
@@ -160,6 +161,14 @@ def run(comp: ExpertWeights, plain: ExpertWeights, shape: str, dtype: str, token
                 f"{r['kernel']} {r['composite_ms'] or r['ordinary_ms'] or float('nan'):.2f} ms" for r in mine) +
                 f"; dense {t['dense']:.2f}", flush=True)
     return rows
+
+
+def tile_rows_over_real(ids: torch.Tensor, experts: int, tile: int = 128) -> float:
+    """The rows a grouped GEMM of `tile`-row M tiles computes per real row: each expert's last tile is computed
+    whole (DeepGEMM's contiguous layout pads it in memory, 128 rows on sm90; tiled kernels compute it alike).
+    Balanced random routing at 256 rows per expert computes about a quarter more rows than it needs."""
+    n = torch.bincount(ids.reshape(-1), minlength=experts)[:experts]
+    return float(((n + tile - 1) // tile * tile).sum()) / max(int(n.sum()), 1)
 
 
 def experts_used(experts: int, k: int) -> List[int]:

@@ -66,8 +66,9 @@ def run(args) -> int:
     out["fp8_over_bf16"] = gemm.fp8_over_bf16(out["gemm"])
     out["kernel_ratios"] = gemm.kernel_ratios(out["kernels"])
     print(f"\nbench kernels on {out['device']}, {out['date']}: {comm.Get_size()} ranks, rank 0 measures")
-    for name, cols in (("gemm", ["shape", "dtype", "routing", "tokens", "kernel", "composite_ms", "ordinary_ms",
-                                 "composite_over_ordinary", "gemm_tflops", "gemm_of_peak", "gemm1_of_peak",
+    for name, cols in (("gemm", ["shape", "dtype", "routing", "tokens", "rows128_over_real", "kernel",
+                                 "composite_ms", "ordinary_ms", "composite_over_ordinary", "gemm_tflops",
+                                 "gemm_of_peak", "gemm1_of_peak",
                                  "gemm2_of_peak", "gemm_over_dense", "mlp_ms", "mlp_speedup_over_cutlass"]),
                        ("kernels", ["shape", "dtype", "routing", "tokens", "kernel", "composite_ms", "ordinary_ms",
                                     "gemm_tflops", "gemm_of_peak", "gemm1_of_peak", "gemm2_of_peak", "dense_ms",
