@@ -53,7 +53,9 @@ with DwdpHooks.setup(cfg, MoeShape(L, H, I, E), lambda l, ex: {k: v[list(ex)] fo
                 assert got.shape == t.shape, (name, got.shape)
                 assert torch.equal(got.cpu().view(torch.uint8), t.view(torch.uint8)), (rank, step, layer, name)
             if cuda and layer == 1 and dtype != "float32":
-                want = expert_compute(x, ids, wts, ExpertWeights.from_tensors({k: v.to(dev) for k, v in truth[1].items()}))
+                # exact=False: what the graph captures (DeepGEMM's static row bound), so the two match bit for bit
+                want = expert_compute(x, ids, wts, ExpertWeights.from_tensors({k: v.to(dev) for k, v in truth[1].items()}),
+                                      exact=False)
                 if graph is None:  # capture on this step's view of layer 1; replay on later steps' refills
                     side = torch.cuda.Stream()
                     side.wait_stream(torch.cuda.current_stream())
