@@ -175,8 +175,10 @@ def test_fp8_mlp_through_layout_matches_reference(tokens, order):
     assert out.shape == x.shape and torch.isfinite(out).all()
     want = _fp8_reference(x, ids, wts, weights)
     assert (out.double() - want).norm() / want.norm() < 5e-3  # bf16 rounding of h and of the output
-    # and the plain reference (unquantized activations) to FP8 precision
-    assert (moe_experts(x.double(), ids, wts, weights) - want).norm() / want.norm() < 6e-2
+    # and the plain reference (unquantized activations) to FP8 precision: 4.3% typical, to 6.2% over 300 seeds
+    # with one token (fewer elements to average the rounding over), under 4.8% with 29
+    plain = (moe_experts(x.double(), ids, wts, weights) - want).norm() / want.norm()
+    assert plain < (8e-2 if tokens == 1 else 6e-2)
 
 
 def test_fp8_mlp_takes_rows_quantized_by_their_dep_sender():
@@ -405,7 +407,7 @@ def test_runtime_warm_up_picks_the_kernel_for_the_runs_activation_dtype(monkeypa
     from tensorrt_llm_dwdp.moe import layer
     monkeypatch.setattr(deepgemm, "unavailable", lambda device=None: None)
     seen, real = [], layer.select
-    monkeypatch.setattr(layer, "select", lambda x, w: (seen.append(x.dtype), real(x, w))[1])
+    monkeypatch.setattr(layer, "select", lambda x, w, *n: (seen.append(x.dtype), real(x, w, *n))[1])
     g = torch.Generator().manual_seed(fresh_seed())
     routed = layer.RoutedExperts(layer.LocalWeights({3: _fp8_weights(g, 4, 256, 128)}))
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -468,3 +470,29 @@ def test_bench_kernel_rows_and_rows_per_expert_points():
     assert variants(ExpertKernel.CUTLASS_FP8) == [("cutlass_fp8", None)]
     assert experts_used(256, 8) == [256, 64, 16] and experts_used(128, 8) == [128, 32, 8]
     assert experts_used(64, 8) == [64, 16] and experts_used(8, 8) == [8]
+
+
+def test_small_steps_take_cutlass_fp8_before_deepgemm(monkeypatch):
+    """Below DEEPGEMM_MIN_ASSIGNMENTS (row, expert) pairs our CUTLASS FP8 kernel comes first (its MLP measured
+    faster there); at and above it, or with the step size unknown, DeepGEMM; where CUTLASS cannot run, DeepGEMM at
+    any size. expert_compute passes its step's assignments."""
+    from tensorrt_llm_dwdp.moe import kernels
+    runs = {ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8}
+    monkeypatch.setattr(kernels, "check", lambda kernel, x, w: None if kernel in runs else "not here")
+    g = torch.Generator().manual_seed(fresh_seed())
+    x = torch.randn(2, 256, generator=g).bfloat16()
+    n = kernels.DEEPGEMM_MIN_ASSIGNMENTS
+    w = _fp8_weights(g, 4, 256, 128)
+    assert select(x, w).kernel is ExpertKernel.DEEPGEMM_FP8
+    assert select(x, w, n).kernel is ExpertKernel.DEEPGEMM_FP8
+    small = select(x, w, n - 1)
+    assert small.kernel is ExpertKernel.CUTLASS_FP8 and f"under {n} assignments" in small.reason
+    ran = []
+    monkeypatch.setattr(deepgemm, "moe_mlp", lambda x, *a, **kw: (ran.append("deepgemm"), x)[1])
+    monkeypatch.setattr(kernels, "grouped", lambda x, *a, **kw: (ran.append("cutlass"), x)[1])
+    ids = torch.randint(0, 4, (2, 2), generator=g)
+    kernels.expert_compute(x, ids, torch.rand(2, 2, generator=g), w)
+    kernels.expert_compute(x, ids, torch.rand(2, 2, generator=g), w, assignments=n)  # DEP's host count
+    assert ran == ["cutlass", "deepgemm"]
+    runs.discard(ExpertKernel.CUTLASS_FP8)
+    assert select(x, _fp8_weights(g, 4, 256, 128), 1).kernel is ExpertKernel.DEEPGEMM_FP8

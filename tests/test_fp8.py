@@ -81,23 +81,31 @@ def test_swiglu_quantize_matches_float64(device):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_swiglu_quantize_stops_at_the_device_row_limit():
     """With a device-side row count (the grouped GEMMs' real rows) the kernel writes those rows exactly as
-    without it and leaves the rest as they were: the scales' buffer is the block a NaN tensor of its size just
-    freed (the caching allocator's best fit on this stream), and its rows past the limit stay NaN."""
+    without it and leaves the rest as they were. Captured in a CUDA graph, the outputs are the same memory at
+    every replay: poisoned before a replay, their rows past the limit must stay poisoned."""
     g = torch.Generator().manual_seed(fresh_seed())
-    m, inter, limit = 300, 256, 173
+    m, inter = 300, 256
     h = (torch.randn(m, 2 * inter, generator=g) * 3).bfloat16().cuda()
     full_q, full_s = ops.swiglu_quantize_fp8(h)
-    n = torch.tensor([limit], device="cuda")
-    nan = torch.full((m, inter // 128), float("nan"), device="cuda")
-    where = nan.data_ptr()
-    del nan
-    q, s = ops.swiglu_quantize_fp8(h, False, n)
-    assert s.data_ptr() == where  # else the check below says nothing
-    assert torch.equal(q[:limit].view(torch.uint8), full_q[:limit].view(torch.uint8))
-    assert torch.equal(s[:limit], full_s[:limit]) and bool(torch.isfinite(s[:limit]).all())
-    assert bool(torch.isnan(s[limit:]).all())
-    q, s = ops.swiglu_quantize_fp8(h, False, torch.tensor([m + 5], device="cuda"))  # past the end: every row
-    assert torch.equal(s, full_s)
+    n = torch.tensor([m], device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        ops.swiglu_quantize_fp8(h, False, n)
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        q, s = ops.swiglu_quantize_fp8(h, False, n)
+    for limit in (173, 1, 0, m, m + 5):  # m + 5: past the end, every row
+        n.fill_(limit)
+        s.fill_(float("nan"))
+        q.view(torch.uint8).fill_(0x7F)  # e4m3fn NaN
+        graph.replay()
+        torch.cuda.synchronize()
+        k = min(limit, m)
+        assert torch.equal(q[:k].view(torch.uint8), full_q[:k].view(torch.uint8))
+        assert torch.equal(s[:k], full_s[:k]) and bool(torch.isfinite(s[:k]).all())
+        assert bool(torch.isnan(s[k:]).all()) and bool((q[k:].view(torch.uint8) == 0x7F).all()), limit
 
 
 def test_quantize_rejects_partial_blocks():

@@ -124,7 +124,7 @@ class RoutedExperts:
             return None  # before touching the weights: a DWDP step here would pull for nothing
         with self.source.peek() as weights:
             probe = torch.empty(0, weights.w13.shape[2], dtype=dtype, device=weights.device)
-            kernel = self.kernel or select(probe, weights).kernel
+            kernel = self.kernel or select(probe, weights, max_rows * top_k).kernel
             if kernel not in (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16):
                 return None
             calls = deepgemm.warm_up(weights, max_rows, top_k, kernel is ExpertKernel.DEEPGEMM_FP8)

@@ -28,7 +28,7 @@ class ExpertWeights:
     w13_scale: Optional[torch.Tensor] = None
     w2_scale: Optional[torch.Tensor] = None
     w13_order: W13Order = W13Order.GATE_UP
-    # kernel choice per activation (dtype, device), made once per weights object (moe.kernels.select)
+    # kernel choice per activation (dtype, device) and step size, made once per weights object (moe.kernels.select)
     kernels: Dict[tuple, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property

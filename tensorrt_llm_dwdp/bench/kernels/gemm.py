@@ -83,7 +83,8 @@ def measure(x, ids, wts, comp: ExpertWeights, plain: ExpertWeights, fp8: bool, d
     GEMM alone and its whole MLP (on the composite tensors where it runs them), and dense cuBLAS of equal FLOPs.
     Returns ({name: ms}, {row name (`variants`): (kinds it ran on, why not on the others)})."""
     fns, ran = {"dense": dense_fn}, {}
-    for kernel in CANDIDATES[fp8] + tuple(k for k in (select(x, comp).kernel,) if k not in CANDIDATES[fp8]):
+    chosen = select(x, comp, ids.numel()).kernel
+    for kernel in CANDIDATES[fp8] + tuple(k for k in (chosen,) if k not in CANDIDATES[fp8]):
         on, why = _runs_on(kernel, x, comp, plain)
         if not on:
             ran[kernel.value] = (on, why)
@@ -138,7 +139,7 @@ def run(comp: ExpertWeights, plain: ExpertWeights, shape: str, dtype: str, token
         for tokens in tokens_list:
             x = torch.randn(tokens, hidden, device="cuda", dtype=torch.bfloat16, generator=gen)
             ids, wts = routing(tokens, experts, k, routed, gen)
-            kernel = select(x, comp).kernel
+            kernel = select(x, comp, ids.numel()).kernel
             flops = mlp_flops(tokens, shape)
             t, ran = measure(x, ids, wts, comp, plain, fp8, dense(tokens, shape, fp8))
             base = {"shape": shape, "dtype": dtype, "routing": routed, "tokens": tokens, "dense_ms": t["dense"],
