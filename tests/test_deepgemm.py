@@ -319,7 +319,8 @@ def test_gpu_fp8_mlp_matches_reference(tokens, composite):
     x = torch.randn(tokens, H, generator=g).bfloat16()
     ids, wts = _routing(g, tokens, E, k, idle=False)
     assert select(x.cuda(), weights).kernel is ExpertKernel.DEEPGEMM_FP8
-    out = expert_compute(x.cuda(), ids.cuda(), wts.cuda(), weights).cpu()
+    # forced: steps this small select our CUTLASS kernel (kernels.DEEPGEMM_MIN_ASSIGNMENTS)
+    out = expert_compute(x.cuda(), ids.cuda(), wts.cuda(), weights, kernel=ExpertKernel.DEEPGEMM_FP8).cpu()
     assert torch.isfinite(out).all()
     sub = torch.arange(min(tokens, 64))  # the float64 reference per token is slow: a sample of the tokens
     want = _fp8_reference(x[sub], ids[sub], wts[sub], cpu)
@@ -352,6 +353,7 @@ def test_gpu_warm_up_then_graph_capture_of_one_layer():
     cpu = _fp8_weights(g, E, H, I)
     weights = ExpertWeights(*(t.cuda() for t in (cpu.w13, cpu.w2, cpu.w13_scale, cpu.w2_scale)))
     assert deepgemm.warm_up(weights, T, k) > 0
+    dg = ExpertKernel.DEEPGEMM_FP8  # forced: a step this small selects our CUTLASS kernel
     cache = os.environ.get("DG_JIT_CACHE_DIR")
     before = sorted(os.listdir(os.path.join(cache, "cache"))) if cache and os.path.isdir(
         os.path.join(cache, "cache")) else None
@@ -359,7 +361,7 @@ def test_gpu_warm_up_then_graph_capture_of_one_layer():
     ids, wts = _routing(g, T, E, k, idle=False)
     ids, wts = ids.cuda(), wts.cuda()
     for t in (1, 17, T):
-        expert_compute(x[:t], ids[:t], wts[:t], weights)
+        expert_compute(x[:t], ids[:t], wts[:t], weights, kernel=dg)
     torch.cuda.synchronize()
     if before is not None:
         assert sorted(os.listdir(os.path.join(cache, "cache"))) == before, "a step compiled a kernel after warm_up"
@@ -367,9 +369,9 @@ def test_gpu_warm_up_then_graph_capture_of_one_layer():
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        expert_compute(x, ids, wts, weights)  # allocator warm-up on the capture stream
+        expert_compute(x, ids, wts, weights, kernel=dg)  # allocator warm-up on the capture stream
         with torch.cuda.graph(graph, stream=stream):
-            out = expert_compute(x, ids, wts, weights)
+            out = expert_compute(x, ids, wts, weights, kernel=dg)
     torch.cuda.current_stream().wait_stream(stream)
     for _ in range(2):
         new_ids, new_wts = _routing(g, T, E, k, idle=False)
@@ -377,10 +379,10 @@ def test_gpu_warm_up_then_graph_capture_of_one_layer():
         wts.copy_(new_wts.cuda())
         graph.replay()
         torch.cuda.synchronize()
-        direct = expert_compute(x, ids, wts, weights, exact=False)  # what capture runs: the static bound
+        direct = expert_compute(x, ids, wts, weights, kernel=dg, exact=False)  # what capture runs: the static bound
         assert torch.equal(out, direct)
         # eager steps cut M at the last expert's end: the same rows through the same kernels
-        eager = expert_compute(x, ids, wts, weights)
+        eager = expert_compute(x, ids, wts, weights, kernel=dg)
         assert (eager.float() - out.float()).abs().max() <= 1e-2 * out.float().abs().max()
 
 
