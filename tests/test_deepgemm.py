@@ -495,6 +495,27 @@ def test_small_steps_take_cutlass_fp8_before_deepgemm(monkeypatch):
     ids = torch.randint(0, 4, (2, 2), generator=g)
     kernels.expert_compute(x, ids, torch.rand(2, 2, generator=g), w)
     kernels.expert_compute(x, ids, torch.rand(2, 2, generator=g), w, assignments=n)  # DEP's host count
-    assert ran == ["cutlass", "deepgemm"]
+    # DEP's received rows: sized by the rank's own step, as DWDP's would be
+    kernels.expert_compute(x, ids, torch.rand(2, 2, generator=g), w, assignments=n, step=4)
+    assert ran == ["cutlass", "deepgemm", "cutlass"]
     runs.discard(ExpertKernel.CUTLASS_FP8)
     assert select(x, _fp8_weights(g, 4, 256, 128), 1).kernel is ExpertKernel.DEEPGEMM_FP8
+
+
+def test_routed_experts_size_the_kernel_choice_by_the_ranks_own_step(monkeypatch):
+    """DEP hands the experts the rows a rank received (another count on every rank, and the static bound's slots
+    at bound rows); the choice is sized by the rank's own tokens x top-k, as DWDP's, so both pick alike."""
+    from tensorrt_llm_dwdp.moe import layer
+    seen = []
+    monkeypatch.setattr(layer, "expert_compute", lambda *a, **kw: (seen.append(kw["step"]), a[0])[1])
+    g = torch.Generator().manual_seed(fresh_seed())
+    tokens, k = int(torch.randint(1, 50, (1,), generator=g)), 3
+
+    class Received:  # an exchange that hands the experts 5x the rows, as a DEP rank's receive buffer can
+        def run(self, x, ids, wts, compute):
+            return compute(x.repeat(5, 1), ids.repeat(5, 1), wts.repeat(5, 1))[:x.shape[0]]
+    ids = torch.randint(0, 4, (tokens, k), generator=g)
+    x, wts = torch.randn(tokens, 256, generator=g), torch.rand(tokens, k, generator=g)
+    for exchange in (None, Received()):
+        layer.RoutedExperts(layer.LocalWeights({0: _fp8_weights(g, 4, 256, 128)}), exchange).routed(x, ids, wts, 0)
+    assert seen == [tokens * k, tokens * k]

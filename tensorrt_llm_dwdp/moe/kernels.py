@@ -86,7 +86,7 @@ _DEEPGEMM = (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16)
 # `bench kernels` measurement shows it faster.
 _PREFERENCE = (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8, ExpertKernel.GROUPED_MM,
                ExpertKernel.CUTLASS_BF16, ExpertKernel.REFERENCE)
-# Steps with fewer (row, expert) assignments than this take our CUTLASS FP8 kernel first: at DeepSeek-V3 shapes
+# Steps with fewer (token, expert) assignments than this take our CUTLASS FP8 kernel first: at DeepSeek-V3 shapes
 # its whole MLP measured faster at 8K tokens (65536 assignments; DeepGEMM's 0.94x on an H100 with exact rows,
 # 0.935x on an H200 at the static bound) and slower at 16K (DeepGEMM's 1.09x). DeepGEMM's exact rows cost a host
 # sync per layer, which small steps feel most. The crossover between the two was not measured.
@@ -101,7 +101,7 @@ QUANTIZED_INPUT = frozenset({ExpertKernel.CUTLASS_FP8, ExpertKernel.DEEPGEMM_FP8
 
 def select(x: torch.Tensor, weights: ExpertWeights, assignments: Optional[int] = None) -> KernelChoice:
     """The fastest kernel that runs here, chosen once per weights object, activation dtype/device and step size.
-    assignments: the step's (row, expert) pairs where known; below DEEPGEMM_MIN_ASSIGNMENTS our CUTLASS FP8
+    assignments: the step's (token, expert) pairs where known; below DEEPGEMM_MIN_ASSIGNMENTS our CUTLASS FP8
     kernel comes before DeepGEMM's."""
     small = assignments is not None and assignments < DEEPGEMM_MIN_ASSIGNMENTS
     key = (x.dtype, x.device, small)
@@ -123,14 +123,17 @@ def select(x: torch.Tensor, weights: ExpertWeights, assignments: Optional[int] =
 def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor, topk_weights: torch.Tensor,
                    weights: ExpertWeights, shared: Optional[SharedExpert] = None, kernel: Optional[ExpertKernel] = None,
                    tile: int = 0, rows: Optional[torch.Tensor] = None,
-                   assignments: Optional[int] = None, exact: Optional[bool] = None) -> torch.Tensor:
+                   assignments: Optional[int] = None, exact: Optional[bool] = None,
+                   step: Optional[int] = None) -> torch.Tensor:
     """Routed (and shared) experts for x [T, H]: topk_ids [T, k] (E = no expert), topk_weights [T, k] -> [T, H].
     rows [M] int64: compute x[rows] only (topk_ids, topk_weights are then [M, k]; the result [M, H]); x is read
     in place, so a strided view (DEP's receive buffer) is never copied whole. assignments: how many ids are
     below E, when the caller knows it on the host (DEP's exact rows): the kernels' buffers are sized to it.
     exact: whether DeepGEMM may read its layout's padded row count on the host (`moe.deepgemm`); None: unless
     the stream is being captured; False keeps a caller's promise of no host sync. The other kernels read their
-    row counts on the device and never need it.
+    row counts on the device and never need it. step: the (token, expert) pairs of the rank's own step, which
+    `select` sizes the choice by (default: these rows' assignments); DEP passes its sender-side count, so that
+    DWDP and DEP ranks with the same tokens pick the same kernel.
     kernel: force one (it must pass `check`); default `select`. tile: the CUTLASS tile (ops.grouped_gemm).
     x may be QuantizedRows (DEP's FP8 dispatch): the kernel is chosen for their activations' dtype; a kernel of
     QUANTIZED_INPUT takes them as they are, the reference and any other kernel dequantize the computed rows."""
@@ -140,7 +143,9 @@ def expert_compute(x: Union[torch.Tensor, QuantizedRows], topk_ids: torch.Tensor
             raise ValueError("the shared expert runs on the token's own rows, not on rows quantized for dispatch")
         probe = torch.empty(0, x.shape[1], dtype=x.dtype, device=x.device)  # no memory: dtype and device only
     if kernel is None:
-        kernel = select(probe, weights, topk_ids.numel() if assignments is None else assignments).kernel
+        if step is None:
+            step = topk_ids.numel() if assignments is None else assignments
+        kernel = select(probe, weights, step).kernel
     elif (reason := check(kernel, probe, weights)) is not None:
         raise ValueError(f"expert kernel {kernel.value} cannot run here: {reason}")
     if kernel is ExpertKernel.REFERENCE:

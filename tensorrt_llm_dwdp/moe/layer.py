@@ -136,11 +136,13 @@ class RoutedExperts:
         if self.load is not None:
             self.load.scatter_add_(0, topk_ids.reshape(-1), torch.ones_like(topk_ids.reshape(-1)))
 
+        step = topk_ids.numel()  # this rank's own tokens x top-k: what the kernel choice is sized by, in every mode
+
         def compute(xs, ids, wts, rows=None, assignments=None, exact=None):
             n = (ids < weights.num_experts).sum()
             self.expert_rows = n if self.expert_rows is None else self.expert_rows + n
             return expert_compute(xs, ids, wts, weights, kernel=self.kernel, rows=rows, assignments=assignments,
-                                  exact=exact)
+                                  exact=exact, step=step)
 
         y = self.exchange.run(x, topk_ids, topk_weights, compute)
         self.source.release(layer_idx)
