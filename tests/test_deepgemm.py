@@ -519,3 +519,20 @@ def test_routed_experts_size_the_kernel_choice_by_the_ranks_own_step(monkeypatch
     for exchange in (None, Received()):
         layer.RoutedExperts(layer.LocalWeights({0: _fp8_weights(g, 4, 256, 128)}), exchange).routed(x, ids, wts, 0)
     assert seen == [tokens * k, tokens * k]
+
+
+def test_warm_up_chooses_the_kernel_by_the_ranks_own_step(monkeypatch):
+    """DEP warms up for every rank's rows (world x max tokens) but runs the kernel its own step selects: warm-up
+    chooses by that step, so a DEP run whose steps select CUTLASS compiles no DeepGEMM, as DWDP's would not."""
+    from tensorrt_llm_dwdp.moe import kernels, layer
+    monkeypatch.setattr(deepgemm, "unavailable", lambda device=None: None)
+    monkeypatch.setattr(kernels, "check", lambda kernel, x, w: None if kernel in (
+        ExpertKernel.DEEPGEMM_FP8, ExpertKernel.CUTLASS_FP8) else "not here")
+    warmed = []
+    monkeypatch.setattr(deepgemm, "warm_up", lambda w, rows, k, fp8: (warmed.append(rows), 1)[1])
+    g = torch.Generator().manual_seed(fresh_seed())
+    n = kernels.DEEPGEMM_MIN_ASSIGNMENTS
+    routed = layer.RoutedExperts(layer.LocalWeights({0: _fp8_weights(g, 4, 256, 128)}))
+    assert routed.warm_up_kernels(n, 1, torch.bfloat16, max_step=n - 1) is None and warmed == []
+    assert "deepgemm_fp8" in routed.warm_up_kernels(4 * n, 1, torch.bfloat16, max_step=n) and warmed == [4 * n]
+    assert "deepgemm_fp8" in routed.warm_up_kernels(n, 1, torch.bfloat16) and warmed[-1] == n  # default: max_rows

@@ -85,7 +85,8 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
         eplb = apply_eplb(model, clock, args.max_num_tokens, args.eplb, stage_on_host=stage,
                           backend=exchange_backend(device, stage, args.dep_exchange), traffic=traffic,
                           dispatch=dispatch.dispatch, dep_rows=rows.rows)
-    _warm_kernels(model, args.max_num_tokens * (world if mode in DEP_MODES else 1), cfg.top_k, dtype)
+    _warm_kernels(model, args.max_num_tokens * (world if mode in DEP_MODES else 1), cfg.top_k, dtype,
+                  args.max_num_tokens)
     executor.warm_up(requests, args.warmup)  # the same warm-up for every mode, on the placement it times
     comm.Barrier()
     t0 = comm.bcast(time.time() + 0.05, root=0)
@@ -101,10 +102,11 @@ def run_mode(mode: str, args, comm, device, dtype) -> dict:
             "requests": [dict(vars(q), ttft_s=q.ttft_s) for q in result.requests]}
 
 
-def _warm_kernels(model, max_rows: int, top_k: int, dtype) -> None:
-    """Kernels that compile at first launch (DeepGEMM) compile here, in setup, never in a timed step."""
+def _warm_kernels(model, max_rows: int, top_k: int, dtype, max_step: int) -> None:
+    """Kernels that compile at first launch (DeepGEMM) compile here, in setup, never in a timed step. max_rows:
+    the most rows one expert call sees (DEP: all ranks' tokens); max_step: the most tokens of a rank's own step."""
     blocks = [b for b in model.moe_blocks() if b.experts is not None]
-    done = blocks[0].experts.warm_up_kernels(max_rows, top_k, dtype) if blocks else None
+    done = blocks[0].experts.warm_up_kernels(max_rows, top_k, dtype, max_step) if blocks else None
     if done:
         print(f"  {done}", flush=True)
 

@@ -116,15 +116,18 @@ class RoutedExperts:
     def reset_counters(self) -> None:
         self.expert_rows = None
 
-    def warm_up_kernels(self, max_rows: int, top_k: int, dtype: torch.dtype) -> Optional[str]:
+    def warm_up_kernels(self, max_rows: int, top_k: int, dtype: torch.dtype,
+                        max_step: Optional[int] = None) -> Optional[str]:
         """Setup code: compile every kernel config a call of up to `max_rows` token rows (top_k each) of activations
         in `dtype` (the run's) can launch on these experts, so that no timed step compiles (DeepGEMM JIT-compiles
-        at its first launch of each config; the other kernels need nothing). Returns what was done, or None."""
+        at its first launch of each config; the other kernels need nothing). max_step: the most tokens a rank's
+        own step holds (default max_rows; DEP's calls receive more rows than that): the kernel is chosen by it, as
+        `routed` chooses, so DWDP and DEP warm up the same kernel. Returns what was done, or None."""
         if max_rows <= 0 or not self.source.layer_ids() or deepgemm.unavailable() is not None:
             return None  # before touching the weights: a DWDP step here would pull for nothing
         with self.source.peek() as weights:
             probe = torch.empty(0, weights.w13.shape[2], dtype=dtype, device=weights.device)
-            kernel = self.kernel or select(probe, weights, max_rows * top_k).kernel
+            kernel = self.kernel or select(probe, weights, (max_step or max_rows) * top_k).kernel
             if kernel not in (ExpertKernel.DEEPGEMM_FP8, ExpertKernel.DEEPGEMM_BF16):
                 return None
             calls = deepgemm.warm_up(weights, max_rows, top_k, kernel is ExpertKernel.DEEPGEMM_FP8)
